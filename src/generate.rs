@@ -1,0 +1,171 @@
+//! KV-cached generation and sampling. Interventions come in explicitly as a [`Spec`]; they
+//! apply at prefill and at every decode step with absolute positions, so cached generation
+//! gives the same tokens as re-running the whole sequence at each step (`use_cache: false`).
+
+use crate::error::Result;
+use crate::hooks::{Captures, Hooks, Spec};
+use crate::model::{Batch, KvCache, LogitsAt, Model};
+use rand::{Rng, SeedableRng};
+
+/// How the next token is chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sampling {
+    Greedy,
+    /// Temperature and nucleus (top-p) sampling from a seeded generator.
+    TopP {
+        temperature: f32,
+        top_p: f32,
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct GenOptions {
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    pub stop_at_eos: bool,
+    /// Reuse keys and values (the normal path); false re-runs the whole sequence each step.
+    pub use_cache: bool,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            max_tokens: 32,
+            sampling: Sampling::Greedy,
+            stop_at_eos: true,
+            use_cache: true,
+        }
+    }
+}
+
+/// The generated tokens and whatever the spec captured on the way.
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    pub ids: Vec<u32>,
+    pub captures: Captures,
+}
+
+/// Generate from `prompt_ids` under `spec`, calling `on_token` for each new token.
+pub fn generate(
+    model: &Model,
+    prompt_ids: &[u32],
+    spec: &Spec,
+    opts: &GenOptions,
+    on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<Generation> {
+    model.validate(spec)?;
+    let mut hooks = Hooks::new(spec, model.cfg().n_heads).with_prompt_lens(vec![prompt_ids.len()]);
+    let mut sampler = Sampler::new(&opts.sampling);
+    let mut cache = KvCache::new(model.cfg().n_layers);
+    let mut seq = prompt_ids.to_vec();
+    let mut out = Vec::new();
+    for step in 0..opts.max_tokens {
+        let logits = if opts.use_cache {
+            let new = if step == 0 {
+                &seq[..]
+            } else {
+                &seq[seq.len() - 1..]
+            };
+            model.net.forward(
+                &Batch::single(new),
+                Some(&mut cache),
+                &mut hooks,
+                LogitsAt::Last,
+            )?
+        } else {
+            // A fresh capture set each step; only the last step's captures are kept.
+            hooks.captures = Captures::default();
+            model
+                .net
+                .forward(&Batch::single(&seq), None, &mut hooks, LogitsAt::Last)?
+        };
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let next = sampler.next(&logits);
+        if opts.stop_at_eos && Some(next) == model.tokenizer.eos_id {
+            break;
+        }
+        seq.push(next);
+        out.push(next);
+        on_token(next)?;
+    }
+    Ok(Generation {
+        prompt_ids: prompt_ids.to_vec(),
+        ids: out,
+        captures: hooks.captures,
+    })
+}
+
+/// Picks tokens from logits.
+pub struct Sampler {
+    sampling: Sampling,
+    rng: rand::rngs::StdRng,
+}
+
+impl Sampler {
+    pub fn new(sampling: &Sampling) -> Self {
+        let seed = match sampling {
+            Sampling::TopP { seed, .. } => *seed,
+            Sampling::Greedy => 0,
+        };
+        Sampler {
+            sampling: sampling.clone(),
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn next(&mut self, logits: &[f32]) -> u32 {
+        match self.sampling {
+            Sampling::Greedy => argmax(logits),
+            Sampling::TopP {
+                temperature, top_p, ..
+            } => {
+                if temperature <= 0.0 {
+                    return argmax(logits);
+                }
+                let probs = softmax(logits, temperature);
+                let mut order: Vec<usize> = (0..probs.len()).collect();
+                order.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]));
+                let mut kept = Vec::new();
+                let mut mass = 0.0;
+                for i in order {
+                    kept.push(i);
+                    mass += probs[i];
+                    if mass >= top_p {
+                        break;
+                    }
+                }
+                let mut u = self.rng.random::<f32>() * mass;
+                for &i in &kept {
+                    u -= probs[i];
+                    if u <= 0.0 {
+                        return i as u32;
+                    }
+                }
+                kept.last().copied().unwrap_or(0) as u32
+            }
+        }
+    }
+}
+
+/// Index of the largest value (the first on ties).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Softmax of `logits / temperature`.
+pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = logits
+        .iter()
+        .map(|x| ((x - m) / temperature).exp())
+        .collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|x| x / s).collect()
+}

@@ -1,0 +1,568 @@
+//! Hook sites, interventions and captures.
+//!
+//! A [`Site`] names one place in the forward pass with TransformerLens's vocabulary
+//! (`blocks.3.hook_resid_post`, `blocks.3.attn.hook_z`, ...). A [`Spec`] is an ordered list of
+//! [`Intervention`]s; the model calls [`Hooks::apply`] at each site, explicitly, and nothing
+//! else can touch its activations. A site whose spec is empty is returned untouched, so an
+//! empty spec gives bit-identical logits. Activations at a site are seen as rows of
+//! `[batch, seq, width]`; for `attn.hook_z` the width is `n_heads * d_head`, head-major.
+
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The kind of a hook site; `Embed` and `LnFinal` have no layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SiteKind {
+    Embed,
+    ResidPre,
+    AttnZ,
+    AttnOut,
+    ResidMid,
+    MlpPost,
+    MlpOut,
+    ResidPost,
+    LnFinal,
+}
+
+impl SiteKind {
+    /// Every kind with its name: the suffix after `blocks.{l}.` for per-layer kinds.
+    pub const ALL: [(SiteKind, &'static str); 9] = [
+        (SiteKind::Embed, "hook_embed"),
+        (SiteKind::ResidPre, "hook_resid_pre"),
+        (SiteKind::AttnZ, "attn.hook_z"),
+        (SiteKind::AttnOut, "hook_attn_out"),
+        (SiteKind::ResidMid, "hook_resid_mid"),
+        (SiteKind::MlpPost, "mlp.hook_post"),
+        (SiteKind::MlpOut, "hook_mlp_out"),
+        (SiteKind::ResidPost, "hook_resid_post"),
+        (SiteKind::LnFinal, "ln_final.hook_normalized"),
+    ];
+
+    pub fn per_layer(self) -> bool {
+        !matches!(self, SiteKind::Embed | SiteKind::LnFinal)
+    }
+
+    pub fn name(self) -> &'static str {
+        SiteKind::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("?")
+    }
+}
+
+/// One hook site. `layer` is 0 for the sites outside the blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Site {
+    pub layer: usize,
+    pub kind: SiteKind,
+}
+
+impl Site {
+    pub fn new(kind: SiteKind, layer: usize) -> Self {
+        let layer = if kind.per_layer() { layer } else { 0 };
+        Site { layer, kind }
+    }
+
+    pub fn resid_post(layer: usize) -> Self {
+        Site::new(SiteKind::ResidPost, layer)
+    }
+
+    /// Parse a TransformerLens name, checking the layer against `n_layers`.
+    pub fn parse(name: &str, n_layers: usize) -> Result<Site> {
+        let name = name.trim();
+        for (kind, suffix) in SiteKind::ALL {
+            if !kind.per_layer() && name == suffix {
+                return Ok(Site::new(kind, 0));
+            }
+        }
+        let unknown = || Error::UnknownSite {
+            name: name.to_string(),
+            valid: Site::vocabulary(n_layers),
+        };
+        let rest = name.strip_prefix("blocks.").ok_or_else(unknown)?;
+        let (layer, suffix) = rest.split_once('.').ok_or_else(unknown)?;
+        let layer: usize = layer.parse().map_err(|_| unknown())?;
+        let kind = SiteKind::ALL
+            .iter()
+            .find(|(k, s)| k.per_layer() && *s == suffix)
+            .map(|(k, _)| *k)
+            .ok_or_else(unknown)?;
+        if layer >= n_layers {
+            return Err(Error::LayerOutOfRange {
+                name: name.to_string(),
+                layer,
+                last: n_layers.saturating_sub(1),
+            });
+        }
+        Ok(Site::new(kind, layer))
+    }
+
+    /// Expand a pattern: `blocks.*.hook_resid_post`, `blocks.10-20.hook_resid_post`, or a list
+    /// of those separated by commas. Plain names pass through [`Site::parse`].
+    pub fn parse_pattern(pattern: &str, n_layers: usize) -> Result<Vec<Site>> {
+        let mut out = Vec::new();
+        for part in pattern.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let layers = part
+                .strip_prefix("blocks.")
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(l, suffix)| layer_range(l, n_layers).map(|r| (r, suffix)));
+            match layers {
+                Some((range, suffix)) => {
+                    for l in range {
+                        out.push(Site::parse(&format!("blocks.{l}.{suffix}"), n_layers)?);
+                    }
+                }
+                None => out.push(Site::parse(part, n_layers)?),
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::Invalid(format!(
+                "site pattern `{pattern}` names no site; valid sites are: {}",
+                Site::vocabulary(n_layers)
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Every site of a model with `n_layers` blocks, in forward order.
+    pub fn all(n_layers: usize) -> Vec<Site> {
+        let mut v = vec![Site::new(SiteKind::Embed, 0)];
+        for l in 0..n_layers {
+            for (k, _) in SiteKind::ALL.iter().filter(|(k, _)| k.per_layer()) {
+                v.push(Site::new(*k, l));
+            }
+        }
+        v.push(Site::new(SiteKind::LnFinal, 0));
+        v
+    }
+
+    /// A short description of the valid names, for error messages.
+    pub fn vocabulary(n_layers: usize) -> String {
+        let per: Vec<String> = SiteKind::ALL
+            .iter()
+            .map(|(k, s)| {
+                if k.per_layer() {
+                    format!("blocks.{{0..{}}}.{s}", n_layers.saturating_sub(1))
+                } else {
+                    s.to_string()
+                }
+            })
+            .collect();
+        per.join(", ")
+    }
+}
+
+/// `*`, `7` or `10-20` as a layer range; None when it is not a range pattern.
+fn layer_range(s: &str, n_layers: usize) -> Option<std::ops::RangeInclusive<usize>> {
+    if s == "*" {
+        return Some(0..=n_layers.saturating_sub(1));
+    }
+    let (a, b) = s.split_once('-')?;
+    Some(a.parse().ok()?..=b.parse().ok()?)
+}
+
+impl fmt::Display for Site {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind.per_layer() {
+            write!(f, "blocks.{}.{}", self.layer, self.kind.name())
+        } else {
+            f.write_str(self.kind.name())
+        }
+    }
+}
+
+/// Which sequence positions an intervention touches. Positions are absolute (0 is the first
+/// real token of the sequence), so they mean the same with or without the KV cache.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Positions {
+    All,
+    /// Positions of the prompt, before any generated token.
+    Prompt,
+    /// Positions of generated tokens.
+    Generated,
+    /// The prompt's last position.
+    Last,
+    Indices(Vec<usize>),
+}
+
+impl Positions {
+    pub fn contains(&self, pos: usize, prompt_len: usize) -> bool {
+        match self {
+            Positions::All => true,
+            Positions::Prompt => pos < prompt_len,
+            Positions::Generated => pos >= prompt_len,
+            Positions::Last => pos + 1 == prompt_len,
+            Positions::Indices(v) => v.contains(&pos),
+        }
+    }
+}
+
+impl std::str::FromStr for Positions {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.trim() {
+            "all" => Positions::All,
+            "prompt" => Positions::Prompt,
+            "generated" => Positions::Generated,
+            "last" => Positions::Last,
+            other => Positions::Indices(
+                other
+                    .split(',')
+                    .map(|p| p.trim().parse::<usize>())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| Error::BadPositions(s.to_string()))?,
+            ),
+        })
+    }
+}
+
+/// What an intervention does to each selected row (or head slice of a row).
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Record the values (as they are at this point of the spec) into [`Captures`].
+    Capture,
+    /// `x += scale * vector`.
+    Add {
+        vector: Vec<f32>,
+        scale: f32,
+    },
+    /// Replace with given values, keyed by absolute position (activation patching).
+    Replace {
+        values: BTreeMap<usize, Vec<f32>>,
+    },
+    ZeroAblate,
+    MeanAblate {
+        mean: Vec<f32>,
+    },
+    /// Remove the component along `direction` (normalized on use).
+    ProjectOut {
+        direction: Vec<f32>,
+    },
+    /// Set the projection onto `direction` (normalized on use) to `value`.
+    Clamp {
+        direction: Vec<f32>,
+        value: f32,
+    },
+    /// `x *= factor` (e.g. scaling attention heads).
+    Scale {
+        factor: f32,
+    },
+}
+
+/// An action at a site, on some positions and, for `attn.hook_z`, some heads.
+#[derive(Clone, Debug)]
+pub struct Intervention {
+    pub site: Site,
+    pub positions: Positions,
+    pub heads: Option<Vec<usize>>,
+    pub action: Action,
+}
+
+impl Intervention {
+    pub fn new(site: Site, positions: Positions, action: Action) -> Self {
+        Intervention {
+            site,
+            positions,
+            heads: None,
+            action,
+        }
+    }
+
+    pub fn on_heads(mut self, heads: Vec<usize>) -> Self {
+        self.heads = Some(heads);
+        self
+    }
+
+    /// The slices of a row this intervention acts on: whole row, or one slice per head.
+    fn slices(&self, width: usize, d_head: usize) -> Vec<std::ops::Range<usize>> {
+        match &self.heads {
+            None => std::iter::once(0..width).collect(),
+            Some(hs) => hs.iter().map(|h| h * d_head..(h + 1) * d_head).collect(),
+        }
+    }
+
+    /// Apply to one row; `pos` picks the replacement values for `Replace`.
+    fn apply_row(&self, row: &mut [f32], pos: usize, d_head: usize) {
+        let width = row.len();
+        for r in self.slices(width, d_head) {
+            let (off, len) = (r.start, r.len());
+            let s = &mut row[r];
+            // Vectors given with the head width apply to each head; full-width ones are sliced.
+            let part = |v: &[f32]| -> Vec<f32> {
+                if v.len() == len {
+                    v.to_vec()
+                } else {
+                    v[off..off + len].to_vec()
+                }
+            };
+            match &self.action {
+                Action::Capture => {}
+                Action::Add { vector, scale } => {
+                    for (x, v) in s.iter_mut().zip(part(vector)) {
+                        *x += scale * v;
+                    }
+                }
+                Action::Replace { values } => {
+                    if let Some(v) = values.get(&pos) {
+                        s.copy_from_slice(&part(v));
+                    }
+                }
+                Action::ZeroAblate => s.fill(0.0),
+                Action::MeanAblate { mean } => s.copy_from_slice(&part(mean)),
+                Action::ProjectOut { direction } => set_projection(s, &part(direction), None),
+                Action::Clamp { direction, value } => {
+                    set_projection(s, &part(direction), Some(*value))
+                }
+                Action::Scale { factor } => s.iter_mut().for_each(|x| *x *= factor),
+            }
+        }
+    }
+
+    /// The vector lengths this intervention carries, for validation.
+    fn vector_lengths(&self) -> Vec<(&'static str, usize)> {
+        match &self.action {
+            Action::Add { vector, .. } => vec![("steering vector", vector.len())],
+            Action::MeanAblate { mean } => vec![("mean", mean.len())],
+            Action::ProjectOut { direction } | Action::Clamp { direction, .. } => {
+                vec![("direction", direction.len())]
+            }
+            Action::Replace { values } => values.values().map(|v| ("values", v.len())).collect(),
+            _ => vec![],
+        }
+    }
+}
+
+/// Make the projection of `x` onto the unit vector along `dir` equal `target` (0 if None).
+fn set_projection(x: &mut [f32], dir: &[f32], target: Option<f32>) {
+    let norm = dir.iter().map(|d| d * d).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        return;
+    }
+    let proj: f32 = x.iter().zip(dir).map(|(a, d)| a * d).sum::<f32>() / norm;
+    let delta = target.unwrap_or(0.0) - proj;
+    for (a, d) in x.iter_mut().zip(dir) {
+        *a += delta * d / norm;
+    }
+}
+
+/// An ordered list of interventions. Everything that changes or reads activations goes here.
+#[derive(Clone, Debug, Default)]
+pub struct Spec {
+    pub interventions: Vec<Intervention>,
+}
+
+impl Spec {
+    pub fn new() -> Self {
+        Spec::default()
+    }
+
+    pub fn with(mut self, iv: Intervention) -> Self {
+        self.interventions.push(iv);
+        self
+    }
+
+    pub fn push(&mut self, iv: Intervention) {
+        self.interventions.push(iv);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.interventions.is_empty()
+    }
+
+    /// Capture `sites` at `positions`.
+    pub fn capture(sites: &[Site], positions: Positions) -> Self {
+        Spec {
+            interventions: sites
+                .iter()
+                .map(|s| Intervention::new(*s, positions.clone(), Action::Capture))
+                .collect(),
+        }
+    }
+
+    /// Check every vector's length and head index against the model's widths.
+    pub fn validate(&self, width: impl Fn(Site) -> usize, n_heads: usize) -> Result<()> {
+        for iv in &self.interventions {
+            let w = width(iv.site);
+            let d_head = w / n_heads.max(1);
+            if let Some(hs) = &iv.heads {
+                if iv.site.kind != SiteKind::AttnZ {
+                    return Err(Error::Invalid(format!(
+                        "heads can only be chosen at attn.hook_z, not at {}",
+                        iv.site
+                    )));
+                }
+                if let Some(h) = hs.iter().find(|h| **h >= n_heads) {
+                    return Err(Error::Invalid(format!(
+                        "head {h} at {} is out of range: the model has heads 0..={}",
+                        iv.site,
+                        n_heads - 1
+                    )));
+                }
+            }
+            for (what, len) in iv.vector_lengths() {
+                let ok = len == w || (iv.heads.is_some() && len == d_head);
+                if !ok {
+                    return Err(Error::BadLength {
+                        what: what.to_string(),
+                        site: iv.site.to_string(),
+                        got: len,
+                        expected: w,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One captured row: the batch row, its absolute position, and the values.
+#[derive(Clone, Debug)]
+pub struct CapturedRow {
+    pub batch: usize,
+    pub pos: usize,
+    pub values: Vec<f32>,
+}
+
+/// Activations recorded by `Capture` interventions, per site, in the order they were seen.
+#[derive(Clone, Debug, Default)]
+pub struct Captures {
+    pub sites: BTreeMap<Site, Vec<CapturedRow>>,
+}
+
+impl Captures {
+    pub fn rows(&self, site: Site) -> &[CapturedRow] {
+        self.sites.get(&site).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The rows of one batch row at `site`, ordered by position.
+    pub fn by_position(&self, site: Site, batch: usize) -> BTreeMap<usize, Vec<f32>> {
+        self.rows(site)
+            .iter()
+            .filter(|r| r.batch == batch)
+            .map(|r| (r.pos, r.values.clone()))
+            .collect()
+    }
+
+    /// The value of one batch row at one position.
+    pub fn at(&self, site: Site, batch: usize, pos: usize) -> Option<&[f32]> {
+        self.rows(site)
+            .iter()
+            .rev()
+            .find(|r| r.batch == batch && r.pos == pos)
+            .map(|r| r.values.as_slice())
+    }
+}
+
+/// Where each batch row starts (left padding) and how long its prompt is.
+#[derive(Clone, Debug)]
+pub struct RowInfo {
+    pub pad: usize,
+    pub prompt_len: usize,
+}
+
+/// The per-call state handed to the forward pass: the spec, the captures it fills, and the
+/// row layout of the current batch. The model calls [`Hooks::apply`] at each site.
+pub struct Hooks<'a> {
+    spec: &'a Spec,
+    pub captures: Captures,
+    rows: Vec<RowInfo>,
+    /// Absolute position of the first column of the current call (the KV cache length).
+    offset: usize,
+    n_heads: usize,
+    /// Prompt length of each batch row, when the caller knows it (generation does).
+    prompt_lens: Vec<usize>,
+}
+
+impl<'a> Hooks<'a> {
+    pub fn new(spec: &'a Spec, n_heads: usize) -> Self {
+        Hooks {
+            spec,
+            captures: Captures::default(),
+            rows: vec![],
+            offset: 0,
+            n_heads,
+            prompt_lens: vec![],
+        }
+    }
+
+    /// Declare each batch row's prompt length, so `prompt`, `generated` and `last` positions
+    /// keep their meaning while tokens are generated.
+    pub fn with_prompt_lens(mut self, lens: Vec<usize>) -> Self {
+        self.prompt_lens = lens;
+        self
+    }
+
+    pub fn prompt_len(&self, row: usize) -> Option<usize> {
+        self.prompt_lens.get(row).copied()
+    }
+
+    pub fn spec(&self) -> &Spec {
+        self.spec
+    }
+
+    /// Set the row layout for the next forward call.
+    pub fn set_rows(&mut self, rows: Vec<RowInfo>, offset: usize) {
+        self.rows = rows;
+        self.offset = offset;
+    }
+
+    /// Move the absolute position of the first column (when the model narrows the sequence).
+    pub fn set_offset(&mut self, offset: usize) {
+        self.offset = offset;
+    }
+
+    /// Run the spec's interventions for `site` on `x` ([batch, seq, width]).
+    pub fn apply(&mut self, site: Site, x: Tensor) -> Result<Tensor> {
+        let spec = self.spec;
+        let ivs: Vec<&Intervention> = spec
+            .interventions
+            .iter()
+            .filter(|iv| iv.site == site)
+            .collect();
+        if ivs.is_empty() {
+            return Ok(x);
+        }
+        let (b, seq, width) = x.dims3()?;
+        let mut data = x.flatten_all()?.to_vec1::<f32>()?;
+        let d_head = width / self.n_heads.max(1);
+        let mut changed = false;
+        for r in 0..b {
+            let info = self.rows.get(r).cloned().unwrap_or(RowInfo {
+                pad: 0,
+                prompt_len: usize::MAX,
+            });
+            for i in 0..seq {
+                let Some(pos) = (self.offset + i).checked_sub(info.pad) else {
+                    continue;
+                };
+                let row = &mut data[(r * seq + i) * width..(r * seq + i + 1) * width];
+                for iv in ivs
+                    .iter()
+                    .filter(|iv| iv.positions.contains(pos, info.prompt_len))
+                {
+                    if let Action::Capture = iv.action {
+                        self.captures
+                            .sites
+                            .entry(site)
+                            .or_default()
+                            .push(CapturedRow {
+                                batch: r,
+                                pos,
+                                values: row.to_vec(),
+                            });
+                    } else {
+                        iv.apply_row(row, pos, d_head);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            return Ok(x);
+        }
+        Ok(Tensor::from_vec(data, (b, seq, width), x.device())?)
+    }
+}

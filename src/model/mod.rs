@@ -1,0 +1,154 @@
+//! Loading a model: a GGUF file (quantized or dequantized to f32) or a Hugging Face folder
+//! (config.json + *.safetensors + tokenizer.json), with its tokenizer and chat template.
+//! [`Model`] is what the rest of the crate runs: the forward pass plus the tokenizer.
+
+pub mod fetch;
+pub mod llama;
+pub mod tokenizer;
+
+use crate::error::{Error, Result};
+use crate::hooks::{Captures, Hooks, Site, Spec};
+pub use llama::{Batch, Config, KvCache, Llama, LogitsAt, WeightsMode};
+use std::path::{Path, PathBuf};
+pub use tokenizer::{Message, Tokenizer};
+
+/// A loaded model and where it came from.
+pub struct Model {
+    pub net: Llama,
+    pub tokenizer: Tokenizer,
+    pub path: PathBuf,
+    pub weights: WeightsMode,
+}
+
+impl Model {
+    /// Load a `.gguf` file or a safetensors folder.
+    pub fn load(path: &Path, weights: WeightsMode) -> Result<Model> {
+        if path.is_dir() {
+            return Self::load_safetensors(path);
+        }
+        let mut file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
+        let ct = candle_core::quantized::gguf_file::Content::read(&mut file)
+            .map_err(|e| Error::file(path, format!("not a readable GGUF file: {e}")))?;
+        let cfg = Config::from_gguf(&ct).map_err(|e| Error::file(path, e))?;
+        if !matches!(cfg.architecture.as_str(), "llama" | "qwen2" | "mistral") {
+            return Err(Error::file(
+                path,
+                format!(
+                    "architecture `{}` is not supported; supported: llama, qwen2, mistral",
+                    cfg.architecture
+                ),
+            ));
+        }
+        let tokenizer = match path.parent().map(|d| d.join("tokenizer.json")) {
+            Some(t) if t.exists() => {
+                Tokenizer::from_folder(path.parent().unwrap_or(Path::new(".")))?
+            }
+            _ => Tokenizer::from_gguf(&ct)?,
+        };
+        let src = llama::WeightSource::Gguf {
+            ct: &ct,
+            file: &mut file,
+            mode: weights,
+        };
+        let net = Llama::new(cfg, src).map_err(|e| Error::file(path, e))?;
+        Ok(Model {
+            net,
+            tokenizer,
+            path: path.to_path_buf(),
+            weights,
+        })
+    }
+
+    fn load_safetensors(dir: &Path) -> Result<Model> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::file(&cfg_path, e))?;
+        let cfg = Config::from_hf_json(&json).map_err(|e| Error::file(&cfg_path, e))?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::file(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::file(dir, "no *.safetensors files in this folder"));
+        }
+        // SAFETY: the files are memory-mapped read-only and not modified while loaded.
+        let vb = unsafe {
+            candle_nn::VarBuilder::from_mmaped_safetensors(
+                &files,
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )?
+        };
+        let tied = json
+            .get("tie_word_embeddings")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let src = llama::WeightSource::Safetensors {
+            vb,
+            qkv_bias: cfg.architecture == "qwen2",
+            tied,
+        };
+        let net = Llama::new(cfg, src).map_err(|e| Error::file(dir, e))?;
+        Ok(Model {
+            net,
+            tokenizer: Tokenizer::from_folder(dir)?,
+            path: dir.to_path_buf(),
+            weights: WeightsMode::F32,
+        })
+    }
+
+    pub fn cfg(&self) -> &Config {
+        &self.net.cfg
+    }
+
+    /// Parse a site name against this model.
+    pub fn site(&self, name: &str) -> Result<Site> {
+        Site::parse(name, self.cfg().n_layers)
+    }
+
+    /// Check a spec's vectors and heads against this model's widths.
+    pub fn validate(&self, spec: &Spec) -> Result<()> {
+        let cfg = self.cfg();
+        spec.validate(|s| cfg.site_width(s), cfg.n_heads)
+    }
+
+    /// Tokens of a prompt: plain text, or the user message rendered by the chat template.
+    pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+        if chat {
+            let text = self.tokenizer.render_chat(&[Message::user(prompt)], true)?;
+            self.tokenizer.encode(&text)
+        } else {
+            self.tokenizer.encode(prompt)
+        }
+    }
+
+    /// One uncached forward of `batch` under `spec`; returns logits and captures.
+    pub fn run(
+        &self,
+        batch: &Batch,
+        spec: &Spec,
+        at: LogitsAt,
+    ) -> Result<(candle_core::Tensor, Captures)> {
+        self.validate(spec)?;
+        let mut hooks = Hooks::new(spec, self.cfg().n_heads);
+        let logits = self.net.forward(batch, None, &mut hooks, at)?;
+        Ok((logits, hooks.captures))
+    }
+
+    /// Final-position logits of a single token sequence, as a vector.
+    pub fn last_logits(&self, ids: &[u32], spec: &Spec) -> Result<Vec<f32>> {
+        let (logits, _) = self.run(&Batch::single(ids), spec, LogitsAt::Last)?;
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// The file name that identifies this model in artefacts.
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+}

@@ -1,0 +1,163 @@
+//! The binary, end to end, on the tiny model (no download): output shapes and error messages.
+
+mod common;
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn bin() -> Command {
+    Command::cargo_bin("ctxsteer").unwrap()
+}
+
+#[test]
+fn info_json_lists_config_and_sites() {
+    let (_d, path) = common::tiny::temp();
+    let out = bin()
+        .args(["info", "--json", "--model"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["config"]["n_layers"], 2);
+    assert_eq!(v["config"]["d_model"], 64);
+    let sites: Vec<&str> = v["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(sites.len(), 2 + 7 * 2);
+    assert!(sites.contains(&"blocks.1.attn.hook_z") && sites.contains(&"ln_final.hook_normalized"));
+}
+
+#[test]
+fn generate_json_and_steering_change_the_tokens() {
+    let (dir, path) = common::tiny::temp();
+    let vec_file = dir.path().join("v.json");
+    let v: Vec<f32> = (0..64).map(|i| ((i as f32) * 0.37).sin()).collect();
+    std::fs::write(&vec_file, serde_json::to_string(&v).unwrap()).unwrap();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let out = bin()
+            .args([
+                "generate",
+                "--prompt",
+                "the cat",
+                "--max-tokens",
+                "6",
+                "--json",
+                "--model",
+            ])
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let plain = run(&[]);
+    assert_eq!(plain["prompt"], "the cat");
+    let n = plain["token_ids"].as_array().unwrap().len();
+    assert_eq!(plain["tokens"].as_array().unwrap().len(), n);
+    assert_eq!(
+        run(&[])["token_ids"],
+        plain["token_ids"],
+        "greedy is deterministic"
+    );
+    let vf = vec_file.to_str().unwrap();
+    let steered = run(&[
+        "--steer-vector",
+        vf,
+        "--steer-site",
+        "blocks.*.hook_resid_post",
+        "--steer-alpha",
+        "8",
+    ]);
+    assert_ne!(steered["token_ids"], plain["token_ids"]);
+    let zero = run(&[
+        "--steer-vector",
+        vf,
+        "--steer-site",
+        "blocks.0.hook_resid_post",
+        "--steer-alpha",
+        "0",
+    ]);
+    assert_eq!(zero["token_ids"], plain["token_ids"]);
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let (dir, path) = common::tiny::temp();
+    let good = dir.path().join("v.json");
+    std::fs::write(&good, serde_json::to_string(&vec![0.5f32; 64]).unwrap()).unwrap();
+    let bad_json = dir.path().join("bad.json");
+    std::fs::write(&bad_json, "[1.0, oops]").unwrap();
+    let short = dir.path().join("short.json");
+    std::fs::write(&short, "[1.0, 2.0]").unwrap();
+    let gen = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["generate", "--prompt", "x", "--model"])
+            .arg(&path)
+            .args(extra);
+        c
+    };
+    gen(&[
+        "--steer-vector",
+        good.to_str().unwrap(),
+        "--steer-site",
+        "blocks.9.hook_resid_post",
+    ])
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains("out of range").and(predicate::str::contains("0..=1")));
+    gen(&[
+        "--steer-vector",
+        good.to_str().unwrap(),
+        "--steer-site",
+        "blocks.0.resid",
+    ])
+    .assert()
+    .failure()
+    .stderr(
+        predicate::str::contains("unknown hook site")
+            .and(predicate::str::contains("hook_resid_post")),
+    );
+    gen(&[
+        "--steer-vector",
+        bad_json.to_str().unwrap(),
+        "--steer-site",
+        "blocks.0.hook_resid_post",
+    ])
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains("bad.json").and(predicate::str::contains("line 1")));
+    gen(&[
+        "--steer-vector",
+        short.to_str().unwrap(),
+        "--steer-site",
+        "blocks.0.hook_resid_post",
+    ])
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains("length 2").and(predicate::str::contains("expected 64")));
+    bin()
+        .args(["info", "--model", "/nonexistent/model.gguf"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("/nonexistent/model.gguf"));
+    let not_gguf = dir.path().join("x.gguf");
+    std::fs::write(&not_gguf, "hello").unwrap();
+    bin()
+        .args(["info", "--model"])
+        .arg(&not_gguf)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("not a readable GGUF"));
+}
