@@ -39,6 +39,13 @@ pub enum Command {
     },
     /// Generate text, streaming tokens to stdout, optionally with a steering vector.
     Generate(GenerateArgs),
+    /// Build the built-in counterfactual data, or import a public benchmark into our format.
+    #[command(subcommand)]
+    Data(DataCmd),
+    /// Label what the model does with each conflict: follows the context, its prior, or neither.
+    Label(LabelArgs),
+    /// Record activations at chosen sites and positions into safetensors shards.
+    Capture(CaptureArgs),
     /// Measure prefill and decode speed in both weight modes, next to candle's quantized_llama.
     BenchSpeed {
         #[command(flatten)]
@@ -57,6 +64,114 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand)]
+pub enum DataCmd {
+    /// Write the built-in conflicts (from counterfactual_data/facts) as JSONL into DIR.
+    Build {
+        #[arg(long, default_value = "counterfactual_data")]
+        out: PathBuf,
+    },
+    /// Convert a CounterFact or NQ-Swap file into our JSONL format.
+    Import {
+        #[arg(long, value_enum)]
+        format: ctxsteer::data::ImportFormat,
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Options shared by the commands that read a dataset.
+#[derive(Args, Clone)]
+pub struct DataArgs {
+    /// A JSONL file of conflicts (see counterfactual_data/).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Skip malformed lines (and report how many) instead of stopping at the first one.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Use only the first N items.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Keep only items of this split (train, dev or test), when the data has splits.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// How queries are put: completion text, or a chat question.
+    #[arg(long, value_enum, default_value = "completion")]
+    pub form: ctxsteer::data::Form,
+    /// Prompts per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+}
+
+impl DataArgs {
+    pub fn read(&self) -> Result<Vec<ctxsteer::data::Item>> {
+        let (mut items, skipped) = ctxsteer::data::read_jsonl(&self.data, self.skip_invalid)?;
+        if skipped > 0 {
+            eprintln!(
+                "skipped {skipped} invalid line(s) of {}",
+                self.data.display()
+            );
+        }
+        if let Some(s) = &self.split {
+            if !["train", "dev", "test"].contains(&s.as_str()) {
+                bail!("--split {s}: valid splits are train, dev, test");
+            }
+            items.retain(|i| i.split.as_deref() == Some(s.as_str()));
+            if items.is_empty() {
+                bail!("{}: no items in split `{s}`", self.data.display());
+            }
+        }
+        if let Some(n) = self.limit {
+            items.truncate(n);
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        Ok(items)
+    }
+}
+
+#[derive(Args)]
+pub struct LabelArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to write one JSON label per item.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct CaptureArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Labels from `ctxsteer label`, copied into the index.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Sites: names or patterns, comma-separated (blocks.*.hook_resid_post, blocks.10-20.hook_mlp_out).
+    #[arg(long, default_value = "blocks.*.hook_resid_post")]
+    pub sites: String,
+    /// Which position of each prompt to record.
+    #[arg(long, value_enum, default_value = "last")]
+    pub positions: ctxsteer::capture::PosMode,
+    /// Capture the closed-book prompt instead of context + query.
+    #[arg(long)]
+    pub closed_book: bool,
+    /// Items per shard file.
+    #[arg(long, default_value_t = 256)]
+    pub shard_size: usize,
+    /// Output folder; rerunning the same command resumes an interrupted capture.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 /// Which model to run and how.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
@@ -64,9 +179,11 @@ pub struct ModelArgs {
     /// Default: SmolLM2-135M-Instruct Q4_1, fetched if missing.
     #[arg(long, global = true)]
     pub model: Option<PathBuf>,
-    /// How GGUF weights are multiplied: candle QMatMul on the quantized blocks, or dequantized to f32.
-    #[arg(long, value_enum, default_value = "quantized", global = true)]
-    pub weights: WeightsMode,
+    /// How GGUF weights are multiplied: candle QMatMul on the quantized blocks, or dequantized
+    /// to f32. Default: quantized for generate, info and bench-speed (fastest decoding); f32
+    /// for label and capture (prefill-bound, 4x faster there, and exact against transformers).
+    #[arg(long, value_enum, global = true)]
+    pub weights: Option<WeightsMode>,
 }
 
 impl ModelArgs {
@@ -88,9 +205,15 @@ impl ModelArgs {
         Ok(fetch::fetch_default(&mut |m| eprintln!("{m}"))?)
     }
 
-    pub fn load(&self) -> Result<Model> {
+    /// Load the model with `--weights`, or `default` when it was not given.
+    pub fn load_or(&self, default: WeightsMode) -> Result<Model> {
         let path = self.path()?;
-        Model::load(&path, self.weights).with_context(|| format!("loading {}", path.display()))
+        let w = self.weights.unwrap_or(default);
+        Model::load(&path, w).with_context(|| format!("loading {}", path.display()))
+    }
+
+    pub fn load(&self) -> Result<Model> {
+        self.load_or(WeightsMode::Quantized)
     }
 }
 
@@ -139,6 +262,9 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Info { model, json } => info(&model, json),
+        Command::Data(d) => data_cmd(d),
+        Command::Label(a) => label_cmd(a),
+        Command::Capture(a) => capture_cmd(a),
         Command::Generate(args) => generate_cmd(args),
         Command::BenchSpeed {
             model,
@@ -261,4 +387,99 @@ fn steering_spec(model: &Model, a: &GenerateArgs) -> Result<Spec> {
         .validate(&spec)
         .with_context(|| format!("--steer-vector {}", file.display()))?;
     Ok(spec)
+}
+
+fn data_cmd(d: DataCmd) -> Result<()> {
+    match d {
+        DataCmd::Build { out } => {
+            for (name, n) in ctxsteer::data::write_built(&out)? {
+                println!("{:>6} items  {}", n, out.join(name).display());
+            }
+        }
+        DataCmd::Import { format, file, out } => {
+            let items = ctxsteer::data::import(format, &file)?;
+            ctxsteer::data::write_jsonl(&out, &items)?;
+            println!("{} items  {}", items.len(), out.display());
+        }
+    }
+    Ok(())
+}
+
+fn label_cmd(a: LabelArgs) -> Result<()> {
+    let items = a.data.read()?;
+    let model = a.model.load_or(WeightsMode::F32)?;
+    let mut opts = ctxsteer::label::LabelOptions::new(a.data.form);
+    opts.batch_size = a.data.batch_size;
+    let pb = ctxsteer::progress::bar(items.len() as u64, "label", false);
+    let labels = ctxsteer::label::label_items(&model, &items, &opts, &Spec::new(), &mut |n| {
+        pb.inc(n as u64)
+    })?;
+    pb.finish_and_clear();
+    ctxsteer::data::write_jsonl(&a.out, &labels)?;
+    let (all, per) = ctxsteer::label::summarize(&labels);
+    if a.json {
+        let v = serde_json::json!({"overall": all, "per_relation": per, "labels": a.out});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", ctxsteer::label::summary_table(&all, &per));
+        println!("labels written to {}", a.out.display());
+    }
+    Ok(())
+}
+
+fn capture_cmd(a: CaptureArgs) -> Result<()> {
+    let items = a.data.read()?;
+    let model = a.model.load_or(WeightsMode::F32)?;
+    let sites = Site::parse_pattern(&a.sites, model.cfg().n_layers)?;
+    let labels = match &a.labels {
+        Some(p) => Some(
+            ctxsteer::label::read_labels(p)?
+                .into_iter()
+                .map(|l| (l.id.clone(), l))
+                .collect::<std::collections::HashMap<_, _>>(),
+        ),
+        None => None,
+    };
+    let opts = ctxsteer::capture::CaptureOptions {
+        sites: sites.clone(),
+        positions: a.positions,
+        form: a.data.form,
+        with_context: !a.closed_book,
+        batch_size: a.data.batch_size,
+        shard_size: a.shard_size.max(1),
+    };
+    let meta = ctxsteer::capture::CaptureMeta {
+        model: model.name(),
+        weights: format!("{:?}", model.weights).to_lowercase(),
+        data: a.data.data.display().to_string(),
+        n_items: items.len(),
+        sites: sites.iter().map(|s| s.to_string()).collect(),
+        positions: a.positions,
+        form: a.data.form,
+        with_context: !a.closed_book,
+        shard_size: opts.shard_size,
+        steering: None,
+        complete: false,
+    };
+    let pb = ctxsteer::progress::bar(items.len() as u64, "capture", false);
+    let t0 = std::time::Instant::now();
+    let meta = ctxsteer::capture::capture(
+        &model,
+        &items,
+        labels.as_ref(),
+        &opts,
+        &Spec::new(),
+        meta,
+        &a.out,
+        &mut |n| pb.inc(n as u64),
+    )?;
+    pb.finish_and_clear();
+    println!(
+        "captured {} items x {} sites in {:.1}s into {}",
+        meta.n_items,
+        meta.sites.len(),
+        t0.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
 }

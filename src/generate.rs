@@ -169,3 +169,108 @@ pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     let s: f32 = e.iter().sum();
     e.into_iter().map(|x| x / s).collect()
 }
+
+/// What [`greedy_and_score`] returns for each row of a batch.
+#[derive(Clone, Debug)]
+pub struct Scored {
+    /// Greedy continuation (stops at EOS; at most `max_new` tokens).
+    pub greedy: Vec<u32>,
+    /// Teacher-forced log-probability of each candidate answer, summed over its tokens.
+    pub answer_logp: Vec<f32>,
+}
+
+/// For a batch of prompts: the greedy continuation, and the summed log-probability of each of
+/// the row's candidate answers given the prompt. The prompts are prefilled once; each
+/// candidate is scored on a copy of the KV cache, and greedy decoding continues from it.
+pub fn greedy_and_score(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    candidates: &[Vec<Vec<u32>>],
+    spec: &Spec,
+    max_new: usize,
+) -> Result<Vec<Scored>> {
+    let b = prompts.len();
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    let batch = Batch::left_padded(prompts, pad);
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let mut hooks = Hooks::new(spec, model.cfg().n_heads).with_prompt_lens(lens);
+    let mut cache = KvCache::new(model.cfg().n_layers);
+    let first = model
+        .net
+        .forward(&batch, Some(&mut cache), &mut hooks, LogitsAt::Last)?;
+    let first = crate::model::llama::log_softmax(&first.squeeze(1)?)?.to_vec2::<f32>()?; // [b, vocab]
+    let n_cand = candidates.first().map_or(0, Vec::len);
+    let mut out: Vec<Scored> = (0..b)
+        .map(|r| Scored {
+            greedy: vec![],
+            answer_logp: (0..n_cand)
+                .map(|c| {
+                    candidates[r][c]
+                        .first()
+                        .map_or(0.0, |t| first[r][*t as usize])
+                })
+                .collect(),
+        })
+        .collect();
+    for c in 0..n_cand {
+        let rest: Vec<&[u32]> = (0..b).map(|r| &candidates[r][c][..]).collect();
+        let longest = rest.iter().map(|a| a.len()).max().unwrap_or(0);
+        if longest < 2 {
+            continue;
+        }
+        // Feed a_0..a_{n-2} after the prompt; position j predicts a_{j+1}. Right padding only
+        // affects positions after each row's answer, which nothing reads.
+        let ids: Vec<Vec<u32>> = rest
+            .iter()
+            .map(|a| {
+                let mut v: Vec<u32> = a.iter().take(a.len().saturating_sub(1)).copied().collect();
+                v.resize(longest - 1, pad);
+                v
+            })
+            .collect();
+        let mut c_cache = cache.clone();
+        let tb = Batch {
+            ids,
+            pads: vec![0; b],
+        };
+        let logits = model
+            .net
+            .forward(&tb, Some(&mut c_cache), &mut hooks, LogitsAt::All)?;
+        let lp = crate::model::llama::log_softmax(&logits)?.to_vec3::<f32>()?; // [b, longest-1, vocab]
+        for r in 0..b {
+            for j in 1..rest[r].len() {
+                out[r].answer_logp[c] += lp[r][j - 1][rest[r][j] as usize];
+            }
+        }
+    }
+    let eos = model.tokenizer.eos_id;
+    let mut next: Vec<u32> = first.iter().map(|l| argmax(l)).collect();
+    let mut done = vec![false; b];
+    for step in 0..max_new {
+        for r in 0..b {
+            if !done[r] {
+                if Some(next[r]) == eos {
+                    done[r] = true;
+                } else {
+                    out[r].greedy.push(next[r]);
+                }
+            }
+        }
+        if step + 1 == max_new || done.iter().all(|d| *d) {
+            break;
+        }
+        let ids: Vec<Vec<u32>> = next.iter().map(|t| vec![*t]).collect();
+        let logits = model.net.forward(
+            &Batch {
+                ids,
+                pads: vec![0; b],
+            },
+            Some(&mut cache),
+            &mut hooks,
+            LogitsAt::Last,
+        )?;
+        let l = logits.squeeze(1)?.to_vec2::<f32>()?;
+        next = l.iter().map(|x| argmax(x)).collect();
+    }
+    Ok(out)
+}

@@ -6,9 +6,12 @@
 //! interventions (capture, add, replace, ablate, project out, clamp); [`generate`] runs
 //! KV-cached generation under a spec.
 
+pub mod capture;
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod hooks;
+pub mod label;
 pub mod model;
 pub mod progress;
 pub mod speed;

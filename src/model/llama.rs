@@ -317,6 +317,7 @@ impl WeightSource<'_> {
 }
 
 /// The per-layer key/value cache for incremental decoding (batch rows share one layout).
+#[derive(Clone)]
 pub struct KvCache {
     kv: Vec<Option<(Tensor, Tensor)>>,
     /// Positions already in the cache.

@@ -157,6 +157,15 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Byte offsets `(start, end)` in `text` of each token of `encode(text)`.
+    pub fn offsets(&self, text: &str) -> Result<Vec<(usize, usize)>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_offsets().to_vec())
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, false)

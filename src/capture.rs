@@ -1,0 +1,325 @@
+//! Activation capture: run a dataset through the model and write the activations at chosen
+//! sites and positions to disk as safetensors shards (one `[n, width]` tensor per site) with a
+//! JSONL index of ids and labels.
+//!
+//! Capture streams: one shard is held in memory at a time. A shard is written to a temporary
+//! file and renamed, and its index lines are written after it, so a shard counts only when it
+//! is whole. A rerun with the same settings skips the finished shards and goes on.
+
+use crate::data::{Form, Item};
+use crate::error::{Error, Result};
+use crate::hooks::{Positions, Site, Spec};
+use crate::label::ItemLabel;
+use crate::model::{Batch, LogitsAt, Model};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Which position of each prompt is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PosMode {
+    /// The prompt's last token, where the answer is about to be produced.
+    Last,
+    /// The last token of the subject's last mention (falls back to `last` if absent).
+    SubjectLast,
+    /// The mean over all prompt tokens.
+    Mean,
+}
+
+/// Everything that decides what a capture folder holds; a rerun must match it to resume.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CaptureMeta {
+    pub model: String,
+    pub weights: String,
+    pub data: String,
+    pub n_items: usize,
+    pub sites: Vec<String>,
+    pub positions: PosMode,
+    pub form: Form,
+    pub with_context: bool,
+    pub shard_size: usize,
+    /// A description of any steering active during capture.
+    pub steering: Option<String>,
+    #[serde(default)]
+    pub complete: bool,
+}
+
+/// One captured row in the index.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IndexRow {
+    pub id: String,
+    pub relation: String,
+    pub subject: String,
+    #[serde(default)]
+    pub split: Option<String>,
+    #[serde(default)]
+    pub variant: Option<String>,
+    pub shard: usize,
+    pub row: usize,
+    pub n_tokens: usize,
+    /// The recorded position (absolute token index).
+    pub position: Option<usize>,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub known: Option<bool>,
+    /// Closed-book log-probability of the prior answer (from the labels).
+    #[serde(default)]
+    pub prior_logp: Option<f32>,
+}
+
+/// Settings of a capture run.
+pub struct CaptureOptions {
+    pub sites: Vec<Site>,
+    pub positions: PosMode,
+    pub form: Form,
+    pub with_context: bool,
+    pub batch_size: usize,
+    pub shard_size: usize,
+}
+
+fn shard_path(dir: &Path, k: usize, ext: &str) -> PathBuf {
+    dir.join(format!("shard-{k:05}.{ext}"))
+}
+
+/// Index of the token where the last mention of `subject` in `text` ends, if any.
+pub fn subject_last_token(model: &Model, text: &str, subject: &str) -> Result<Option<usize>> {
+    let lower = text.to_lowercase();
+    let Some(start) = lower.rfind(&subject.to_lowercase()) else {
+        return Ok(None);
+    };
+    let end = start + subject.len();
+    let offsets = model.tokenizer.offsets(text)?;
+    Ok(offsets.iter().rposition(|(s, _)| *s < end))
+}
+
+/// The text and token ids of an item's prompt under the capture settings.
+fn prompt(model: &Model, item: &Item, opts: &CaptureOptions) -> Result<(String, Vec<u32>)> {
+    let q = item.query(opts.form, opts.with_context);
+    let text = match opts.form {
+        Form::Chat => model
+            .tokenizer
+            .render_chat(&[crate::model::Message::user(&q)], true)?,
+        Form::Completion => q,
+    };
+    let ids = model.tokenizer.encode(&text)?;
+    Ok((text, ids))
+}
+
+/// Capture `items` into `dir`. `steer` is applied during the runs (empty for a plain
+/// capture). Returns the finished meta.
+#[allow(clippy::too_many_arguments)]
+pub fn capture(
+    model: &Model,
+    items: &[Item],
+    labels: Option<&HashMap<String, ItemLabel>>,
+    opts: &CaptureOptions,
+    steer: &Spec,
+    meta: CaptureMeta,
+    dir: &Path,
+    progress: &mut dyn FnMut(usize),
+) -> Result<CaptureMeta> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    let meta_path = dir.join("meta.json");
+    if meta_path.exists() {
+        let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::file(&meta_path, e))?;
+        let old: CaptureMeta =
+            serde_json::from_str(&text).map_err(|e| Error::file(&meta_path, e))?;
+        if (CaptureMeta {
+            complete: false,
+            ..old.clone()
+        }) != meta
+        {
+            return Err(Error::file(
+                dir,
+                "this folder holds a capture made with other settings (model, data, sites, \
+                 positions, form or shard size); use another --out or delete it",
+            ));
+        }
+    }
+    let to_json =
+        |m: &CaptureMeta| serde_json::to_vec_pretty(m).map_err(|e| Error::Invalid(e.to_string()));
+    crate::data::write_atomic(&meta_path, &to_json(&meta)?)?;
+
+    let mut spec = steer.clone();
+    let pos = match opts.positions {
+        PosMode::Last => Positions::Last,
+        _ => Positions::All,
+    };
+    for iv in Spec::capture(&opts.sites, pos).interventions {
+        spec.push(iv);
+    }
+    for (k, chunk) in items.chunks(opts.shard_size.max(1)).enumerate() {
+        if shard_path(dir, k, "jsonl").exists() && shard_path(dir, k, "safetensors").exists() {
+            progress(chunk.len());
+            continue;
+        }
+        capture_shard(model, chunk, labels, opts, &spec, dir, k, progress)?;
+    }
+    // The full index, in item order.
+    let mut index = String::new();
+    for k in 0..items.len().div_ceil(opts.shard_size.max(1)) {
+        let p = shard_path(dir, k, "jsonl");
+        index += &std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
+    }
+    crate::data::write_atomic(&dir.join("index.jsonl"), index.as_bytes())?;
+    let done = CaptureMeta {
+        complete: true,
+        ..meta
+    };
+    crate::data::write_atomic(&meta_path, &to_json(&done)?)?;
+    Ok(done)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn capture_shard(
+    model: &Model,
+    items: &[Item],
+    labels: Option<&HashMap<String, ItemLabel>>,
+    opts: &CaptureOptions,
+    spec: &Spec,
+    dir: &Path,
+    k: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<()> {
+    let cfg = model.cfg();
+    let prompts: Vec<(String, Vec<u32>)> = items
+        .iter()
+        .map(|it| prompt(model, it, opts))
+        .collect::<Result<_>>()?;
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|i| prompts[*i].1.len());
+    // rows[site][item] = values
+    let mut rows: Vec<Vec<Vec<f32>>> = vec![vec![vec![]; items.len()]; opts.sites.len()];
+    let mut positions = vec![None; items.len()];
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    for batch_idx in order.chunks(opts.batch_size.max(1)) {
+        let ids: Vec<Vec<u32>> = batch_idx.iter().map(|i| prompts[*i].1.clone()).collect();
+        let (_, caps) = model.run(&Batch::left_padded(&ids, pad), spec, LogitsAt::Last)?;
+        for (r, &i) in batch_idx.iter().enumerate() {
+            let n = ids[r].len();
+            let at = match opts.positions {
+                PosMode::Last => Some(n - 1),
+                PosMode::SubjectLast => Some(
+                    subject_last_token(model, &prompts[i].0, &items[i].subject)?.unwrap_or(n - 1),
+                ),
+                PosMode::Mean => None,
+            };
+            positions[i] = at;
+            for (s, site) in opts.sites.iter().enumerate() {
+                rows[s][i] = match at {
+                    Some(p) => caps
+                        .at(*site, r, p)
+                        .ok_or_else(|| {
+                            Error::Invalid(format!("no capture at {site} position {p}"))
+                        })?
+                        .to_vec(),
+                    None => mean_row(&caps.by_position(*site, r), cfg.site_width(*site)),
+                };
+            }
+        }
+        progress(batch_idx.len());
+    }
+    let mut tensors = HashMap::new();
+    for (s, site) in opts.sites.iter().enumerate() {
+        let w = cfg.site_width(*site);
+        let flat: Vec<f32> = rows[s].iter().flatten().copied().collect();
+        tensors.insert(
+            site.to_string(),
+            Tensor::from_vec(flat, (items.len(), w), &Device::Cpu)?,
+        );
+    }
+    let st = shard_path(dir, k, "safetensors");
+    let tmp = st.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| Error::file(&tmp, e))?;
+    std::fs::rename(&tmp, &st).map_err(|e| Error::file(&st, e))?;
+    let index: Vec<IndexRow> = items
+        .iter()
+        .enumerate()
+        .map(|(row, it)| {
+            let l = labels.and_then(|m| m.get(&it.id));
+            IndexRow {
+                id: it.id.clone(),
+                relation: it.relation.clone(),
+                subject: it.subject.clone(),
+                split: it.split.clone(),
+                variant: it.variant.clone(),
+                shard: k,
+                row,
+                n_tokens: prompts[row].1.len(),
+                position: positions[row],
+                label: l.map(|l| l.label.name().to_string()),
+                known: l.map(|l| l.known),
+                prior_logp: l.map(|l| l.closed.logp_prior),
+            }
+        })
+        .collect();
+    crate::data::write_jsonl(&shard_path(dir, k, "jsonl"), &index)
+}
+
+fn mean_row(by_pos: &std::collections::BTreeMap<usize, Vec<f32>>, width: usize) -> Vec<f32> {
+    let mut m = vec![0f32; width];
+    for v in by_pos.values() {
+        for (a, b) in m.iter_mut().zip(v) {
+            *a += b;
+        }
+    }
+    let n = by_pos.len().max(1) as f32;
+    m.iter_mut().for_each(|x| *x /= n);
+    m
+}
+
+/// A finished capture, loaded: the index and one `[n, width]` matrix per site.
+pub struct Acts {
+    pub meta: CaptureMeta,
+    pub index: Vec<IndexRow>,
+    pub sites: Vec<(Site, ndarray::Array2<f32>)>,
+}
+
+/// Load a capture folder written by [`capture`].
+pub fn load(dir: &Path, n_layers: usize) -> Result<Acts> {
+    let meta_path = dir.join("meta.json");
+    let text = std::fs::read_to_string(&meta_path)
+        .map_err(|e| Error::file(&meta_path, format!("{e} (is this a capture folder?)")))?;
+    let meta: CaptureMeta = serde_json::from_str(&text).map_err(|e| Error::file(&meta_path, e))?;
+    if !meta.complete {
+        return Err(Error::file(
+            dir,
+            "the capture did not finish; rerun the same capture command to resume it",
+        ));
+    }
+    let index_path = dir.join("index.jsonl");
+    let index: Vec<IndexRow> = std::fs::read_to_string(&index_path)
+        .map_err(|e| Error::file(&index_path, e))?
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::file(&index_path, format!("line {}: {e}", i + 1)))
+        })
+        .collect::<Result<_>>()?;
+    let n_shards = meta.n_items.div_ceil(meta.shard_size.max(1));
+    let mut sites = Vec::new();
+    for name in &meta.sites {
+        let site = Site::parse(name, n_layers)?;
+        let mut parts = Vec::new();
+        for k in 0..n_shards {
+            let p = shard_path(dir, k, "safetensors");
+            let map =
+                candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| Error::file(&p, e))?;
+            let t = map
+                .get(name)
+                .ok_or_else(|| Error::file(&p, format!("no tensor `{name}`")))?;
+            parts.push(t.clone());
+        }
+        let t = Tensor::cat(&parts, 0)?;
+        let (n, w) = t.dims2()?;
+        let v = t.flatten_all()?.to_vec1::<f32>()?;
+        let arr = ndarray::Array2::from_shape_vec((n, w), v)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        sites.push((site, arr));
+    }
+    Ok(Acts { meta, index, sites })
+}

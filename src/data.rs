@@ -1,0 +1,667 @@
+//! Counterfactual data: the JSONL format, the built-in fact tables and the builder that turns
+//! them into conflicts, and importers for public benchmarks' formats (CounterFact, NQ-Swap).
+//!
+//! One line is one conflict: a query about `subject` whose `context` asserts `context_answer`
+//! where the model's weights hold `prior_answer`. Reading never skips a bad line silently: it
+//! fails with the file, the line and the field, unless the caller asks to skip and count.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One conflict.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Item {
+    pub id: String,
+    pub relation: String,
+    pub subject: String,
+    /// QA-style query, asked in chat form.
+    pub question: String,
+    /// Completion-style query.
+    pub prompt: String,
+    /// The sentence(s) placed before the query; empty for the no-context variant.
+    pub context: String,
+    pub prior_answer: String,
+    pub context_answer: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prior_aliases: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context_aliases: Vec<String>,
+    /// train, dev or test (built-in data); absent for imported data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    /// counterfactual, true_context or no_context (built-in data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// How a query is put to the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Form {
+    /// `{context} {prompt}` and the answer continues the text.
+    Completion,
+    /// `{context} {question}` as a user message in the chat template.
+    Chat,
+}
+
+impl Item {
+    /// The text of the query: with its context, or closed-book.
+    pub fn query(&self, form: Form, with_context: bool) -> String {
+        let q = match form {
+            Form::Completion => &self.prompt,
+            Form::Chat => &self.question,
+        };
+        if with_context && !self.context.is_empty() {
+            format!("{} {q}", self.context)
+        } else {
+            q.clone()
+        }
+    }
+
+    /// All accepted spellings of the prior (first) and the context answer.
+    pub fn prior_names(&self) -> Vec<&str> {
+        std::iter::once(self.prior_answer.as_str())
+            .chain(self.prior_aliases.iter().map(String::as_str))
+            .collect()
+    }
+
+    pub fn context_names(&self) -> Vec<&str> {
+        std::iter::once(self.context_answer.as_str())
+            .chain(self.context_aliases.iter().map(String::as_str))
+            .collect()
+    }
+}
+
+const REQUIRED: [&str; 8] = [
+    "id",
+    "relation",
+    "subject",
+    "question",
+    "prompt",
+    "context",
+    "prior_answer",
+    "context_answer",
+];
+
+/// Check one parsed line; the error names the field at fault.
+fn check_line(v: &serde_json::Value) -> std::result::Result<Item, String> {
+    let obj = v.as_object().ok_or("the line is not a JSON object")?;
+    for f in REQUIRED {
+        match obj.get(f) {
+            None => return Err(format!("missing field `{f}`")),
+            Some(x) if !x.is_string() => return Err(format!("field `{f}` must be a string")),
+            Some(x) if f != "context" && x.as_str().is_some_and(|s| s.trim().is_empty()) => {
+                return Err(format!("field `{f}` is empty"))
+            }
+            _ => {}
+        }
+    }
+    for f in ["prior_aliases", "context_aliases"] {
+        if let Some(x) = obj.get(f) {
+            let ok = x
+                .as_array()
+                .is_some_and(|a| a.iter().all(|s| s.is_string()));
+            if !ok {
+                return Err(format!("field `{f}` must be an array of strings"));
+            }
+        }
+    }
+    serde_json::from_value(v.clone()).map_err(|e| e.to_string())
+}
+
+/// Read a JSONL file of items. With `skip_invalid`, bad lines are skipped and counted;
+/// otherwise the first bad line is an error naming the file, the line and the field.
+pub fn read_jsonl(path: &Path, skip_invalid: bool) -> Result<(Vec<Item>, usize)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    let mut items = Vec::new();
+    let mut skipped = 0;
+    let mut seen = std::collections::HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<serde_json::Value>(line)
+            .map_err(|e| format!("not valid JSON ({e})"))
+            .and_then(|v| check_line(&v))
+            .and_then(|it| {
+                if seen.insert(it.id.clone()) {
+                    Ok(it)
+                } else {
+                    Err(format!("field `id`: duplicate id `{}`", it.id))
+                }
+            });
+        match parsed {
+            Ok(it) => items.push(it),
+            Err(_) if skip_invalid => skipped += 1,
+            Err(msg) => {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "line {}: {msg} (use --skip-invalid to skip such lines)",
+                        i + 1
+                    ),
+                ))
+            }
+        }
+    }
+    if items.is_empty() {
+        return Err(Error::file(path, "no valid items in this file"));
+    }
+    Ok((items, skipped))
+}
+
+/// Write items as JSONL, atomically (a temporary file renamed into place).
+pub fn write_jsonl<T: Serialize>(path: &Path, items: &[T]) -> Result<()> {
+    let mut s = String::new();
+    for it in items {
+        s += &serde_json::to_string(it).map_err(|e| Error::Invalid(e.to_string()))?;
+        s.push('\n');
+    }
+    write_atomic(path, s.as_bytes())
+}
+
+/// Write a file through a temporary sibling and a rename, so no reader sees half of it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Built-in data
+
+/// The relation templates and fact tables, compiled in from counterfactual_data/.
+const RELATIONS: &str = include_str!("../counterfactual_data/relations.json");
+const FACTS: [(&str, &str); 11] = [
+    (
+        "capital",
+        include_str!("../counterfactual_data/facts/capital.tsv"),
+    ),
+    (
+        "currency",
+        include_str!("../counterfactual_data/facts/currency.tsv"),
+    ),
+    (
+        "language",
+        include_str!("../counterfactual_data/facts/language.tsv"),
+    ),
+    (
+        "continent",
+        include_str!("../counterfactual_data/facts/continent.tsv"),
+    ),
+    (
+        "landmark",
+        include_str!("../counterfactual_data/facts/landmark.tsv"),
+    ),
+    (
+        "author",
+        include_str!("../counterfactual_data/facts/author.tsv"),
+    ),
+    (
+        "painter",
+        include_str!("../counterfactual_data/facts/painter.tsv"),
+    ),
+    (
+        "founder",
+        include_str!("../counterfactual_data/facts/founder.tsv"),
+    ),
+    (
+        "sport",
+        include_str!("../counterfactual_data/facts/sport.tsv"),
+    ),
+    (
+        "element_symbol",
+        include_str!("../counterfactual_data/facts/element_symbol.tsv"),
+    ),
+    (
+        "composer",
+        include_str!("../counterfactual_data/facts/composer.tsv"),
+    ),
+];
+
+/// One row of a fact table.
+#[derive(Clone, Debug)]
+pub struct Fact {
+    pub relation: String,
+    pub subject: String,
+    pub object: String,
+    pub aliases: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Templates {
+    context: Vec<String>,
+    prompt: Vec<String>,
+    question: Vec<String>,
+}
+
+/// Parse a fact table: `subject<TAB>object[<TAB>alias|alias]`, `#` comments.
+pub fn parse_facts(relation: &str, text: &str) -> Result<Vec<Fact>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.len() < 2 || cols[0].trim().is_empty() || cols[1].trim().is_empty() {
+            return Err(Error::Invalid(format!(
+                "facts/{relation}.tsv line {}: expected `subject<TAB>object[<TAB>aliases]`",
+                i + 1
+            )));
+        }
+        out.push(Fact {
+            relation: relation.to_string(),
+            subject: cols[0].trim().to_string(),
+            object: cols[1].trim().to_string(),
+            aliases: cols
+                .get(2)
+                .map(|a| {
+                    a.split('|')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// Every built-in fact.
+pub fn builtin_facts() -> Result<Vec<Fact>> {
+    let mut v = Vec::new();
+    for (rel, text) in FACTS {
+        v.extend(parse_facts(rel, text)?);
+    }
+    Ok(v)
+}
+
+/// FNV-1a: a stable hash for deterministic choices that do not depend on the Rust version.
+pub fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The split of a subject: about 60% train, 20% dev, 20% test, the same in every relation.
+pub fn split_of(subject: &str) -> &'static str {
+    match stable_hash(&subject.to_lowercase()) % 10 {
+        0..=5 => "train",
+        6 | 7 => "dev",
+        _ => "test",
+    }
+}
+
+fn fill(t: &str, s: &str, o: &str) -> String {
+    let out = t.replace("{s}", s).replace("{o}", o);
+    let mut c = out.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => out,
+    }
+}
+
+/// The counterfactual object of a fact: another object of the same relation, chosen by hash.
+fn counterfactual<'a>(fact: &Fact, objects: &[&'a Fact]) -> Option<&'a Fact> {
+    let bad = |o: &Fact| {
+        o.object.eq_ignore_ascii_case(&fact.object)
+            || fact
+                .aliases
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&o.object))
+            || o.aliases
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&fact.object))
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let cands: Vec<&Fact> = objects
+        .iter()
+        .filter(|o| !bad(o) && seen.insert(o.object.to_lowercase()))
+        .copied()
+        .collect();
+    if cands.is_empty() {
+        return None;
+    }
+    Some(
+        cands[(stable_hash(&format!("{}|{}", fact.relation, fact.subject)) % cands.len() as u64)
+            as usize],
+    )
+}
+
+/// The three variants of the built-in data, each with every split.
+pub struct Built {
+    pub counterfactual: Vec<Item>,
+    pub true_context: Vec<Item>,
+    pub no_context: Vec<Item>,
+}
+
+/// Build the conflicts from the fact tables: one item per fact, its context and query
+/// templates rotating through the relation's paraphrases.
+pub fn build() -> Result<Built> {
+    let templates: BTreeMap<String, Templates> = serde_json::from_str(RELATIONS)
+        .map_err(|e| Error::Invalid(format!("relations.json: {e}")))?;
+    let facts = builtin_facts()?;
+    let mut built = Built {
+        counterfactual: vec![],
+        true_context: vec![],
+        no_context: vec![],
+    };
+    for (rel, t) in &templates {
+        let rel_facts: Vec<&Fact> = facts.iter().filter(|f| &f.relation == rel).collect();
+        for (i, f) in rel_facts.iter().enumerate() {
+            let Some(cf) = counterfactual(f, &rel_facts) else {
+                continue;
+            };
+            let (ci, qi) = (i % t.context.len(), (i / t.context.len()) % t.prompt.len());
+            let base = Item {
+                id: format!("{rel}:{}", slug(&f.subject)),
+                relation: rel.clone(),
+                subject: f.subject.clone(),
+                question: fill(&t.question[qi % t.question.len()], &f.subject, ""),
+                prompt: fill(&t.prompt[qi], &f.subject, ""),
+                context: fill(&t.context[ci], &f.subject, &cf.object),
+                prior_answer: f.object.clone(),
+                context_answer: cf.object.clone(),
+                prior_aliases: f.aliases.clone(),
+                context_aliases: cf.aliases.clone(),
+                split: Some(split_of(&f.subject).to_string()),
+                variant: Some("counterfactual".into()),
+            };
+            built.true_context.push(Item {
+                context: fill(&t.context[ci], &f.subject, &f.object),
+                context_answer: f.object.clone(),
+                context_aliases: f.aliases.clone(),
+                variant: Some("true_context".into()),
+                ..base.clone()
+            });
+            built.no_context.push(Item {
+                context: String::new(),
+                variant: Some("no_context".into()),
+                ..base.clone()
+            });
+            built.counterfactual.push(base);
+        }
+    }
+    Ok(built)
+}
+
+fn slug(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.to_lowercase().chars() {
+        if c.is_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_matches('_').to_string()
+}
+
+/// Write the built data into `dir`: one file per variant, and the counterfactual variant
+/// per split. Returns (file, count) pairs.
+pub fn write_built(dir: &Path) -> Result<Vec<(String, usize)>> {
+    let b = build()?;
+    let mut written = vec![];
+    for (name, items) in [
+        ("counterfactual.jsonl", &b.counterfactual),
+        ("true_context.jsonl", &b.true_context),
+        ("no_context.jsonl", &b.no_context),
+    ] {
+        write_jsonl(&dir.join(name), items)?;
+        written.push((name.to_string(), items.len()));
+    }
+    for split in ["train", "dev", "test"] {
+        let part: Vec<&Item> = b
+            .counterfactual
+            .iter()
+            .filter(|i| i.split.as_deref() == Some(split))
+            .collect();
+        let name = format!("{split}.jsonl");
+        write_jsonl(&dir.join(&name), &part)?;
+        written.push((name, part.len()));
+    }
+    Ok(written)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Importers
+
+/// Formats `data import` understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFormat {
+    /// ROME's CounterFact: a JSON array of records with `requested_rewrite`.
+    Counterfact,
+    /// NQ-Swap JSONL: question, org_context, org_answer, sub_context, sub_answer.
+    Nqswap,
+}
+
+/// Convert a benchmark file into items.
+pub fn import(format: ImportFormat, path: &Path) -> Result<Vec<Item>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    match format {
+        ImportFormat::Counterfact => import_counterfact(path, &text),
+        ImportFormat::Nqswap => import_nqswap(path, &text),
+    }
+}
+
+fn str_at<'a>(
+    v: &'a serde_json::Value,
+    ptr: &str,
+    what: &dyn Fn() -> String,
+) -> std::result::Result<&'a str, String> {
+    v.pointer(ptr)
+        .and_then(|x| x.as_str())
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| {
+            format!(
+                "{}: missing or empty string field `{}`",
+                what(),
+                ptr.trim_start_matches('/').replace('/', ".")
+            )
+        })
+}
+
+fn import_counterfact(path: &Path, text: &str) -> Result<Vec<Item>> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        Error::file(
+            path,
+            format!(
+                "not valid JSON (line {}, column {}): {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    let recs = v
+        .as_array()
+        .ok_or_else(|| Error::file(path, "expected a JSON array of CounterFact records"))?;
+    let mut out = Vec::new();
+    for (i, r) in recs.iter().enumerate() {
+        let id = r
+            .get("case_id")
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| i.to_string());
+        let what = || format!("record {i} (case_id {id})");
+        let conv = || -> std::result::Result<Item, String> {
+            let subject = str_at(r, "/requested_rewrite/subject", &what)?;
+            let tpl = str_at(r, "/requested_rewrite/prompt", &what)?;
+            if !tpl.contains("{}") {
+                return Err(format!(
+                    "{}: field `requested_rewrite.prompt` has no `{{}}` for the subject",
+                    what()
+                ));
+            }
+            let truth = str_at(r, "/requested_rewrite/target_true/str", &what)?;
+            let new = str_at(r, "/requested_rewrite/target_new/str", &what)?;
+            let relation = r
+                .pointer("/requested_rewrite/relation_id")
+                .and_then(|x| x.as_str())
+                .unwrap_or("counterfact");
+            let prompt = tpl.replace("{}", subject);
+            let para = r
+                .get("paraphrase_prompts")
+                .and_then(|p| p.as_array())
+                .and_then(|a| a.first())
+                .and_then(|p| p.as_str());
+            Ok(Item {
+                id: format!("counterfact:{id}"),
+                relation: relation.to_string(),
+                subject: subject.to_string(),
+                question: format!(
+                    "Complete the sentence: {}",
+                    para.map(str::trim).unwrap_or(&prompt)
+                ),
+                context: format!("{prompt} {new}."),
+                prompt,
+                prior_answer: truth.to_string(),
+                context_answer: new.to_string(),
+                prior_aliases: vec![],
+                context_aliases: vec![],
+                split: None,
+                variant: Some("counterfactual".into()),
+            })
+        };
+        out.push(conv().map_err(|m| Error::file(path, m))?);
+    }
+    if out.is_empty() {
+        return Err(Error::file(path, "no records"));
+    }
+    Ok(out)
+}
+
+/// An answer field that is a JSON array of strings, a string holding a Python list literal
+/// (`"['23', 'twenty-three']"`), or a plain string.
+pub fn answer_list(v: &serde_json::Value) -> std::result::Result<Vec<String>, String> {
+    let list = match v {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| "a list element is not a string".to_string())
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?,
+        serde_json::Value::String(s) if s.trim_start().starts_with('[') => parse_py_list(s)?,
+        serde_json::Value::String(s) => vec![s.clone()],
+        _ => return Err("expected a list of strings".into()),
+    };
+    let list: Vec<String> = list
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err("the answer list is empty".into());
+    }
+    Ok(list)
+}
+
+/// Parse a Python list literal of string literals: `['a', "b's", 'c\'d']`.
+pub fn parse_py_list(s: &str) -> std::result::Result<Vec<String>, String> {
+    let mut chars = s.trim().chars().peekable();
+    if chars.next() != Some('[') {
+        return Err(format!(
+            "`{s}` is not a Python list literal: it must start with `[`"
+        ));
+    }
+    let mut out = Vec::new();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.next() {
+            Some(']') => break,
+            Some(q @ ('\'' | '"')) => {
+                let mut item = String::new();
+                loop {
+                    match chars.next() {
+                        Some('\\') => match chars.next() {
+                            Some('n') => item.push('\n'),
+                            Some('t') => item.push('\t'),
+                            Some(c) => item.push(c),
+                            None => return Err(format!("`{s}`: unterminated string")),
+                        },
+                        Some(c) if c == q => break,
+                        Some(c) => item.push(c),
+                        None => return Err(format!("`{s}`: unterminated string")),
+                    }
+                }
+                out.push(item);
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+                match chars.next() {
+                    Some(',') => continue,
+                    Some(']') => break,
+                    _ => return Err(format!("`{s}`: expected `,` or `]` after a string")),
+                }
+            }
+            _ => return Err(format!("`{s}`: expected a quoted string or `]`")),
+        }
+    }
+    if chars.any(|c| !c.is_whitespace()) {
+        return Err(format!("`{s}`: text after the closing `]`"));
+    }
+    Ok(out)
+}
+
+fn import_nqswap(path: &Path, text: &str) -> Result<Vec<Item>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |m: String| Error::file(path, format!("line {}: {m}", i + 1));
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| at(format!("not valid JSON ({e})")))?;
+        let s = |f: &str| -> Result<String> {
+            v.get(f)
+                .and_then(|x| x.as_str())
+                .filter(|x| !x.trim().is_empty())
+                .map(|x| clean_nq(x))
+                .ok_or_else(|| at(format!("missing or empty string field `{f}`")))
+        };
+        let list = |f: &str| -> Result<Vec<String>> {
+            let x = v.get(f).ok_or_else(|| at(format!("missing field `{f}`")))?;
+            answer_list(x).map_err(|m| at(format!("field `{f}`: {m}")))
+        };
+        let question = s("question")?;
+        let _org_context = s("org_context")?;
+        let (org, sub) = (list("org_answer")?, list("sub_answer")?);
+        out.push(Item {
+            id: format!("nqswap:{}", i + 1),
+            relation: "nq".into(),
+            subject: question.clone(),
+            prompt: format!("question: {question}\nanswer:"),
+            question: format!("{question}?"),
+            context: s("sub_context")?,
+            prior_answer: org[0].clone(),
+            context_answer: sub[0].clone(),
+            prior_aliases: org[1..].to_vec(),
+            context_aliases: sub[1..].to_vec(),
+            split: None,
+            variant: Some("counterfactual".into()),
+        });
+    }
+    if out.is_empty() {
+        return Err(Error::file(path, "no records"));
+    }
+    Ok(out)
+}
+
+/// NQ contexts carry HTML-ish paragraph tags; drop them.
+fn clean_nq(s: &str) -> String {
+    s.replace("<P>", "")
+        .replace("</P>", "")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}

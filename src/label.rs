@@ -1,0 +1,332 @@
+//! Behaviour labels: what does the model actually do with each conflict?
+//!
+//! Each item runs twice, closed-book and with its context before the query. Each run records:
+//! - the teacher-forced log-probability of the full prior answer and of the full context answer;
+//! - the greedy answer.
+//!
+//! From these come `known` (the closed-book answer is the prior) and the label:
+//! `follows_context`, `follows_prior` or `neither`, taken from which answer the greedy text
+//! names first.
+
+use crate::data::{Form, Item};
+use crate::error::Result;
+use crate::generate::greedy_and_score;
+use crate::hooks::Spec;
+use crate::model::Model;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Which answer a piece of text gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Answer {
+    Prior,
+    Context,
+    Neither,
+}
+
+/// One run (closed-book or with context) of one item.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Run {
+    pub logp_prior: f32,
+    pub logp_context: f32,
+    /// The answer with the higher teacher-forced log-probability.
+    pub tf_winner: Answer,
+    pub greedy: String,
+    /// The answer the greedy text names first.
+    pub greedy_answer: Answer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Label {
+    FollowsContext,
+    FollowsPrior,
+    Neither,
+}
+
+impl Label {
+    pub fn name(self) -> &'static str {
+        match self {
+            Label::FollowsContext => "follows_context",
+            Label::FollowsPrior => "follows_prior",
+            Label::Neither => "neither",
+        }
+    }
+}
+
+/// The labels of one item.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ItemLabel {
+    pub id: String,
+    pub relation: String,
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    pub form: Form,
+    pub closed: Run,
+    pub context: Run,
+    /// The closed-book greedy answer is the prior.
+    pub known: bool,
+    pub label: Label,
+}
+
+/// Lowercase, letters and digits only, single spaces, padded with spaces for word matching.
+pub fn normalize(s: &str) -> String {
+    let mut out = String::from(" ");
+    for c in s.to_lowercase().chars() {
+        if c.is_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with(' ') {
+            out.push(' ');
+        }
+    }
+    if !out.ends_with(' ') {
+        out.push(' ');
+    }
+    out
+}
+
+/// Where in `text` (normalized) the earliest of `names` occurs as whole words.
+fn first_mention(text: &str, names: &[&str]) -> Option<usize> {
+    names
+        .iter()
+        .map(|n| normalize(n))
+        .filter(|n| n.trim().len() > 0)
+        .filter_map(|n| text.find(&n))
+        .min()
+}
+
+/// Which of the item's answers `text` gives first.
+pub fn judge(item: &Item, text: &str) -> Answer {
+    let t = normalize(text);
+    let p = first_mention(&t, &item.prior_names());
+    let c = first_mention(&t, &item.context_names());
+    match (p, c) {
+        (Some(p), Some(c)) if p < c => Answer::Prior,
+        (Some(_), Some(_)) => Answer::Context,
+        (Some(_), None) => Answer::Prior,
+        (None, Some(_)) => Answer::Context,
+        (None, None) => Answer::Neither,
+    }
+}
+
+/// The part of a greedy continuation that answers: up to the first line break after any text.
+pub fn answer_span(text: &str) -> &str {
+    let t = text.trim_start();
+    t.split('\n').next().unwrap_or(t)
+}
+
+/// Settings of a labelling run.
+#[derive(Clone, Debug)]
+pub struct LabelOptions {
+    pub form: Form,
+    pub batch_size: usize,
+    pub max_new: usize,
+}
+
+impl LabelOptions {
+    pub fn new(form: Form) -> Self {
+        LabelOptions {
+            form,
+            batch_size: 16,
+            max_new: match form {
+                Form::Completion => 8,
+                Form::Chat => 24,
+            },
+        }
+    }
+}
+
+/// Token ids of an answer as it would follow the query.
+pub fn answer_ids(model: &Model, form: Form, answer: &str) -> Result<Vec<u32>> {
+    match form {
+        Form::Completion => model.tokenizer.encode(&format!(" {answer}")),
+        Form::Chat => model.tokenizer.encode(answer),
+    }
+}
+
+/// Prompt token ids of an item, with or without its context.
+pub fn query_ids(model: &Model, item: &Item, form: Form, with_context: bool) -> Result<Vec<u32>> {
+    model.prompt_ids(&item.query(form, with_context), form == Form::Chat)
+}
+
+/// Run one condition over a batch of items.
+fn run_batch(
+    model: &Model,
+    items: &[Item],
+    opts: &LabelOptions,
+    spec: &Spec,
+    with_context: bool,
+) -> Result<Vec<Run>> {
+    let prompts: Vec<Vec<u32>> = items
+        .iter()
+        .map(|it| query_ids(model, it, opts.form, with_context))
+        .collect::<Result<_>>()?;
+    let cands: Vec<Vec<Vec<u32>>> = items
+        .iter()
+        .map(|it| {
+            Ok(vec![
+                answer_ids(model, opts.form, &it.prior_answer)?,
+                answer_ids(model, opts.form, &it.context_answer)?,
+            ])
+        })
+        .collect::<Result<_>>()?;
+    let scored = greedy_and_score(model, &prompts, &cands, spec, opts.max_new)?;
+    items
+        .iter()
+        .zip(scored)
+        .map(|(it, s)| {
+            let text = model.tokenizer.decode(&s.greedy)?;
+            let (lp, lc) = (s.answer_logp[0], s.answer_logp[1]);
+            Ok(Run {
+                logp_prior: lp,
+                logp_context: lc,
+                tf_winner: if lp >= lc {
+                    Answer::Prior
+                } else {
+                    Answer::Context
+                },
+                greedy_answer: judge(it, answer_span(&text)),
+                greedy: text,
+            })
+        })
+        .collect()
+}
+
+/// Label `items`, calling `progress` with the number done after each batch. Items are batched
+/// by prompt length to keep padding small; the output keeps the input order.
+pub fn label_items(
+    model: &Model,
+    items: &[Item],
+    opts: &LabelOptions,
+    spec: &Spec,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<ItemLabel>> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    let lens: Vec<usize> = items
+        .iter()
+        .map(|it| Ok(query_ids(model, it, opts.form, true)?.len()))
+        .collect::<Result<_>>()?;
+    order.sort_by_key(|i| lens[*i]);
+    let mut out: Vec<Option<ItemLabel>> = vec![None; items.len()];
+    for chunk in order.chunks(opts.batch_size.max(1)) {
+        let batch: Vec<Item> = chunk.iter().map(|i| items[*i].clone()).collect();
+        let closed = run_batch(model, &batch, opts, spec, false)?;
+        let ctx = run_batch(model, &batch, opts, spec, true)?;
+        for ((idx, c), x) in chunk.iter().zip(closed).zip(ctx) {
+            let it = &items[*idx];
+            let label = match x.greedy_answer {
+                Answer::Context => Label::FollowsContext,
+                Answer::Prior => Label::FollowsPrior,
+                Answer::Neither => Label::Neither,
+            };
+            out[*idx] = Some(ItemLabel {
+                id: it.id.clone(),
+                relation: it.relation.clone(),
+                subject: it.subject.clone(),
+                split: it.split.clone(),
+                form: opts.form,
+                known: c.greedy_answer == Answer::Prior,
+                closed: c,
+                context: x,
+                label,
+            });
+        }
+        progress(chunk.len());
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Counts and rates for a group of labels.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub n: usize,
+    pub known: usize,
+    pub follows_context: usize,
+    pub follows_prior: usize,
+    pub neither: usize,
+    pub known_rate: f64,
+    /// Share of items whose answer follows the context.
+    pub adherence: f64,
+    /// n_prior / (n_prior + n_context), Longpre et al. 2021.
+    pub memorization_ratio: f64,
+    /// Share of items whose context answer has the higher teacher-forced log-probability.
+    pub tf_adherence: f64,
+    /// Adherence among the items the model knows closed-book (the real conflicts).
+    pub adherence_known: f64,
+}
+
+impl Summary {
+    pub fn of<'a>(labels: impl IntoIterator<Item = &'a ItemLabel>) -> Summary {
+        let mut s = Summary::default();
+        let (mut tf, mut kc) = (0, 0);
+        for l in labels {
+            s.n += 1;
+            s.known += l.known as usize;
+            match l.label {
+                Label::FollowsContext => s.follows_context += 1,
+                Label::FollowsPrior => s.follows_prior += 1,
+                Label::Neither => s.neither += 1,
+            }
+            tf += (l.context.tf_winner == Answer::Context) as usize;
+            kc += (l.known && l.label == Label::FollowsContext) as usize;
+        }
+        let r = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        s.known_rate = r(s.known, s.n);
+        s.adherence = r(s.follows_context, s.n);
+        s.memorization_ratio = r(s.follows_prior, s.follows_prior + s.follows_context);
+        s.tf_adherence = r(tf, s.n);
+        s.adherence_known = r(kc, s.known);
+        s
+    }
+}
+
+/// The overall summary and one per relation.
+pub fn summarize(labels: &[ItemLabel]) -> (Summary, BTreeMap<String, Summary>) {
+    let mut by: BTreeMap<String, Vec<&ItemLabel>> = BTreeMap::new();
+    for l in labels {
+        by.entry(l.relation.clone()).or_default().push(l);
+    }
+    let per = by.into_iter().map(|(k, v)| (k, Summary::of(v))).collect();
+    (Summary::of(labels), per)
+}
+
+/// The summary as a text table.
+pub fn summary_table(all: &Summary, per: &BTreeMap<String, Summary>) -> String {
+    let mut s = format!(
+        "{:<16} {:>5} {:>7} {:>9} {:>7} {:>8} {:>9} {:>10}\n",
+        "relation", "n", "known", "adhere", "M_R", "neither", "TF adh.", "adh.|known"
+    );
+    let row = |name: &str, x: &Summary| {
+        format!(
+            "{:<16} {:>5} {:>6.1}% {:>8.1}% {:>7.3} {:>8} {:>8.1}% {:>9.1}%\n",
+            name,
+            x.n,
+            100.0 * x.known_rate,
+            100.0 * x.adherence,
+            x.memorization_ratio,
+            x.neither,
+            100.0 * x.tf_adherence,
+            100.0 * x.adherence_known
+        )
+    };
+    for (k, v) in per {
+        s += &row(k, v);
+    }
+    s += &row("ALL", all);
+    s
+}
+
+/// Read a labels JSONL file.
+pub fn read_labels(path: &std::path::Path) -> Result<Vec<ItemLabel>> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::Error::file(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| crate::Error::file(path, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}
