@@ -116,7 +116,7 @@ pub fn capture(
     items: &[Item],
     labels: Option<&HashMap<String, ItemLabel>>,
     opts: &CaptureOptions,
-    steer: &Spec,
+    steer: &dyn crate::steer::Plan,
     meta: CaptureMeta,
     dir: &Path,
     progress: &mut dyn FnMut(usize),
@@ -143,20 +143,12 @@ pub fn capture(
         |m: &CaptureMeta| serde_json::to_vec_pretty(m).map_err(|e| Error::Invalid(e.to_string()));
     crate::data::write_atomic(&meta_path, &to_json(&meta)?)?;
 
-    let mut spec = steer.clone();
-    let pos = match opts.positions {
-        PosMode::Last => Positions::Last,
-        _ => Positions::All,
-    };
-    for iv in Spec::capture(&opts.sites, pos).interventions {
-        spec.push(iv);
-    }
     for (k, chunk) in items.chunks(opts.shard_size.max(1)).enumerate() {
         if shard_path(dir, k, "jsonl").exists() && shard_path(dir, k, "safetensors").exists() {
             progress(chunk.len());
             continue;
         }
-        capture_shard(model, chunk, labels, opts, &spec, dir, k, progress)?;
+        capture_shard(model, chunk, labels, opts, steer, dir, k, progress)?;
     }
     // The full index, in item order.
     let mut index = String::new();
@@ -179,7 +171,7 @@ fn capture_shard(
     items: &[Item],
     labels: Option<&HashMap<String, ItemLabel>>,
     opts: &CaptureOptions,
-    spec: &Spec,
+    steer: &dyn crate::steer::Plan,
     dir: &Path,
     k: usize,
     progress: &mut dyn FnMut(usize),
@@ -197,7 +189,15 @@ fn capture_shard(
     let pad = model.tokenizer.eos_id.unwrap_or(0);
     for batch_idx in order.chunks(opts.batch_size.max(1)) {
         let ids: Vec<Vec<u32>> = batch_idx.iter().map(|i| prompts[*i].1.clone()).collect();
-        let (_, caps) = model.run(&Batch::left_padded(&ids, pad), spec, LogitsAt::Last)?;
+        // Steering first, then the captures, so captures see the steered values.
+        let mut spec = steer.spec_for(model, &ids)?;
+        let pos = match opts.positions {
+            PosMode::Last => Positions::Last,
+            _ => Positions::All,
+        };
+        spec.interventions
+            .extend(Spec::capture(&opts.sites, pos).interventions);
+        let (_, caps) = model.run(&Batch::left_padded(&ids, pad), &spec, LogitsAt::Last)?;
         for (r, &i) in batch_idx.iter().enumerate() {
             let n = ids[r].len();
             let at = match opts.positions {
@@ -322,4 +322,48 @@ pub fn load(dir: &Path, n_layers: usize) -> Result<Acts> {
         sites.push((site, arr));
     }
     Ok(Acts { meta, index, sites })
+}
+
+/// Activations at `site` at each item's last prompt position, in memory (no files), under
+/// `spec` (e.g. steering): what `probe apply` and gated steering read.
+pub fn last_position_acts(
+    model: &Model,
+    items: &[Item],
+    site: Site,
+    form: Form,
+    with_context: bool,
+    batch_size: usize,
+    spec: &Spec,
+) -> Result<Vec<Vec<f32>>> {
+    let opts = CaptureOptions {
+        sites: vec![site],
+        positions: PosMode::Last,
+        form,
+        with_context,
+        batch_size,
+        shard_size: items.len().max(1),
+    };
+    let mut full = spec.clone();
+    full.push(crate::hooks::Intervention::new(
+        site,
+        Positions::Last,
+        crate::hooks::Action::Capture,
+    ));
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    let mut out = vec![vec![]; items.len()];
+    let idx: Vec<usize> = (0..items.len()).collect();
+    for chunk in idx.chunks(batch_size.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|i| prompt(model, &items[*i], &opts).map(|p| p.1))
+            .collect::<Result<_>>()?;
+        let (_, caps) = model.run(&Batch::left_padded(&ids, pad), &full, LogitsAt::Last)?;
+        for (r, i) in chunk.iter().enumerate() {
+            out[*i] = caps
+                .at(site, r, ids[r].len() - 1)
+                .ok_or_else(|| Error::Invalid(format!("no capture at {site}")))?
+                .to_vec();
+        }
+    }
+    Ok(out)
 }

@@ -46,6 +46,27 @@ pub enum Command {
     Label(LabelArgs),
     /// Record activations at chosen sites and positions into safetensors shards.
     Capture(CaptureArgs),
+    /// Train, inspect and apply linear probes on captured activations.
+    #[command(subcommand)]
+    Probe(ProbeCmd),
+    /// Activation patching: copy source activations into the target run, site by site, and
+    /// measure how far each moves the target toward the source's answer.
+    Patch(PatchArgs),
+    /// Write probe directions as a llama.cpp control vector (GGUF).
+    ExportCvec {
+        /// A probe file.
+        file: PathBuf,
+        /// Strength, in units of each site's projection spread (as `--steer ... --mode add`).
+        #[arg(long, allow_hyphen_values = true)]
+        alpha: f32,
+        /// Layers to include (default: the best site's layer); layer 0 cannot be steered by llama.cpp.
+        #[arg(long)]
+        layers: Option<String>,
+        #[arg(long, default_value = "probe", value_parser = ["probe", "meandiff", "pca"])]
+        direction: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Measure prefill and decode speed in both weight modes, next to candle's quantized_llama.
     BenchSpeed {
         #[command(flatten)]
@@ -79,6 +100,170 @@ pub enum DataCmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ProbeCmd {
+    /// Fit one probe per captured site and save probes, directions and metrics.
+    Train {
+        /// A capture folder from `ctxsteer capture` (with --labels for follows_context/known).
+        #[arg(long)]
+        acts: PathBuf,
+        /// What to predict.
+        #[arg(long, value_enum, default_value = "follows-context")]
+        label: ctxsteer::probe::Target,
+        /// Only these captured sites (names or patterns).
+        #[arg(long)]
+        sites: Option<String>,
+        #[arg(long, value_enum, default_value = "logistic")]
+        kind: ctxsteer::probe::Kind,
+        /// Seed of the subject split and the control task.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Test on these relations (comma-separated) and train on the rest, to measure transfer.
+        #[arg(long)]
+        test_relations: Option<String>,
+        /// Where to write the probe file (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also draw accuracy and AUROC by layer into this SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Print a probe file's per-site table.
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Draw accuracy and AUROC by layer into this SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Use a probe as a detector: one prediction per item.
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// The site to read, or `best`.
+        #[arg(long, default_value = "best")]
+        site: String,
+        /// Read the closed-book prompt instead of context + query.
+        #[arg(long)]
+        closed_book: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+/// Steering options shared by generate, label and capture.
+#[derive(Args, Clone)]
+pub struct SteerArgs {
+    /// Steer with probes (probes/NAME.json[:SITE|best]) or a llama.cpp control vector (.gguf).
+    #[arg(long)]
+    pub steer: Option<String>,
+    /// Strength in units of the spread (std) of projections at each site; negative steers
+    /// toward the prior. A control vector is multiplied by it.
+    #[arg(long, default_value_t = 4.0, allow_hyphen_values = true)]
+    pub alpha: f32,
+    /// Steer the probes of these layers (e.g. 10-20) instead of the one site.
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// add: x += alpha*sigma*u; clamp: set the projection to the context mean + alpha*sigma;
+    /// gated: add only where the probe predicts the prior will win.
+    #[arg(long, value_enum, default_value = "add")]
+    pub mode: ctxsteer::steer::Mode,
+    /// Which of the probe file's directions to use.
+    #[arg(long, default_value = "probe", value_parser = ["probe", "meandiff", "pca"])]
+    pub direction: String,
+    /// Positions to steer: all, prompt, generated, last, or indices like 0,4,5.
+    #[arg(long, default_value = "all")]
+    pub steer_positions: String,
+    /// Scale attention heads' outputs: LAYER.HEAD=FACTOR, comma-separated (0 ablates).
+    #[arg(long)]
+    pub scale_heads: Option<String>,
+}
+
+impl SteerArgs {
+    /// The plan these options describe (an empty spec when none is given).
+    pub fn plan(&self, model: &Model) -> Result<Box<dyn ctxsteer::steer::Plan>> {
+        use ctxsteer::steer::{self, Plan, Plans, Steering};
+        let n_layers = model.cfg().n_layers;
+        let positions: Positions = self.steer_positions.parse()?;
+        let mut plans: Vec<Box<dyn steer::Plan>> = Vec::new();
+        if let Some(s) = &self.steer {
+            let (file, site) = match s.rsplit_once(':') {
+                Some((f, site)) if !f.is_empty() && (site == "best" || site.contains("hook")) => {
+                    (f, site)
+                }
+                _ => (s.as_str(), "best"),
+            };
+            let path = std::path::Path::new(file);
+            let st = if file.ends_with(".gguf") {
+                Steering::from_cvec(path, self.alpha, positions, n_layers)?
+            } else {
+                let pf = ctxsteer::probe::ProbeFile::read(path)?;
+                pf.check_model(&model.identity()?, path)?;
+                let layers = self
+                    .layers
+                    .as_deref()
+                    .map(|l| steer::parse_layers(l, n_layers))
+                    .transpose()?;
+                Steering::from_probes(
+                    &pf,
+                    site,
+                    layers.as_deref(),
+                    &self.direction,
+                    self.mode,
+                    self.alpha,
+                    positions,
+                    n_layers,
+                )?
+            };
+            model
+                .validate(&st.spec_for(model, &[])?)
+                .with_context(|| format!("--steer {s}"))?;
+            plans.push(Box::new(st));
+        }
+        if let Some(h) = &self.scale_heads {
+            plans.push(Box::new(steer::scale_heads_spec(
+                h,
+                n_layers,
+                model.cfg().n_heads,
+            )?));
+        }
+        Ok(Box::new(Plans(plans)))
+    }
+}
+
+#[derive(Args)]
+pub struct PatchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The run whose activations are copied.
+    #[arg(long, value_enum, default_value = "true-context")]
+    pub source: ctxsteer::patch::Variant,
+    /// The run that receives them.
+    #[arg(long, value_enum, default_value = "counterfactual")]
+    pub target: ctxsteer::patch::Variant,
+    #[arg(long, value_enum, default_value = "resid-post")]
+    pub sites: ctxsteer::patch::PatchSites,
+    /// Which positions: every shared query token, the subject's last token, or the last token.
+    #[arg(long, value_enum, default_value = "last")]
+    pub positions: ctxsteer::patch::PatchPositions,
+    /// With --positions all: at most this many query tokens from the end.
+    #[arg(long, default_value_t = 8)]
+    pub max_positions: usize,
+    /// Output folder for patch.json and heatmap.svg.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options shared by the commands that read a dataset.
@@ -141,6 +326,8 @@ pub struct LabelArgs {
     /// Where to write one JSON label per item.
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub steer: SteerArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -170,6 +357,8 @@ pub struct CaptureArgs {
     /// Output folder; rerunning the same command resumes an interrupted capture.
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub steer: SteerArgs,
 }
 
 /// Which model to run and how.
@@ -249,9 +438,8 @@ pub struct GenerateArgs {
     /// Scale of the added vector.
     #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     pub steer_alpha: f32,
-    /// Positions to steer: all, prompt, generated, last, or indices like 0,4,5.
-    #[arg(long, default_value = "all")]
-    pub steer_positions: String,
+    #[command(flatten)]
+    pub plan: SteerArgs,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -265,6 +453,42 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(d) => data_cmd(d),
         Command::Label(a) => label_cmd(a),
         Command::Capture(a) => capture_cmd(a),
+        Command::Probe(p) => probe_cmd(p),
+        Command::Patch(a) => patch_cmd(a),
+        Command::ExportCvec {
+            file,
+            alpha,
+            layers,
+            direction,
+            out,
+        } => {
+            let pf = ctxsteer::probe::ProbeFile::read(&file)?;
+            let n = pf.model.n_layers;
+            let ls = layers
+                .as_deref()
+                .map(|l| ctxsteer::steer::parse_layers(l, n))
+                .transpose()?;
+            let st = ctxsteer::steer::Steering::from_probes(
+                &pf,
+                "best",
+                ls.as_deref(),
+                &direction,
+                ctxsteer::steer::Mode::Add,
+                alpha,
+                Positions::All,
+                n,
+            )?;
+            let dirs = st.as_cvec();
+            ctxsteer::steer::write_cvec(&out, &pf.model.architecture, n, &dirs)?;
+            let names: Vec<String> = dirs.iter().map(|(l, _)| format!("direction.{l}")).collect();
+            println!(
+                "wrote {} ({}) to {}",
+                names.len(),
+                names.join(", "),
+                out.display()
+            );
+            Ok(())
+        }
         Command::Generate(args) => generate_cmd(args),
         Command::BenchSpeed {
             model,
@@ -320,8 +544,8 @@ fn info(args: &ModelArgs, json: bool) -> Result<()> {
 
 fn generate_cmd(a: GenerateArgs) -> Result<()> {
     let model = a.model.load()?;
-    let spec = steering_spec(&model, &a)?;
     let ids = model.prompt_ids(&a.prompt, a.chat)?;
+    let spec = steering_spec(&model, &a, &ids)?;
     let sampling = if a.temperature > 0.0 {
         if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
             bail!("--top-p must be in (0, 1], got {}", a.top_p);
@@ -375,17 +599,19 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn steering_spec(model: &Model, a: &GenerateArgs) -> Result<Spec> {
+fn steering_spec(model: &Model, a: &GenerateArgs, prompt: &[u32]) -> Result<Spec> {
+    let mut spec = a.plan.plan(model)?.spec_for(model, &[prompt.to_vec()])?;
     let (Some(file), Some(site)) = (&a.steer_vector, &a.steer_site) else {
-        return Ok(Spec::new());
+        return Ok(spec);
     };
     let v = ctxsteer::steer::read_vector(file)?;
     let sites = Site::parse_pattern(site, model.cfg().n_layers)?;
-    let positions: Positions = a.steer_positions.parse()?;
-    let spec = ctxsteer::steer::add_spec(&sites, &v, a.steer_alpha, positions);
+    let positions: Positions = a.plan.steer_positions.parse()?;
+    let vspec = ctxsteer::steer::add_spec(&sites, &v, a.steer_alpha, positions);
     model
-        .validate(&spec)
+        .validate(&vspec)
         .with_context(|| format!("--steer-vector {}", file.display()))?;
+    spec.interventions.extend(vspec.interventions);
     Ok(spec)
 }
 
@@ -411,7 +637,8 @@ fn label_cmd(a: LabelArgs) -> Result<()> {
     let mut opts = ctxsteer::label::LabelOptions::new(a.data.form);
     opts.batch_size = a.data.batch_size;
     let pb = ctxsteer::progress::bar(items.len() as u64, "label", false);
-    let labels = ctxsteer::label::label_items(&model, &items, &opts, &Spec::new(), &mut |n| {
+    let plan = a.steer.plan(&model)?;
+    let labels = ctxsteer::label::label_items(&model, &items, &opts, plan.as_ref(), &mut |n| {
         pb.inc(n as u64)
     })?;
     pb.finish_and_clear();
@@ -440,6 +667,7 @@ fn capture_cmd(a: CaptureArgs) -> Result<()> {
         ),
         None => None,
     };
+    let plan = a.steer.plan(&model)?;
     let opts = ctxsteer::capture::CaptureOptions {
         sites: sites.clone(),
         positions: a.positions,
@@ -458,7 +686,7 @@ fn capture_cmd(a: CaptureArgs) -> Result<()> {
         form: a.data.form,
         with_context: !a.closed_book,
         shard_size: opts.shard_size,
-        steering: None,
+        steering: Some(plan.describe()).filter(|d| d != "none"),
         complete: false,
     };
     let pb = ctxsteer::progress::bar(items.len() as u64, "capture", false);
@@ -468,7 +696,7 @@ fn capture_cmd(a: CaptureArgs) -> Result<()> {
         &items,
         labels.as_ref(),
         &opts,
-        &Spec::new(),
+        plan.as_ref(),
         meta,
         &a.out,
         &mut |n| pb.inc(n as u64),
@@ -480,6 +708,181 @@ fn capture_cmd(a: CaptureArgs) -> Result<()> {
         meta.sites.len(),
         t0.elapsed().as_secs_f64(),
         a.out.display()
+    );
+    Ok(())
+}
+
+fn probe_cmd(p: ProbeCmd) -> Result<()> {
+    use ctxsteer::probe::{self, ProbeFile};
+    match p {
+        ProbeCmd::Train {
+            acts,
+            label,
+            sites,
+            kind,
+            seed,
+            test_relations,
+            out,
+            plot,
+            model,
+        } => {
+            let m = model.load_or(WeightsMode::F32)?;
+            let id = m.identity()?;
+            let mut a = ctxsteer::capture::load(&acts, m.cfg().n_layers)?;
+            if a.meta.model != id.file {
+                bail!(
+                    "{}: captured with {}, but the loaded model is {}",
+                    acts.display(),
+                    a.meta.model,
+                    id.file
+                );
+            }
+            if let Some(pat) = sites {
+                let keep = Site::parse_pattern(&pat, m.cfg().n_layers)?;
+                a.sites.retain(|(s, _)| keep.contains(s));
+                if a.sites.is_empty() {
+                    bail!(
+                        "--sites {pat}: none of these were captured in {}",
+                        acts.display()
+                    );
+                }
+            }
+            let mut opts = probe::TrainOptions::new(label, kind);
+            opts.seed = seed;
+            opts.test_relations =
+                test_relations.map(|r| r.split(',').map(|s| s.trim().to_string()).collect());
+            let pb = ctxsteer::progress::bar(a.sites.len() as u64, "probe", false);
+            let (sites, n_train, n_test, n_pos) =
+                probe::train(&a, &opts, &mut |n| pb.inc(n as u64))?;
+            pb.finish_and_clear();
+            let best = sites
+                .iter()
+                .max_by(|x, y| x.metrics.cv_auroc.total_cmp(&y.metrics.cv_auroc))
+                .map(|s| s.site.clone())
+                .unwrap_or_default();
+            let f = ProbeFile {
+                version: 1,
+                model: id,
+                acts: acts.display().to_string(),
+                data: a.meta.data.clone(),
+                target: label,
+                kind,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                seed,
+                n_train,
+                n_test,
+                n_pos,
+                test_relations: opts.test_relations.clone(),
+                best,
+                sites,
+            };
+            f.write(&out)?;
+            print!("{}", probe::table(&f));
+            if let Some(svg) = plot {
+                probe::plot(&f, &svg)?;
+                println!("plot written to {}", svg.display());
+            }
+            println!("probes written to {}", out.display());
+        }
+        ProbeCmd::Show { file, json, plot } => {
+            let f = ProbeFile::read(&file)?;
+            if json {
+                let rows: Vec<_> = f
+                    .sites
+                    .iter()
+                    .map(|s| serde_json::json!({"site": s.site, "metrics": s.metrics, "cosines": s.cosines, "spread": s.spread}))
+                    .collect();
+                let v = serde_json::json!({"target": f.target, "kind": f.kind, "best": f.best, "model": f.model, "sites": rows});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", probe::table(&f));
+            }
+            if let Some(svg) = plot {
+                probe::plot(&f, &svg)?;
+            }
+        }
+        ProbeCmd::Apply {
+            file,
+            data,
+            site,
+            closed_book,
+            json,
+            model,
+        } => {
+            let f = ProbeFile::read(&file)?;
+            let items = data.read()?;
+            let m = model.load_or(WeightsMode::F32)?;
+            f.check_model(&m.identity()?, &file)?;
+            let sp = f.site(&site)?;
+            let s = Site::parse(&sp.site, m.cfg().n_layers)?;
+            let acts = ctxsteer::capture::last_position_acts(
+                &m,
+                &items,
+                s,
+                data.form,
+                !closed_book,
+                data.batch_size,
+                &Spec::new(),
+            )?;
+            for (it, x) in items.iter().zip(acts) {
+                let z = sp.score(&x);
+                let p = 1.0 / (1.0 + (-z).exp());
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": it.id, "site": sp.site, "score": z, "p_positive": p, "predicted": z > 0.0})
+                    );
+                } else {
+                    println!(
+                        "{:<40} {:>7.3} {}",
+                        it.id,
+                        p,
+                        if z > 0.0 { "positive" } else { "negative" }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn patch_cmd(a: PatchArgs) -> Result<()> {
+    let items = a.data.read()?;
+    let model = a.model.load_or(WeightsMode::F32)?;
+    let opts = ctxsteer::patch::PatchOptions {
+        source: a.source,
+        target: a.target,
+        sites: a.sites,
+        positions: a.positions,
+        form: a.data.form,
+        batch_size: a.data.batch_size,
+        max_positions: a.max_positions.max(1),
+    };
+    let pb = ctxsteer::progress::bar(items.len() as u64, "patch", false);
+    let r = ctxsteer::patch::patch(&model, &items, &opts, &mut |n| pb.inc(n as u64))?;
+    pb.finish_and_clear();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    ctxsteer::data::write_atomic(&a.out.join("patch.json"), &serde_json::to_vec_pretty(&r)?)?;
+    ctxsteer::patch::heatmap(&r, &a.out.join("heatmap.svg"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{} items patched ({} skipped); mean logit difference (context - prior): source {:.2}, target {:.2}",
+        r.n_items, r.n_skipped, r.mean_ld_source, r.mean_ld_target
+    );
+    println!("top sites (mean normalized effect, 95% CI):");
+    for c in ctxsteer::patch::top(&r, 10) {
+        println!(
+            "  layer {:>2} {:<14} {:>7.3}  [{:.3}, {:.3}]",
+            c.layer, c.key, c.mean, c.ci_low, c.ci_high
+        );
+    }
+    println!(
+        "wrote {} and {}",
+        a.out.join("patch.json").display(),
+        a.out.join("heatmap.svg").display()
     );
     Ok(())
 }

@@ -418,6 +418,18 @@ pub fn write_built(dir: &Path) -> Result<Vec<(String, usize)>> {
         write_jsonl(&dir.join(name), items)?;
         written.push((name.to_string(), items.len()));
     }
+    // Both context variants in one file, with unique ids, for the `conflict` probe target.
+    let both: Vec<Item> = b
+        .counterfactual
+        .iter()
+        .chain(&b.true_context)
+        .map(|it| Item {
+            id: format!("{}:{}", it.id, it.variant.as_deref().unwrap_or("")),
+            ..it.clone()
+        })
+        .collect();
+    write_jsonl(&dir.join("variants.jsonl"), &both)?;
+    written.push(("variants.jsonl".to_string(), both.len()));
     for split in ["train", "dev", "test"] {
         let part: Vec<&Item> = b
             .counterfactual
@@ -626,7 +638,7 @@ fn import_nqswap(path: &Path, text: &str) -> Result<Vec<Item>> {
             v.get(f)
                 .and_then(|x| x.as_str())
                 .filter(|x| !x.trim().is_empty())
-                .map(|x| clean_nq(x))
+                .map(clean_nq)
                 .ok_or_else(|| at(format!("missing or empty string field `{f}`")))
         };
         let list = |f: &str| -> Result<Vec<String>> {

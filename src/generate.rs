@@ -212,6 +212,7 @@ pub fn greedy_and_score(
                 .collect(),
         })
         .collect();
+    #[allow(clippy::needless_range_loop)] // c indexes the second axis of candidates[r][c]
     for c in 0..n_cand {
         let rest: Vec<&[u32]> = (0..b).map(|r| &candidates[r][c][..]).collect();
         let longest = rest.iter().map(|a| a.len()).max().unwrap_or(0);

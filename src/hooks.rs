@@ -258,6 +258,9 @@ pub struct Intervention {
     pub site: Site,
     pub positions: Positions,
     pub heads: Option<Vec<usize>>,
+    /// Only these rows of a batch (all rows when None): lets one batch carry different
+    /// interventions per row, e.g. one patch per row or steering only the gated prompts.
+    pub rows: Option<Vec<usize>>,
     pub action: Action,
 }
 
@@ -267,8 +270,14 @@ impl Intervention {
             site,
             positions,
             heads: None,
+            rows: None,
             action,
         }
+    }
+
+    pub fn on_rows(mut self, rows: Vec<usize>) -> Self {
+        self.rows = Some(rows);
+        self
     }
 
     pub fn on_heads(mut self, heads: Vec<usize>) -> Self {
@@ -539,10 +548,11 @@ impl<'a> Hooks<'a> {
                     continue;
                 };
                 let row = &mut data[(r * seq + i) * width..(r * seq + i + 1) * width];
-                for iv in ivs
-                    .iter()
-                    .filter(|iv| iv.positions.contains(pos, info.prompt_len))
-                {
+                let applies = |iv: &&&Intervention| {
+                    iv.positions.contains(pos, info.prompt_len)
+                        && iv.rows.as_ref().is_none_or(|rs| rs.contains(&r))
+                };
+                for iv in ivs.iter().filter(applies) {
                     if let Action::Capture = iv.action {
                         self.captures
                             .sites

@@ -11,8 +11,8 @@
 use crate::data::{Form, Item};
 use crate::error::Result;
 use crate::generate::greedy_and_score;
-use crate::hooks::Spec;
 use crate::model::Model;
+use crate::steer::Plan;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -92,14 +92,16 @@ fn first_mention(text: &str, names: &[&str]) -> Option<usize> {
     names
         .iter()
         .map(|n| normalize(n))
-        .filter(|n| n.trim().len() > 0)
+        .filter(|n| !n.trim().is_empty())
         .filter_map(|n| text.find(&n))
         .min()
 }
 
-/// Which of the item's answers `text` gives first.
+/// Which of the item's answers `text` gives first. Mentions of the subject are removed first,
+/// so "South Africa" does not count as answering "Africa".
 pub fn judge(item: &Item, text: &str) -> Answer {
-    let t = normalize(text);
+    let subject = normalize(&item.subject);
+    let t = normalize(text).replace(subject.as_str(), " ");
     let p = first_mention(&t, &item.prior_names());
     let c = first_mention(&t, &item.context_names());
     match (p, c) {
@@ -156,7 +158,7 @@ fn run_batch(
     model: &Model,
     items: &[Item],
     opts: &LabelOptions,
-    spec: &Spec,
+    plan: &dyn Plan,
     with_context: bool,
 ) -> Result<Vec<Run>> {
     let prompts: Vec<Vec<u32>> = items
@@ -172,7 +174,8 @@ fn run_batch(
             ])
         })
         .collect::<Result<_>>()?;
-    let scored = greedy_and_score(model, &prompts, &cands, spec, opts.max_new)?;
+    let spec = plan.spec_for(model, &prompts)?;
+    let scored = greedy_and_score(model, &prompts, &cands, &spec, opts.max_new)?;
     items
         .iter()
         .zip(scored)
@@ -200,7 +203,7 @@ pub fn label_items(
     model: &Model,
     items: &[Item],
     opts: &LabelOptions,
-    spec: &Spec,
+    plan: &dyn Plan,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<ItemLabel>> {
     let mut order: Vec<usize> = (0..items.len()).collect();
@@ -212,8 +215,8 @@ pub fn label_items(
     let mut out: Vec<Option<ItemLabel>> = vec![None; items.len()];
     for chunk in order.chunks(opts.batch_size.max(1)) {
         let batch: Vec<Item> = chunk.iter().map(|i| items[*i].clone()).collect();
-        let closed = run_batch(model, &batch, opts, spec, false)?;
-        let ctx = run_batch(model, &batch, opts, spec, true)?;
+        let closed = run_batch(model, &batch, opts, plan, false)?;
+        let ctx = run_batch(model, &batch, opts, plan, true)?;
         for ((idx, c), x) in chunk.iter().zip(closed).zip(ctx) {
             let it = &items[*idx];
             let label = match x.greedy_answer {

@@ -13,8 +13,11 @@ pub mod generate;
 pub mod hooks;
 pub mod label;
 pub mod model;
+pub mod patch;
+pub mod probe;
 pub mod progress;
 pub mod speed;
+pub mod stats;
 pub mod steer;
 
 pub use error::{Error, Result};

@@ -63,3 +63,420 @@ pub fn add_spec(sites: &[Site], vector: &[f32], alpha: f32, positions: Positions
     }
     spec
 }
+
+// ---------------------------------------------------------------------------------------------
+// Steering plans: the spec for a batch of prompts.
+
+use crate::model::Model;
+use crate::probe::{ProbeFile, SiteProbe};
+
+/// Something that decides the interventions for a batch of prompts (token ids, one per row).
+pub trait Plan {
+    fn spec_for(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Spec>;
+    /// A short description for reports and capture metadata.
+    fn describe(&self) -> String;
+}
+
+/// A fixed spec is the simplest plan: the same interventions for every prompt.
+impl Plan for Spec {
+    fn spec_for(&self, _: &Model, _: &[Vec<u32>]) -> Result<Spec> {
+        Ok(self.clone())
+    }
+    fn describe(&self) -> String {
+        if self.is_empty() {
+            "none".into()
+        } else {
+            format!("{} interventions", self.interventions.len())
+        }
+    }
+}
+
+/// How a direction is applied.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// x += alpha * sigma * u.
+    Add,
+    /// Set the projection onto u to the context class mean + alpha * sigma.
+    Clamp,
+    /// Add, but only for prompts whose probe predicts that the prior will win.
+    Gated,
+}
+
+/// One steered site: a unit direction and its natural scale.
+#[derive(Clone, Debug)]
+pub struct SteerSite {
+    pub site: Site,
+    pub direction: Vec<f32>,
+    /// Spread (std) of projections onto the direction at this site.
+    pub sigma: f32,
+    /// Mean projection of the context class.
+    pub mean_pos: f32,
+}
+
+/// Steering built from a probe file (or a control vector).
+#[derive(Clone, Debug)]
+pub struct Steering {
+    pub sites: Vec<SteerSite>,
+    pub mode: Mode,
+    pub alpha: f32,
+    pub positions: Positions,
+    /// For gated mode: the probe that decides, and where it reads.
+    pub gate: Option<(Site, SiteProbe)>,
+    pub label: String,
+}
+
+/// Parse `10-20`, `12` or `3,5,7` into layers below `n_layers`.
+pub fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || {
+            Error::Invalid(format!("--layers `{s}`: use a range like 10-20, a layer, or a comma list; layers are 0..={}", n_layers.saturating_sub(1)))
+        };
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (
+                a.parse::<usize>().map_err(|_| bad())?,
+                b.parse::<usize>().map_err(|_| bad())?,
+            ),
+            None => {
+                let l = part.parse::<usize>().map_err(|_| bad())?;
+                (l, l)
+            }
+        };
+        if a > b || b >= n_layers {
+            return Err(bad());
+        }
+        out.extend(a..=b);
+    }
+    if out.is_empty() {
+        return Err(Error::Invalid(format!("--layers `{s}` names no layer")));
+    }
+    Ok(out)
+}
+
+impl Steering {
+    /// Steering from `file`: the probe at `site` (or `best`), or, with `layers`, the probes of
+    /// the same site kind at each of those layers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_probes(
+        file: &ProbeFile,
+        site: &str,
+        layers: Option<&[usize]>,
+        direction: &str,
+        mode: Mode,
+        alpha: f32,
+        positions: Positions,
+        n_layers: usize,
+    ) -> Result<Steering> {
+        let anchor = file.site(site)?;
+        let anchor_site = Site::parse(&anchor.site, n_layers)?;
+        let chosen: Vec<&SiteProbe> = match layers {
+            None => vec![anchor],
+            Some(ls) => ls
+                .iter()
+                .map(|l| file.site(&Site::new(anchor_site.kind, *l).to_string()))
+                .collect::<Result<_>>()?,
+        };
+        let mut sites = Vec::new();
+        for p in chosen {
+            let d = p.direction(direction)?;
+            let sp = p.spread.get(direction).cloned().unwrap_or_default();
+            sites.push(SteerSite {
+                site: Site::parse(&p.site, n_layers)?,
+                direction: d.to_vec(),
+                sigma: sp.std,
+                mean_pos: sp.mean_pos,
+            });
+        }
+        let gate = (mode == Mode::Gated).then(|| (anchor_site, anchor.clone()));
+        let label = format!(
+            "{mode:?} {direction} alpha={alpha} at {}",
+            sites
+                .iter()
+                .map(|s| s.site.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        Ok(Steering {
+            sites,
+            mode,
+            alpha,
+            positions,
+            gate,
+            label,
+        })
+    }
+
+    /// The interventions for the rows in `rows` (all rows when None).
+    fn spec_rows(&self, rows: Option<Vec<usize>>) -> Spec {
+        let mut spec = Spec::new();
+        for s in &self.sites {
+            let action = match self.mode {
+                Mode::Add | Mode::Gated => Action::Add {
+                    vector: s.direction.clone(),
+                    scale: self.alpha * s.sigma,
+                },
+                Mode::Clamp => Action::Clamp {
+                    direction: s.direction.clone(),
+                    value: s.mean_pos + self.alpha * s.sigma,
+                },
+            };
+            let mut iv = Intervention::new(s.site, self.positions.clone(), action);
+            iv.rows = rows.clone();
+            spec.push(iv);
+        }
+        spec
+    }
+
+    /// For gated mode: which prompts the probe predicts will follow the prior (and get steered).
+    pub fn gate_rows(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Vec<bool>> {
+        let Some((site, probe)) = &self.gate else {
+            return Ok(vec![true; prompts.len()]);
+        };
+        let pad = model.tokenizer.eos_id.unwrap_or(0);
+        let spec = Spec::capture(&[*site], Positions::Last);
+        let (_, caps) = model.run(
+            &crate::model::Batch::left_padded(prompts, pad),
+            &spec,
+            crate::model::LogitsAt::Last,
+        )?;
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(r, p)| {
+                let x = caps
+                    .at(*site, r, p.len() - 1)
+                    .ok_or_else(|| Error::Invalid(format!("no gate capture at {site}")))?;
+                Ok(probe.score(x) <= 0.0)
+            })
+            .collect()
+    }
+}
+
+impl Plan for Steering {
+    fn spec_for(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Spec> {
+        if self.alpha == 0.0 {
+            return Ok(Spec::new());
+        }
+        if self.mode != Mode::Gated {
+            return Ok(self.spec_rows(None));
+        }
+        let gated: Vec<usize> = self
+            .gate_rows(model, prompts)?
+            .into_iter()
+            .enumerate()
+            .filter_map(|(r, g)| g.then_some(r))
+            .collect();
+        if gated.is_empty() {
+            return Ok(Spec::new());
+        }
+        Ok(self.spec_rows(Some(gated)))
+    }
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+}
+
+/// A plan made of several: their interventions in order.
+pub struct Plans(pub Vec<Box<dyn Plan>>);
+
+impl Plan for Plans {
+    fn spec_for(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Spec> {
+        let mut spec = Spec::new();
+        for p in &self.0 {
+            spec.interventions
+                .extend(p.spec_for(model, prompts)?.interventions);
+        }
+        Ok(spec)
+    }
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|p| p.describe())
+            .filter(|d| d != "none")
+            .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(" + ")
+        }
+    }
+}
+
+/// Parse `--scale-heads 12.3=0,14.1=0.5` into scaling interventions at `attn.hook_z`.
+pub fn scale_heads_spec(s: &str, n_layers: usize, n_heads: usize) -> Result<Spec> {
+    let mut spec = Spec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || {
+            Error::Invalid(format!("--scale-heads `{part}`: use LAYER.HEAD=FACTOR, e.g. 12.3=0 (layers 0..={}, heads 0..={})", n_layers - 1, n_heads - 1))
+        };
+        let (lh, f) = part.split_once('=').ok_or_else(bad)?;
+        let (l, h) = lh.split_once('.').ok_or_else(bad)?;
+        let (l, h): (usize, usize) = (l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
+        let factor: f32 = f.parse().map_err(|_| bad())?;
+        if l >= n_layers || h >= n_heads {
+            return Err(bad());
+        }
+        spec.push(
+            Intervention::new(
+                Site::new(crate::hooks::SiteKind::AttnZ, l),
+                Positions::All,
+                Action::Scale { factor },
+            )
+            .on_heads(vec![h]),
+        );
+    }
+    Ok(spec)
+}
+
+// ---------------------------------------------------------------------------------------------
+// llama.cpp control vectors
+
+/// `(layer, vector)` pairs, as a control vector holds them.
+pub type LayerVectors = Vec<(usize, Vec<f32>)>;
+
+/// Write a llama.cpp control vector: `direction.N` (F32, 1-D) is added to the output of block N.
+pub fn write_cvec(
+    path: &Path,
+    model_hint: &str,
+    n_layers: usize,
+    dirs: &[(usize, Vec<f32>)],
+) -> Result<()> {
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    if let Some((l, _)) = dirs.iter().find(|(l, _)| *l == 0 || *l >= n_layers) {
+        return Err(Error::Invalid(format!(
+            "a control vector has directions for layers 1..={} only (llama.cpp never steers layer 0); got layer {l}",
+            n_layers - 1
+        )));
+    }
+    let md = [
+        (
+            "general.architecture",
+            Value::String("controlvector".into()),
+        ),
+        ("controlvector.model_hint", Value::String(model_hint.into())),
+        (
+            "controlvector.layer_count",
+            Value::I32((n_layers - 1) as i32),
+        ),
+    ];
+    let tensors: Vec<(String, QTensor)> = dirs
+        .iter()
+        .map(|(l, v)| {
+            let t = candle_core::Tensor::from_vec(v.clone(), v.len(), &candle_core::Device::Cpu)?;
+            Ok((
+                format!("direction.{l}"),
+                QTensor::quantize(&t, GgmlDType::F32)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tmp = path.with_extension("gguf.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    gguf_file::write(&mut f, &md_refs, &t_refs).map_err(|e| Error::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
+
+/// Read a llama.cpp control vector: its model hint and `(layer, vector)` pairs.
+pub fn read_cvec(path: &Path) -> Result<(String, LayerVectors)> {
+    use candle_core::quantized::gguf_file;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
+    let ct = gguf_file::Content::read(&mut f)
+        .map_err(|e| Error::file(path, format!("not a GGUF file: {e}")))?;
+    let arch = ct
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if arch != "controlvector" {
+        return Err(Error::file(
+            path,
+            format!("general.architecture is `{arch}`, not `controlvector`"),
+        ));
+    }
+    let hint = ct
+        .metadata
+        .get("controlvector.model_hint")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    let mut dirs = Vec::new();
+    let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
+    for name in names {
+        let layer: usize = name
+            .strip_prefix("direction.")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                Error::file(
+                    path,
+                    format!("unexpected tensor `{name}` (want direction.N)"),
+                )
+            })?;
+        let t = ct
+            .tensor(&mut f, &name, &candle_core::Device::Cpu)?
+            .dequantize(&candle_core::Device::Cpu)?;
+        dirs.push((layer, t.flatten_all()?.to_vec1::<f32>()?));
+    }
+    dirs.sort_by_key(|(l, _)| *l);
+    Ok((hint, dirs))
+}
+
+impl Steering {
+    /// Steering that adds a control vector's directions (times `alpha`) at blocks.N.hook_resid_post.
+    pub fn from_cvec(
+        path: &Path,
+        alpha: f32,
+        positions: Positions,
+        n_layers: usize,
+    ) -> Result<Steering> {
+        let (_, dirs) = read_cvec(path)?;
+        let mut sites = Vec::new();
+        for (l, v) in dirs {
+            if l >= n_layers {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "direction.{l} is past this model's last layer {}",
+                        n_layers - 1
+                    ),
+                ));
+            }
+            sites.push(SteerSite {
+                site: Site::resid_post(l),
+                direction: v,
+                sigma: 1.0,
+                mean_pos: 0.0,
+            });
+        }
+        Ok(Steering {
+            sites,
+            mode: Mode::Add,
+            alpha,
+            positions,
+            gate: None,
+            label: format!("control vector {} x{alpha}", path.display()),
+        })
+    }
+
+    /// The directions scaled as `add` applies them, for export as a control vector.
+    pub fn as_cvec(&self) -> Vec<(usize, Vec<f32>)> {
+        self.sites
+            .iter()
+            .map(|s| {
+                (
+                    s.site.layer,
+                    s.direction
+                        .iter()
+                        .map(|x| x * self.alpha * s.sigma)
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+}

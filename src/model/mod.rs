@@ -12,6 +12,16 @@ pub use llama::{Batch, Config, KvCache, Llama, LogitsAt, WeightsMode};
 use std::path::{Path, PathBuf};
 pub use tokenizer::{Message, Tokenizer};
 
+/// What identifies a model in artefacts (probe files, reports): its file, checksum and shape.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelId {
+    pub file: String,
+    pub sha256: String,
+    pub architecture: String,
+    pub n_layers: usize,
+    pub d_model: usize,
+}
+
 /// A loaded model and where it came from.
 pub struct Model {
     pub net: Llama,
@@ -142,6 +152,38 @@ impl Model {
     pub fn last_logits(&self, ids: &[u32], spec: &Spec) -> Result<Vec<f32>> {
         let (logits, _) = self.run(&Batch::single(ids), spec, LogitsAt::Last)?;
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// The model's identity. For a folder the checksum covers config.json and the names and
+    /// sizes of its safetensors files.
+    pub fn identity(&self) -> Result<ModelId> {
+        let sha256 = if self.path.is_dir() {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            let cfg = self.path.join("config.json");
+            h.update(std::fs::read(&cfg).map_err(|e| Error::file(&cfg, e))?);
+            let mut files: Vec<_> = std::fs::read_dir(&self.path)
+                .map_err(|e| Error::file(&self.path, e))?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .map(|e| (e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                .collect();
+            files.sort();
+            for (n, len) in files {
+                h.update(n.to_string_lossy().as_bytes());
+                h.update(len.to_le_bytes());
+            }
+            format!("{:x}", h.finalize())
+        } else {
+            fetch::sha256_file(&self.path)?
+        };
+        Ok(ModelId {
+            file: self.name(),
+            sha256,
+            architecture: self.cfg().architecture.clone(),
+            n_layers: self.cfg().n_layers,
+            d_model: self.cfg().d_model,
+        })
     }
 
     /// The file name that identifies this model in artefacts.

@@ -1,0 +1,431 @@
+//! Activation patching: where does the prior take over?
+//!
+//! For each item, a source prompt (e.g. the true fact as context) and a target prompt (the
+//! counterfactual context) run through the model. Then the source's activation at one site
+//! is patched into the target run: one (layer, position) or one (layer, head) at a time. Each
+//! patch is one row of a batched forward pass. The measure is the logit difference
+//! LD = logit(context answer) - logit(prior answer) at the last position, normalized as
+//! (LD_patched - LD_target) / (LD_source - LD_target): 1 means the patch alone moves the target
+//! all the way to the source's behaviour, 0 means it does nothing (as in ROME's causal tracing).
+//!
+//! Source and target prompts differ only in their context, which comes first, so positions are
+//! aligned from the end: the query tokens they share. `last` is the last token, `subject` is
+//! the last token of the subject in the query, and `all` is each shared query token, labelled
+//! by its offset from the end (-1 is the last).
+
+use crate::capture::subject_last_token;
+use crate::data::{Form, Item};
+use crate::error::{Error, Result};
+use crate::hooks::{Action, Captures, Intervention, Positions, Site, SiteKind, Spec};
+use crate::model::{Batch, LogitsAt, Model};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Which activations are patched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PatchSites {
+    ResidPost,
+    AttnOut,
+    MlpOut,
+    /// Each attention head's output (attn.hook_z), one head at a time.
+    Heads,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PatchPositions {
+    All,
+    Subject,
+    Last,
+}
+
+/// A variant of an item's prompt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// The item's own context (the counterfactual one for our data).
+    Counterfactual,
+    /// The context with the context answer replaced by the prior answer.
+    TrueContext,
+    /// No context.
+    NoContext,
+}
+
+/// The item's prompt under a variant; the answers stay the item's own.
+pub fn variant_item(item: &Item, v: Variant) -> Item {
+    let context = match v {
+        Variant::Counterfactual => item.context.clone(),
+        Variant::TrueContext => item
+            .context
+            .replace(&item.context_answer, &item.prior_answer),
+        Variant::NoContext => String::new(),
+    };
+    Item {
+        context,
+        ..item.clone()
+    }
+}
+
+/// One patch: copy the source's values at `pairs` (target position, source position) into
+/// the target run at `site` (one head when `head` is set).
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub site: Site,
+    pub head: Option<usize>,
+    pub pairs: Vec<(usize, usize)>,
+    /// Column of the result table: a position label or a head.
+    pub key: String,
+}
+
+/// Final-position logits of the target under each job (one batch row per job).
+pub fn run_jobs(
+    model: &Model,
+    target: &[u32],
+    source: &Captures,
+    jobs: &[Job],
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(batch_size.max(1)) {
+        let mut spec = Spec::new();
+        for (r, job) in chunk.iter().enumerate() {
+            let mut values = BTreeMap::new();
+            for (t, s) in &job.pairs {
+                let v = source.at(job.site, 0, *s).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "source has no capture at {} position {s}",
+                        job.site
+                    ))
+                })?;
+                values.insert(*t, v.to_vec());
+            }
+            let positions = Positions::Indices(job.pairs.iter().map(|(t, _)| *t).collect());
+            let mut iv =
+                Intervention::new(job.site, positions, Action::Replace { values }).on_rows(vec![r]);
+            iv.heads = job.head.map(|h| vec![h]);
+            spec.push(iv);
+        }
+        let batch = Batch {
+            ids: vec![target.to_vec(); chunk.len()],
+            pads: vec![0; chunk.len()],
+        };
+        let (logits, _) = model.run(&batch, &spec, LogitsAt::Last)?;
+        let l = logits.squeeze(1)?.to_vec2::<f32>()?;
+        out.extend(l);
+    }
+    Ok(out)
+}
+
+/// Settings of a patching run.
+pub struct PatchOptions {
+    pub source: Variant,
+    pub target: Variant,
+    pub sites: PatchSites,
+    pub positions: PatchPositions,
+    pub form: Form,
+    pub batch_size: usize,
+    /// With `all` positions, at most this many query tokens from the end.
+    pub max_positions: usize,
+}
+
+/// One cell of the result: mean normalized effect with a bootstrap 95% interval.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Cell {
+    pub layer: usize,
+    pub key: String,
+    pub n: usize,
+    pub mean: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PatchResult {
+    pub source: Variant,
+    pub target: Variant,
+    pub sites: PatchSites,
+    pub positions: PatchPositions,
+    pub alignment: String,
+    pub n_items: usize,
+    /// Items left out: source and target behave alike (|LD_s - LD_t| < 0.5), or the answers
+    /// share their first token, or the subject is not in the shared query.
+    pub n_skipped: usize,
+    pub mean_ld_source: f64,
+    pub mean_ld_target: f64,
+    pub keys: Vec<String>,
+    pub cells: Vec<Cell>,
+}
+
+fn ld(logits: &[f32], ctx: u32, prior: u32) -> f64 {
+    (logits[ctx as usize] - logits[prior as usize]) as f64
+}
+
+fn prompt_text(model: &Model, item: &Item, form: Form) -> Result<String> {
+    let q = item.query(form, true);
+    Ok(match form {
+        Form::Chat => model
+            .tokenizer
+            .render_chat(&[crate::model::Message::user(&q)], true)?,
+        Form::Completion => q,
+    })
+}
+
+/// The jobs of one item, or None when its positions cannot be aligned.
+fn jobs_for(
+    model: &Model,
+    opts: &PatchOptions,
+    tgt_text: &str,
+    subject: &str,
+    nt: usize,
+    ns: usize,
+    shared: usize,
+) -> Result<Option<Vec<Job>>> {
+    let cfg = model.cfg();
+    let pairs: Vec<(usize, usize, String)> = match opts.positions {
+        PatchPositions::Last => vec![(nt - 1, ns - 1, "last".into())],
+        PatchPositions::Subject => match subject_last_token(model, tgt_text, subject)? {
+            Some(t) if t >= nt - shared => vec![(t, ns - (nt - t), "subject".into())],
+            _ => return Ok(None),
+        },
+        PatchPositions::All => (1..=shared.min(opts.max_positions))
+            .map(|j| (nt - j, ns - j, format!("-{j}")))
+            .collect(),
+    };
+    let mut jobs = Vec::new();
+    for l in 0..cfg.n_layers {
+        let kind = match opts.sites {
+            PatchSites::ResidPost => SiteKind::ResidPost,
+            PatchSites::AttnOut => SiteKind::AttnOut,
+            PatchSites::MlpOut => SiteKind::MlpOut,
+            PatchSites::Heads => SiteKind::AttnZ,
+        };
+        let site = Site::new(kind, l);
+        for (t, s, key) in &pairs {
+            if opts.sites == PatchSites::Heads {
+                for h in 0..cfg.n_heads {
+                    let key = if pairs.len() == 1 {
+                        format!("head {h}")
+                    } else {
+                        format!("{key} head {h}")
+                    };
+                    jobs.push(Job {
+                        site,
+                        head: Some(h),
+                        pairs: vec![(*t, *s)],
+                        key,
+                    });
+                }
+            } else {
+                jobs.push(Job {
+                    site,
+                    head: None,
+                    pairs: vec![(*t, *s)],
+                    key: key.clone(),
+                });
+            }
+        }
+    }
+    Ok(Some(jobs))
+}
+
+/// Patch source into target for every item; aggregate the normalized effects.
+pub fn patch(
+    model: &Model,
+    items: &[Item],
+    opts: &PatchOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<PatchResult> {
+    let mut effects: BTreeMap<(usize, String), Vec<f64>> = BTreeMap::new();
+    let (mut skipped, mut used) = (0, 0);
+    let (mut sum_s, mut sum_t) = (0.0, 0.0);
+    let kinds: Vec<Site> = {
+        let kind = match opts.sites {
+            PatchSites::ResidPost => SiteKind::ResidPost,
+            PatchSites::AttnOut => SiteKind::AttnOut,
+            PatchSites::MlpOut => SiteKind::MlpOut,
+            PatchSites::Heads => SiteKind::AttnZ,
+        };
+        (0..model.cfg().n_layers)
+            .map(|l| Site::new(kind, l))
+            .collect()
+    };
+    for item in items {
+        progress(1);
+        let (src, tgt) = (
+            variant_item(item, opts.source),
+            variant_item(item, opts.target),
+        );
+        let (st, tt) = (
+            prompt_text(model, &src, opts.form)?,
+            prompt_text(model, &tgt, opts.form)?,
+        );
+        let (sids, tids) = (model.tokenizer.encode(&st)?, model.tokenizer.encode(&tt)?);
+        let ctx = crate::label::answer_ids(model, opts.form, &item.context_answer)?;
+        let prior = crate::label::answer_ids(model, opts.form, &item.prior_answer)?;
+        if ctx.first() == prior.first() {
+            skipped += 1;
+            continue;
+        }
+        let (c, p) = (ctx[0], prior[0]);
+        let shared = sids
+            .iter()
+            .rev()
+            .zip(tids.iter().rev())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let Some(jobs) = jobs_for(
+            model,
+            opts,
+            &tt,
+            &item.subject,
+            tids.len(),
+            sids.len(),
+            shared.max(1),
+        )?
+        else {
+            skipped += 1;
+            continue;
+        };
+        let (sl, caps) = model.run(
+            &Batch::single(&sids),
+            &Spec::capture(&kinds, Positions::All),
+            LogitsAt::Last,
+        )?;
+        let ld_s = ld(&sl.flatten_all()?.to_vec1::<f32>()?, c, p);
+        let ld_t = ld(&model.last_logits(&tids, &Spec::new())?, c, p);
+        if (ld_s - ld_t).abs() < 0.5 {
+            skipped += 1;
+            continue;
+        }
+        used += 1;
+        sum_s += ld_s;
+        sum_t += ld_t;
+        let logits = run_jobs(model, &tids, &caps, &jobs, opts.batch_size)?;
+        for (job, l) in jobs.iter().zip(logits) {
+            let e = (ld(&l, c, p) - ld_t) / (ld_s - ld_t);
+            effects
+                .entry((job.site.layer, job.key.clone()))
+                .or_default()
+                .push(e);
+        }
+    }
+    if used == 0 {
+        return Err(Error::Invalid(format!(
+            "no item could be patched ({skipped} skipped: source and target behave alike, answers share a first token, or positions do not align)"
+        )));
+    }
+    let mut keys: Vec<String> = Vec::new();
+    let cells = effects
+        .into_iter()
+        .map(|((layer, key), v)| {
+            if !keys.contains(&key) {
+                keys.push(key.clone());
+            }
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let (lo, hi) = crate::stats::bootstrap_ci(&v, 1000, layer as u64);
+            Cell {
+                layer,
+                key,
+                n: v.len(),
+                mean,
+                ci_low: lo,
+                ci_high: hi,
+            }
+        })
+        .collect();
+    keys.sort_by_key(|k| key_order(k));
+    Ok(PatchResult {
+        source: opts.source,
+        target: opts.target,
+        sites: opts.sites,
+        positions: opts.positions,
+        alignment: "positions aligned from the end over the query tokens that source and target share \
+                    (the contexts differ and come first); `subject` is the subject's last token in the query"
+            .into(),
+        n_items: used,
+        n_skipped: skipped,
+        mean_ld_source: sum_s / used as f64,
+        mean_ld_target: sum_t / used as f64,
+        keys,
+        cells,
+    })
+}
+
+/// Order keys: -12 .. -1, subject, last, then heads by number.
+fn key_order(k: &str) -> (i64, i64) {
+    if let Some(h) = k
+        .rsplit("head ")
+        .next()
+        .and_then(|h| h.parse::<i64>().ok())
+        .filter(|_| k.contains("head"))
+    {
+        let base = k
+            .split(" head")
+            .next()
+            .and_then(|p| p.parse::<i64>().ok())
+            .unwrap_or(0);
+        return (base, h);
+    }
+    (k.parse::<i64>().unwrap_or(0), 0)
+}
+
+/// The strongest cells, best first.
+pub fn top(r: &PatchResult, n: usize) -> Vec<&Cell> {
+    let mut v: Vec<&Cell> = r.cells.iter().collect();
+    v.sort_by(|a, b| b.mean.total_cmp(&a.mean));
+    v.truncate(n);
+    v
+}
+
+/// Draw the layer x key heatmap of mean effects as an SVG (blue < 0 < red).
+pub fn heatmap(r: &PatchResult, path: &std::path::Path) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
+    let n_layers = r.cells.iter().map(|c| c.layer + 1).max().unwrap_or(1);
+    let cols = r.keys.len().max(1);
+    let w = 160 + 40 * cols as u32;
+    let root = SVGBackend::new(path, (w.max(420), 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let title = format!(
+        "patching {:?} -> {:?}: {:?} ({} items)",
+        r.source, r.target, r.sites, r.n_items
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 15))
+        .margin(10)
+        .x_label_area_size(60)
+        .y_label_area_size(40)
+        .build_cartesian_2d(0..cols, 0..n_layers)
+        .map_err(|e| err(&e))?;
+    let keys = r.keys.clone();
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(cols)
+        .y_labels(n_layers.min(30))
+        .x_label_formatter(&|x| keys.get(*x).cloned().unwrap_or_default())
+        .y_desc("layer")
+        .draw()
+        .map_err(|e| err(&e))?;
+    let color = |v: f64| {
+        let v = v.clamp(-1.0, 1.0);
+        let f = |x: f64| (255.0 * (1.0 - x)) as u8;
+        if v >= 0.0 {
+            RGBColor(255, f(v), f(v))
+        } else {
+            RGBColor(f(-v), f(-v), 255)
+        }
+    };
+    chart
+        .draw_series(r.cells.iter().filter_map(|c| {
+            let x = r.keys.iter().position(|k| *k == c.key)?;
+            Some(Rectangle::new(
+                [(x, c.layer), (x + 1, c.layer + 1)],
+                color(c.mean).filled(),
+            ))
+        }))
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

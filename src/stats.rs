@@ -1,0 +1,146 @@
+//! Small statistics used across the crate: AUROC, balanced accuracy, standardization, the
+//! first principal component, seeded shuffles and bootstrap confidence intervals.
+
+use ndarray::{Array1, Array2, Axis};
+
+/// Area under the ROC curve of `scores` for binary `labels` (Mann-Whitney U with tied ranks).
+/// 0.5 when one class is missing.
+pub fn auroc(scores: &[f64], labels: &[bool]) -> f64 {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|a, b| scores[*a].total_cmp(&scores[*b]));
+    let mut ranks = vec![0f64; scores.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let r = (i + j) as f64 / 2.0 + 1.0;
+        for k in i..=j {
+            ranks[idx[k]] = r;
+        }
+        i = j + 1;
+    }
+    let n_pos = labels.iter().filter(|l| **l).count() as f64;
+    let n_neg = labels.len() as f64 - n_pos;
+    if n_pos == 0.0 || n_neg == 0.0 {
+        return 0.5;
+    }
+    let sum_pos: f64 = ranks
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| **l)
+        .map(|(r, _)| r)
+        .sum();
+    (sum_pos - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
+}
+
+/// Accuracy and balanced accuracy of `pred` against `labels`.
+pub fn accuracies(pred: &[bool], labels: &[bool]) -> (f64, f64) {
+    let n = labels.len().max(1) as f64;
+    let acc = pred.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / n;
+    let rate = |cls: bool| {
+        let tot = labels.iter().filter(|l| **l == cls).count();
+        if tot == 0 {
+            return 1.0;
+        }
+        pred.iter()
+            .zip(labels)
+            .filter(|(p, l)| **l == cls && **p == cls)
+            .count() as f64
+            / tot as f64
+    };
+    (acc, (rate(true) + rate(false)) / 2.0)
+}
+
+/// Column means and standard deviations (floored so constant columns do not divide by 0).
+pub fn mean_std(x: &Array2<f64>) -> (Array1<f64>, Array1<f64>) {
+    let mean = x
+        .mean_axis(Axis(0))
+        .unwrap_or_else(|| Array1::zeros(x.ncols()));
+    let std = x.std_axis(Axis(0), 0.0).mapv(|s| s.max(1e-6));
+    (mean, std)
+}
+
+/// Unit vector along `v` (unchanged if zero).
+pub fn unit(v: &Array1<f64>) -> Array1<f64> {
+    let n = v.dot(v).sqrt();
+    if n == 0.0 {
+        v.clone()
+    } else {
+        v / n
+    }
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
+}
+
+/// First principal component of the rows of `x` (centered), by power iteration.
+pub fn first_pc(x: &Array2<f64>) -> Array1<f64> {
+    let mean = x
+        .mean_axis(Axis(0))
+        .unwrap_or_else(|| Array1::zeros(x.ncols()));
+    let c = x - &mean;
+    let cov = c.t().dot(&c);
+    let mut v = Array1::from_iter((0..x.ncols()).map(|i| 1.0 + (i % 7) as f64 * 0.01));
+    for _ in 0..200 {
+        let next = unit(&cov.dot(&v));
+        let delta = (&next - &v).mapv(f64::abs).sum();
+        v = next;
+        if delta < 1e-10 {
+            break;
+        }
+    }
+    v
+}
+
+/// A deterministic generator (SplitMix64) for shuffles and bootstraps.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Bootstrap 95% interval of the mean of `values` (percentile method).
+pub fn bootstrap_ci(values: &[f64], reps: usize, seed: u64) -> (f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mut rng = SplitMix(seed);
+    let mut means: Vec<f64> = (0..reps)
+        .map(|_| {
+            (0..values.len())
+                .map(|_| values[rng.below(values.len())])
+                .sum::<f64>()
+                / values.len() as f64
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * (reps - 1) as f64).round() as usize).min(reps - 1)];
+    (at(0.025), at(0.975))
+}

@@ -1,0 +1,294 @@
+//! Labels and activation capture on the tiny model: shapes, values, resumption, summaries.
+
+mod common;
+use common::tiny;
+use ctxsteer::capture::{self, CaptureMeta, CaptureOptions, PosMode};
+use ctxsteer::data::{Form, Item};
+use ctxsteer::label::{self, Answer, Label};
+use ctxsteer::model::{Batch, LogitsAt};
+use ctxsteer::{Model, Positions, Site, Spec, WeightsMode};
+
+fn item(i: usize) -> Item {
+    let subjects = ["the cat", "a red hat", "the sea", "old rope", "the tea pot"];
+    Item {
+        id: format!("t{i}"),
+        relation: "toy".into(),
+        subject: subjects[i % 5].into(),
+        question: format!("where is {}?", subjects[i % 5]),
+        prompt: format!("{} sat on the", subjects[i % 5]),
+        context: format!("{} sat on the mat.", subjects[i % 5]),
+        prior_answer: "hat".into(),
+        context_answer: "mat".into(),
+        prior_aliases: vec![],
+        context_aliases: vec![],
+        split: Some("train".into()),
+        variant: None,
+    }
+}
+
+fn setup() -> (tempfile::TempDir, Model, Vec<Item>) {
+    let (dir, path) = tiny::temp();
+    let m = Model::load(&path, WeightsMode::F32).unwrap();
+    (dir, m, (0..5).map(item).collect())
+}
+
+fn opts(sites: Vec<Site>, positions: PosMode) -> CaptureOptions {
+    CaptureOptions {
+        sites,
+        positions,
+        form: Form::Completion,
+        with_context: true,
+        batch_size: 3,
+        shard_size: 2,
+    }
+}
+
+fn meta(m: &Model, o: &CaptureOptions, n: usize) -> CaptureMeta {
+    CaptureMeta {
+        model: m.name(),
+        weights: "f32".into(),
+        data: "toy".into(),
+        n_items: n,
+        sites: o.sites.iter().map(|s| s.to_string()).collect(),
+        positions: o.positions,
+        form: o.form,
+        with_context: o.with_context,
+        shard_size: o.shard_size,
+        steering: None,
+        complete: false,
+    }
+}
+
+#[test]
+fn capture_writes_one_matrix_per_site_with_the_model_s_values() {
+    let (dir, m, items) = setup();
+    let sites = vec![
+        Site::resid_post(0),
+        Site::new(ctxsteer::SiteKind::MlpPost, 1),
+    ];
+    let o = opts(sites.clone(), PosMode::Last);
+    let out = dir.path().join("acts");
+    let mut seen = 0;
+    capture::capture(
+        &m,
+        &items,
+        None,
+        &o,
+        &Spec::new(),
+        meta(&m, &o, 5),
+        &out,
+        &mut |n| seen += n,
+    )
+    .unwrap();
+    assert_eq!(seen, 5);
+    let acts = capture::load(&out, m.cfg().n_layers).unwrap();
+    assert_eq!(acts.index.len(), 5);
+    assert_eq!(acts.sites[0].1.dim(), (5, 64));
+    assert_eq!(acts.sites[1].1.dim(), (5, 128));
+    for (k, it) in items.iter().enumerate() {
+        assert_eq!(acts.index[k].id, it.id);
+        let ids = m
+            .tokenizer
+            .encode(&it.query(Form::Completion, true))
+            .unwrap();
+        let (_, caps) = m
+            .run(
+                &Batch::single(&ids),
+                &Spec::capture(&sites, Positions::Last),
+                LogitsAt::Last,
+            )
+            .unwrap();
+        for (s, (site, arr)) in acts.sites.iter().enumerate() {
+            assert_eq!(*site, sites[s]);
+            let want = caps.at(*site, 0, ids.len() - 1).unwrap();
+            let got: Vec<f32> = arr.row(k).to_vec();
+            assert!(common::max_abs_diff(&got, want) < 1e-4, "{site} item {k}");
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_capture_resumes_to_the_same_result() {
+    let (dir, m, items) = setup();
+    let o = opts(vec![Site::resid_post(1)], PosMode::Mean);
+    let out = dir.path().join("acts");
+    capture::capture(
+        &m,
+        &items,
+        None,
+        &o,
+        &Spec::new(),
+        meta(&m, &o, 5),
+        &out,
+        &mut |_| {},
+    )
+    .unwrap();
+    let full = capture::load(&out, 2).unwrap().sites[0].1.clone();
+    // Simulate a stop after shard 0: later shards, the index and the finished flag are gone.
+    for f in [
+        "shard-00001.jsonl",
+        "shard-00002.jsonl",
+        "shard-00002.safetensors",
+        "index.jsonl",
+    ] {
+        std::fs::remove_file(out.join(f)).unwrap();
+    }
+    std::fs::write(
+        out.join("meta.json"),
+        serde_json::to_string(&meta(&m, &o, 5)).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        capture::load(&out, 2).is_err(),
+        "an unfinished capture must not load"
+    );
+    let mut redone = 0;
+    capture::capture(
+        &m,
+        &items,
+        None,
+        &o,
+        &Spec::new(),
+        meta(&m, &o, 5),
+        &out,
+        &mut |n| redone += n,
+    )
+    .unwrap();
+    assert_eq!(redone, 5, "progress counts skipped shards too");
+    assert_eq!(capture::load(&out, 2).unwrap().sites[0].1, full);
+    // Other settings in the same folder are refused instead of mixed in.
+    let other = opts(vec![Site::resid_post(0)], PosMode::Mean);
+    let e = capture::capture(
+        &m,
+        &items,
+        None,
+        &other,
+        &Spec::new(),
+        meta(&m, &other, 5),
+        &out,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("other settings"), "{e}");
+}
+
+#[test]
+fn subject_last_picks_the_subject_s_final_token() {
+    let (_d, m, _) = setup();
+    let text = "a red hat sat on the mat. a red hat sat on the";
+    let p = capture::subject_last_token(&m, text, "a red hat")
+        .unwrap()
+        .unwrap();
+    let offs = m.tokenizer.offsets(text).unwrap();
+    // The last mention starts at byte 26 and ends at byte 35 ("...hat").
+    assert_eq!(&text[offs[p].0..offs[p].1].trim(), &"t");
+    assert!(offs[p].1 == 35, "{:?}", offs[p]);
+    assert_eq!(
+        capture::subject_last_token(&m, text, "a blue hat").unwrap(),
+        None
+    );
+}
+
+#[test]
+fn labels_have_both_runs_and_a_consistent_summary() {
+    let (_d, m, items) = setup();
+    let mut o = label::LabelOptions::new(Form::Completion);
+    o.batch_size = 2;
+    let labels = label::label_items(&m, &items, &o, &Spec::new(), &mut |_| {}).unwrap();
+    assert_eq!(labels.len(), 5);
+    for (l, it) in labels.iter().zip(&items) {
+        assert_eq!(l.id, it.id);
+        assert!(l.closed.logp_prior < 0.0 && l.context.logp_context < 0.0);
+        // Log-probs from the batched path equal a single-row teacher-forced computation.
+        let ids = m
+            .tokenizer
+            .encode(&it.query(Form::Completion, true))
+            .unwrap();
+        let ans = label::answer_ids(&m, Form::Completion, &it.context_answer).unwrap();
+        let full: Vec<u32> = ids.iter().chain(&ans).copied().collect();
+        let (lg, _) = m
+            .run(&Batch::single(&full), &Spec::new(), LogitsAt::All)
+            .unwrap();
+        let lp = ctxsteer::model::llama::log_softmax(&lg)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let want: f32 = ans
+            .iter()
+            .enumerate()
+            .map(|(j, t)| lp[ids.len() - 1 + j][*t as usize])
+            .sum();
+        assert!(
+            (l.context.logp_context - want).abs() < 1e-3,
+            "{} vs {want}",
+            l.context.logp_context
+        );
+    }
+    let (all, per) = label::summarize(&labels);
+    assert_eq!(all.n, 5);
+    assert_eq!(all.follows_context + all.follows_prior + all.neither, 5);
+    assert_eq!(per["toy"].n, 5);
+}
+
+#[test]
+fn judge_and_summary_arithmetic() {
+    let it = Item {
+        subject: "South Africa".into(),
+        prior_answer: "Africa".into(),
+        context_answer: "Asia".into(),
+        context_aliases: vec!["Asian continent".into()],
+        ..item(0)
+    };
+    assert_eq!(label::judge(&it, " Asia, not Africa."), Answer::Context);
+    assert_eq!(label::judge(&it, " Africa. Some say Asia"), Answer::Prior);
+    assert_eq!(
+        label::judge(&it, " South Africa is big"),
+        Answer::Neither,
+        "the subject is not an answer"
+    );
+    assert_eq!(
+        label::judge(&it, " Eurasia"),
+        Answer::Neither,
+        "whole words only"
+    );
+    let mk = |label: Label, known: bool| label::ItemLabel {
+        id: "x".into(),
+        relation: "r".into(),
+        subject: "s".into(),
+        split: None,
+        form: Form::Completion,
+        closed: label::Run {
+            logp_prior: -1.0,
+            logp_context: -2.0,
+            tf_winner: Answer::Prior,
+            greedy: String::new(),
+            greedy_answer: Answer::Prior,
+        },
+        context: label::Run {
+            logp_prior: -1.0,
+            logp_context: -2.0,
+            tf_winner: Answer::Prior,
+            greedy: String::new(),
+            greedy_answer: Answer::Prior,
+        },
+        known,
+        label,
+    };
+    let ls = vec![
+        mk(Label::FollowsPrior, true),
+        mk(Label::FollowsPrior, true),
+        mk(Label::FollowsContext, true),
+        mk(Label::Neither, false),
+    ];
+    let s = label::Summary::of(&ls);
+    assert_eq!(
+        (s.n, s.known, s.follows_prior, s.follows_context, s.neither),
+        (4, 3, 2, 1, 1)
+    );
+    assert!((s.memorization_ratio - 2.0 / 3.0).abs() < 1e-9);
+    assert!((s.adherence - 0.25).abs() < 1e-9);
+    assert!((s.adherence_known - 1.0 / 3.0).abs() < 1e-9);
+}

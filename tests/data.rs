@@ -1,0 +1,255 @@
+//! The dataset format, the built-in data and the importers (no model needed).
+
+mod common;
+use ctxsteer::data::{self, ImportFormat, Item};
+use std::collections::{HashMap, HashSet};
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const GOOD: &str = r#"{"id":"a","relation":"capital","subject":"France","question":"What is the capital of France?","prompt":"The capital of France is","context":"The capital of France is Rome.","prior_answer":"Paris","context_answer":"Rome"}"#;
+
+#[test]
+fn bad_lines_name_the_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            r#"{"id":"b","relation":"capital"}"#,
+            "missing field `subject`",
+        ),
+        (
+            &GOOD.replace(r#""prior_answer":"Paris""#, r#""prior_answer":3"#) as &str,
+            "field `prior_answer` must be a string",
+        ),
+        (
+            &GOOD.replace(r#""subject":"France""#, r#""subject":"  ""#),
+            "field `subject` is empty",
+        ),
+        ("{not json", "not valid JSON"),
+        (
+            &GOOD.replace(
+                r#""context_answer":"Rome""#,
+                r#""context_answer":"Rome","context_aliases":"Roma""#,
+            ),
+            "array of strings",
+        ),
+        (GOOD, "duplicate id `a`"),
+    ];
+    for (bad, want) in cases {
+        let p = write(dir.path(), "d.jsonl", &format!("{GOOD}\n\n{bad}\n"));
+        let e = data::read_jsonl(&p, false).unwrap_err().to_string();
+        assert!(
+            e.contains("d.jsonl") && e.contains("line 3") && e.contains(want),
+            "{e}"
+        );
+        // --skip-invalid keeps the good line and counts the bad one.
+        let (items, skipped) = data::read_jsonl(&p, true).unwrap();
+        assert_eq!((items.len(), skipped), (1, 1));
+    }
+}
+
+#[test]
+fn built_in_data_is_large_deterministic_and_split_by_subject() {
+    let a = data::build().unwrap();
+    let b = data::build().unwrap();
+    assert_eq!(a.counterfactual, b.counterfactual);
+    let items = &a.counterfactual;
+    let relations: HashSet<&str> = items.iter().map(|i| i.relation.as_str()).collect();
+    assert!(relations.len() >= 8, "{relations:?}");
+    assert!(items.len() >= 400, "{} items", items.len());
+    let objects: HashMap<&str, HashSet<&str>> = items.iter().fold(HashMap::new(), |mut m, i| {
+        m.entry(i.relation.as_str())
+            .or_default()
+            .insert(i.prior_answer.as_str());
+        m
+    });
+    let mut split_of: HashMap<String, String> = HashMap::new();
+    for it in items {
+        assert_ne!(
+            it.prior_answer.to_lowercase(),
+            it.context_answer.to_lowercase(),
+            "{}",
+            it.id
+        );
+        assert!(
+            objects[it.relation.as_str()].contains(it.context_answer.as_str()),
+            "{}",
+            it.id
+        );
+        assert!(it.context.contains(&it.context_answer), "{}", it.id);
+        let norm = ctxsteer::label::normalize;
+        let without_subject = norm(&it.context).replace(&norm(&it.subject), " ");
+        assert!(
+            !without_subject.contains(&norm(&it.prior_answer)),
+            "{}: context names the prior",
+            it.id
+        );
+        let s = it.split.clone().unwrap();
+        let prev = split_of
+            .entry(it.subject.to_lowercase())
+            .or_insert(s.clone());
+        assert_eq!(*prev, s, "subject {} is in two splits", it.subject);
+    }
+    let n = |s: &str| {
+        items
+            .iter()
+            .filter(|i| i.split.as_deref() == Some(s))
+            .count()
+    };
+    assert!(n("train") > n("dev") && n("dev") > 40 && n("test") > 40);
+    // The variants share ids and differ only in the context.
+    for ((c, t), z) in items.iter().zip(&a.true_context).zip(&a.no_context) {
+        assert_eq!((&c.id, &c.prompt), (&t.id, &t.prompt));
+        assert_eq!(t.context_answer, t.prior_answer);
+        assert!(t.context.contains(&t.prior_answer));
+        assert!(z.context.is_empty() && z.id == c.id);
+    }
+    // Every relation rotates through 3 context and 3 query paraphrases.
+    for rel in &relations {
+        let ctx: HashSet<String> = items
+            .iter()
+            .filter(|i| &i.relation == rel)
+            .map(|i| {
+                i.context
+                    .replace(&i.subject, "S")
+                    .replace(&i.context_answer, "O")
+            })
+            .collect();
+        assert!(ctx.len() >= 3, "{rel}: {ctx:?}");
+    }
+}
+
+#[test]
+fn committed_jsonl_equals_a_fresh_build() {
+    let dir = tempfile::tempdir().unwrap();
+    data::write_built(dir.path()).unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("counterfactual_data");
+    for f in [
+        "counterfactual.jsonl",
+        "true_context.jsonl",
+        "no_context.jsonl",
+        "variants.jsonl",
+        "train.jsonl",
+        "dev.jsonl",
+        "test.jsonl",
+    ] {
+        let fresh = std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let committed = std::fs::read_to_string(repo.join(f)).unwrap();
+        assert!(
+            fresh == committed,
+            "{f} is stale: run `ctxsteer data build --out counterfactual_data`"
+        );
+    }
+}
+
+#[test]
+fn counterfact_import_and_its_errors() {
+    let items = data::import(
+        ImportFormat::Counterfact,
+        &common::fixture("import/counterfact.json"),
+    )
+    .unwrap();
+    assert_eq!(items.len(), 2);
+    let it: &Item = &items[0];
+    assert_eq!(it.id, "counterfact:0");
+    assert_eq!(it.prompt, "The home city of Juventus is");
+    assert_eq!(it.context, "The home city of Juventus is Lyon.");
+    assert_eq!(
+        (it.prior_answer.as_str(), it.context_answer.as_str()),
+        ("Turin", "Lyon")
+    );
+    assert_eq!(it.relation, "P_home");
+    assert!(it.question.contains("Juventus plays its home games in"));
+    assert_eq!(items[1].prompt, "Franz Schubert was born in");
+    let e = data::import(
+        ImportFormat::Counterfact,
+        &common::fixture("import/counterfact_bad.json"),
+    )
+    .unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains("counterfact_bad.json")
+            && e.contains("case_id 3")
+            && e.contains("requested_rewrite.target_true.str"),
+        "{e}"
+    );
+}
+
+#[test]
+fn nqswap_import_parses_lists_and_rejects_malformed_records() {
+    let items = data::import(
+        ImportFormat::Nqswap,
+        &common::fixture("import/nqswap.jsonl"),
+    )
+    .unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].prior_answer, "Marta Vell");
+    assert_eq!(
+        items[0].context,
+        "The ceiling of the old chapel was painted by Joris Kam in 1702 ."
+    );
+    assert_eq!(
+        (
+            items[1].prior_answer.as_str(),
+            items[1].prior_aliases.clone()
+        ),
+        ("11", vec!["eleven".to_string()])
+    );
+    assert_eq!(
+        (
+            items[1].context_answer.as_str(),
+            items[1].context_aliases.clone()
+        ),
+        ("40", vec!["forty".to_string()])
+    );
+    let e = data::import(
+        ImportFormat::Nqswap,
+        &common::fixture("import/nqswap_bad_literal.jsonl"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("line 1") && e.contains("org_answer") && e.contains("quoted string"),
+        "{e}"
+    );
+    let e = data::import(
+        ImportFormat::Nqswap,
+        &common::fixture("import/nqswap_missing.jsonl"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("line 1") && e.contains("sub_context"), "{e}");
+}
+
+#[test]
+fn python_list_literals() {
+    assert_eq!(
+        data::parse_py_list("[' heavy.', ' fonder.']").unwrap(),
+        [" heavy.", " fonder."]
+    );
+    assert_eq!(
+        data::parse_py_list(r#"["it's", 'a\'b', 'x\\y']"#).unwrap(),
+        ["it's", "a'b", "x\\y"]
+    );
+    assert_eq!(data::parse_py_list("[]").unwrap(), Vec::<String>::new());
+    for bad in ["['a'", "['a' 'b']", "[a]", "'a'", "['a'] x"] {
+        assert!(data::parse_py_list(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn imported_files_read_back_through_the_validator() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nq.jsonl");
+    let items = data::import(
+        ImportFormat::Nqswap,
+        &common::fixture("import/nqswap.jsonl"),
+    )
+    .unwrap();
+    data::write_jsonl(&out, &items).unwrap();
+    let (back, skipped) = data::read_jsonl(&out, false).unwrap();
+    assert_eq!((back, skipped), (items, 0));
+}

@@ -1,0 +1,295 @@
+//! Probes on synthetic activations with a planted direction, and the statistics under them.
+
+use ctxsteer::capture::{Acts, CaptureMeta, IndexRow, PosMode};
+use ctxsteer::data::Form;
+use ctxsteer::probe::{self, Kind, ProbeFile, Target, TrainOptions};
+use ctxsteer::stats::{self, SplitMix};
+use ctxsteer::Site;
+use ndarray::Array2;
+
+const D: usize = 24;
+
+fn planted_u() -> Vec<f64> {
+    let v: Vec<f64> = (0..D).map(|i| ((i * 7 % 5) as f64 - 2.0) + 0.5).collect();
+    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+/// 400 examples over 100 subjects and 4 relations; site 1 carries the label along `u`
+/// (plus a large-variance nuisance dimension), site 0 is noise.
+fn synthetic() -> Acts {
+    let n = 400;
+    let mut rng = SplitMix(7);
+    let mut gauss = move || {
+        let (a, b) = (
+            (rng.next_u64() % 1_000_000) as f64 / 1e6 + 1e-9,
+            (rng.next_u64() % 1_000_000) as f64 / 1e6,
+        );
+        (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
+    };
+    let u = planted_u();
+    let mut index = vec![];
+    let mut noise = Array2::<f32>::zeros((n, D));
+    let mut signal = Array2::<f32>::zeros((n, D));
+    for i in 0..n {
+        let y = i % 3 == 0;
+        for j in 0..D {
+            noise[[i, j]] = gauss() as f32;
+            let base = gauss() + if j == 0 { 20.0 * gauss() } else { 0.0 } + 5.0;
+            signal[[i, j]] = (base + if y { 3.0 * u[j] } else { -u[j] }) as f32;
+        }
+        index.push(IndexRow {
+            id: format!("i{i}"),
+            relation: format!("r{}", i % 4),
+            subject: format!("s{}", i % 100),
+            split: None,
+            variant: Some(if y { "counterfactual" } else { "true_context" }.into()),
+            shard: 0,
+            row: i,
+            n_tokens: 10,
+            position: Some(9),
+            label: Some(
+                if y {
+                    "follows_context"
+                } else {
+                    "follows_prior"
+                }
+                .into(),
+            ),
+            known: Some(i % 2 == 0),
+            prior_logp: None,
+        });
+    }
+    let meta = CaptureMeta {
+        model: "synthetic".into(),
+        weights: "f32".into(),
+        data: "synthetic".into(),
+        n_items: n,
+        sites: vec![
+            "blocks.0.hook_resid_post".into(),
+            "blocks.1.hook_resid_post".into(),
+        ],
+        positions: PosMode::Last,
+        form: Form::Completion,
+        with_context: true,
+        shard_size: n,
+        steering: None,
+        complete: true,
+    };
+    Acts {
+        meta,
+        index,
+        sites: vec![(Site::resid_post(0), noise), (Site::resid_post(1), signal)],
+    }
+}
+
+fn cos_u(v: &[f32]) -> f64 {
+    let u: Vec<f32> = planted_u().iter().map(|x| *x as f32).collect();
+    stats::cosine(v, &u)
+}
+
+#[test]
+fn logistic_probe_finds_the_planted_direction_and_not_noise() {
+    let acts = synthetic();
+    let (sites, n_train, n_test, n_pos) = probe::train(
+        &acts,
+        &TrainOptions::new(Target::FollowsContext, Kind::Logistic),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(n_train + n_test, 400);
+    assert_eq!(n_pos, 134);
+    let (noise, signal) = (&sites[0], &sites[1]);
+    assert!(signal.metrics.auroc > 0.95, "{:?}", signal.metrics);
+    assert!(noise.metrics.auroc < 0.7, "{:?}", noise.metrics);
+    assert!(signal.metrics.control_auroc < 0.7, "{:?}", signal.metrics);
+    assert!(signal.metrics.selectivity > 0.25);
+    assert!(signal.metrics.accuracy > signal.metrics.majority_baseline);
+    assert!(signal.alpha.is_some());
+    // The directions point along u, in the site's original (unstandardized) space.
+    assert!(
+        cos_u(&signal.directions["meandiff"]) > 0.8,
+        "{}",
+        cos_u(&signal.directions["meandiff"])
+    );
+    assert!(
+        cos_u(&signal.directions["probe"]) > 0.8,
+        "{}",
+        cos_u(&signal.directions["probe"])
+    );
+    assert!(
+        cos_u(&signal.directions["pca"]) > 0.0,
+        "pca is signed toward the positive class"
+    );
+    for d in signal.directions.values() {
+        let norm: f32 = d.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+    let sp = &signal.spread["meandiff"];
+    assert!(sp.mean_pos > sp.mean_neg && sp.std > 0.0);
+    assert!(
+        (sp.mean_pos - sp.mean_neg - 4.0).abs() < 0.5,
+        "class gap along u is 4: {sp:?}"
+    );
+    // The probe score separates the classes on a fresh example.
+    let mut x: Vec<f32> = signal.mean.clone();
+    let u = planted_u();
+    let pos: Vec<f32> = x.iter().zip(&u).map(|(m, u)| m + 2.0 * *u as f32).collect();
+    x.iter_mut()
+        .zip(&u)
+        .for_each(|(m, u)| *m -= 2.0 * *u as f32);
+    assert!(signal.score(&pos) > signal.score(&x));
+}
+
+#[test]
+fn linear_probe_and_other_targets() {
+    let acts = synthetic();
+    let (sites, ..) = probe::train(
+        &acts,
+        &TrainOptions::new(Target::Conflict, Kind::Linear),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(sites[1].metrics.auroc > 0.95 && sites[1].alpha.is_none());
+    // `known` is independent of the planted signal: no finding.
+    let (sites, ..) = probe::train(
+        &acts,
+        &TrainOptions::new(Target::Known, Kind::Logistic),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(sites[1].metrics.auroc < 0.7, "{:?}", sites[1].metrics);
+}
+
+#[test]
+fn splits_keep_subjects_apart_and_relations_transfer() {
+    let acts = synthetic();
+    let test: std::collections::HashSet<bool> = (0..100)
+        .map(|s| probe::is_test(&format!("s{s}"), 0))
+        .collect();
+    assert_eq!(test.len(), 2, "both parts are used");
+    for s in 0..100 {
+        let subject = format!("s{s}");
+        let parts: std::collections::HashSet<bool> = acts
+            .index
+            .iter()
+            .filter(|r| r.subject == subject)
+            .map(|r| probe::is_test(&r.subject, 0))
+            .collect();
+        assert_eq!(parts.len(), 1);
+    }
+    let mut o = TrainOptions::new(Target::FollowsContext, Kind::Logistic);
+    o.test_relations = Some(vec!["r0".into(), "r1".into()]);
+    let (sites, n_train, n_test, _) = probe::train(&acts, &o, &mut |_| {}).unwrap();
+    assert_eq!((n_train, n_test), (200, 200));
+    assert!(sites[1].metrics.auroc > 0.95);
+}
+
+#[test]
+fn a_single_class_is_a_clear_error() {
+    let mut acts = synthetic();
+    for r in &mut acts.index {
+        r.label = Some("follows_prior".into());
+    }
+    let e = probe::train(
+        &acts,
+        &TrainOptions::new(Target::FollowsContext, Kind::Logistic),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("needs both classes"), "{e}");
+}
+
+#[test]
+fn probe_files_round_trip_and_refuse_other_models() {
+    let acts = synthetic();
+    let (sites, n_train, n_test, n_pos) = probe::train(
+        &acts,
+        &TrainOptions::new(Target::FollowsContext, Kind::Logistic),
+        &mut |_| {},
+    )
+    .unwrap();
+    let id = ctxsteer::model::ModelId {
+        file: "a.gguf".into(),
+        sha256: "aa".repeat(32),
+        architecture: "llama".into(),
+        n_layers: 2,
+        d_model: D,
+    };
+    let f = ProbeFile {
+        version: 1,
+        model: id.clone(),
+        acts: "x".into(),
+        data: "y".into(),
+        target: Target::FollowsContext,
+        kind: Kind::Logistic,
+        command: "test".into(),
+        seed: 0,
+        n_train,
+        n_test,
+        n_pos,
+        test_relations: None,
+        best: sites[1].site.clone(),
+        sites,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.json");
+    f.write(&p).unwrap();
+    let back = ProbeFile::read(&p).unwrap();
+    assert_eq!(back.site("best").unwrap().site, "blocks.1.hook_resid_post");
+    assert!(back
+        .site("blocks.9.hook_resid_post")
+        .unwrap_err()
+        .to_string()
+        .contains("blocks.0.hook_resid_post"));
+    back.check_model(&id, &p).unwrap();
+    let other = ctxsteer::model::ModelId {
+        sha256: "bb".repeat(32),
+        ..id.clone()
+    };
+    assert!(back
+        .check_model(&other, &p)
+        .unwrap_err()
+        .to_string()
+        .contains("trained on a.gguf"));
+    let wider = ctxsteer::model::ModelId { d_model: 64, ..id };
+    assert!(back.check_model(&wider, &p).is_err());
+    let svg = dir.path().join("p.svg");
+    probe::plot(&back, &svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("<svg") && text.contains("AUROC"));
+    assert!(probe::table(&back).contains("blocks.1.hook_resid_post"));
+}
+
+#[test]
+fn statistics_have_their_known_values() {
+    assert_eq!(
+        stats::auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
+        1.0
+    );
+    assert_eq!(
+        stats::auroc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]),
+        0.0
+    );
+    assert_eq!(
+        stats::auroc(&[0.5, 0.5, 0.5, 0.5], &[false, true, false, true]),
+        0.5
+    );
+    assert!(
+        (stats::auroc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]) - 0.75).abs() < 1e-12
+    );
+    let (acc, bal) = stats::accuracies(&[true, true, true, true], &[true, true, true, false]);
+    assert_eq!((acc, bal), (0.75, 0.5));
+    let x = Array2::from_shape_fn((50, 3), |(i, j)| {
+        if j == 1 {
+            i as f64
+        } else {
+            (i % 3) as f64 * 0.01
+        }
+    });
+    let pc = stats::first_pc(&x);
+    assert!(pc[1].abs() > 0.999, "{pc:?}");
+    let (lo, hi) = stats::bootstrap_ci(&[0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0], 2000, 1);
+    assert!(lo < 0.5 && hi > 0.5 && lo >= 0.0 && hi <= 1.0);
+}

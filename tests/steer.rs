@@ -1,0 +1,391 @@
+//! Steering from probes, patching and control-vector export, on the tiny model.
+
+mod common;
+use common::tiny;
+use ctxsteer::model::{Batch, LogitsAt};
+use ctxsteer::patch::{run_jobs, Job};
+use ctxsteer::probe::{Kind, Metrics, ProbeFile, SiteProbe, Spread, Target};
+use ctxsteer::steer::{self, Mode, Plan, Steering};
+use ctxsteer::{Model, Positions, Site, Spec, WeightsMode};
+use std::collections::BTreeMap;
+
+fn unit(seed: f32) -> Vec<f32> {
+    let v: Vec<f32> = (0..tiny::D_MODEL)
+        .map(|i| ((i as f32) * 0.61 + seed).sin())
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+fn site_probe(layer: usize, bias: f32) -> SiteProbe {
+    let d = unit(layer as f32);
+    SiteProbe {
+        site: Site::resid_post(layer).to_string(),
+        weights: d.clone(),
+        bias,
+        mean: vec![0.0; tiny::D_MODEL],
+        std: vec![1.0; tiny::D_MODEL],
+        alpha: Some(1.0),
+        directions: BTreeMap::from([
+            ("probe".into(), d.clone()),
+            ("meandiff".into(), d.clone()),
+            ("pca".into(), d),
+        ]),
+        spread: ["probe", "meandiff", "pca"]
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    Spread {
+                        std: 0.7,
+                        mean_pos: 1.5,
+                        mean_neg: -0.5,
+                    },
+                )
+            })
+            .collect(),
+        cosines: BTreeMap::new(),
+        metrics: Metrics::default(),
+    }
+}
+
+fn probe_file(m: &Model, bias: f32) -> ProbeFile {
+    ProbeFile {
+        version: 1,
+        model: m.identity().unwrap(),
+        acts: "x".into(),
+        data: "y".into(),
+        target: Target::FollowsContext,
+        kind: Kind::Logistic,
+        command: "test".into(),
+        seed: 0,
+        n_train: 1,
+        n_test: 1,
+        n_pos: 1,
+        test_relations: None,
+        best: Site::resid_post(1).to_string(),
+        sites: (0..tiny::LAYERS).map(|l| site_probe(l, bias)).collect(),
+    }
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf, Model) {
+    let (dir, path) = tiny::temp();
+    let m = Model::load(&path, WeightsMode::F32).unwrap();
+    (dir, path, m)
+}
+
+fn logits(m: &Model, ids: &[u32], spec: &Spec) -> Vec<f32> {
+    m.last_logits(ids, spec).unwrap()
+}
+
+fn proj(v: &[f32], u: &[f32]) -> f32 {
+    v.iter().zip(u).map(|(a, b)| a * b).sum()
+}
+
+#[test]
+fn alpha_zero_is_a_no_op_in_every_mode() {
+    let (_d, _p, m) = setup();
+    let ids = m.tokenizer.encode("the cat sat on the mat").unwrap();
+    let plain = logits(&m, &ids, &Spec::new());
+    let pf = probe_file(&m, -100.0);
+    for mode in [Mode::Add, Mode::Clamp, Mode::Gated] {
+        let st = Steering::from_probes(
+            &pf,
+            "best",
+            Some(&[0, 1]),
+            "probe",
+            mode,
+            0.0,
+            Positions::All,
+            tiny::LAYERS,
+        )
+        .unwrap();
+        let spec = st.spec_for(&m, std::slice::from_ref(&ids)).unwrap();
+        assert_eq!(logits(&m, &ids, &spec), plain, "{mode:?}");
+    }
+}
+
+/// The projection onto the direction at the steered site, seen after the steering, with
+/// and without it, at each position.
+fn projections(m: &Model, ids: &[u32], st: &Steering) -> (Vec<f32>, Vec<f32>) {
+    let site = st.sites[0].site;
+    let u = &st.sites[0].direction;
+    let cap = Spec::capture(&[site], Positions::All);
+    let mut steered = st.spec_for(m, std::slice::from_ref(&ids.to_vec())).unwrap();
+    steered.interventions.extend(cap.interventions.clone());
+    let (_, a) = m
+        .run(&Batch::single(ids), &steered, LogitsAt::Last)
+        .unwrap();
+    let (_, b) = m.run(&Batch::single(ids), &cap, LogitsAt::Last).unwrap();
+    let p = |c: &ctxsteer::Captures| {
+        (0..ids.len())
+            .map(|i| proj(c.at(site, 0, i).unwrap(), u))
+            .collect()
+    };
+    (p(&a), p(&b))
+}
+
+#[test]
+fn add_moves_the_projection_by_alpha_sigma_and_clamp_lands_on_target() {
+    let (_d, _p, m) = setup();
+    let ids = m.tokenizer.encode("the cat sat on the mat").unwrap();
+    let n = ids.len();
+    let pf = probe_file(&m, 0.0);
+    let add = Steering::from_probes(
+        &pf,
+        "best",
+        None,
+        "probe",
+        Mode::Add,
+        3.0,
+        Positions::Last,
+        tiny::LAYERS,
+    )
+    .unwrap();
+    let (with, without) = projections(&m, &ids, &add);
+    assert!(
+        (with[n - 1] - without[n - 1] - 3.0 * 0.7).abs() < 1e-4,
+        "{} vs {}",
+        with[n - 1],
+        without[n - 1]
+    );
+    for i in 0..n - 1 {
+        assert_eq!(with[i], without[i], "position {i} is not steered");
+    }
+    let clamp = Steering::from_probes(
+        &pf,
+        "best",
+        None,
+        "meandiff",
+        Mode::Clamp,
+        -2.0,
+        Positions::All,
+        tiny::LAYERS,
+    )
+    .unwrap();
+    let (with, _) = projections(&m, &ids, &clamp);
+    for p in with {
+        assert!((p - (1.5 - 2.0 * 0.7)).abs() < 1e-4, "{p}");
+    }
+}
+
+#[test]
+fn gated_steering_leaves_ungated_prompts_bit_identical() {
+    let (_d, _p, m) = setup();
+    let a = m.tokenizer.encode("the cat sat on the mat").unwrap();
+    let b = m.tokenizer.encode("hello there, old friend").unwrap();
+    // Choose the gate's bias between the two prompts' raw scores so exactly one is gated.
+    let raw = Steering::from_probes(
+        &probe_file(&m, 0.0),
+        "best",
+        None,
+        "probe",
+        Mode::Gated,
+        5.0,
+        Positions::All,
+        tiny::LAYERS,
+    )
+    .unwrap();
+    let site = Site::resid_post(1);
+    let score = |ids: &[u32]| {
+        let (_, c) = m
+            .run(
+                &Batch::single(ids),
+                &Spec::capture(&[site], Positions::Last),
+                LogitsAt::Last,
+            )
+            .unwrap();
+        raw.gate
+            .as_ref()
+            .unwrap()
+            .1
+            .score(c.at(site, 0, ids.len() - 1).unwrap())
+    };
+    let (sa, sb) = (score(&a), score(&b));
+    assert_ne!(sa, sb);
+    let pf = probe_file(&m, -(sa + sb) / 2.0);
+    let st = Steering::from_probes(
+        &pf,
+        "best",
+        None,
+        "probe",
+        Mode::Gated,
+        5.0,
+        Positions::All,
+        tiny::LAYERS,
+    )
+    .unwrap();
+    let gates = st.gate_rows(&m, &[a.clone(), b.clone()]).unwrap();
+    assert_eq!(
+        gates.iter().filter(|g| **g).count(),
+        1,
+        "exactly one prompt predicted to follow the prior"
+    );
+    let (ungated, gated) = if gates[0] { (&b, &a) } else { (&a, &b) };
+    // Alone: the ungated prompt gets an empty spec and identical logits; the gated one changes.
+    assert!(st
+        .spec_for(&m, std::slice::from_ref(ungated))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        logits(
+            &m,
+            ungated,
+            &st.spec_for(&m, std::slice::from_ref(ungated)).unwrap()
+        ),
+        logits(&m, ungated, &Spec::new())
+    );
+    assert_ne!(
+        logits(
+            &m,
+            gated,
+            &st.spec_for(&m, std::slice::from_ref(gated)).unwrap()
+        ),
+        logits(&m, gated, &Spec::new())
+    );
+    // In one batch, the ungated row is bit-identical to the unsteered batch.
+    let rows = vec![a.clone(), b.clone()];
+    let batch = Batch::left_padded(&rows, 0);
+    let spec = st.spec_for(&m, &rows).unwrap();
+    let (l1, _) = m.run(&batch, &spec, LogitsAt::Last).unwrap();
+    let (l0, _) = m.run(&batch, &Spec::new(), LogitsAt::Last).unwrap();
+    let (l1, l0) = (l1.to_vec3::<f32>().unwrap(), l0.to_vec3::<f32>().unwrap());
+    let u = if gates[0] { 1 } else { 0 };
+    assert_eq!(l1[u], l0[u]);
+    assert_ne!(l1[1 - u], l0[1 - u]);
+}
+
+#[test]
+fn patching_with_own_activations_is_a_no_op_and_last_layer_patch_gives_source_logits() {
+    let (_d, _p, m) = setup();
+    let target = m.tokenizer.encode("the cat sat on the mat").unwrap();
+    let source = m.tokenizer.encode("the cat sat on the hat").unwrap();
+    assert_eq!(source.len(), target.len());
+    let sites: Vec<Site> = (0..tiny::LAYERS).map(Site::resid_post).collect();
+    let cap = Spec::capture(&sites, Positions::All);
+    let (_, tcaps) = m
+        .run(&Batch::single(&target), &cap, LogitsAt::Last)
+        .unwrap();
+    let (_, scaps) = m
+        .run(&Batch::single(&source), &cap, LogitsAt::Last)
+        .unwrap();
+    let n = target.len();
+    let own: Vec<Job> = (0..tiny::LAYERS)
+        .flat_map(|l| {
+            (0..n).map(move |p| Job {
+                site: Site::resid_post(l),
+                head: None,
+                pairs: vec![(p, p)],
+                key: format!("{p}"),
+            })
+        })
+        .collect();
+    let plain = logits(&m, &target, &Spec::new());
+    // One row per forward: bit-identical. Batched, the matmul rounds differently: 1e-5.
+    for row in run_jobs(&m, &target, &tcaps, &own[..6], 1).unwrap() {
+        assert_eq!(row, plain);
+    }
+    for row in run_jobs(&m, &target, &tcaps, &own, 5).unwrap() {
+        assert!(common::max_abs_diff(&row, &plain) < 1e-5);
+    }
+    let last = Job {
+        site: Site::resid_post(tiny::LAYERS - 1),
+        head: None,
+        pairs: (0..n).map(|p| (p, p)).collect(),
+        key: "all".into(),
+    };
+    let got = run_jobs(&m, &target, &scaps, &[last], 1).unwrap().remove(0);
+    assert!(common::max_abs_diff(&got, &logits(&m, &source, &Spec::new())) < 1e-5);
+    // A head patch touches only its head: patching head 0 from the target itself is a no-op too.
+    let z = Site::new(ctxsteer::SiteKind::AttnZ, 1);
+    let (_, zc) = m
+        .run(
+            &Batch::single(&target),
+            &Spec::capture(&[z], Positions::All),
+            LogitsAt::Last,
+        )
+        .unwrap();
+    let job = Job {
+        site: z,
+        head: Some(0),
+        pairs: vec![(n - 1, n - 1)],
+        key: "head 0".into(),
+    };
+    assert_eq!(run_jobs(&m, &target, &zc, &[job], 1).unwrap()[0], plain);
+}
+
+#[test]
+fn exported_control_vector_has_llama_cpp_layout_and_loads_back() {
+    let (dir, _p, m) = setup();
+    let pf = probe_file(&m, 0.0);
+    let st = Steering::from_probes(
+        &pf,
+        "best",
+        Some(&[1]),
+        "probe",
+        Mode::Add,
+        2.0,
+        Positions::All,
+        tiny::LAYERS,
+    )
+    .unwrap();
+    let out = dir.path().join("v.gguf");
+    steer::write_cvec(&out, "llama", tiny::LAYERS, &st.as_cvec()).unwrap();
+    let mut f = std::fs::File::open(&out).unwrap();
+    let ct = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    use candle_core::quantized::gguf_file::Value;
+    assert!(
+        matches!(&ct.metadata["general.architecture"], Value::String(s) if s == "controlvector")
+    );
+    assert!(matches!(&ct.metadata["controlvector.model_hint"], Value::String(s) if s == "llama"));
+    assert!(matches!(
+        ct.metadata["controlvector.layer_count"],
+        Value::I32(1)
+    ));
+    let names: Vec<&String> = ct.tensor_infos.keys().collect();
+    assert_eq!(names, ["direction.1"]);
+    let info = &ct.tensor_infos["direction.1"];
+    assert_eq!(info.ggml_dtype, candle_core::quantized::GgmlDType::F32);
+    assert_eq!(info.shape.dims(), [tiny::D_MODEL]);
+    let (hint, dirs) = steer::read_cvec(&out).unwrap();
+    assert_eq!(hint, "llama");
+    let want: Vec<f32> = unit(1.0).iter().map(|x| x * 2.0 * 0.7).collect();
+    assert!(common::max_abs_diff(&dirs[0].1, &want) < 1e-6);
+    // Steering with the file adds exactly its vector at blocks.1.hook_resid_post: same logits.
+    let ids = m.tokenizer.encode("the cat").unwrap();
+    let from_file = Steering::from_cvec(&out, 1.0, Positions::All, tiny::LAYERS).unwrap();
+    let a = logits(
+        &m,
+        &ids,
+        &from_file.spec_for(&m, std::slice::from_ref(&ids)).unwrap(),
+    );
+    let b = logits(
+        &m,
+        &ids,
+        &st.spec_for(&m, std::slice::from_ref(&ids)).unwrap(),
+    );
+    assert!(common::max_abs_diff(&a, &b) < 1e-5);
+    assert!(
+        steer::write_cvec(&out, "llama", tiny::LAYERS, &[(0, vec![0.0; 64])])
+            .unwrap_err()
+            .to_string()
+            .contains("layer 0")
+    );
+}
+
+#[test]
+fn head_scaling_and_layer_ranges_parse_with_clear_errors() {
+    let spec = steer::scale_heads_spec("1.3=0, 0.0=0.5", 2, 4).unwrap();
+    assert_eq!(spec.interventions.len(), 2);
+    assert_eq!(spec.interventions[0].heads, Some(vec![3]));
+    for bad in ["1.4=0", "2.0=1", "1=0", "1.1=x"] {
+        let e = steer::scale_heads_spec(bad, 2, 4).unwrap_err().to_string();
+        assert!(e.contains("LAYER.HEAD=FACTOR"), "{e}");
+    }
+    assert_eq!(steer::parse_layers("3-5,9", 30).unwrap(), vec![3, 4, 5, 9]);
+    assert!(steer::parse_layers("5-3", 30).is_err());
+    assert!(steer::parse_layers("28-30", 30)
+        .unwrap_err()
+        .to_string()
+        .contains("0..=29"));
+}
