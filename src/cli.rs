@@ -52,6 +52,27 @@ pub enum Command {
     /// Activation patching: copy source activations into the target run, site by site, and
     /// measure how far each moves the target toward the source's answer.
     Patch(PatchArgs),
+    /// Measure activation density per layer across familiarity conditions (known/unknown,
+    /// real/invented, natural/shuffled, easy/hard) and its link to prior strength.
+    Density(DensityArgs),
+    /// Benchmarks: one command, one report.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// The end-to-end run on one model: data, labels, capture, probes, head ranking, the
+    /// benchmark of every method, density, and the report.
+    Demo {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value = "ctxsteer-demo")]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "completion")]
+        form: ctxsteer::data::Form,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Dev items used to rank heads by ablation.
+        #[arg(long, default_value_t = 32)]
+        patch_items: usize,
+    },
     /// Write probe directions as a llama.cpp control vector (GGUF).
     ExportCvec {
         /// A probe file.
@@ -239,6 +260,42 @@ impl SteerArgs {
     }
 }
 
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Compare methods on a conflict dataset: adherence, M_R, prior retention, fluency.
+    Conflict(BenchArgs),
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Conflicts in our format; its `split` field picks dev (sweeps) and test (measurement),
+    /// else a seeded half split by subject.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,instruct,cad,steer,steer-gated,heads"
+    )]
+    pub methods: Vec<ctxsteer::bench::Method>,
+    #[arg(long, value_enum, default_value = "completion")]
+    pub form: ctxsteer::data::Form,
+    /// Probe file for steer and steer-gated.
+    #[arg(long)]
+    pub probes: Option<PathBuf>,
+    /// Head ranking for the heads method: patch.json from `patch --sites heads --ablate`.
+    #[arg(long)]
+    pub heads_from: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub skip_invalid: bool,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 #[derive(Args)]
 pub struct PatchArgs {
     #[command(flatten)]
@@ -259,7 +316,34 @@ pub struct PatchArgs {
     /// With --positions all: at most this many query tokens from the end.
     #[arg(long, default_value_t = 8)]
     pub max_positions: usize,
+    /// With --sites heads: rank heads by zero-ablating each at the last position of the
+    /// target prompt (change in logit(context) - logit(prior)) instead of patching.
+    #[arg(long)]
+    pub ablate: bool,
     /// Output folder for patch.json and heatmap.svg.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DensityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Labels from `ctxsteer label`: add the known/unknown condition and the correlations with
+    /// prior strength and with following the prior.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Sites for the unit metrics (resid_post at the same layers gives the participation ratio).
+    #[arg(long, default_value = "blocks.*.mlp.hook_post")]
+    pub sites: String,
+    /// A unit counts as active when |a| > tau times its RMS over a calibration set.
+    #[arg(long, default_value_t = ctxsteer::density::DEFAULT_TAU)]
+    pub tau: f32,
+    /// Output folder: items.jsonl, density.json and one SVG per metric.
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long)]
@@ -440,6 +524,21 @@ pub struct GenerateArgs {
     pub steer_alpha: f32,
     #[command(flatten)]
     pub plan: SteerArgs,
+    /// plain decoding, or context-aware decoding (CAD, Shi et al. 2023; greedy) with --context.
+    #[arg(long, value_enum, default_value = "plain")]
+    pub decoding: Decoding,
+    /// The context for CAD: the prompt is `{context} {prompt}`, contrasted with the prompt alone.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// CAD strength: logits = (1+beta)*with - beta*without.
+    #[arg(long, default_value_t = 0.5)]
+    pub cad_beta: f32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Decoding {
+    Plain,
+    Cad,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -455,6 +554,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Capture(a) => capture_cmd(a),
         Command::Probe(p) => probe_cmd(p),
         Command::Patch(a) => patch_cmd(a),
+        Command::Density(a) => density_cmd(a),
+        Command::Bench(BenchCmd::Conflict(a)) => bench_cmd(a),
+        Command::Demo {
+            model,
+            out,
+            form,
+            batch_size,
+            patch_items,
+        } => demo_cmd(model, out, form, batch_size, patch_items),
         Command::ExportCvec {
             file,
             alpha,
@@ -544,6 +652,14 @@ fn info(args: &ModelArgs, json: bool) -> Result<()> {
 
 fn generate_cmd(a: GenerateArgs) -> Result<()> {
     let model = a.model.load()?;
+    if a.decoding == Decoding::Cad {
+        return cad_generate(&model, &a);
+    }
+    if a.context.is_some() {
+        bail!(
+            "--context is used by --decoding cad; for plain decoding put the context in --prompt"
+        );
+    }
     let ids = model.prompt_ids(&a.prompt, a.chat)?;
     let spec = steering_spec(&model, &a, &ids)?;
     let sampling = if a.temperature > 0.0 {
@@ -859,7 +975,20 @@ fn patch_cmd(a: PatchArgs) -> Result<()> {
         max_positions: a.max_positions.max(1),
     };
     let pb = ctxsteer::progress::bar(items.len() as u64, "patch", false);
-    let r = ctxsteer::patch::patch(&model, &items, &opts, &mut |n| pb.inc(n as u64))?;
+    let r = if a.ablate {
+        if a.sites != ctxsteer::patch::PatchSites::Heads {
+            bail!("--ablate ranks attention heads: use it with --sites heads");
+        }
+        let target: Vec<_> = items
+            .iter()
+            .map(|i| ctxsteer::patch::variant_item(i, a.target))
+            .collect();
+        ctxsteer::patch::head_ablation(&model, &target, a.data.form, a.data.batch_size, &mut |n| {
+            pb.inc(n as u64)
+        })?
+    } else {
+        ctxsteer::patch::patch(&model, &items, &opts, &mut |n| pb.inc(n as u64))?
+    };
     pb.finish_and_clear();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     ctxsteer::data::write_atomic(&a.out.join("patch.json"), &serde_json::to_vec_pretty(&r)?)?;
@@ -884,5 +1013,276 @@ fn patch_cmd(a: PatchArgs) -> Result<()> {
         a.out.join("patch.json").display(),
         a.out.join("heatmap.svg").display()
     );
+    Ok(())
+}
+
+fn density_cmd(a: DensityArgs) -> Result<()> {
+    use ctxsteer::density;
+    use std::collections::BTreeMap;
+    let items = a.data.read()?;
+    let model = a.model.load_or(WeightsMode::F32)?;
+    let sites = Site::parse_pattern(&a.sites, model.cfg().n_layers)?;
+    let labels = a
+        .labels
+        .as_ref()
+        .map(|p| ctxsteer::label::read_labels(p))
+        .transpose()?;
+    let known: Option<BTreeMap<String, bool>> = labels
+        .as_ref()
+        .map(|ls| ls.iter().map(|l| (l.id.clone(), l.known)).collect());
+    let probes = density::conditions(&model, &items, known.as_ref())?;
+    let pb = ctxsteer::progress::bar(probes.len() as u64, "density", false);
+    let measured = density::measure(
+        &model,
+        &probes,
+        &sites,
+        a.tau,
+        a.data.batch_size,
+        &mut |n| pb.inc(n as u64),
+    )?;
+    pb.finish_and_clear();
+    let summary = density::summarize(&measured);
+    let mut corr = BTreeMap::new();
+    if let Some(ls) = &labels {
+        let strength: BTreeMap<String, f64> = ls
+            .iter()
+            .map(|l| (l.id.clone(), l.closed.logp_prior as f64))
+            .collect();
+        let follows: BTreeMap<String, f64> = ls
+            .iter()
+            .filter(|l| l.label != ctxsteer::label::Label::Neither)
+            .map(|l| {
+                (
+                    l.id.clone(),
+                    (l.label == ctxsteer::label::Label::FollowsPrior) as u8 as f64,
+                )
+            })
+            .collect();
+        corr.insert("prior_logp", density::correlations(&measured, &strength));
+        corr.insert("follows_prior", density::correlations(&measured, &follows));
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    ctxsteer::data::write_jsonl(&a.out.join("items.jsonl"), &measured)?;
+    let report = serde_json::json!({
+        "tau": a.tau, "sites": sites.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "metrics": {
+            "active": "fraction of units with |a| > tau * unit RMS (RMS over up to 64 natural, real-entity prompts)",
+            "hoyer": "(sqrt(n) - L1/L2) / (sqrt(n) - 1): 0 dense, 1 one-hot",
+            "l1_l2": "L1/L2 ratio: higher is denser",
+            "participation": "(sum a^2)^2 / sum a^4 of resid_post: effective number of dimensions"
+        },
+        "summary": summary, "correlations": corr,
+    });
+    ctxsteer::data::write_atomic(
+        &a.out.join("density.json"),
+        &serde_json::to_vec_pretty(&report)?,
+    )?;
+    for m in density::METRICS {
+        density::plot(&summary, m, &a.out.join(format!("{m}.svg")))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{:<22} {:<10} {:>5} {:>9} {:>9} {:>9} {:>13}",
+        "condition", "side", "n", "active", "hoyer", "l1/l2", "participation"
+    );
+    for (c, sides) in &summary {
+        for (side, m) in sides {
+            let avg = |k: &str| m[k].mean.iter().sum::<f64>() / m[k].mean.len().max(1) as f64;
+            println!(
+                "{:<22} {:<10} {:>5} {:>9.4} {:>9.4} {:>9.2} {:>13.1}",
+                c,
+                side,
+                m["active"].n,
+                avg("active"),
+                avg("hoyer"),
+                avg("l1_l2"),
+                avg("participation")
+            );
+        }
+    }
+    for (what, per) in &corr {
+        for (m, v) in per {
+            let (l, r) = v
+                .iter()
+                .enumerate()
+                .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
+                .map(|(l, r)| (l, *r))
+                .unwrap_or((0, 0.0));
+            println!("correlation of {m} with {what}: strongest at layer {l}: r = {r:.3}");
+        }
+    }
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn bench_cmd(a: BenchArgs) -> Result<()> {
+    use ctxsteer::bench::{self, Method};
+    let (items, skipped) = ctxsteer::data::read_jsonl(&a.data, a.skip_invalid)?;
+    if skipped > 0 {
+        eprintln!("skipped {skipped} invalid line(s)");
+    }
+    let model = a.model.load_or(WeightsMode::F32)?;
+    let id = model.identity()?;
+    let probes = match &a.probes {
+        Some(p) => {
+            let f = ctxsteer::probe::ProbeFile::read(p)?;
+            f.check_model(&id, p)?;
+            Some(f)
+        }
+        None => None,
+    };
+    let heads = match &a.heads_from {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let r: ctxsteer::patch::PatchResult = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a patch.json", p.display()))?;
+            bench::heads_from_patch(&r)
+        }
+        None => vec![],
+    };
+    if a.methods
+        .iter()
+        .any(|m| matches!(m, Method::Steer | Method::SteerGated))
+        && probes.is_none()
+    {
+        bail!("methods steer and steer-gated need --probes probes/NAME.json (from `ctxsteer probe train`)");
+    }
+    if a.methods.contains(&Method::Heads) && heads.is_empty() {
+        bail!("method heads needs --heads-from DIR/patch.json (from `ctxsteer patch --sites heads --ablate`)");
+    }
+    let res = bench::Resources { probes, heads };
+    let t0 = std::time::Instant::now();
+    let methods = bench::run(
+        &model,
+        &items,
+        &a.methods,
+        &res,
+        a.form,
+        a.batch_size,
+        &mut |m| eprintln!("{m}"),
+    )?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    ctxsteer::report::sweep_chart(&methods, &a.out.join("sweep.svg"))?;
+    let mut charts = std::collections::BTreeMap::new();
+    charts.insert(
+        "dev sweeps: adherence and retention by strength".to_string(),
+        "sweep.svg".to_string(),
+    );
+    let report = ctxsteer::report::Report {
+        title: "ctxsteer knowledge-conflict benchmark".into(),
+        model: id,
+        data: a.data.display().to_string(),
+        form: a.form,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        methods,
+        probe: None,
+        patching: None,
+        density: None,
+        timings: vec![("bench".into(), t0.elapsed().as_secs_f64())],
+        charts,
+    };
+    ctxsteer::report::write(&report, &a.out)?;
+    print!("{}", summary_table(&report));
+    println!("report written to {}", a.out.join("report.html").display());
+    Ok(())
+}
+
+/// The final summary: one line per method.
+fn summary_table(r: &ctxsteer::report::Report) -> String {
+    let mut s = format!(
+        "{:<12} {:<34} {:>22} {:>8} {:>10} {:>7}\n",
+        "method", "chosen on dev", "adherence [95% CI]", "M_R", "retention", "ppl x"
+    );
+    for m in &r.methods {
+        let t = &m.test;
+        s += &format!(
+            "{:<12} {:<34} {:>6.1}% [{:>4.1}, {:>4.1}] {:>8.3} {:>9.1}% {:>7.3}\n",
+            format!("{:?}", m.method).to_lowercase(),
+            m.chosen,
+            100.0 * t.adherence.value,
+            100.0 * t.adherence.ci_low,
+            100.0 * t.adherence.ci_high,
+            t.memorization_ratio.value,
+            100.0 * t.retention.value,
+            t.perplexity_ratio
+        );
+    }
+    s
+}
+
+fn demo_cmd(
+    model: ModelArgs,
+    out: PathBuf,
+    form: ctxsteer::data::Form,
+    batch_size: usize,
+    patch_items: usize,
+) -> Result<()> {
+    use ctxsteer::bench::Method;
+    let t0 = std::time::Instant::now();
+    eprintln!(
+        "[{:>5.0}s] loading the model (fetching it first if needed)",
+        0.0
+    );
+    let m = model.load_or(WeightsMode::F32)?;
+    let opts = ctxsteer::demo::DemoOptions {
+        form,
+        batch_size,
+        patch_items,
+        methods: vec![
+            Method::None,
+            Method::Instruct,
+            Method::Cad,
+            Method::Steer,
+            Method::SteerGated,
+            Method::Heads,
+        ],
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = ctxsteer::demo::run(&m, &out, &opts, &mut |msg| {
+        eprintln!("[{:>5.0}s] {msg}", t0.elapsed().as_secs_f64())
+    })?;
+    println!();
+    print!("{}", summary_table(&report));
+    println!(
+        "\nfinished in {:.0}s; report: {}",
+        t0.elapsed().as_secs_f64(),
+        out.join("report.html").display()
+    );
+    Ok(())
+}
+
+fn cad_generate(model: &Model, a: &GenerateArgs) -> Result<()> {
+    let Some(context) = &a.context else {
+        bail!("--decoding cad needs --context: the text whose influence CAD amplifies");
+    };
+    let with = model.prompt_ids(&format!("{context} {}", a.prompt), a.chat)?;
+    let without = model.prompt_ids(&a.prompt, a.chat)?;
+    let spec = steering_spec(model, a, &with)?;
+    let out = ctxsteer::generate::cad_greedy_and_score(
+        model,
+        &[with],
+        &[without],
+        &[vec![]],
+        &spec,
+        a.cad_beta,
+        a.max_tokens,
+    )?;
+    let ids = &out[0].greedy;
+    let text = model.tokenizer.decode(ids)?;
+    if a.json {
+        let tokens: Vec<String> = ids
+            .iter()
+            .map(|t| model.tokenizer.decode(&[*t]))
+            .collect::<ctxsteer::Result<_>>()?;
+        let v = serde_json::json!({"prompt": a.prompt, "context": context, "decoding": "cad", "beta": a.cad_beta,
+            "text": text, "tokens": tokens, "token_ids": ids});
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!("{text}");
+    }
     Ok(())
 }

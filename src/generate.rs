@@ -275,3 +275,119 @@ pub fn greedy_and_score(
     }
     Ok(out)
 }
+
+/// Context-aware decoding (Shi et al. 2023): next-token logits are
+/// (1 + beta) * logits(with context) - beta * logits(without context).
+/// It leaves weights and hidden states untouched; two KV caches advance in lockstep.
+pub fn cad_logits(with: &[f32], without: &[f32], beta: f32) -> Vec<f32> {
+    with.iter()
+        .zip(without)
+        .map(|(a, b)| (1.0 + beta) * a - beta * b)
+        .collect()
+}
+
+fn log_softmax_vec(l: &[f32]) -> Vec<f32> {
+    let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lse = l.iter().map(|x| (x - m).exp()).sum::<f32>().ln() + m;
+    l.iter().map(|x| x - lse).collect()
+}
+
+/// [`greedy_and_score`] under context-aware decoding: `with` and `without` are the prompts with
+/// and without their context (row by row).
+pub fn cad_greedy_and_score(
+    model: &Model,
+    with: &[Vec<u32>],
+    without: &[Vec<u32>],
+    candidates: &[Vec<Vec<u32>>],
+    spec: &Spec,
+    beta: f32,
+    max_new: usize,
+) -> Result<Vec<Scored>> {
+    let b = with.len();
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    let n_layers = model.cfg().n_layers;
+    let start = |prompts: &[Vec<u32>]| -> Result<(KvCache, Vec<Vec<f32>>)> {
+        let mut cache = KvCache::new(n_layers);
+        let mut hooks = Hooks::new(spec, model.cfg().n_heads)
+            .with_prompt_lens(prompts.iter().map(Vec::len).collect());
+        let l = model.net.forward(
+            &Batch::left_padded(prompts, pad),
+            Some(&mut cache),
+            &mut hooks,
+            LogitsAt::Last,
+        )?;
+        Ok((cache, l.squeeze(1)?.to_vec2::<f32>()?))
+    };
+    let step = |cache: &mut KvCache, prompts: &[Vec<u32>], toks: &[u32]| -> Result<Vec<Vec<f32>>> {
+        let mut hooks = Hooks::new(spec, model.cfg().n_heads)
+            .with_prompt_lens(prompts.iter().map(Vec::len).collect());
+        let ids: Vec<Vec<u32>> = toks.iter().map(|t| vec![*t]).collect();
+        let l = model.net.forward(
+            &Batch {
+                ids,
+                pads: vec![0; toks.len()],
+            },
+            Some(cache),
+            &mut hooks,
+            LogitsAt::Last,
+        )?;
+        Ok(l.squeeze(1)?.to_vec2::<f32>()?)
+    };
+    let (cw, lw) = start(with)?;
+    let (cn, ln) = start(without)?;
+    let first: Vec<Vec<f32>> = (0..b).map(|r| cad_logits(&lw[r], &ln[r], beta)).collect();
+    let n_cand = candidates.first().map_or(0, Vec::len);
+    let mut out: Vec<Scored> = (0..b)
+        .map(|_| Scored {
+            greedy: vec![],
+            answer_logp: vec![0.0; n_cand],
+        })
+        .collect();
+    // Teacher-forced scoring, token by token, on copies of both caches.
+    #[allow(clippy::needless_range_loop)] // c indexes the second axis of candidates[r][c]
+    for c in 0..n_cand {
+        let longest = (0..b).map(|r| candidates[r][c].len()).max().unwrap_or(0);
+        let (mut cwc, mut cnc) = (cw.clone(), cn.clone());
+        let mut cur = first.clone();
+        for j in 0..longest {
+            let mut toks = vec![pad; b];
+            for r in 0..b {
+                if let Some(t) = candidates[r][c].get(j) {
+                    out[r].answer_logp[c] += log_softmax_vec(&cur[r])[*t as usize];
+                    toks[r] = *t;
+                }
+            }
+            if j + 1 == longest {
+                break;
+            }
+            let (a, n) = (
+                step(&mut cwc, with, &toks)?,
+                step(&mut cnc, without, &toks)?,
+            );
+            cur = (0..b).map(|r| cad_logits(&a[r], &n[r], beta)).collect();
+        }
+    }
+    let (mut cw, mut cn) = (cw, cn);
+    let eos = model.tokenizer.eos_id;
+    let mut next: Vec<u32> = first.iter().map(|l| argmax(l)).collect();
+    let mut done = vec![false; b];
+    for s in 0..max_new {
+        for r in 0..b {
+            if !done[r] {
+                if Some(next[r]) == eos {
+                    done[r] = true;
+                } else {
+                    out[r].greedy.push(next[r]);
+                }
+            }
+        }
+        if s + 1 == max_new || done.iter().all(|d| *d) {
+            break;
+        }
+        let (a, n) = (step(&mut cw, with, &next)?, step(&mut cn, without, &next)?);
+        next = (0..b)
+            .map(|r| argmax(&cad_logits(&a[r], &n[r], beta)))
+            .collect();
+    }
+    Ok(out)
+}

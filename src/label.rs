@@ -125,6 +125,8 @@ pub struct LabelOptions {
     pub form: Form,
     pub batch_size: usize,
     pub max_new: usize,
+    /// Context-aware decoding strength for the with-context run (None: plain decoding).
+    pub cad_beta: Option<f32>,
 }
 
 impl LabelOptions {
@@ -136,6 +138,7 @@ impl LabelOptions {
                 Form::Completion => 8,
                 Form::Chat => 24,
             },
+            cad_beta: None,
         }
     }
 }
@@ -175,7 +178,24 @@ fn run_batch(
         })
         .collect::<Result<_>>()?;
     let spec = plan.spec_for(model, &prompts)?;
-    let scored = greedy_and_score(model, &prompts, &cands, &spec, opts.max_new)?;
+    let scored = match opts.cad_beta {
+        Some(beta) if with_context => {
+            let closed: Vec<Vec<u32>> = items
+                .iter()
+                .map(|it| query_ids(model, it, opts.form, false))
+                .collect::<Result<_>>()?;
+            crate::generate::cad_greedy_and_score(
+                model,
+                &prompts,
+                &closed,
+                &cands,
+                &spec,
+                beta,
+                opts.max_new,
+            )?
+        }
+        _ => greedy_and_score(model, &prompts, &cands, &spec, opts.max_new)?,
+    };
     items
         .iter()
         .zip(scored)
@@ -195,6 +215,36 @@ fn run_batch(
             })
         })
         .collect()
+}
+
+/// One condition (closed-book or with context) for every item, batched by prompt length;
+/// the output keeps the input order.
+pub fn runs(
+    model: &Model,
+    items: &[Item],
+    opts: &LabelOptions,
+    plan: &dyn Plan,
+    with_context: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Run>> {
+    let lens: Vec<usize> = items
+        .iter()
+        .map(|it| Ok(query_ids(model, it, opts.form, with_context)?.len()))
+        .collect::<Result<_>>()?;
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|i| lens[*i]);
+    let mut out: Vec<Option<Run>> = vec![None; items.len()];
+    for chunk in order.chunks(opts.batch_size.max(1)) {
+        let batch: Vec<Item> = chunk.iter().map(|i| items[*i].clone()).collect();
+        for (i, r) in chunk
+            .iter()
+            .zip(run_batch(model, &batch, opts, plan, with_context)?)
+        {
+            out[*i] = Some(r);
+        }
+        progress(chunk.len());
+    }
+    Ok(out.into_iter().flatten().collect())
 }
 
 /// Label `items`, calling `progress` with the number done after each batch. Items are batched

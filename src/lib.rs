@@ -6,8 +6,11 @@
 //! interventions (capture, add, replace, ablate, project out, clamp); [`generate`] runs
 //! KV-cached generation under a spec.
 
+pub mod bench;
 pub mod capture;
 pub mod data;
+pub mod demo;
+pub mod density;
 pub mod error;
 pub mod generate;
 pub mod hooks;
@@ -16,6 +19,7 @@ pub mod model;
 pub mod patch;
 pub mod probe;
 pub mod progress;
+pub mod report;
 pub mod speed;
 pub mod stats;
 pub mod steer;

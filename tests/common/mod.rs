@@ -157,7 +157,7 @@ pub mod tiny {
         let md: Vec<(&str, Value)> = vec![
             ("general.architecture", Value::String("llama".into())),
             ("llama.block_count", u(LAYERS)),
-            ("llama.context_length", u(256)),
+            ("llama.context_length", u(1024)),
             ("llama.embedding_length", u(D_MODEL)),
             ("llama.feed_forward_length", u(D_MLP)),
             ("llama.attention.head_count", u(HEADS)),

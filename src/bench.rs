@@ -1,0 +1,542 @@
+//! The knowledge-conflict benchmark: does a method make the model honour its context, and what
+//! does it cost?
+//!
+//! Each method is measured on the same items. The benefit side:
+//! - context adherence (greedy, and by teacher-forced comparison of the two answers);
+//! - the memorization ratio M_R.
+//!
+//! The cost side:
+//! - prior retention: closed-book accuracy on the facts the model knows, method active, no context;
+//! - fluency: perplexity of a fixed neutral text relative to no intervention.
+//!
+//! Strengths are chosen by a sweep on the dev split and the test split is measured once. Every
+//! rate carries a bootstrap 95% interval.
+
+use crate::data::{Form, Item};
+use crate::error::{Error, Result};
+use crate::label::{self, Answer, LabelOptions, Run};
+use crate::model::{Batch, LogitsAt, Model};
+use crate::steer::{Mode, Plan, Plans, Steering};
+use crate::Positions;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The methods compared.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// No intervention.
+    None,
+    /// An instruction to answer from the context only.
+    Instruct,
+    /// Context-aware decoding (Shi et al. 2023).
+    Cad,
+    /// Add a probe direction (strength alpha, in spread units).
+    Steer,
+    /// The same, only where the probe predicts the prior will win.
+    SteerGated,
+    /// Scale down the attention heads that patching finds pushing the prior.
+    Heads,
+}
+
+/// The instruction of the `instruct` method, placed before the context.
+pub const INSTRUCTION: &str = "Answer using only the information in the following text, even if it disagrees with what you know.";
+
+/// A neutral text written for the fluency measure.
+pub const NEUTRAL_TEXT: &str = "The library opens at nine in the morning and closes at six in the evening. \
+    On weekdays the reading room is quiet, and most visitors come to study, to borrow a novel, or to use \
+    the computers near the entrance. Children have their own corner with low shelves, picture books and \
+    a rug where stories are read aloud on Saturday mornings. The staff answer questions at the front desk, \
+    help people find articles, and keep a list of local clubs and classes. In summer the windows are \
+    opened, and the sound of the market in the square drifts in between the pages.";
+
+/// A rate with its bootstrap 95% interval.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Rate {
+    pub value: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub n: usize,
+}
+
+fn rate(flags: &[bool], seed: u64) -> Rate {
+    let v: Vec<f64> = flags.iter().map(|f| *f as u8 as f64).collect();
+    let (ci_low, ci_high) = crate::stats::bootstrap_ci(&v, 1000, seed);
+    Rate {
+        value: v.iter().sum::<f64>() / v.len().max(1) as f64,
+        ci_low,
+        ci_high,
+        n: v.len(),
+    }
+}
+
+/// M_R with a bootstrap interval over items.
+fn mem_ratio(runs: &[Run], seed: u64) -> Rate {
+    let f = |idx: &mut dyn Iterator<Item = usize>| {
+        let (mut p, mut c) = (0.0, 0.0);
+        for i in idx {
+            match runs[i].greedy_answer {
+                Answer::Prior => p += 1.0,
+                Answer::Context => c += 1.0,
+                Answer::Neither => {}
+            }
+        }
+        if p + c == 0.0 {
+            0.0
+        } else {
+            p / (p + c)
+        }
+    };
+    let value = f(&mut (0..runs.len()));
+    let mut rng = crate::stats::SplitMix(seed);
+    let mut reps: Vec<f64> = (0..1000)
+        .map(|_| f(&mut (0..runs.len()).map(|_| rng.below(runs.len()))))
+        .collect();
+    reps.sort_by(f64::total_cmp);
+    Rate {
+        value,
+        ci_low: reps[25],
+        ci_high: reps[974],
+        n: runs.len(),
+    }
+}
+
+/// One method at one setting, measured on a set of items.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Eval {
+    pub method: Method,
+    pub setting: String,
+    pub strength: Option<f32>,
+    pub adherence: Rate,
+    pub tf_adherence: Rate,
+    pub memorization_ratio: Rate,
+    /// Share of the known facts still answered from memory, closed-book, method active.
+    pub retention: Rate,
+    /// Perplexity of the neutral text with the method active.
+    pub perplexity: f64,
+    /// Relative to no intervention (filled in by the caller).
+    pub perplexity_ratio: f64,
+    pub per_relation: BTreeMap<String, RelationEval>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RelationEval {
+    pub n: usize,
+    pub adherence: f64,
+    pub memorization_ratio: f64,
+}
+
+/// A method at one setting, ready to run.
+pub struct Setting {
+    pub method: Method,
+    pub strength: Option<f32>,
+    pub label: String,
+    pub plan: Box<dyn Plan>,
+    pub cad_beta: Option<f32>,
+    pub instruct: bool,
+}
+
+impl Setting {
+    pub fn none() -> Setting {
+        Setting {
+            method: Method::None,
+            strength: None,
+            label: "none".into(),
+            plan: Box::new(crate::Spec::new()),
+            cad_beta: None,
+            instruct: false,
+        }
+    }
+}
+
+/// Perplexity of `text` under `plan`.
+pub fn perplexity(model: &Model, text: &str, plan: &dyn Plan) -> Result<f64> {
+    let ids = model.tokenizer.encode(text)?;
+    let spec = plan.spec_for(model, std::slice::from_ref(&ids))?;
+    let (logits, _) = model.run(&Batch::single(&ids), &spec, LogitsAt::All)?;
+    let lp = crate::model::llama::log_softmax(&logits)?
+        .squeeze(0)?
+        .to_vec2::<f32>()?;
+    let nll: f64 = (1..ids.len())
+        .map(|j| -(lp[j - 1][ids[j] as usize] as f64))
+        .sum();
+    Ok((nll / (ids.len() - 1).max(1) as f64).exp())
+}
+
+fn with_instruction(items: &[Item], in_context: bool) -> Vec<Item> {
+    items
+        .iter()
+        .map(|it| {
+            let mut it = it.clone();
+            if in_context {
+                it.context = format!("{INSTRUCTION} {}", it.context);
+            } else {
+                it.prompt = format!("{INSTRUCTION} {}", it.prompt);
+                it.question = format!("{INSTRUCTION} {}", it.question);
+            }
+            it
+        })
+        .collect()
+}
+
+/// Measure one setting: `items` for adherence, `known` (facts known closed-book) for retention.
+pub fn evaluate(
+    model: &Model,
+    s: &Setting,
+    items: &[Item],
+    known: &[Item],
+    form: Form,
+    batch: usize,
+) -> Result<Eval> {
+    let mut opts = LabelOptions::new(form);
+    opts.batch_size = batch;
+    opts.cad_beta = s.cad_beta;
+    let ctx_items = if s.instruct {
+        with_instruction(items, true)
+    } else {
+        items.to_vec()
+    };
+    let runs = label::runs(model, &ctx_items, &opts, s.plan.as_ref(), true, &mut |_| {})?;
+    let known_items = if s.instruct {
+        with_instruction(known, false)
+    } else {
+        known.to_vec()
+    };
+    let closed = if known_items.is_empty() {
+        vec![]
+    } else {
+        label::runs(
+            model,
+            &known_items,
+            &opts,
+            s.plan.as_ref(),
+            false,
+            &mut |_| {},
+        )?
+    };
+    let mut per: BTreeMap<String, Vec<&Run>> = BTreeMap::new();
+    for (it, r) in items.iter().zip(&runs) {
+        per.entry(it.relation.clone()).or_default().push(r);
+    }
+    let per_relation = per
+        .into_iter()
+        .map(|(k, v)| {
+            let c = v
+                .iter()
+                .filter(|r| r.greedy_answer == Answer::Context)
+                .count() as f64;
+            let p = v
+                .iter()
+                .filter(|r| r.greedy_answer == Answer::Prior)
+                .count() as f64;
+            let mr = if p + c == 0.0 { 0.0 } else { p / (p + c) };
+            (
+                k,
+                RelationEval {
+                    n: v.len(),
+                    adherence: c / v.len() as f64,
+                    memorization_ratio: mr,
+                },
+            )
+        })
+        .collect();
+    Ok(Eval {
+        method: s.method,
+        setting: s.label.clone(),
+        strength: s.strength,
+        adherence: rate(
+            &runs
+                .iter()
+                .map(|r| r.greedy_answer == Answer::Context)
+                .collect::<Vec<_>>(),
+            1,
+        ),
+        tf_adherence: rate(
+            &runs
+                .iter()
+                .map(|r| r.tf_winner == Answer::Context)
+                .collect::<Vec<_>>(),
+            2,
+        ),
+        memorization_ratio: mem_ratio(&runs, 3),
+        retention: rate(
+            &closed
+                .iter()
+                .map(|r| r.greedy_answer == Answer::Prior)
+                .collect::<Vec<_>>(),
+            4,
+        ),
+        perplexity: perplexity(model, NEUTRAL_TEXT, s.plan.as_ref())?,
+        perplexity_ratio: 1.0,
+        per_relation,
+    })
+}
+
+/// What the sweeps may use: probe file for steering, heads ranked by patching.
+pub struct Resources {
+    pub probes: Option<crate::probe::ProbeFile>,
+    /// (layer, head) pairs, the strongest prior-pushing first.
+    pub heads: Vec<(usize, usize)>,
+}
+
+/// The settings a method's dev sweep tries.
+pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
+    let n_layers = model.cfg().n_layers;
+    let steer = |mode: Mode, dir: &str, alpha: f32| -> Result<Setting> {
+        let pf = res
+            .probes
+            .as_ref()
+            .ok_or_else(|| Error::Invalid(format!("method {m:?} needs a probe file (--probes)")))?;
+        let st =
+            Steering::from_probes(pf, "best", None, dir, mode, alpha, Positions::All, n_layers)?;
+        Ok(Setting {
+            method: m,
+            strength: Some(alpha),
+            label: format!("{dir} alpha={alpha} at {}", pf.best),
+            plan: Box::new(st),
+            cad_beta: None,
+            instruct: false,
+        })
+    };
+    Ok(match m {
+        Method::None => vec![Setting::none()],
+        Method::Instruct => vec![Setting {
+            method: m,
+            strength: None,
+            label: "instruction".into(),
+            plan: Box::new(crate::Spec::new()),
+            cad_beta: None,
+            instruct: true,
+        }],
+        Method::Cad => [0.5f32, 1.0, 2.0, 4.0]
+            .iter()
+            .map(|b| Setting {
+                method: m,
+                strength: Some(*b),
+                label: format!("beta={b}"),
+                plan: Box::new(crate::Spec::new()),
+                cad_beta: Some(*b),
+                instruct: false,
+            })
+            .collect(),
+        Method::Steer => {
+            let mut v = vec![];
+            for dir in ["meandiff", "probe"] {
+                for a in [0.5f32, 1.0, 2.0] {
+                    v.push(steer(Mode::Add, dir, a)?);
+                }
+            }
+            v
+        }
+        Method::SteerGated => [0.5f32, 1.0, 2.0]
+            .iter()
+            .map(|a| steer(Mode::Gated, "meandiff", *a))
+            .collect::<Result<_>>()?,
+        Method::Heads => {
+            if res.heads.is_empty() {
+                return Err(Error::Invalid(
+                    "method heads needs heads ranked by patching (--heads-from DIR/patch.json)"
+                        .into(),
+                ));
+            }
+            let mut v = vec![];
+            for k in [1usize, 3, 6] {
+                for f in [0.0f32, 0.5] {
+                    let hs: Vec<String> = res
+                        .heads
+                        .iter()
+                        .take(k)
+                        .map(|(l, h)| format!("{l}.{h}={f}"))
+                        .collect();
+                    let spec = crate::steer::scale_heads_spec(
+                        &hs.join(","),
+                        n_layers,
+                        model.cfg().n_heads,
+                    )?;
+                    v.push(Setting {
+                        method: m,
+                        strength: Some(k as f32 * (1.0 - f)),
+                        label: format!("top {k} heads x{f}"),
+                        plan: Box::new(Plans(vec![Box::new(spec)])),
+                        cad_beta: None,
+                        instruct: false,
+                    });
+                }
+            }
+            v
+        }
+    })
+}
+
+/// The best dev setting: the highest adherence among those that keep retention >= 95% and
+/// perplexity within +5%; if none does, the one that costs least (flagged).
+pub fn choose(evals: &[Eval]) -> (usize, bool) {
+    let ok = |e: &Eval| e.retention.value >= 0.95 && e.perplexity_ratio <= 1.05;
+    let best_ok = evals
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| ok(e))
+        .max_by(|a, b| a.1.adherence.value.total_cmp(&b.1.adherence.value));
+    match best_ok {
+        Some((i, _)) => (i, true),
+        None => {
+            let i = evals
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.retention.value.total_cmp(&b.1.retention.value))
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            (i, false)
+        }
+    }
+}
+
+/// Heads ranked by a heads patching result: largest mean effect first.
+pub fn heads_from_patch(r: &crate::patch::PatchResult) -> Vec<(usize, usize)> {
+    crate::patch::top(r, usize::MAX)
+        .into_iter()
+        .filter(|c| c.mean > 0.0)
+        .filter_map(|c| {
+            c.key
+                .rsplit("head ")
+                .next()?
+                .parse::<usize>()
+                .ok()
+                .map(|h| (c.layer, h))
+        })
+        .collect()
+}
+
+/// A method's sweep on dev and its chosen test measurement.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MethodResult {
+    pub method: Method,
+    pub sweep: Vec<Eval>,
+    pub chosen: String,
+    /// Whether the chosen setting met the cost constraints on dev.
+    pub constraints_met: bool,
+    pub test: Eval,
+}
+
+/// Split items into (dev, test): their own split field, else a seeded half split by subject.
+pub fn dev_test(items: &[Item]) -> (Vec<Item>, Vec<Item>) {
+    let has = items.iter().any(|i| i.split.is_some());
+    let dev: Vec<Item> = items
+        .iter()
+        .filter(|i| {
+            if has {
+                i.split.as_deref() == Some("dev")
+            } else {
+                crate::data::stable_hash(&i.subject).is_multiple_of(2)
+            }
+        })
+        .cloned()
+        .collect();
+    let test: Vec<Item> = items
+        .iter()
+        .filter(|i| {
+            if has {
+                i.split.as_deref() == Some("test")
+            } else {
+                crate::data::stable_hash(&i.subject) % 2 == 1
+            }
+        })
+        .cloned()
+        .collect();
+    (dev, test)
+}
+
+/// Known facts among `items`: those whose closed-book greedy answer is the prior.
+pub fn known_items(model: &Model, items: &[Item], form: Form, batch: usize) -> Result<Vec<Item>> {
+    let mut opts = LabelOptions::new(form);
+    opts.batch_size = batch;
+    let runs = label::runs(model, items, &opts, &crate::Spec::new(), false, &mut |_| {})?;
+    Ok(items
+        .iter()
+        .zip(runs)
+        .filter(|(_, r)| r.greedy_answer == Answer::Prior)
+        .map(|(i, _)| i.clone())
+        .collect())
+}
+
+/// Run every method: sweep on dev, measure the chosen setting on test.
+pub fn run(
+    model: &Model,
+    items: &[Item],
+    methods: &[Method],
+    res: &Resources,
+    form: Form,
+    batch: usize,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<MethodResult>> {
+    let (dev, test) = dev_test(items);
+    if dev.is_empty() || test.is_empty() {
+        return Err(Error::Invalid(format!(
+            "need dev and test items; got {} dev and {} test",
+            dev.len(),
+            test.len()
+        )));
+    }
+    let (dev_known, test_known) = (
+        known_items(model, &dev, form, batch)?,
+        known_items(model, &test, form, batch)?,
+    );
+    log(&format!(
+        "{} dev items ({} known), {} test items ({} known)",
+        dev.len(),
+        dev_known.len(),
+        test.len(),
+        test_known.len()
+    ));
+    let base_ppl = perplexity(model, NEUTRAL_TEXT, &crate::Spec::new())?;
+    let mut out = Vec::new();
+    for m in methods {
+        let settings = grid(model, *m, res)?;
+        let mut sweep = Vec::new();
+        // A single setting has nothing to choose: it is not swept.
+        for s in settings.iter().filter(|_| settings.len() > 1) {
+            let mut e = evaluate(model, s, &dev, &dev_known, form, batch)?;
+            e.perplexity_ratio = e.perplexity / base_ppl;
+            log(&format!(
+                "dev {:?} {}: adherence {:.3}, retention {:.3}, ppl x{:.3}",
+                m, s.label, e.adherence.value, e.retention.value, e.perplexity_ratio
+            ));
+            sweep.push(e);
+        }
+        let (i, met) = if settings.len() > 1 {
+            choose(&sweep)
+        } else {
+            (0, true)
+        };
+        let mut test_eval = evaluate(model, &settings[i], &test, &test_known, form, batch)?;
+        test_eval.perplexity_ratio = test_eval.perplexity / base_ppl;
+        log(&format!(
+            "test {:?} {}: adherence {:.3} [{:.3}, {:.3}]",
+            m,
+            settings[i].label,
+            test_eval.adherence.value,
+            test_eval.adherence.ci_low,
+            test_eval.adherence.ci_high
+        ));
+        out.push(MethodResult {
+            method: *m,
+            sweep,
+            chosen: settings[i].label.clone(),
+            constraints_met: met,
+            test: test_eval,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,364 @@
+//! The benchmark report: `report.json` (schema in the README), `report.md`, and a
+//! self-contained `report.html` with the SVG charts inlined: the dev sweep curves, the probe
+//! layer curve, the patching heatmap and, when measured, activation density.
+
+use crate::bench::MethodResult;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// condition -> side -> metric -> mean over layers.
+pub type DensityMeans = BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>;
+
+/// Everything the report shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub title: String,
+    pub model: crate::model::ModelId,
+    pub data: String,
+    pub form: crate::data::Form,
+    pub command: String,
+    pub methods: Vec<MethodResult>,
+    /// Per site: test AUROC and control AUROC of the probes used for steering.
+    pub probe: Option<ProbeSummary>,
+    /// The strongest patching cells.
+    pub patching: Option<Vec<crate::patch::Cell>>,
+    /// Density per condition (mean over layers, per metric and side).
+    pub density: Option<DensityMeans>,
+    /// Seconds per stage.
+    pub timings: Vec<(String, f64)>,
+    /// Chart files, relative to the report folder.
+    pub charts: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeSummary {
+    pub file: String,
+    pub best: String,
+    pub sites: Vec<(String, f64, f64)>,
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+fn rate(r: &crate::bench::Rate) -> String {
+    format!("{} [{}, {}]", pct(r.value), pct(r.ci_low), pct(r.ci_high))
+}
+
+/// The main table as (header, rows).
+fn table(rep: &Report) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let header = vec![
+        "method",
+        "chosen on dev",
+        "adherence (95% CI)",
+        "TF adherence",
+        "M_R",
+        "prior retention",
+        "perplexity ×",
+        "dev constraints",
+    ];
+    let rows = rep
+        .methods
+        .iter()
+        .map(|m| {
+            let t = &m.test;
+            vec![
+                format!("{:?}", m.method).to_lowercase(),
+                m.chosen.clone(),
+                rate(&t.adherence),
+                pct(t.tf_adherence.value),
+                format!(
+                    "{:.3} [{:.3}, {:.3}]",
+                    t.memorization_ratio.value,
+                    t.memorization_ratio.ci_low,
+                    t.memorization_ratio.ci_high
+                ),
+                rate(&t.retention),
+                format!("{:.3}", t.perplexity_ratio),
+                if m.sweep.is_empty() {
+                    "no sweep".into()
+                } else if m.constraints_met {
+                    "met".into()
+                } else {
+                    "not met".into()
+                },
+            ]
+        })
+        .collect();
+    (header, rows)
+}
+
+/// Per relation: adherence of each method on test.
+fn relation_table(rep: &Report) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut header = vec!["relation".to_string()];
+    header.extend(
+        rep.methods
+            .iter()
+            .map(|m| format!("{:?}", m.method).to_lowercase()),
+    );
+    let rels: std::collections::BTreeSet<&String> = rep
+        .methods
+        .iter()
+        .flat_map(|m| m.test.per_relation.keys())
+        .collect();
+    let rows = rels
+        .into_iter()
+        .map(|r| {
+            let mut row = vec![r.clone()];
+            for m in &rep.methods {
+                row.push(
+                    m.test
+                        .per_relation
+                        .get(r)
+                        .map(|x| format!("{} (n={})", pct(x.adherence), x.n))
+                        .unwrap_or_default(),
+                );
+            }
+            row
+        })
+        .collect();
+    (header, rows)
+}
+
+pub fn markdown(rep: &Report) -> String {
+    let mut s = format!("# {}\n\n", rep.title);
+    s += &format!(
+        "Model `{}` (sha256 {}…), data `{}`, form {:?}.\n\nCommand: `{}`\n\n",
+        rep.model.file,
+        &rep.model.sha256[..12.min(rep.model.sha256.len())],
+        rep.data,
+        rep.form,
+        rep.command
+    );
+    s += "## Test split, each method at the setting chosen on dev\n\n";
+    let (h, rows) = table(rep);
+    s += &format!(
+        "| {} |\n|{}|\n",
+        h.join(" | "),
+        h.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+    );
+    for r in rows {
+        s += &format!("| {} |\n", r.join(" | "));
+    }
+    s += "\nAdherence: share of items whose greedy answer names the context answer first. \
+          TF adherence: share whose context answer has the higher teacher-forced log-probability. \
+          M_R = n_prior / (n_prior + n_context). Prior retention: closed-book accuracy on the facts \
+          the model knows, method active, no context. Perplexity ×: perplexity of a fixed neutral \
+          text relative to no intervention. Settings are chosen on dev: highest adherence with \
+          retention ≥ 95% and perplexity ≤ +5%, else the cheapest (\"not met\").\n\n";
+    s += "## Adherence per relation (test)\n\n";
+    let (h, rows) = relation_table(rep);
+    s += &format!(
+        "| {} |\n|{}|\n",
+        h.join(" | "),
+        h.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+    );
+    for r in rows {
+        s += &format!("| {} |\n", r.join(" | "));
+    }
+    s += "\n## Dev sweeps\n\n";
+    for m in rep.methods.iter().filter(|m| !m.sweep.is_empty()) {
+        s += &format!("- **{:?}**: ", m.method);
+        let pts: Vec<String> = m
+            .sweep
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} → adherence {}, retention {}, ppl ×{:.3}",
+                    e.setting,
+                    pct(e.adherence.value),
+                    pct(e.retention.value),
+                    e.perplexity_ratio
+                )
+            })
+            .collect();
+        s += &pts.join("; ");
+        s += "\n";
+    }
+    if let Some(p) = &rep.probe {
+        s += &format!("\n## Probes\n\n`{}`; best site {}.\n\n", p.file, p.best);
+        s += "| site | test AUROC | control AUROC |\n|---|---|---|\n";
+        for (site, a, c) in &p.sites {
+            s += &format!("| {site} | {a:.3} | {c:.3} |\n");
+        }
+    }
+    if let Some(cells) = &rep.patching {
+        s += "\n## Patching: strongest sites\n\n| layer | where | mean effect | 95% CI | n |\n|---|---|---|---|---|\n";
+        for c in cells {
+            s += &format!(
+                "| {} | {} | {:.3} | [{:.3}, {:.3}] | {} |\n",
+                c.layer, c.key, c.mean, c.ci_low, c.ci_high, c.n
+            );
+        }
+    }
+    if let Some(d) = &rep.density {
+        s += "\n## Activation density (mean over layers)\n\n| condition | side | active | hoyer | l1_l2 | participation |\n|---|---|---|---|---|---|\n";
+        for (c, sides) in d {
+            for (side, m) in sides {
+                let g = |k: &str| m.get(k).copied().unwrap_or(0.0);
+                s += &format!(
+                    "| {c} | {side} | {:.4} | {:.4} | {:.2} | {:.1} |\n",
+                    g("active"),
+                    g("hoyer"),
+                    g("l1_l2"),
+                    g("participation")
+                );
+            }
+        }
+    }
+    if !rep.timings.is_empty() {
+        s += "\n## Timings\n\n";
+        for (k, v) in &rep.timings {
+            s += &format!("- {k}: {v:.1} s\n");
+        }
+    }
+    s += "\n## Charts\n\n";
+    for (k, f) in &rep.charts {
+        s += &format!("![{k}]({f})\n\n");
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn html_table(h: &[String], rows: &[Vec<String>]) -> String {
+    let mut s = String::from("<table><thead><tr>");
+    for x in h {
+        s += &format!("<th>{}</th>", esc(x));
+    }
+    s += "</tr></thead><tbody>";
+    for r in rows {
+        s += "<tr>";
+        for x in r {
+            s += &format!("<td>{}</td>", esc(x));
+        }
+        s += "</tr>";
+    }
+    s + "</tbody></table>"
+}
+
+/// A self-contained HTML page: tables plus the SVG charts inlined.
+pub fn html(rep: &Report, dir: &Path) -> Result<String> {
+    let (h, rows) = table(rep);
+    let h: Vec<String> = h.iter().map(|x| x.to_string()).collect();
+    let (rh, rrows) = relation_table(rep);
+    let mut body = format!(
+        "<h1>{}</h1><p>Model <code>{}</code>, data <code>{}</code>, form {:?}.</p>",
+        esc(&rep.title),
+        esc(&rep.model.file),
+        esc(&rep.data),
+        rep.form
+    );
+    body += "<h2>Test split, each method at the setting chosen on dev</h2>";
+    body += &html_table(&h, &rows);
+    body += "<h2>Adherence per relation (test)</h2>";
+    body += &html_table(&rh, &rrows);
+    for (k, f) in &rep.charts {
+        let p = dir.join(f);
+        let svg = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
+        let svg = svg.find("<svg").map(|i| &svg[i..]).unwrap_or(&svg);
+        body += &format!("<h2>{}</h2><div class=\"chart\">{svg}</div>", esc(k));
+    }
+    body += &format!(
+        "<details><summary>report.json and markdown</summary><pre>{}</pre></details>",
+        esc(&markdown(rep))
+    );
+    Ok(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>\
+         body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}\
+         table{{border-collapse:collapse;margin:1em 0;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}\
+         th{{background:#f2f2f2}}.chart svg{{max-width:100%;height:auto}}pre{{white-space:pre-wrap;font-size:12px}}\
+         </style></head><body>{body}</body></html>",
+        esc(&rep.title)
+    ))
+}
+
+/// Small multiples: dev adherence and retention against each swept setting, one panel per method.
+pub fn sweep_chart(methods: &[MethodResult], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
+    let swept: Vec<&MethodResult> = methods.iter().filter(|m| !m.sweep.is_empty()).collect();
+    let n = swept.len().max(1);
+    let root = SVGBackend::new(path, (330 * n as u32, 340)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let panels = root.split_evenly((1, n));
+    for (m, area) in swept.iter().zip(panels.iter()) {
+        let k = m.sweep.len();
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{:?} (dev)", m.method), ("sans-serif", 15))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(36)
+            .build_cartesian_2d(-0.5f64..(k as f64 - 0.5), 0f64..1f64)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_labels(k)
+            .x_label_formatter(&|x| {
+                m.sweep
+                    .get(x.round() as usize)
+                    .and_then(|e| e.strength)
+                    .map(|s| format!("{s}"))
+                    .unwrap_or_default()
+            })
+            .x_desc("strength")
+            .draw()
+            .map_err(|e| err(&e))?;
+        let line = |f: &dyn Fn(&crate::bench::Eval) -> f64| -> Vec<(f64, f64)> {
+            m.sweep
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (i as f64, f(e)))
+                .collect()
+        };
+        chart
+            .draw_series(LineSeries::new(
+                line(&|e| e.adherence.value),
+                BLUE.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label("adherence")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], BLUE.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(
+                line(&|e| e.retention.value),
+                GREEN.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label("retention")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], GREEN.stroke_width(2)));
+        chart
+            .draw_series(
+                m.sweep
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| Circle::new((i as f64, e.adherence.value), 3, BLUE.filled())),
+            )
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Write report.json, report.md and report.html into `dir`.
+pub fn write(rep: &Report, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    crate::data::write_atomic(
+        &dir.join("report.json"),
+        &serde_json::to_vec_pretty(rep).map_err(|e| Error::Invalid(e.to_string()))?,
+    )?;
+    crate::data::write_atomic(&dir.join("report.md"), markdown(rep).as_bytes())?;
+    crate::data::write_atomic(&dir.join("report.html"), html(rep, dir)?.as_bytes())
+}

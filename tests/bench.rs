@@ -1,0 +1,202 @@
+//! Context-aware decoding, the benchmark's choice rule, and the report, on the tiny model.
+
+mod common;
+use ctxsteer::bench::{self, Eval, Method, Rate, Resources};
+use ctxsteer::data::{Form, Item};
+use ctxsteer::generate::{cad_greedy_and_score, cad_logits, greedy_and_score};
+use ctxsteer::{Model, Spec, WeightsMode};
+use std::collections::BTreeMap;
+
+fn items() -> Vec<Item> {
+    let subjects = [
+        "the cat",
+        "a red hat",
+        "the sea",
+        "old rope",
+        "the tea pot",
+        "a big dog",
+        "the moon",
+        "my shoe",
+    ];
+    subjects
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Item {
+            id: format!("t{i}"),
+            relation: if i % 2 == 0 { "even" } else { "odd" }.into(),
+            subject: s.to_string(),
+            question: format!("where is {s}?"),
+            prompt: format!("{s} sat on the"),
+            context: format!("{s} sat on the mat."),
+            prior_answer: "hat".into(),
+            context_answer: "mat".into(),
+            prior_aliases: vec![],
+            context_aliases: vec![],
+            split: Some(if i < 4 { "dev" } else { "test" }.into()),
+            variant: None,
+        })
+        .collect()
+}
+
+#[test]
+fn cad_logits_and_decoding_reduce_to_plain_when_they_should() {
+    assert_eq!(
+        cad_logits(&[1.0, 2.0], &[3.0, 1.0], 0.5),
+        vec![1.5 * 1.0 - 1.5, 1.5 * 2.0 - 0.5]
+    );
+    let (_d, path) = common::tiny::temp();
+    let m = Model::load(&path, WeightsMode::F32).unwrap();
+    let with = m
+        .tokenizer
+        .encode("the cat sat on the mat. the cat sat on the")
+        .unwrap();
+    let without = m.tokenizer.encode("the cat sat on the").unwrap();
+    let cands = vec![vec![
+        m.tokenizer.encode(" mat").unwrap(),
+        m.tokenizer.encode(" hat").unwrap(),
+    ]];
+    let plain = greedy_and_score(&m, std::slice::from_ref(&with), &cands, &Spec::new(), 6).unwrap();
+    // beta = 0 is plain decoding on the with-context prompt.
+    let c0 = cad_greedy_and_score(
+        &m,
+        std::slice::from_ref(&with),
+        std::slice::from_ref(&without),
+        &cands,
+        &Spec::new(),
+        0.0,
+        6,
+    )
+    .unwrap();
+    assert_eq!(c0[0].greedy, plain[0].greedy);
+    for (a, b) in c0[0].answer_logp.iter().zip(&plain[0].answer_logp) {
+        assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+    }
+    // beta > 0 changes the scores, and in the direction of the context's contribution.
+    let c2 = cad_greedy_and_score(
+        &m,
+        std::slice::from_ref(&with),
+        std::slice::from_ref(&without),
+        &cands,
+        &Spec::new(),
+        2.0,
+        6,
+    )
+    .unwrap();
+    assert_ne!(c2[0].answer_logp, c0[0].answer_logp);
+}
+
+fn eval(adh: f64, ret: f64, ppl: f64) -> Eval {
+    let r = |v| Rate {
+        value: v,
+        ci_low: v,
+        ci_high: v,
+        n: 10,
+    };
+    Eval {
+        method: Method::Steer,
+        setting: format!("{adh}"),
+        strength: Some(1.0),
+        adherence: r(adh),
+        tf_adherence: r(adh),
+        memorization_ratio: r(0.5),
+        retention: r(ret),
+        perplexity: ppl,
+        perplexity_ratio: ppl,
+        per_relation: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn the_dev_choice_respects_the_cost_constraints() {
+    // Highest adherence among those keeping retention >= 95% and perplexity <= +5%.
+    let evals = vec![
+        eval(0.3, 1.0, 1.0),
+        eval(0.9, 0.5, 1.0),
+        eval(0.6, 0.96, 1.04),
+        eval(0.8, 0.97, 1.2),
+    ];
+    assert_eq!(bench::choose(&evals), (2, true));
+    // None qualifies: the one that keeps the most memory, flagged.
+    let evals = vec![eval(0.9, 0.5, 1.0), eval(0.8, 0.7, 1.3)];
+    assert_eq!(bench::choose(&evals), (1, false));
+}
+
+#[test]
+fn bench_runs_methods_and_writes_a_report() {
+    let (dir, path) = common::tiny::temp();
+    let m = Model::load(&path, WeightsMode::F32).unwrap();
+    let its = items();
+    let (dev, test) = bench::dev_test(&its);
+    assert_eq!((dev.len(), test.len()), (4, 4));
+    let res = Resources {
+        probes: None,
+        heads: vec![(1, 2), (0, 3)],
+    };
+    let methods = [Method::None, Method::Instruct, Method::Cad, Method::Heads];
+    let out = bench::run(&m, &its, &methods, &res, Form::Completion, 4, &mut |_| {}).unwrap();
+    assert_eq!(out.len(), 4);
+    assert!(
+        out[0].sweep.is_empty() && out[1].sweep.is_empty(),
+        "single settings are not swept"
+    );
+    assert_eq!(out[2].sweep.len(), 4, "cad sweeps four betas on dev");
+    assert_eq!(out[3].sweep.len(), 6);
+    assert!((out[0].test.perplexity_ratio - 1.0).abs() < 1e-9);
+    assert!(
+        (out[2].test.perplexity_ratio - 1.0).abs() < 1e-9,
+        "CAD leaves text without context untouched"
+    );
+    for r in &out {
+        let t = &r.test;
+        assert_eq!(t.adherence.n, 4);
+        assert!(
+            t.adherence.ci_low <= t.adherence.value && t.adherence.value <= t.adherence.ci_high
+        );
+        assert_eq!(t.per_relation.values().map(|x| x.n).sum::<usize>(), 4);
+    }
+    // steer without probes is a clear error.
+    let e = bench::grid(
+        &m,
+        Method::Steer,
+        &Resources {
+            probes: None,
+            heads: vec![],
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("needs a probe file"), "{e}");
+    let report_dir = dir.path().join("report");
+    std::fs::create_dir_all(&report_dir).unwrap();
+    ctxsteer::report::sweep_chart(&out, &report_dir.join("sweep.svg")).unwrap();
+    let rep = ctxsteer::report::Report {
+        title: "test".into(),
+        model: m.identity().unwrap(),
+        data: "toy".into(),
+        form: Form::Completion,
+        command: "test".into(),
+        methods: out,
+        probe: None,
+        patching: None,
+        density: None,
+        timings: vec![],
+        charts: BTreeMap::from([("sweep".to_string(), "sweep.svg".to_string())]),
+    };
+    ctxsteer::report::write(&rep, &report_dir).unwrap();
+    let html = std::fs::read_to_string(report_dir.join("report.html")).unwrap();
+    assert!(
+        html.starts_with("<!doctype html>") && html.contains("<svg") && html.contains("adherence")
+    );
+    assert!(
+        !html.contains("src=\""),
+        "self-contained: no external files"
+    );
+    let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
+    assert!(md.contains("| cad |") && md.contains("Dev sweeps"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["methods"].as_array().unwrap().len(), 4);
+    assert!(json["methods"][0]["test"]["adherence"]["ci_low"].is_number());
+}
