@@ -51,6 +51,20 @@ pub enum Method {
     Heads,
 }
 
+impl Method {
+    /// The method's name as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::None => "none",
+            Method::Instruct => "instruct",
+            Method::Cad => "cad",
+            Method::Steer => "steer",
+            Method::SteerGated => "steer-gated",
+            Method::Heads => "heads",
+        }
+    }
+}
+
 /// The instruction of the `instruct` method, placed before the context.
 pub const INSTRUCTION: &str = "Answer using only the information in the following text, even if it disagrees with what you know.";
 
@@ -129,6 +143,12 @@ pub struct Eval {
     /// Relative to no intervention (filled in by the caller).
     pub perplexity_ratio: f64,
     pub per_relation: BTreeMap<String, RelationEval>,
+    /// SQuAD exact match of the greedy answer with the context answer (EM_C) and with the
+    /// prior answer (EM_M): lowercase, no punctuation or articles, single spaces.
+    #[serde(default)]
+    pub em_context: Rate,
+    #[serde(default)]
+    pub em_memory: Rate,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -136,6 +156,30 @@ pub struct RelationEval {
     pub n: usize,
     pub adherence: f64,
     pub memorization_ratio: f64,
+    /// Share whose context answer has the higher teacher-forced log-probability.
+    #[serde(default)]
+    pub tf_adherence: f64,
+}
+
+/// SQuAD answer normalization: lowercase, drop punctuation and the articles a/an/the, collapse
+/// whitespace.
+pub fn squad_normalize(s: &str) -> String {
+    let lower: String = s
+        .to_lowercase()
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
+    lower
+        .split_whitespace()
+        .filter(|w| !matches!(*w, "a" | "an" | "the"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Exact match of `pred` with any of `answers` after SQuAD normalization.
+pub fn exact_match(pred: &str, answers: &[&str]) -> bool {
+    let p = squad_normalize(pred);
+    answers.iter().any(|a| squad_normalize(a) == p)
 }
 
 /// A method at one setting, ready to run.
@@ -200,8 +244,21 @@ pub fn evaluate(
     form: Form,
     batch: usize,
 ) -> Result<Eval> {
-    let mut opts = LabelOptions::new(form);
-    opts.batch_size = batch;
+    let opts = LabelOptions {
+        batch_size: batch,
+        ..LabelOptions::new(form)
+    };
+    evaluate_with(model, s, items, known, opts)
+}
+
+/// [`evaluate`] with explicit labelling options (e.g. a longer answer budget).
+pub fn evaluate_with(
+    model: &Model,
+    s: &Setting,
+    items: &[Item],
+    known: &[Item],
+    mut opts: LabelOptions,
+) -> Result<Eval> {
     opts.cad_beta = s.cad_beta;
     let ctx_items = if s.instruct {
         with_instruction(items, true)
@@ -209,6 +266,13 @@ pub fn evaluate(
         items.to_vec()
     };
     let runs = label::runs(model, &ctx_items, &opts, s.plan.as_ref(), true, &mut |_| {})?;
+    let em = |names: &dyn Fn(&Item) -> Vec<&str>| -> Vec<bool> {
+        items
+            .iter()
+            .zip(&runs)
+            .map(|(it, r)| exact_match(label::answer_span(&r.greedy), &names(it)))
+            .collect()
+    };
     let known_items = if s.instruct {
         with_instruction(known, false)
     } else {
@@ -242,12 +306,15 @@ pub fn evaluate(
                 .filter(|r| r.greedy_answer == Answer::Prior)
                 .count() as f64;
             let mr = if p + c == 0.0 { 0.0 } else { p / (p + c) };
+            let tf = v.iter().filter(|r| r.tf_winner == Answer::Context).count() as f64;
+            let n = v.len() as f64;
             (
                 k,
                 RelationEval {
                     n: v.len(),
-                    adherence: c / v.len() as f64,
+                    adherence: c / n,
                     memorization_ratio: mr,
+                    tf_adherence: tf / n,
                 },
             )
         })
@@ -281,6 +348,8 @@ pub fn evaluate(
         perplexity: perplexity(model, NEUTRAL_TEXT, s.plan.as_ref())?,
         perplexity_ratio: 1.0,
         per_relation,
+        em_context: rate(&em(&|it| it.context_names()), 5),
+        em_memory: rate(&em(&|it| it.prior_names()), 6),
     })
 }
 
@@ -289,6 +358,8 @@ pub struct Resources {
     pub probes: Option<crate::probe::ProbeFile>,
     /// (layer, head) pairs, the strongest prior-pushing first.
     pub heads: Vec<(usize, usize)>,
+    /// Greedy tokens per answer (default: the label default for the form).
+    pub max_new: Option<usize>,
 }
 
 /// The settings a method's dev sweep tries.
@@ -507,7 +578,7 @@ pub fn run(
         let mut sweep = Vec::new();
         // A single setting has nothing to choose: it is not swept.
         for s in settings.iter().filter(|_| settings.len() > 1) {
-            let mut e = evaluate(model, s, &dev, &dev_known, form, batch)?;
+            let mut e = evaluate_with(model, s, &dev, &dev_known, opts(form, batch, res))?;
             e.perplexity_ratio = e.perplexity / base_ppl;
             log(&format!(
                 "dev {:?} {}: adherence {:.3}, retention {:.3}, ppl x{:.3}",
@@ -520,7 +591,13 @@ pub fn run(
         } else {
             (0, true)
         };
-        let mut test_eval = evaluate(model, &settings[i], &test, &test_known, form, batch)?;
+        let mut test_eval = evaluate_with(
+            model,
+            &settings[i],
+            &test,
+            &test_known,
+            opts(form, batch, res),
+        )?;
         test_eval.perplexity_ratio = test_eval.perplexity / base_ppl;
         log(&format!(
             "test {:?} {}: adherence {:.3} [{:.3}, {:.3}]",
@@ -539,4 +616,13 @@ pub fn run(
         });
     }
     Ok(out)
+}
+
+fn opts(form: Form, batch: usize, res: &Resources) -> LabelOptions {
+    let mut o = LabelOptions::new(form);
+    o.batch_size = batch;
+    if let Some(n) = res.max_new {
+        o.max_new = n;
+    }
+    o
 }

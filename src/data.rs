@@ -54,7 +54,12 @@ impl Item {
             Form::Chat => &self.question,
         };
         if with_context && !self.context.is_empty() {
-            format!("{} {q}", self.context)
+            // A context that ends a line (e.g. NQ-Swap's `context: ...\n`) joins without a space.
+            if self.context.ends_with('\n') {
+                format!("{}{q}", self.context)
+            } else {
+                format!("{} {q}", self.context)
+            }
         } else {
             q.clone()
         }
@@ -453,6 +458,11 @@ pub enum ImportFormat {
     Counterfact,
     /// NQ-Swap JSONL: question, org_context, org_answer, sub_context, sub_answer.
     Nqswap,
+    /// MemoTrap CSV: prompt, classes (a Python list literal), answer_index.
+    Memotrap,
+    /// JUICE world capitals JSON: Subject, Answer, Distracted Token, Clean Prompt,
+    /// Substitution Conflict, Coherent Conflict (two items per country).
+    WorldCapital,
 }
 
 /// Convert a benchmark file into items.
@@ -461,6 +471,8 @@ pub fn import(format: ImportFormat, path: &Path) -> Result<Vec<Item>> {
     match format {
         ImportFormat::Counterfact => import_counterfact(path, &text),
         ImportFormat::Nqswap => import_nqswap(path, &text),
+        ImportFormat::Memotrap => import_memotrap(path, &text),
+        ImportFormat::WorldCapital => import_world_capital(path, &text),
     }
 }
 
@@ -654,7 +666,8 @@ fn import_nqswap(path: &Path, text: &str) -> Result<Vec<Item>> {
             subject: question.clone(),
             prompt: format!("question: {question}\nanswer:"),
             question: format!("{question}?"),
-            context: s("sub_context")?,
+            // With the prompt this gives `context: {sub_context}\nquestion: {question}\nanswer:`.
+            context: format!("context: {}\n", s("sub_context")?),
             prior_answer: org[0].clone(),
             context_answer: sub[0].clone(),
             prior_aliases: org[1..].to_vec(),
@@ -676,4 +689,164 @@ fn clean_nq(s: &str) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Split a MemoTrap prompt into the instruction (the context) and what follows: at the last
+/// line break when there is one, else after the first `": "`. Joined, they give the prompt back.
+fn split_instruction(prompt: &str) -> (String, String) {
+    if let Some(i) = prompt.rfind('\n') {
+        return (prompt[..=i].to_string(), prompt[i + 1..].to_string());
+    }
+    if let Some(i) = prompt.find(": ") {
+        return (prompt[..=i].to_string(), prompt[i + 2..].to_string());
+    }
+    (String::new(), prompt.to_string())
+}
+
+fn import_memotrap(path: &Path, text: &str) -> Result<Vec<Item>> {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let relation = stem
+        .trim_start_matches(|c: char| c.is_ascii_digit() || c == '-')
+        .to_string();
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let headers = rdr
+        .headers()
+        .map_err(|e| Error::file(path, format!("not a CSV file: {e}")))?
+        .clone();
+    let col = |name: &str| {
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            Error::file(
+                path,
+                format!(
+                    "missing column `{name}` (columns: {})",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    };
+    let (cp, cc, ca) = (col("prompt")?, col("classes")?, col("answer_index")?);
+    let mut out = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let at = |m: String| Error::file(path, format!("record {} (line {}): {m}", i + 1, i + 2));
+        let rec = rec.map_err(|e| at(e.to_string()))?;
+        let prompt = rec.get(cp).unwrap_or_default();
+        if prompt.trim().is_empty() {
+            return Err(at("field `prompt` is empty".into()));
+        }
+        let classes = parse_py_list(rec.get(cc).unwrap_or_default())
+            .map_err(|m| at(format!("field `classes`: {m}")))?;
+        let idx: usize = rec
+            .get(ca)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .map_err(|_| at("field `answer_index` must be an integer".into()))?;
+        if classes.len() < 2 || idx >= classes.len() {
+            return Err(at(format!(
+                "field `answer_index` {idx} does not pick one of {} classes",
+                classes.len()
+            )));
+        }
+        let other = classes
+            .iter()
+            .enumerate()
+            .find(|(k, _)| *k != idx)
+            .map(|(_, c)| c.trim().to_string())
+            .unwrap_or_default();
+        let (context, rest) = split_instruction(prompt);
+        out.push(Item {
+            id: format!("memotrap:{relation}:{}", i + 1),
+            relation: relation.clone(),
+            subject: rest.trim().to_string(),
+            question: prompt.to_string(),
+            prompt: rest,
+            context,
+            prior_answer: other,
+            context_answer: classes[idx].trim().to_string(),
+            prior_aliases: vec![],
+            context_aliases: vec![],
+            split: None,
+            variant: Some("counterfactual".into()),
+        });
+    }
+    if out.is_empty() {
+        return Err(Error::file(path, "no records"));
+    }
+    Ok(out)
+}
+
+fn import_world_capital(path: &Path, text: &str) -> Result<Vec<Item>> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        Error::file(
+            path,
+            format!(
+                "not valid JSON (line {}, column {}): {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    let recs = v
+        .as_array()
+        .ok_or_else(|| Error::file(path, "expected a JSON array of records"))?;
+    let mut out = Vec::new();
+    for (i, r) in recs.iter().enumerate() {
+        let at = |m: String| Error::file(path, format!("record {i}: {m}"));
+        let s = |f: &str| -> Result<String> {
+            r.get(f)
+                .and_then(|x| x.as_str())
+                .filter(|x| !x.trim().is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| at(format!("missing or empty string field `{f}`")))
+        };
+        let subject = s("Subject")?;
+        let answers = answer_list(r.get("Answer").unwrap_or(&serde_json::Value::Null))
+            .map_err(|m| at(format!("field `Answer`: {m}")))?;
+        let (distract, clean) = (s("Distracted Token")?, s("Clean Prompt")?);
+        let sub = s("Substitution Conflict")?;
+        let sub_ctx = sub
+            .strip_suffix(&clean)
+            .map(|c| c.trim_end().to_string())
+            .ok_or_else(|| {
+                at("`Substitution Conflict` does not end with the `Clean Prompt`".into())
+            })?;
+        let coh = s("Coherent Conflict")?;
+        let q = coh
+            .rfind("Question:")
+            .ok_or_else(|| at("`Coherent Conflict` has no `Question:`".into()))?;
+        let base = Item {
+            id: String::new(),
+            relation: String::new(),
+            subject: subject.clone(),
+            question: format!("What is the capital city of {subject}?"),
+            prompt: clean.clone(),
+            context: String::new(),
+            prior_answer: answers[0].clone(),
+            context_answer: distract.clone(),
+            prior_aliases: answers[1..].to_vec(),
+            context_aliases: vec![],
+            split: None,
+            variant: Some("counterfactual".into()),
+        };
+        out.push(Item {
+            id: format!("world_capital:{}:substitution", i + 1),
+            relation: "world_capital_substitution".into(),
+            context: sub_ctx,
+            ..base.clone()
+        });
+        out.push(Item {
+            id: format!("world_capital:{}:coherent", i + 1),
+            relation: "world_capital_coherent".into(),
+            context: coh[..q].trim_end().to_string(),
+            prompt: coh[q..].to_string(),
+            ..base
+        });
+    }
+    if out.is_empty() {
+        return Err(Error::file(path, "no records"));
+    }
+    Ok(out)
 }

@@ -160,6 +160,7 @@ pub fn run(
     let res = Resources {
         probes: Some(pf.clone()),
         heads,
+        max_new: None,
     };
     let methods = bench::run(
         model,

@@ -19,6 +19,7 @@ pub mod model;
 pub mod patch;
 pub mod probe;
 pub mod progress;
+pub mod public;
 pub mod report;
 pub mod speed;
 pub mod stats;

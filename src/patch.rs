@@ -86,6 +86,26 @@ pub fn run_jobs(
     jobs: &[Job],
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
+    // When every job patches only the last position, the prefix runs once and each job is a
+    // one-token step on a copy of its KV cache: the prefix cannot see the last position.
+    let n = target.len();
+    let last_only = n > 1
+        && jobs
+            .iter()
+            .all(|j| j.pairs.iter().all(|(t, _)| *t == n - 1));
+    let prefix = if last_only {
+        let mut cache = crate::model::KvCache::new(model.cfg().n_layers);
+        let empty = Spec::new();
+        let mut hooks =
+            crate::hooks::Hooks::new(&empty, model.cfg().n_heads).with_prompt_lens(vec![n]);
+        let batch = Batch::single(&target[..n - 1]);
+        model
+            .net
+            .forward(&batch, Some(&mut cache), &mut hooks, LogitsAt::Last)?;
+        Some(cache)
+    } else {
+        None
+    };
     let mut out = Vec::with_capacity(jobs.len());
     for chunk in jobs.chunks(batch_size.max(1)) {
         let mut spec = Spec::new();
@@ -106,11 +126,28 @@ pub fn run_jobs(
             iv.heads = job.head.map(|h| vec![h]);
             spec.push(iv);
         }
-        let batch = Batch {
-            ids: vec![target.to_vec(); chunk.len()],
-            pads: vec![0; chunk.len()],
+        let logits = match &prefix {
+            Some(cache) => {
+                model.validate(&spec)?;
+                let mut c = cache.repeat_rows(chunk.len())?;
+                let mut hooks = crate::hooks::Hooks::new(&spec, model.cfg().n_heads)
+                    .with_prompt_lens(vec![n; chunk.len()]);
+                let batch = Batch {
+                    ids: vec![vec![target[n - 1]]; chunk.len()],
+                    pads: vec![0; chunk.len()],
+                };
+                model
+                    .net
+                    .forward(&batch, Some(&mut c), &mut hooks, LogitsAt::Last)?
+            }
+            None => {
+                let batch = Batch {
+                    ids: vec![target.to_vec(); chunk.len()],
+                    pads: vec![0; chunk.len()],
+                };
+                model.run(&batch, &spec, LogitsAt::Last)?.0
+            }
         };
-        let (logits, _) = model.run(&batch, &spec, LogitsAt::Last)?;
         let l = logits.squeeze(1)?.to_vec2::<f32>()?;
         out.extend(l);
     }
@@ -387,10 +424,17 @@ pub fn heatmap(r: &PatchResult, path: &std::path::Path) -> Result<()> {
     let w = 160 + 40 * cols as u32;
     let root = SVGBackend::new(path, (w.max(420), 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let title = format!(
-        "patching {:?} -> {:?}: {:?} ({} items)",
-        r.source, r.target, r.sites, r.n_items
-    );
+    let title = if r.source == r.target {
+        format!(
+            "zero-ablating each head: change in logit(context) - logit(prior) ({} items)",
+            r.n_items
+        )
+    } else {
+        format!(
+            "patching {:?} -> {:?}: {:?} ({} items)",
+            r.source, r.target, r.sites, r.n_items
+        )
+    };
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 15))
         .margin(10)

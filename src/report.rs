@@ -65,7 +65,7 @@ fn table(rep: &Report) -> (Vec<&'static str>, Vec<Vec<String>>) {
         .map(|m| {
             let t = &m.test;
             vec![
-                format!("{:?}", m.method).to_lowercase(),
+                m.method.name().to_string(),
                 m.chosen.clone(),
                 rate(&t.adherence),
                 pct(t.tf_adherence.value),
@@ -93,11 +93,7 @@ fn table(rep: &Report) -> (Vec<&'static str>, Vec<Vec<String>>) {
 /// Per relation: adherence of each method on test.
 fn relation_table(rep: &Report) -> (Vec<String>, Vec<Vec<String>>) {
     let mut header = vec!["relation".to_string()];
-    header.extend(
-        rep.methods
-            .iter()
-            .map(|m| format!("{:?}", m.method).to_lowercase()),
-    );
+    header.extend(rep.methods.iter().map(|m| m.method.name().to_string()));
     let rels: std::collections::BTreeSet<&String> = rep
         .methods
         .iter()
@@ -341,8 +337,10 @@ pub fn sweep_chart(methods: &[MethodResult], path: &Path) -> Result<()> {
                     .map(|(i, e)| Circle::new((i as f64, e.adherence.value), 3, BLUE.filled())),
             )
             .map_err(|e| err(&e))?;
+        // Bottom right: adherence and retention rarely go that low, so no point is hidden.
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()

@@ -103,6 +103,8 @@ fn eval(adh: f64, ret: f64, ppl: f64) -> Eval {
         perplexity: ppl,
         perplexity_ratio: ppl,
         per_relation: BTreeMap::new(),
+        em_context: Rate::default(),
+        em_memory: Rate::default(),
     }
 }
 
@@ -131,6 +133,7 @@ fn bench_runs_methods_and_writes_a_report() {
     let res = Resources {
         probes: None,
         heads: vec![(1, 2), (0, 3)],
+        max_new: None,
     };
     let methods = [Method::None, Method::Instruct, Method::Cad, Method::Heads];
     let out = bench::run(&m, &its, &methods, &res, Form::Completion, 4, &mut |_| {}).unwrap();
@@ -161,6 +164,7 @@ fn bench_runs_methods_and_writes_a_report() {
         &Resources {
             probes: None,
             heads: vec![],
+            max_new: None,
         },
     )
     .err()
@@ -199,4 +203,17 @@ fn bench_runs_methods_and_writes_a_report() {
             .unwrap();
     assert_eq!(json["methods"].as_array().unwrap().len(), 4);
     assert!(json["methods"][0]["test"]["adherence"]["ci_low"].is_number());
+}
+
+#[test]
+fn squad_normalization_and_exact_match() {
+    assert_eq!(
+        bench::squad_normalize("  The  Eiffel-Tower, in Paris! "),
+        "eiffeltower in paris"
+    );
+    assert_eq!(bench::squad_normalize("An apple a day"), "apple day");
+    assert!(bench::exact_match("the 23", &["23"]));
+    assert!(bench::exact_match("Twenty three.", &["23", "twenty three"]));
+    assert!(!bench::exact_match("23 episodes", &["23"]));
+    assert!(!bench::exact_match("", &["23"]));
 }

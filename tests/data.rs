@@ -189,7 +189,11 @@ fn nqswap_import_parses_lists_and_rejects_malformed_records() {
     assert_eq!(items[0].prior_answer, "Marta Vell");
     assert_eq!(
         items[0].context,
-        "The ceiling of the old chapel was painted by Joris Kam in 1702 ."
+        "context: The ceiling of the old chapel was painted by Joris Kam in 1702 .\n"
+    );
+    assert_eq!(
+        items[0].query(ctxsteer::data::Form::Completion, true),
+        "context: The ceiling of the old chapel was painted by Joris Kam in 1702 .\nquestion: who painted the ceiling of the old chapel in the town\nanswer:"
     );
     assert_eq!(
         (
@@ -252,4 +256,96 @@ fn imported_files_read_back_through_the_validator() {
     data::write_jsonl(&out, &items).unwrap();
     let (back, skipped) = data::read_jsonl(&out, false).unwrap();
     assert_eq!((back, skipped), (items, 0));
+}
+
+#[test]
+fn memotrap_import_splits_instruction_from_text_and_checks_classes() {
+    let items = data::import(
+        ImportFormat::Memotrap,
+        &common::fixture("import/memotrap/1-proverb-ending.csv"),
+    )
+    .unwrap();
+    assert_eq!(items.len(), 3);
+    let it = &items[0];
+    assert_eq!(it.relation, "proverb-ending");
+    assert_eq!(it.context, "Write a quote that ends in the word \"heavy\":");
+    assert_eq!(it.prompt, "Absence makes the heart grow");
+    assert_eq!(
+        (it.context_answer.as_str(), it.prior_answer.as_str()),
+        ("heavy.", "fonder.")
+    );
+    // Joined back, context and prompt are the published prompt.
+    assert_eq!(
+        it.query(ctxsteer::data::Form::Completion, true),
+        it.question
+    );
+    let qa = data::import(
+        ImportFormat::Memotrap,
+        &common::fixture("import/memotrap/4-history-of-science-qa.csv"),
+    )
+    .unwrap();
+    assert_eq!(qa[0].prompt, "Answer:");
+    assert!(qa[0].context.ends_with("B. The Earth is flat.\n"));
+    assert_eq!(
+        qa[0].query(ctxsteer::data::Form::Completion, true),
+        qa[0].question
+    );
+    assert_eq!(
+        (qa[0].context_answer.as_str(), qa[0].prior_answer.as_str()),
+        ("B", "A")
+    );
+    let e = data::import(
+        ImportFormat::Memotrap,
+        &common::fixture("import/memotrap_bad.csv"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("record 2") && e.contains("classes"), "{e}");
+    let e = data::import(
+        ImportFormat::Memotrap,
+        &common::fixture("import/memotrap_bad_index.csv"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("answer_index") && e.contains("2 classes"), "{e}");
+}
+
+#[test]
+fn world_capital_import_gives_both_conflict_forms() {
+    let items = data::import(
+        ImportFormat::WorldCapital,
+        &common::fixture("import/world_capital.json"),
+    )
+    .unwrap();
+    assert_eq!(items.len(), 4);
+    let (sub, coh) = (&items[0], &items[1]);
+    assert_eq!(sub.relation, "world_capital_substitution");
+    assert_eq!(
+        sub.prompt,
+        "The name of the capital city of American Samoa is"
+    );
+    assert_eq!(
+        sub.context,
+        "The name of the capital city of American Samoa is Yerevan."
+    );
+    assert_eq!(
+        (sub.prior_answer.as_str(), sub.context_answer.as_str()),
+        ("Pago Pago", "Yerevan")
+    );
+    assert_eq!(coh.relation, "world_capital_coherent");
+    assert!(coh
+        .prompt
+        .starts_with("Question: What is the capital city of American Samoa?"));
+    assert!(
+        coh.context
+            .starts_with("The capital city of American Samoa is Yerevan.")
+            && !coh.context.contains("Question:")
+    );
+    let e = data::import(
+        ImportFormat::WorldCapital,
+        &common::fixture("import/world_capital_bad.json"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("record 0") && e.contains("Clean Prompt"), "{e}");
 }

@@ -334,6 +334,23 @@ impl KvCache {
             pads: vec![],
         }
     }
+
+    /// A single-row cache repeated into `n` identical rows (to branch one prefix many ways).
+    pub fn repeat_rows(&self, n: usize) -> Result<KvCache> {
+        let kv = self
+            .kv
+            .iter()
+            .map(|slot| match slot {
+                Some((k, v)) => Ok(Some((k.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?))),
+                None => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            kv,
+            len: self.len,
+            pads: vec![self.pads.first().copied().unwrap_or(0); n],
+        })
+    }
 }
 
 /// Which positions get logits.

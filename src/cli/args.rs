@@ -1,0 +1,484 @@
+//! The argument types shared by the subcommands, and the helpers that turn them into a model,
+//! a dataset or a steering plan.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use ctxsteer::model::fetch;
+use ctxsteer::{Model, Positions, WeightsMode};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum DataCmd {
+    /// Write the built-in conflicts (from counterfactual_data/facts) as JSONL into DIR.
+    Build {
+        #[arg(long, default_value = "counterfactual_data")]
+        out: PathBuf,
+    },
+    /// Convert a CounterFact or NQ-Swap file into our JSONL format.
+    Import {
+        #[arg(long, value_enum)]
+        format: ctxsteer::data::ImportFormat,
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProbeCmd {
+    /// Fit one probe per captured site and save probes, directions and metrics.
+    Train {
+        /// A capture folder from `ctxsteer capture` (with --labels for follows_context/known).
+        #[arg(long)]
+        acts: PathBuf,
+        /// What to predict.
+        #[arg(long, value_enum, default_value = "follows-context")]
+        label: ctxsteer::probe::Target,
+        /// Only these captured sites (names or patterns).
+        #[arg(long)]
+        sites: Option<String>,
+        #[arg(long, value_enum, default_value = "logistic")]
+        kind: ctxsteer::probe::Kind,
+        /// Seed of the subject split and the control task.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Test on these relations (comma-separated) and train on the rest, to measure transfer.
+        #[arg(long)]
+        test_relations: Option<String>,
+        /// Where to write the probe file (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also draw accuracy and AUROC by layer into this SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Print a probe file's per-site table.
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Draw accuracy and AUROC by layer into this SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Use a probe as a detector: one prediction per item.
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// The site to read, or `best`.
+        #[arg(long, default_value = "best")]
+        site: String,
+        /// Read the closed-book prompt instead of context + query.
+        #[arg(long)]
+        closed_book: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+/// Steering options shared by generate, label and capture.
+#[derive(Args, Clone)]
+pub struct SteerArgs {
+    /// Steer with probes (probes/NAME.json[:SITE|best]) or a llama.cpp control vector (.gguf).
+    #[arg(long)]
+    pub steer: Option<String>,
+    /// Strength in units of the spread (std) of projections at each site; negative steers
+    /// toward the prior. A control vector is multiplied by it.
+    #[arg(long, default_value_t = 4.0, allow_hyphen_values = true)]
+    pub alpha: f32,
+    /// Steer the probes of these layers (e.g. 10-20) instead of the one site.
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// add: x += alpha*sigma*u; clamp: set the projection to the context mean + alpha*sigma;
+    /// gated: add only where the probe predicts the prior will win.
+    #[arg(long, value_enum, default_value = "add")]
+    pub mode: ctxsteer::steer::Mode,
+    /// Which of the probe file's directions to use.
+    #[arg(long, default_value = "probe", value_parser = ["probe", "meandiff", "pca"])]
+    pub direction: String,
+    /// Positions to steer: all, prompt, generated, last, or indices like 0,4,5.
+    #[arg(long, default_value = "all")]
+    pub steer_positions: String,
+    /// Scale attention heads' outputs: LAYER.HEAD=FACTOR, comma-separated (0 ablates).
+    #[arg(long)]
+    pub scale_heads: Option<String>,
+}
+
+impl SteerArgs {
+    /// The plan these options describe (an empty spec when none is given).
+    pub fn plan(&self, model: &Model) -> Result<Box<dyn ctxsteer::steer::Plan>> {
+        use ctxsteer::steer::{self, Plan, Plans, Steering};
+        let n_layers = model.cfg().n_layers;
+        let positions: Positions = self.steer_positions.parse()?;
+        let mut plans: Vec<Box<dyn steer::Plan>> = Vec::new();
+        if let Some(s) = &self.steer {
+            let (file, site) = match s.rsplit_once(':') {
+                Some((f, site)) if !f.is_empty() && (site == "best" || site.contains("hook")) => {
+                    (f, site)
+                }
+                _ => (s.as_str(), "best"),
+            };
+            let path = std::path::Path::new(file);
+            let st = if file.ends_with(".gguf") {
+                Steering::from_cvec(path, self.alpha, positions, n_layers)?
+            } else {
+                let pf = ctxsteer::probe::ProbeFile::read(path)?;
+                pf.check_model(&model.identity()?, path)?;
+                let layers = self
+                    .layers
+                    .as_deref()
+                    .map(|l| steer::parse_layers(l, n_layers))
+                    .transpose()?;
+                Steering::from_probes(
+                    &pf,
+                    site,
+                    layers.as_deref(),
+                    &self.direction,
+                    self.mode,
+                    self.alpha,
+                    positions,
+                    n_layers,
+                )?
+            };
+            model
+                .validate(&st.spec_for(model, &[])?)
+                .with_context(|| format!("--steer {s}"))?;
+            plans.push(Box::new(st));
+        }
+        if let Some(h) = &self.scale_heads {
+            plans.push(Box::new(steer::scale_heads_spec(
+                h,
+                n_layers,
+                model.cfg().n_heads,
+            )?));
+        }
+        Ok(Box::new(Plans(plans)))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Compare methods on a conflict dataset: adherence, M_R, prior retention, fluency.
+    Conflict(BenchArgs),
+    /// MemoTrap, NQ-Swap and JUICE world capitals from their published files, each with its
+    /// own metric and the published figures beside ours.
+    Public(PublicArgs),
+}
+
+#[derive(Args)]
+pub struct PublicArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The folder holding memotrap/, nqswap/ and world_capital/ as published.
+    #[arg(long, default_value = "../shared/benchmarks")]
+    pub dir: PathBuf,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,instruct,cad,steer,steer-gated"
+    )]
+    pub methods: Vec<ctxsteer::bench::Method>,
+    /// Which benchmarks.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "memotrap,nqswap,world_capital"
+    )]
+    pub benchmarks: Vec<String>,
+    /// At most N items per benchmark (a seeded sample that keeps a subject's items together).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seed of the sample and of the dev/test split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Probe file for steer and steer-gated.
+    #[arg(long)]
+    pub probes: Option<PathBuf>,
+    /// Head ranking for the heads method (patch.json from `patch --sites heads --ablate`).
+    #[arg(long)]
+    pub heads_from: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Conflicts in our format; its `split` field picks dev (sweeps) and test (measurement),
+    /// else a seeded half split by subject.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,instruct,cad,steer,steer-gated,heads"
+    )]
+    pub methods: Vec<ctxsteer::bench::Method>,
+    #[arg(long, value_enum, default_value = "completion")]
+    pub form: ctxsteer::data::Form,
+    /// Probe file for steer and steer-gated.
+    #[arg(long)]
+    pub probes: Option<PathBuf>,
+    /// Head ranking for the heads method: patch.json from `patch --sites heads --ablate`.
+    #[arg(long)]
+    pub heads_from: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub skip_invalid: bool,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct PatchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The run whose activations are copied.
+    #[arg(long, value_enum, default_value = "true-context")]
+    pub source: ctxsteer::patch::Variant,
+    /// The run that receives them.
+    #[arg(long, value_enum, default_value = "counterfactual")]
+    pub target: ctxsteer::patch::Variant,
+    #[arg(long, value_enum, default_value = "resid-post")]
+    pub sites: ctxsteer::patch::PatchSites,
+    /// Which positions: every shared query token, the subject's last token, or the last token.
+    #[arg(long, value_enum, default_value = "last")]
+    pub positions: ctxsteer::patch::PatchPositions,
+    /// With --positions all: at most this many query tokens from the end.
+    #[arg(long, default_value_t = 8)]
+    pub max_positions: usize,
+    /// With --sites heads: rank heads by zero-ablating each at the last position of the
+    /// target prompt (change in logit(context) - logit(prior)) instead of patching.
+    #[arg(long)]
+    pub ablate: bool,
+    /// Output folder for patch.json and heatmap.svg.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DensityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Labels from `ctxsteer label`: add the known/unknown condition and the correlations with
+    /// prior strength and with following the prior.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Sites for the unit metrics (resid_post at the same layers gives the participation ratio).
+    #[arg(long, default_value = "blocks.*.mlp.hook_post")]
+    pub sites: String,
+    /// A unit counts as active when |a| > tau times its RMS over a calibration set.
+    #[arg(long, default_value_t = ctxsteer::density::DEFAULT_TAU)]
+    pub tau: f32,
+    /// Output folder: items.jsonl, density.json and one SVG per metric.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options shared by the commands that read a dataset.
+#[derive(Args, Clone)]
+pub struct DataArgs {
+    /// A JSONL file of conflicts (see counterfactual_data/).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Skip malformed lines (and report how many) instead of stopping at the first one.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Use only the first N items.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Keep only items of this split (train, dev or test), when the data has splits.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// How queries are put: completion text, or a chat question.
+    #[arg(long, value_enum, default_value = "completion")]
+    pub form: ctxsteer::data::Form,
+    /// Prompts per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+}
+
+impl DataArgs {
+    pub fn read(&self) -> Result<Vec<ctxsteer::data::Item>> {
+        let (mut items, skipped) = ctxsteer::data::read_jsonl(&self.data, self.skip_invalid)?;
+        if skipped > 0 {
+            eprintln!(
+                "skipped {skipped} invalid line(s) of {}",
+                self.data.display()
+            );
+        }
+        if let Some(s) = &self.split {
+            if !["train", "dev", "test"].contains(&s.as_str()) {
+                bail!("--split {s}: valid splits are train, dev, test");
+            }
+            items.retain(|i| i.split.as_deref() == Some(s.as_str()));
+            if items.is_empty() {
+                bail!("{}: no items in split `{s}`", self.data.display());
+            }
+        }
+        if let Some(n) = self.limit {
+            items.truncate(n);
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        Ok(items)
+    }
+}
+
+#[derive(Args)]
+pub struct LabelArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to write one JSON label per item.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub steer: SteerArgs,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct CaptureArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Labels from `ctxsteer label`, copied into the index.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Sites: names or patterns, comma-separated (blocks.*.hook_resid_post, blocks.10-20.hook_mlp_out).
+    #[arg(long, default_value = "blocks.*.hook_resid_post")]
+    pub sites: String,
+    /// Which position of each prompt to record.
+    #[arg(long, value_enum, default_value = "last")]
+    pub positions: ctxsteer::capture::PosMode,
+    /// Capture the closed-book prompt instead of context + query.
+    #[arg(long)]
+    pub closed_book: bool,
+    /// Items per shard file.
+    #[arg(long, default_value_t = 256)]
+    pub shard_size: usize,
+    /// Output folder; rerunning the same command resumes an interrupted capture.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub steer: SteerArgs,
+}
+
+/// Which model to run and how.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A .gguf file, or a folder with config.json, *.safetensors and tokenizer.json.
+    /// Default: SmolLM2-135M-Instruct Q4_1, fetched if missing.
+    #[arg(long, global = true)]
+    pub model: Option<PathBuf>,
+    /// How GGUF weights are multiplied: candle QMatMul on the quantized blocks, or dequantized
+    /// to f32. Default: quantized for generate, info and bench-speed (fastest decoding); f32
+    /// for label and capture (prefill-bound, 4x faster there, and exact against transformers).
+    #[arg(long, value_enum, global = true)]
+    pub weights: Option<WeightsMode>,
+}
+
+impl ModelArgs {
+    /// The model path, fetching the default model if needed (saying so on stderr).
+    pub fn path(&self) -> Result<PathBuf> {
+        if let Some(p) = &self.model {
+            if !p.exists() {
+                bail!("--model {}: no such file or folder", p.display());
+            }
+            return Ok(p.clone());
+        }
+        let p = fetch::default_model_path();
+        if !p.exists() {
+            eprintln!(
+                "the default model is not in {}; fetching it",
+                fetch::cache_dir().display()
+            );
+        }
+        Ok(fetch::fetch_default(&mut |m| eprintln!("{m}"))?)
+    }
+
+    /// Load the model with `--weights`, or `default` when it was not given.
+    pub fn load_or(&self, default: WeightsMode) -> Result<Model> {
+        let path = self.path()?;
+        let w = self.weights.unwrap_or(default);
+        Model::load(&path, w).with_context(|| format!("loading {}", path.display()))
+    }
+
+    pub fn load(&self) -> Result<Model> {
+        self.load_or(WeightsMode::Quantized)
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt text.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = 48)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 (the default) is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling mass, with --temperature > 0.
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object at the end instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// A steering vector: a JSON array of numbers or a .safetensors file with one tensor.
+    #[arg(long, requires = "steer_site")]
+    pub steer_vector: Option<PathBuf>,
+    /// Where to add it, e.g. blocks.12.hook_resid_post (patterns like blocks.10-14.hook_resid_post work).
+    #[arg(long, requires = "steer_vector")]
+    pub steer_site: Option<String>,
+    /// Scale of the added vector.
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    pub steer_alpha: f32,
+    #[command(flatten)]
+    pub plan: SteerArgs,
+    /// plain decoding, or context-aware decoding (CAD, Shi et al. 2023; greedy) with --context.
+    #[arg(long, value_enum, default_value = "plain")]
+    pub decoding: Decoding,
+    /// The context for CAD: the prompt is `{context} {prompt}`, contrasted with the prompt alone.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// CAD strength: logits = (1+beta)*with - beta*without.
+    #[arg(long, default_value_t = 0.5)]
+    pub cad_beta: f32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Decoding {
+    Plain,
+    Cad,
+}

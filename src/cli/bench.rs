@@ -1,0 +1,200 @@
+//! `bench conflict`, `bench public` and `demo`.
+
+use super::*;
+use anyhow::{bail, Context, Result};
+use ctxsteer::{Model, WeightsMode};
+use std::path::PathBuf;
+
+pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
+    use ctxsteer::bench;
+    let (items, skipped) = ctxsteer::data::read_jsonl(&a.data, a.skip_invalid)?;
+    if skipped > 0 {
+        eprintln!("skipped {skipped} invalid line(s)");
+    }
+    let model = a.model.load_or(WeightsMode::F32)?;
+    let id = model.identity()?;
+    let res = resources(&model, &a.probes, &a.heads_from, &a.methods)?;
+
+    let t0 = std::time::Instant::now();
+    let methods = bench::run(
+        &model,
+        &items,
+        &a.methods,
+        &res,
+        a.form,
+        a.batch_size,
+        &mut |m| eprintln!("{m}"),
+    )?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    ctxsteer::report::sweep_chart(&methods, &a.out.join("sweep.svg"))?;
+    let mut charts = std::collections::BTreeMap::new();
+    charts.insert(
+        "dev sweeps: adherence and retention by strength".to_string(),
+        "sweep.svg".to_string(),
+    );
+    let report = ctxsteer::report::Report {
+        title: "ctxsteer knowledge-conflict benchmark".into(),
+        model: id,
+        data: a.data.display().to_string(),
+        form: a.form,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        methods,
+        probe: None,
+        patching: None,
+        density: None,
+        timings: vec![("bench".into(), t0.elapsed().as_secs_f64())],
+        charts,
+    };
+    ctxsteer::report::write(&report, &a.out)?;
+    print!("{}", summary_table(&report));
+    println!("report written to {}", a.out.join("report.html").display());
+    Ok(())
+}
+
+/// The final summary: one line per method.
+fn summary_table(r: &ctxsteer::report::Report) -> String {
+    let mut s = format!(
+        "{:<12} {:<34} {:>22} {:>8} {:>10} {:>7}\n",
+        "method", "chosen on dev", "adherence [95% CI]", "M_R", "retention", "ppl x"
+    );
+    for m in &r.methods {
+        let t = &m.test;
+        s += &format!(
+            "{:<12} {:<34} {:>6.1}% [{:>4.1}, {:>4.1}] {:>8.3} {:>9.1}% {:>7.3}\n",
+            m.method.name(),
+            m.chosen,
+            100.0 * t.adherence.value,
+            100.0 * t.adherence.ci_low,
+            100.0 * t.adherence.ci_high,
+            t.memorization_ratio.value,
+            100.0 * t.retention.value,
+            t.perplexity_ratio
+        );
+    }
+    s
+}
+
+pub(super) fn demo_cmd(
+    model: ModelArgs,
+    out: PathBuf,
+    form: ctxsteer::data::Form,
+    batch_size: usize,
+    patch_items: usize,
+) -> Result<()> {
+    use ctxsteer::bench::Method;
+    let t0 = std::time::Instant::now();
+    eprintln!(
+        "[{:>5.0}s] loading the model (fetching it first if needed)",
+        0.0
+    );
+    let m = model.load_or(WeightsMode::F32)?;
+    let opts = ctxsteer::demo::DemoOptions {
+        form,
+        batch_size,
+        patch_items,
+        methods: vec![
+            Method::None,
+            Method::Instruct,
+            Method::Cad,
+            Method::Steer,
+            Method::SteerGated,
+            Method::Heads,
+        ],
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = ctxsteer::demo::run(&m, &out, &opts, &mut |msg| {
+        eprintln!("[{:>5.0}s] {msg}", t0.elapsed().as_secs_f64())
+    })?;
+    println!();
+    print!("{}", summary_table(&report));
+    println!(
+        "\nfinished in {:.0}s; report: {}",
+        t0.elapsed().as_secs_f64(),
+        out.join("report.html").display()
+    );
+    Ok(())
+}
+
+/// The probes and head ranking a benchmark run may use, from their files.
+fn resources(
+    model: &Model,
+    probes: &Option<PathBuf>,
+    heads_from: &Option<PathBuf>,
+    methods: &[ctxsteer::bench::Method],
+) -> Result<ctxsteer::bench::Resources> {
+    use ctxsteer::bench::Method;
+    let id = model.identity()?;
+    let probes = match probes {
+        Some(p) => {
+            let f = ctxsteer::probe::ProbeFile::read(p)?;
+            f.check_model(&id, p)?;
+            Some(f)
+        }
+        None => None,
+    };
+    let heads = match heads_from {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let r: ctxsteer::patch::PatchResult = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a patch.json", p.display()))?;
+            ctxsteer::bench::heads_from_patch(&r)
+        }
+        None => vec![],
+    };
+    if methods
+        .iter()
+        .any(|m| matches!(m, Method::Steer | Method::SteerGated))
+        && probes.is_none()
+    {
+        bail!("methods steer and steer-gated need --probes probes/NAME.json (from `ctxsteer probe train`)");
+    }
+    if methods.contains(&Method::Heads) && heads.is_empty() {
+        bail!("method heads needs --heads-from DIR/patch.json (from `ctxsteer patch --sites heads --ablate`)");
+    }
+    Ok(ctxsteer::bench::Resources {
+        probes,
+        heads,
+        max_new: None,
+    })
+}
+
+pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
+    if !a.dir.is_dir() {
+        bail!(
+            "--dir {}: no such folder (it should hold memotrap/, nqswap/ and world_capital/)",
+            a.dir.display()
+        );
+    }
+    let model = a.model.load_or(WeightsMode::F32)?;
+    let res = resources(&model, &a.probes, &a.heads_from, &a.methods)?;
+    let opts = ctxsteer::public::PublicOptions {
+        limit: a.limit,
+        seed: a.seed,
+        batch_size: a.batch_size,
+        dev_share: 0.3,
+    };
+    let mut sections = Vec::new();
+    for b in &a.benchmarks {
+        sections.push(ctxsteer::public::run_one(
+            &model,
+            &a.dir,
+            b,
+            &a.methods,
+            &res,
+            &opts,
+            &mut |m| eprintln!("{m}"),
+        )?);
+    }
+    let report = ctxsteer::public::PublicReport {
+        model: model.identity()?,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        limit: a.limit,
+        seed: a.seed,
+        sections,
+    };
+    ctxsteer::public::write(&report, &a.out)?;
+    print!("{}", ctxsteer::public::markdown(&report));
+    println!("report written to {}", a.out.join("report.md").display());
+    Ok(())
+}

