@@ -244,34 +244,19 @@ pub fn greedy_and_score(
             }
         }
     }
-    let eos = model.tokenizer.eos_id;
-    let mut next: Vec<u32> = first.iter().map(|l| argmax(l)).collect();
-    let mut done = vec![false; b];
-    for step in 0..max_new {
-        for r in 0..b {
-            if !done[r] {
-                if Some(next[r]) == eos {
-                    done[r] = true;
-                } else {
-                    out[r].greedy.push(next[r]);
-                }
-            }
-        }
-        if step + 1 == max_new || done.iter().all(|d| *d) {
-            break;
-        }
+    let greedy = greedy_rows(&first, max_new, model.tokenizer.eos_id, &mut |next| {
         let ids: Vec<Vec<u32>> = next.iter().map(|t| vec![*t]).collect();
-        let logits = model.net.forward(
-            &Batch {
-                ids,
-                pads: vec![0; b],
-            },
-            Some(&mut cache),
-            &mut hooks,
-            LogitsAt::Last,
-        )?;
-        let l = logits.squeeze(1)?.to_vec2::<f32>()?;
-        next = l.iter().map(|x| argmax(x)).collect();
+        let batch = Batch {
+            ids,
+            pads: vec![0; b],
+        };
+        let logits = model
+            .net
+            .forward(&batch, Some(&mut cache), &mut hooks, LogitsAt::Last)?;
+        Ok(logits.squeeze(1)?.to_vec2::<f32>()?)
+    })?;
+    for (o, g) in out.iter_mut().zip(greedy) {
+        o.greedy = g;
     }
     Ok(out)
 }
@@ -368,7 +353,26 @@ pub fn cad_greedy_and_score(
         }
     }
     let (mut cw, mut cn) = (cw, cn);
-    let eos = model.tokenizer.eos_id;
+    let greedy = greedy_rows(&first, max_new, model.tokenizer.eos_id, &mut |next| {
+        let (a, n) = (step(&mut cw, with, next)?, step(&mut cn, without, next)?);
+        Ok((0..b).map(|r| cad_logits(&a[r], &n[r], beta)).collect())
+    })?;
+    for (o, g) in out.iter_mut().zip(greedy) {
+        o.greedy = g;
+    }
+    Ok(out)
+}
+
+/// Greedy decoding of a batch from its first logits: `step` feeds each row's last token and
+/// returns the next logits. A row stops at EOS (left out) or after `max_new` tokens.
+fn greedy_rows(
+    first: &[Vec<f32>],
+    max_new: usize,
+    eos: Option<u32>,
+    step: &mut dyn FnMut(&[u32]) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<u32>>> {
+    let b = first.len();
+    let mut out = vec![vec![]; b];
     let mut next: Vec<u32> = first.iter().map(|l| argmax(l)).collect();
     let mut done = vec![false; b];
     for s in 0..max_new {
@@ -377,17 +381,14 @@ pub fn cad_greedy_and_score(
                 if Some(next[r]) == eos {
                     done[r] = true;
                 } else {
-                    out[r].greedy.push(next[r]);
+                    out[r].push(next[r]);
                 }
             }
         }
         if s + 1 == max_new || done.iter().all(|d| *d) {
             break;
         }
-        let (a, n) = (step(&mut cw, with, &next)?, step(&mut cn, without, &next)?);
-        next = (0..b)
-            .map(|r| argmax(&cad_logits(&a[r], &n[r], beta)))
-            .collect();
+        next = step(&next)?.iter().map(|l| argmax(l)).collect();
     }
     Ok(out)
 }

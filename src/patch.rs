@@ -359,16 +359,7 @@ pub fn patch(
             if !keys.contains(&key) {
                 keys.push(key.clone());
             }
-            let mean = v.iter().sum::<f64>() / v.len() as f64;
-            let (lo, hi) = crate::stats::bootstrap_ci(&v, 1000, layer as u64);
-            Cell {
-                layer,
-                key,
-                n: v.len(),
-                mean,
-                ci_low: lo,
-                ci_high: hi,
-            }
+            cell(layer, key, &v)
         })
         .collect();
     keys.sort_by_key(|k| key_order(k));
@@ -540,18 +531,7 @@ pub fn head_ablation(
     let keys: Vec<String> = (0..cfg.n_heads).map(|h| format!("head {h}")).collect();
     let cells = effects
         .into_iter()
-        .map(|((layer, key), v)| {
-            let mean = v.iter().sum::<f64>() / v.len() as f64;
-            let (lo, hi) = crate::stats::bootstrap_ci(&v, 1000, layer as u64);
-            Cell {
-                layer,
-                key,
-                n: v.len(),
-                mean,
-                ci_low: lo,
-                ci_high: hi,
-            }
-        })
+        .map(|((layer, key), v)| cell(layer, key, &v))
         .collect();
     Ok(PatchResult {
         source: Variant::Counterfactual,
@@ -566,4 +546,18 @@ pub fn head_ablation(
         keys,
         cells,
     })
+}
+
+/// The mean of a cell's effects with a bootstrap 95% interval.
+fn cell(layer: usize, key: String, v: &[f64]) -> Cell {
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (ci_low, ci_high) = crate::stats::bootstrap_ci(v, 1000, layer as u64);
+    Cell {
+        layer,
+        key,
+        n: v.len(),
+        mean,
+        ci_low,
+        ci_high,
+    }
 }

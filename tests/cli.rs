@@ -161,3 +161,141 @@ fn bad_inputs_get_clear_errors() {
         .failure()
         .stderr(predicate::str::contains("not a readable GGUF"));
 }
+
+#[test]
+fn data_label_capture_and_bench_commands_through_the_binary() {
+    let (dir, path) = common::tiny::temp();
+    let out = dir.path().join("data");
+    bin()
+        .args(["data", "build", "--out"])
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("counterfactual.jsonl"));
+    let data = out.join("counterfactual.jsonl");
+    let run = |args: &[&str]| {
+        let mut c = bin();
+        c.args(args).arg("--model").arg(&path);
+        c
+    };
+    let labels = dir.path().join("labels.jsonl");
+    run(&[
+        "label",
+        "--data",
+        data.to_str().unwrap(),
+        "--limit",
+        "6",
+        "--json",
+        "--out",
+        labels.to_str().unwrap(),
+    ])
+    .assert()
+    .success()
+    .stdout(predicate::str::contains("memorization_ratio"));
+    assert_eq!(std::fs::read_to_string(&labels).unwrap().lines().count(), 6);
+    run(&[
+        "label",
+        "--data",
+        data.to_str().unwrap(),
+        "--split",
+        "holdout",
+        "--out",
+        "x.jsonl",
+    ])
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains(
+        "valid splits are train, dev, test",
+    ));
+    let acts = dir.path().join("acts");
+    run(&[
+        "capture",
+        "--data",
+        data.to_str().unwrap(),
+        "--limit",
+        "5",
+        "--sites",
+        "blocks.0-1.hook_resid_post",
+        "--out",
+        acts.to_str().unwrap(),
+    ])
+    .assert()
+    .success()
+    .stdout(predicate::str::contains("captured 5 items x 2 sites"));
+    run(&[
+        "capture",
+        "--data",
+        data.to_str().unwrap(),
+        "--sites",
+        "blocks.7.hook_resid_post",
+        "--out",
+        acts.to_str().unwrap(),
+    ])
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains("out of range"));
+    run(&[
+        "bench",
+        "conflict",
+        "--data",
+        data.to_str().unwrap(),
+        "--methods",
+        "none,steer",
+        "--out",
+        "x",
+    ])
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains("need --probes"));
+    run(&[
+        "bench",
+        "public",
+        "--dir",
+        "/nonexistent/benchmarks",
+        "--out",
+        "x",
+    ])
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains("no such folder"));
+    bin()
+        .args(["probe", "show", "/nonexistent/p.json"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("/nonexistent/p.json"));
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"id\": \"a\"}\n").unwrap();
+    run(&["label", "--data", bad.to_str().unwrap(), "--out", "x.jsonl"])
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("bad.jsonl")
+                .and(predicate::str::contains("line 1"))
+                .and(predicate::str::contains("missing field")),
+        );
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for cmd in [
+        "fetch-model",
+        "info",
+        "generate",
+        "data",
+        "label",
+        "capture",
+        "probe",
+        "patch",
+        "density",
+        "bench",
+        "demo",
+        "export-cvec",
+        "bench-speed",
+    ] {
+        bin()
+            .args([cmd, "--help"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Usage"));
+    }
+}
