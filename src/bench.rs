@@ -16,7 +16,7 @@ use crate::data::{Form, Item};
 use crate::error::{Error, Result};
 use crate::label::{self, Answer, LabelOptions, Run};
 use crate::model::{Batch, LogitsAt, Model};
-use crate::steer::{Mode, Plan, Plans, Steering};
+use crate::steer::{Mode, Plan, Steering};
 use crate::Positions;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -47,8 +47,11 @@ pub enum Method {
     Steer,
     /// The same, only where the probe predicts the prior will win.
     SteerGated,
-    /// Scale down the attention heads that patching finds pushing the prior.
+    /// Scale up the attention heads that carry the context's answer and scale down those that
+    /// push the prior, both ranked by ablation on dev.
     Heads,
+    /// The same, only where a `conflict` probe sees a context that contradicts memory.
+    HeadsGated,
 }
 
 impl Method {
@@ -61,6 +64,7 @@ impl Method {
             Method::Steer => "steer",
             Method::SteerGated => "steer-gated",
             Method::Heads => "heads",
+            Method::HeadsGated => "heads-gated",
         }
     }
 }
@@ -358,6 +362,11 @@ pub struct Resources {
     pub probes: Option<crate::probe::ProbeFile>,
     /// (layer, head) pairs, the strongest prior-pushing first.
     pub heads: Vec<(usize, usize)>,
+    /// (layer, head) pairs, the strongest context-carrying first (removing them lowers
+    /// logit(context) - logit(prior)).
+    pub context_heads: Vec<(usize, usize)>,
+    /// The gate of heads-gated: a `conflict` probe file (its best site).
+    pub gate: Option<crate::probe::ProbeFile>,
     /// Greedy tokens per answer (default: the label default for the form).
     pub max_new: Option<usize>,
 }
@@ -405,50 +414,90 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
         Method::Steer => {
             let mut v = vec![];
             for dir in ["meandiff", "probe"] {
-                for a in [0.5f32, 1.0, 2.0] {
+                for a in [0.5f32, 1.0] {
                     v.push(steer(Mode::Add, dir, a)?);
                 }
             }
             v
         }
-        Method::SteerGated => [0.5f32, 1.0, 2.0]
+        Method::SteerGated => [0.5f32, 1.0]
             .iter()
             .map(|a| steer(Mode::Gated, "meandiff", *a))
             .collect::<Result<_>>()?,
-        Method::Heads => {
-            if res.heads.is_empty() {
-                return Err(Error::Invalid(
-                    "method heads needs heads ranked by patching (--heads-from DIR/patch.json)"
-                        .into(),
-                ));
-            }
-            let mut v = vec![];
-            for k in [1usize, 3, 6] {
-                for f in [0.0f32, 0.5] {
-                    let hs: Vec<String> = res
-                        .heads
-                        .iter()
-                        .take(k)
-                        .map(|(l, h)| format!("{l}.{h}={f}"))
-                        .collect();
-                    let spec = crate::steer::scale_heads_spec(
-                        &hs.join(","),
-                        n_layers,
-                        model.cfg().n_heads,
-                    )?;
-                    v.push(Setting {
-                        method: m,
-                        strength: Some(k as f32 * (1.0 - f)),
-                        label: format!("top {k} heads x{f}"),
-                        plan: Box::new(Plans(vec![Box::new(spec)])),
-                        cad_beta: None,
-                        instruct: false,
-                    });
-                }
-            }
-            v
-        }
+        Method::Heads | Method::HeadsGated => heads_grid(model, m, res)?,
     })
+}
+
+/// The head-scaling settings a sweep tries: (context heads scaled up, factor; prior heads
+/// scaled down, factor). Scaling up the heads that move the context's answer to the last
+/// position, and down the ones that bring the prior, follows JUICE (Li et al. 2025) and
+/// PH3 (Jin et al. 2024).
+const HEAD_GRID: [(usize, f32, usize, f32); 4] = [
+    (0, 1.0, 3, 0.5),
+    (4, 2.0, 0, 1.0),
+    (4, 3.0, 0, 1.0),
+    (4, 3.0, 1, 0.0),
+];
+
+fn heads_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
+    let cfg = model.cfg();
+    if res.heads.is_empty() && res.context_heads.is_empty() {
+        return Err(Error::Invalid(format!(
+            "method {} needs heads ranked by ablation (--heads-from DIR/patch.json)",
+            m.name()
+        )));
+    }
+    let gate = match m {
+        Method::HeadsGated => {
+            let pf = res.gate.as_ref().ok_or_else(|| {
+                Error::Invalid(
+                    "method heads-gated needs a conflict probe file (--gate-probes)".into(),
+                )
+            })?;
+            Some(crate::steer::Gate::from_probes(pf, "best", cfg.n_layers)?)
+        }
+        _ => None,
+    };
+    let mut v = vec![];
+    for (k_up, f_up, k_down, f_down) in HEAD_GRID {
+        let up = res.context_heads.iter().take(k_up);
+        let down = res.heads.iter().take(k_down);
+        let parts: Vec<String> = up
+            .map(|(l, h)| format!("{l}.{h}={f_up}"))
+            .chain(down.map(|(l, h)| format!("{l}.{h}={f_down}")))
+            .collect();
+        if parts.is_empty() {
+            continue;
+        }
+        let spec = crate::steer::scale_heads_spec(&parts.join(","), cfg.n_layers, cfg.n_heads)?;
+        let plan: Box<dyn Plan> = match &gate {
+            Some(g) => Box::new(crate::steer::Gated {
+                gate: g.clone(),
+                inner: Box::new(spec),
+            }),
+            None => Box::new(spec),
+        };
+        v.push(Setting {
+            method: m,
+            strength: Some(k_up as f32 * (f_up - 1.0) + k_down as f32 * (1.0 - f_down)),
+            label: head_label(k_up, f_up, k_down, f_down),
+            plan,
+            cad_beta: None,
+            instruct: false,
+        });
+    }
+    Ok(v)
+}
+
+fn head_label(k_up: usize, f_up: f32, k_down: usize, f_down: f32) -> String {
+    let mut parts = vec![];
+    if k_up > 0 {
+        parts.push(format!("top {k_up} context heads x{f_up}"));
+    }
+    if k_down > 0 {
+        parts.push(format!("top {k_down} prior heads x{f_down}"));
+    }
+    parts.join(" + ")
 }
 
 /// The best dev setting: the highest adherence among those that keep retention >= 95% and
@@ -476,9 +525,25 @@ pub fn choose(evals: &[Eval]) -> (usize, bool) {
 
 /// Heads ranked by a heads patching result: largest mean effect first.
 pub fn heads_from_patch(r: &crate::patch::PatchResult) -> Vec<(usize, usize)> {
-    crate::patch::top(r, usize::MAX)
-        .into_iter()
-        .filter(|c| c.mean > 0.0)
+    head_pairs(
+        crate::patch::top(r, usize::MAX)
+            .into_iter()
+            .filter(|c| c.mean > 0.0 && c.ci_low > 0.0),
+    )
+}
+
+/// The heads whose removal lowers logit(context) - logit(prior) most, strongest first.
+pub fn context_heads_from_patch(r: &crate::patch::PatchResult) -> Vec<(usize, usize)> {
+    head_pairs(
+        crate::patch::top(r, usize::MAX)
+            .into_iter()
+            .rev()
+            .filter(|c| c.mean < 0.0 && c.ci_high < 0.0),
+    )
+}
+
+fn head_pairs<'a>(cells: impl Iterator<Item = &'a crate::patch::Cell>) -> Vec<(usize, usize)> {
+    cells
         .filter_map(|c| {
             c.key
                 .rsplit("head ")

@@ -182,6 +182,36 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The relation templates and fact tables, compiled in from counterfactual_data/.
 const RELATIONS: &str = include_str!("../counterfactual_data/relations.json");
+const NEUTRAL: &str = include_str!("../counterfactual_data/neutral.txt");
+
+/// Ordinary passages with no fact in conflict (variant `neutral`, relation `neutral`): the
+/// negatives that teach a `conflict` gate that plain text is not a conflict. They have no
+/// answer to judge, so both answer fields hold `(no answer)`.
+pub fn neutral_items() -> Vec<Item> {
+    NEUTRAL
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|text| {
+            let words: Vec<&str> = text.split_whitespace().take(6).collect();
+            let subject = words.join(" ");
+            Item {
+                id: format!("neutral:{}", slug(&subject)),
+                relation: "neutral".into(),
+                question: text.to_string(),
+                prompt: text.to_string(),
+                context: String::new(),
+                prior_answer: "(no answer)".into(),
+                context_answer: "(no answer)".into(),
+                prior_aliases: vec![],
+                context_aliases: vec![],
+                split: Some(split_of(&subject).to_string()),
+                variant: Some("neutral".into()),
+                subject,
+            }
+        })
+        .collect()
+}
 const FACTS: [(&str, &str); 11] = [
     (
         "capital",
@@ -423,15 +453,20 @@ pub fn write_built(dir: &Path) -> Result<Vec<(String, usize)>> {
         write_jsonl(&dir.join(name), items)?;
         written.push((name.to_string(), items.len()));
     }
-    // Both context variants in one file, with unique ids, for the `conflict` probe target.
+    // All three variants in one file, with unique ids, plus neutral passages, for the
+    // `conflict` probe target: the counterfactual context against the true one, none, and
+    // ordinary text.
+    let neutral = neutral_items();
     let both: Vec<Item> = b
         .counterfactual
         .iter()
         .chain(&b.true_context)
+        .chain(&b.no_context)
         .map(|it| Item {
             id: format!("{}:{}", it.id, it.variant.as_deref().unwrap_or("")),
             ..it.clone()
         })
+        .chain(neutral)
         .collect();
     write_jsonl(&dir.join("variants.jsonl"), &both)?;
     written.push(("variants.jsonl".to_string(), both.len()));

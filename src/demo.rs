@@ -2,8 +2,9 @@
 //! 1. build the data;
 //! 2. label every item;
 //! 3. capture the train split;
-//! 4. train probes;
-//! 5. rank heads by patching on dev;
+//! 4. train probes: `follows_context` for steering, and `conflict` (on the three variants of
+//!    train) as the gate of heads-gated;
+//! 5. rank heads by ablation on dev;
 //! 6. sweep every method on dev and measure it on test;
 //! 7. measure activation density;
 //! 8. write the report.
@@ -27,6 +28,88 @@ pub struct DemoOptions {
     pub patch_items: usize,
     pub methods: Vec<Method>,
     pub command: String,
+}
+
+/// What capture-then-train needs to know about the run.
+struct ProbeRun<'a> {
+    model: &'a Model,
+    id: &'a crate::model::ModelId,
+    form: Form,
+    batch_size: usize,
+    command: &'a str,
+}
+
+impl ProbeRun<'_> {
+    /// Capture resid_post at `layers` (last position) for `items` into `acts_dir`, then
+    /// train one logistic probe per layer for `target`.
+    fn capture_and_train(
+        &self,
+        items: &[Item],
+        labels: Option<&std::collections::HashMap<String, crate::label::ItemLabel>>,
+        data: &Path,
+        target: crate::probe::Target,
+        layers: impl Iterator<Item = usize>,
+        acts_dir: &Path,
+    ) -> Result<crate::probe::ProbeFile> {
+        let model = self.model;
+        let sites: Vec<crate::Site> = layers.map(crate::Site::resid_post).collect();
+        let copts = crate::capture::CaptureOptions {
+            sites: sites.clone(),
+            positions: crate::capture::PosMode::Last,
+            form: self.form,
+            with_context: true,
+            batch_size: self.batch_size,
+            shard_size: 256,
+        };
+        let meta = crate::capture::CaptureMeta {
+            model: model.name(),
+            weights: format!("{:?}", model.weights).to_lowercase(),
+            data: data.display().to_string() + " (train split)",
+            n_items: items.len(),
+            sites: sites.iter().map(|s| s.to_string()).collect(),
+            positions: crate::capture::PosMode::Last,
+            form: self.form,
+            with_context: true,
+            shard_size: 256,
+            steering: None,
+            complete: false,
+        };
+        crate::capture::capture(
+            model,
+            items,
+            labels,
+            &copts,
+            &crate::Spec::new(),
+            meta,
+            acts_dir,
+            &mut |_| {},
+        )?;
+        let acts = crate::capture::load(acts_dir, model.cfg().n_layers)?;
+        let topts = crate::probe::TrainOptions::new(target, crate::probe::Kind::Logistic);
+        let (probe_sites, n_train, n_test, n_pos) =
+            crate::probe::train(&acts, &topts, &mut |_| {})?;
+        let best = probe_sites
+            .iter()
+            .max_by(|a, b| a.metrics.cv_auroc.total_cmp(&b.metrics.cv_auroc))
+            .map(|s| s.site.clone())
+            .unwrap_or_default();
+        Ok(crate::probe::ProbeFile {
+            version: 1,
+            model: self.id.clone(),
+            acts: acts_dir.display().to_string(),
+            data: acts.meta.data.clone(),
+            target,
+            kind: crate::probe::Kind::Logistic,
+            command: self.command.to_string(),
+            seed: 0,
+            n_train,
+            n_test,
+            n_pos,
+            test_relations: None,
+            best,
+            sites: probe_sites,
+        })
+    }
 }
 
 /// Run the demo into `out`, calling `stage` with a message as each stage starts.
@@ -60,80 +143,53 @@ pub fn run(
         labels.iter().map(|l| (l.id.clone(), l.clone())).collect();
     lap("label", &mut timings);
 
-    stage("capturing resid_post at every layer for the train split");
-    let train: Vec<Item> = items
-        .iter()
-        .filter(|i| i.split.as_deref() == Some("train"))
-        .cloned()
-        .collect();
-    let sites: Vec<crate::Site> = (0..model.cfg().n_layers)
-        .map(crate::Site::resid_post)
-        .collect();
-    let copts = crate::capture::CaptureOptions {
-        sites: sites.clone(),
-        positions: crate::capture::PosMode::Last,
-        form: opts.form,
-        with_context: true,
-        batch_size: opts.batch_size,
-        shard_size: 256,
-    };
-    let meta = crate::capture::CaptureMeta {
-        model: model.name(),
-        weights: format!("{:?}", model.weights).to_lowercase(),
-        data: data_dir.join("counterfactual.jsonl").display().to_string() + " (train split)",
-        n_items: train.len(),
-        sites: sites.iter().map(|s| s.to_string()).collect(),
-        positions: crate::capture::PosMode::Last,
-        form: opts.form,
-        with_context: true,
-        shard_size: 256,
-        steering: None,
-        complete: false,
-    };
-    let acts_dir = out.join("acts");
-    crate::capture::capture(
-        model,
-        &train,
-        Some(&by_id),
-        &copts,
-        &crate::Spec::new(),
-        meta,
-        &acts_dir,
-        &mut |_| {},
-    )?;
-    lap("capture", &mut timings);
-
-    stage("training follows_context probes, layer by layer");
-    let acts = crate::capture::load(&acts_dir, model.cfg().n_layers)?;
-    let topts = crate::probe::TrainOptions::new(
-        crate::probe::Target::FollowsContext,
-        crate::probe::Kind::Logistic,
+    stage(
+        "capturing resid_post at every layer for the train split; training follows_context probes",
     );
-    let (probe_sites, n_train, n_test, n_pos) = crate::probe::train(&acts, &topts, &mut |_| {})?;
-    let best = probe_sites
-        .iter()
-        .max_by(|a, b| a.metrics.cv_auroc.total_cmp(&b.metrics.cv_auroc))
-        .map(|s| s.site.clone())
-        .unwrap_or_default();
-    let pf = crate::probe::ProbeFile {
-        version: 1,
-        model: id.clone(),
-        acts: acts_dir.display().to_string(),
-        data: acts.meta.data.clone(),
-        target: crate::probe::Target::FollowsContext,
-        kind: crate::probe::Kind::Logistic,
-        command: opts.command.clone(),
-        seed: 0,
-        n_train,
-        n_test,
-        n_pos,
-        test_relations: None,
-        best,
-        sites: probe_sites,
+    let train = |its: &[Item]| -> Vec<Item> {
+        its.iter()
+            .filter(|i| i.split.as_deref() == Some("train"))
+            .cloned()
+            .collect()
     };
+    let train_items = train(&items);
+    let probe_run = ProbeRun {
+        model,
+        id: &id,
+        form: opts.form,
+        batch_size: opts.batch_size,
+        command: &opts.command,
+    };
+    let pf = probe_run.capture_and_train(
+        &train_items,
+        Some(&by_id),
+        &data_dir.join("counterfactual.jsonl"),
+        crate::probe::Target::FollowsContext,
+        0..model.cfg().n_layers,
+        &out.join("acts"),
+    )?;
+    lap("capture and probes", &mut timings);
     pf.write(&out.join("probes.json"))?;
     crate::probe::plot(&pf, &out.join("probe_layers.svg"))?;
-    lap("probes", &mut timings);
+    let mut gate = None;
+    if opts.methods.contains(&Method::HeadsGated) {
+        stage("capturing train's three variants and neutral text; training the conflict gate");
+        let variants_path = data_dir.join("variants.jsonl");
+        let (variants, _) = crate::data::read_jsonl(&variants_path, false)?;
+        let g = probe_run.capture_and_train(
+            &train(&variants),
+            None,
+            &variants_path,
+            crate::probe::Target::Conflict,
+            // Every third layer: enough to find where the conflict is readable, at a third
+            // of the cost.
+            (1..model.cfg().n_layers).step_by(3),
+            &out.join("acts_variants"),
+        )?;
+        g.write(&out.join("conflict_probes.json"))?;
+        gate = Some(g);
+        lap("conflict probes (gate)", &mut timings);
+    }
 
     let dev: Vec<Item> = items
         .iter()
@@ -141,9 +197,13 @@ pub fn run(
         .take(opts.patch_items)
         .cloned()
         .collect();
-    let mut heads = vec![];
+    let (mut heads, mut context_heads) = (vec![], vec![]);
     let mut patching = None;
-    if opts.methods.contains(&Method::Heads) {
+    if opts
+        .methods
+        .iter()
+        .any(|m| matches!(m, Method::Heads | Method::HeadsGated))
+    {
         stage("ranking attention heads by ablation on dev (which heads push the prior?)");
         let r = crate::patch::head_ablation(model, &dev, opts.form, 54, &mut |_| {})?;
         crate::patch::heatmap(&r, &out.join("patching_heads.svg"))?;
@@ -152,6 +212,7 @@ pub fn run(
             &serde_json::to_vec_pretty(&r).map_err(|e| crate::Error::Invalid(e.to_string()))?,
         )?;
         heads = bench::heads_from_patch(&r);
+        context_heads = bench::context_heads_from_patch(&r);
         patching = Some(crate::patch::top(&r, 10).into_iter().cloned().collect());
         lap("patching", &mut timings);
     }
@@ -160,6 +221,8 @@ pub fn run(
     let res = Resources {
         probes: Some(pf.clone()),
         heads,
+        context_heads,
+        gate,
         max_new: None,
     };
     let methods = bench::run(
@@ -174,10 +237,12 @@ pub fn run(
     crate::report::sweep_chart(&methods, &out.join("sweep.svg"))?;
     lap("bench", &mut timings);
 
-    stage("measuring activation density by familiarity condition (test split)");
+    stage("measuring activation density by familiarity condition (every other test item)");
+    // Every other item keeps every relation and halves the time; `ctxsteer density` runs all.
     let test: Vec<Item> = items
         .iter()
         .filter(|i| i.split.as_deref() == Some("test"))
+        .step_by(2)
         .cloned()
         .collect();
     let known: BTreeMap<String, bool> = labels.iter().map(|l| (l.id.clone(), l.known)).collect();

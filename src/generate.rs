@@ -363,13 +363,16 @@ pub fn cad_greedy_and_score(
     Ok(out)
 }
 
+/// Feeds each row's last token and returns each row's next logits.
+type StepFn<'a> = dyn FnMut(&[u32]) -> Result<Vec<Vec<f32>>> + 'a;
+
 /// Greedy decoding of a batch from its first logits: `step` feeds each row's last token and
 /// returns the next logits. A row stops at EOS (left out) or after `max_new` tokens.
 fn greedy_rows(
     first: &[Vec<f32>],
     max_new: usize,
     eos: Option<u32>,
-    step: &mut dyn FnMut(&[u32]) -> Result<Vec<Vec<f32>>>,
+    step: &mut StepFn,
 ) -> Result<Vec<Vec<u32>>> {
     let b = first.len();
     let mut out = vec![vec![]; b];

@@ -24,7 +24,10 @@ use std::collections::BTreeMap;
 pub enum Target {
     /// Behaviour: the answer follows the context (1) or the prior (0); `neither` is left out.
     FollowsContext,
-    /// The context contradicts memory (counterfactual variant, 1) or states it (true_context, 0).
+    /// The prompt holds a context that contradicts memory (counterfactual variant, 1), or it
+    /// does not: the context states the true fact (true_context, 0), there is none
+    /// (no_context, 0), or the text is ordinary prose (neutral, 0). As a gate it fires only
+    /// where there is a conflict to resolve.
     Conflict,
     /// The model knows the fact closed-book.
     Known,
@@ -183,7 +186,7 @@ pub fn target_of(row: &IndexRow, target: Target) -> Option<bool> {
         Target::Known => row.known,
         Target::Conflict => match row.variant.as_deref() {
             Some("counterfactual") => Some(true),
-            Some("true_context") => Some(false),
+            Some("true_context" | "no_context" | "neutral") => Some(false),
             _ => None,
         },
     }

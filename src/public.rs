@@ -234,6 +234,8 @@ pub fn run_one(
     let res = Resources {
         probes: res.probes.clone(),
         heads: res.heads.clone(),
+        context_heads: res.context_heads.clone(),
+        gate: res.gate.clone(),
         max_new: Some(if name == "nqswap" { 12 } else { 8 }),
     };
     let results = bench::run(

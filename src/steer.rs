@@ -123,8 +123,8 @@ pub struct Steering {
     pub mode: Mode,
     pub alpha: f32,
     pub positions: Positions,
-    /// For gated mode: the probe that decides, and where it reads.
-    pub gate: Option<(Site, SiteProbe)>,
+    /// For gated mode: the probe that decides which prompts are steered.
+    pub gate: Option<Gate>,
     pub label: String,
 }
 
@@ -190,7 +190,11 @@ impl Steering {
                 mean_pos: sp.mean_pos,
             });
         }
-        let gate = (mode == Mode::Gated).then(|| (anchor_site, anchor.clone()));
+        let gate = (mode == Mode::Gated).then(|| Gate {
+            site: anchor_site,
+            probe: anchor.clone(),
+            fire_on_positive: false,
+        });
         let label = format!(
             "{mode:?} {direction} alpha={alpha} at {}",
             sites
@@ -232,26 +236,10 @@ impl Steering {
 
     /// For gated mode: which prompts the probe predicts will follow the prior (and get steered).
     pub fn gate_rows(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Vec<bool>> {
-        let Some((site, probe)) = &self.gate else {
-            return Ok(vec![true; prompts.len()]);
-        };
-        let pad = model.tokenizer.eos_id.unwrap_or(0);
-        let spec = Spec::capture(&[*site], Positions::Last);
-        let (_, caps) = model.run(
-            &crate::model::Batch::left_padded(prompts, pad),
-            &spec,
-            crate::model::LogitsAt::Last,
-        )?;
-        prompts
-            .iter()
-            .enumerate()
-            .map(|(r, p)| {
-                let x = caps
-                    .at(*site, r, p.len() - 1)
-                    .ok_or_else(|| Error::Invalid(format!("no gate capture at {site}")))?;
-                Ok(probe.score(x) <= 0.0)
-            })
-            .collect()
+        match &self.gate {
+            Some(g) => g.rows(model, prompts),
+            None => Ok(vec![true; prompts.len()]),
+        }
     }
 }
 
@@ -263,12 +251,7 @@ impl Plan for Steering {
         if self.mode != Mode::Gated {
             return Ok(self.spec_rows(None));
         }
-        let gated: Vec<usize> = self
-            .gate_rows(model, prompts)?
-            .into_iter()
-            .enumerate()
-            .filter_map(|(r, g)| g.then_some(r))
-            .collect();
+        let gated = fired(&self.gate_rows(model, prompts)?);
         if gated.is_empty() {
             return Ok(Spec::new());
         }
@@ -303,6 +286,99 @@ impl Plan for Plans {
         } else {
             parts.join(" + ")
         }
+    }
+}
+
+/// A probe read at each prompt's last position that decides which prompts are steered.
+///
+/// A `follows_context` probe fires where it predicts the prior will win (score <= 0). A
+/// `conflict` probe, trained on counterfactual contexts against true contexts and no context,
+/// fires where it sees a context that contradicts memory (score > 0): prompts without one,
+/// closed-book questions included, are left untouched.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    pub site: Site,
+    pub probe: SiteProbe,
+    /// Fire where the score is positive (`conflict`, `known`), else where it is not
+    /// (`follows_context`: the prior will win).
+    pub fire_on_positive: bool,
+}
+
+impl Gate {
+    /// The gate of a probe file at `site` (or `best`); its target sets which side fires.
+    pub fn from_probes(file: &ProbeFile, site: &str, n_layers: usize) -> Result<Gate> {
+        let p = file.site(site)?;
+        Ok(Gate {
+            site: Site::parse(&p.site, n_layers)?,
+            probe: p.clone(),
+            fire_on_positive: file.target != crate::probe::Target::FollowsContext,
+        })
+    }
+
+    /// Whether the gate fires for each prompt (one forward pass over the batch, capture only).
+    pub fn rows(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Vec<bool>> {
+        if prompts.is_empty() {
+            return Ok(vec![]);
+        }
+        let pad = model.tokenizer.eos_id.unwrap_or(0);
+        let spec = Spec::capture(&[self.site], Positions::Last);
+        let (_, caps) = model.run(
+            &crate::model::Batch::left_padded(prompts, pad),
+            &spec,
+            crate::model::LogitsAt::Last,
+        )?;
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(r, p)| {
+                let x = caps
+                    .at(self.site, r, p.len() - 1)
+                    .ok_or_else(|| Error::Invalid(format!("no gate capture at {}", self.site)))?;
+                Ok((self.probe.score(x) > 0.0) == self.fire_on_positive)
+            })
+            .collect()
+    }
+}
+
+/// The rows where `gates` is true.
+fn fired(gates: &[bool]) -> Vec<usize> {
+    gates
+        .iter()
+        .enumerate()
+        .filter_map(|(r, g)| g.then_some(r))
+        .collect()
+}
+
+/// Any plan, applied only to the prompts where a gate fires; the other rows get no
+/// intervention at all, so their logits are bit-identical to the plain forward.
+pub struct Gated {
+    pub gate: Gate,
+    pub inner: Box<dyn Plan>,
+}
+
+impl Plan for Gated {
+    fn spec_for(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Spec> {
+        let rows = fired(&self.gate.rows(model, prompts)?);
+        if rows.is_empty() {
+            return Ok(Spec::new());
+        }
+        let mut spec = self.inner.spec_for(model, prompts)?;
+        for iv in &mut spec.interventions {
+            iv.rows = Some(match iv.rows.take() {
+                Some(own) => own.into_iter().filter(|r| rows.contains(r)).collect(),
+                None => rows.clone(),
+            });
+        }
+        spec.interventions
+            .retain(|iv| iv.rows.as_ref().is_none_or(|r| !r.is_empty()));
+        Ok(spec)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} where the probe at {} fires",
+            self.inner.describe(),
+            self.gate.site
+        )
     }
 }
 

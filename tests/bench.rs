@@ -133,6 +133,8 @@ fn bench_runs_methods_and_writes_a_report() {
     let res = Resources {
         probes: None,
         heads: vec![(1, 2), (0, 3)],
+        context_heads: vec![(1, 0)],
+        gate: None,
         max_new: None,
     };
     let methods = [Method::None, Method::Instruct, Method::Cad, Method::Heads];
@@ -143,7 +145,13 @@ fn bench_runs_methods_and_writes_a_report() {
         "single settings are not swept"
     );
     assert_eq!(out[2].sweep.len(), 4, "cad sweeps four betas on dev");
-    assert_eq!(out[3].sweep.len(), 6);
+    assert_eq!(out[3].sweep.len(), 4);
+    let labels: Vec<&str> = out[3].sweep.iter().map(|e| e.setting.as_str()).collect();
+    assert!(
+        labels.contains(&"top 4 context heads x3 + top 1 prior heads x0")
+            && labels.contains(&"top 3 prior heads x0.5"),
+        "{labels:?}"
+    );
     assert!((out[0].test.perplexity_ratio - 1.0).abs() < 1e-9);
     assert!(
         (out[2].test.perplexity_ratio - 1.0).abs() < 1e-9,
@@ -164,6 +172,8 @@ fn bench_runs_methods_and_writes_a_report() {
         &Resources {
             probes: None,
             heads: vec![],
+            context_heads: vec![],
+            gate: None,
             max_new: None,
         },
     )
@@ -171,6 +181,22 @@ fn bench_runs_methods_and_writes_a_report() {
     .unwrap()
     .to_string();
     assert!(e.contains("needs a probe file"), "{e}");
+    // heads-gated without its conflict probe is a clear error.
+    let e = bench::grid(
+        &m,
+        Method::HeadsGated,
+        &Resources {
+            probes: None,
+            heads: vec![(1, 2)],
+            context_heads: vec![(1, 0)],
+            gate: None,
+            max_new: None,
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("conflict probe"), "{e}");
     let report_dir = dir.path().join("report");
     std::fs::create_dir_all(&report_dir).unwrap();
     ctxsteer::report::sweep_chart(&out, &report_dir.join("sweep.svg")).unwrap();

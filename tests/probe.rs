@@ -293,3 +293,19 @@ fn statistics_have_their_known_values() {
     let (lo, hi) = stats::bootstrap_ci(&[0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0], 2000, 1);
     assert!(lo < 0.5 && hi > 0.5 && lo >= 0.0 && hi <= 1.0);
 }
+
+#[test]
+fn conflict_counts_no_context_as_no_conflict() {
+    let mut row = synthetic().index[0].clone();
+    let of = |r: &IndexRow| probe::target_of(r, Target::Conflict);
+    row.variant = Some("counterfactual".into());
+    assert_eq!(of(&row), Some(true));
+    row.variant = Some("true_context".into());
+    assert_eq!(of(&row), Some(false));
+    row.variant = Some("no_context".into());
+    assert_eq!(of(&row), Some(false));
+    row.variant = Some("neutral".into());
+    assert_eq!(of(&row), Some(false));
+    row.variant = None;
+    assert_eq!(of(&row), None);
+}

@@ -78,6 +78,19 @@ fn logits(m: &Model, ids: &[u32], spec: &Spec) -> Vec<f32> {
     m.last_logits(ids, spec).unwrap()
 }
 
+/// blocks.1.hook_resid_post at the last position: where the test probes read.
+fn last_resid(m: &Model, ids: &[u32]) -> Vec<f32> {
+    let site = Site::resid_post(1);
+    let (_, c) = m
+        .run(
+            &Batch::single(ids),
+            &Spec::capture(&[site], Positions::Last),
+            LogitsAt::Last,
+        )
+        .unwrap();
+    c.at(site, 0, ids.len() - 1).unwrap().to_vec()
+}
+
 fn proj(v: &[f32], u: &[f32]) -> f32 {
     v.iter().zip(u).map(|(a, b)| a * b).sum()
 }
@@ -186,21 +199,7 @@ fn gated_steering_leaves_ungated_prompts_bit_identical() {
         tiny::LAYERS,
     )
     .unwrap();
-    let site = Site::resid_post(1);
-    let score = |ids: &[u32]| {
-        let (_, c) = m
-            .run(
-                &Batch::single(ids),
-                &Spec::capture(&[site], Positions::Last),
-                LogitsAt::Last,
-            )
-            .unwrap();
-        raw.gate
-            .as_ref()
-            .unwrap()
-            .1
-            .score(c.at(site, 0, ids.len() - 1).unwrap())
-    };
+    let score = |ids: &[u32]| raw.gate.as_ref().unwrap().probe.score(&last_resid(&m, ids));
     let (sa, sb) = (score(&a), score(&b));
     assert_ne!(sa, sb);
     let pf = probe_file(&m, -(sa + sb) / 2.0);
@@ -411,4 +410,55 @@ fn head_scaling_and_layer_ranges_parse_with_clear_errors() {
         .unwrap_err()
         .to_string()
         .contains("0..=29"));
+}
+
+#[test]
+fn a_conflict_gate_scales_heads_only_where_it_fires() {
+    let (_d, _p, m) = setup();
+    let a = m.tokenizer.encode("the cat sat on the mat").unwrap();
+    let b = m.tokenizer.encode("hello there, old friend").unwrap();
+    let raw = |ids: &[u32]| site_probe(1, 0.0).score(&last_resid(&m, ids));
+    let (sa, sb) = (raw(&a), raw(&b));
+    assert_ne!(sa, sb);
+    // A conflict probe whose bias puts the threshold between the two prompts.
+    let mut pf = probe_file(&m, -(sa + sb) / 2.0);
+    pf.target = Target::Conflict;
+    let gate = steer::Gate::from_probes(&pf, "best", tiny::LAYERS).unwrap();
+    assert!(
+        gate.fire_on_positive,
+        "a conflict probe fires on a positive score"
+    );
+    let fires = gate.rows(&m, &[a.clone(), b.clone()]).unwrap();
+    assert_eq!(fires, vec![sa > sb, sb > sa]);
+    let heads = steer::scale_heads_spec("0.1=3,1.0=0", tiny::LAYERS, tiny::HEADS).unwrap();
+    let gated = steer::Gated {
+        gate,
+        inner: Box::new(heads.clone()),
+    };
+    let (on, off) = if fires[0] { (&a, &b) } else { (&b, &a) };
+    // Alone: the quiet prompt gets no intervention; the firing one gets the head scaling.
+    assert!(gated
+        .spec_for(&m, std::slice::from_ref(off))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        logits(
+            &m,
+            on,
+            &gated.spec_for(&m, std::slice::from_ref(on)).unwrap()
+        ),
+        logits(&m, on, &heads)
+    );
+    assert_ne!(logits(&m, on, &heads), logits(&m, on, &Spec::new()));
+    // In one batch, the quiet row is bit-identical to the plain batch, the other is scaled.
+    let rows = vec![a.clone(), b.clone()];
+    let batch = Batch::left_padded(&rows, 0);
+    let (l1, _) = m
+        .run(&batch, &gated.spec_for(&m, &rows).unwrap(), LogitsAt::Last)
+        .unwrap();
+    let (l0, _) = m.run(&batch, &Spec::new(), LogitsAt::Last).unwrap();
+    let (l1, l0) = (l1.to_vec3::<f32>().unwrap(), l0.to_vec3::<f32>().unwrap());
+    let quiet = if fires[0] { 1 } else { 0 };
+    assert_eq!(l1[quiet], l0[quiet]);
+    assert_ne!(l1[1 - quiet], l0[1 - quiet]);
 }

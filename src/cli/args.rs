@@ -104,9 +104,16 @@ pub struct SteerArgs {
     /// Positions to steer: all, prompt, generated, last, or indices like 0,4,5.
     #[arg(long, default_value = "all")]
     pub steer_positions: String,
-    /// Scale attention heads' outputs: LAYER.HEAD=FACTOR, comma-separated (0 ablates).
+    /// Scale attention heads' outputs: LAYER.HEAD=FACTOR, comma-separated (0 ablates, 3
+    /// triples).
     #[arg(long)]
     pub scale_heads: Option<String>,
+    /// Apply all of the above only to prompts where this probe fires
+    /// (probes/NAME.json[:SITE|best]): a `conflict` probe fires on a context that contradicts
+    /// memory, a `follows_context` probe where it predicts the prior will win. Other prompts
+    /// run untouched.
+    #[arg(long)]
+    pub gate: Option<String>,
 }
 
 impl SteerArgs {
@@ -117,12 +124,7 @@ impl SteerArgs {
         let positions: Positions = self.steer_positions.parse()?;
         let mut plans: Vec<Box<dyn steer::Plan>> = Vec::new();
         if let Some(s) = &self.steer {
-            let (file, site) = match s.rsplit_once(':') {
-                Some((f, site)) if !f.is_empty() && (site == "best" || site.contains("hook")) => {
-                    (f, site)
-                }
-                _ => (s.as_str(), "best"),
-            };
+            let (file, site) = split_probe_arg(s);
             let path = std::path::Path::new(file);
             let st = if file.ends_with(".gguf") {
                 Steering::from_cvec(path, self.alpha, positions, n_layers)?
@@ -157,7 +159,25 @@ impl SteerArgs {
                 model.cfg().n_heads,
             )?));
         }
-        Ok(Box::new(Plans(plans)))
+        let plan = Box::new(Plans(plans));
+        let Some(g) = &self.gate else {
+            return Ok(plan);
+        };
+        let (file, site) = split_probe_arg(g);
+        let path = std::path::Path::new(file);
+        let pf = ctxsteer::probe::ProbeFile::read(path)?;
+        pf.check_model(&model.identity()?, path)?;
+        let gate =
+            steer::Gate::from_probes(&pf, site, n_layers).with_context(|| format!("--gate {g}"))?;
+        Ok(Box::new(steer::Gated { gate, inner: plan }))
+    }
+}
+
+/// `FILE[:SITE|best]` into the file and the site (`best` when none is named).
+fn split_probe_arg(s: &str) -> (&str, &str) {
+    match s.rsplit_once(':') {
+        Some((f, site)) if !f.is_empty() && (site == "best" || site.contains("hook")) => (f, site),
+        _ => (s, "best"),
     }
 }
 
@@ -202,6 +222,9 @@ pub struct PublicArgs {
     /// Head ranking for the heads method (patch.json from `patch --sites heads --ablate`).
     #[arg(long)]
     pub heads_from: Option<PathBuf>,
+    /// A `conflict` probe file: the gate of heads-gated.
+    #[arg(long)]
+    pub gate_probes: Option<PathBuf>,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     #[arg(long)]
@@ -227,9 +250,13 @@ pub struct BenchArgs {
     /// Probe file for steer and steer-gated.
     #[arg(long)]
     pub probes: Option<PathBuf>,
-    /// Head ranking for the heads method: patch.json from `patch --sites heads --ablate`.
+    /// Head ranking for heads and heads-gated: patch.json from `patch --sites heads --ablate`.
     #[arg(long)]
     pub heads_from: Option<PathBuf>,
+    /// A `conflict` probe file (`probe train --label conflict` on captured variants): the gate
+    /// of heads-gated.
+    #[arg(long)]
+    pub gate_probes: Option<PathBuf>,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     #[arg(long)]

@@ -13,7 +13,7 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
     }
     let model = a.model.load_or(WeightsMode::F32)?;
     let id = model.identity()?;
-    let res = resources(&model, &a.probes, &a.heads_from, &a.methods)?;
+    let res = resources(&model, &a.probes, &a.heads_from, &a.gate_probes, &a.methods)?;
 
     let t0 = std::time::Instant::now();
     let methods = bench::run(
@@ -99,6 +99,7 @@ pub(super) fn demo_cmd(
             Method::Steer,
             Method::SteerGated,
             Method::Heads,
+            Method::HeadsGated,
         ],
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
@@ -120,27 +121,30 @@ fn resources(
     model: &Model,
     probes: &Option<PathBuf>,
     heads_from: &Option<PathBuf>,
+    gate_probes: &Option<PathBuf>,
     methods: &[ctxsteer::bench::Method],
 ) -> Result<ctxsteer::bench::Resources> {
     use ctxsteer::bench::Method;
     let id = model.identity()?;
-    let probes = match probes {
-        Some(p) => {
-            let f = ctxsteer::probe::ProbeFile::read(p)?;
-            f.check_model(&id, p)?;
-            Some(f)
-        }
-        None => None,
+    let read_probes = |p: &Option<PathBuf>| -> Result<Option<ctxsteer::probe::ProbeFile>> {
+        let Some(p) = p else { return Ok(None) };
+        let f = ctxsteer::probe::ProbeFile::read(p)?;
+        f.check_model(&id, p)?;
+        Ok(Some(f))
     };
-    let heads = match heads_from {
+    let (probes, gate) = (read_probes(probes)?, read_probes(gate_probes)?);
+    let (heads, context_heads) = match heads_from {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             let r: ctxsteer::patch::PatchResult = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a patch.json", p.display()))?;
-            ctxsteer::bench::heads_from_patch(&r)
+            (
+                ctxsteer::bench::heads_from_patch(&r),
+                ctxsteer::bench::context_heads_from_patch(&r),
+            )
         }
-        None => vec![],
+        None => (vec![], vec![]),
     };
     if methods
         .iter()
@@ -149,12 +153,22 @@ fn resources(
     {
         bail!("methods steer and steer-gated need --probes probes/NAME.json (from `ctxsteer probe train`)");
     }
-    if methods.contains(&Method::Heads) && heads.is_empty() {
-        bail!("method heads needs --heads-from DIR/patch.json (from `ctxsteer patch --sites heads --ablate`)");
+    if methods
+        .iter()
+        .any(|m| matches!(m, Method::Heads | Method::HeadsGated))
+        && heads.is_empty()
+        && context_heads.is_empty()
+    {
+        bail!("methods heads and heads-gated need --heads-from DIR/patch.json (from `ctxsteer patch --sites heads --ablate`)");
+    }
+    if methods.contains(&Method::HeadsGated) && gate.is_none() {
+        bail!("method heads-gated needs --gate-probes probes/NAME.json (from `ctxsteer probe train --label conflict`)");
     }
     Ok(ctxsteer::bench::Resources {
         probes,
         heads,
+        context_heads,
+        gate,
         max_new: None,
     })
 }
@@ -167,7 +181,7 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
         );
     }
     let model = a.model.load_or(WeightsMode::F32)?;
-    let res = resources(&model, &a.probes, &a.heads_from, &a.methods)?;
+    let res = resources(&model, &a.probes, &a.heads_from, &a.gate_probes, &a.methods)?;
     let opts = ctxsteer::public::PublicOptions {
         limit: a.limit,
         seed: a.seed,
