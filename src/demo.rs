@@ -88,11 +88,6 @@ impl ProbeRun<'_> {
         let topts = crate::probe::TrainOptions::new(target, crate::probe::Kind::Logistic);
         let (probe_sites, n_train, n_test, n_pos) =
             crate::probe::train(&acts, &topts, &mut |_| {})?;
-        let best = probe_sites
-            .iter()
-            .max_by(|a, b| a.metrics.cv_auroc.total_cmp(&b.metrics.cv_auroc))
-            .map(|s| s.site.clone())
-            .unwrap_or_default();
         Ok(crate::probe::ProbeFile {
             version: 1,
             model: self.id.clone(),
@@ -106,7 +101,7 @@ impl ProbeRun<'_> {
             n_test,
             n_pos,
             test_relations: None,
-            best,
+            best: crate::probe::best_site(&probe_sites),
             sites: probe_sites,
         })
     }

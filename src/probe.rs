@@ -139,6 +139,13 @@ impl ProbeFile {
         crate::data::write_atomic(path, &bytes)
     }
 
+    /// Read a probe file and refuse it unless it was trained on `model`.
+    pub fn read_for(path: &std::path::Path, model: &ModelId) -> Result<ProbeFile> {
+        let f = ProbeFile::read(path)?;
+        f.check_model(model, path)?;
+        Ok(f)
+    }
+
     /// Refuse probes trained on another model.
     pub fn check_model(&self, model: &ModelId, path: &std::path::Path) -> Result<()> {
         if self.model.d_model != model.d_model || self.model.sha256 != model.sha256 {
@@ -173,6 +180,15 @@ impl ProbeFile {
             ))
         })
     }
+}
+
+/// The site with the best cross-validated AUROC on train (what `best` names in a probe file).
+pub fn best_site(sites: &[SiteProbe]) -> String {
+    sites
+        .iter()
+        .max_by(|a, b| a.metrics.cv_auroc.total_cmp(&b.metrics.cv_auroc))
+        .map(|s| s.site.clone())
+        .unwrap_or_default()
 }
 
 /// The label of an index row for a target; None leaves the row out.

@@ -47,11 +47,6 @@ pub(super) fn probe_cmd(p: ProbeCmd) -> Result<()> {
             let (sites, n_train, n_test, n_pos) =
                 probe::train(&a, &opts, &mut |n| pb.inc(n as u64))?;
             pb.finish_and_clear();
-            let best = sites
-                .iter()
-                .max_by(|x, y| x.metrics.cv_auroc.total_cmp(&y.metrics.cv_auroc))
-                .map(|s| s.site.clone())
-                .unwrap_or_default();
             let f = ProbeFile {
                 version: 1,
                 model: id,
@@ -65,7 +60,7 @@ pub(super) fn probe_cmd(p: ProbeCmd) -> Result<()> {
                 n_test,
                 n_pos,
                 test_relations: opts.test_relations.clone(),
-                best,
+                best: probe::best_site(&sites),
                 sites,
             };
             f.write(&out)?;

@@ -129,8 +129,7 @@ impl SteerArgs {
             let st = if file.ends_with(".gguf") {
                 Steering::from_cvec(path, self.alpha, positions, n_layers)?
             } else {
-                let pf = ctxsteer::probe::ProbeFile::read(path)?;
-                pf.check_model(&model.identity()?, path)?;
+                let pf = ctxsteer::probe::ProbeFile::read_for(path, &model.identity()?)?;
                 let layers = self
                     .layers
                     .as_deref()
@@ -165,8 +164,7 @@ impl SteerArgs {
         };
         let (file, site) = split_probe_arg(g);
         let path = std::path::Path::new(file);
-        let pf = ctxsteer::probe::ProbeFile::read(path)?;
-        pf.check_model(&model.identity()?, path)?;
+        let pf = ctxsteer::probe::ProbeFile::read_for(path, &model.identity()?)?;
         let gate =
             steer::Gate::from_probes(&pf, site, n_layers).with_context(|| format!("--gate {g}"))?;
         Ok(Box::new(steer::Gated { gate, inner: plan }))

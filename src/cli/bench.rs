@@ -126,11 +126,10 @@ fn resources(
 ) -> Result<ctxsteer::bench::Resources> {
     use ctxsteer::bench::Method;
     let id = model.identity()?;
-    let read_probes = |p: &Option<PathBuf>| -> Result<Option<ctxsteer::probe::ProbeFile>> {
-        let Some(p) = p else { return Ok(None) };
-        let f = ctxsteer::probe::ProbeFile::read(p)?;
-        f.check_model(&id, p)?;
-        Ok(Some(f))
+    let read_probes = |p: &Option<PathBuf>| {
+        p.as_deref()
+            .map(|p| ctxsteer::probe::ProbeFile::read_for(p, &id))
+            .transpose()
     };
     let (probes, gate) = (read_probes(probes)?, read_probes(gate_probes)?);
     let (heads, context_heads) = match heads_from {
