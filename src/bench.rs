@@ -564,6 +564,9 @@ pub struct MethodResult {
     /// Whether the chosen setting met the cost constraints on dev.
     pub constraints_met: bool,
     pub test: Eval,
+    /// Wall-clock seconds of the sweep and the test measurement.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// Split items into (dev, test): their own split field, else a seeded half split by subject.
@@ -607,6 +610,41 @@ pub fn known_items(model: &Model, items: &[Item], form: Form, batch: usize) -> R
         .collect())
 }
 
+/// The items one benchmark run works on: dev (strengths are chosen there) and test, each with
+/// its known facts (closed-book greedy answer = prior) for measuring retention.
+pub struct Split {
+    pub dev: Vec<Item>,
+    pub test: Vec<Item>,
+    pub dev_known: Vec<Item>,
+    pub test_known: Vec<Item>,
+    pub form: Form,
+    /// Perplexity of the neutral text without intervention.
+    pub base_ppl: f64,
+}
+
+impl Split {
+    /// Split `items` (see [`dev_test`]) and find the known facts of each part.
+    pub fn new(model: &Model, items: &[Item], form: Form, batch: usize) -> Result<Split> {
+        let (dev, test) = dev_test(items);
+        if dev.is_empty() || test.is_empty() {
+            return Err(Error::Invalid(format!(
+                "need dev and test items; got {} dev and {} test (the split goes by subject: \
+                 use more items, or another seed)",
+                dev.len(),
+                test.len()
+            )));
+        }
+        Ok(Split {
+            dev_known: known_items(model, &dev, form, batch)?,
+            test_known: known_items(model, &test, form, batch)?,
+            dev,
+            test,
+            form,
+            base_ppl: perplexity(model, NEUTRAL_TEXT, &crate::Spec::new())?,
+        })
+    }
+}
+
 /// Run every method: sweep on dev, measure the chosen setting on test.
 pub fn run(
     model: &Model,
@@ -617,70 +655,78 @@ pub fn run(
     batch: usize,
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<MethodResult>> {
-    let (dev, test) = dev_test(items);
-    if dev.is_empty() || test.is_empty() {
-        return Err(Error::Invalid(format!(
-            "need dev and test items; got {} dev and {} test",
-            dev.len(),
-            test.len()
-        )));
-    }
-    let (dev_known, test_known) = (
-        known_items(model, &dev, form, batch)?,
-        known_items(model, &test, form, batch)?,
-    );
+    let split = Split::new(model, items, form, batch)?;
     log(&format!(
         "{} dev items ({} known), {} test items ({} known)",
-        dev.len(),
-        dev_known.len(),
-        test.len(),
-        test_known.len()
+        split.dev.len(),
+        split.dev_known.len(),
+        split.test.len(),
+        split.test_known.len()
     ));
-    let base_ppl = perplexity(model, NEUTRAL_TEXT, &crate::Spec::new())?;
-    let mut out = Vec::new();
-    for m in methods {
-        let settings = grid(model, *m, res)?;
-        let mut sweep = Vec::new();
-        // A single setting has nothing to choose: it is not swept.
-        for s in settings.iter().filter(|_| settings.len() > 1) {
-            let mut e = evaluate_with(model, s, &dev, &dev_known, opts(form, batch, res))?;
-            e.perplexity_ratio = e.perplexity / base_ppl;
-            log(&format!(
-                "dev {:?} {}: adherence {:.3}, retention {:.3}, ppl x{:.3}",
-                m, s.label, e.adherence.value, e.retention.value, e.perplexity_ratio
-            ));
-            sweep.push(e);
-        }
-        let (i, met) = if settings.len() > 1 {
-            choose(&sweep)
-        } else {
-            (0, true)
-        };
-        let mut test_eval = evaluate_with(
+    methods
+        .iter()
+        .map(|m| run_method(model, *m, &split, res, batch, log))
+        .collect()
+}
+
+/// One method: sweep its settings on dev (when it has several), measure the chosen on test.
+pub fn run_method(
+    model: &Model,
+    m: Method,
+    split: &Split,
+    res: &Resources,
+    batch: usize,
+    log: &mut dyn FnMut(&str),
+) -> Result<MethodResult> {
+    let t0 = std::time::Instant::now();
+    let form = split.form;
+    let settings = grid(model, m, res)?;
+    let mut sweep = Vec::new();
+    // A single setting has nothing to choose: it is not swept.
+    for s in settings.iter().filter(|_| settings.len() > 1) {
+        let mut e = evaluate_with(
             model,
-            &settings[i],
-            &test,
-            &test_known,
+            s,
+            &split.dev,
+            &split.dev_known,
             opts(form, batch, res),
         )?;
-        test_eval.perplexity_ratio = test_eval.perplexity / base_ppl;
+        e.perplexity_ratio = e.perplexity / split.base_ppl;
         log(&format!(
-            "test {:?} {}: adherence {:.3} [{:.3}, {:.3}]",
-            m,
-            settings[i].label,
-            test_eval.adherence.value,
-            test_eval.adherence.ci_low,
-            test_eval.adherence.ci_high
+            "dev {:?} {}: adherence {:.3}, retention {:.3}, ppl x{:.3}",
+            m, s.label, e.adherence.value, e.retention.value, e.perplexity_ratio
         ));
-        out.push(MethodResult {
-            method: *m,
-            sweep,
-            chosen: settings[i].label.clone(),
-            constraints_met: met,
-            test: test_eval,
-        });
+        sweep.push(e);
     }
-    Ok(out)
+    let (i, met) = if settings.len() > 1 {
+        choose(&sweep)
+    } else {
+        (0, true)
+    };
+    let mut test_eval = evaluate_with(
+        model,
+        &settings[i],
+        &split.test,
+        &split.test_known,
+        opts(form, batch, res),
+    )?;
+    test_eval.perplexity_ratio = test_eval.perplexity / split.base_ppl;
+    log(&format!(
+        "test {:?} {}: adherence {:.3} [{:.3}, {:.3}]",
+        m,
+        settings[i].label,
+        test_eval.adherence.value,
+        test_eval.adherence.ci_low,
+        test_eval.adherence.ci_high
+    ));
+    Ok(MethodResult {
+        method: m,
+        sweep,
+        chosen: settings[i].label.clone(),
+        constraints_met: met,
+        test: test_eval,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 fn opts(form: Form, batch: usize, res: &Resources) -> LabelOptions {

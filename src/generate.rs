@@ -170,6 +170,33 @@ pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     e.into_iter().map(|x| x / s).collect()
 }
 
+/// When a greedy answer ends: EOS always, after `max_new` tokens, and, with `at_line`, at the
+/// end of its first line of text (a line break after some text), which is where answers are
+/// read anyway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stop {
+    pub max_new: usize,
+    pub at_line: bool,
+}
+
+impl Stop {
+    /// At most `n` tokens.
+    pub fn tokens(n: usize) -> Stop {
+        Stop {
+            max_new: n,
+            at_line: false,
+        }
+    }
+
+    /// At most `n` tokens, and no further than the first line of text.
+    pub fn line(n: usize) -> Stop {
+        Stop {
+            max_new: n,
+            at_line: true,
+        }
+    }
+}
+
 /// What [`greedy_and_score`] returns for each row of a batch.
 #[derive(Clone, Debug)]
 pub struct Scored {
@@ -187,7 +214,7 @@ pub fn greedy_and_score(
     prompts: &[Vec<u32>],
     candidates: &[Vec<Vec<u32>>],
     spec: &Spec,
-    max_new: usize,
+    stop: Stop,
 ) -> Result<Vec<Scored>> {
     let b = prompts.len();
     let pad = model.tokenizer.eos_id.unwrap_or(0);
@@ -244,7 +271,7 @@ pub fn greedy_and_score(
             }
         }
     }
-    let greedy = greedy_rows(&first, max_new, model.tokenizer.eos_id, &mut |next| {
+    let greedy = greedy_rows(model, &first, stop, &mut |next| {
         let ids: Vec<Vec<u32>> = next.iter().map(|t| vec![*t]).collect();
         let batch = Batch {
             ids,
@@ -286,7 +313,7 @@ pub fn cad_greedy_and_score(
     candidates: &[Vec<Vec<u32>>],
     spec: &Spec,
     beta: f32,
-    max_new: usize,
+    stop: Stop,
 ) -> Result<Vec<Scored>> {
     let b = with.len();
     let pad = model.tokenizer.eos_id.unwrap_or(0);
@@ -353,7 +380,7 @@ pub fn cad_greedy_and_score(
         }
     }
     let (mut cw, mut cn) = (cw, cn);
-    let greedy = greedy_rows(&first, max_new, model.tokenizer.eos_id, &mut |next| {
+    let greedy = greedy_rows(model, &first, stop, &mut |next| {
         let (a, n) = (step(&mut cw, with, next)?, step(&mut cn, without, next)?);
         Ok((0..b).map(|r| cad_logits(&a[r], &n[r], beta)).collect())
     })?;
@@ -367,31 +394,38 @@ pub fn cad_greedy_and_score(
 type StepFn<'a> = dyn FnMut(&[u32]) -> Result<Vec<Vec<f32>>> + 'a;
 
 /// Greedy decoding of a batch from its first logits: `step` feeds each row's last token and
-/// returns the next logits. A row stops at EOS (left out) or after `max_new` tokens.
+/// returns the next logits. A row ends as `stop` says (EOS is left out).
 fn greedy_rows(
+    model: &Model,
     first: &[Vec<f32>],
-    max_new: usize,
-    eos: Option<u32>,
+    stop: Stop,
     step: &mut StepFn,
 ) -> Result<Vec<Vec<u32>>> {
     let b = first.len();
+    let eos = model.tokenizer.eos_id;
     let mut out = vec![vec![]; b];
     let mut next: Vec<u32> = first.iter().map(|l| argmax(l)).collect();
     let mut done = vec![false; b];
-    for s in 0..max_new {
+    for s in 0..stop.max_new {
         for r in 0..b {
             if !done[r] {
                 if Some(next[r]) == eos {
                     done[r] = true;
                 } else {
                     out[r].push(next[r]);
+                    done[r] = stop.at_line && first_line_ended(model, &out[r])?;
                 }
             }
         }
-        if s + 1 == max_new || done.iter().all(|d| *d) {
+        if s + 1 == stop.max_new || done.iter().all(|d| *d) {
             break;
         }
         next = step(&next)?.iter().map(|l| argmax(l)).collect();
     }
     Ok(out)
+}
+
+/// Whether `ids` hold a line break after some text.
+fn first_line_ended(model: &Model, ids: &[u32]) -> Result<bool> {
+    Ok(model.tokenizer.decode(ids)?.trim_start().contains('\n'))
 }

@@ -10,7 +10,7 @@
 
 use crate::data::{Form, Item};
 use crate::error::Result;
-use crate::generate::greedy_and_score;
+use crate::generate::{greedy_and_score, Stop};
 use crate::model::Model;
 use crate::steer::Plan;
 use serde::{Deserialize, Serialize};
@@ -191,10 +191,10 @@ fn run_batch(
                 &cands,
                 &spec,
                 beta,
-                opts.max_new,
+                Stop::line(opts.max_new),
             )?
         }
-        _ => greedy_and_score(model, &prompts, &cands, &spec, opts.max_new)?,
+        _ => greedy_and_score(model, &prompts, &cands, &spec, Stop::line(opts.max_new))?,
     };
     items
         .iter()
@@ -217,6 +217,28 @@ fn run_batch(
         .collect()
 }
 
+/// Padded tokens (rows × longest prompt) a batch may hold beyond its first row.
+const BATCH_TOKENS: usize = 4096;
+
+/// Item indices in batches of similar prompt length: shortest first, at most `batch_size` rows,
+/// and at most [`BATCH_TOKENS`] padded tokens, so that one long prompt (NQ-Swap has some of
+/// 2,000 tokens) does not pad a whole batch to its length.
+pub fn length_batches(lens: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|i| lens[*i]);
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        match out.last_mut() {
+            // Sorted, so row i is the batch's longest.
+            Some(b) if b.len() < batch_size.max(1) && (b.len() + 1) * lens[i] <= BATCH_TOKENS => {
+                b.push(i)
+            }
+            _ => out.push(vec![i]),
+        }
+    }
+    out
+}
+
 /// One condition (closed-book or with context) for every item, batched by prompt length;
 /// the output keeps the input order.
 pub fn runs(
@@ -231,10 +253,8 @@ pub fn runs(
         .iter()
         .map(|it| Ok(query_ids(model, it, opts.form, with_context)?.len()))
         .collect::<Result<_>>()?;
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|i| lens[*i]);
     let mut out: Vec<Option<Run>> = vec![None; items.len()];
-    for chunk in order.chunks(opts.batch_size.max(1)) {
+    for chunk in &length_batches(&lens, opts.batch_size) {
         let batch: Vec<Item> = chunk.iter().map(|i| items[*i].clone()).collect();
         for (i, r) in chunk
             .iter()
@@ -256,14 +276,12 @@ pub fn label_items(
     plan: &dyn Plan,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<ItemLabel>> {
-    let mut order: Vec<usize> = (0..items.len()).collect();
     let lens: Vec<usize> = items
         .iter()
         .map(|it| Ok(query_ids(model, it, opts.form, true)?.len()))
         .collect::<Result<_>>()?;
-    order.sort_by_key(|i| lens[*i]);
     let mut out: Vec<Option<ItemLabel>> = vec![None; items.len()];
-    for chunk in order.chunks(opts.batch_size.max(1)) {
+    for chunk in &length_batches(&lens, opts.batch_size) {
         let batch: Vec<Item> = chunk.iter().map(|i| items[*i].clone()).collect();
         let closed = run_batch(model, &batch, opts, plan, false)?;
         let ctx = run_batch(model, &batch, opts, plan, true)?;
@@ -382,4 +400,26 @@ pub fn read_labels(path: &std::path::Path) -> Result<Vec<ItemLabel>> {
                 .map_err(|e| crate::Error::file(path, format!("line {}: {e}", i + 1)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_batches_cover_every_item_once_within_the_budgets() {
+        let lens = [10, 2300, 12, 300, 300, 11, 900, 2400, 13, 299];
+        let b = length_batches(&lens, 3);
+        let mut seen: Vec<usize> = b.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>());
+        for batch in &b {
+            let longest = batch.iter().map(|i| lens[*i]).max().unwrap();
+            assert!(batch.len() <= 3);
+            assert!(batch.len() == 1 || batch.len() * longest <= BATCH_TOKENS);
+        }
+        // Short prompts share batches; the two longest each get their own.
+        assert_eq!(b[0], vec![0, 5, 2]);
+        assert_eq!(&b[b.len() - 2..], &[vec![1], vec![7]]);
+    }
 }

@@ -17,7 +17,7 @@ use crate::data::{self, Form, ImportFormat, Item};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A published figure, from a larger model, with its source.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -80,6 +80,62 @@ pub struct PublicOptions {
     pub batch_size: usize,
     /// Share of subjects (by seeded hash) in dev.
     pub dev_share: f64,
+    /// At most this many dev items (a seeded sample by subject) for choosing strengths.
+    pub dev_limit: Option<usize>,
+    /// Where each finished (benchmark, method) part is saved as it completes.
+    pub parts: Option<PathBuf>,
+    /// Reuse parts found in `parts` whose settings match, instead of running them again.
+    pub resume: bool,
+}
+
+/// One finished (benchmark, method) measurement, saved so that a long run can resume.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Part {
+    /// What must match for the part to be reused: model, sample, split and the method's grid.
+    key: String,
+    result: MethodResult,
+}
+
+/// The key of a part: the model, the run's sampling and split settings, the dev and test sizes,
+/// and the method's settings as the sweep would label them (probe site, heads, strengths).
+fn part_key(
+    model: &Model,
+    name: &str,
+    m: Method,
+    res: &Resources,
+    opts: &PublicOptions,
+    split: &bench::Split,
+) -> Result<String> {
+    let labels: Vec<String> = bench::grid(model, m, res)?
+        .iter()
+        .map(|s| s.label.clone())
+        .collect();
+    Ok(format!(
+        "{name}|{}|limit={:?}|seed={}|dev_share={}|dev_limit={:?}|dev={}|test={}|max_new={:?}|{}|heads={:?}|ctx_heads={:?}|gate={:?}",
+        model.identity()?.sha256,
+        opts.limit,
+        opts.seed,
+        opts.dev_share,
+        opts.dev_limit,
+        split.dev.len(),
+        split.test.len(),
+        res.max_new,
+        labels.join(";"),
+        res.heads,
+        res.context_heads,
+        res.gate.as_ref().map(|g| g.best.clone()),
+    ))
+}
+
+fn part_path(dir: &Path, name: &str, m: Method) -> PathBuf {
+    dir.join(format!("{name}.{}.json", m.name()))
+}
+
+/// A saved part with this key, if there is one (a part that does not parse is not reused).
+fn saved_part(dir: &Path, name: &str, m: Method, key: &str) -> Option<MethodResult> {
+    let text = std::fs::read_to_string(part_path(dir, name, m)).ok()?;
+    let p: Part = serde_json::from_str(&text).ok()?;
+    (p.key == key).then_some(p.result)
 }
 
 /// Keep at most `limit` items, sampled with `seed`, keeping items of one subject together.
@@ -211,7 +267,7 @@ fn own_metrics(name: &str, e: &bench::Eval) -> Vec<(String, Rate)> {
     }
 }
 
-/// Run one benchmark.
+/// Run one benchmark, method by method; each finished method is saved to `opts.parts`.
 pub fn run_one(
     model: &Model,
     dir: &Path,
@@ -225,8 +281,9 @@ pub fn run_one(
     let mut items = sample(load(dir, name)?, opts.limit, opts.seed);
     split(&mut items, opts.seed, opts.dev_share);
     let (dev, test) = bench::dev_test(&items);
+    let dev = sample(dev, opts.dev_limit, opts.seed);
     log(&format!(
-        "{name}: {} items ({} dev, {} test)",
+        "{name}: {} items ({} dev used for choosing strengths, {} test)",
         items.len(),
         dev.len(),
         test.len()
@@ -238,15 +295,39 @@ pub fn run_one(
         gate: res.gate.clone(),
         max_new: Some(if name == "nqswap" { 12 } else { 8 }),
     };
-    let results = bench::run(
-        model,
-        &items,
-        methods,
-        &res,
-        Form::Completion,
-        opts.batch_size,
-        log,
-    )?;
+    let used: Vec<Item> = dev.into_iter().chain(test).collect();
+    let split = bench::Split::new(model, &used, Form::Completion, opts.batch_size)?;
+    log(&format!(
+        "{name}: {} dev ({} known), {} test ({} known)",
+        split.dev.len(),
+        split.dev_known.len(),
+        split.test.len(),
+        split.test_known.len()
+    ));
+    let mut seconds = t0.elapsed().as_secs_f64();
+    let mut results = Vec::new();
+    for m in methods {
+        let key = part_key(model, name, *m, &res, opts, &split)?;
+        let saved = match (&opts.parts, opts.resume) {
+            (Some(d), true) => saved_part(d, name, *m, &key),
+            _ => None,
+        };
+        let r = match saved {
+            Some(r) => {
+                log(&format!("{name} {}: reusing the saved part", m.name()));
+                r
+            }
+            None => {
+                let r = bench::run_method(model, *m, &split, &res, opts.batch_size, log)?;
+                if let Some(d) = &opts.parts {
+                    save_part(d, name, *m, key, &r)?;
+                }
+                r
+            }
+        };
+        seconds += r.seconds;
+        results.push(r);
+    }
     let own = results
         .iter()
         .map(|m| (m.method, own_metrics(name, &m.test)))
@@ -265,14 +346,24 @@ pub fn run_one(
     Ok(Section {
         name: name.to_string(),
         n_items: items.len(),
-        n_dev: dev.len(),
-        n_test: test.len(),
-        seconds: t0.elapsed().as_secs_f64(),
+        n_dev: split.dev.len(),
+        n_test: split.test.len(),
+        seconds,
         methods: results,
         own,
         published,
         note,
     })
+}
+
+fn save_part(dir: &Path, name: &str, m: Method, key: String, r: &MethodResult) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    let part = Part {
+        key,
+        result: r.clone(),
+    };
+    let bytes = serde_json::to_vec_pretty(&part).map_err(|e| Error::Invalid(e.to_string()))?;
+    data::write_atomic(&part_path(dir, name, m), &bytes)
 }
 
 /// The public report.
@@ -281,12 +372,17 @@ pub struct PublicReport {
     pub model: crate::model::ModelId,
     pub command: String,
     pub limit: Option<usize>,
+    /// Dev items used for choosing strengths, at most (None: all).
+    #[serde(default)]
+    pub dev_limit: Option<usize>,
     pub seed: u64,
     pub sections: Vec<Section>,
 }
 
 fn pct(r: &Rate) -> String {
-    if r.ci_low.is_nan() {
+    if r.n == 0 {
+        "n/a (n = 0)".into()
+    } else if r.ci_low.is_nan() {
         format!("{:.1}%", 100.0 * r.value)
     } else {
         format!(
@@ -300,17 +396,20 @@ fn pct(r: &Rate) -> String {
 
 pub fn markdown(r: &PublicReport) -> String {
     let mut s = format!(
-        "# Public knowledge-conflict benchmarks\n\nModel `{}`; command `{}`; {}; seed {}.\n\n",
+        "# Public knowledge-conflict benchmarks\n\nModel `{}`; command `{}`; {}{}; seed {}.\n\n",
         r.model.file,
         r.command,
         r.limit
             .map(|n| format!("at most {n} items per benchmark"))
             .unwrap_or("full size".into()),
+        r.dev_limit
+            .map(|n| format!(", strengths chosen on at most {n} dev items"))
+            .unwrap_or_default(),
         r.seed
     );
     for sec in &r.sections {
         s += &format!(
-            "## {}\n\n{} items ({} dev for choosing strengths, {} test), {:.0} s.\n\n",
+            "## {}\n\n{} items ({} dev used for choosing strengths, {} test), {:.0} s in all.\n\n",
             sec.name, sec.n_items, sec.n_dev, sec.n_test, sec.seconds
         );
         let metrics: Vec<String> = sec
@@ -319,19 +418,20 @@ pub fn markdown(r: &PublicReport) -> String {
             .map(|(_, v)| v.iter().map(|(k, _)| k.clone()).collect())
             .unwrap_or_default();
         s += &format!(
-            "| method | chosen on dev | {} | adherence (ours) | prior retention |\n",
+            "| method | chosen on dev | {} | adherence (ours) | prior retention | time |\n",
             metrics.join(" | ")
         );
-        s += &format!("|---|---|{}---|---|\n", "---|".repeat(metrics.len()));
+        s += &format!("|---|---|{}---|---|---:|\n", "---|".repeat(metrics.len()));
         for (m, (_, own)) in sec.methods.iter().zip(&sec.own) {
             let vals: Vec<String> = own.iter().map(|(_, r)| pct(r)).collect();
             s += &format!(
-                "| {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {:.0} s |\n",
                 m.method.name(),
                 m.chosen,
                 vals.join(" | "),
                 pct(&m.test.adherence),
-                pct(&m.test.retention)
+                pct(&m.test.retention),
+                m.seconds
             );
         }
         if !sec.published.is_empty() {

@@ -3,7 +3,7 @@
 mod common;
 use ctxsteer::bench::{self, Eval, Method, Rate, Resources};
 use ctxsteer::data::{Form, Item};
-use ctxsteer::generate::{cad_greedy_and_score, cad_logits, greedy_and_score};
+use ctxsteer::generate::{cad_greedy_and_score, cad_logits, greedy_and_score, Stop};
 use ctxsteer::{Model, Spec, WeightsMode};
 use std::collections::BTreeMap;
 
@@ -55,7 +55,14 @@ fn cad_logits_and_decoding_reduce_to_plain_when_they_should() {
         m.tokenizer.encode(" mat").unwrap(),
         m.tokenizer.encode(" hat").unwrap(),
     ]];
-    let plain = greedy_and_score(&m, std::slice::from_ref(&with), &cands, &Spec::new(), 6).unwrap();
+    let plain = greedy_and_score(
+        &m,
+        std::slice::from_ref(&with),
+        &cands,
+        &Spec::new(),
+        Stop::tokens(6),
+    )
+    .unwrap();
     // beta = 0 is plain decoding on the with-context prompt.
     let c0 = cad_greedy_and_score(
         &m,
@@ -64,7 +71,7 @@ fn cad_logits_and_decoding_reduce_to_plain_when_they_should() {
         &cands,
         &Spec::new(),
         0.0,
-        6,
+        Stop::tokens(6),
     )
     .unwrap();
     assert_eq!(c0[0].greedy, plain[0].greedy);
@@ -79,7 +86,7 @@ fn cad_logits_and_decoding_reduce_to_plain_when_they_should() {
         &cands,
         &Spec::new(),
         2.0,
-        6,
+        Stop::tokens(6),
     )
     .unwrap();
     assert_ne!(c2[0].answer_logp, c0[0].answer_logp);

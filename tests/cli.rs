@@ -299,3 +299,71 @@ fn every_subcommand_has_help() {
             .stdout(predicate::str::contains("Usage"));
     }
 }
+
+/// `bench public` end to end on MemoTrap fixture files: a report with the benchmark's own
+/// metric per method, parts saved as they finish, and `--resume` reusing exactly the parts
+/// whose settings match (another seed gives another split, so nothing is reused).
+#[test]
+fn bench_public_runs_saves_parts_and_resumes() {
+    let (dir, model) = common::tiny::temp();
+    let bench_dir = dir.path().join("benchmarks/memotrap");
+    std::fs::create_dir_all(&bench_dir).unwrap();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/import/memotrap");
+    for f in std::fs::read_dir(&fixtures).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, bench_dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let out = dir.path().join("out");
+    let go = |extra: &[&str]| {
+        let o = bin()
+            .args([
+                "bench",
+                "public",
+                "--benchmarks",
+                "memotrap",
+                "--methods",
+                "none,cad",
+            ])
+            .args(["--dev-limit", "3", "--model"])
+            .arg(&model)
+            .arg("--dir")
+            .arg(dir.path().join("benchmarks"))
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        (err, report)
+    };
+    let (err, first) = go(&[]);
+    assert!(!err.contains("reusing"), "{err}");
+    let sec = &first["sections"][0];
+    assert_eq!(sec["name"], "memotrap");
+    assert!(sec["n_dev"].as_u64().unwrap() <= 3);
+    assert_eq!(sec["n_items"], 5); // 3 proverb endings, 2 history questions
+    let methods: Vec<&str> = sec["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, ["none", "cad"]);
+    assert!(sec["own"][0][1][0][0]
+        .as_str()
+        .unwrap()
+        .starts_with("accuracy"));
+    assert!(out.join("parts/memotrap.none.json").is_file());
+    assert!(out.join("parts/memotrap.cad.json").is_file());
+
+    let (err, again) = go(&["--resume"]);
+    assert_eq!(err.matches("reusing the saved part").count(), 2, "{err}");
+    assert_eq!(again["sections"][0]["methods"], sec["methods"]);
+
+    let (err, _) = go(&["--resume", "--seed", "3"]);
+    assert!(!err.contains("reusing"), "{err}");
+}

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use ctxsteer::generate::{generate, GenOptions};
+use ctxsteer::generate::{generate, greedy_and_score, GenOptions, Stop};
 use ctxsteer::model::Message;
 use ctxsteer::{Spec, WeightsMode};
 
@@ -118,6 +118,39 @@ fn greedy_capital_of_france_is_paris() {
             assert_eq!(text, r["logits"][0]["greedy_12"].as_str().unwrap());
         }
     }
+}
+
+/// Batched greedy decoding (with padding: the rows differ in length) gives each row's own
+/// greedy text; `Stop::line` ends a row at its first line break, where answers are read.
+#[test]
+fn batched_greedy_matches_single_and_stops_at_the_line() {
+    let model = load(WeightsMode::F32);
+    let rows = vec![
+        model.prompt_ids("The capital of France is", false).unwrap(),
+        model
+            .prompt_ids(
+                "Some facts about geography. The capital of France is",
+                false,
+            )
+            .unwrap(),
+    ];
+    let full = reference()["logits"][0]["greedy_12"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cands = vec![vec![]; 2];
+    let g = greedy_and_score(&model, &rows, &cands, &Spec::new(), Stop::tokens(12)).unwrap();
+    assert_eq!(model.tokenizer.decode(&g[0].greedy).unwrap(), full);
+    let l = greedy_and_score(&model, &rows, &cands, &Spec::new(), Stop::line(12)).unwrap();
+    let cut = model.tokenizer.decode(&l[0].greedy).unwrap();
+    // The row stops on the token that holds the first line break: " Paris." and that break.
+    assert!(cut.starts_with(" Paris.\n"), "{cut:?}");
+    assert_eq!(cut.trim_end(), " Paris.");
+    assert!(l[0].greedy.len() < g[0].greedy.len());
+    // The second row is cut the same way, and is a prefix of its own full greedy text.
+    assert!(g[1].greedy.starts_with(&l[1].greedy));
+    let second = model.tokenizer.decode(&l[1].greedy).unwrap();
+    assert_eq!(second.trim_start().matches('\n').count(), 1, "{second:?}");
 }
 
 #[test]

@@ -214,6 +214,14 @@ pub struct PublicArgs {
     /// Seed of the sample and of the dev/test split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// At most N dev items (a seeded sample) for choosing each method's strength; 0: all.
+    /// Test always keeps every item of the run.
+    #[arg(long, default_value_t = 200)]
+    pub dev_limit: usize,
+    /// Reuse the finished (benchmark, method) parts in OUT/parts whose settings match, so an
+    /// interrupted run goes on where it stopped; each part is saved as it finishes.
+    #[arg(long)]
+    pub resume: bool,
     /// Probe file for steer and steer-gated.
     #[arg(long)]
     pub probes: Option<PathBuf>,
@@ -223,6 +231,7 @@ pub struct PublicArgs {
     /// A `conflict` probe file: the gate of heads-gated.
     #[arg(long)]
     pub gate_probes: Option<PathBuf>,
+    /// Rows per batch (batches of long prompts are also capped at 4,096 padded tokens).
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     #[arg(long)]

@@ -186,6 +186,9 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
         seed: a.seed,
         batch_size: a.batch_size,
         dev_share: 0.3,
+        dev_limit: (a.dev_limit > 0).then_some(a.dev_limit),
+        parts: Some(a.out.join("parts")),
+        resume: a.resume,
     };
     let mut sections = Vec::new();
     for b in &a.benchmarks {
@@ -203,6 +206,7 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
         model: model.identity()?,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         limit: a.limit,
+        dev_limit: opts.dev_limit,
         seed: a.seed,
         sections,
     };

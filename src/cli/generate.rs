@@ -132,7 +132,7 @@ fn cad_generate(model: &Model, a: &GenerateArgs) -> Result<()> {
         &[vec![]],
         &spec,
         a.cad_beta,
-        a.max_tokens,
+        ctxsteer::generate::Stop::tokens(a.max_tokens),
     )?;
     let ids = &out[0].greedy;
     let text = model.tokenizer.decode(ids)?;

@@ -600,24 +600,46 @@ impl Llama {
             }
             None => (k, v),
         };
+        // Long prompts: the scores of all queries at once ([b, heads, seq, kv] floats) would take
+        // gigabytes, so queries go in chunks that keep each score block near ATT_BLOCK floats.
+        let kv_len = k.dim(2)?;
+        let rows = (ATT_BLOCK / (b * cfg.n_heads * kv_len).max(1)).max(1);
+        if rows >= seq {
+            return self.attend(&q, &k, &v, mask);
+        }
+        let mut parts = Vec::with_capacity(seq.div_ceil(rows));
+        for s0 in (0..seq).step_by(rows) {
+            let n = rows.min(seq - s0);
+            let qc = q.narrow(2, s0, n)?.contiguous()?; // [b, heads, n, d_head]
+            let mc = mask.map(|m| m.narrow(2, s0, n)).transpose()?; // [b, 1, n, kv]
+            parts.push(self.attend(&qc, &k, &v, mc.as_ref())?);
+        }
+        Ok(Tensor::cat(&parts, 1)?) // [b, seq, heads*d_head]
+    }
+
+    /// Scaled dot-product attention of queries `[b, heads, n, d_head]` over keys and values
+    /// `[b, kv_heads, kv, d_head]`, with an additive mask `[b, 1, n, kv]`; `[b, n, heads*d_head]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, _, n, _) = q.dims4()?;
         // Grouped-query attention without copying K/V: the `g` query heads that share a KV head
-        // are stacked along the query axis, [b, kv_heads, g*seq, d_head].
+        // are stacked along the query axis, [b, kv_heads, g*n, d_head].
         let (kvh, g) = (cfg.n_kv_heads, cfg.n_heads / cfg.n_kv_heads);
         let kv_len = k.dim(2)?;
-        let q = q.reshape((b, kvh, g * seq, cfg.d_head))?;
+        let q = q.reshape((b, kvh, g * n, cfg.d_head))?;
         let scale = 1.0 / (cfg.d_head as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?; // [b, kv_heads, g*seq, kv]
+        let mut att = (q.matmul(&k.t()?)? * scale)?; // [b, kv_heads, g*n, kv]
         if let Some(m) = mask {
-            // mask [b, 1, seq, kv] -> [b, 1, g, seq, kv] over the stacked query heads.
-            let att5 = att.reshape((b, kvh, g, seq, kv_len))?;
+            // mask [b, 1, n, kv] -> [b, 1, g, n, kv] over the stacked query heads.
+            let att5 = att.reshape((b, kvh, g, n, kv_len))?;
             att = att5
                 .broadcast_add(&m.unsqueeze(2)?)?
-                .reshape((b, kvh, g * seq, kv_len))?;
+                .reshape((b, kvh, g * n, kv_len))?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?.reshape((b, cfg.n_heads, seq, cfg.d_head))?; // [b, heads, seq, d_head]
+        let y = att.matmul(v)?.reshape((b, cfg.n_heads, n, cfg.d_head))?; // [b, heads, n, d_head]
         Ok(y.transpose(1, 2)?
-            .reshape((b, seq, cfg.n_heads * cfg.d_head))?)
+            .reshape((b, n, cfg.n_heads * cfg.d_head))?)
     }
 
     /// cos/sin for each row's positions: `[seq, d_head/2]`, or `[b, seq, d_head/2]` with padding.
@@ -695,6 +717,9 @@ fn rope_tables(cfg: &Config) -> Result<(Tensor, Tensor)> {
     let freqs = t.broadcast_mul(&inv)?;
     Ok((freqs.cos()?, freqs.sin()?))
 }
+
+/// Attention scores computed at once, in floats (4 MiB): longer prompts go in query chunks.
+const ATT_BLOCK: usize = 1 << 20;
 
 /// Additive mask `[b, 1, seq, kv]`: -inf on future columns and on padding; None when nothing
 /// needs masking (a single new token with no padding).
