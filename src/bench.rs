@@ -643,6 +643,25 @@ impl Split {
             base_ppl: perplexity(model, NEUTRAL_TEXT, &crate::Spec::new())?,
         })
     }
+
+    /// Measure `s` on test (else dev), its perplexity relative to no intervention.
+    fn measure(
+        &self,
+        model: &Model,
+        s: &Setting,
+        test: bool,
+        batch: usize,
+        res: &Resources,
+    ) -> Result<Eval> {
+        let (items, known) = if test {
+            (&self.test, &self.test_known)
+        } else {
+            (&self.dev, &self.dev_known)
+        };
+        let mut e = evaluate_with(model, s, items, known, opts(self.form, batch, res))?;
+        e.perplexity_ratio = e.perplexity / self.base_ppl;
+        Ok(e)
+    }
 }
 
 /// Run every method: sweep on dev, measure the chosen setting on test.
@@ -679,19 +698,11 @@ pub fn run_method(
     log: &mut dyn FnMut(&str),
 ) -> Result<MethodResult> {
     let t0 = std::time::Instant::now();
-    let form = split.form;
     let settings = grid(model, m, res)?;
     let mut sweep = Vec::new();
     // A single setting has nothing to choose: it is not swept.
     for s in settings.iter().filter(|_| settings.len() > 1) {
-        let mut e = evaluate_with(
-            model,
-            s,
-            &split.dev,
-            &split.dev_known,
-            opts(form, batch, res),
-        )?;
-        e.perplexity_ratio = e.perplexity / split.base_ppl;
+        let e = split.measure(model, s, false, batch, res)?;
         log(&format!(
             "dev {:?} {}: adherence {:.3}, retention {:.3}, ppl x{:.3}",
             m, s.label, e.adherence.value, e.retention.value, e.perplexity_ratio
@@ -703,14 +714,7 @@ pub fn run_method(
     } else {
         (0, true)
     };
-    let mut test_eval = evaluate_with(
-        model,
-        &settings[i],
-        &split.test,
-        &split.test_known,
-        opts(form, batch, res),
-    )?;
-    test_eval.perplexity_ratio = test_eval.perplexity / split.base_ppl;
+    let test_eval = split.measure(model, &settings[i], true, batch, res)?;
     log(&format!(
         "test {:?} {}: adherence {:.3} [{:.3}, {:.3}]",
         m,

@@ -179,6 +179,9 @@ fn split(items: &mut [Item], seed: u64, dev_share: f64) {
     }
 }
 
+/// The benchmarks `bench public` knows, by the folder names of ../shared/benchmarks.
+pub const BENCHMARKS: [&str; 3] = ["memotrap", "nqswap", "world_capital"];
+
 fn load(dir: &Path, name: &str) -> Result<Vec<Item>> {
     match name {
         "memotrap" => {

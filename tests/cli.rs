@@ -258,6 +258,21 @@ fn data_label_capture_and_bench_commands_through_the_binary() {
     .assert()
     .failure()
     .stderr(predicate::str::contains("no such folder"));
+    run(&[
+        "bench",
+        "public",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--benchmarks",
+        "memotrap,squad",
+        "--out",
+        "x",
+    ])
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains(
+        "unknown benchmark `squad`; valid: memotrap, nqswap, world_capital",
+    ));
     bin()
         .args(["probe", "show", "/nonexistent/p.json"])
         .assert()

@@ -179,6 +179,16 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
             a.dir.display()
         );
     }
+    if let Some(b) = a
+        .benchmarks
+        .iter()
+        .find(|b| !ctxsteer::public::BENCHMARKS.contains(&b.as_str()))
+    {
+        bail!(
+            "--benchmarks: unknown benchmark `{b}`; valid: {}",
+            ctxsteer::public::BENCHMARKS.join(", ")
+        );
+    }
     let model = a.model.load_or(WeightsMode::F32)?;
     let res = resources(&model, &a.probes, &a.heads_from, &a.gate_probes, &a.methods)?;
     let opts = ctxsteer::public::PublicOptions {
@@ -190,9 +200,16 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
         parts: Some(a.out.join("parts")),
         resume: a.resume,
     };
-    let mut sections = Vec::new();
+    let mut report = ctxsteer::public::PublicReport {
+        model: model.identity()?,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        limit: a.limit,
+        dev_limit: opts.dev_limit,
+        seed: a.seed,
+        sections: Vec::new(),
+    };
     for b in &a.benchmarks {
-        sections.push(ctxsteer::public::run_one(
+        report.sections.push(ctxsteer::public::run_one(
             &model,
             &a.dir,
             b,
@@ -201,16 +218,9 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
             &opts,
             &mut |m| eprintln!("{m}"),
         )?);
+        // Written after each benchmark, so a long run has a report of what is finished.
+        ctxsteer::public::write(&report, &a.out)?;
     }
-    let report = ctxsteer::public::PublicReport {
-        model: model.identity()?,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        limit: a.limit,
-        dev_limit: opts.dev_limit,
-        seed: a.seed,
-        sections,
-    };
-    ctxsteer::public::write(&report, &a.out)?;
     print!("{}", ctxsteer::public::markdown(&report));
     println!("report written to {}", a.out.join("report.md").display());
     Ok(())
