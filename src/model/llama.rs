@@ -1,16 +1,18 @@
 //! The Llama-family forward pass (Llama, SmolLM, Qwen2) with its hook sites.
 //!
 //! One flat forward, read top to bottom, in the shape of candle-transformers' llama.rs and
-//! quantized_llama.rs. Weights come either from a GGUF file (quantized `QMatMul`s, or
-//! dequantized to f32) or from a safetensors `VarBuilder`. Every hook site is an explicit
-//! `hooks.apply(site, x)` call below; nothing else reads or changes activations.
+//! quantized_llama.rs; weights.rs reads the weights, batch.rs holds the batch, cache and mask.
+//! Every hook site is an explicit `hooks.apply(site, x)` call below; nothing else reads or
+//! changes activations.
 
+use super::batch::attention_mask;
+pub use super::batch::{Batch, KvCache, LogitsAt};
+use super::weights::{lm_head, Linear};
+pub use super::weights::{WeightSource, WeightsMode};
 use crate::error::{Error, Result};
 use crate::hooks::{Hooks, RowInfo, Site, SiteKind};
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::VarBuilder;
-use std::sync::Arc;
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor, D};
 
 /// Architecture hyper-parameters.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -129,38 +131,6 @@ fn meta_str(ct: &gguf_file::Content, key: &str) -> Result<String> {
         .ok_or_else(|| Error::Model(format!("GGUF metadata lacks `{key}`")))
 }
 
-/// How GGUF weights are multiplied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WeightsMode {
-    /// candle `QMatMul` on the quantized blocks.
-    Quantized,
-    /// Dequantized to f32 at load.
-    F32,
-}
-
-/// A linear layer without or with bias; the weight is `[out, in]`.
-struct Linear {
-    w: QMatMul,
-    b: Option<Tensor>,
-}
-
-impl Linear {
-    /// `[.., in] -> [.., out]`, through a 2-D matmul.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let x2 = x.reshape(((), dims[dims.len() - 1]))?;
-        let mut y = self.w.forward(&x2)?;
-        if let Some(b) = &self.b {
-            y = y.broadcast_add(b)?;
-        }
-        let mut out = dims;
-        let last = out.len() - 1;
-        out[last] = y.dim(1)?;
-        Ok(y.reshape(out)?)
-    }
-}
-
 /// One block's weights. q|k|v and gate|up are stored as one matrix each (rows stacked), so a
 /// token's activations are multiplied once per group; rows are independent, so the outputs
 /// equal the separate products.
@@ -171,224 +141,6 @@ struct Block {
     mlp_norm: Tensor,
     gate_up: Linear,
     down: Linear,
-}
-
-/// Where weights come from: a GGUF file or a safetensors VarBuilder.
-pub enum WeightSource<'a> {
-    Gguf {
-        ct: &'a gguf_file::Content,
-        file: &'a mut std::fs::File,
-        mode: WeightsMode,
-    },
-    Safetensors {
-        vb: VarBuilder<'a>,
-        qkv_bias: bool,
-        tied: bool,
-    },
-}
-
-impl WeightSource<'_> {
-    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
-        match self {
-            WeightSource::Gguf { ct, file, .. } => ct
-                .tensor(*file, name, &Device::Cpu)
-                .map_err(|e| Error::Model(format!("GGUF tensor `{name}`: {e}"))),
-            WeightSource::Safetensors { .. } => unreachable!("qtensor is only read from GGUF"),
-        }
-    }
-
-    /// A plain f32 tensor (norm weights, embeddings).
-    fn tensor(&mut self, gguf: &str, hf: &str) -> Result<Tensor> {
-        match self {
-            WeightSource::Gguf { .. } => Ok(self.qtensor(gguf)?.dequantize(&Device::Cpu)?),
-            WeightSource::Safetensors { vb, .. } => {
-                Ok(vb.get_unchecked(hf)?.to_dtype(DType::F32)?)
-            }
-        }
-    }
-
-    /// Several linears sharing an input, stacked into one `[sum(out), in]` matrix.
-    fn fused_linear(&mut self, parts: &[(String, String)], bias: bool) -> Result<Linear> {
-        if let WeightSource::Gguf {
-            mode: WeightsMode::Quantized,
-            ..
-        } = self
-        {
-            let qs: Vec<QTensor> = parts
-                .iter()
-                .map(|(g, _)| self.qtensor(&format!("{g}.weight")))
-                .collect::<Result<_>>()?;
-            let dtype = qs[0].dtype();
-            if qs.iter().all(|q| q.dtype() == dtype && q.rank() == 2) && !bias {
-                let k = qs[0].shape().dims2()?.1;
-                let mut bytes = Vec::new();
-                let mut n = 0;
-                for q in &qs {
-                    let (rows, cols) = q.shape().dims2()?;
-                    if cols != k {
-                        return Err(Error::Model("fused weights disagree on width".into()));
-                    }
-                    n += rows;
-                    bytes.extend_from_slice(&q.data()?);
-                }
-                let storage = candle_core::quantized::QStorage::from_data(
-                    std::borrow::Cow::Owned(bytes),
-                    &Device::Cpu,
-                    dtype,
-                )?;
-                let q = QTensor::new(storage, (n, k))?;
-                return Ok(Linear {
-                    w: QMatMul::from_arc(Arc::new(q))?,
-                    b: None,
-                });
-            }
-        }
-        let lins: Vec<Linear> = parts
-            .iter()
-            .map(|(g, h)| self.linear_f32(g, h, bias))
-            .collect::<Result<_>>()?;
-        let ws: Vec<Tensor> = lins
-            .iter()
-            .map(|l| match &l.w {
-                QMatMul::Tensor(t) => Ok(t.clone()),
-                _ => Err(Error::Model("expected f32 weights".into())),
-            })
-            .collect::<Result<_>>()?;
-        let b = if bias {
-            let bs: Vec<Tensor> = lins.iter().filter_map(|l| l.b.clone()).collect();
-            Some(Tensor::cat(&bs, 0)?)
-        } else {
-            None
-        };
-        Ok(Linear {
-            w: QMatMul::Tensor(Tensor::cat(&ws, 0)?),
-            b,
-        })
-    }
-
-    /// A linear with its weight in f32 whatever the file holds.
-    fn linear_f32(&mut self, gguf: &str, hf: &str, bias: bool) -> Result<Linear> {
-        if let WeightSource::Gguf { mode, .. } = self {
-            let saved = *mode;
-            *mode = WeightsMode::F32;
-            let l = self.linear(gguf, hf, bias);
-            if let WeightSource::Gguf { mode, .. } = self {
-                *mode = saved;
-            }
-            return l;
-        }
-        self.linear(gguf, hf, bias)
-    }
-
-    fn linear(&mut self, gguf: &str, hf: &str, bias: bool) -> Result<Linear> {
-        match self {
-            WeightSource::Gguf { mode, .. } => {
-                let mode = *mode;
-                let q = self.qtensor(&format!("{gguf}.weight"))?;
-                let w = match mode {
-                    WeightsMode::Quantized => QMatMul::from_arc(Arc::new(q))?,
-                    WeightsMode::F32 => QMatMul::Tensor(q.dequantize(&Device::Cpu)?),
-                };
-                let b = match self.qtensor(&format!("{gguf}.bias")) {
-                    Ok(b) if bias => Some(b.dequantize(&Device::Cpu)?),
-                    _ => None,
-                };
-                Ok(Linear { w, b })
-            }
-            WeightSource::Safetensors { vb, .. } => {
-                let w = vb
-                    .get_unchecked(&format!("{hf}.weight"))?
-                    .to_dtype(DType::F32)?;
-                let b = if bias {
-                    Some(
-                        vb.get_unchecked(&format!("{hf}.bias"))?
-                            .to_dtype(DType::F32)?,
-                    )
-                } else {
-                    None
-                };
-                Ok(Linear {
-                    w: QMatMul::Tensor(w),
-                    b,
-                })
-            }
-        }
-    }
-}
-
-/// The per-layer key/value cache for incremental decoding (batch rows share one layout).
-#[derive(Clone)]
-pub struct KvCache {
-    kv: Vec<Option<(Tensor, Tensor)>>,
-    /// Positions already in the cache.
-    pub len: usize,
-    /// Left padding of each batch row, fixed at prefill.
-    pads: Vec<usize>,
-}
-
-impl KvCache {
-    pub fn new(n_layers: usize) -> Self {
-        KvCache {
-            kv: vec![None; n_layers],
-            len: 0,
-            pads: vec![],
-        }
-    }
-
-    /// A single-row cache repeated into `n` identical rows (to branch one prefix many ways).
-    pub fn repeat_rows(&self, n: usize) -> Result<KvCache> {
-        let kv = self
-            .kv
-            .iter()
-            .map(|slot| match slot {
-                Some((k, v)) => Ok(Some((k.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?))),
-                None => Ok(None),
-            })
-            .collect::<Result<_>>()?;
-        Ok(KvCache {
-            kv,
-            len: self.len,
-            pads: vec![self.pads.first().copied().unwrap_or(0); n],
-        })
-    }
-}
-
-/// Which positions get logits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogitsAt {
-    Last,
-    All,
-}
-
-/// A batch of token rows, left-padded to one length; `pads[r]` columns of row r are padding.
-pub struct Batch {
-    pub ids: Vec<Vec<u32>>,
-    pub pads: Vec<usize>,
-}
-
-impl Batch {
-    pub fn single(ids: &[u32]) -> Self {
-        Batch {
-            ids: vec![ids.to_vec()],
-            pads: vec![0],
-        }
-    }
-
-    /// Left-pad rows of different lengths with `pad_id`.
-    pub fn left_padded(rows: &[Vec<u32>], pad_id: u32) -> Self {
-        let n = rows.iter().map(Vec::len).max().unwrap_or(0);
-        let pads: Vec<usize> = rows.iter().map(|r| n - r.len()).collect();
-        let ids = rows
-            .iter()
-            .zip(&pads)
-            .map(|(r, p)| {
-                std::iter::repeat_n(pad_id, *p)
-                    .chain(r.iter().copied())
-                    .collect()
-            })
-            .collect();
-        Batch { ids, pads }
-    }
 }
 
 /// A Llama-family decoder-only transformer.
@@ -678,32 +430,6 @@ fn hooks_prompt_len(hooks: &Hooks, r: usize, len: usize) -> usize {
     hooks.prompt_len(r).unwrap_or(len)
 }
 
-fn lm_head(src: &mut WeightSource, embed: &Tensor) -> Result<Linear> {
-    let w = match src {
-        WeightSource::Gguf { ct, mode, .. } => {
-            let name = if ct.tensor_infos.contains_key("output.weight") {
-                "output.weight"
-            } else {
-                "token_embd.weight"
-            };
-            let mode = *mode;
-            let q = src.qtensor(name)?;
-            match mode {
-                WeightsMode::Quantized => QMatMul::from_arc(Arc::new(q))?,
-                WeightsMode::F32 => QMatMul::Tensor(q.dequantize(&Device::Cpu)?),
-            }
-        }
-        WeightSource::Safetensors { vb, tied, .. } => {
-            if *tied || !vb.contains_tensor("lm_head.weight") {
-                QMatMul::Tensor(embed.clone())
-            } else {
-                QMatMul::Tensor(vb.get_unchecked("lm_head.weight")?.to_dtype(DType::F32)?)
-            }
-        }
-    };
-    Ok(Linear { w, b: None })
-}
-
 /// cos and sin tables `[max_positions, d_head/2]`.
 fn rope_tables(cfg: &Config) -> Result<(Tensor, Tensor)> {
     let half = cfg.d_head / 2;
@@ -720,35 +446,6 @@ fn rope_tables(cfg: &Config) -> Result<(Tensor, Tensor)> {
 
 /// Attention scores computed at once, in floats (4 MiB): longer prompts go in query chunks.
 const ATT_BLOCK: usize = 1 << 20;
-
-/// Additive mask `[b, 1, seq, kv]`: -inf on future columns and on padding; None when nothing
-/// needs masking (a single new token with no padding).
-fn attention_mask(pads: &[usize], offset: usize, b: usize, seq: usize) -> Result<Option<Tensor>> {
-    let no_pad = pads.iter().all(|p| *p == 0);
-    if seq == 1 && no_pad {
-        return Ok(None);
-    }
-    let kv = offset + seq;
-    let mut m = vec![0f32; b * seq * kv];
-    for r in 0..b {
-        for i in 0..seq {
-            for j in 0..kv {
-                if j > offset + i || j < pads[r] {
-                    m[(r * seq + i) * kv + j] = f32::NEG_INFINITY;
-                }
-            }
-        }
-    }
-    // A padding query row sees nothing; let it see itself so softmax stays finite.
-    for r in 0..b {
-        for i in 0..seq {
-            if offset + i < pads[r] {
-                m[(r * seq + i) * kv + offset + i] = 0.0;
-            }
-        }
-    }
-    Ok(Some(Tensor::from_vec(m, (b, 1, seq, kv), &Device::Cpu)?))
-}
 
 /// Log-softmax over the last dimension.
 pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {

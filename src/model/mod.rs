@@ -2,9 +2,11 @@
 //! (config.json + *.safetensors + tokenizer.json), with its tokenizer and chat template.
 //! [`Model`] is what the rest of the crate runs: the forward pass plus the tokenizer.
 
+mod batch;
 pub mod fetch;
 pub mod llama;
 pub mod tokenizer;
+mod weights;
 
 use crate::error::{Error, Result};
 use crate::hooks::{Captures, Hooks, Site, Spec};

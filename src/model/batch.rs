@@ -1,0 +1,114 @@
+//! What one forward call takes and keeps: a left-padded batch of token rows, the per-layer
+//! key/value cache that decoding continues, and the causal and padding mask.
+
+use crate::error::Result;
+use candle_core::{Device, Tensor};
+
+/// The per-layer key/value cache for incremental decoding (batch rows share one layout).
+#[derive(Clone)]
+pub struct KvCache {
+    pub(super) kv: Vec<Option<(Tensor, Tensor)>>,
+    /// Positions already in the cache.
+    pub len: usize,
+    /// Left padding of each batch row, fixed at prefill.
+    pub(super) pads: Vec<usize>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            kv: vec![None; n_layers],
+            len: 0,
+            pads: vec![],
+        }
+    }
+
+    /// A single-row cache repeated into `n` identical rows (to branch one prefix many ways).
+    pub fn repeat_rows(&self, n: usize) -> Result<KvCache> {
+        let kv = self
+            .kv
+            .iter()
+            .map(|slot| match slot {
+                Some((k, v)) => Ok(Some((k.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?))),
+                None => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            kv,
+            len: self.len,
+            pads: vec![self.pads.first().copied().unwrap_or(0); n],
+        })
+    }
+}
+
+/// Which positions get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsAt {
+    Last,
+    All,
+}
+
+/// A batch of token rows, left-padded to one length; `pads[r]` columns of row r are padding.
+pub struct Batch {
+    pub ids: Vec<Vec<u32>>,
+    pub pads: Vec<usize>,
+}
+
+impl Batch {
+    pub fn single(ids: &[u32]) -> Self {
+        Batch {
+            ids: vec![ids.to_vec()],
+            pads: vec![0],
+        }
+    }
+
+    /// Left-pad rows of different lengths with `pad_id`.
+    pub fn left_padded(rows: &[Vec<u32>], pad_id: u32) -> Self {
+        let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let pads: Vec<usize> = rows.iter().map(|r| n - r.len()).collect();
+        let ids = rows
+            .iter()
+            .zip(&pads)
+            .map(|(r, p)| {
+                std::iter::repeat_n(pad_id, *p)
+                    .chain(r.iter().copied())
+                    .collect()
+            })
+            .collect();
+        Batch { ids, pads }
+    }
+}
+
+/// Additive mask `[b, 1, seq, kv]`: -inf on future columns and on padding; None when nothing
+/// needs masking (a single new token with no padding).
+pub(super) fn attention_mask(
+    pads: &[usize],
+    offset: usize,
+    b: usize,
+    seq: usize,
+) -> Result<Option<Tensor>> {
+    let no_pad = pads.iter().all(|p| *p == 0);
+    if seq == 1 && no_pad {
+        return Ok(None);
+    }
+    let kv = offset + seq;
+    let mut m = vec![0f32; b * seq * kv];
+    for r in 0..b {
+        for i in 0..seq {
+            for j in 0..kv {
+                if j > offset + i || j < pads[r] {
+                    m[(r * seq + i) * kv + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    // A padding query row sees nothing; let it see itself so softmax stays finite.
+    for r in 0..b {
+        for i in 0..seq {
+            if offset + i < pads[r] {
+                m[(r * seq + i) * kv + offset + i] = 0.0;
+            }
+        }
+    }
+    Ok(Some(Tensor::from_vec(m, (b, 1, seq, kv), &Device::Cpu)?))
+}
