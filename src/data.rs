@@ -792,10 +792,17 @@ fn import_memotrap(path: &Path, text: &str) -> Result<Vec<Item>> {
             .map(|(_, c)| c.trim().to_string())
             .unwrap_or_default();
         let (context, rest) = split_instruction(prompt);
+        // The subject groups an item's variants in one split: the text to complete (a proverb),
+        // or, where that is only an answer cue ("Answer:"), the question itself.
+        let subject = if rest.trim().ends_with(':') {
+            context.trim()
+        } else {
+            rest.trim()
+        };
         out.push(Item {
             id: format!("memotrap:{relation}:{}", i + 1),
             relation: relation.clone(),
-            subject: rest.trim().to_string(),
+            subject: subject.to_string(),
             question: prompt.to_string(),
             prompt: rest,
             context,
