@@ -252,16 +252,18 @@ pub fn evaluate(
         batch_size: batch,
         ..LabelOptions::new(form)
     };
-    evaluate_with(model, s, items, known, opts)
+    evaluate_with(model, s, items, known, opts, &mut |_| {})
 }
 
-/// [`evaluate`] with explicit labelling options (e.g. a longer answer budget).
+/// [`evaluate`] with explicit labelling options (e.g. a longer answer budget); `progress` gets
+/// the number of items done after each batch (of `items`, then of `known`).
 pub fn evaluate_with(
     model: &Model,
     s: &Setting,
     items: &[Item],
     known: &[Item],
     mut opts: LabelOptions,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<Eval> {
     opts.cad_beta = s.cad_beta;
     let ctx_items = if s.instruct {
@@ -269,7 +271,7 @@ pub fn evaluate_with(
     } else {
         items.to_vec()
     };
-    let runs = label::runs(model, &ctx_items, &opts, s.plan.as_ref(), true, &mut |_| {})?;
+    let runs = label::runs(model, &ctx_items, &opts, s.plan.as_ref(), true, progress)?;
     let em = |names: &dyn Fn(&Item) -> Vec<&str>| -> Vec<bool> {
         items
             .iter()
@@ -285,14 +287,7 @@ pub fn evaluate_with(
     let closed = if known_items.is_empty() {
         vec![]
     } else {
-        label::runs(
-            model,
-            &known_items,
-            &opts,
-            s.plan.as_ref(),
-            false,
-            &mut |_| {},
-        )?
+        label::runs(model, &known_items, &opts, s.plan.as_ref(), false, progress)?
     };
     let mut per: BTreeMap<String, Vec<&Run>> = BTreeMap::new();
     for (it, r) in items.iter().zip(&runs) {
@@ -610,6 +605,19 @@ pub fn known_items(model: &Model, items: &[Item], form: Form, batch: usize) -> R
         .collect())
 }
 
+/// What a benchmark run reports as it goes.
+pub enum Event<'a> {
+    /// A finished step, as a line of text.
+    Line(&'a str),
+    /// An evaluation of `items` items (with context, then known facts closed-book) begins.
+    Begin { what: &'a str, items: usize },
+    /// `n` more items of the current evaluation are done.
+    Done(usize),
+}
+
+/// Receives a benchmark run's [`Event`]s.
+pub type OnEvent<'a> = dyn FnMut(Event) + 'a;
+
 /// The items one benchmark run works on: dev (strengths are chosen there) and test, each with
 /// its known facts (closed-book greedy answer = prior) for measuring retention.
 pub struct Split {
@@ -652,13 +660,23 @@ impl Split {
         test: bool,
         batch: usize,
         res: &Resources,
+        on: &mut OnEvent,
     ) -> Result<Eval> {
         let (items, known) = if test {
             (&self.test, &self.test_known)
         } else {
             (&self.dev, &self.dev_known)
         };
-        let mut e = evaluate_with(model, s, items, known, opts(self.form, batch, res))?;
+        let mut what = format!("{} {}", if test { "test" } else { "dev" }, s.method.name());
+        if s.label != s.method.name() {
+            what += &format!(" {}", s.label);
+        }
+        on(Event::Begin {
+            what: &what,
+            items: items.len() + known.len(),
+        });
+        let o = opts(self.form, batch, res);
+        let mut e = evaluate_with(model, s, items, known, o, &mut |n| on(Event::Done(n)))?;
         e.perplexity_ratio = e.perplexity / self.base_ppl;
         Ok(e)
     }
@@ -672,19 +690,19 @@ pub fn run(
     res: &Resources,
     form: Form,
     batch: usize,
-    log: &mut dyn FnMut(&str),
+    on: &mut OnEvent,
 ) -> Result<Vec<MethodResult>> {
     let split = Split::new(model, items, form, batch)?;
-    log(&format!(
+    on(Event::Line(&format!(
         "{} dev items ({} known), {} test items ({} known)",
         split.dev.len(),
         split.dev_known.len(),
         split.test.len(),
         split.test_known.len()
-    ));
+    )));
     methods
         .iter()
-        .map(|m| run_method(model, *m, &split, res, batch, log))
+        .map(|m| run_method(model, *m, &split, res, batch, on))
         .collect()
 }
 
@@ -695,18 +713,18 @@ pub fn run_method(
     split: &Split,
     res: &Resources,
     batch: usize,
-    log: &mut dyn FnMut(&str),
+    on: &mut OnEvent,
 ) -> Result<MethodResult> {
     let t0 = std::time::Instant::now();
     let settings = grid(model, m, res)?;
     let mut sweep = Vec::new();
     // A single setting has nothing to choose: it is not swept.
     for s in settings.iter().filter(|_| settings.len() > 1) {
-        let e = split.measure(model, s, false, batch, res)?;
-        log(&format!(
+        let e = split.measure(model, s, false, batch, res, on)?;
+        on(Event::Line(&format!(
             "dev {:?} {}: adherence {:.3}, retention {:.3}, ppl x{:.3}",
             m, s.label, e.adherence.value, e.retention.value, e.perplexity_ratio
-        ));
+        )));
         sweep.push(e);
     }
     let (i, met) = if settings.len() > 1 {
@@ -714,15 +732,15 @@ pub fn run_method(
     } else {
         (0, true)
     };
-    let test_eval = split.measure(model, &settings[i], true, batch, res)?;
-    log(&format!(
+    let test_eval = split.measure(model, &settings[i], true, batch, res, on)?;
+    on(Event::Line(&format!(
         "test {:?} {}: adherence {:.3} [{:.3}, {:.3}]",
         m,
         settings[i].label,
         test_eval.adherence.value,
         test_eval.adherence.ci_low,
         test_eval.adherence.ci_high
-    ));
+    )));
     Ok(MethodResult {
         method: m,
         sweep,

@@ -227,7 +227,11 @@ pub fn run(
         &res,
         opts.form,
         opts.batch_size,
-        &mut |m| stage(m),
+        &mut |e| {
+            if let bench::Event::Line(m) = e {
+                stage(m)
+            }
+        },
     )?;
     crate::report::sweep_chart(&methods, &out.join("sweep.svg"))?;
     lap("bench", &mut timings);

@@ -12,7 +12,7 @@
 //!
 //! The published figures we could verify sit beside ours.
 
-use crate::bench::{self, Method, MethodResult, Rate, Resources};
+use crate::bench::{self, Event, Method, MethodResult, Rate, Resources};
 use crate::data::{self, Form, ImportFormat, Item};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -278,19 +278,19 @@ pub fn run_one(
     methods: &[Method],
     res: &Resources,
     opts: &PublicOptions,
-    log: &mut dyn FnMut(&str),
+    on: &mut bench::OnEvent,
 ) -> Result<Section> {
     let t0 = std::time::Instant::now();
     let mut items = sample(load(dir, name)?, opts.limit, opts.seed);
     split(&mut items, opts.seed, opts.dev_share);
     let (dev, test) = bench::dev_test(&items);
     let dev = sample(dev, opts.dev_limit, opts.seed);
-    log(&format!(
+    on(Event::Line(&format!(
         "{name}: {} items ({} dev used for choosing strengths, {} test)",
         items.len(),
         dev.len(),
         test.len()
-    ));
+    )));
     let res = Resources {
         probes: res.probes.clone(),
         heads: res.heads.clone(),
@@ -300,13 +300,13 @@ pub fn run_one(
     };
     let used: Vec<Item> = dev.into_iter().chain(test).collect();
     let split = bench::Split::new(model, &used, Form::Completion, opts.batch_size)?;
-    log(&format!(
+    on(Event::Line(&format!(
         "{name}: {} dev ({} known), {} test ({} known)",
         split.dev.len(),
         split.dev_known.len(),
         split.test.len(),
         split.test_known.len()
-    ));
+    )));
     let mut seconds = t0.elapsed().as_secs_f64();
     let mut results = Vec::new();
     for m in methods {
@@ -317,11 +317,14 @@ pub fn run_one(
         };
         let r = match saved {
             Some(r) => {
-                log(&format!("{name} {}: reusing the saved part", m.name()));
+                on(Event::Line(&format!(
+                    "{name} {}: reusing the saved part",
+                    m.name()
+                )));
                 r
             }
             None => {
-                let r = bench::run_method(model, *m, &split, &res, opts.batch_size, log)?;
+                let r = bench::run_method(model, *m, &split, &res, opts.batch_size, on)?;
                 if let Some(d) = &opts.parts {
                     save_part(d, name, *m, key, &r)?;
                 }

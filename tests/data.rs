@@ -287,7 +287,9 @@ fn memotrap_import_splits_instruction_from_text_and_checks_classes() {
     assert_eq!(qa[0].prompt, "Answer:");
     // Each question is its own subject (the shared cue "Answer:" would put every question of
     // the file in one split).
-    assert!(qa[0].subject.starts_with("What was the common wisdom before"));
+    assert!(qa[0]
+        .subject
+        .starts_with("What was the common wisdom before"));
     assert_ne!(qa[0].subject, qa[1].subject);
     assert!(qa[0].context.ends_with("B. The Earth is flat.\n"));
     assert_eq!(

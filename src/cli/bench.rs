@@ -2,11 +2,10 @@
 
 use super::*;
 use anyhow::{bail, Context, Result};
-use ctxsteer::{Model, WeightsMode};
+use ctxsteer::{bench, Model, WeightsMode};
 use std::path::PathBuf;
 
 pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
-    use ctxsteer::bench;
     let (items, skipped) = ctxsteer::data::read_jsonl(&a.data, a.skip_invalid)?;
     if skipped > 0 {
         eprintln!("skipped {skipped} invalid line(s)");
@@ -23,7 +22,7 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
         &res,
         a.form,
         a.batch_size,
-        &mut |m| eprintln!("{m}"),
+        &mut progress_events(),
     )?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     ctxsteer::report::sweep_chart(&methods, &a.out.join("sweep.svg"))?;
@@ -216,7 +215,7 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
             &a.methods,
             &res,
             &opts,
-            &mut |m| eprintln!("{m}"),
+            &mut progress_events(),
         )?);
         // Written after each benchmark, so a long run has a report of what is finished.
         ctxsteer::public::write(&report, &a.out)?;
@@ -224,4 +223,26 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
     print!("{}", ctxsteer::public::markdown(&report));
     println!("report written to {}", a.out.join("report.md").display());
     Ok(())
+}
+
+/// Prints a benchmark's lines, with a progress bar under them for the evaluation under way.
+fn progress_events() -> impl FnMut(bench::Event) {
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    move |e| match e {
+        bench::Event::Line(m) => match &bar {
+            Some(b) => b.suspend(|| eprintln!("{m}")),
+            None => eprintln!("{m}"),
+        },
+        bench::Event::Begin { what, items } => {
+            if let Some(b) = bar.take() {
+                b.finish_and_clear();
+            }
+            bar = Some(ctxsteer::progress::bar(items as u64, what, false));
+        }
+        bench::Event::Done(n) => {
+            if let Some(b) = &bar {
+                b.inc(n as u64)
+            }
+        }
+    }
 }
