@@ -93,7 +93,12 @@ fn rate(flags: &[bool], seed: u64) -> Rate {
     let v: Vec<f64> = flags.iter().map(|f| *f as u8 as f64).collect();
     let (ci_low, ci_high) = crate::stats::bootstrap_ci(&v, 1000, seed);
     Rate {
-        value: v.iter().sum::<f64>() / v.len().max(1) as f64,
+        // An empty sum of floats is -0.0; no items is a rate of 0 (shown as n/a where n = 0).
+        value: if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        },
         ci_low,
         ci_high,
         n: v.len(),
@@ -758,4 +763,19 @@ fn opts(form: Form, batch: usize, res: &Resources) -> LabelOptions {
         o.max_new = n;
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_of_no_items_is_a_plain_zero() {
+        let r = rate(&[], 0);
+        assert_eq!((r.value, r.n), (0.0, 0));
+        assert!(r.value.is_sign_positive(), "{:?}", r.value);
+        assert_eq!(format!("{:.3}", r.value), "0.000");
+        let r = rate(&[true, false, true, true], 0);
+        assert_eq!((r.value, r.n), (0.75, 4));
+    }
 }
