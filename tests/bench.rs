@@ -128,6 +128,20 @@ fn the_dev_choice_respects_the_cost_constraints() {
     // None qualifies: the one that keeps the most memory, flagged.
     let evals = vec![eval(0.9, 0.5, 1.0), eval(0.8, 0.7, 1.3)];
     assert_eq!(bench::choose(&evals), (1, false));
+    // No known dev fact (NQ-Swap): retention is not measured, so adherence and perplexity
+    // decide; the last setting must not win just by being last among equal retentions.
+    let unknown = |adh: f64, ppl: f64| {
+        let mut e = eval(adh, 0.0, ppl);
+        e.retention = Rate::default();
+        e
+    };
+    let evals = vec![
+        unknown(0.14, 1.0),
+        unknown(0.21, 1.0),
+        unknown(0.3, 1.2),
+        unknown(0.10, 1.0),
+    ];
+    assert_eq!(bench::choose(&evals), (1, true));
 }
 
 #[test]
