@@ -358,6 +358,7 @@ pub fn evaluate_with(
 }
 
 /// What the sweeps may use: probe file for steering, heads ranked by patching.
+#[derive(Clone)]
 pub struct Resources {
     pub probes: Option<crate::probe::ProbeFile>,
     /// (layer, head) pairs, the strongest prior-pushing first.
@@ -660,6 +661,17 @@ impl Split {
         })
     }
 
+    /// "N dev (K known), M test (J known)", for the log.
+    pub fn counts(&self) -> String {
+        format!(
+            "{} dev ({} known), {} test ({} known)",
+            self.dev.len(),
+            self.dev_known.len(),
+            self.test.len(),
+            self.test_known.len()
+        )
+    }
+
     /// Measure `s` on test (else dev), its perplexity relative to no intervention.
     fn measure(
         &self,
@@ -701,13 +713,7 @@ pub fn run(
     on: &mut OnEvent,
 ) -> Result<Vec<MethodResult>> {
     let split = Split::new(model, items, form, batch)?;
-    on(Event::Line(&format!(
-        "{} dev items ({} known), {} test items ({} known)",
-        split.dev.len(),
-        split.dev_known.len(),
-        split.test.len(),
-        split.test_known.len()
-    )));
+    on(Event::Line(&split.counts()));
     methods
         .iter()
         .map(|m| run_method(model, *m, &split, res, batch, on))

@@ -100,6 +100,7 @@ struct Part {
 /// and the method's settings as the sweep would label them (probe site, heads, strengths).
 fn part_key(
     model: &Model,
+    sha256: &str,
     name: &str,
     m: Method,
     res: &Resources,
@@ -112,7 +113,7 @@ fn part_key(
         .collect();
     Ok(format!(
         "{name}|{}|limit={:?}|seed={}|dev_share={}|dev_limit={:?}|dev={}|test={}|max_new={:?}|{}|heads={:?}|ctx_heads={:?}|gate={:?}",
-        model.identity()?.sha256,
+        sha256,
         opts.limit,
         opts.seed,
         opts.dev_share,
@@ -292,25 +293,18 @@ pub fn run_one(
         test.len()
     )));
     let res = Resources {
-        probes: res.probes.clone(),
-        heads: res.heads.clone(),
-        context_heads: res.context_heads.clone(),
-        gate: res.gate.clone(),
         max_new: Some(if name == "nqswap" { 12 } else { 8 }),
+        ..res.clone()
     };
     let used: Vec<Item> = dev.into_iter().chain(test).collect();
     let split = bench::Split::new(model, &used, Form::Completion, opts.batch_size)?;
-    on(Event::Line(&format!(
-        "{name}: {} dev ({} known), {} test ({} known)",
-        split.dev.len(),
-        split.dev_known.len(),
-        split.test.len(),
-        split.test_known.len()
-    )));
+    on(Event::Line(&format!("{name}: {}", split.counts())));
+    // The model's checksum reads the whole file: once per benchmark, not once per method.
+    let sha256 = model.identity()?.sha256;
     let mut seconds = t0.elapsed().as_secs_f64();
     let mut results = Vec::new();
     for m in methods {
-        let key = part_key(model, name, *m, &res, opts, &split)?;
+        let key = part_key(model, &sha256, name, *m, &res, opts, &split)?;
         let saved = match (&opts.parts, opts.resume) {
             (Some(d), true) => saved_part(d, name, *m, &key),
             _ => None,
