@@ -14,6 +14,7 @@
 
 use crate::data::{Form, Item};
 use crate::error::{Error, Result};
+use crate::journal::Scoped;
 use crate::label::{self, Answer, LabelOptions, Run};
 use crate::model::{Batch, LogitsAt, Model};
 use crate::steer::{Mode, Plan, Steering};
@@ -257,17 +258,19 @@ pub fn evaluate(
         batch_size: batch,
         ..LabelOptions::new(form)
     };
-    evaluate_with(model, s, items, known, opts, &mut |_| {})
+    evaluate_with(model, s, items, known, opts, None, &mut |_| {})
 }
 
 /// [`evaluate`] with explicit labelling options (e.g. a longer answer budget); `progress` gets
-/// the number of items done after each batch (of `items`, then of `known`).
+/// the number of items done after each batch (of `items`, then of `known`). With a journal,
+/// runs already saved there are reused and new ones are saved as they finish.
 pub fn evaluate_with(
     model: &Model,
     s: &Setting,
     items: &[Item],
     known: &[Item],
     mut opts: LabelOptions,
+    mut journal: Option<&mut Scoped>,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Eval> {
     opts.cad_beta = s.cad_beta;
@@ -276,7 +279,17 @@ pub fn evaluate_with(
     } else {
         items.to_vec()
     };
-    let runs = label::runs(model, &ctx_items, &opts, s.plan.as_ref(), true, progress)?;
+    let plan = s.plan.as_ref();
+    let mut items_journal = journal.as_deref_mut().map(|j| j.sub("items"));
+    let runs = label::runs(
+        model,
+        &ctx_items,
+        &opts,
+        plan,
+        true,
+        items_journal.as_mut(),
+        progress,
+    )?;
     let em = |names: &dyn Fn(&Item) -> Vec<&str>| -> Vec<bool> {
         items
             .iter()
@@ -292,7 +305,16 @@ pub fn evaluate_with(
     let closed = if known_items.is_empty() {
         vec![]
     } else {
-        label::runs(model, &known_items, &opts, s.plan.as_ref(), false, progress)?
+        let mut known_journal = journal.map(|j| j.sub("known"));
+        label::runs(
+            model,
+            &known_items,
+            &opts,
+            plan,
+            false,
+            known_journal.as_mut(),
+            progress,
+        )?
     };
     let mut per: BTreeMap<String, Vec<&Run>> = BTreeMap::new();
     for (it, r) in items.iter().zip(&runs) {
@@ -602,10 +624,17 @@ pub fn dev_test(items: &[Item]) -> (Vec<Item>, Vec<Item>) {
 }
 
 /// Known facts among `items`: those whose closed-book greedy answer is the prior.
-pub fn known_items(model: &Model, items: &[Item], form: Form, batch: usize) -> Result<Vec<Item>> {
+pub fn known_items(
+    model: &Model,
+    items: &[Item],
+    form: Form,
+    batch: usize,
+    journal: Option<&mut Scoped>,
+) -> Result<Vec<Item>> {
     let mut opts = LabelOptions::new(form);
     opts.batch_size = batch;
-    let runs = label::runs(model, items, &opts, &crate::Spec::new(), false, &mut |_| {})?;
+    let spec = crate::Spec::new();
+    let runs = label::runs(model, items, &opts, &spec, false, journal, &mut |_| {})?;
     Ok(items
         .iter()
         .zip(runs)
@@ -640,8 +669,15 @@ pub struct Split {
 }
 
 impl Split {
-    /// Split `items` (see [`dev_test`]) and find the known facts of each part.
-    pub fn new(model: &Model, items: &[Item], form: Form, batch: usize) -> Result<Split> {
+    /// Split `items` (see [`dev_test`]) and find the known facts of each part (saved to and
+    /// reused from `journal` when one is given).
+    pub fn new(
+        model: &Model,
+        items: &[Item],
+        form: Form,
+        batch: usize,
+        mut journal: Option<&mut Scoped>,
+    ) -> Result<Split> {
         let (dev, test) = dev_test(items);
         if dev.is_empty() || test.is_empty() {
             return Err(Error::Invalid(format!(
@@ -651,9 +687,13 @@ impl Split {
                 test.len()
             )));
         }
+        let mut dev_j = journal.as_deref_mut().map(|j| j.sub("known dev"));
+        let dev_known = known_items(model, &dev, form, batch, dev_j.as_mut())?;
+        let mut test_j = journal.map(|j| j.sub("known test"));
+        let test_known = known_items(model, &test, form, batch, test_j.as_mut())?;
         Ok(Split {
-            dev_known: known_items(model, &dev, form, batch)?,
-            test_known: known_items(model, &test, form, batch)?,
+            dev_known,
+            test_known,
             dev,
             test,
             form,
@@ -673,6 +713,7 @@ impl Split {
     }
 
     /// Measure `s` on test (else dev), its perplexity relative to no intervention.
+    #[allow(clippy::too_many_arguments)]
     fn measure(
         &self,
         model: &Model,
@@ -680,6 +721,7 @@ impl Split {
         test: bool,
         batch: usize,
         res: &Resources,
+        journal: Option<&mut Scoped>,
         on: &mut OnEvent,
     ) -> Result<Eval> {
         let (items, known) = if test {
@@ -696,7 +738,10 @@ impl Split {
             items: items.len() + known.len(),
         });
         let o = opts(self.form, batch, res);
-        let mut e = evaluate_with(model, s, items, known, o, &mut |n| on(Event::Done(n)))?;
+        let mut journal = journal.map(|j| j.sub(&what));
+        let mut e = evaluate_with(model, s, items, known, o, journal.as_mut(), &mut |n| {
+            on(Event::Done(n))
+        })?;
         e.perplexity_ratio = e.perplexity / self.base_ppl;
         Ok(e)
     }
@@ -712,21 +757,23 @@ pub fn run(
     batch: usize,
     on: &mut OnEvent,
 ) -> Result<Vec<MethodResult>> {
-    let split = Split::new(model, items, form, batch)?;
+    let split = Split::new(model, items, form, batch, None)?;
     on(Event::Line(&split.counts()));
     methods
         .iter()
-        .map(|m| run_method(model, *m, &split, res, batch, on))
+        .map(|m| run_method(model, *m, &split, res, batch, None, on))
         .collect()
 }
 
 /// One method: sweep its settings on dev (when it has several), measure the chosen on test.
+/// With a journal, every evaluation's runs are saved as they finish and reused when found.
 pub fn run_method(
     model: &Model,
     m: Method,
     split: &Split,
     res: &Resources,
     batch: usize,
+    mut journal: Option<&mut Scoped>,
     on: &mut OnEvent,
 ) -> Result<MethodResult> {
     let t0 = std::time::Instant::now();
@@ -734,7 +781,7 @@ pub fn run_method(
     let mut sweep = Vec::new();
     // A single setting has nothing to choose: it is not swept.
     for s in settings.iter().filter(|_| settings.len() > 1) {
-        let e = split.measure(model, s, false, batch, res, on)?;
+        let e = split.measure(model, s, false, batch, res, journal.as_deref_mut(), on)?;
         on(Event::Line(&format!(
             "dev {:?} {}: adherence {:.3}, retention {:.3}, ppl x{:.3}",
             m, s.label, e.adherence.value, e.retention.value, e.perplexity_ratio
@@ -746,7 +793,7 @@ pub fn run_method(
     } else {
         (0, true)
     };
-    let test_eval = split.measure(model, &settings[i], true, batch, res, on)?;
+    let test_eval = split.measure(model, &settings[i], true, batch, res, journal, on)?;
     on(Event::Line(&format!(
         "test {:?} {}: adherence {:.3} [{:.3}, {:.3}]",
         m,

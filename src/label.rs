@@ -11,6 +11,7 @@
 use crate::data::{Form, Item};
 use crate::error::Result;
 use crate::generate::{greedy_and_score, Stop};
+use crate::journal::Scoped;
 use crate::model::Model;
 use crate::steer::Plan;
 use serde::{Deserialize, Serialize};
@@ -240,26 +241,41 @@ pub fn length_batches(lens: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
 }
 
 /// One condition (closed-book or with context) for every item, batched by prompt length;
-/// the output keeps the input order.
+/// the output keeps the input order. With a journal, items already in it are not run again and
+/// each finished batch is saved to it.
 pub fn runs(
     model: &Model,
     items: &[Item],
     opts: &LabelOptions,
     plan: &dyn Plan,
     with_context: bool,
+    mut journal: Option<&mut Scoped>,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Run>> {
-    let lens: Vec<usize> = items
+    let key = |j: &Scoped, i: usize| j.key(with_context, i, &items[i].id);
+    let mut out: Vec<Option<Run>> = match journal.as_deref() {
+        Some(j) => (0..items.len())
+            .map(|i| j.journal.get(&key(j, i)).cloned())
+            .collect(),
+        None => vec![None; items.len()],
+    };
+    let todo: Vec<usize> = (0..items.len()).filter(|i| out[*i].is_none()).collect();
+    if todo.len() < items.len() {
+        progress(items.len() - todo.len());
+    }
+    let lens: Vec<usize> = todo
         .iter()
-        .map(|it| Ok(query_ids(model, it, opts.form, with_context)?.len()))
+        .map(|i| Ok(query_ids(model, &items[*i], opts.form, with_context)?.len()))
         .collect::<Result<_>>()?;
-    let mut out: Vec<Option<Run>> = vec![None; items.len()];
     for chunk in &length_batches(&lens, opts.batch_size) {
-        let batch: Vec<Item> = chunk.iter().map(|i| items[*i].clone()).collect();
-        for (i, r) in chunk
-            .iter()
-            .zip(run_batch(model, &batch, opts, plan, with_context)?)
-        {
+        let idx: Vec<usize> = chunk.iter().map(|c| todo[*c]).collect();
+        let batch: Vec<Item> = idx.iter().map(|i| items[*i].clone()).collect();
+        let done = run_batch(model, &batch, opts, plan, with_context)?;
+        if let Some(j) = journal.as_deref_mut() {
+            let keyed = idx.iter().map(|i| key(j, *i)).zip(done.iter().cloned());
+            j.journal.record(keyed.collect())?;
+        }
+        for (i, r) in idx.iter().zip(done) {
             out[*i] = Some(r);
         }
         progress(chunk.len());

@@ -14,6 +14,7 @@ pub mod density;
 pub mod error;
 pub mod generate;
 pub mod hooks;
+pub mod journal;
 pub mod label;
 pub mod model;
 pub mod patch;

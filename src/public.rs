@@ -15,6 +15,7 @@
 use crate::bench::{self, Event, Method, MethodResult, Rate, Resources};
 use crate::data::{self, Form, ImportFormat, Item};
 use crate::error::{Error, Result};
+use crate::journal::{Journal, Scoped};
 use crate::model::Model;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -297,10 +298,24 @@ pub fn run_one(
         ..res.clone()
     };
     let used: Vec<Item> = dev.into_iter().chain(test).collect();
-    let split = bench::Split::new(model, &used, Form::Completion, opts.batch_size)?;
-    on(Event::Line(&format!("{name}: {}", split.counts())));
     // The model's checksum reads the whole file: once per benchmark, not once per method.
     let sha256 = model.identity()?.sha256;
+    let mut journal = match &opts.parts {
+        Some(d) => Some(open_journal(d, name, opts.resume, on)?),
+        None => None,
+    };
+    let split_scope = format!(
+        "{name}|{sha256}|limit={:?}|seed={}|dev_share={}|dev_limit={:?}|split",
+        opts.limit, opts.seed, opts.dev_share, opts.dev_limit
+    );
+    let split = bench::Split::new(
+        model,
+        &used,
+        Form::Completion,
+        opts.batch_size,
+        scoped(&mut journal, &split_scope).as_mut(),
+    )?;
+    on(Event::Line(&format!("{name}: {}", split.counts())));
     let mut seconds = t0.elapsed().as_secs_f64();
     let mut results = Vec::new();
     for m in methods {
@@ -318,7 +333,9 @@ pub fn run_one(
                 r
             }
             None => {
-                let r = bench::run_method(model, *m, &split, &res, opts.batch_size, on)?;
+                let mut j = scoped(&mut journal, &key);
+                let r =
+                    bench::run_method(model, *m, &split, &res, opts.batch_size, j.as_mut(), on)?;
                 if let Some(d) = &opts.parts {
                     save_part(d, name, *m, key, &r)?;
                 }
@@ -354,6 +371,27 @@ pub fn run_one(
         published,
         note,
     })
+}
+
+/// The journal's place for the runs made under `key` (hashed: keys are long).
+fn scoped<'a>(journal: &'a mut Option<Journal>, key: &str) -> Option<Scoped<'a>> {
+    journal.as_mut().map(|j| Scoped {
+        journal: j,
+        scope: format!("{:016x}", data::stable_hash(key)),
+    })
+}
+
+/// The benchmark's journal of finished runs, `DIR/NAME.runs.jsonl`: kept with `resume`, else
+/// started afresh.
+fn open_journal(dir: &Path, name: &str, resume: bool, on: &mut bench::OnEvent) -> Result<Journal> {
+    let j = Journal::open(&dir.join(format!("{name}.runs.jsonl")), resume)?;
+    if !j.is_empty() {
+        on(Event::Line(&format!(
+            "{name}: {} finished runs in the journal are reused where their settings match",
+            j.len()
+        )));
+    }
+    Ok(j)
 }
 
 fn save_part(dir: &Path, name: &str, m: Method, key: String, r: &MethodResult) -> Result<()> {

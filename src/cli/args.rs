@@ -218,8 +218,9 @@ pub struct PublicArgs {
     /// Test always keeps every item of the run.
     #[arg(long, default_value_t = 200)]
     pub dev_limit: usize,
-    /// Reuse the finished (benchmark, method) parts in OUT/parts whose settings match, so an
-    /// interrupted run goes on where it stopped; each part is saved as it finishes.
+    /// Go on where an interrupted run stopped: reuse the finished (benchmark, method) parts in
+    /// OUT/parts whose settings match, and, inside a method, the item runs already saved in
+    /// OUT/parts/BENCHMARK.runs.jsonl (saved batch by batch). Without it both start afresh.
     #[arg(long)]
     pub resume: bool,
     /// Probe file for steer and steer-gated.

@@ -1,0 +1,164 @@
+//! A journal of finished runs, so that a long evaluation that stops (a killed process, a
+//! machine handed back, a session's end) goes on where it stopped instead of starting over.
+//!
+//! One JSONL file; each line is one item's [`Run`] under a key that names the evaluation it
+//! belongs to (benchmark, method settings, dev or test, condition) and the item. Lines are
+//! appended batch by batch and flushed, so at most the batch under way is lost. A line cut
+//! off by a kill is dropped when the journal is opened again.
+
+use crate::error::{Error, Result};
+use crate::label::Run;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    key: String,
+    run: Run,
+}
+
+/// Finished runs by key, backed by an append-only JSONL file.
+pub struct Journal {
+    path: PathBuf,
+    file: std::fs::File,
+    done: HashMap<String, Run>,
+}
+
+impl Journal {
+    /// Open the journal at `path`. With `resume`, the runs already there are kept; without it
+    /// the file is started afresh.
+    pub fn open(path: &Path, resume: bool) -> Result<Journal> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+        }
+        let mut done = HashMap::new();
+        if resume && path.exists() {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+            // Only whole lines count: a kill can leave the last one cut off.
+            let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            for l in whole.lines().filter(|l| !l.trim().is_empty()) {
+                if let Ok(line) = serde_json::from_str::<Line>(l) {
+                    done.insert(line.key, line.run);
+                }
+            }
+            // Rewrite without the cut-off tail, so that appends start on a fresh line.
+            if whole.len() != text.len() {
+                crate::data::write_atomic(path, whole.as_bytes())?;
+            }
+        } else {
+            std::fs::write(path, b"").map_err(|e| Error::file(path, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::file(path, e))?;
+        Ok(Journal {
+            path: path.to_path_buf(),
+            file,
+            done,
+        })
+    }
+
+    /// The run saved under `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&Run> {
+        self.done.get(key)
+    }
+
+    /// How many runs the journal holds.
+    pub fn len(&self) -> usize {
+        self.done.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.done.is_empty()
+    }
+
+    /// Append finished runs and flush them to disk.
+    pub fn record(&mut self, runs: Vec<(String, Run)>) -> Result<()> {
+        let mut buf = Vec::new();
+        for (key, run) in runs {
+            let line = Line { key, run };
+            serde_json::to_writer(&mut buf, &line).map_err(|e| Error::Invalid(e.to_string()))?;
+            buf.push(b'\n');
+            self.done.insert(line.key, line.run);
+        }
+        self.file
+            .write_all(&buf)
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::file(&self.path, e))
+    }
+}
+
+/// One evaluation's place in a journal: keys are `scope|condition|index|item id`.
+pub struct Scoped<'a> {
+    pub journal: &'a mut Journal,
+    pub scope: String,
+}
+
+impl Scoped<'_> {
+    /// The key of item `i` (id `id`) of this evaluation, closed-book or with context.
+    pub fn key(&self, with_context: bool, i: usize, id: &str) -> String {
+        let cond = if with_context { "context" } else { "closed" };
+        format!("{}|{cond}|{i}|{id}", self.scope)
+    }
+
+    /// The same journal under a longer scope.
+    pub fn sub(&mut self, part: &str) -> Scoped<'_> {
+        Scoped {
+            scope: format!("{}|{part}", self.scope),
+            journal: self.journal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::label::Answer;
+
+    fn run(text: &str) -> Run {
+        Run {
+            logp_prior: -1.25,
+            logp_context: -0.5,
+            tf_winner: Answer::Context,
+            greedy: text.into(),
+            greedy_answer: Answer::Neither,
+        }
+    }
+
+    #[test]
+    fn runs_survive_a_reopen_and_a_cut_off_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut j = Journal::open(&path, false).unwrap();
+        j.record(vec![
+            ("a".into(), run(" Paris")),
+            ("b".into(), run(" Rome")),
+        ])
+        .unwrap();
+        drop(j);
+        // A kill in the middle of a write leaves half a line.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"{\"key\":\"c\",\"run\":{\"logp_pr").unwrap();
+        drop(f);
+        let mut j = Journal::open(&path, true).unwrap();
+        assert_eq!(j.len(), 2);
+        assert_eq!(j.get("a").unwrap().greedy, " Paris");
+        assert_eq!(j.get("b").unwrap().logp_prior, -1.25);
+        assert!(j.get("c").is_none());
+        j.record(vec![("c".into(), run(" Oslo"))]).unwrap();
+        drop(j);
+        let j = Journal::open(&path, true).unwrap();
+        assert_eq!(j.len(), 3);
+        assert_eq!(j.get("c").unwrap().greedy, " Oslo");
+        // Without resume the journal starts empty.
+        let j = Journal::open(&path, false).unwrap();
+        assert!(j.is_empty());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+}
