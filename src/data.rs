@@ -34,6 +34,10 @@ pub struct Item {
     /// counterfactual, true_context or no_context (built-in data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// Text put before the query in both conditions, closed-book and with context: k-shot
+    /// demonstrations (`bench public --shots`). Usually empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
 }
 
 /// How a query is put to the model.
@@ -53,15 +57,16 @@ impl Item {
             Form::Completion => &self.prompt,
             Form::Chat => &self.question,
         };
+        let p = &self.prefix;
         if with_context && !self.context.is_empty() {
             // A context that ends a line (e.g. NQ-Swap's `context: ...\n`) joins without a space.
             if self.context.ends_with('\n') {
-                format!("{}{q}", self.context)
+                format!("{p}{}{q}", self.context)
             } else {
-                format!("{} {q}", self.context)
+                format!("{p}{} {q}", self.context)
             }
         } else {
-            q.clone()
+            format!("{p}{q}")
         }
     }
 
@@ -207,6 +212,7 @@ pub fn neutral_items() -> Vec<Item> {
                 context_aliases: vec![],
                 split: Some(split_of(&subject).to_string()),
                 variant: Some("neutral".into()),
+                prefix: String::new(),
                 subject,
             }
         })
@@ -409,6 +415,7 @@ pub fn build() -> Result<Built> {
                 context_aliases: cf.aliases.clone(),
                 split: Some(split_of(&f.subject).to_string()),
                 variant: Some("counterfactual".into()),
+                prefix: String::new(),
             };
             built.true_context.push(Item {
                 context: fill(&t.context[ci], &f.subject, &f.object),
@@ -586,6 +593,7 @@ fn import_counterfact(path: &Path, text: &str) -> Result<Vec<Item>> {
                 context_aliases: vec![],
                 split: None,
                 variant: Some("counterfactual".into()),
+                prefix: String::new(),
             })
         };
         out.push(conv().map_err(|m| Error::file(path, m))?);
@@ -709,6 +717,7 @@ fn import_nqswap(path: &Path, text: &str) -> Result<Vec<Item>> {
             context_aliases: sub[1..].to_vec(),
             split: None,
             variant: Some("counterfactual".into()),
+            prefix: String::new(),
         });
     }
     if out.is_empty() {
@@ -812,6 +821,7 @@ fn import_memotrap(path: &Path, text: &str) -> Result<Vec<Item>> {
             context_aliases: vec![],
             split: None,
             variant: Some("counterfactual".into()),
+            prefix: String::new(),
         });
     }
     if out.is_empty() {
@@ -872,6 +882,7 @@ fn import_world_capital(path: &Path, text: &str) -> Result<Vec<Item>> {
             context_aliases: vec![],
             split: None,
             variant: Some("counterfactual".into()),
+            prefix: String::new(),
         };
         out.push(Item {
             id: format!("world_capital:{}:substitution", i + 1),

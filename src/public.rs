@@ -87,6 +87,8 @@ pub struct PublicOptions {
     pub parts: Option<PathBuf>,
     /// Reuse parts found in `parts` whose settings match, instead of running them again.
     pub resume: bool,
+    /// NQ-Swap: this many demonstrations before every query (see [`add_shots`]).
+    pub shots: usize,
 }
 
 /// One finished (benchmark, method) measurement, saved so that a long run can resume.
@@ -126,7 +128,57 @@ fn part_key(
         res.heads,
         res.context_heads,
         res.gate.as_ref().map(|g| g.best.clone()),
-    ))
+    ) + &shots_key(name, opts))
+}
+
+/// The part of a key that says how many demonstrations the prompts carry; empty for zero-shot,
+/// so zero-shot keys are what they were before shots existed.
+fn shots_key(name: &str, opts: &PublicOptions) -> String {
+    match shots_for(name, opts) {
+        0 => String::new(),
+        k => format!("|shots={k}"),
+    }
+}
+
+/// The demonstrations a benchmark gets: `--shots` applies to NQ-Swap alone.
+fn shots_for(name: &str, opts: &PublicOptions) -> usize {
+    if name == "nqswap" {
+        opts.shots
+    } else {
+        0
+    }
+}
+
+/// k-shot demonstrations: the `k` dev items with the shortest prompts leave dev, and each is
+/// written out (context, query, its context answer) before every other item's query, closed-book
+/// ones too. Test items never serve as demonstrations.
+pub fn add_shots(dev: &mut Vec<Item>, test: &mut [Item], k: usize) -> Result<()> {
+    if k == 0 {
+        return Ok(());
+    }
+    if dev.len() <= k {
+        return Err(Error::Invalid(format!(
+            "--shots {k} needs more than {k} dev items to take the demonstrations from; this run has {}",
+            dev.len()
+        )));
+    }
+    let text = |it: &Item| it.query(Form::Completion, true);
+    let mut order: Vec<usize> = (0..dev.len()).collect();
+    order.sort_by_key(|i| (text(&dev[*i]).len(), dev[*i].id.clone()));
+    let prefix: String = order[..k]
+        .iter()
+        .map(|i| format!("{} {}\n\n", text(&dev[*i]), dev[*i].context_answer))
+        .collect();
+    let demos: std::collections::HashSet<usize> = order[..k].iter().copied().collect();
+    let mut i = 0;
+    dev.retain(|_| {
+        i += 1;
+        !demos.contains(&(i - 1))
+    });
+    for it in dev.iter_mut().chain(test.iter_mut()) {
+        it.prefix = prefix.clone();
+    }
+    Ok(())
 }
 
 fn part_path(dir: &Path, name: &str, m: Method) -> PathBuf {
@@ -285,7 +337,8 @@ pub fn run_one(
     let t0 = std::time::Instant::now();
     let mut items = sample(load(dir, name)?, opts.limit, opts.seed);
     split(&mut items, opts.seed, opts.dev_share);
-    let (dev, test) = bench::dev_test(&items);
+    let (mut dev, mut test) = bench::dev_test(&items);
+    add_shots(&mut dev, &mut test, shots_for(name, opts))?;
     let dev = sample(dev, opts.dev_limit, opts.seed);
     on(Event::Line(&format!(
         "{name}: {} items ({} dev used for choosing strengths, {} test)",
@@ -305,8 +358,12 @@ pub fn run_one(
         None => None,
     };
     let split_scope = format!(
-        "{name}|{sha256}|limit={:?}|seed={}|dev_share={}|dev_limit={:?}|split",
-        opts.limit, opts.seed, opts.dev_share, opts.dev_limit
+        "{name}|{sha256}|limit={:?}|seed={}|dev_share={}|dev_limit={:?}|split{}",
+        opts.limit,
+        opts.seed,
+        opts.dev_share,
+        opts.dev_limit,
+        shots_key(name, opts)
     );
     let split = bench::Split::new(
         model,
@@ -352,7 +409,10 @@ pub fn run_one(
     let (published, note) = match name {
         "nqswap" => (
             nqswap_published(),
-            "Published: SpARE's NQSwap table (larger models, their own prompting). Ours: `context: ...\\nquestion: ...\\nanswer:`, zero-shot, greedy, at most 12 tokens, the answer cut at the first line break.".to_string(),
+            format!("Published: SpARE's NQSwap table (larger models, their own prompting). Ours: `context: ...\\nquestion: ...\\nanswer:`, {}, greedy, at most 12 tokens, the answer cut at the first line break.", match shots_for(name, opts) {
+                0 => "zero-shot".to_string(),
+                k => format!("{k}-shot (the {k} dev items with the shortest prompts, written out with their context answers before every query and left out of dev)"),
+            }),
         ),
         "memotrap" => (
             vec![],
@@ -503,4 +563,62 @@ pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Public benchmarks</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}pre{{white-space:pre-wrap}}</style></head><body><pre>{esc}</pre></body></html>"
     );
     data::write_atomic(&dir.join("report.html"), html.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nq(i: usize, ctx: &str) -> Item {
+        Item {
+            id: format!("nqswap:{i}"),
+            relation: "nq".into(),
+            subject: format!("q{i}"),
+            question: format!("q{i}?"),
+            prompt: format!("question: q{i}\nanswer:"),
+            context: format!("context: {ctx}\n"),
+            prior_answer: format!("old{i}"),
+            context_answer: format!("new{i}"),
+            prior_aliases: vec![],
+            context_aliases: vec![],
+            split: None,
+            variant: None,
+            prefix: String::new(),
+        }
+    }
+
+    #[test]
+    fn shots_come_from_the_shortest_dev_items_and_precede_every_query() {
+        let mut dev = vec![
+            nq(1, "a long one here"),
+            nq(2, "x"),
+            nq(3, "yy"),
+            nq(4, "zzz z"),
+        ];
+        let mut test = vec![nq(5, "t")];
+        add_shots(&mut dev, &mut test, 2).unwrap();
+        let want =
+            "context: x\nquestion: q2\nanswer: new2\n\ncontext: yy\nquestion: q3\nanswer: new3\n\n";
+        // The demonstrations left dev; test is whole and gets them too, even its shortest item.
+        let ids: Vec<&str> = dev.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["nqswap:1", "nqswap:4"]);
+        assert_eq!(test.len(), 1);
+        for it in dev.iter().chain(&test) {
+            assert_eq!(it.prefix, want);
+        }
+        assert_eq!(
+            test[0].query(Form::Completion, true),
+            format!("{want}context: t\nquestion: q5\nanswer:")
+        );
+        assert_eq!(
+            test[0].query(Form::Completion, false),
+            format!("{want}question: q5\nanswer:")
+        );
+        // Zero shots change nothing; too few dev items is an error that says why.
+        let before = dev.clone();
+        add_shots(&mut dev, &mut test, 0).unwrap();
+        assert_eq!(dev, before);
+        let err = add_shots(&mut dev, &mut test, 2).unwrap_err().to_string();
+        assert!(err.contains("--shots 2") && err.contains("has 2"), "{err}");
+    }
 }

@@ -34,6 +34,7 @@ fn items() -> Vec<Item> {
             context_aliases: vec![],
             split: Some(if i < 4 { "dev" } else { "test" }.into()),
             variant: None,
+            prefix: String::new(),
         })
         .collect()
 }

@@ -23,6 +23,7 @@ fn item(i: usize) -> Item {
         context_aliases: vec![],
         split: Some("train".into()),
         variant: None,
+        prefix: String::new(),
     }
 }
 

@@ -77,6 +77,7 @@ fn conditions_and_measure_on_the_tiny_model() {
         context_aliases: vec![],
         split: None,
         variant: None,
+        prefix: String::new(),
     };
     let known = std::collections::BTreeMap::from([("x".to_string(), true)]);
     let probes = density::conditions(&m, &[item], Some(&known)).unwrap();

@@ -218,6 +218,10 @@ pub struct PublicArgs {
     /// Test always keeps every item of the run.
     #[arg(long, default_value_t = 200)]
     pub dev_limit: usize,
+    /// NQ-Swap only: put K worked examples (context, question, answer) before every query, the
+    /// K dev items with the shortest prompts, which then leave dev. 0: zero-shot.
+    #[arg(long, default_value_t = 0)]
+    pub shots: usize,
     /// Go on where an interrupted run stopped: reuse the finished (benchmark, method) parts in
     /// OUT/parts whose settings match, and, inside a method, the item runs already saved in
     /// OUT/parts/BENCHMARK.runs.jsonl (saved batch by batch). Without it both start afresh.

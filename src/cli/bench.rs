@@ -198,6 +198,7 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
         dev_limit: (a.dev_limit > 0).then_some(a.dev_limit),
         parts: Some(a.out.join("parts")),
         resume: a.resume,
+        shots: a.shots,
     };
     let mut report = ctxsteer::public::PublicReport {
         model: model.identity()?,
