@@ -593,6 +593,10 @@ pub struct MethodResult {
     /// Wall-clock seconds of the sweep and the test measurement.
     #[serde(default)]
     pub seconds: f64,
+    /// Item runs taken from a journal of an earlier, interrupted run rather than run again:
+    /// where this is not 0, `seconds` counts only the work done after the resume.
+    #[serde(default)]
+    pub reused_runs: usize,
 }
 
 /// Split items into (dev, test): their own split field, else a seeded half split by subject.
@@ -809,6 +813,7 @@ pub fn run_method(
         constraints_met: met,
         test: test_eval,
         seconds: t0.elapsed().as_secs_f64(),
+        reused_runs: 0,
     })
 }
 

@@ -24,6 +24,8 @@ pub struct Journal {
     path: PathBuf,
     file: std::fs::File,
     done: HashMap<String, Run>,
+    /// How many runs [`Journal::get`] has handed back since the journal was opened.
+    hits: std::cell::Cell<usize>,
 }
 
 impl Journal {
@@ -58,12 +60,20 @@ impl Journal {
             path: path.to_path_buf(),
             file,
             done,
+            hits: std::cell::Cell::new(0),
         })
     }
 
     /// The run saved under `key`, if any.
     pub fn get(&self, key: &str) -> Option<&Run> {
-        self.done.get(key)
+        let r = self.done.get(key);
+        self.hits.set(self.hits.get() + r.is_some() as usize);
+        r
+    }
+
+    /// How many saved runs were reused (found by [`Journal::get`]) since it was opened.
+    pub fn hits(&self) -> usize {
+        self.hits.get()
     }
 
     /// How many runs the journal holds.
@@ -151,6 +161,7 @@ mod tests {
         assert_eq!(j.get("a").unwrap().greedy, " Paris");
         assert_eq!(j.get("b").unwrap().logp_prior, -1.25);
         assert!(j.get("c").is_none());
+        assert_eq!(j.hits(), 2);
         j.record(vec![("c".into(), run(" Oslo"))]).unwrap();
         drop(j);
         let j = Journal::open(&path, true).unwrap();

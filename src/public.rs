@@ -390,9 +390,11 @@ pub fn run_one(
                 r
             }
             None => {
+                let hits = journal.as_ref().map_or(0, Journal::hits);
                 let mut j = scoped(&mut journal, &key);
-                let r =
+                let mut r =
                     bench::run_method(model, *m, &split, &res, opts.batch_size, j.as_mut(), on)?;
+                r.reused_runs = journal.as_ref().map_or(0, Journal::hits) - hits;
                 if let Some(d) = &opts.parts {
                     save_part(d, name, *m, key, &r)?;
                 }
@@ -522,8 +524,12 @@ pub fn markdown(r: &PublicReport) -> String {
         s += &format!("|---|---|{}---|---|---:|\n", "---|".repeat(metrics.len()));
         for (m, (_, own)) in sec.methods.iter().zip(&sec.own) {
             let vals: Vec<String> = own.iter().map(|(_, r)| pct(r)).collect();
+            let resumed = match m.reused_runs {
+                0 => String::new(),
+                n => format!(" after a resume ({n} runs done before)"),
+            };
             s += &format!(
-                "| {} | {} | {} | {} | {} | {:.0} s |\n",
+                "| {} | {} | {} | {} | {} | {:.0} s{resumed} |\n",
                 m.method.name(),
                 m.chosen,
                 vals.join(" | "),

@@ -377,6 +377,9 @@ fn bench_public_runs_saves_parts_and_resumes() {
 
     let (err, again) = go(&["--resume"]);
     assert_eq!(err.matches("reusing the saved part").count(), 2, "{err}");
+    assert!(!std::fs::read_to_string(out.join("report.md"))
+        .unwrap()
+        .contains("after a resume"));
     assert_eq!(again["sections"][0]["methods"], sec["methods"]);
 
     // A run stopped in the middle of a method has no part yet, only its journal of finished
@@ -412,7 +415,11 @@ fn bench_public_runs_saves_parts_and_resumes() {
     for m in resumed["sections"][0]["methods"].as_array().unwrap() {
         assert_eq!(m["test"]["adherence"]["value"], 1.0, "{m}");
         assert_eq!(m["test"]["tf_adherence"]["value"], 1.0, "{m}");
+        // Its time covers only the resumed work, and the report says so.
+        assert!(m["reused_runs"].as_u64().unwrap() > 0, "{m}");
     }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert_eq!(md.matches("after a resume (").count(), 2, "{md}");
     // Nothing was left to run, so the journal did not grow.
     assert_eq!(
         std::fs::read_to_string(&journal).unwrap().lines().count(),
