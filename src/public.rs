@@ -115,12 +115,8 @@ fn part_key(
         .map(|s| s.label.clone())
         .collect();
     Ok(format!(
-        "{name}|{}|limit={:?}|seed={}|dev_share={}|dev_limit={:?}|dev={}|test={}|max_new={:?}|{}|heads={:?}|ctx_heads={:?}|gate={:?}",
-        sha256,
-        opts.limit,
-        opts.seed,
-        opts.dev_share,
-        opts.dev_limit,
+        "{}|dev={}|test={}|max_new={:?}|{}|heads={:?}|ctx_heads={:?}|gate={:?}",
+        run_key(name, sha256, opts),
         split.dev.len(),
         split.test.len(),
         res.max_new,
@@ -129,6 +125,15 @@ fn part_key(
         res.context_heads,
         res.gate.as_ref().map(|g| g.best.clone()),
     ) + &shots_key(name, opts))
+}
+
+/// What every key of one benchmark run starts with: the model and the sampling and split
+/// settings.
+fn run_key(name: &str, sha256: &str, opts: &PublicOptions) -> String {
+    format!(
+        "{name}|{sha256}|limit={:?}|seed={}|dev_share={}|dev_limit={:?}",
+        opts.limit, opts.seed, opts.dev_share, opts.dev_limit
+    )
 }
 
 /// The part of a key that says how many demonstrations the prompts carry; empty for zero-shot,
@@ -170,11 +175,12 @@ pub fn add_shots(dev: &mut Vec<Item>, test: &mut [Item], k: usize) -> Result<()>
         .map(|i| format!("{} {}\n\n", text(&dev[*i]), dev[*i].context_answer))
         .collect();
     let demos: std::collections::HashSet<usize> = order[..k].iter().copied().collect();
-    let mut i = 0;
-    dev.retain(|_| {
-        i += 1;
-        !demos.contains(&(i - 1))
-    });
+    *dev = std::mem::take(dev)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !demos.contains(i))
+        .map(|(_, it)| it)
+        .collect();
     for it in dev.iter_mut().chain(test.iter_mut()) {
         it.prefix = prefix.clone();
     }
@@ -358,11 +364,8 @@ pub fn run_one(
         None => None,
     };
     let split_scope = format!(
-        "{name}|{sha256}|limit={:?}|seed={}|dev_share={}|dev_limit={:?}|split{}",
-        opts.limit,
-        opts.seed,
-        opts.dev_share,
-        opts.dev_limit,
+        "{}|split{}",
+        run_key(name, &sha256, opts),
         shots_key(name, opts)
     );
     let split = bench::Split::new(
