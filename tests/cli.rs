@@ -357,6 +357,12 @@ fn bench_public_runs_saves_parts_and_resumes() {
     };
     let (err, first) = go(&[]);
     assert!(!err.contains("reusing"), "{err}");
+    // The command is recorded as one would type it again, not with the binary's path.
+    let cmd = first["command"].as_str().unwrap();
+    assert!(
+        cmd.starts_with("ctxsteer bench public --benchmarks memotrap"),
+        "{cmd}"
+    );
     let sec = &first["sections"][0];
     assert_eq!(sec["name"], "memotrap");
     assert!(sec["n_dev"].as_u64().unwrap() <= 3);
@@ -374,6 +380,22 @@ fn bench_public_runs_saves_parts_and_resumes() {
         .starts_with("accuracy"));
     assert!(out.join("parts/memotrap.none.json").is_file());
     assert!(out.join("parts/memotrap.cad.json").is_file());
+    // The section's time is its split pass plus each method's own time, and the report says so.
+    let secs = |v: &serde_json::Value| v.as_f64().unwrap();
+    let split = secs(&sec["split_seconds"]);
+    let methods_total: f64 = sec["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| secs(&m["seconds"]))
+        .sum();
+    assert!(split > 0.0);
+    assert!((secs(&sec["seconds"]) - split - methods_total).abs() < 1e-6);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains(&format!("the split pass {split:.0} s in this run")),
+        "{md}"
+    );
 
     let (err, again) = go(&["--resume"]);
     assert_eq!(err.matches("reusing the saved part").count(), 2, "{err}");

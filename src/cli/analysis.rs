@@ -54,7 +54,7 @@ pub(super) fn probe_cmd(p: ProbeCmd) -> Result<()> {
                 data: a.meta.data.clone(),
                 target: label,
                 kind,
-                command: std::env::args().collect::<Vec<_>>().join(" "),
+                command: super::command_line(),
                 seed,
                 n_train,
                 n_test,

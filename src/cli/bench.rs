@@ -36,7 +36,7 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
         model: id,
         data: a.data.display().to_string(),
         form: a.form,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: super::command_line(),
         methods,
         probe: None,
         patching: None,
@@ -100,7 +100,7 @@ pub(super) fn demo_cmd(
             Method::Heads,
             Method::HeadsGated,
         ],
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: super::command_line(),
     };
     let report = ctxsteer::demo::run(&m, &out, &opts, &mut |msg| {
         eprintln!("[{:>5.0}s] {msg}", t0.elapsed().as_secs_f64())
@@ -202,7 +202,7 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
     };
     let mut report = ctxsteer::public::PublicReport {
         model: model.identity()?,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: super::command_line(),
         limit: a.limit,
         dev_limit: opts.dev_limit,
         seed: a.seed,

@@ -195,3 +195,12 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     }
 }
+
+/// The command as a user would type it again: `ctxsteer` and the arguments, whatever path the
+/// binary ran from (reports record it).
+fn command_line() -> String {
+    std::iter::once("ctxsteer".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -20,6 +20,9 @@ use crate::model::Model;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+mod report;
+pub use report::{markdown, write, PublicReport};
+
 /// A published figure, from a larger model, with its source.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Published {
@@ -66,7 +69,12 @@ pub struct Section {
     pub n_items: usize,
     pub n_dev: usize,
     pub n_test: usize,
+    /// The split pass's time plus every method's own `seconds`.
     pub seconds: f64,
+    /// The split pass (closed-book runs that find the known items) in this invocation: after a
+    /// resume its runs come back from the journal and this is small.
+    #[serde(default)]
+    pub split_seconds: f64,
     pub methods: Vec<MethodResult>,
     /// Per method: the benchmark's own metrics on test.
     pub own: Vec<(Method, Vec<(String, Rate)>)>,
@@ -376,7 +384,8 @@ pub fn run_one(
         scoped(&mut journal, &split_scope).as_mut(),
     )?;
     on(Event::Line(&format!("{name}: {}", split.counts())));
-    let mut seconds = t0.elapsed().as_secs_f64();
+    let split_seconds = t0.elapsed().as_secs_f64();
+    let mut seconds = split_seconds;
     let mut results = Vec::new();
     for m in methods {
         let key = part_key(model, &sha256, name, *m, &res, opts, &split)?;
@@ -431,6 +440,7 @@ pub fn run_one(
         n_dev: split.dev.len(),
         n_test: split.test.len(),
         seconds,
+        split_seconds,
         methods: results,
         own,
         published,
@@ -467,111 +477,6 @@ fn save_part(dir: &Path, name: &str, m: Method, key: String, r: &MethodResult) -
     };
     let bytes = serde_json::to_vec_pretty(&part).map_err(|e| Error::Invalid(e.to_string()))?;
     data::write_atomic(&part_path(dir, name, m), &bytes)
-}
-
-/// The public report.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PublicReport {
-    pub model: crate::model::ModelId,
-    pub command: String,
-    pub limit: Option<usize>,
-    /// Dev items used for choosing strengths, at most (None: all).
-    #[serde(default)]
-    pub dev_limit: Option<usize>,
-    pub seed: u64,
-    pub sections: Vec<Section>,
-}
-
-fn pct(r: &Rate) -> String {
-    if r.n == 0 {
-        "n/a (n = 0)".into()
-    } else if r.ci_low.is_nan() {
-        format!("{:.1}%", 100.0 * r.value)
-    } else {
-        format!(
-            "{:.1}% [{:.1}, {:.1}]",
-            100.0 * r.value,
-            100.0 * r.ci_low,
-            100.0 * r.ci_high
-        )
-    }
-}
-
-pub fn markdown(r: &PublicReport) -> String {
-    let mut s = format!(
-        "# Public knowledge-conflict benchmarks\n\nModel `{}`; command `{}`; {}{}; seed {}.\n\n",
-        r.model.file,
-        r.command,
-        r.limit
-            .map(|n| format!("at most {n} items per benchmark"))
-            .unwrap_or("full size".into()),
-        r.dev_limit
-            .map(|n| format!(", strengths chosen on at most {n} dev items"))
-            .unwrap_or_default(),
-        r.seed
-    );
-    for sec in &r.sections {
-        s += &format!(
-            "## {}\n\n{} items ({} dev used for choosing strengths, {} test), {:.0} s in all.\n\n",
-            sec.name, sec.n_items, sec.n_dev, sec.n_test, sec.seconds
-        );
-        let metrics: Vec<String> = sec
-            .own
-            .first()
-            .map(|(_, v)| v.iter().map(|(k, _)| k.clone()).collect())
-            .unwrap_or_default();
-        s += &format!(
-            "| method | chosen on dev | {} | adherence (ours) | prior retention | time |\n",
-            metrics.join(" | ")
-        );
-        s += &format!("|---|---|{}---|---|---:|\n", "---|".repeat(metrics.len()));
-        for (m, (_, own)) in sec.methods.iter().zip(&sec.own) {
-            let vals: Vec<String> = own.iter().map(|(_, r)| pct(r)).collect();
-            let resumed = match m.reused_runs {
-                0 => String::new(),
-                n => format!(" after a resume ({n} runs done before)"),
-            };
-            s += &format!(
-                "| {} | {} | {} | {} | {} | {:.0} s{resumed} |\n",
-                m.method.name(),
-                m.chosen,
-                vals.join(" | "),
-                pct(&m.test.adherence),
-                pct(&m.test.retention),
-                m.seconds
-            );
-        }
-        if !sec.published.is_empty() {
-            s += "\nPublished figures (**larger models**, for orientation only):\n\n| model | method | metric | value | source |\n|---|---|---|---|---|\n";
-            for p in &sec.published {
-                s += &format!(
-                    "| {} | {} | {} | {:.2} | {} |\n",
-                    p.model, p.method, p.metric, p.value, p.source
-                );
-            }
-        }
-        s += &format!("\n{}\n\n", sec.note);
-    }
-    s
-}
-
-/// Write report.json, report.md and report.html (the markdown in a page) into `dir`.
-pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    data::write_atomic(
-        &dir.join("report.json"),
-        &serde_json::to_vec_pretty(r).map_err(|e| Error::Invalid(e.to_string()))?,
-    )?;
-    let md = markdown(r);
-    data::write_atomic(&dir.join("report.md"), md.as_bytes())?;
-    let esc = md
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Public benchmarks</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}pre{{white-space:pre-wrap}}</style></head><body><pre>{esc}</pre></body></html>"
-    );
-    data::write_atomic(&dir.join("report.html"), html.as_bytes())
 }
 
 #[cfg(test)]

@@ -17,10 +17,15 @@ use crate::error::{Error, Result};
 use crate::journal::Scoped;
 use crate::label::{self, Answer, LabelOptions, Run};
 use crate::model::{Batch, LogitsAt, Model};
-use crate::steer::{Mode, Plan, Steering};
-use crate::Positions;
+use crate::steer::Plan;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+mod grid;
+mod metrics;
+pub use grid::{choose, context_heads_from_patch, grid, heads_from_patch, Resources, Setting};
+pub use metrics::{exact_match, squad_normalize, Rate};
+use metrics::{mem_ratio, rate};
 
 /// The methods compared.
 #[derive(
@@ -81,62 +86,6 @@ pub const NEUTRAL_TEXT: &str = "The library opens at nine in the morning and clo
     help people find articles, and keep a list of local clubs and classes. In summer the windows are \
     opened, and the sound of the market in the square drifts in between the pages.";
 
-/// A rate with its bootstrap 95% interval.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Rate {
-    pub value: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-    pub n: usize,
-}
-
-fn rate(flags: &[bool], seed: u64) -> Rate {
-    let v: Vec<f64> = flags.iter().map(|f| *f as u8 as f64).collect();
-    let (ci_low, ci_high) = crate::stats::bootstrap_ci(&v, 1000, seed);
-    Rate {
-        // An empty sum of floats is -0.0; no items is a rate of 0 (shown as n/a where n = 0).
-        value: if v.is_empty() {
-            0.0
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        },
-        ci_low,
-        ci_high,
-        n: v.len(),
-    }
-}
-
-/// M_R with a bootstrap interval over items.
-fn mem_ratio(runs: &[Run], seed: u64) -> Rate {
-    let f = |idx: &mut dyn Iterator<Item = usize>| {
-        let (mut p, mut c) = (0.0, 0.0);
-        for i in idx {
-            match runs[i].greedy_answer {
-                Answer::Prior => p += 1.0,
-                Answer::Context => c += 1.0,
-                Answer::Neither => {}
-            }
-        }
-        if p + c == 0.0 {
-            0.0
-        } else {
-            p / (p + c)
-        }
-    };
-    let value = f(&mut (0..runs.len()));
-    let mut rng = crate::stats::SplitMix(seed);
-    let mut reps: Vec<f64> = (0..1000)
-        .map(|_| f(&mut (0..runs.len()).map(|_| rng.below(runs.len()))))
-        .collect();
-    reps.sort_by(f64::total_cmp);
-    Rate {
-        value,
-        ci_low: reps[25],
-        ci_high: reps[974],
-        n: runs.len(),
-    }
-}
-
 /// One method at one setting, measured on a set of items.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Eval {
@@ -169,50 +118,6 @@ pub struct RelationEval {
     /// Share whose context answer has the higher teacher-forced log-probability.
     #[serde(default)]
     pub tf_adherence: f64,
-}
-
-/// SQuAD answer normalization: lowercase, drop punctuation and the articles a/an/the, collapse
-/// whitespace.
-pub fn squad_normalize(s: &str) -> String {
-    let lower: String = s
-        .to_lowercase()
-        .chars()
-        .filter(|c| !c.is_ascii_punctuation())
-        .collect();
-    lower
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Exact match of `pred` with any of `answers` after SQuAD normalization.
-pub fn exact_match(pred: &str, answers: &[&str]) -> bool {
-    let p = squad_normalize(pred);
-    answers.iter().any(|a| squad_normalize(a) == p)
-}
-
-/// A method at one setting, ready to run.
-pub struct Setting {
-    pub method: Method,
-    pub strength: Option<f32>,
-    pub label: String,
-    pub plan: Box<dyn Plan>,
-    pub cad_beta: Option<f32>,
-    pub instruct: bool,
-}
-
-impl Setting {
-    pub fn none() -> Setting {
-        Setting {
-            method: Method::None,
-            strength: None,
-            label: "none".into(),
-            plan: Box::new(crate::Spec::new()),
-            cad_beta: None,
-            instruct: false,
-        }
-    }
 }
 
 /// Perplexity of `text` under `plan`.
@@ -377,208 +282,6 @@ pub fn evaluate_with(
         em_context: rate(&em(&|it| it.context_names()), 5),
         em_memory: rate(&em(&|it| it.prior_names()), 6),
     })
-}
-
-/// What the sweeps may use: probe file for steering, heads ranked by patching.
-#[derive(Clone)]
-pub struct Resources {
-    pub probes: Option<crate::probe::ProbeFile>,
-    /// (layer, head) pairs, the strongest prior-pushing first.
-    pub heads: Vec<(usize, usize)>,
-    /// (layer, head) pairs, the strongest context-carrying first (removing them lowers
-    /// logit(context) - logit(prior)).
-    pub context_heads: Vec<(usize, usize)>,
-    /// The gate of heads-gated: a `conflict` probe file (its best site).
-    pub gate: Option<crate::probe::ProbeFile>,
-    /// Greedy tokens per answer (default: the label default for the form).
-    pub max_new: Option<usize>,
-}
-
-/// The settings a method's dev sweep tries.
-pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
-    let n_layers = model.cfg().n_layers;
-    let steer = |mode: Mode, dir: &str, alpha: f32| -> Result<Setting> {
-        let pf = res
-            .probes
-            .as_ref()
-            .ok_or_else(|| Error::Invalid(format!("method {m:?} needs a probe file (--probes)")))?;
-        let st =
-            Steering::from_probes(pf, "best", None, dir, mode, alpha, Positions::All, n_layers)?;
-        Ok(Setting {
-            method: m,
-            strength: Some(alpha),
-            label: format!("{dir} alpha={alpha} at {}", pf.best),
-            plan: Box::new(st),
-            cad_beta: None,
-            instruct: false,
-        })
-    };
-    Ok(match m {
-        Method::None => vec![Setting::none()],
-        Method::Instruct => vec![Setting {
-            method: m,
-            strength: None,
-            label: "instruction".into(),
-            plan: Box::new(crate::Spec::new()),
-            cad_beta: None,
-            instruct: true,
-        }],
-        Method::Cad => [0.5f32, 1.0, 2.0, 4.0]
-            .iter()
-            .map(|b| Setting {
-                method: m,
-                strength: Some(*b),
-                label: format!("beta={b}"),
-                plan: Box::new(crate::Spec::new()),
-                cad_beta: Some(*b),
-                instruct: false,
-            })
-            .collect(),
-        Method::Steer => {
-            let mut v = vec![];
-            for dir in ["meandiff", "probe"] {
-                for a in [0.5f32, 1.0] {
-                    v.push(steer(Mode::Add, dir, a)?);
-                }
-            }
-            v
-        }
-        Method::SteerGated => [0.5f32, 1.0]
-            .iter()
-            .map(|a| steer(Mode::Gated, "meandiff", *a))
-            .collect::<Result<_>>()?,
-        Method::Heads | Method::HeadsGated => heads_grid(model, m, res)?,
-    })
-}
-
-/// The head-scaling settings a sweep tries: (context heads scaled up, factor; prior heads
-/// scaled down, factor). Scaling up the heads that move the context's answer to the last
-/// position, and down the ones that bring the prior, follows JUICE (Li et al. 2025) and
-/// PH3 (Jin et al. 2024).
-const HEAD_GRID: [(usize, f32, usize, f32); 4] = [
-    (0, 1.0, 3, 0.5),
-    (4, 2.0, 0, 1.0),
-    (4, 3.0, 0, 1.0),
-    (4, 3.0, 1, 0.0),
-];
-
-fn heads_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
-    let cfg = model.cfg();
-    if res.heads.is_empty() && res.context_heads.is_empty() {
-        return Err(Error::Invalid(format!(
-            "method {} needs heads ranked by ablation (--heads-from DIR/patch.json)",
-            m.name()
-        )));
-    }
-    let gate = match m {
-        Method::HeadsGated => {
-            let pf = res.gate.as_ref().ok_or_else(|| {
-                Error::Invalid(
-                    "method heads-gated needs a conflict probe file (--gate-probes)".into(),
-                )
-            })?;
-            Some(crate::steer::Gate::from_probes(pf, "best", cfg.n_layers)?)
-        }
-        _ => None,
-    };
-    let mut v = vec![];
-    for (k_up, f_up, k_down, f_down) in HEAD_GRID {
-        let up = res.context_heads.iter().take(k_up);
-        let down = res.heads.iter().take(k_down);
-        let parts: Vec<String> = up
-            .map(|(l, h)| format!("{l}.{h}={f_up}"))
-            .chain(down.map(|(l, h)| format!("{l}.{h}={f_down}")))
-            .collect();
-        if parts.is_empty() {
-            continue;
-        }
-        let spec = crate::steer::scale_heads_spec(&parts.join(","), cfg.n_layers, cfg.n_heads)?;
-        let plan: Box<dyn Plan> = match &gate {
-            Some(g) => Box::new(crate::steer::Gated {
-                gate: g.clone(),
-                inner: Box::new(spec),
-            }),
-            None => Box::new(spec),
-        };
-        v.push(Setting {
-            method: m,
-            strength: Some(k_up as f32 * (f_up - 1.0) + k_down as f32 * (1.0 - f_down)),
-            label: head_label(k_up, f_up, k_down, f_down),
-            plan,
-            cad_beta: None,
-            instruct: false,
-        });
-    }
-    Ok(v)
-}
-
-fn head_label(k_up: usize, f_up: f32, k_down: usize, f_down: f32) -> String {
-    let mut parts = vec![];
-    if k_up > 0 {
-        parts.push(format!("top {k_up} context heads x{f_up}"));
-    }
-    if k_down > 0 {
-        parts.push(format!("top {k_down} prior heads x{f_down}"));
-    }
-    parts.join(" + ")
-}
-
-/// The best dev setting: the highest adherence among those that keep retention >= 95% and
-/// perplexity within +5%; if none does, the one that costs least (flagged).
-pub fn choose(evals: &[Eval]) -> (usize, bool) {
-    // Retention is measured on the dev facts the model knows closed-book; where it knows none
-    // (NQ-Swap), there is nothing to lose and the constraint does not apply.
-    let kept = |e: &Eval| e.retention.n == 0 || e.retention.value >= 0.95;
-    let ok = |e: &Eval| kept(e) && e.perplexity_ratio <= 1.05;
-    let best_ok = evals
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| ok(e))
-        .max_by(|a, b| a.1.adherence.value.total_cmp(&b.1.adherence.value));
-    match best_ok {
-        Some((i, _)) => (i, true),
-        None => {
-            let i = evals
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.retention.value.total_cmp(&b.1.retention.value))
-                .map(|(i, _)| i)
-                .unwrap_or(0);
-            (i, false)
-        }
-    }
-}
-
-/// Heads ranked by a heads patching result: largest mean effect first.
-pub fn heads_from_patch(r: &crate::patch::PatchResult) -> Vec<(usize, usize)> {
-    head_pairs(
-        crate::patch::top(r, usize::MAX)
-            .into_iter()
-            .filter(|c| c.mean > 0.0 && c.ci_low > 0.0),
-    )
-}
-
-/// The heads whose removal lowers logit(context) - logit(prior) most, strongest first.
-pub fn context_heads_from_patch(r: &crate::patch::PatchResult) -> Vec<(usize, usize)> {
-    head_pairs(
-        crate::patch::top(r, usize::MAX)
-            .into_iter()
-            .rev()
-            .filter(|c| c.mean < 0.0 && c.ci_high < 0.0),
-    )
-}
-
-fn head_pairs<'a>(cells: impl Iterator<Item = &'a crate::patch::Cell>) -> Vec<(usize, usize)> {
-    cells
-        .filter_map(|c| {
-            c.key
-                .rsplit("head ")
-                .next()?
-                .parse::<usize>()
-                .ok()
-                .map(|h| (c.layer, h))
-        })
-        .collect()
 }
 
 /// A method's sweep on dev and its chosen test measurement.
@@ -824,19 +527,4 @@ fn opts(form: Form, batch: usize, res: &Resources) -> LabelOptions {
         o.max_new = n;
     }
     o
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_of_no_items_is_a_plain_zero() {
-        let r = rate(&[], 0);
-        assert_eq!((r.value, r.n), (0.0, 0));
-        assert!(r.value.is_sign_positive(), "{:?}", r.value);
-        assert_eq!(format!("{:.3}", r.value), "0.000");
-        let r = rate(&[true, false, true, true], 0);
-        assert_eq!((r.value, r.n), (0.75, 4));
-    }
 }

@@ -1,0 +1,494 @@
+//! Counterfactual data: the JSONL format, the built-in fact tables and the builder that turns
+//! them into conflicts, and (in `import`) importers for public benchmarks.
+//!
+//! One line is one conflict: a query about `subject` whose `context` asserts `context_answer`
+//! where the model's weights hold `prior_answer`. Reading never skips a bad line silently: it
+//! fails with the file, the line and the field, unless the caller asks to skip and count.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+mod import;
+pub use import::{answer_list, import, parse_py_list, ImportFormat};
+
+/// One conflict.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Item {
+    pub id: String,
+    pub relation: String,
+    pub subject: String,
+    /// QA-style query, asked in chat form.
+    pub question: String,
+    /// Completion-style query.
+    pub prompt: String,
+    /// The sentence(s) placed before the query; empty for the no-context variant.
+    pub context: String,
+    pub prior_answer: String,
+    pub context_answer: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prior_aliases: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context_aliases: Vec<String>,
+    /// train, dev or test (built-in data); absent for imported data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    /// counterfactual, true_context or no_context (built-in data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// Text put before the query in both conditions, closed-book and with context: k-shot
+    /// demonstrations (`bench public --shots`). Usually empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+}
+
+/// How a query is put to the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Form {
+    /// `{context} {prompt}` and the answer continues the text.
+    Completion,
+    /// `{context} {question}` as a user message in the chat template.
+    Chat,
+}
+
+impl Item {
+    /// The text of the query: with its context, or closed-book.
+    pub fn query(&self, form: Form, with_context: bool) -> String {
+        let q = match form {
+            Form::Completion => &self.prompt,
+            Form::Chat => &self.question,
+        };
+        let p = &self.prefix;
+        if with_context && !self.context.is_empty() {
+            // A context that ends a line (e.g. NQ-Swap's `context: ...\n`) joins without a space.
+            if self.context.ends_with('\n') {
+                format!("{p}{}{q}", self.context)
+            } else {
+                format!("{p}{} {q}", self.context)
+            }
+        } else {
+            format!("{p}{q}")
+        }
+    }
+
+    /// All accepted spellings of the prior (first) and the context answer.
+    pub fn prior_names(&self) -> Vec<&str> {
+        std::iter::once(self.prior_answer.as_str())
+            .chain(self.prior_aliases.iter().map(String::as_str))
+            .collect()
+    }
+
+    pub fn context_names(&self) -> Vec<&str> {
+        std::iter::once(self.context_answer.as_str())
+            .chain(self.context_aliases.iter().map(String::as_str))
+            .collect()
+    }
+}
+
+const REQUIRED: [&str; 8] = [
+    "id",
+    "relation",
+    "subject",
+    "question",
+    "prompt",
+    "context",
+    "prior_answer",
+    "context_answer",
+];
+
+/// Check one parsed line; the error names the field at fault.
+fn check_line(v: &serde_json::Value) -> std::result::Result<Item, String> {
+    let obj = v.as_object().ok_or("the line is not a JSON object")?;
+    for f in REQUIRED {
+        match obj.get(f) {
+            None => return Err(format!("missing field `{f}`")),
+            Some(x) if !x.is_string() => return Err(format!("field `{f}` must be a string")),
+            Some(x) if f != "context" && x.as_str().is_some_and(|s| s.trim().is_empty()) => {
+                return Err(format!("field `{f}` is empty"))
+            }
+            _ => {}
+        }
+    }
+    for f in ["prior_aliases", "context_aliases"] {
+        if let Some(x) = obj.get(f) {
+            let ok = x
+                .as_array()
+                .is_some_and(|a| a.iter().all(|s| s.is_string()));
+            if !ok {
+                return Err(format!("field `{f}` must be an array of strings"));
+            }
+        }
+    }
+    serde_json::from_value(v.clone()).map_err(|e| e.to_string())
+}
+
+/// Read a JSONL file of items. With `skip_invalid`, bad lines are skipped and counted;
+/// otherwise the first bad line is an error naming the file, the line and the field.
+pub fn read_jsonl(path: &Path, skip_invalid: bool) -> Result<(Vec<Item>, usize)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    let mut items = Vec::new();
+    let mut skipped = 0;
+    let mut seen = std::collections::HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<serde_json::Value>(line)
+            .map_err(|e| format!("not valid JSON ({e})"))
+            .and_then(|v| check_line(&v))
+            .and_then(|it| {
+                if seen.insert(it.id.clone()) {
+                    Ok(it)
+                } else {
+                    Err(format!("field `id`: duplicate id `{}`", it.id))
+                }
+            });
+        match parsed {
+            Ok(it) => items.push(it),
+            Err(_) if skip_invalid => skipped += 1,
+            Err(msg) => {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "line {}: {msg} (use --skip-invalid to skip such lines)",
+                        i + 1
+                    ),
+                ))
+            }
+        }
+    }
+    if items.is_empty() {
+        return Err(Error::file(path, "no valid items in this file"));
+    }
+    Ok((items, skipped))
+}
+
+/// Write items as JSONL, atomically (a temporary file renamed into place).
+pub fn write_jsonl<T: Serialize>(path: &Path, items: &[T]) -> Result<()> {
+    let mut s = String::new();
+    for it in items {
+        s += &serde_json::to_string(it).map_err(|e| Error::Invalid(e.to_string()))?;
+        s.push('\n');
+    }
+    write_atomic(path, s.as_bytes())
+}
+
+/// Write a file through a temporary sibling and a rename, so no reader sees half of it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Built-in data
+
+/// The relation templates and fact tables, compiled in from counterfactual_data/.
+const RELATIONS: &str = include_str!("../../counterfactual_data/relations.json");
+const NEUTRAL: &str = include_str!("../../counterfactual_data/neutral.txt");
+
+/// Ordinary passages with no fact in conflict (variant `neutral`, relation `neutral`): the
+/// negatives that teach a `conflict` gate that plain text is not a conflict. They have no
+/// answer to judge, so both answer fields hold `(no answer)`.
+pub fn neutral_items() -> Vec<Item> {
+    NEUTRAL
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|text| {
+            let words: Vec<&str> = text.split_whitespace().take(6).collect();
+            let subject = words.join(" ");
+            Item {
+                id: format!("neutral:{}", slug(&subject)),
+                relation: "neutral".into(),
+                question: text.to_string(),
+                prompt: text.to_string(),
+                context: String::new(),
+                prior_answer: "(no answer)".into(),
+                context_answer: "(no answer)".into(),
+                prior_aliases: vec![],
+                context_aliases: vec![],
+                split: Some(split_of(&subject).to_string()),
+                variant: Some("neutral".into()),
+                prefix: String::new(),
+                subject,
+            }
+        })
+        .collect()
+}
+const FACTS: [(&str, &str); 11] = [
+    (
+        "capital",
+        include_str!("../../counterfactual_data/facts/capital.tsv"),
+    ),
+    (
+        "currency",
+        include_str!("../../counterfactual_data/facts/currency.tsv"),
+    ),
+    (
+        "language",
+        include_str!("../../counterfactual_data/facts/language.tsv"),
+    ),
+    (
+        "continent",
+        include_str!("../../counterfactual_data/facts/continent.tsv"),
+    ),
+    (
+        "landmark",
+        include_str!("../../counterfactual_data/facts/landmark.tsv"),
+    ),
+    (
+        "author",
+        include_str!("../../counterfactual_data/facts/author.tsv"),
+    ),
+    (
+        "painter",
+        include_str!("../../counterfactual_data/facts/painter.tsv"),
+    ),
+    (
+        "founder",
+        include_str!("../../counterfactual_data/facts/founder.tsv"),
+    ),
+    (
+        "sport",
+        include_str!("../../counterfactual_data/facts/sport.tsv"),
+    ),
+    (
+        "element_symbol",
+        include_str!("../../counterfactual_data/facts/element_symbol.tsv"),
+    ),
+    (
+        "composer",
+        include_str!("../../counterfactual_data/facts/composer.tsv"),
+    ),
+];
+
+/// One row of a fact table.
+#[derive(Clone, Debug)]
+pub struct Fact {
+    pub relation: String,
+    pub subject: String,
+    pub object: String,
+    pub aliases: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Templates {
+    context: Vec<String>,
+    prompt: Vec<String>,
+    question: Vec<String>,
+}
+
+/// Parse a fact table: `subject<TAB>object[<TAB>alias|alias]`, `#` comments.
+pub fn parse_facts(relation: &str, text: &str) -> Result<Vec<Fact>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.len() < 2 || cols[0].trim().is_empty() || cols[1].trim().is_empty() {
+            return Err(Error::Invalid(format!(
+                "facts/{relation}.tsv line {}: expected `subject<TAB>object[<TAB>aliases]`",
+                i + 1
+            )));
+        }
+        out.push(Fact {
+            relation: relation.to_string(),
+            subject: cols[0].trim().to_string(),
+            object: cols[1].trim().to_string(),
+            aliases: cols
+                .get(2)
+                .map(|a| {
+                    a.split('|')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// Every built-in fact.
+pub fn builtin_facts() -> Result<Vec<Fact>> {
+    let mut v = Vec::new();
+    for (rel, text) in FACTS {
+        v.extend(parse_facts(rel, text)?);
+    }
+    Ok(v)
+}
+
+/// FNV-1a: a stable hash for deterministic choices that do not depend on the Rust version.
+pub fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The split of a subject: about 60% train, 20% dev, 20% test, the same in every relation.
+pub fn split_of(subject: &str) -> &'static str {
+    match stable_hash(&subject.to_lowercase()) % 10 {
+        0..=5 => "train",
+        6 | 7 => "dev",
+        _ => "test",
+    }
+}
+
+fn fill(t: &str, s: &str, o: &str) -> String {
+    let out = t.replace("{s}", s).replace("{o}", o);
+    let mut c = out.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => out,
+    }
+}
+
+/// The counterfactual object of a fact: another object of the same relation, chosen by hash.
+fn counterfactual<'a>(fact: &Fact, objects: &[&'a Fact]) -> Option<&'a Fact> {
+    let bad = |o: &Fact| {
+        o.object.eq_ignore_ascii_case(&fact.object)
+            || fact
+                .aliases
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&o.object))
+            || o.aliases
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&fact.object))
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let cands: Vec<&Fact> = objects
+        .iter()
+        .filter(|o| !bad(o) && seen.insert(o.object.to_lowercase()))
+        .copied()
+        .collect();
+    if cands.is_empty() {
+        return None;
+    }
+    Some(
+        cands[(stable_hash(&format!("{}|{}", fact.relation, fact.subject)) % cands.len() as u64)
+            as usize],
+    )
+}
+
+/// The three variants of the built-in data, each with every split.
+pub struct Built {
+    pub counterfactual: Vec<Item>,
+    pub true_context: Vec<Item>,
+    pub no_context: Vec<Item>,
+}
+
+/// Build the conflicts from the fact tables: one item per fact, its context and query
+/// templates rotating through the relation's paraphrases.
+pub fn build() -> Result<Built> {
+    let templates: BTreeMap<String, Templates> = serde_json::from_str(RELATIONS)
+        .map_err(|e| Error::Invalid(format!("relations.json: {e}")))?;
+    let facts = builtin_facts()?;
+    let mut built = Built {
+        counterfactual: vec![],
+        true_context: vec![],
+        no_context: vec![],
+    };
+    for (rel, t) in &templates {
+        let rel_facts: Vec<&Fact> = facts.iter().filter(|f| &f.relation == rel).collect();
+        for (i, f) in rel_facts.iter().enumerate() {
+            let Some(cf) = counterfactual(f, &rel_facts) else {
+                continue;
+            };
+            let (ci, qi) = (i % t.context.len(), (i / t.context.len()) % t.prompt.len());
+            let base = Item {
+                id: format!("{rel}:{}", slug(&f.subject)),
+                relation: rel.clone(),
+                subject: f.subject.clone(),
+                question: fill(&t.question[qi % t.question.len()], &f.subject, ""),
+                prompt: fill(&t.prompt[qi], &f.subject, ""),
+                context: fill(&t.context[ci], &f.subject, &cf.object),
+                prior_answer: f.object.clone(),
+                context_answer: cf.object.clone(),
+                prior_aliases: f.aliases.clone(),
+                context_aliases: cf.aliases.clone(),
+                split: Some(split_of(&f.subject).to_string()),
+                variant: Some("counterfactual".into()),
+                prefix: String::new(),
+            };
+            built.true_context.push(Item {
+                context: fill(&t.context[ci], &f.subject, &f.object),
+                context_answer: f.object.clone(),
+                context_aliases: f.aliases.clone(),
+                variant: Some("true_context".into()),
+                ..base.clone()
+            });
+            built.no_context.push(Item {
+                context: String::new(),
+                variant: Some("no_context".into()),
+                ..base.clone()
+            });
+            built.counterfactual.push(base);
+        }
+    }
+    Ok(built)
+}
+
+fn slug(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.to_lowercase().chars() {
+        if c.is_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_matches('_').to_string()
+}
+
+/// Write the built data into `dir`: one file per variant, and the counterfactual variant
+/// per split. Returns (file, count) pairs.
+pub fn write_built(dir: &Path) -> Result<Vec<(String, usize)>> {
+    let b = build()?;
+    let mut written = vec![];
+    for (name, items) in [
+        ("counterfactual.jsonl", &b.counterfactual),
+        ("true_context.jsonl", &b.true_context),
+        ("no_context.jsonl", &b.no_context),
+    ] {
+        write_jsonl(&dir.join(name), items)?;
+        written.push((name.to_string(), items.len()));
+    }
+    // All three variants in one file, with unique ids, plus neutral passages, for the
+    // `conflict` probe target: the counterfactual context against the true one, none, and
+    // ordinary text.
+    let neutral = neutral_items();
+    let both: Vec<Item> = b
+        .counterfactual
+        .iter()
+        .chain(&b.true_context)
+        .chain(&b.no_context)
+        .map(|it| Item {
+            id: format!("{}:{}", it.id, it.variant.as_deref().unwrap_or("")),
+            ..it.clone()
+        })
+        .chain(neutral)
+        .collect();
+    write_jsonl(&dir.join("variants.jsonl"), &both)?;
+    written.push(("variants.jsonl".to_string(), both.len()));
+    for split in ["train", "dev", "test"] {
+        let part: Vec<&Item> = b
+            .counterfactual
+            .iter()
+            .filter(|i| i.split.as_deref() == Some(split))
+            .collect();
+        let name = format!("{split}.jsonl");
+        write_jsonl(&dir.join(&name), &part)?;
+        written.push((name, part.len()));
+    }
+    Ok(written)
+}

@@ -1,0 +1,115 @@
+//! The public benchmarks' report: `report.json`, `report.md` (one section per benchmark, its own
+//! metrics beside ours, published figures labelled as coming from larger models) and
+//! `report.html`, the markdown in a page.
+
+use super::Section;
+use crate::bench::Rate;
+use crate::data;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The public report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublicReport {
+    pub model: crate::model::ModelId,
+    pub command: String,
+    pub limit: Option<usize>,
+    /// Dev items used for choosing strengths, at most (None: all).
+    #[serde(default)]
+    pub dev_limit: Option<usize>,
+    pub seed: u64,
+    pub sections: Vec<Section>,
+}
+
+fn pct(r: &Rate) -> String {
+    if r.n == 0 {
+        "n/a (n = 0)".into()
+    } else if r.ci_low.is_nan() {
+        format!("{:.1}%", 100.0 * r.value)
+    } else {
+        format!(
+            "{:.1}% [{:.1}, {:.1}]",
+            100.0 * r.value,
+            100.0 * r.ci_low,
+            100.0 * r.ci_high
+        )
+    }
+}
+
+pub fn markdown(r: &PublicReport) -> String {
+    let mut s = format!(
+        "# Public knowledge-conflict benchmarks\n\nModel `{}`; command `{}`; {}{}; seed {}.\n\n",
+        r.model.file,
+        r.command,
+        r.limit
+            .map(|n| format!("at most {n} items per benchmark"))
+            .unwrap_or("full size".into()),
+        r.dev_limit
+            .map(|n| format!(", strengths chosen on at most {n} dev items"))
+            .unwrap_or_default(),
+        r.seed
+    );
+    for sec in &r.sections {
+        s += &format!(
+            "## {}\n\n{} items ({} dev used for choosing strengths, {} test), {:.0} s in all: the split pass {:.0} s in this run, and each method's own time below.\n\n",
+            sec.name, sec.n_items, sec.n_dev, sec.n_test, sec.seconds, sec.split_seconds
+        );
+        let metrics: Vec<String> = sec
+            .own
+            .first()
+            .map(|(_, v)| v.iter().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default();
+        s += &format!(
+            "| method | chosen on dev | {} | adherence (ours) | prior retention | time |\n",
+            metrics.join(" | ")
+        );
+        s += &format!("|---|---|{}---|---|---:|\n", "---|".repeat(metrics.len()));
+        for (m, (_, own)) in sec.methods.iter().zip(&sec.own) {
+            let vals: Vec<String> = own.iter().map(|(_, r)| pct(r)).collect();
+            let resumed = match m.reused_runs {
+                0 => String::new(),
+                n => format!(" after a resume ({n} runs done before)"),
+            };
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {:.0} s{resumed} |\n",
+                m.method.name(),
+                m.chosen,
+                vals.join(" | "),
+                pct(&m.test.adherence),
+                pct(&m.test.retention),
+                m.seconds
+            );
+        }
+        if !sec.published.is_empty() {
+            s += "\nPublished figures (**larger models**, for orientation only):\n\n| model | method | metric | value | source |\n|---|---|---|---|---|\n";
+            for p in &sec.published {
+                s += &format!(
+                    "| {} | {} | {} | {:.2} | {} |\n",
+                    p.model, p.method, p.metric, p.value, p.source
+                );
+            }
+        }
+        s += &format!("\n{}\n\n", sec.note);
+    }
+    s
+}
+
+/// Write report.json, report.md and report.html (the markdown in a page) into `dir`.
+pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    data::write_atomic(
+        &dir.join("report.json"),
+        &serde_json::to_vec_pretty(r).map_err(|e| Error::Invalid(e.to_string()))?,
+    )?;
+    let md = markdown(r);
+    data::write_atomic(&dir.join("report.md"), md.as_bytes())?;
+    let esc = md
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Public benchmarks</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}pre{{white-space:pre-wrap}}</style></head><body><pre>{esc}</pre></body></html>"
+    );
+    data::write_atomic(&dir.join("report.html"), html.as_bytes())
+}
