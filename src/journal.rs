@@ -22,7 +22,8 @@ struct Line {
 /// Finished runs by key, backed by an append-only JSONL file.
 pub struct Journal {
     path: PathBuf,
-    file: std::fs::File,
+    /// Where new runs are appended; None for a journal opened read-only.
+    file: Option<std::fs::File>,
     done: HashMap<String, Run>,
     /// How many runs [`Journal::get`] has handed back since the journal was opened.
     hits: std::cell::Cell<usize>,
@@ -37,14 +38,8 @@ impl Journal {
         }
         let mut done = HashMap::new();
         if resume && path.exists() {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-            // Only whole lines count: a kill can leave the last one cut off.
-            let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-            for l in whole.lines().filter(|l| !l.trim().is_empty()) {
-                if let Ok(line) = serde_json::from_str::<Line>(l) {
-                    done.insert(line.key, line.run);
-                }
-            }
+            let (runs, whole, text) = load(path)?;
+            done = runs;
             // Rewrite without the cut-off tail, so that appends start on a fresh line.
             if whole.len() != text.len() {
                 crate::data::write_atomic(path, whole.as_bytes())?;
@@ -58,7 +53,23 @@ impl Journal {
             .map_err(|e| Error::file(path, e))?;
         Ok(Journal {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
+            done,
+            hits: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Open the journal at `path` (if there is one) to read it only: the file is left exactly
+    /// as it is, a cut-off last line is skipped, and runs recorded later stay in memory. Safe
+    /// beside another process that is appending to it.
+    pub fn open_read_only(path: &Path) -> Result<Journal> {
+        let done = match path.exists() {
+            true => load(path)?.0,
+            false => HashMap::new(),
+        };
+        Ok(Journal {
+            path: path.to_path_buf(),
+            file: None,
             done,
             hits: std::cell::Cell::new(0),
         })
@@ -94,11 +105,28 @@ impl Journal {
             buf.push(b'\n');
             self.done.insert(line.key, line.run);
         }
-        self.file
-            .write_all(&buf)
-            .and_then(|_| self.file.flush())
-            .map_err(|e| Error::file(&self.path, e))
+        match &mut self.file {
+            Some(f) => f
+                .write_all(&buf)
+                .and_then(|_| f.flush())
+                .map_err(|e| Error::file(&self.path, e)),
+            None => Ok(()),
+        }
     }
+}
+
+/// The runs in a journal file, its whole lines, and its whole text (a kill can leave the last
+/// line cut off; only whole lines count).
+fn load(path: &Path) -> Result<(HashMap<String, Run>, String, String)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    let whole = text[..text.rfind('\n').map_or(0, |i| i + 1)].to_string();
+    let mut done = HashMap::new();
+    for l in whole.lines().filter(|l| !l.trim().is_empty()) {
+        if let Ok(line) = serde_json::from_str::<Line>(l) {
+            done.insert(line.key, line.run);
+        }
+    }
+    Ok((done, whole, text))
 }
 
 /// One evaluation's place in a journal: keys are `scope|condition|index|item id`.
@@ -171,5 +199,32 @@ mod tests {
         let j = Journal::open(&path, false).unwrap();
         assert!(j.is_empty());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+
+    #[test]
+    fn a_read_only_journal_leaves_the_file_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut j = Journal::open(&path, false).unwrap();
+        j.record(vec![("a".into(), run(" Paris"))]).unwrap();
+        drop(j);
+        // Another process is in the middle of appending a line.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"{\"key\":\"b\",\"run\":{").unwrap();
+        drop(f);
+        let before = std::fs::read(&path).unwrap();
+        let mut j = Journal::open_read_only(&path).unwrap();
+        assert_eq!(j.len(), 1);
+        assert_eq!(j.get("a").unwrap().greedy, " Paris");
+        j.record(vec![("c".into(), run(" Oslo"))]).unwrap();
+        assert_eq!(j.get("c").unwrap().greedy, " Oslo");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        // No file: an empty journal, and still nothing written.
+        let none = dir.path().join("none.jsonl");
+        assert!(Journal::open_read_only(&none).unwrap().is_empty());
+        assert!(!none.exists());
     }
 }

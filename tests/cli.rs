@@ -448,6 +448,47 @@ fn bench_public_runs_saves_parts_and_resumes() {
         n_lines
     );
 
+    // --saved-only reports what is saved and runs no method: one not saved is left pending,
+    // and neither the journal nor the parts change.
+    let o = bin()
+        .args(["bench", "public", "--benchmarks", "memotrap"])
+        .args(["--methods", "none,cad,instruct", "--dev-limit", "3"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--dir")
+        .arg(dir.path().join("benchmarks"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--saved-only")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("memotrap instruct: no saved part, left pending"),
+        "{err}"
+    );
+    let only: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        only["sections"][0]["pending"],
+        serde_json::json!(["instruct"])
+    );
+    assert_eq!(
+        only["sections"][0]["methods"],
+        resumed["sections"][0]["methods"]
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("Not run yet (no saved part): instruct."),
+        "{md}"
+    );
+    assert!(!out.join("parts/memotrap.instruct.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap().lines().count(),
+        n_lines
+    );
+
     let (err, _) = go(&["--resume", "--seed", "3"]);
     assert!(!err.contains("reusing"), "{err}");
 }

@@ -227,6 +227,10 @@ pub struct PublicArgs {
     /// OUT/parts/BENCHMARK.runs.jsonl (saved batch by batch). Without it both start afresh.
     #[arg(long)]
     pub resume: bool,
+    /// Write the report from what OUT/parts holds, running no method: those without a saved
+    /// part are listed as not run yet. Implies --resume. For a look at a run still under way.
+    #[arg(long)]
+    pub saved_only: bool,
     /// Probe file for steer and steer-gated.
     #[arg(long)]
     pub probes: Option<PathBuf>,

@@ -197,8 +197,9 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
         dev_share: 0.3,
         dev_limit: (a.dev_limit > 0).then_some(a.dev_limit),
         parts: Some(a.out.join("parts")),
-        resume: a.resume,
+        resume: a.resume || a.saved_only,
         shots: a.shots,
+        saved_only: a.saved_only,
     };
     let mut report = ctxsteer::public::PublicReport {
         model: model.identity()?,

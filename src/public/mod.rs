@@ -35,7 +35,8 @@ pub struct Published {
 
 const SPARE: &str = "Zhao et al. 2024 (SpARE, arXiv:2410.15999), NQSwap table, mean over seeds";
 
-/// NQ-Swap figures from SpARE's table (larger models, their prompting; not comparable one to one).
+/// NQ-Swap figures from SpARE's and CAD's tables (larger models, their prompting; not comparable
+/// one to one).
 pub fn nqswap_published() -> Vec<Published> {
     let rows = [
         ("Llama3-8B", "none", "EM_C", 42.69),
@@ -59,7 +60,49 @@ pub fn nqswap_published() -> Vec<Published> {
             value: *v,
             source: SPARE.to_string(),
         })
+        .chain(cad_published(1, "EM_C"))
         .collect()
+}
+
+const CAD_PAPER: &str =
+    "Shi et al. 2024 (CAD, NAACL short papers, Table 3): greedy, exact match, alpha = 1";
+
+/// CAD's knowledge-conflict table: (model, regular decoding, CAD) for MemoTrap and for
+/// NQ-Swap. Its text checks two of them: CAD raises GPT-Neo 20B by 54.4% on MemoTrap
+/// (37.1 -> 57.3) and by 128% on NQ-Swap (16.1 -> 36.8).
+const CAD_TABLE: [(&str, [f64; 2], [f64; 2]); 8] = [
+    // (model, [MemoTrap regular, CAD], [NQ-Swap regular, CAD])
+    ("OPT-13B", [32.5, 44.5], [18.8, 36.9]),
+    ("OPT-30B", [28.4, 41.0], [14.7, 29.0]),
+    ("GPT-Neo-3B", [22.5, 47.3], [19.1, 41.2]),
+    ("GPT-Neo-20B", [37.1, 57.3], [16.1, 36.8]),
+    ("LLaMA-13B", [23.8, 57.1], [11.7, 36.7]),
+    ("LLaMA-30B", [25.8, 50.6], [9.6, 37.7]),
+    ("FLAN-T5-XL (3B)", [69.2, 72.2], [71.4, 73.3]),
+    ("FLAN-T5-XXL (11B)", [82.0, 88.7], [73.0, 77.1]),
+];
+
+/// CAD's published figures for one benchmark (`which`: 0 MemoTrap, 1 NQ-Swap), regular
+/// decoding and CAD for each model.
+fn cad_published(which: usize, metric: &str) -> Vec<Published> {
+    CAD_TABLE
+        .iter()
+        .flat_map(|(model, memo, nq)| {
+            let v = [memo, nq][which];
+            [("none", v[0]), ("cad", v[1])].map(|(method, value)| Published {
+                model: model.to_string(),
+                method: method.to_string(),
+                metric: metric.to_string(),
+                value,
+                source: CAD_PAPER.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// MemoTrap figures from CAD's table (larger models; not comparable one to one).
+pub fn memotrap_published() -> Vec<Published> {
+    cad_published(0, "EM (greedy)")
 }
 
 /// One benchmark's results.
@@ -76,6 +119,9 @@ pub struct Section {
     #[serde(default)]
     pub split_seconds: f64,
     pub methods: Vec<MethodResult>,
+    /// Methods asked for but not run yet (`--saved-only` and no saved part).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<Method>,
     /// Per method: the benchmark's own metrics on test.
     pub own: Vec<(Method, Vec<(String, Rate)>)>,
     pub published: Vec<Published>,
@@ -97,6 +143,9 @@ pub struct PublicOptions {
     pub resume: bool,
     /// NQ-Swap: this many demonstrations before every query (see [`add_shots`]).
     pub shots: usize,
+    /// Report only what is saved: methods without a saved part are listed as pending instead of
+    /// run (the split pass still runs where the journal lacks it).
+    pub saved_only: bool,
 }
 
 /// One finished (benchmark, method) measurement, saved so that a long run can resume.
@@ -368,7 +417,7 @@ pub fn run_one(
     // The model's checksum reads the whole file: once per benchmark, not once per method.
     let sha256 = model.identity()?.sha256;
     let mut journal = match &opts.parts {
-        Some(d) => Some(open_journal(d, name, opts.resume, on)?),
+        Some(d) => Some(open_journal(d, name, opts, on)?),
         None => None,
     };
     let split_scope = format!(
@@ -387,6 +436,7 @@ pub fn run_one(
     let split_seconds = t0.elapsed().as_secs_f64();
     let mut seconds = split_seconds;
     let mut results = Vec::new();
+    let mut pending = Vec::new();
     for m in methods {
         let key = part_key(model, &sha256, name, *m, &res, opts, &split)?;
         let saved = match (&opts.parts, opts.resume) {
@@ -400,6 +450,14 @@ pub fn run_one(
                     m.name()
                 )));
                 r
+            }
+            None if opts.saved_only => {
+                on(Event::Line(&format!(
+                    "{name} {}: no saved part, left pending",
+                    m.name()
+                )));
+                pending.push(*m);
+                continue;
             }
             None => {
                 let hits = journal.as_ref().map_or(0, Journal::hits);
@@ -423,14 +481,14 @@ pub fn run_one(
     let (published, note) = match name {
         "nqswap" => (
             nqswap_published(),
-            format!("Published: SpARE's NQSwap table (larger models, their own prompting). Ours: `context: ...\\nquestion: ...\\nanswer:`, {}, greedy, at most 12 tokens, the answer cut at the first line break.", match shots_for(name, opts) {
+            format!("Published: SpARE's NQSwap table and CAD's table (larger models, their own prompting). Ours: `context: ...\\nquestion: ...\\nanswer:`, {}, greedy, at most 12 tokens, the answer cut at the first line break.", match shots_for(name, opts) {
                 0 => "zero-shot".to_string(),
                 k => format!("{k}-shot (the {k} dev items with the shortest prompts, written out with their context answers before every query and left out of dev)"),
             }),
         ),
         "memotrap" => (
-            vec![],
-            "CAD's published MemoTrap figures are not in the reference material available offline here, so none are quoted. Accuracy is the teacher-forced comparison of the two classes.".to_string(),
+            memotrap_published(),
+            "Published: CAD's table (larger models; greedy exact match of the ending, where ours compares the two classes teacher-forced, so the two are not comparable one to one).".to_string(),
         ),
         _ => (vec![], "No published figure is quoted for the world-capital split.".to_string()),
     };
@@ -442,6 +500,7 @@ pub fn run_one(
         seconds,
         split_seconds,
         methods: results,
+        pending,
         own,
         published,
         note,
@@ -457,9 +516,18 @@ fn scoped<'a>(journal: &'a mut Option<Journal>, key: &str) -> Option<Scoped<'a>>
 }
 
 /// The benchmark's journal of finished runs, `DIR/NAME.runs.jsonl`: kept with `resume`, else
-/// started afresh.
-fn open_journal(dir: &Path, name: &str, resume: bool, on: &mut bench::OnEvent) -> Result<Journal> {
-    let j = Journal::open(&dir.join(format!("{name}.runs.jsonl")), resume)?;
+/// started afresh; only read with `saved_only`, so that a run still appending to it is safe.
+fn open_journal(
+    dir: &Path,
+    name: &str,
+    opts: &PublicOptions,
+    on: &mut bench::OnEvent,
+) -> Result<Journal> {
+    let path = dir.join(format!("{name}.runs.jsonl"));
+    let j = match opts.saved_only {
+        true => Journal::open_read_only(&path)?,
+        false => Journal::open(&path, opts.resume)?,
+    };
     if !j.is_empty() {
         on(Event::Line(&format!(
             "{name}: {} finished runs in the journal are reused where their settings match",
@@ -498,6 +566,34 @@ mod tests {
             split: None,
             variant: None,
             prefix: String::new(),
+        }
+    }
+
+    #[test]
+    fn cad_table_agrees_with_the_gains_its_text_states() {
+        // The paper's text: CAD improves GPT-Neo 20B by 54.4% on MemoTrap and by 128% on
+        // NQ-Swap.
+        let value = |v: &[Published], method: &str| {
+            v.iter()
+                .find(|p| p.model == "GPT-Neo-20B" && p.method == method && p.source == CAD_PAPER)
+                .map(|p| p.value)
+                .unwrap()
+        };
+        let gain = |v: &[Published]| 100.0 * (value(v, "cad") / value(v, "none") - 1.0);
+        let (memo, nq) = (memotrap_published(), nqswap_published());
+        assert_eq!(format!("{:.1}", gain(&memo)), "54.4");
+        assert_eq!(gain(&nq).floor(), 128.0);
+        // Eight models, regular decoding and CAD for each; CAD is ahead in every row.
+        for v in [&memo, &nq] {
+            let cad: Vec<&Published> = v.iter().filter(|p| p.source == CAD_PAPER).collect();
+            assert_eq!(cad.len(), 16);
+            for pair in cad.chunks(2) {
+                assert_eq!(
+                    (pair[0].method.as_str(), pair[1].method.as_str()),
+                    ("none", "cad")
+                );
+                assert!(pair[1].value > pair[0].value, "{}", pair[0].model);
+            }
         }
     }
 

@@ -81,6 +81,13 @@ pub fn markdown(r: &PublicReport) -> String {
                 m.seconds
             );
         }
+        if !sec.pending.is_empty() {
+            let names: Vec<&str> = sec.pending.iter().map(|m| m.name()).collect();
+            s += &format!(
+                "\nNot run yet (no saved part): {}. `--resume` goes on with them.\n",
+                names.join(", ")
+            );
+        }
         if !sec.published.is_empty() {
             s += "\nPublished figures (**larger models**, for orientation only):\n\n| model | method | metric | value | source |\n|---|---|---|---|---|\n";
             for p in &sec.published {
