@@ -89,13 +89,7 @@ pub fn markdown(r: &PublicReport) -> String {
             );
         }
         if !sec.published.is_empty() {
-            s += "\nPublished figures (**larger models**, for orientation only):\n\n| model | method | metric | value | source |\n|---|---|---|---|---|\n";
-            for p in &sec.published {
-                s += &format!(
-                    "| {} | {} | {} | {:.2} | {} |\n",
-                    p.model, p.method, p.metric, p.value, p.source
-                );
-            }
+            s += &published_table(&sec.published);
         }
         s += &format!("\n{}\n\n", sec.note);
     }
@@ -119,4 +113,76 @@ pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Public benchmarks</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}pre{{white-space:pre-wrap}}</style></head><body><pre>{esc}</pre></body></html>"
     );
     data::write_atomic(&dir.join("report.html"), html.as_bytes())
+}
+
+/// Published figures as one row per (model, metric, source) and one column per method, in the
+/// order they first appear.
+fn published_table(published: &[super::Published]) -> String {
+    let mut methods: Vec<&str> = Vec::new();
+    let mut rows: Vec<(&str, &str, &str)> = Vec::new();
+    for p in published {
+        if !methods.contains(&p.method.as_str()) {
+            methods.push(&p.method);
+        }
+        let row = (p.model.as_str(), p.metric.as_str(), p.source.as_str());
+        if !rows.contains(&row) {
+            rows.push(row);
+        }
+    }
+    let mut s = format!(
+        "\nPublished figures (**larger models**, for orientation only):\n\n| model | metric | {} | source |\n|---|---|{}---|\n",
+        methods.join(" | "),
+        "---:|".repeat(methods.len())
+    );
+    for (model, metric, source) in rows {
+        let cells: Vec<String> = methods
+            .iter()
+            .map(|m| {
+                published
+                    .iter()
+                    .find(|p| {
+                        (
+                            p.model.as_str(),
+                            p.metric.as_str(),
+                            p.source.as_str(),
+                            p.method.as_str(),
+                        ) == (model, metric, source, m)
+                    })
+                    .map_or(String::new(), |p| format!("{:.2}", p.value))
+            })
+            .collect();
+        s += &format!(
+            "| {model} | {metric} | {} | {source} |\n",
+            cells.join(" | ")
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_figures_pivot_to_one_row_per_model_and_metric() {
+        let t = published_table(&crate::public::nqswap_published());
+        assert!(
+            t.contains("| model | metric | none | cad | SpARE | source |"),
+            "{t}"
+        );
+        // SpARE: 3 models x (EM_C, EM_M); CAD: 8 models x EM_C.
+        let rows = t
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| model"));
+        assert_eq!(rows.count(), 3 * 2 + 8, "{t}");
+        assert!(
+            t.contains("| Llama3-8B | EM_C | 42.69 | 65.65 | 77.69 | Zhao"),
+            "{t}"
+        );
+        assert!(t.contains("| Llama3-8B | EM_M | 26.63 |  |  | Zhao"), "{t}");
+        assert!(
+            t.contains("| GPT-Neo-20B | EM_C | 16.10 | 36.80 |  | Shi"),
+            "{t}"
+        );
+    }
 }
