@@ -123,7 +123,8 @@ pub struct ProbeFile {
     /// The relations held out for testing, when the split was by relation.
     #[serde(default)]
     pub test_relations: Option<Vec<String>>,
-    /// The site with the best cross-validated AUROC on train.
+    /// The site with the best cross-validated AUROC on train (ties go to the deepest; see
+    /// [`best_site`]).
     pub best: String,
     pub sites: Vec<SiteProbe>,
 }
@@ -182,13 +183,36 @@ impl ProbeFile {
     }
 }
 
-/// The site with the best cross-validated AUROC on train (what `best` names in a probe file).
+/// Cross-validated AUROCs closer than this to the best count as tied. On a hundred training
+/// items it is a handful of ranked pairs, within the spread between folds.
+pub const BEST_TIE: f64 = 0.005;
+
+/// The site `best` names in a probe file: the highest cross-validated AUROC on train, and among
+/// the sites tied with it (within [`BEST_TIE`]), the deepest. Without the tie-break, a near-tie
+/// flips between runs; and an early site sees little more than the tokens themselves.
 pub fn best_site(sites: &[SiteProbe]) -> String {
+    let top = sites
+        .iter()
+        .map(|s| s.metrics.cv_auroc)
+        .fold(f64::NEG_INFINITY, f64::max);
     sites
         .iter()
-        .max_by(|a, b| a.metrics.cv_auroc.total_cmp(&b.metrics.cv_auroc))
+        .filter(|s| s.metrics.cv_auroc >= top - BEST_TIE)
+        .max_by_key(|s| depth(&s.site))
         .map(|s| s.site.clone())
         .unwrap_or_default()
+}
+
+/// How deep a site sits: its block for `blocks.{l}.…`, first for `hook_embed`, last for
+/// `ln_final.…`.
+fn depth(site: &str) -> usize {
+    if site.starts_with("ln_final.") {
+        return usize::MAX;
+    }
+    site.strip_prefix("blocks.")
+        .and_then(|r| r.split_once('.'))
+        .and_then(|(l, _)| l.parse::<usize>().ok())
+        .map_or(0, |l| l + 1)
 }
 
 /// The label of an index row for a target; None leaves the row out.
@@ -617,4 +641,53 @@ pub fn plot(f: &ProbeFile, path: &std::path::Path) -> Result<()> {
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(name: &str, cv_auroc: f64) -> SiteProbe {
+        SiteProbe {
+            site: name.into(),
+            weights: vec![],
+            bias: 0.0,
+            mean: vec![],
+            std: vec![],
+            alpha: None,
+            directions: BTreeMap::new(),
+            spread: BTreeMap::new(),
+            cosines: BTreeMap::new(),
+            metrics: Metrics {
+                cv_auroc,
+                ..Metrics::default()
+            },
+        }
+    }
+
+    #[test]
+    fn best_site_breaks_near_ties_toward_the_deeper_site() {
+        // The demo's follows_context probes: layer 0 ahead of layer 22 by 0.0005.
+        let mut sites = vec![
+            site("blocks.0.hook_resid_post", 0.94736),
+            site("blocks.2.hook_resid_post", 0.89),
+            site("blocks.22.hook_resid_post", 0.94688),
+            site("blocks.23.hook_resid_post", 0.9372),
+            site("blocks.29.hook_resid_post", 0.912),
+        ];
+        assert_eq!(best_site(&sites), "blocks.22.hook_resid_post");
+        // A clear lead is kept, however early the site.
+        sites[0].metrics.cv_auroc = 0.96;
+        assert_eq!(best_site(&sites), "blocks.0.hook_resid_post");
+        // Depth is by block, not by the order of the list; ln_final is deepest, embed first.
+        let sites = vec![
+            site("ln_final.hook_normalized", 0.90),
+            site("blocks.3.hook_resid_post", 0.902),
+            site("hook_embed", 0.903),
+        ];
+        assert_eq!(best_site(&sites), "ln_final.hook_normalized");
+        assert_eq!(depth("hook_embed"), 0);
+        assert_eq!(depth("blocks.0.attn.hook_z"), 1);
+        assert_eq!(best_site(&[]), "");
+    }
 }
