@@ -355,3 +355,24 @@ fn world_capital_import_gives_both_conflict_forms() {
     .to_string();
     assert!(e.contains("record 0") && e.contains("Clean Prompt"), "{e}");
 }
+
+#[test]
+fn json_importers_say_what_is_wrong_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    for (format, what) in [
+        (ImportFormat::Counterfact, "CounterFact records"),
+        (ImportFormat::WorldCapital, "records"),
+    ] {
+        std::fs::write(&bad, "[{\"a\": 1},\n oops]").unwrap();
+        let e = data::import(format, &bad).unwrap_err().to_string();
+        assert!(e.contains("bad.json"), "{e}");
+        assert!(e.contains("not valid JSON (line 2, column 2)"), "{e}");
+        std::fs::write(&bad, "{\"a\": 1}").unwrap();
+        let e = data::import(format, &bad).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("expected a JSON array of {what}")),
+            "{e}"
+        );
+    }
+}

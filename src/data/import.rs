@@ -48,20 +48,23 @@ fn str_at<'a>(
         })
 }
 
-fn import_counterfact(path: &Path, text: &str) -> Result<Vec<Item>> {
+/// A file holding one JSON array, as its elements; `what` names them in the error.
+fn json_array(path: &Path, text: &str, what: &str) -> Result<Vec<serde_json::Value>> {
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        Error::file(
-            path,
-            format!(
-                "not valid JSON (line {}, column {}): {e}",
-                e.line(),
-                e.column()
-            ),
-        )
+        let at = format!("line {}, column {}", e.line(), e.column());
+        Error::file(path, format!("not valid JSON ({at}): {e}"))
     })?;
-    let recs = v
-        .as_array()
-        .ok_or_else(|| Error::file(path, "expected a JSON array of CounterFact records"))?;
+    match v {
+        serde_json::Value::Array(recs) => Ok(recs),
+        _ => Err(Error::file(
+            path,
+            format!("expected a JSON array of {what}"),
+        )),
+    }
+}
+
+fn import_counterfact(path: &Path, text: &str) -> Result<Vec<Item>> {
+    let recs = json_array(path, text, "CounterFact records")?;
     let mut out = Vec::new();
     for (i, r) in recs.iter().enumerate() {
         let id = r
@@ -344,19 +347,7 @@ fn import_memotrap(path: &Path, text: &str) -> Result<Vec<Item>> {
 }
 
 fn import_world_capital(path: &Path, text: &str) -> Result<Vec<Item>> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        Error::file(
-            path,
-            format!(
-                "not valid JSON (line {}, column {}): {e}",
-                e.line(),
-                e.column()
-            ),
-        )
-    })?;
-    let recs = v
-        .as_array()
-        .ok_or_else(|| Error::file(path, "expected a JSON array of records"))?;
+    let recs = json_array(path, text, "records")?;
     let mut out = Vec::new();
     for (i, r) in recs.iter().enumerate() {
         let at = |m: String| Error::file(path, format!("record {i}: {m}"));
