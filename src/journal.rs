@@ -38,10 +38,10 @@ impl Journal {
         }
         let mut done = HashMap::new();
         if resume && path.exists() {
-            let (runs, whole, text) = load(path)?;
+            let (runs, cut_off) = load(path)?;
             done = runs;
             // Rewrite without the cut-off tail, so that appends start on a fresh line.
-            if whole.len() != text.len() {
+            if let Some(whole) = cut_off {
                 crate::data::write_atomic(path, whole.as_bytes())?;
             }
         } else {
@@ -115,18 +115,19 @@ impl Journal {
     }
 }
 
-/// The runs in a journal file, its whole lines, and its whole text (a kill can leave the last
-/// line cut off; only whole lines count).
-fn load(path: &Path) -> Result<(HashMap<String, Run>, String, String)> {
+/// The runs in a journal file, from its whole lines only (a kill can leave the last one cut
+/// off); and, when it was, the text of those whole lines.
+fn load(path: &Path) -> Result<(HashMap<String, Run>, Option<String>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-    let whole = text[..text.rfind('\n').map_or(0, |i| i + 1)].to_string();
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
     let mut done = HashMap::new();
     for l in whole.lines().filter(|l| !l.trim().is_empty()) {
         if let Ok(line) = serde_json::from_str::<Line>(l) {
             done.insert(line.key, line.run);
         }
     }
-    Ok((done, whole, text))
+    let cut_off = (whole.len() != text.len()).then(|| whole.to_string());
+    Ok((done, cut_off))
 }
 
 /// One evaluation's place in a journal: keys are `scope|condition|index|item id`.
