@@ -303,31 +303,26 @@ pub struct MethodResult {
 }
 
 /// Split items into (dev, test): their own split field, else a seeded half split by subject.
+/// With split fields, an item whose field is neither `dev` nor `test` is in neither.
 pub fn dev_test(items: &[Item]) -> (Vec<Item>, Vec<Item>) {
     let has = items.iter().any(|i| i.split.is_some());
-    let dev: Vec<Item> = items
-        .iter()
-        .filter(|i| {
-            if has {
-                i.split.as_deref() == Some("dev")
-            } else {
-                crate::data::stable_hash(&i.subject).is_multiple_of(2)
-            }
-        })
-        .cloned()
-        .collect();
-    let test: Vec<Item> = items
-        .iter()
-        .filter(|i| {
-            if has {
-                i.split.as_deref() == Some("test")
-            } else {
-                crate::data::stable_hash(&i.subject) % 2 == 1
-            }
-        })
-        .cloned()
-        .collect();
-    (dev, test)
+    fn part_of(i: &Item, has: bool) -> Option<&str> {
+        if has {
+            i.split.as_deref()
+        } else if crate::data::stable_hash(&i.subject).is_multiple_of(2) {
+            Some("dev")
+        } else {
+            Some("test")
+        }
+    }
+    let take = |name: &str| -> Vec<Item> {
+        items
+            .iter()
+            .filter(|i| part_of(i, has) == Some(name))
+            .cloned()
+            .collect()
+    };
+    (take("dev"), take("test"))
 }
 
 /// Known facts among `items`: those whose closed-book greedy answer is the prior.
@@ -436,10 +431,7 @@ impl Split {
         } else {
             (&self.dev, &self.dev_known)
         };
-        let mut what = format!("{} {}", if test { "test" } else { "dev" }, s.method.name());
-        if s.label != s.method.name() {
-            what += &format!(" {}", s.label);
-        }
+        let what = eval_scope(test, s.method, &s.label);
         on(Event::Begin {
             what: &what,
             items: items.len() + known.len(),
@@ -452,6 +444,16 @@ impl Split {
         e.perplexity_ratio = e.perplexity / self.base_ppl;
         Ok(e)
     }
+}
+
+/// The name of one evaluation, `dev|test METHOD [SETTING]`: its progress line and its scope in
+/// a journal.
+pub fn eval_scope(test: bool, m: Method, label: &str) -> String {
+    let mut what = format!("{} {}", if test { "test" } else { "dev" }, m.name());
+    if label != m.name() {
+        what += &format!(" {label}");
+    }
+    what
 }
 
 /// Run every method: sweep on dev, measure the chosen setting on test.

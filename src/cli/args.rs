@@ -184,7 +184,8 @@ pub enum BenchCmd {
     /// Compare methods on a conflict dataset: adherence, M_R, prior retention, fluency.
     Conflict(BenchArgs),
     /// MemoTrap, NQ-Swap and JUICE world capitals from their published files, each with its
-    /// own metric and the published figures beside ours.
+    /// own metric, each method's paired difference from none on the same test items, and the
+    /// published figures beside ours.
     Public(PublicArgs),
 }
 

@@ -20,8 +20,11 @@ use crate::model::Model;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+mod paired;
 mod published;
 mod report;
+
+use paired::{headline, paired_delta, test_outcomes};
 pub use published::{memotrap_published, nqswap_published, Published};
 pub use report::{markdown, write, PublicReport};
 
@@ -356,6 +359,7 @@ pub fn run_one(
     let split_seconds = t0.elapsed().as_secs_f64();
     let mut seconds = split_seconds;
     let mut results = Vec::new();
+    let mut keys = Vec::new();
     let mut pending = Vec::new();
     for m in methods {
         let key = part_key(model, &sha256, name, *m, &res, opts, &split)?;
@@ -386,17 +390,35 @@ pub fn run_one(
                     bench::run_method(model, *m, &split, &res, opts.batch_size, j.as_mut(), on)?;
                 r.reused_runs = journal.as_ref().map_or(0, Journal::hits) - hits;
                 if let Some(d) = &opts.parts {
-                    save_part(d, name, *m, key, &r)?;
+                    save_part(d, name, *m, key.clone(), &r)?;
                 }
                 r
             }
         };
         seconds += r.seconds;
+        keys.push(key);
         results.push(r);
     }
+    let outcomes: Vec<Option<Vec<bool>>> = results
+        .iter()
+        .zip(&keys)
+        .map(|(r, key)| test_outcomes(&mut journal, key, (r.method, &r.chosen), &split.test, name))
+        .collect();
+    let base = results
+        .iter()
+        .position(|r| r.method == Method::None)
+        .and_then(|i| outcomes[i].clone());
     let own = results
         .iter()
-        .map(|m| (m.method, own_metrics(name, &m.test)))
+        .zip(&outcomes)
+        .map(|(m, o)| {
+            let mut v = own_metrics(name, &m.test);
+            v.push((
+                format!("Δ {} vs none, paired (points)", headline(name)),
+                paired_delta(base.as_deref(), o.as_deref()),
+            ));
+            (m.method, v)
+        })
         .collect();
     let (published, note) = match name {
         "nqswap" => (

@@ -1,0 +1,290 @@
+//! Linear probes, one per captured site, that locate where the model represents "answer from
+//! the context" versus "answer from memory".
+//!
+//! Features are standardized on the train part. Logistic probes (linfa-logistic, L2 strength
+//! chosen by grouped cross-validation on train) or least-squares probes (linfa-linear on ±1)
+//! are scored on held-out subjects, beside a majority baseline and a control task on
+//! shuffled labels. Each site also gets three unit directions in the site's own space: the
+//! probe's, the class mean difference, and the first principal component of paired
+//! differences. Each has its sign set so that positive means "context", and records the spread
+//! of projections, so steering can be set in natural units.
+
+use crate::capture::IndexRow;
+use crate::error::{Error, Result};
+use crate::model::ModelId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+mod show;
+mod train;
+
+pub use show::{plot, table};
+pub use train::{train, TrainOptions};
+
+/// What a probe predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Behaviour: the answer follows the context (1) or the prior (0); `neither` is left out.
+    FollowsContext,
+    /// The prompt holds a context that contradicts memory (counterfactual variant, 1), or it
+    /// does not: the context states the true fact (true_context, 0), there is none
+    /// (no_context, 0), or the text is ordinary prose (neutral, 0). As a gate it fires only
+    /// where there is a conflict to resolve.
+    Conflict,
+    /// The model knows the fact closed-book.
+    Known,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Logistic,
+    Linear,
+}
+
+/// Held-out scores of one probe.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Metrics {
+    pub accuracy: f64,
+    pub balanced_accuracy: f64,
+    pub auroc: f64,
+    /// Accuracy of always predicting the train majority class.
+    pub majority_baseline: f64,
+    /// The same probe trained and tested on shuffled labels.
+    pub control_auroc: f64,
+    /// auroc - control_auroc (Hewitt & Liang 2019).
+    pub selectivity: f64,
+    /// Mean AUROC over the cross-validation folds on train (used to pick the best site).
+    pub cv_auroc: f64,
+}
+
+/// Spread of projections onto a direction, over all examples.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Spread {
+    pub std: f32,
+    /// Mean projection of the positive ("context") class.
+    pub mean_pos: f32,
+    pub mean_neg: f32,
+}
+
+/// One site's probe.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SiteProbe {
+    pub site: String,
+    /// Weights on standardized features; logit = w . (x - mean) / std + bias.
+    pub weights: Vec<f32>,
+    pub bias: f32,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// L2 strength chosen by cross-validation (logistic only).
+    pub alpha: Option<f64>,
+    /// Unit directions in the site's original space: probe, meandiff, pca.
+    pub directions: BTreeMap<String, Vec<f32>>,
+    pub spread: BTreeMap<String, Spread>,
+    pub cosines: BTreeMap<String, f64>,
+    pub metrics: Metrics,
+}
+
+impl SiteProbe {
+    /// The probe's probability (logistic) or score (linear, ±1 scale) for one activation.
+    pub fn score(&self, x: &[f32]) -> f32 {
+        let z: f32 = x
+            .iter()
+            .zip(&self.mean)
+            .zip(&self.std)
+            .zip(&self.weights)
+            .map(|(((x, m), s), w)| (x - m) / s * w)
+            .sum::<f32>()
+            + self.bias;
+        z
+    }
+
+    pub fn direction(&self, name: &str) -> Result<&[f32]> {
+        self.directions.get(name).map(Vec::as_slice).ok_or_else(|| {
+            Error::Invalid(format!(
+                "direction `{name}` is not in the probe file; valid: probe, meandiff, pca"
+            ))
+        })
+    }
+}
+
+/// A probe file: everything needed to reuse the probes and to know where they came from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeFile {
+    pub version: u32,
+    pub model: ModelId,
+    pub acts: String,
+    pub data: String,
+    pub target: Target,
+    pub kind: Kind,
+    pub command: String,
+    pub seed: u64,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub n_pos: usize,
+    /// The relations held out for testing, when the split was by relation.
+    #[serde(default)]
+    pub test_relations: Option<Vec<String>>,
+    /// The site with the best cross-validated AUROC on train (ties go to the deepest; see
+    /// [`best_site`]).
+    pub best: String,
+    pub sites: Vec<SiteProbe>,
+}
+
+impl ProbeFile {
+    pub fn read(path: &std::path::Path) -> Result<ProbeFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a probe file: {e}")))
+    }
+
+    pub fn write(&self, path: &std::path::Path) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
+        crate::data::write_atomic(path, &bytes)
+    }
+
+    /// Read a probe file and refuse it unless it was trained on `model`.
+    pub fn read_for(path: &std::path::Path, model: &ModelId) -> Result<ProbeFile> {
+        let f = ProbeFile::read(path)?;
+        f.check_model(model, path)?;
+        Ok(f)
+    }
+
+    /// Refuse probes trained on another model.
+    pub fn check_model(&self, model: &ModelId, path: &std::path::Path) -> Result<()> {
+        if self.model.d_model != model.d_model || self.model.sha256 != model.sha256 {
+            return Err(Error::file(
+                path,
+                format!(
+                    "these probes were trained on {} (sha256 {}, d_model {}), not on the loaded model {} (sha256 {}, d_model {})",
+                    self.model.file,
+                    &self.model.sha256[..12.min(self.model.sha256.len())],
+                    self.model.d_model,
+                    model.file,
+                    &model.sha256[..12.min(model.sha256.len())],
+                    model.d_model
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A site's probe by name, or the best one for `best`.
+    pub fn site(&self, name: &str) -> Result<&SiteProbe> {
+        let want = if name == "best" {
+            self.best.as_str()
+        } else {
+            name
+        };
+        self.sites.iter().find(|s| s.site == want).ok_or_else(|| {
+            let names: Vec<&str> = self.sites.iter().map(|s| s.site.as_str()).collect();
+            Error::Invalid(format!(
+                "no probe at `{name}`; this file has: best, {}",
+                names.join(", ")
+            ))
+        })
+    }
+}
+
+/// Cross-validated AUROCs closer than this to the best count as tied. On a hundred training
+/// items it is a handful of ranked pairs, within the spread between folds.
+pub const BEST_TIE: f64 = 0.005;
+
+/// The site `best` names in a probe file: the highest cross-validated AUROC on train, and among
+/// the sites tied with it (within [`BEST_TIE`]), the deepest. Without the tie-break, a near-tie
+/// flips between runs; and an early site sees little more than the tokens themselves.
+pub fn best_site(sites: &[SiteProbe]) -> String {
+    let top = sites
+        .iter()
+        .map(|s| s.metrics.cv_auroc)
+        .fold(f64::NEG_INFINITY, f64::max);
+    sites
+        .iter()
+        .filter(|s| s.metrics.cv_auroc >= top - BEST_TIE)
+        .max_by_key(|s| depth(&s.site))
+        .map(|s| s.site.clone())
+        .unwrap_or_default()
+}
+
+/// How deep a site sits: its block for `blocks.{l}.…`, first for `hook_embed`, last for
+/// `ln_final.…`.
+fn depth(site: &str) -> usize {
+    if site.starts_with("ln_final.") {
+        return usize::MAX;
+    }
+    site.strip_prefix("blocks.")
+        .and_then(|r| r.split_once('.'))
+        .and_then(|(l, _)| l.parse::<usize>().ok())
+        .map_or(0, |l| l + 1)
+}
+
+/// The label of an index row for a target; None leaves the row out.
+pub fn target_of(row: &IndexRow, target: Target) -> Option<bool> {
+    match target {
+        Target::FollowsContext => match row.label.as_deref() {
+            Some("follows_context") => Some(true),
+            Some("follows_prior") => Some(false),
+            _ => None,
+        },
+        Target::Known => row.known,
+        Target::Conflict => match row.variant.as_deref() {
+            Some("counterfactual") => Some(true),
+            Some("true_context" | "no_context" | "neutral") => Some(false),
+            _ => None,
+        },
+    }
+}
+
+/// Held-out group of a subject: about a quarter of subjects, chosen by a seeded hash.
+pub fn is_test(subject: &str, seed: u64) -> bool {
+    crate::data::stable_hash(&format!("{seed}:{}", subject.to_lowercase())).is_multiple_of(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(name: &str, cv_auroc: f64) -> SiteProbe {
+        SiteProbe {
+            site: name.into(),
+            weights: vec![],
+            bias: 0.0,
+            mean: vec![],
+            std: vec![],
+            alpha: None,
+            directions: BTreeMap::new(),
+            spread: BTreeMap::new(),
+            cosines: BTreeMap::new(),
+            metrics: Metrics {
+                cv_auroc,
+                ..Metrics::default()
+            },
+        }
+    }
+
+    #[test]
+    fn best_site_breaks_near_ties_toward_the_deeper_site() {
+        // The demo's follows_context probes: layer 0 ahead of layer 22 by 0.0005.
+        let mut sites = vec![
+            site("blocks.0.hook_resid_post", 0.94736),
+            site("blocks.2.hook_resid_post", 0.89),
+            site("blocks.22.hook_resid_post", 0.94688),
+            site("blocks.23.hook_resid_post", 0.9372),
+            site("blocks.29.hook_resid_post", 0.912),
+        ];
+        assert_eq!(best_site(&sites), "blocks.22.hook_resid_post");
+        // A clear lead is kept, however early the site.
+        sites[0].metrics.cv_auroc = 0.96;
+        assert_eq!(best_site(&sites), "blocks.0.hook_resid_post");
+        // Depth is by block, not by the order of the list; ln_final is deepest, embed first.
+        let sites = vec![
+            site("ln_final.hook_normalized", 0.90),
+            site("blocks.3.hook_resid_post", 0.902),
+            site("hook_embed", 0.903),
+        ];
+        assert_eq!(best_site(&sites), "ln_final.hook_normalized");
+        assert_eq!(depth("hook_embed"), 0);
+        assert_eq!(depth("blocks.0.attn.hook_z"), 1);
+        assert_eq!(best_site(&[]), "");
+    }
+}
