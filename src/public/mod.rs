@@ -359,7 +359,8 @@ pub fn run_one(
     let split_seconds = t0.elapsed().as_secs_f64();
     let mut seconds = split_seconds;
     let mut results = Vec::new();
-    let mut keys = Vec::new();
+    // Each method's headline outcome per test item, for the paired differences from none.
+    let mut outcomes: Vec<Option<Vec<bool>>> = Vec::new();
     let mut pending = Vec::new();
     for m in methods {
         let key = part_key(model, &sha256, name, *m, &res, opts, &split)?;
@@ -396,18 +397,19 @@ pub fn run_one(
             }
         };
         seconds += r.seconds;
-        keys.push(key);
+        outcomes.push(test_outcomes(
+            &mut journal,
+            &key,
+            (r.method, &r.chosen),
+            &split.test,
+            name,
+        ));
         results.push(r);
     }
-    let outcomes: Vec<Option<Vec<bool>>> = results
-        .iter()
-        .zip(&keys)
-        .map(|(r, key)| test_outcomes(&mut journal, key, (r.method, &r.chosen), &split.test, name))
-        .collect();
     let base = results
         .iter()
         .position(|r| r.method == Method::None)
-        .and_then(|i| outcomes[i].clone());
+        .and_then(|i| outcomes[i].as_deref());
     let own = results
         .iter()
         .zip(&outcomes)
@@ -415,7 +417,7 @@ pub fn run_one(
             let mut v = own_metrics(name, &m.test);
             v.push((
                 format!("Δ {} vs none, paired (points)", headline(name)),
-                paired_delta(base.as_deref(), o.as_deref()),
+                paired_delta(base, o.as_deref()),
             ));
             (m.method, v)
         })
@@ -493,7 +495,8 @@ fn save_part(dir: &Path, name: &str, m: Method, key: String, r: &MethodResult) -
 mod tests {
     use super::*;
 
-    fn nq(i: usize, ctx: &str) -> Item {
+    /// An NQ-Swap item `nqswap:{i}` with context `ctx`; also the fixture of `paired`'s tests.
+    pub(super) fn nq(i: usize, ctx: &str) -> Item {
         Item {
             id: format!("nqswap:{i}"),
             relation: "nq".into(),

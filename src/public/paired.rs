@@ -74,30 +74,13 @@ pub(super) fn paired_delta(base: Option<&[bool]>, other: Option<&[bool]>) -> Rat
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn nq(i: usize) -> Item {
-        Item {
-            id: format!("nqswap:{i}"),
-            relation: "nq".into(),
-            subject: format!("q{i}"),
-            question: format!("q{i}?"),
-            prompt: format!("question: q{i}\nanswer:"),
-            context: "context: c\n".into(),
-            prior_answer: format!("old{i}"),
-            context_answer: format!("new{i}"),
-            prior_aliases: vec![],
-            context_aliases: vec![],
-            split: None,
-            variant: None,
-            prefix: String::new(),
-        }
-    }
+    use crate::public::tests::nq;
 
     #[test]
     fn paired_deltas_read_each_methods_test_runs_back_from_the_journal() {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Some(Journal::open(&dir.path().join("j.jsonl"), false).unwrap());
-        let test: Vec<Item> = (1..=4).map(nq).collect();
+        let test: Vec<Item> = (1..=4).map(|i| nq(i, "c")).collect();
         let run = |greedy: &str| Run {
             logp_prior: -1.0,
             logp_context: -2.0,
@@ -132,7 +115,7 @@ mod tests {
         let other = (Method::Cad, "beta=2");
         assert!(test_outcomes(&mut journal, "k-cad", other, &test, "nqswap").is_none());
         assert!(test_outcomes(&mut journal, "k-cad", cad, &test[..3], "nqswap").is_some());
-        let extra: Vec<Item> = (1..=5).map(nq).collect();
+        let extra: Vec<Item> = (1..=5).map(|i| nq(i, "c")).collect();
         assert!(test_outcomes(&mut journal, "k-cad", cad, &extra, "nqswap").is_none());
         assert_eq!(paired_delta(None, Some(&c)).n, 0);
         assert_eq!(paired_delta(Some(&b), Some(&c[..3])).n, 0);
