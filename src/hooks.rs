@@ -70,6 +70,16 @@ impl Site {
         Site::new(SiteKind::ResidPost, layer)
     }
 
+    /// How deep the site sits in the forward pass: 0 for `hook_embed`, `layer + 1` inside the
+    /// blocks, and last for `ln_final.hook_normalized`.
+    pub fn depth(&self) -> usize {
+        match self.kind {
+            SiteKind::Embed => 0,
+            SiteKind::LnFinal => usize::MAX,
+            _ => self.layer + 1,
+        }
+    }
+
     /// Parse a TransformerLens name, checking the layer against `n_layers`.
     pub fn parse(name: &str, n_layers: usize) -> Result<Site> {
         let name = name.trim();

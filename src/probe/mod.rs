@@ -11,6 +11,7 @@
 
 use crate::capture::IndexRow;
 use crate::error::{Error, Result};
+use crate::hooks::Site;
 use crate::model::ModelId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -206,16 +207,9 @@ pub fn best_site(sites: &[SiteProbe]) -> String {
         .unwrap_or_default()
 }
 
-/// How deep a site sits: its block for `blocks.{l}.…`, first for `hook_embed`, last for
-/// `ln_final.…`.
+/// How deep a site named in a probe file sits; an unparsable name counts as shallowest.
 fn depth(site: &str) -> usize {
-    if site.starts_with("ln_final.") {
-        return usize::MAX;
-    }
-    site.strip_prefix("blocks.")
-        .and_then(|r| r.split_once('.'))
-        .and_then(|(l, _)| l.parse::<usize>().ok())
-        .map_or(0, |l| l + 1)
+    Site::parse(site, usize::MAX).map_or(0, |s| s.depth())
 }
 
 /// The label of an index row for a target; None leaves the row out.
@@ -285,6 +279,9 @@ mod tests {
         assert_eq!(best_site(&sites), "ln_final.hook_normalized");
         assert_eq!(depth("hook_embed"), 0);
         assert_eq!(depth("blocks.0.attn.hook_z"), 1);
+        assert_eq!(depth("blocks.29.hook_resid_post"), 30);
+        assert_eq!(depth("ln_final.hook_normalized"), usize::MAX);
+        assert_eq!(depth("blocks.x.hook_resid_post"), 0);
         assert_eq!(best_site(&[]), "");
     }
 }
