@@ -378,6 +378,22 @@ fn bench_public_runs_saves_parts_and_resumes() {
         .as_str()
         .unwrap()
         .starts_with("accuracy"));
+    // Read back from the journal: none changes no run of its own; CAD changes every run with a
+    // context (its contrast with the closed-book pass moves each score).
+    let changed = |i: usize| {
+        let own = sec["own"][i][1].as_array().unwrap();
+        let row = own
+            .iter()
+            .find(|r| r[0] == "changed vs none: test prompts")
+            .unwrap();
+        (
+            row[1]["value"].as_f64().unwrap(),
+            row[1]["n"].as_u64().unwrap(),
+        )
+    };
+    let n_test = sec["n_test"].as_u64().unwrap();
+    assert_eq!(changed(0), (0.0, n_test));
+    assert_eq!(changed(1), (1.0, n_test));
     assert!(out.join("parts/memotrap.none.json").is_file());
     assert!(out.join("parts/memotrap.cad.json").is_file());
     // The section's time is its split pass plus each method's own time, and the report says so.

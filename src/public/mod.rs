@@ -24,7 +24,7 @@ mod paired;
 mod published;
 mod report;
 
-use paired::{headline, paired_delta, test_outcomes};
+use paired::{changed_share, headline, paired_delta, test_outcomes, Outcome};
 pub use published::{memotrap_published, nqswap_published, Published};
 pub use report::{markdown, write, PublicReport};
 
@@ -360,7 +360,7 @@ pub fn run_one(
     let mut seconds = split_seconds;
     let mut results = Vec::new();
     // Each method's headline outcome per test item, for the paired differences from none.
-    let mut outcomes: Vec<Option<Vec<bool>>> = Vec::new();
+    let mut outcomes: Vec<[Option<Vec<Outcome>>; 2]> = Vec::new();
     let mut pending = Vec::new();
     for m in methods {
         let key = part_key(model, &sha256, name, *m, &res, opts, &split)?;
@@ -397,19 +397,20 @@ pub fn run_one(
             }
         };
         seconds += r.seconds;
-        outcomes.push(test_outcomes(
-            &mut journal,
-            &key,
-            (r.method, &r.chosen),
-            &split.test,
-            name,
-        ));
+        let mut read = |items, closed| {
+            test_outcomes(
+                &mut journal,
+                &key,
+                (r.method, &r.chosen),
+                (items, closed),
+                name,
+            )
+        };
+        outcomes.push([read(&split.test, false), read(&split.test_known, true)]);
         results.push(r);
     }
-    let base = results
-        .iter()
-        .position(|r| r.method == Method::None)
-        .and_then(|i| outcomes[i].as_deref());
+    let base = results.iter().position(|r| r.method == Method::None);
+    let base = |k: usize| base.and_then(|i| outcomes[i][k].as_deref());
     let own = results
         .iter()
         .zip(&outcomes)
@@ -417,7 +418,15 @@ pub fn run_one(
             let mut v = own_metrics(name, &m.test);
             v.push((
                 format!("Δ {} vs none, paired (points)", headline(name)),
-                paired_delta(base, o.as_deref()),
+                paired_delta(base(0), o[0].as_deref()),
+            ));
+            v.push((
+                "changed vs none: test prompts".into(),
+                changed_share(base(0), o[0].as_deref()),
+            ));
+            v.push((
+                "changed vs none: known facts closed-book".into(),
+                changed_share(base(1), o[1].as_deref()),
             ));
             (m.method, v)
         })

@@ -1,7 +1,9 @@
 //! Paired comparisons: every method of a benchmark is measured on the same test items, so each
 //! can be set against `none` item by item. The per-item outcomes are read back from the
 //! journal the runs were saved in, and the mean difference gets a bootstrap CI over items,
-//! which separates methods whose own intervals overlap.
+//! which separates methods whose own intervals overlap. The same runs also tell how many
+//! prompts a method changed at all: a gated method leaves the prompts its gate skips
+//! bit-identical to `none`, so the share of changed runs is its gate's firing rate.
 
 use super::scoped;
 use crate::bench::{self, Method, Rate};
@@ -19,7 +21,16 @@ pub(super) fn headline(name: &str) -> &'static str {
     }
 }
 
-fn outcome(name: &str, it: &Item, run: &Run) -> bool {
+/// One test item's run as the paired comparisons need it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Outcome {
+    /// The headline outcome (see [`headline`]).
+    pub hit: bool,
+    /// The teacher-forced log-probabilities of the prior and the context answer.
+    pub logp: (f32, f32),
+}
+
+fn hit(name: &str, it: &Item, run: &Run) -> bool {
     match name {
         "nqswap" => bench::exact_match(label::answer_span(&run.greedy), &it.context_names()),
         "memotrap" => run.tf_winner == Answer::Context,
@@ -27,41 +38,57 @@ fn outcome(name: &str, it: &Item, run: &Run) -> bool {
     }
 }
 
-/// A method's outcome on every test item, read back from the journal where its test runs were
-/// saved; None when the journal lacks any of them.
+/// A method's outcomes on every test item, read back from the journal where its test runs were
+/// saved: with their contexts, or (`closed`) the known facts' closed-book runs that retention
+/// is measured on. None when the journal lacks any of them.
 pub(super) fn test_outcomes(
     journal: &mut Option<Journal>,
     key: &str,
     (method, chosen): (Method, &str),
-    test: &[Item],
+    (test, closed): (&[Item], bool),
     name: &str,
-) -> Option<Vec<bool>> {
+) -> Option<Vec<Outcome>> {
     let mut part = scoped(journal, key)?;
     let mut eval = part.sub(&bench::eval_scope(true, method, chosen));
-    let items = eval.sub("items");
+    let items = eval.sub(if closed { "known" } else { "items" });
     test.iter()
         .enumerate()
         .map(|(i, it)| {
-            let run = items.journal.get(&items.key(true, i, &it.id))?;
-            Some(outcome(name, it, run))
+            let run = items.journal.get(&items.key(!closed, i, &it.id))?;
+            Some(Outcome {
+                hit: hit(name, it, run),
+                logp: (run.logp_prior, run.logp_context),
+            })
         })
         .collect()
 }
 
 /// The mean per-item difference from the unsteered method on the same test items, with a
 /// bootstrap CI over items; n = 0 (shown as n/a) when either side's runs are missing.
-pub(super) fn paired_delta(base: Option<&[bool]>, other: Option<&[bool]>) -> Rate {
+pub(super) fn paired_delta(base: Option<&[Outcome]>, other: Option<&[Outcome]>) -> Rate {
+    per_item(base, other, |b, o| o.hit as u8 as f64 - b.hit as u8 as f64)
+}
+
+/// The share of test items whose run differs from the unsteered one at all (either
+/// teacher-forced log-probability not bit-identical), with a bootstrap CI over items. For a
+/// gated method this is how often its gate fired; n = 0 when either side's runs are missing.
+pub(super) fn changed_share(base: Option<&[Outcome]>, other: Option<&[Outcome]>) -> Rate {
+    per_item(base, other, |b, o| (b.logp != o.logp) as u8 as f64)
+}
+
+/// The mean of `f` over items paired by position, with a bootstrap CI over items.
+fn per_item(
+    base: Option<&[Outcome]>,
+    other: Option<&[Outcome]>,
+    f: impl Fn(&Outcome, &Outcome) -> f64,
+) -> Rate {
     let (Some(b), Some(o)) = (base, other) else {
         return Rate::default();
     };
     if b.len() != o.len() || b.is_empty() {
         return Rate::default();
     }
-    let d: Vec<f64> = b
-        .iter()
-        .zip(o)
-        .map(|(b, o)| *o as u8 as f64 - *b as u8 as f64)
-        .collect();
+    let d: Vec<f64> = b.iter().zip(o).map(|(b, o)| f(b, o)).collect();
     let (ci_low, ci_high) = crate::stats::bootstrap_ci(&d, 1000, 7);
     Rate {
         value: d.iter().sum::<f64>() / d.len() as f64,
@@ -81,43 +108,67 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Some(Journal::open(&dir.path().join("j.jsonl"), false).unwrap());
         let test: Vec<Item> = (1..=4).map(|i| nq(i, "c")).collect();
+        // The log-probability stands in for the whole run: equal texts, equal runs.
         let run = |greedy: &str| Run {
             logp_prior: -1.0,
-            logp_context: -2.0,
+            logp_context: -(greedy.len() as f32),
             tf_winner: Answer::Prior,
             greedy: greedy.into(),
             greedy_answer: Answer::Neither,
         };
-        // Saved as an evaluation saves them: part key, then `test METHOD [SETTING]`, then items.
-        let mut save = |key: &str, (m, chosen): (Method, &str), greedy: &[&str]| {
+        // Saved as an evaluation saves them: part key, then `test METHOD [SETTING]`, then
+        // `items` with their contexts, or `known` closed-book.
+        let mut save_runs = |key: &str, (m, chosen): (Method, &str), closed, greedy: &[&str]| {
             let mut part = scoped(&mut journal, key).unwrap();
             let mut eval = part.sub(&bench::eval_scope(true, m, chosen));
-            let items = eval.sub("items");
+            let items = eval.sub(if closed { "known" } else { "items" });
             let runs: Vec<(String, Run)> = greedy
                 .iter()
                 .enumerate()
-                .map(|(i, g)| (items.key(true, i, &test[i].id), run(g)))
+                .map(|(i, g)| (items.key(!closed, i, &test[i].id), run(g)))
                 .collect();
             items.journal.record(runs).unwrap();
         };
+        let mut save = |key: &str, method, greedy: &[&str]| save_runs(key, method, false, greedy);
         let (none, cad) = ((Method::None, "none"), (Method::Cad, "beta=1"));
         // EM_C per item: none 1,0,0,0; cad 1,1,1,0 (the answer is cut at its first line).
         save("k-none", none, &[" new1", "old2", "x", "old4"]);
         save("k-cad", cad, &[" New1.", "new2\nmore", "the new3", "new"]);
-        let b = test_outcomes(&mut journal, "k-none", none, &test, "nqswap").unwrap();
-        let c = test_outcomes(&mut journal, "k-cad", cad, &test, "nqswap").unwrap();
-        assert_eq!(b, [true, false, false, false]);
-        assert_eq!(c, [true, true, true, false]);
+        // A gated method that changes one run of four, and none of its EM_C.
+        let gated = (Method::SteerGated, "alpha=1");
+        save("k-gated", gated, &[" new1", "old22", "x", "old4"]);
+        // Closed-book on the first two items, where the gated method changes one run.
+        save_runs("k-none", none, true, &["old1", "old2"]);
+        save_runs("k-gated", gated, true, &["old1", "old22"]);
+        let b = test_outcomes(&mut journal, "k-none", none, (&test, false), "nqswap").unwrap();
+        let c = test_outcomes(&mut journal, "k-cad", cad, (&test, false), "nqswap").unwrap();
+        let hits = |o: &[Outcome]| o.iter().map(|o| o.hit).collect::<Vec<_>>();
+        assert_eq!(hits(&b), [true, false, false, false]);
+        assert_eq!(hits(&c), [true, true, true, false]);
         let d = paired_delta(Some(&b), Some(&c));
         assert_eq!((d.value, d.n), (0.5, 4));
         assert!(d.ci_low <= 0.5 && d.ci_high >= 0.5 && d.ci_low >= 0.0);
+        assert_eq!(changed_share(Some(&b), Some(&c)).value, 1.0);
+        assert_eq!(changed_share(Some(&b), Some(&b)).value, 0.0);
+        // The gated method changed one run of four, and none of its EM_C.
+        let g = test_outcomes(&mut journal, "k-gated", gated, (&test, false), "nqswap").unwrap();
+        assert_eq!(paired_delta(Some(&b), Some(&g)).value, 0.0);
+        let s = changed_share(Some(&b), Some(&g));
+        assert_eq!((s.value, s.n), (0.25, 4));
+        let known = &test[..2];
+        let bk = test_outcomes(&mut journal, "k-none", none, (known, true), "nqswap").unwrap();
+        let gk = test_outcomes(&mut journal, "k-gated", gated, (known, true), "nqswap").unwrap();
+        let s = changed_share(Some(&bk), Some(&gk));
+        assert_eq!((s.value, s.n), (0.5, 2));
+        assert!(test_outcomes(&mut journal, "k-cad", cad, (known, true), "nqswap").is_none());
         // Another setting's runs are not these; a missing run or method gives n/a.
         let other = (Method::Cad, "beta=2");
-        assert!(test_outcomes(&mut journal, "k-cad", other, &test, "nqswap").is_none());
-        assert!(test_outcomes(&mut journal, "k-cad", cad, &test[..3], "nqswap").is_some());
+        assert!(test_outcomes(&mut journal, "k-cad", other, (&test, false), "nqswap").is_none());
+        assert!(test_outcomes(&mut journal, "k-cad", cad, (&test[..3], false), "nqswap").is_some());
         let extra: Vec<Item> = (1..=5).map(|i| nq(i, "c")).collect();
-        assert!(test_outcomes(&mut journal, "k-cad", cad, &extra, "nqswap").is_none());
+        assert!(test_outcomes(&mut journal, "k-cad", cad, (&extra, false), "nqswap").is_none());
         assert_eq!(paired_delta(None, Some(&c)).n, 0);
         assert_eq!(paired_delta(Some(&b), Some(&c[..3])).n, 0);
+        assert_eq!(changed_share(None, Some(&c)).n, 0);
     }
 }

@@ -22,6 +22,9 @@ pub struct PublicReport {
     pub sections: Vec<Section>,
 }
 
+/// What the two `changed vs none` columns count.
+const CHANGED: &str = "*changed vs none*: the share of test runs whose teacher-forced log-probabilities are not bit-identical to `none`'s, on the test prompts (with their contexts) and on the known facts' closed-book prompts that retention is measured on. A method with no intervention for a prompt runs it bit-identically, so for a gated method this is how often its gate fired, and on the closed-book prompts, where there is no conflict, how often it fired without cause.";
+
 fn pct(r: &Rate) -> String {
     if r.n == 0 {
         "n/a (n = 0)".into()
@@ -39,7 +42,7 @@ fn pct(r: &Rate) -> String {
 
 pub fn markdown(r: &PublicReport) -> String {
     let mut s = format!(
-        "# Public knowledge-conflict benchmarks\n\nModel `{}`; command `{}`; {}{}; seed {}.\n\n",
+        "# Public knowledge-conflict benchmarks\n\nModel `{}`; command `{}`; {}{}; seed {}.\n\n{CHANGED}\n\n",
         r.model.file,
         r.command,
         r.limit
