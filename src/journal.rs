@@ -82,6 +82,11 @@ impl Journal {
         r
     }
 
+    /// Whether a run is saved under `key` (not counted as a reuse).
+    pub fn contains(&self, key: &str) -> bool {
+        self.done.contains_key(key)
+    }
+
     /// How many saved runs were reused (found by [`Journal::get`]) since it was opened.
     pub fn hits(&self) -> usize {
         self.hits.get()

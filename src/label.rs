@@ -252,7 +252,7 @@ pub fn runs(
     mut journal: Option<&mut Scoped>,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Run>> {
-    let key = |j: &Scoped, i: usize| j.key(with_context, i, &items[i].id);
+    let key = |j: &Scoped, i: usize| saved_key(j, &items[i], with_context, i);
     let mut out: Vec<Option<Run>> = match journal.as_deref() {
         Some(j) => (0..items.len())
             .map(|i| j.journal.get(&key(j, i)).cloned())
@@ -281,6 +281,20 @@ pub fn runs(
         progress(chunk.len());
     }
     Ok(out.into_iter().flatten().collect())
+}
+
+/// Where [`runs`] saves the run of `item`, the `i`-th of its list, in `journal`.
+fn saved_key(journal: &Scoped, item: &Item, with_context: bool, i: usize) -> String {
+    journal.key(with_context, i, &item.id)
+}
+
+/// Whether [`runs`] would find every run of `items` in `journal`, and so run nothing.
+pub fn all_saved(journal: &Scoped, items: &[Item], with_context: bool) -> bool {
+    items.iter().enumerate().all(|(i, it)| {
+        journal
+            .journal
+            .contains(&saved_key(journal, it, with_context, i))
+    })
 }
 
 /// Label `items`, calling `progress` with the number done after each batch. Items are batched

@@ -507,4 +507,18 @@ fn bench_public_runs_saves_parts_and_resumes() {
 
     let (err, _) = go(&["--resume", "--seed", "3"]);
     assert!(!err.contains("reusing"), "{err}");
+
+    // A split never run (another seed): --saved-only runs not even its closed-book pass, and
+    // leaves every method pending.
+    let n_lines = std::fs::read_to_string(&journal).unwrap().lines().count();
+    let (err, never) = go(&["--saved-only", "--seed", "5"]);
+    assert!(err.contains("split pass is not in the journal"), "{err}");
+    let sec = &never["sections"][0];
+    assert_eq!(sec["pending"], serde_json::json!(["none", "cad"]));
+    assert_eq!(sec["methods"], serde_json::json!([]));
+    assert_eq!(sec["split_seconds"], 0.0);
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap().lines().count(),
+        n_lines
+    );
 }

@@ -370,7 +370,19 @@ pub struct Split {
     pub base_ppl: f64,
 }
 
+/// Where [`Split::new`] saves its closed-book runs, under the journal scope it is given.
+const KNOWN_DEV: &str = "known dev";
+const KNOWN_TEST: &str = "known test";
+
 impl Split {
+    /// Whether `journal` holds every closed-book run [`Split::new`] makes on `items`, so that
+    /// it would run nothing.
+    pub fn is_saved(items: &[Item], journal: &mut Scoped) -> bool {
+        let (dev, test) = dev_test(items);
+        label::all_saved(&journal.sub(KNOWN_DEV), &dev, false)
+            && label::all_saved(&journal.sub(KNOWN_TEST), &test, false)
+    }
+
     /// Split `items` (see [`dev_test`]) and find the known facts of each part (saved to and
     /// reused from `journal` when one is given).
     pub fn new(
@@ -389,9 +401,9 @@ impl Split {
                 test.len()
             )));
         }
-        let mut dev_j = journal.as_deref_mut().map(|j| j.sub("known dev"));
+        let mut dev_j = journal.as_deref_mut().map(|j| j.sub(KNOWN_DEV));
         let dev_known = known_items(model, &dev, form, batch, dev_j.as_mut())?;
-        let mut test_j = journal.map(|j| j.sub("known test"));
+        let mut test_j = journal.map(|j| j.sub(KNOWN_TEST));
         let test_known = known_items(model, &test, form, batch, test_j.as_mut())?;
         Ok(Split {
             dev_known,

@@ -228,8 +228,9 @@ pub struct PublicArgs {
     /// OUT/parts/BENCHMARK.runs.jsonl (saved batch by batch). Without it both start afresh.
     #[arg(long)]
     pub resume: bool,
-    /// Write the report from what OUT/parts holds, running no method: those without a saved
-    /// part are listed as not run yet. Implies --resume. For a look at a run still under way.
+    /// Write the report from what OUT/parts holds, running nothing: methods without a saved
+    /// part, and benchmarks whose closed-book split pass is not in the journal, are listed as
+    /// not run yet. Implies --resume. For a look at a run still under way.
     #[arg(long)]
     pub saved_only: bool,
     /// Probe file for steer and steer-gated.

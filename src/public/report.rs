@@ -58,31 +58,8 @@ pub fn markdown(r: &PublicReport) -> String {
             "## {}\n\n{} items ({} dev used for choosing strengths, {} test), {:.0} s in all: the split pass {:.0} s in this run, and each method's own time below.\n\n",
             sec.name, sec.n_items, sec.n_dev, sec.n_test, sec.seconds, sec.split_seconds
         );
-        let metrics: Vec<String> = sec
-            .own
-            .first()
-            .map(|(_, v)| v.iter().map(|(k, _)| k.clone()).collect())
-            .unwrap_or_default();
-        s += &format!(
-            "| method | chosen on dev | {} | adherence (ours) | prior retention | time |\n",
-            metrics.join(" | ")
-        );
-        s += &format!("|---|---|{}---|---|---:|\n", "---|".repeat(metrics.len()));
-        for (m, (_, own)) in sec.methods.iter().zip(&sec.own) {
-            let vals: Vec<String> = own.iter().map(|(_, r)| pct(r)).collect();
-            let resumed = match m.reused_runs {
-                0 => String::new(),
-                n => format!(" after a resume ({n} runs done before)"),
-            };
-            s += &format!(
-                "| {} | {} | {} | {} | {} | {:.0} s{resumed} |\n",
-                m.method.name(),
-                m.chosen,
-                vals.join(" | "),
-                pct(&m.test.adherence),
-                pct(&m.test.retention),
-                m.seconds
-            );
+        if !sec.methods.is_empty() {
+            s += &methods_table(sec);
         }
         if !sec.pending.is_empty() {
             let names: Vec<&str> = sec.pending.iter().map(|m| m.name()).collect();
@@ -95,6 +72,38 @@ pub fn markdown(r: &PublicReport) -> String {
             s += &published_table(&sec.published);
         }
         s += &format!("\n{}\n\n", sec.note);
+    }
+    s
+}
+
+/// One row per method: the benchmark's own metrics, ours, and the time.
+fn methods_table(sec: &Section) -> String {
+    let mut s = String::new();
+    let metrics: Vec<String> = sec
+        .own
+        .first()
+        .map(|(_, v)| v.iter().map(|(k, _)| k.clone()).collect())
+        .unwrap_or_default();
+    s += &format!(
+        "| method | chosen on dev | {} | adherence (ours) | prior retention | time |\n",
+        metrics.join(" | ")
+    );
+    s += &format!("|---|---|{}---|---|---:|\n", "---|".repeat(metrics.len()));
+    for (m, (_, own)) in sec.methods.iter().zip(&sec.own) {
+        let vals: Vec<String> = own.iter().map(|(_, r)| pct(r)).collect();
+        let resumed = match m.reused_runs {
+            0 => String::new(),
+            n => format!(" after a resume ({n} runs done before)"),
+        };
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {:.0} s{resumed} |\n",
+            m.method.name(),
+            m.chosen,
+            vals.join(" | "),
+            pct(&m.test.adherence),
+            pct(&m.test.retention),
+            m.seconds
+        );
     }
     s
 }
