@@ -298,6 +298,53 @@ pub fn cad_logits(with: &[f32], without: &[f32], beta: f32) -> Vec<f32> {
         .collect()
 }
 
+/// How strongly context-aware decoding contrasts the two passes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CadWeight {
+    /// The same beta at every step (Shi et al. 2023).
+    Fixed(f32),
+    /// At each step and for each row, beta is the Jensen-Shannon divergence (base 2, so in
+    /// [0, 1]) between the next-token distributions with and without the context, as in AdaCAD
+    /// (Wang et al. 2024): a step where the context changes little, such as the line break
+    /// that ends an answer, is hardly contrasted at all.
+    Jsd,
+}
+
+impl CadWeight {
+    /// The beta of one step, from the two passes' logits.
+    pub fn beta(self, with: &[f32], without: &[f32]) -> f32 {
+        match self {
+            CadWeight::Fixed(b) => b,
+            CadWeight::Jsd => jsd(with, without),
+        }
+    }
+
+    /// The contrasted logits of one step.
+    pub fn logits(self, with: &[f32], without: &[f32]) -> Vec<f32> {
+        cad_logits(with, without, self.beta(with, without))
+    }
+}
+
+/// Jensen-Shannon divergence, base 2, between the softmax distributions of two logit vectors.
+pub fn jsd(a: &[f32], b: &[f32]) -> f32 {
+    let (p, q) = (log_softmax_vec(a), log_softmax_vec(b));
+    let mut d = 0.0f64;
+    for (lp, lq) in p.iter().zip(&q) {
+        let (pp, pq) = ((*lp as f64).exp(), (*lq as f64).exp());
+        let m = 0.5 * (pp + pq);
+        if m > 0.0 {
+            // p log(p/m) is 0 where p is; likewise for q.
+            if pp > 0.0 {
+                d += 0.5 * pp * (*lp as f64 - m.ln());
+            }
+            if pq > 0.0 {
+                d += 0.5 * pq * (*lq as f64 - m.ln());
+            }
+        }
+    }
+    (d / std::f64::consts::LN_2).clamp(0.0, 1.0) as f32
+}
+
 fn log_softmax_vec(l: &[f32]) -> Vec<f32> {
     let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let lse = l.iter().map(|x| (x - m).exp()).sum::<f32>().ln() + m;
@@ -305,14 +352,14 @@ fn log_softmax_vec(l: &[f32]) -> Vec<f32> {
 }
 
 /// [`greedy_and_score`] under context-aware decoding: `with` and `without` are the prompts with
-/// and without their context (row by row).
+/// and without their context (row by row), contrasted at every step by `weight`.
 pub fn cad_greedy_and_score(
     model: &Model,
     with: &[Vec<u32>],
     without: &[Vec<u32>],
     candidates: &[Vec<Vec<u32>>],
     spec: &Spec,
-    beta: f32,
+    weight: CadWeight,
     stop: Stop,
 ) -> Result<Vec<Scored>> {
     let b = with.len();
@@ -347,7 +394,7 @@ pub fn cad_greedy_and_score(
     };
     let (cw, lw) = start(with)?;
     let (cn, ln) = start(without)?;
-    let first: Vec<Vec<f32>> = (0..b).map(|r| cad_logits(&lw[r], &ln[r], beta)).collect();
+    let first: Vec<Vec<f32>> = (0..b).map(|r| weight.logits(&lw[r], &ln[r])).collect();
     let n_cand = candidates.first().map_or(0, Vec::len);
     let mut out: Vec<Scored> = (0..b)
         .map(|_| Scored {
@@ -376,13 +423,13 @@ pub fn cad_greedy_and_score(
                 step(&mut cwc, with, &toks)?,
                 step(&mut cnc, without, &toks)?,
             );
-            cur = (0..b).map(|r| cad_logits(&a[r], &n[r], beta)).collect();
+            cur = (0..b).map(|r| weight.logits(&a[r], &n[r])).collect();
         }
     }
     let (mut cw, mut cn) = (cw, cn);
     let greedy = greedy_rows(model, &first, stop, &mut |next| {
         let (a, n) = (step(&mut cw, with, next)?, step(&mut cn, without, next)?);
-        Ok((0..b).map(|r| cad_logits(&a[r], &n[r], beta)).collect())
+        Ok((0..b).map(|r| weight.logits(&a[r], &n[r])).collect())
     })?;
     for (o, g) in out.iter_mut().zip(greedy) {
         o.greedy = g;

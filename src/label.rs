@@ -126,8 +126,8 @@ pub struct LabelOptions {
     pub form: Form,
     pub batch_size: usize,
     pub max_new: usize,
-    /// Context-aware decoding strength for the with-context run (None: plain decoding).
-    pub cad_beta: Option<f32>,
+    /// Context-aware decoding for the with-context run (None: plain decoding).
+    pub cad: Option<crate::generate::CadWeight>,
 }
 
 impl LabelOptions {
@@ -139,7 +139,7 @@ impl LabelOptions {
                 Form::Completion => 8,
                 Form::Chat => 24,
             },
-            cad_beta: None,
+            cad: None,
         }
     }
 }
@@ -179,8 +179,8 @@ fn run_batch(
         })
         .collect::<Result<_>>()?;
     let spec = plan.spec_for(model, &prompts)?;
-    let scored = match opts.cad_beta {
-        Some(beta) if with_context => {
+    let scored = match opts.cad {
+        Some(weight) if with_context => {
             let closed: Vec<Vec<u32>> = items
                 .iter()
                 .map(|it| query_ids(model, it, opts.form, false))
@@ -191,7 +191,7 @@ fn run_batch(
                 &closed,
                 &cands,
                 &spec,
-                beta,
+                weight,
                 Stop::line(opts.max_new),
             )?
         }

@@ -3,7 +3,9 @@
 mod common;
 use ctxsteer::bench::{self, Eval, Method, Rate, Resources};
 use ctxsteer::data::{Form, Item};
-use ctxsteer::generate::{cad_greedy_and_score, cad_logits, greedy_and_score, Stop};
+use ctxsteer::generate::{
+    cad_greedy_and_score, cad_logits, greedy_and_score, jsd, CadWeight, Stop,
+};
 use ctxsteer::{Model, Spec, WeightsMode};
 use std::collections::BTreeMap;
 
@@ -71,7 +73,7 @@ fn cad_logits_and_decoding_reduce_to_plain_when_they_should() {
         std::slice::from_ref(&without),
         &cands,
         &Spec::new(),
-        0.0,
+        CadWeight::Fixed(0.0),
         Stop::tokens(6),
     )
     .unwrap();
@@ -86,11 +88,60 @@ fn cad_logits_and_decoding_reduce_to_plain_when_they_should() {
         std::slice::from_ref(&without),
         &cands,
         &Spec::new(),
-        2.0,
+        CadWeight::Fixed(2.0),
         Stop::tokens(6),
     )
     .unwrap();
     assert_ne!(c2[0].answer_logp, c0[0].answer_logp);
+    // Adaptive CAD contrasts only as much as the context changes the prediction: a "context"
+    // that changes nothing (the same prompt twice) gives plain decoding exactly, and a real one
+    // moves the scores, though less than a fixed beta of 2 (its beta is at most 1).
+    let run = |without: &[u32], w: CadWeight| {
+        cad_greedy_and_score(
+            &m,
+            std::slice::from_ref(&with),
+            &[without.to_vec()],
+            &cands,
+            &Spec::new(),
+            w,
+            Stop::tokens(6),
+        )
+        .unwrap()
+        .remove(0)
+    };
+    let same = run(&with, CadWeight::Jsd);
+    assert_eq!(same.greedy, plain[0].greedy);
+    for (a, b) in same.answer_logp.iter().zip(&plain[0].answer_logp) {
+        assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+    }
+    let ada = run(&without, CadWeight::Jsd);
+    let moved =
+        |x: &[f32]| (x[0] - c0[0].answer_logp[0]).abs() + (x[1] - c0[0].answer_logp[1]).abs();
+    assert!(moved(&ada.answer_logp) > 0.0);
+    assert!(moved(&ada.answer_logp) < moved(&c2[0].answer_logp));
+}
+
+#[test]
+fn jsd_is_zero_for_equal_distributions_and_one_for_disjoint_ones() {
+    let a = [1.0f32, 2.0, 3.0];
+    assert!(jsd(&a, &a).abs() < 1e-6);
+    // Logits shifted by a constant are the same distribution.
+    assert!(jsd(&a, &[11.0, 12.0, 13.0]).abs() < 1e-6);
+    // All the mass on different tokens: the base-2 divergence is 1.
+    assert!((jsd(&[0.0, -1e4], &[-1e4, 0.0]) - 1.0).abs() < 1e-4);
+    // Symmetric, and by hand for p = (1/2, 1/2), q = (1, 0): m = (3/4, 1/4),
+    // JSD = 1/2 (1/2 log2(2/3) + 1/2 log2(2)) + 1/2 log2(4/3) = 0.311.
+    let (p, q) = ([0.0f32, 0.0], [0.0f32, -1e4]);
+    assert!((jsd(&p, &q) - jsd(&q, &p)).abs() < 1e-6);
+    let by_hand = 0.5 * (0.5 * (2.0f64 / 3.0).log2() + 0.5) + 0.5 * (4.0f64 / 3.0).log2();
+    assert!(
+        (jsd(&p, &q) as f64 - by_hand).abs() < 1e-4,
+        "{}",
+        jsd(&p, &q)
+    );
+    // The adaptive weight is that divergence; the fixed one ignores the logits.
+    assert_eq!(CadWeight::Jsd.beta(&p, &q), jsd(&p, &q));
+    assert_eq!(CadWeight::Fixed(0.5).beta(&p, &q), 0.5);
 }
 
 fn eval(adh: f64, ret: f64, ppl: f64) -> Eval {

@@ -90,6 +90,38 @@ fn generate_json_and_steering_change_the_tokens() {
         "0",
     ]);
     assert_eq!(zero["token_ids"], plain["token_ids"]);
+    // Context-aware decoding says which kind it ran; adacad has no fixed beta.
+    let ada = run(&["--decoding", "adacad", "--context", "the dog sat"]);
+    assert_eq!(
+        (&ada["decoding"], &ada["beta"]),
+        (&"adacad".into(), &None::<f32>.into())
+    );
+    assert_eq!(ada["tokens"].as_array().unwrap().len(), 6);
+    let cad = run(&[
+        "--decoding",
+        "cad",
+        "--context",
+        "the dog sat",
+        "--cad-beta",
+        "2",
+    ]);
+    assert_eq!(
+        (&cad["decoding"], &cad["beta"]),
+        (&"cad".into(), &2.0.into())
+    );
+    bin()
+        .args([
+            "generate",
+            "--prompt",
+            "x",
+            "--decoding",
+            "adacad",
+            "--model",
+        ])
+        .arg(&path)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("need --context"));
 }
 
 #[test]

@@ -13,7 +13,7 @@ pub struct Setting {
     pub strength: Option<f32>,
     pub label: String,
     pub plan: Box<dyn Plan>,
-    pub cad_beta: Option<f32>,
+    pub cad: Option<crate::generate::CadWeight>,
     pub instruct: bool,
 }
 
@@ -24,7 +24,7 @@ impl Setting {
             strength: None,
             label: "none".into(),
             plan: Box::new(crate::Spec::new()),
-            cad_beta: None,
+            cad: None,
             instruct: false,
         }
     }
@@ -60,7 +60,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
             strength: Some(alpha),
             label: format!("{dir} alpha={alpha} at {}", pf.best),
             plan: Box::new(st),
-            cad_beta: None,
+            cad: None,
             instruct: false,
         })
     };
@@ -71,7 +71,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
             strength: None,
             label: "instruction".into(),
             plan: Box::new(crate::Spec::new()),
-            cad_beta: None,
+            cad: None,
             instruct: true,
         }],
         Method::Cad => [0.5f32, 1.0, 2.0, 4.0]
@@ -81,10 +81,18 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
                 strength: Some(*b),
                 label: format!("beta={b}"),
                 plan: Box::new(crate::Spec::new()),
-                cad_beta: Some(*b),
+                cad: Some(crate::generate::CadWeight::Fixed(*b)),
                 instruct: false,
             })
             .collect(),
+        Method::AdaCad => vec![Setting {
+            method: m,
+            strength: None,
+            label: "beta=JSD per step".into(),
+            plan: Box::new(crate::Spec::new()),
+            cad: Some(crate::generate::CadWeight::Jsd),
+            instruct: false,
+        }],
         Method::Steer => {
             let mut v = vec![];
             for dir in ["meandiff", "probe"] {
@@ -156,7 +164,7 @@ fn heads_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>>
             strength: Some(k_up as f32 * (f_up - 1.0) + k_down as f32 * (1.0 - f_down)),
             label: head_label(k_up, f_up, k_down, f_down),
             plan,
-            cad_beta: None,
+            cad: None,
             instruct: false,
         });
     }

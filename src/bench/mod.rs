@@ -49,6 +49,11 @@ pub enum Method {
     Instruct,
     /// Context-aware decoding (Shi et al. 2023).
     Cad,
+    /// Context-aware decoding whose strength at each step is the Jensen-Shannon divergence
+    /// between the passes with and without context (AdaCAD, Wang et al. 2024); nothing to tune.
+    #[serde(rename = "adacad")]
+    #[value(name = "adacad")]
+    AdaCad,
     /// Add a probe direction (strength alpha, in spread units).
     Steer,
     /// The same, only where the probe predicts the prior will win.
@@ -67,6 +72,7 @@ impl Method {
             Method::None => "none",
             Method::Instruct => "instruct",
             Method::Cad => "cad",
+            Method::AdaCad => "adacad",
             Method::Steer => "steer",
             Method::SteerGated => "steer-gated",
             Method::Heads => "heads",
@@ -178,7 +184,7 @@ pub fn evaluate_with(
     mut journal: Option<&mut Scoped>,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Eval> {
-    opts.cad_beta = s.cad_beta;
+    opts.cad = s.cad;
     let ctx_items = if s.instruct {
         with_instruction(items, true)
     } else {
@@ -504,8 +510,12 @@ pub fn run_method(
     for s in settings.iter().filter(|_| settings.len() > 1) {
         let e = split.measure(model, s, false, batch, res, journal.as_deref_mut(), on)?;
         on(Event::Line(&format!(
-            "dev {:?} {}: adherence {:.3}, retention {:.3}, ppl x{:.3}",
-            m, s.label, e.adherence.value, e.retention.value, e.perplexity_ratio
+            "dev {} {}: adherence {:.3}, retention {:.3}, ppl x{:.3}",
+            m.name(),
+            s.label,
+            e.adherence.value,
+            e.retention.value,
+            e.perplexity_ratio
         )));
         sweep.push(e);
     }
@@ -516,8 +526,8 @@ pub fn run_method(
     };
     let test_eval = split.measure(model, &settings[i], true, batch, res, journal, on)?;
     on(Event::Line(&format!(
-        "test {:?} {}: adherence {:.3} [{:.3}, {:.3}]",
-        m,
+        "test {} {}: adherence {:.3} [{:.3}, {:.3}]",
+        m.name(),
         settings[i].label,
         test_eval.adherence.value,
         test_eval.adherence.ci_low,

@@ -511,13 +511,15 @@ pub struct GenerateArgs {
     pub steer_alpha: f32,
     #[command(flatten)]
     pub plan: SteerArgs,
-    /// plain decoding, or context-aware decoding (CAD, Shi et al. 2023; greedy) with --context.
+    /// plain decoding, or context-aware decoding with --context (greedy): cad (Shi et al. 2023,
+    /// a fixed --cad-beta) or adacad (beta at each step = the Jensen-Shannon divergence between
+    /// the next-token distributions with and without the context, Wang et al. 2024).
     #[arg(long, value_enum, default_value = "plain")]
     pub decoding: Decoding,
     /// The context for CAD: the prompt is `{context} {prompt}`, contrasted with the prompt alone.
     #[arg(long)]
     pub context: Option<String>,
-    /// CAD strength: logits = (1+beta)*with - beta*without.
+    /// CAD strength: logits = (1+beta)*with - beta*without (cad only).
     #[arg(long, default_value_t = 0.5)]
     pub cad_beta: f32,
 }
@@ -526,4 +528,5 @@ pub struct GenerateArgs {
 pub enum Decoding {
     Plain,
     Cad,
+    Adacad,
 }

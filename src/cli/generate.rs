@@ -2,7 +2,7 @@
 
 use super::*;
 use anyhow::{bail, Context, Result};
-use ctxsteer::generate::{generate, GenOptions, Sampling};
+use ctxsteer::generate::{generate, CadWeight, GenOptions, Sampling};
 use ctxsteer::{Model, Positions, Site, Spec};
 use std::io::Write;
 
@@ -39,12 +39,12 @@ pub(super) fn info(args: &ModelArgs, json: bool) -> Result<()> {
 
 pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
     let model = a.model.load()?;
-    if a.decoding == Decoding::Cad {
+    if a.decoding != Decoding::Plain {
         return cad_generate(&model, &a);
     }
     if a.context.is_some() {
         bail!(
-            "--context is used by --decoding cad; for plain decoding put the context in --prompt"
+            "--context is used by --decoding cad or adacad; for plain decoding put the context in --prompt"
         );
     }
     let ids = model.prompt_ids(&a.prompt, a.chat)?;
@@ -120,7 +120,11 @@ fn steering_spec(model: &Model, a: &GenerateArgs, prompt: &[u32]) -> Result<Spec
 
 fn cad_generate(model: &Model, a: &GenerateArgs) -> Result<()> {
     let Some(context) = &a.context else {
-        bail!("--decoding cad needs --context: the text whose influence CAD amplifies");
+        bail!("--decoding cad and adacad need --context: the text whose influence they amplify");
+    };
+    let (weight, name) = match a.decoding {
+        Decoding::Adacad => (CadWeight::Jsd, "adacad"),
+        _ => (CadWeight::Fixed(a.cad_beta), "cad"),
     };
     let with = model.prompt_ids(&format!("{context} {}", a.prompt), a.chat)?;
     let without = model.prompt_ids(&a.prompt, a.chat)?;
@@ -131,7 +135,7 @@ fn cad_generate(model: &Model, a: &GenerateArgs) -> Result<()> {
         &[without],
         &[vec![]],
         &spec,
-        a.cad_beta,
+        weight,
         ctxsteer::generate::Stop::tokens(a.max_tokens),
     )?;
     let ids = &out[0].greedy;
@@ -141,7 +145,7 @@ fn cad_generate(model: &Model, a: &GenerateArgs) -> Result<()> {
             .iter()
             .map(|t| model.tokenizer.decode(&[*t]))
             .collect::<ctxsteer::Result<_>>()?;
-        let v = serde_json::json!({"prompt": a.prompt, "context": context, "decoding": "cad", "beta": a.cad_beta,
+        let v = serde_json::json!({"prompt": a.prompt, "context": context, "decoding": name, "beta": (name == "cad").then_some(a.cad_beta),
             "text": text, "tokens": tokens, "token_ids": ids});
         println!("{}", serde_json::to_string(&v)?);
     } else {
