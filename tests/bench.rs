@@ -210,9 +210,15 @@ fn bench_runs_methods_and_writes_a_report() {
         gate: None,
         max_new: None,
     };
-    let methods = [Method::None, Method::Instruct, Method::Cad, Method::Heads];
+    let methods = [
+        Method::None,
+        Method::Instruct,
+        Method::Cad,
+        Method::Heads,
+        Method::AdaCad,
+    ];
     let out = bench::run(&m, &its, &methods, &res, Form::Completion, 4, &mut |_| {}).unwrap();
-    assert_eq!(out.len(), 4);
+    assert_eq!(out.len(), 5);
     assert!(
         out[0].sweep.is_empty() && out[1].sweep.is_empty(),
         "single settings are not swept"
@@ -230,6 +236,11 @@ fn bench_runs_methods_and_writes_a_report() {
         (out[2].test.perplexity_ratio - 1.0).abs() < 1e-9,
         "CAD leaves text without context untouched"
     );
+    // adacad has nothing to tune, and like CAD it leaves prompts without context alone.
+    assert!(out[4].sweep.is_empty());
+    assert_eq!(out[4].chosen, "beta=JSD per step");
+    assert!((out[4].test.perplexity_ratio - 1.0).abs() < 1e-9);
+    assert_eq!(out[4].test.retention.value, out[0].test.retention.value);
     for r in &out {
         let t = &r.test;
         assert_eq!(t.adherence.n, 4);
@@ -296,11 +307,11 @@ fn bench_runs_methods_and_writes_a_report() {
         "self-contained: no external files"
     );
     let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
-    assert!(md.contains("| cad |") && md.contains("Dev sweeps"));
+    assert!(md.contains("| cad |") && md.contains("| adacad |") && md.contains("Dev sweeps"));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).unwrap())
             .unwrap();
-    assert_eq!(json["methods"].as_array().unwrap().len(), 4);
+    assert_eq!(json["methods"].as_array().unwrap().len(), 5);
     assert!(json["methods"][0]["test"]["adherence"]["ci_low"].is_number());
 }
 
