@@ -331,15 +331,13 @@ pub fn jsd(a: &[f32], b: &[f32]) -> f32 {
     let mut d = 0.0f64;
     for (lp, lq) in p.iter().zip(&q) {
         let (pp, pq) = ((*lp as f64).exp(), (*lq as f64).exp());
-        let m = 0.5 * (pp + pq);
-        if m > 0.0 {
-            // p log(p/m) is 0 where p is; likewise for q.
-            if pp > 0.0 {
-                d += 0.5 * pp * (*lp as f64 - m.ln());
-            }
-            if pq > 0.0 {
-                d += 0.5 * pq * (*lq as f64 - m.ln());
-            }
+        let ln_m = (0.5 * (pp + pq)).ln();
+        // p log(p/m) is 0 where p is (and then m may be too); likewise for q.
+        if pp > 0.0 {
+            d += 0.5 * pp * (*lp as f64 - ln_m);
+        }
+        if pq > 0.0 {
+            d += 0.5 * pq * (*lq as f64 - ln_m);
         }
     }
     (d / std::f64::consts::LN_2).clamp(0.0, 1.0) as f32

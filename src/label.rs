@@ -284,7 +284,7 @@ pub fn runs(
 }
 
 /// Where [`runs`] saves the run of `item`, the `i`-th of its list, in `journal`.
-fn saved_key(journal: &Scoped, item: &Item, with_context: bool, i: usize) -> String {
+pub fn saved_key(journal: &Scoped, item: &Item, with_context: bool, i: usize) -> String {
     journal.key(with_context, i, &item.id)
 }
 

@@ -191,7 +191,9 @@ pub fn evaluate_with(
         items.to_vec()
     };
     let plan = s.plan.as_ref();
-    let mut items_journal = journal.as_deref_mut().map(|j| j.sub("items"));
+    let mut items_journal = journal
+        .as_deref_mut()
+        .map(|j| j.sub(eval_runs_scope(false)));
     let runs = label::runs(
         model,
         &ctx_items,
@@ -216,7 +218,7 @@ pub fn evaluate_with(
     let closed = if known_items.is_empty() {
         vec![]
     } else {
-        let mut known_journal = journal.map(|j| j.sub("known"));
+        let mut known_journal = journal.map(|j| j.sub(eval_runs_scope(true)));
         label::runs(
             model,
             &known_items,
@@ -472,6 +474,16 @@ pub fn eval_scope(test: bool, m: Method, label: &str) -> String {
         what += &format!(" {label}");
     }
     what
+}
+
+/// Where, under an evaluation's scope, its runs are saved: the items with their contexts, or
+/// (`closed`) the known facts closed-book, on which retention is measured.
+pub fn eval_runs_scope(closed: bool) -> &'static str {
+    if closed {
+        "known"
+    } else {
+        "items"
+    }
 }
 
 /// Run every method: sweep on dev, measure the chosen setting on test.

@@ -50,11 +50,13 @@ pub(super) fn test_outcomes(
 ) -> Option<Vec<Outcome>> {
     let mut part = scoped(journal, key)?;
     let mut eval = part.sub(&bench::eval_scope(true, method, chosen));
-    let items = eval.sub(if closed { "known" } else { "items" });
+    let items = eval.sub(bench::eval_runs_scope(closed));
     test.iter()
         .enumerate()
         .map(|(i, it)| {
-            let run = items.journal.get(&items.key(!closed, i, &it.id))?;
+            let run = items
+                .journal
+                .get(&label::saved_key(&items, it, !closed, i))?;
             Some(Outcome {
                 hit: hit(name, it, run),
                 logp: (run.logp_prior, run.logp_context),
@@ -121,11 +123,11 @@ mod tests {
         let mut save_runs = |key: &str, (m, chosen): (Method, &str), closed, greedy: &[&str]| {
             let mut part = scoped(&mut journal, key).unwrap();
             let mut eval = part.sub(&bench::eval_scope(true, m, chosen));
-            let items = eval.sub(if closed { "known" } else { "items" });
+            let items = eval.sub(bench::eval_runs_scope(closed));
             let runs: Vec<(String, Run)> = greedy
                 .iter()
                 .enumerate()
-                .map(|(i, g)| (items.key(!closed, i, &test[i].id), run(g)))
+                .map(|(i, g)| (label::saved_key(&items, &test[i], !closed, i), run(g)))
                 .collect();
             items.journal.record(runs).unwrap();
         };
