@@ -219,6 +219,7 @@ pub fn run(
         context_heads,
         gate,
         max_new: None,
+        reft: vec![],
     };
     let methods = bench::run(
         model,

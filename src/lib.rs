@@ -21,6 +21,7 @@ pub mod patch;
 pub mod probe;
 pub mod progress;
 pub mod public;
+pub mod reft;
 pub mod report;
 pub mod speed;
 pub mod stats;

@@ -56,6 +56,7 @@ fn table(rep: &Report) -> (Vec<&'static str>, Vec<Vec<String>>) {
         "TF adherence",
         "M_R",
         "prior retention",
+        "true context kept",
         "perplexity ×",
         "dev constraints",
     ];
@@ -76,6 +77,7 @@ fn table(rep: &Report) -> (Vec<&'static str>, Vec<Vec<String>>) {
                     t.memorization_ratio.ci_high
                 ),
                 rate(&t.retention),
+                m.true_context.as_ref().map_or("n/a".into(), rate),
                 format!("{:.3}", t.perplexity_ratio),
                 if m.sweep.is_empty() {
                     "no sweep".into()
@@ -141,7 +143,8 @@ pub fn markdown(rep: &Report) -> String {
     s += "\nAdherence: share of items whose greedy answer names the context answer first. \
           TF adherence: share whose context answer has the higher teacher-forced log-probability. \
           M_R = n_prior / (n_prior + n_context). Prior retention: closed-book accuracy on the facts \
-          the model knows, method active, no context. Perplexity ×: perplexity of a fixed neutral \
+          the model knows, method active, no context. True context kept: share of the test items, \
+          their context rewritten to state the true fact, whose greedy answer names it. Perplexity ×: perplexity of a fixed neutral \
           text relative to no intervention. Settings are chosen on dev: highest adherence with \
           retention ≥ 95% and perplexity ≤ +5%, else the cheapest (\"not met\").\n\n";
     s += "## Adherence per relation (test)\n\n";

@@ -209,6 +209,7 @@ fn bench_runs_methods_and_writes_a_report() {
         context_heads: vec![(1, 0)],
         gate: None,
         max_new: None,
+        reft: vec![],
     };
     let methods = [
         Method::None,
@@ -241,6 +242,31 @@ fn bench_runs_methods_and_writes_a_report() {
     assert_eq!(out[4].chosen, "beta=JSD per step");
     assert!((out[4].test.perplexity_ratio - 1.0).abs() < 1e-9);
     assert_eq!(out[4].test.retention.value, out[0].test.retention.value);
+    // Every method is also measured on the test items' true-context twins.
+    let twins: Vec<Item> = test.iter().filter_map(Item::true_twin).collect();
+    assert!(twins
+        .iter()
+        .all(|t| t.context.ends_with("sat on the hat.") && t.context_answer == "hat"));
+    let plain = bench::evaluate(
+        &m,
+        &bench::Setting::none(),
+        &twins,
+        &[],
+        Form::Completion,
+        4,
+    );
+    assert_eq!(
+        out[0].true_context.as_ref().map(|r| r.value),
+        Some(plain.unwrap().adherence.value)
+    );
+    for r in &out {
+        assert_eq!(
+            r.true_context.as_ref().map(|t| t.n),
+            Some(4),
+            "{:?}",
+            r.method
+        );
+    }
     for r in &out {
         let t = &r.test;
         assert_eq!(t.adherence.n, 4);
@@ -259,6 +285,7 @@ fn bench_runs_methods_and_writes_a_report() {
             context_heads: vec![],
             gate: None,
             max_new: None,
+            reft: vec![],
         },
     )
     .err()
@@ -275,6 +302,7 @@ fn bench_runs_methods_and_writes_a_report() {
             context_heads: vec![(1, 0)],
             gate: None,
             max_new: None,
+            reft: vec![],
         },
     )
     .err()

@@ -43,6 +43,8 @@ pub struct Resources {
     pub gate: Option<crate::probe::ProbeFile>,
     /// Greedy tokens per answer (default: the label default for the form).
     pub max_new: Option<usize>,
+    /// The trained low-rank edits the `reft` method's dev sweep chooses from.
+    pub reft: Vec<crate::reft::Reft>,
 }
 
 /// The settings a method's dev sweep tries.
@@ -107,6 +109,24 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
             .map(|a| steer(Mode::Gated, "meandiff", *a))
             .collect::<Result<_>>()?,
         Method::Heads | Method::HeadsGated => heads_grid(model, m, res)?,
+        Method::Reft => {
+            if res.reft.is_empty() {
+                return Err(Error::Invalid(
+                    "method reft needs at least one trained edit (reft train)".into(),
+                ));
+            }
+            res.reft
+                .iter()
+                .map(|r| Setting {
+                    method: m,
+                    strength: None,
+                    label: crate::steer::Plan::describe(r),
+                    plan: Box::new(r.clone()),
+                    cad: None,
+                    instruct: false,
+                })
+                .collect()
+        }
     })
 }
 

@@ -63,6 +63,8 @@ pub enum Method {
     Heads,
     /// The same, only where a `conflict` probe sees a context that contradicts memory.
     HeadsGated,
+    /// A learned low-rank intervention (LoReFT) trained on the train split (`reft train`).
+    Reft,
 }
 
 impl Method {
@@ -77,6 +79,7 @@ impl Method {
             Method::SteerGated => "steer-gated",
             Method::Heads => "heads",
             Method::HeadsGated => "heads-gated",
+            Method::Reft => "reft",
         }
     }
 }
@@ -308,6 +311,10 @@ pub struct MethodResult {
     /// where this is not 0, `seconds` counts only the work done after the resume.
     #[serde(default)]
     pub reused_runs: usize,
+    /// The chosen setting on the test items' true-context twins (the context states the true
+    /// fact): the share whose greedy answer names it. `bench conflict` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub true_context: Option<Rate>,
 }
 
 /// Split items into (dev, test): their own split field, else a seeded half split by subject.
@@ -498,10 +505,57 @@ pub fn run(
 ) -> Result<Vec<MethodResult>> {
     let split = Split::new(model, items, form, batch, None)?;
     on(Event::Line(&split.counts()));
-    methods
+    let twins: Vec<Item> = split.test.iter().filter_map(Item::true_twin).collect();
+    let mut out = Vec::new();
+    for m in methods {
+        let mut r = run_method(model, *m, &split, res, batch, None, on)?;
+        if !twins.is_empty() {
+            r.true_context = Some(true_context_rate(
+                model, &r, &twins, &split, res, batch, on,
+            )?);
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// A method's chosen setting on contexts that agree with memory: the share of `twins` whose
+/// greedy answer names the true answer.
+fn true_context_rate(
+    model: &Model,
+    r: &MethodResult,
+    twins: &[Item],
+    split: &Split,
+    res: &Resources,
+    batch: usize,
+    on: &mut OnEvent,
+) -> Result<Rate> {
+    let settings = grid(model, r.method, res)?;
+    let s = settings
         .iter()
-        .map(|m| run_method(model, *m, &split, res, batch, None, on))
-        .collect()
+        .find(|s| s.label == r.chosen)
+        .ok_or_else(|| Error::Invalid(format!("setting `{}` is not in the grid", r.chosen)))?;
+    on(Event::Begin {
+        what: "true ctx",
+        items: twins.len(),
+    });
+    let e = evaluate_with(
+        model,
+        s,
+        twins,
+        &[],
+        opts(split.form, batch, res),
+        None,
+        &mut |n| on(Event::Done(n)),
+    )?;
+    on(Event::Line(&format!(
+        "true contexts {}: the true answer named {:.3} [{:.3}, {:.3}]",
+        r.method.name(),
+        e.adherence.value,
+        e.adherence.ci_low,
+        e.adherence.ci_high
+    )));
+    Ok(e.adherence)
 }
 
 /// One method: sweep its settings on dev (when it has several), measure the chosen on test.
@@ -553,6 +607,7 @@ pub fn run_method(
         test: test_eval,
         seconds: t0.elapsed().as_secs_f64(),
         reused_runs: 0,
+        true_context: None,
     })
 }
 

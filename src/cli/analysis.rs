@@ -288,3 +288,62 @@ pub(super) fn density_cmd(a: DensityArgs) -> Result<()> {
     println!("wrote {}", a.out.display());
     Ok(())
 }
+
+pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
+    let (items, skipped) = ctxsteer::data::read_jsonl(&a.data, a.skip_invalid)?;
+    if skipped > 0 {
+        eprintln!("skipped {skipped} invalid line(s)");
+    }
+    let text = std::fs::read_to_string(&a.neutral)
+        .with_context(|| format!("reading --neutral {}", a.neutral.display()))?;
+    let neutral: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    let model = a.model.load_or(ctxsteer::WeightsMode::F32)?;
+    let layers = ctxsteer::steer::parse_layers(&a.layers, model.cfg().n_layers)?;
+    let opts = ctxsteer::reft::TrainOptions {
+        layers,
+        rank: a.rank,
+        epochs: a.epochs,
+        lr: a.lr,
+        batch: a.batch_size,
+        forms: a.forms.clone(),
+        keep_weight: a.keep_weight,
+        seed: a.seed,
+    };
+    let t0 = std::time::Instant::now();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut reft = ctxsteer::reft::train(&model, &items, &neutral, &opts, &mut |e| match e {
+        ctxsteer::reft::TrainEvent::Begin { steps } => {
+            bar = Some(ctxsteer::progress::bar(steps as u64, "training", false))
+        }
+        ctxsteer::reft::TrainEvent::Step => bar.iter().for_each(|b| b.inc(1)),
+        ctxsteer::reft::TrainEvent::Epoch(m) => {
+            let line = format!("[{:>5.0}s] {m}", t0.elapsed().as_secs_f64());
+            match &bar {
+                Some(b) => b.suspend(|| eprintln!("{line}")),
+                None => eprintln!("{line}"),
+            }
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    reft.meta.train.data = a.data.display().to_string();
+    reft.meta.train.command = super::command_line();
+    reft.save(&a.out)?;
+    println!(
+        "{}: {} trained in {:.0}s on {} conflicts, {} true contexts, {} closed-book prompts and {} neutral passages",
+        a.out.display(),
+        ctxsteer::steer::Plan::describe(&reft),
+        reft.meta.train.seconds,
+        reft.meta.train.conflicts,
+        reft.meta.train.true_contexts,
+        reft.meta.train.closed_book,
+        reft.meta.train.neutral
+    );
+    Ok(())
+}

@@ -114,6 +114,10 @@ pub struct SteerArgs {
     /// run untouched.
     #[arg(long)]
     pub gate: Option<String>,
+    /// Apply a trained low-rank intervention (`reft train`'s .safetensors file) at every
+    /// position; combines with the options above, and --gate gates it too.
+    #[arg(long)]
+    pub intervention: Option<PathBuf>,
 }
 
 impl SteerArgs {
@@ -150,6 +154,11 @@ impl SteerArgs {
                 .validate(&st.spec_for(model, &[])?)
                 .with_context(|| format!("--steer {s}"))?;
             plans.push(Box::new(st));
+        }
+        if let Some(p) = &self.intervention {
+            let reft = ctxsteer::reft::Reft::load(p, model)
+                .with_context(|| format!("--intervention {}", p.display()))?;
+            plans.push(Box::new(reft));
         }
         if let Some(h) = &self.scale_heads {
             plans.push(Box::new(steer::scale_heads_spec(
@@ -242,6 +251,10 @@ pub struct PublicArgs {
     /// A `conflict` probe file: the gate of heads-gated.
     #[arg(long)]
     pub gate_probes: Option<PathBuf>,
+    /// Trained low-rank interventions (`reft train`), comma-separated: method reft's dev sweep
+    /// chooses among them.
+    #[arg(long, value_delimiter = ',')]
+    pub reft: Vec<PathBuf>,
     /// Rows per batch (batches of long prompts are also capped at 4,096 padded tokens).
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -275,6 +288,10 @@ pub struct BenchArgs {
     /// of heads-gated.
     #[arg(long)]
     pub gate_probes: Option<PathBuf>,
+    /// Trained low-rank interventions (`reft train`), comma-separated: method reft's dev sweep
+    /// chooses among them.
+    #[arg(long, value_delimiter = ',')]
+    pub reft: Vec<PathBuf>,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     #[arg(long)]
@@ -529,4 +546,58 @@ pub enum Decoding {
     Plain,
     Cad,
     Adacad,
+}
+
+#[derive(Subcommand)]
+pub enum ReftCmd {
+    /// Train a low-rank intervention (LoReFT) that makes the model answer from a context that
+    /// contradicts memory, while keeping closed-book answers and ordinary text as they were.
+    Train(ReftTrainArgs),
+}
+
+#[derive(Args)]
+pub struct ReftTrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Training conflicts in our format (their split field is ignored: pass the train split).
+    /// Each item gives three sequences: the context with the context's answer, the context with
+    /// the true answer swapped in (the prior as answer), and the closed-book prompt (kept as the
+    /// unedited model has it).
+    #[arg(long, default_value = "counterfactual_data/train.jsonl")]
+    pub data: PathBuf,
+    /// Ordinary text kept as the unedited model has it, one passage a line (`#` lines skipped).
+    #[arg(long, default_value = "counterfactual_data/neutral.txt")]
+    pub neutral: PathBuf,
+    /// Layers whose hook_resid_post gets an edit: 12, 10-14 or 8,16.
+    #[arg(long, default_value = "12")]
+    pub layers: String,
+    /// Rank of each edit.
+    #[arg(long, default_value_t = 4)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 4)]
+    pub epochs: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 4e-3)]
+    pub lr: f64,
+    /// Conflicts per step; as many keep sequences go with them.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Prompt forms to train on, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "completion,chat"
+    )]
+    pub forms: Vec<ctxsteer::data::Form>,
+    /// Weight of the keep-what-you-know KL term against the answer cross-entropy.
+    #[arg(long, default_value_t = 1.0)]
+    pub keep_weight: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Output .safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
 }

@@ -12,7 +12,8 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
     }
     let model = a.model.load_or(WeightsMode::F32)?;
     let id = model.identity()?;
-    let res = resources(&model, &a.probes, &a.heads_from, &a.gate_probes, &a.methods)?;
+    let mut res = resources(&model, &a.probes, &a.heads_from, &a.gate_probes, &a.methods)?;
+    res.reft = reft_for(&model, &a.reft, &a.methods)?;
 
     let t0 = std::time::Instant::now();
     let methods = bench::run(
@@ -168,7 +169,25 @@ fn resources(
         context_heads,
         gate,
         max_new: None,
+        reft: vec![],
     })
+}
+
+/// The trained edits of method reft, from their files; an error when reft runs without one.
+fn reft_for(
+    model: &Model,
+    paths: &[PathBuf],
+    methods: &[ctxsteer::bench::Method],
+) -> Result<Vec<ctxsteer::reft::Reft>> {
+    if paths.is_empty() && methods.contains(&ctxsteer::bench::Method::Reft) {
+        bail!("method reft needs --reft FILE.safetensors (from `ctxsteer reft train`)");
+    }
+    paths
+        .iter()
+        .map(|p| {
+            ctxsteer::reft::Reft::load(p, model).with_context(|| format!("--reft {}", p.display()))
+        })
+        .collect()
 }
 
 pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
@@ -189,7 +208,8 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
         );
     }
     let model = a.model.load_or(WeightsMode::F32)?;
-    let res = resources(&model, &a.probes, &a.heads_from, &a.gate_probes, &a.methods)?;
+    let mut res = resources(&model, &a.probes, &a.heads_from, &a.gate_probes, &a.methods)?;
+    res.reft = reft_for(&model, &a.reft, &a.methods)?;
     let opts = ctxsteer::public::PublicOptions {
         limit: a.limit,
         seed: a.seed,

@@ -8,7 +8,7 @@ mod bench;
 mod data;
 mod generate;
 
-use analysis::{density_cmd, patch_cmd, probe_cmd};
+use analysis::{density_cmd, patch_cmd, probe_cmd, reft_train_cmd};
 pub use args::*;
 use bench::{bench_cmd, demo_cmd, public_cmd};
 use data::{capture_cmd, data_cmd, label_cmd};
@@ -69,6 +69,9 @@ pub enum Command {
     /// Benchmarks: one command, one report.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Learned low-rank interventions (LoReFT), trained through the model with autograd.
+    #[command(subcommand)]
+    Reft(ReftCmd),
     /// The end-to-end run on one model: data, labels, capture, probes, head ranking, the
     /// benchmark of every method, density, and the report.
     Demo {
@@ -133,6 +136,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Density(a) => density_cmd(a),
         Command::Bench(BenchCmd::Conflict(a)) => bench_cmd(a),
         Command::Bench(BenchCmd::Public(a)) => public_cmd(a),
+        Command::Reft(ReftCmd::Train(a)) => reft_train_cmd(a),
         Command::Demo {
             model,
             out,

@@ -73,6 +73,21 @@ impl Item {
         }
     }
 
+    /// The same query with a context that states the true fact: the context answer replaced by
+    /// the prior in the context text. None when the context does not name its answer.
+    pub fn true_twin(&self) -> Option<Item> {
+        if self.context.is_empty() || !self.context.contains(&self.context_answer) {
+            return None;
+        }
+        let mut it = self.clone();
+        it.context = self
+            .context
+            .replace(&self.context_answer, &self.prior_answer);
+        it.context_answer = self.prior_answer.clone();
+        it.context_aliases = self.prior_aliases.clone();
+        Some(it)
+    }
+
     /// All accepted spellings of the prior (first) and the context answer.
     pub fn prior_names(&self) -> Vec<&str> {
         std::iter::once(self.prior_answer.as_str())

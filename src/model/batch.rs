@@ -46,6 +46,9 @@ impl KvCache {
 pub enum LogitsAt {
     Last,
     All,
+    /// No logits: the final-normalized residual at every position, `[b, seq, d_model]` (the
+    /// unembedding's input), for callers that unembed only the positions they need.
+    Normed,
 }
 
 /// A batch of token rows, left-padded to one length; `pads[r]` columns of row r are padding.

@@ -268,7 +268,7 @@ impl Llama {
             let resid_pre = x.clone();
 
             // attention
-            let h = candle_nn::ops::rms_norm(&x, &blk.attn_norm, cfg.rms_eps as f32)?;
+            let h = rms_norm(&x, &blk.attn_norm, cfg.rms_eps)?;
             let kv = cache.as_mut().map(|c| &mut c.kv[l]);
             let z = self.attention(blk, &h, &cos, &sin, mask.as_ref(), kv)?; // [b, seq, heads*d_head]
             let z = hooks.apply(site(SiteKind::AttnZ), z)?;
@@ -278,7 +278,7 @@ impl Llama {
             let x_mid = hooks.apply(site(SiteKind::ResidMid), x_mid)?;
 
             // gated MLP
-            let h = candle_nn::ops::rms_norm(&x_mid, &blk.mlp_norm, cfg.rms_eps as f32)?;
+            let h = rms_norm(&x_mid, &blk.mlp_norm, cfg.rms_eps)?;
             let gu = blk.gate_up.forward(&h)?; // [b, seq, 2*d_mlp]
             let (gate, up) = (
                 gu.narrow(2, 0, cfg.d_mlp)?,
@@ -301,10 +301,13 @@ impl Llama {
                 hooks.set_offset(offset + seq - 1);
                 x.narrow(1, seq - 1, 1)?.contiguous()?
             }
-            LogitsAt::All => x,
+            LogitsAt::All | LogitsAt::Normed => x,
         };
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, cfg.rms_eps as f32)?;
+        let x = rms_norm(&x, &self.norm, cfg.rms_eps)?;
         let x = hooks.apply(Site::new(SiteKind::LnFinal, 0), x)?;
+        if at == LogitsAt::Normed {
+            return Ok(x);
+        }
         self.lm_head.forward(&x)
     }
 
@@ -330,17 +333,8 @@ impl Llama {
         let q = heads(qkv.narrow(2, 0, nq)?, cfg.n_heads)?; // [b, heads, seq, d_head]
         let k = heads(qkv.narrow(2, nq, nk)?, cfg.n_kv_heads)?; // [b, kv_heads, seq, d_head]
         let v = heads(qkv.narrow(2, nq + nk, nk)?, cfg.n_kv_heads)?;
-        let (q, k) = if cfg.rope_interleaved {
-            (
-                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
-            )
-        } else {
-            (
-                candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope(&k, cos, sin)?,
-            )
-        };
+        let q = rope(&q, cos, sin, cfg.rope_interleaved)?;
+        let k = rope(&k, cos, sin, cfg.rope_interleaved)?;
         let (k, v) = match kv {
             Some(slot) => {
                 let (k, v) = match slot.take() {
@@ -388,7 +382,7 @@ impl Llama {
                 .broadcast_add(&m.unsqueeze(2)?)?
                 .reshape((b, kvh, g * n, kv_len))?;
         }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let att = softmax_last_dim(&att)?;
         let y = att.matmul(v)?.reshape((b, cfg.n_heads, n, cfg.d_head))?; // [b, heads, n, d_head]
         Ok(y.transpose(1, 2)?
             .reshape((b, n, cfg.n_heads * cfg.d_head))?)
@@ -419,6 +413,11 @@ impl Llama {
         ))
     }
 
+    /// The device the weights live on; activations and interventions go there too.
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
     /// The unembedding applied to a final-normalized residual `[.., d_model]`.
     pub fn unembed(&self, x: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(x)
@@ -442,6 +441,67 @@ fn rope_tables(cfg: &Config) -> Result<(Tensor, Tensor)> {
         .reshape((cfg.max_positions, 1))?;
     let freqs = t.broadcast_mul(&inv)?;
     Ok((freqs.cos()?, freqs.sin()?))
+}
+
+// Fused kernels for inference; when a tensor carries a gradient (a learned intervention being
+// trained upstream), the same operations written out of differentiable primitives.
+
+/// RMSNorm over the last dimension, times `w`.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.track_op() {
+        return Ok(candle_nn::ops::rms_norm_slow(x, w, eps as f32)?);
+    }
+    Ok(candle_nn::ops::rms_norm(x, w, eps as f32)?)
+}
+
+/// Softmax over the last dimension.
+fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
+    // Shift-invariant, so the maximum needs no gradient.
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Rotary embedding of `x` `[b, heads, seq, d_head]` with cos/sin `[seq, d/2]` or
+/// `[b, seq, d/2]`: pairs (2i, 2i+1) when `interleaved` (GGUF), else halves (i, i + d/2).
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+    use candle_nn::rotary_emb;
+    if !x.track_op() {
+        return Ok(match interleaved {
+            true => rotary_emb::rope_i(x, cos, sin)?,
+            false => rotary_emb::rope(x, cos, sin)?,
+        });
+    }
+    let (b, h, seq, d) = x.dims4()?;
+    let half = d / 2;
+    let (cos, sin) = match cos.rank() {
+        2 => (
+            cos.reshape((1, 1, seq, half))?,
+            sin.reshape((1, 1, seq, half))?,
+        ),
+        _ => (
+            cos.reshape((b, 1, seq, half))?,
+            sin.reshape((b, 1, seq, half))?,
+        ),
+    };
+    let (x0, x1) = if interleaved {
+        let x = x.reshape((b, h, seq, half, 2))?;
+        (
+            x.narrow(4, 0, 1)?.squeeze(4)?,
+            x.narrow(4, 1, 1)?.squeeze(4)?,
+        )
+    } else {
+        (x.narrow(3, 0, half)?, x.narrow(3, half, half)?)
+    };
+    let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Ok(match interleaved {
+        true => Tensor::stack(&[y0, y1], 4)?.reshape((b, h, seq, d))?,
+        false => Tensor::cat(&[y0, y1], 3)?,
+    })
 }
 
 /// Attention scores computed at once, in floats (4 MiB): longer prompts go in query chunks.

@@ -112,6 +112,11 @@ impl Model {
         })
     }
 
+    /// The device the model runs on.
+    pub fn device(&self) -> &candle_core::Device {
+        self.net.device()
+    }
+
     pub fn cfg(&self) -> &Config {
         &self.net.cfg
     }

@@ -8,9 +8,13 @@
 //! `[batch, seq, width]`; for `attn.hook_z` the width is `n_heads * d_head`, head-major.
 
 use crate::error::{Error, Result};
-use candle_core::Tensor;
 use std::collections::BTreeMap;
 use std::fmt;
+
+mod lowrank;
+mod run;
+pub use lowrank::LowRank;
+pub use run::{CapturedRow, Captures, Hooks, RowInfo};
 
 /// The kind of a hook site; `Embed` and `LnFinal` have no layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -260,6 +264,9 @@ pub enum Action {
     Scale {
         factor: f32,
     },
+    /// A learned low-rank edit `h + Rᵀ(W h + b − R h)` (LoReFT), applied as tensor operations
+    /// on the model's device, so that gradients flow through it to its parameters.
+    LowRank(LowRank),
 }
 
 /// An action at a site, on some positions and, for `attn.hook_z`, some heads.
@@ -336,6 +343,8 @@ impl Intervention {
                     set_projection(s, &part(direction), Some(*value))
                 }
                 Action::Scale { factor } => s.iter_mut().for_each(|x| *x *= factor),
+                // Applied on tensors by `Hooks::apply`, never row by row.
+                Action::LowRank(_) => {}
             }
         }
     }
@@ -349,6 +358,7 @@ impl Intervention {
                 vec![("direction", direction.len())]
             }
             Action::Replace { values } => values.values().map(|v| ("values", v.len())).collect(),
+            Action::LowRank(edit) => vec![("low-rank edit", edit.width())],
             _ => vec![],
         }
     }
@@ -407,6 +417,12 @@ impl Spec {
             let w = width(iv.site);
             let d_head = w / n_heads.max(1);
             if let Some(hs) = &iv.heads {
+                if matches!(iv.action, Action::LowRank(_)) {
+                    return Err(Error::Invalid(format!(
+                        "a low-rank edit acts on whole rows; it cannot pick heads at {}",
+                        iv.site
+                    )));
+                }
                 if iv.site.kind != SiteKind::AttnZ {
                     return Err(Error::Invalid(format!(
                         "heads can only be chosen at attn.hook_z, not at {}",
@@ -434,155 +450,5 @@ impl Spec {
             }
         }
         Ok(())
-    }
-}
-
-/// One captured row: the batch row, its absolute position, and the values.
-#[derive(Clone, Debug)]
-pub struct CapturedRow {
-    pub batch: usize,
-    pub pos: usize,
-    pub values: Vec<f32>,
-}
-
-/// Activations recorded by `Capture` interventions, per site, in the order they were seen.
-#[derive(Clone, Debug, Default)]
-pub struct Captures {
-    pub sites: BTreeMap<Site, Vec<CapturedRow>>,
-}
-
-impl Captures {
-    pub fn rows(&self, site: Site) -> &[CapturedRow] {
-        self.sites.get(&site).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    /// The rows of one batch row at `site`, ordered by position.
-    pub fn by_position(&self, site: Site, batch: usize) -> BTreeMap<usize, Vec<f32>> {
-        self.rows(site)
-            .iter()
-            .filter(|r| r.batch == batch)
-            .map(|r| (r.pos, r.values.clone()))
-            .collect()
-    }
-
-    /// The value of one batch row at one position.
-    pub fn at(&self, site: Site, batch: usize, pos: usize) -> Option<&[f32]> {
-        self.rows(site)
-            .iter()
-            .rev()
-            .find(|r| r.batch == batch && r.pos == pos)
-            .map(|r| r.values.as_slice())
-    }
-}
-
-/// Where each batch row starts (left padding) and how long its prompt is.
-#[derive(Clone, Debug)]
-pub struct RowInfo {
-    pub pad: usize,
-    pub prompt_len: usize,
-}
-
-/// The per-call state handed to the forward pass: the spec, the captures it fills, and the
-/// row layout of the current batch. The model calls [`Hooks::apply`] at each site.
-pub struct Hooks<'a> {
-    spec: &'a Spec,
-    pub captures: Captures,
-    rows: Vec<RowInfo>,
-    /// Absolute position of the first column of the current call (the KV cache length).
-    offset: usize,
-    n_heads: usize,
-    /// Prompt length of each batch row, when the caller knows it (generation does).
-    prompt_lens: Vec<usize>,
-}
-
-impl<'a> Hooks<'a> {
-    pub fn new(spec: &'a Spec, n_heads: usize) -> Self {
-        Hooks {
-            spec,
-            captures: Captures::default(),
-            rows: vec![],
-            offset: 0,
-            n_heads,
-            prompt_lens: vec![],
-        }
-    }
-
-    /// Declare each batch row's prompt length, so `prompt`, `generated` and `last` positions
-    /// keep their meaning while tokens are generated.
-    pub fn with_prompt_lens(mut self, lens: Vec<usize>) -> Self {
-        self.prompt_lens = lens;
-        self
-    }
-
-    pub fn prompt_len(&self, row: usize) -> Option<usize> {
-        self.prompt_lens.get(row).copied()
-    }
-
-    pub fn spec(&self) -> &Spec {
-        self.spec
-    }
-
-    /// Set the row layout for the next forward call.
-    pub fn set_rows(&mut self, rows: Vec<RowInfo>, offset: usize) {
-        self.rows = rows;
-        self.offset = offset;
-    }
-
-    /// Move the absolute position of the first column (when the model narrows the sequence).
-    pub fn set_offset(&mut self, offset: usize) {
-        self.offset = offset;
-    }
-
-    /// Run the spec's interventions for `site` on `x` ([batch, seq, width]).
-    pub fn apply(&mut self, site: Site, x: Tensor) -> Result<Tensor> {
-        let spec = self.spec;
-        let ivs: Vec<&Intervention> = spec
-            .interventions
-            .iter()
-            .filter(|iv| iv.site == site)
-            .collect();
-        if ivs.is_empty() {
-            return Ok(x);
-        }
-        let (b, seq, width) = x.dims3()?;
-        let mut data = x.flatten_all()?.to_vec1::<f32>()?;
-        let d_head = width / self.n_heads.max(1);
-        let mut changed = false;
-        for r in 0..b {
-            let info = self.rows.get(r).cloned().unwrap_or(RowInfo {
-                pad: 0,
-                prompt_len: usize::MAX,
-            });
-            for i in 0..seq {
-                let Some(pos) = (self.offset + i).checked_sub(info.pad) else {
-                    continue;
-                };
-                let row = &mut data[(r * seq + i) * width..(r * seq + i + 1) * width];
-                let applies = |iv: &&&Intervention| {
-                    iv.positions.contains(pos, info.prompt_len)
-                        && iv.rows.as_ref().is_none_or(|rs| rs.contains(&r))
-                };
-                for iv in ivs.iter().filter(applies) {
-                    if let Action::Capture = iv.action {
-                        self.captures
-                            .sites
-                            .entry(site)
-                            .or_default()
-                            .push(CapturedRow {
-                                batch: r,
-                                pos,
-                                values: row.to_vec(),
-                            });
-                    } else {
-                        iv.apply_row(row, pos, d_head);
-                        changed = true;
-                    }
-                }
-            }
-        }
-        if !changed {
-            return Ok(x);
-        }
-        Ok(Tensor::from_vec(data, (b, seq, width), x.device())?)
     }
 }

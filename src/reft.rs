@@ -1,0 +1,550 @@
+//! Learned low-rank interventions (LoReFT, Wu et al. 2024) that make the model honour its
+//! context, trained with candle's autograd through our own forward pass.
+//!
+//! An edit `h + Rᵀ(W h + b − R h)` sits at one or a few `hook_resid_post` sites and acts on
+//! every position, prompt and generated alike. Training (on the train split only) asks for:
+//! - the context's answer after a prompt whose context contradicts memory (cross-entropy);
+//! - the true answer after a prompt whose context agrees with memory (cross-entropy);
+//! - nothing changed without a context: the KL divergence from the unedited model's next-token
+//!   distributions, closed-book from the prompt's last token on, and at every position of
+//!   ordinary text.
+//!
+//! The file is safetensors: `{site}.R`, `{site}.W`, `{site}.b` per site, and the settings and
+//! training record as JSON in the header's metadata under `ctxsteer`.
+
+use crate::data::{Form, Item};
+use crate::error::{Error, Result};
+use crate::hooks::{Action, Intervention, LowRank, Positions, Site, SiteKind, Spec};
+use crate::model::{Batch, LogitsAt, Model, ModelId};
+use crate::steer::Plan;
+use candle_core::{DType, Device, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The settings and training record saved with the tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReftMeta {
+    pub version: u32,
+    pub model: ModelId,
+    /// Site names, in the order the edits are applied.
+    pub sites: Vec<String>,
+    pub rank: usize,
+    pub train: TrainRecord,
+}
+
+/// How an edit was trained, for the record.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrainRecord {
+    pub data: String,
+    pub forms: Vec<Form>,
+    pub conflicts: usize,
+    pub true_contexts: usize,
+    pub closed_book: usize,
+    pub neutral: usize,
+    pub epochs: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub keep_weight: f64,
+    pub seed: u64,
+    pub seconds: f64,
+    /// Mean loss per epoch: (answer cross-entropy, keep KL).
+    pub losses: Vec<(f64, f64)>,
+    #[serde(default)]
+    pub command: String,
+}
+
+/// Trained low-rank edits, ready to apply.
+#[derive(Clone, Debug)]
+pub struct Reft {
+    pub edits: Vec<(Site, LowRank)>,
+    pub meta: ReftMeta,
+}
+
+/// The first 8 hex digits of the sha256 of the edits' values: tells two trained edits apart in
+/// labels and resume keys.
+fn fingerprint(edits: &[(Site, LowRank)]) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (site, e) in edits {
+        h.update(site.to_string().as_bytes());
+        for t in [&e.r, &e.w, &e.b] {
+            for x in t.flatten_all()?.to_vec1::<f32>()? {
+                h.update(x.to_le_bytes());
+            }
+        }
+    }
+    Ok(format!("{:x}", h.finalize())[..8].to_string())
+}
+
+const META_KEY: &str = "ctxsteer";
+const VERSION: u32 = 1;
+
+impl Reft {
+    /// The spec that applies every edit at every position.
+    pub fn spec(&self) -> Spec {
+        let mut spec = Spec::new();
+        for (site, edit) in &self.edits {
+            spec.push(Intervention::new(
+                *site,
+                Positions::All,
+                Action::LowRank(edit.clone()),
+            ));
+        }
+        spec
+    }
+
+    /// Write the tensors and the metadata, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = Vec::new();
+        for (site, e) in &self.edits {
+            for (k, t) in [("R", &e.r), ("W", &e.w), ("b", &e.b)] {
+                tensors.push((format!("{site}.{k}"), t.to_device(&Device::Cpu)?));
+            }
+        }
+        let meta = serde_json::to_string(&self.meta).map_err(|e| Error::file(path, e))?;
+        let md = std::collections::HashMap::from([(META_KEY.to_string(), meta)]);
+        let tmp = path.with_extension("safetensors.tmp");
+        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k, t)), Some(md), &tmp)
+            .map_err(|e| Error::file(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+    }
+
+    /// Read a file written by [`Reft::save`], checking it belongs to `model`.
+    pub fn load(path: &Path, model: &Model) -> Result<Reft> {
+        let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::file(path, format!("not a safetensors file: {e}")))?;
+        let text = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or_else(|| {
+                Error::file(
+                    path,
+                    format!("no `{META_KEY}` metadata: not a ctxsteer edit"),
+                )
+            })?;
+        let meta: ReftMeta = serde_json::from_str(text)
+            .map_err(|e| Error::file(path, format!("bad `{META_KEY}` metadata: {e}")))?;
+        if meta.version != VERSION {
+            return Err(Error::file(
+                path,
+                format!("version {} is not supported (want {VERSION})", meta.version),
+            ));
+        }
+        let id = model.identity()?;
+        if meta.model.sha256 != id.sha256 {
+            return Err(Error::file(
+                path,
+                format!(
+                    "trained for {} (sha256 {}), not for the loaded model {} ({})",
+                    meta.model.file, meta.model.sha256, id.file, id.sha256
+                ),
+            ));
+        }
+        let device = model.device();
+        let map = candle_core::safetensors::load_buffer(&bytes, device)
+            .map_err(|e| Error::file(path, e))?;
+        let mut edits = Vec::new();
+        for name in &meta.sites {
+            let site = model.site(name).map_err(|e| Error::file(path, e))?;
+            let get = |k: &str| {
+                map.get(&format!("{name}.{k}"))
+                    .cloned()
+                    .ok_or_else(|| Error::file(path, format!("missing tensor `{name}.{k}`")))
+            };
+            let edit =
+                LowRank::new(get("R")?, get("W")?, get("b")?).map_err(|e| Error::file(path, e))?;
+            edits.push((site, edit));
+        }
+        let reft = Reft { edits, meta };
+        model
+            .validate(&reft.spec())
+            .map_err(|e| Error::file(path, e))?;
+        Ok(reft)
+    }
+}
+
+impl Plan for Reft {
+    fn spec_for(&self, _: &Model, _: &[Vec<u32>]) -> Result<Spec> {
+        Ok(self.spec())
+    }
+    fn describe(&self) -> String {
+        let fp = fingerprint(&self.edits).unwrap_or_else(|_| "?".into());
+        format!(
+            "LoReFT rank {} at {} (#{fp})",
+            self.meta.rank,
+            self.meta.sites.join(",")
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training
+
+/// Training settings.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub layers: Vec<usize>,
+    pub rank: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    /// Conflicts per step (true contexts and closed-book prompts come in the same number).
+    pub batch: usize,
+    pub forms: Vec<Form>,
+    /// Weight of the keep-what-you-know KL term against the answer cross-entropy.
+    pub keep_weight: f64,
+    pub seed: u64,
+}
+
+/// One training sequence: a prompt, optionally followed by an answer.
+#[derive(Clone, Debug)]
+struct Example {
+    ids: Vec<u32>,
+    /// Tokens of the prompt; the rest is the answer the loss asks for.
+    prompt_len: usize,
+}
+
+/// The training sequences, by what the loss asks of them.
+struct Examples {
+    /// Counterfactual contexts (answer: the context's) and true contexts (answer: the prior).
+    answer: Vec<Example>,
+    /// Closed-book prompts with the prior answer, and neutral text: keep as the model had them.
+    keep: Vec<Example>,
+    counts: [usize; 4],
+}
+
+fn example(model: &Model, item: &Item, form: Form, ctx: bool, answer: &str) -> Result<Example> {
+    let mut ids = crate::label::query_ids(model, item, form, ctx)?;
+    let prompt_len = ids.len();
+    ids.extend(crate::label::answer_ids(model, form, answer)?);
+    Ok(Example { ids, prompt_len })
+}
+
+fn build_examples(
+    model: &Model,
+    items: &[Item],
+    neutral: &[String],
+    forms: &[Form],
+) -> Result<Examples> {
+    let (mut answer, mut keep) = (Vec::new(), Vec::new());
+    let mut counts = [0usize; 4];
+    for form in forms {
+        for it in items.iter().filter(|it| !it.context.is_empty()) {
+            answer.push(example(model, it, *form, true, &it.context_answer)?);
+            counts[0] += 1;
+            if let Some(t) = it.true_twin() {
+                answer.push(example(model, &t, *form, true, &t.context_answer)?);
+                counts[1] += 1;
+            }
+            keep.push(example(model, it, *form, false, &it.prior_answer)?);
+            counts[2] += 1;
+        }
+    }
+    for text in neutral {
+        let ids = model.tokenizer.encode(text)?;
+        if ids.len() >= 2 {
+            keep.push(Example { ids, prompt_len: 0 });
+            counts[3] += 1;
+        }
+    }
+    Ok(Examples {
+        answer,
+        keep,
+        counts,
+    })
+}
+
+/// Fresh edits at `layers`: R a random orthonormal basis, W = R and b = 0 (the identity).
+fn init_vars(d: usize, rank: usize, layers: &[usize], seed: u64, dev: &Device) -> Result<Vec<Var>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut vars = Vec::new();
+    for _ in layers {
+        let mut r: Vec<f32> = (0..rank * d)
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+            .collect();
+        orthonormalize(&mut r, rank, d);
+        vars.push(Var::from_vec(r.clone(), (rank, d), dev)?);
+        vars.push(Var::from_vec(r, (rank, d), dev)?);
+        vars.push(Var::zeros(rank, DType::F32, dev)?);
+    }
+    Ok(vars)
+}
+
+/// Gram-Schmidt on the rows of a `[rank, d]` matrix.
+fn orthonormalize(m: &mut [f32], rank: usize, d: usize) {
+    for i in 0..rank {
+        for j in 0..i {
+            let dot: f32 = (0..d).map(|k| m[i * d + k] * m[j * d + k]).sum();
+            for k in 0..d {
+                m[i * d + k] -= dot * m[j * d + k];
+            }
+        }
+        let norm = (0..d).map(|k| m[i * d + k].powi(2)).sum::<f32>().sqrt();
+        for k in 0..d {
+            m[i * d + k] /= norm.max(1e-12);
+        }
+    }
+}
+
+/// The spec of the edits held by `vars` (three per layer: R, W, b).
+fn spec_of(vars: &[Var], layers: &[usize]) -> Result<Spec> {
+    let mut spec = Spec::new();
+    for (l, v) in layers.iter().zip(vars.chunks(3)) {
+        let edit = LowRank {
+            r: v[0].as_tensor().clone(),
+            w: v[1].as_tensor().clone(),
+            b: v[2].as_tensor().clone(),
+        };
+        spec.push(Intervention::new(
+            Site::new(SiteKind::ResidPost, *l),
+            Positions::All,
+            Action::LowRank(edit),
+        ));
+    }
+    Ok(spec)
+}
+
+/// A left-padded batch and the positions the loss reads, as flat indices into its
+/// `b * seq` columns: answer columns (each predicting its target token) and keep columns.
+struct Packed {
+    batch: Batch,
+    answer_at: Tensor,
+    targets: Tensor,
+    keep_at: Tensor,
+}
+
+/// Column i of a row holds token i - pad and predicts token i - pad + 1. An answer column
+/// predicts an answer token. Keep columns: from the prompt's last token on for a prompt with an
+/// answer (where the model answers), every column but the last for plain text.
+fn pack(model: &Model, ex: &[&Example]) -> Result<Packed> {
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    let rows: Vec<Vec<u32>> = ex.iter().map(|e| e.ids.clone()).collect();
+    let batch = Batch::left_padded(&rows, pad);
+    let seq = batch.ids.first().map_or(0, Vec::len);
+    let (mut answer_at, mut targets, mut keep_at) = (vec![], vec![], vec![]);
+    for (r, (e, p)) in ex.iter().zip(&batch.pads).enumerate() {
+        for i in *p..seq.saturating_sub(1) {
+            let next = i - p + 1;
+            let col = (r * seq + i) as u32;
+            if next >= e.prompt_len {
+                keep_at.push(col);
+                if e.prompt_len > 0 {
+                    answer_at.push(col);
+                    targets.push(e.ids[next]);
+                }
+            }
+        }
+    }
+    let dev = model.device();
+    let t = |v: Vec<u32>| Tensor::from_vec(v.clone(), v.len(), dev);
+    Ok(Packed {
+        answer_at: t(answer_at)?,
+        targets: t(targets)?,
+        keep_at: t(keep_at)?,
+        batch,
+    })
+}
+
+/// Log-probabilities `[n, vocab]` at the flat columns `at` of a batch run under `spec`.
+fn log_probs_at(model: &Model, batch: &Batch, spec: &Spec, at: &Tensor) -> Result<Tensor> {
+    let (h, _) = model.run(batch, spec, LogitsAt::Normed)?; // [b, seq, d]
+    let (b, seq, d) = h.dims3()?;
+    let h = h.reshape((b * seq, d))?.index_select(at, 0)?; // [n, d]
+    let logits = model.net.unembed(&h)?; // [n, vocab]
+    Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+}
+
+/// Mean cross-entropy of the answer tokens under `spec`.
+fn answer_loss(model: &Model, p: &Packed, spec: &Spec) -> Result<Tensor> {
+    let lp = log_probs_at(model, &p.batch, spec, &p.answer_at)?;
+    let picked = lp.gather(&p.targets.unsqueeze(1)?, 1)?; // [n, 1]
+    Ok(picked.mean_all()?.neg()?)
+}
+
+/// Mean KL(unedited || edited) of the next-token distributions at the keep columns.
+fn keep_loss(model: &Model, p: &Packed, spec: &Spec) -> Result<Tensor> {
+    let lp_ref = log_probs_at(model, &p.batch, &Spec::new(), &p.keep_at)?;
+    let lp = log_probs_at(model, &p.batch, spec, &p.keep_at)?;
+    let kl = (lp_ref.exp()? * (&lp_ref - lp)?)?.sum(D::Minus1)?; // [n]
+    Ok(kl.mean_all()?)
+}
+
+/// What training reports as it goes.
+#[derive(Clone, Debug)]
+pub enum TrainEvent {
+    /// Training starts: this many steps in all.
+    Begin { steps: usize },
+    /// One optimizer step done.
+    Step,
+    /// An epoch done, with its summary line.
+    Epoch(String),
+}
+
+/// Train edits on `items` (their contexts, true-context twins and closed-book prompts) and
+/// `neutral` passages.
+pub fn train(
+    model: &Model,
+    items: &[Item],
+    neutral: &[String],
+    opts: &TrainOptions,
+    progress: &mut dyn FnMut(TrainEvent),
+) -> Result<Reft> {
+    use candle_nn::Optimizer;
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    check_options(model, opts)?;
+    let t0 = std::time::Instant::now();
+    let ex = build_examples(model, items, neutral, &opts.forms)?;
+    if ex.counts[0] == 0 {
+        return Err(Error::Invalid(
+            "training needs items with a context (none of the items has one)".into(),
+        ));
+    }
+    let (d, dev) = (model.cfg().d_model, model.device());
+    let vars = init_vars(d, opts.rank, &opts.layers, opts.seed, dev)?;
+    let params = candle_nn::ParamsAdamW {
+        lr: opts.lr,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let mut adam = candle_nn::AdamW::new(vars.clone(), params)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let steps_per_epoch = ex.answer.len().div_ceil(2 * opts.batch);
+    let keep_per_step = ex.keep.len().div_ceil(steps_per_epoch);
+    let mut losses = Vec::new();
+    let mut steps = 0;
+    progress(TrainEvent::Begin {
+        steps: steps_per_epoch * opts.epochs,
+    });
+    for epoch in 0..opts.epochs {
+        let mut a_idx: Vec<usize> = (0..ex.answer.len()).collect();
+        let mut k_idx: Vec<usize> = (0..ex.keep.len()).collect();
+        a_idx.shuffle(&mut rng);
+        k_idx.shuffle(&mut rng);
+        let (mut sum_a, mut sum_k) = (0.0, 0.0);
+        for (s, chunk) in a_idx.chunks(2 * opts.batch).enumerate() {
+            let spec = spec_of(&vars, &opts.layers)?;
+            let a: Vec<&Example> = chunk.iter().map(|i| &ex.answer[*i]).collect();
+            let k: Vec<&Example> = k_idx
+                .iter()
+                .skip(s * keep_per_step)
+                .take(keep_per_step)
+                .map(|i| &ex.keep[*i])
+                .collect();
+            let la = answer_loss(model, &pack(model, &a)?, &spec)?;
+            let lk = match k.is_empty() {
+                true => Tensor::zeros((), DType::F32, dev)?,
+                false => keep_loss(model, &pack(model, &k)?, &spec)?,
+            };
+            let loss = (&la + (&lk * opts.keep_weight)?)?;
+            adam.backward_step(&loss)?;
+            retract(&vars)?;
+            sum_a += la.to_scalar::<f32>()? as f64;
+            sum_k += lk.to_scalar::<f32>()? as f64;
+            steps += 1;
+            progress(TrainEvent::Step);
+        }
+        let n = steps_per_epoch.max(1) as f64;
+        losses.push((sum_a / n, sum_k / n));
+        progress(TrainEvent::Epoch(format!(
+            "epoch {}/{}: answer cross-entropy {:.4}, keep KL {:.5} ({:.0}s)",
+            epoch + 1,
+            opts.epochs,
+            sum_a / n,
+            sum_k / n,
+            t0.elapsed().as_secs_f64()
+        )));
+    }
+    let edits = opts
+        .layers
+        .iter()
+        .zip(vars.chunks(3))
+        .map(|(l, v)| {
+            let t = |i: usize| v[i].as_tensor().detach();
+            Ok((Site::resid_post(*l), LowRank::new(t(0), t(1), t(2))?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = ReftMeta {
+        version: VERSION,
+        model: model.identity()?,
+        sites: edits.iter().map(|(s, _)| s.to_string()).collect(),
+        rank: opts.rank,
+        train: TrainRecord {
+            forms: opts.forms.clone(),
+            conflicts: ex.counts[0],
+            true_contexts: ex.counts[1],
+            closed_book: ex.counts[2],
+            neutral: ex.counts[3],
+            epochs: opts.epochs,
+            steps,
+            lr: opts.lr,
+            keep_weight: opts.keep_weight,
+            seed: opts.seed,
+            seconds: t0.elapsed().as_secs_f64(),
+            losses,
+            ..Default::default()
+        },
+    };
+    Ok(Reft { edits, meta })
+}
+
+/// Keep R's rows orthonormal after a step (a retraction onto the Stiefel manifold).
+fn retract(vars: &[Var]) -> Result<()> {
+    for v in vars.chunks(3) {
+        let (rank, d) = v[0].as_tensor().dims2()?;
+        let mut r = v[0].as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        orthonormalize(&mut r, rank, d);
+        v[0].set(&Tensor::from_vec(r, (rank, d), v[0].as_tensor().device())?)?;
+    }
+    Ok(())
+}
+
+fn check_options(model: &Model, o: &TrainOptions) -> Result<()> {
+    let n = model.cfg().n_layers;
+    if let Some(l) = o.layers.iter().find(|l| **l >= n) {
+        return Err(Error::Invalid(format!(
+            "layer {l} is out of range: this model has layers 0..={}",
+            n - 1
+        )));
+    }
+    let bad = |what: &str, why: &str| Err(Error::Invalid(format!("{what}: {why}")));
+    if o.layers.is_empty() {
+        return bad("layers", "name at least one layer");
+    }
+    if o.rank == 0 || o.rank > model.cfg().d_model {
+        return bad("rank", "must be between 1 and d_model");
+    }
+    if o.epochs == 0 || o.batch == 0 {
+        return bad("epochs and batch", "must be at least 1");
+    }
+    if !(o.lr.is_finite() && o.lr > 0.0) {
+        return bad("learning rate", "must be a positive finite number");
+    }
+    if !(o.keep_weight.is_finite() && o.keep_weight >= 0.0) {
+        return bad("keep weight", "must be a finite number >= 0");
+    }
+    if model.weights == crate::model::WeightsMode::Quantized {
+        return bad(
+            "weights",
+            "training needs f32 weights (the quantized matmul has no gradient)",
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gram_schmidt_gives_orthonormal_rows() {
+        let mut m = vec![1.0, 1.0, 0.0, 1.0, 0.0, 1.0];
+        orthonormalize(&mut m, 2, 3);
+        let dot = |i: usize, j: usize| (0..3).map(|k| m[i * 3 + k] * m[j * 3 + k]).sum::<f32>();
+        assert!((dot(0, 0) - 1.0).abs() < 1e-6);
+        assert!((dot(1, 1) - 1.0).abs() < 1e-6);
+        assert!(dot(0, 1).abs() < 1e-6);
+    }
+}
