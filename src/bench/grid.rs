@@ -109,25 +109,34 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
             .map(|a| steer(Mode::Gated, "meandiff", *a))
             .collect::<Result<_>>()?,
         Method::Heads | Method::HeadsGated => heads_grid(model, m, res)?,
-        Method::Reft => {
-            if res.reft.is_empty() {
-                return Err(Error::Invalid(
-                    "method reft needs at least one trained edit (reft train)".into(),
-                ));
-            }
-            res.reft
-                .iter()
-                .map(|r| Setting {
-                    method: m,
-                    strength: None,
-                    label: crate::steer::Plan::describe(r),
-                    plan: Box::new(r.clone()),
-                    cad: None,
-                    instruct: false,
-                })
-                .collect()
-        }
+        Method::Reft => reft_grid(m, res, &[None])?,
+        Method::ReftCad => reft_grid(m, res, &[Some(0.5), Some(1.0), Some(2.0)])?,
     })
+}
+
+/// Each trained edit, alone or with context-aware decoding at each of `betas`.
+fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Result<Vec<Setting>> {
+    if res.reft.is_empty() {
+        return Err(Error::Invalid(format!(
+            "method {} needs at least one trained edit (reft train)",
+            m.name()
+        )));
+    }
+    let mut v = vec![];
+    for r in &res.reft {
+        for beta in betas {
+            let edit = crate::steer::Plan::describe(r);
+            v.push(Setting {
+                method: m,
+                strength: *beta,
+                label: beta.map_or(edit.clone(), |b| format!("{edit} + cad beta={b}")),
+                plan: Box::new(r.clone()),
+                cad: beta.map(crate::generate::CadWeight::Fixed),
+                instruct: false,
+            });
+        }
+    }
+    Ok(v)
 }
 
 /// The head-scaling settings a sweep tries: (context heads scaled up, factor; prior heads

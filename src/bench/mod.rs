@@ -65,6 +65,8 @@ pub enum Method {
     HeadsGated,
     /// A learned low-rank intervention (LoReFT) trained on the train split (`reft train`).
     Reft,
+    /// The learned intervention and context-aware decoding together.
+    ReftCad,
 }
 
 impl Method {
@@ -80,6 +82,7 @@ impl Method {
             Method::Heads => "heads",
             Method::HeadsGated => "heads-gated",
             Method::Reft => "reft",
+            Method::ReftCad => "reft-cad",
         }
     }
 }

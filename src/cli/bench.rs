@@ -179,8 +179,15 @@ fn reft_for(
     paths: &[PathBuf],
     methods: &[ctxsteer::bench::Method],
 ) -> Result<Vec<ctxsteer::reft::Reft>> {
-    if paths.is_empty() && methods.contains(&ctxsteer::bench::Method::Reft) {
-        bail!("method reft needs --reft FILE.safetensors (from `ctxsteer reft train`)");
+    use ctxsteer::bench::Method;
+    if paths.is_empty()
+        && methods
+            .iter()
+            .any(|m| matches!(m, Method::Reft | Method::ReftCad))
+    {
+        bail!(
+            "methods reft and reft-cad need --reft FILE.safetensors (from `ctxsteer reft train`)"
+        );
     }
     paths
         .iter()
