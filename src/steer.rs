@@ -26,10 +26,11 @@ pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
             .into_values()
             .next()
             .ok_or_else(|| Error::file(path, "empty"))?;
-        return Ok(t
+        let v = t
             .flatten_all()?
             .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?);
+            .to_vec1::<f32>()?;
+        return finite_vector(path, v);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
     let v: Vec<f32> = serde_json::from_str(&text).map_err(|e| {
@@ -45,7 +46,18 @@ pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
     if v.is_empty() {
         return Err(Error::file(path, "the vector is empty"));
     }
-    Ok(v)
+    finite_vector(path, v)
+}
+
+/// The vector, or an error naming the first entry that is NaN or infinite.
+fn finite_vector(path: &Path, v: Vec<f32>) -> Result<Vec<f32>> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(Error::file(
+            path,
+            format!("entry {i} of the vector is {}, not a finite number", v[i]),
+        )),
+        None => Ok(v),
+    }
 }
 
 /// A spec that adds `alpha * vector` at each of `sites` on `positions`.
@@ -393,8 +405,18 @@ pub fn scale_heads_spec(s: &str, n_layers: usize, n_heads: usize) -> Result<Spec
         let (l, h) = lh.split_once('.').ok_or_else(bad)?;
         let (l, h): (usize, usize) = (l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
         let factor: f32 = f.parse().map_err(|_| bad())?;
-        if l >= n_layers || h >= n_heads {
+        if l >= n_layers || h >= n_heads || !factor.is_finite() {
             return Err(bad());
+        }
+        let site = Site::new(crate::hooks::SiteKind::AttnZ, l);
+        if spec
+            .interventions
+            .iter()
+            .any(|iv| iv.site == site && iv.heads.as_deref() == Some(&[h]))
+        {
+            return Err(Error::Invalid(format!(
+                "--scale-heads names head {l}.{h} twice; give each head once"
+            )));
         }
         spec.push(
             Intervention::new(

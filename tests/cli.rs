@@ -194,6 +194,83 @@ fn bad_inputs_get_clear_errors() {
         .stderr(predicate::str::contains("not a readable GGUF"));
 }
 
+/// Numbers are checked where they are parsed: NaN, infinities and out-of-range values are
+/// refused with the valid range, and vectors and head factors that are not finite are errors.
+#[test]
+fn non_finite_and_out_of_range_numbers_are_refused() {
+    let (dir, path) = common::tiny::temp();
+    let gen = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["generate", "--prompt", "x", "--max-tokens", "2", "--model"])
+            .arg(&path)
+            .args(extra);
+        c
+    };
+    for (flag, value, says) in [
+        ("--temperature", "-1", ">= 0"),
+        ("--temperature", "NaN", "not a finite number"),
+        ("--top-p", "1.5", "(0, 1]"),
+        ("--steer-alpha", "inf", "not a finite number"),
+        ("--cad-beta", "NaN", "not a finite number"),
+        ("--alpha", "nan", "not a finite number"),
+    ] {
+        gen(&[&format!("{flag}={value}")])
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(flag).and(predicate::str::contains(says)));
+    }
+    gen(&["--scale-heads", "1.0=NaN"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("LAYER.HEAD=FACTOR"));
+    gen(&["--scale-heads", "1.0=2,1.0=3"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("twice"));
+    let nan = dir.path().join("nan.json");
+    let mut v = vec![serde_json::json!(0.5); 64];
+    v[3] = serde_json::json!(1e39);
+    std::fs::write(&nan, serde_json::to_string(&v).unwrap()).unwrap();
+    gen(&[
+        "--steer-vector",
+        nan.to_str().unwrap(),
+        "--steer-site",
+        "blocks.0.hook_resid_post",
+    ])
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains("entry 3").and(predicate::str::contains("finite")));
+    gen(&["--scale-heads", "1.0=2"]).assert().success();
+}
+
+/// A closed pipe ends the program quietly instead of a panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    use std::io::Read;
+    use std::process::{Command as Std, Stdio};
+    let (_d, path) = common::tiny::temp();
+    let exe = assert_cmd::cargo::cargo_bin("ctxsteer");
+    let mut child = Std::new(exe)
+        .args(["info", "--model"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(status.code(), Some(101), "{err}");
+}
+
 #[test]
 fn data_label_capture_and_bench_commands_through_the_binary() {
     let (dir, path) = common::tiny::temp();
@@ -338,6 +415,7 @@ fn every_subcommand_has_help() {
         "demo",
         "export-cvec",
         "bench-speed",
+        "reft",
     ] {
         bin()
             .args([cmd, "--help"])

@@ -89,7 +89,7 @@ pub struct SteerArgs {
     pub steer: Option<String>,
     /// Strength in units of the spread (std) of projections at each site; negative steers
     /// toward the prior. A control vector is multiplied by it.
-    #[arg(long, default_value_t = 4.0, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 4.0, allow_hyphen_values = true, value_parser = finite_f32)]
     pub alpha: f32,
     /// Steer the probes of these layers (e.g. 10-20) instead of the one site.
     #[arg(long)]
@@ -345,7 +345,7 @@ pub struct DensityArgs {
     #[arg(long, default_value = "blocks.*.mlp.hook_post")]
     pub sites: String,
     /// A unit counts as active when |a| > tau times its RMS over a calibration set.
-    #[arg(long, default_value_t = ctxsteer::density::DEFAULT_TAU)]
+    #[arg(long, default_value_t = ctxsteer::density::DEFAULT_TAU, value_parser = positive_f32)]
     pub tau: f32,
     /// Output folder: items.jsonl, density.json and one SVG per metric.
     #[arg(long)]
@@ -507,10 +507,10 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 48)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 (the default) is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative_f32)]
     pub temperature: f32,
     /// Nucleus sampling mass, with --temperature > 0.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = probability)]
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -524,7 +524,7 @@ pub struct GenerateArgs {
     #[arg(long, requires = "steer_vector")]
     pub steer_site: Option<String>,
     /// Scale of the added vector.
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = finite_f32)]
     pub steer_alpha: f32,
     #[command(flatten)]
     pub plan: SteerArgs,
@@ -537,7 +537,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub context: Option<String>,
     /// CAD strength: logits = (1+beta)*with - beta*without (cad only).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = non_negative_f32)]
     pub cad_beta: f32,
 }
 
@@ -577,7 +577,7 @@ pub struct ReftTrainArgs {
     #[arg(long, default_value_t = 4)]
     pub epochs: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 4e-3)]
+    #[arg(long, default_value_t = 4e-3, value_parser = positive_f64)]
     pub lr: f64,
     /// Conflicts per step; as many keep sequences go with them.
     #[arg(long, default_value_t = 8)]
@@ -591,7 +591,7 @@ pub struct ReftTrainArgs {
     )]
     pub forms: Vec<ctxsteer::data::Form>,
     /// Weight of the keep-what-you-know KL term against the answer cross-entropy.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative_f64)]
     pub keep_weight: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -600,4 +600,61 @@ pub struct ReftTrainArgs {
     /// Output .safetensors file.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+// Number parsers: every float option is checked where it is parsed, so NaN, infinities and
+// out-of-range values are refused with the valid range instead of silently changing behaviour.
+
+fn number<T: std::str::FromStr + Into<f64> + Copy>(s: &str) -> std::result::Result<T, String> {
+    let v: T = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    if !v.into().is_finite() {
+        return Err(format!("`{s}` is not a finite number"));
+    }
+    Ok(v)
+}
+
+/// Any finite number.
+pub fn finite_f32(s: &str) -> std::result::Result<f32, String> {
+    number(s)
+}
+
+/// A finite number >= 0.
+pub fn non_negative_f32(s: &str) -> std::result::Result<f32, String> {
+    let v: f32 = number(s)?;
+    (v >= 0.0)
+        .then_some(v)
+        .ok_or_else(|| format!("`{s}` must be >= 0"))
+}
+
+/// A finite number > 0.
+pub fn positive_f32(s: &str) -> std::result::Result<f32, String> {
+    let v: f32 = number(s)?;
+    (v > 0.0)
+        .then_some(v)
+        .ok_or_else(|| format!("`{s}` must be > 0"))
+}
+
+/// A number in (0, 1].
+pub fn probability(s: &str) -> std::result::Result<f32, String> {
+    let v: f32 = number(s)?;
+    (v > 0.0 && v <= 1.0)
+        .then_some(v)
+        .ok_or_else(|| format!("`{s}` must be in (0, 1]"))
+}
+
+pub fn positive_f64(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = number(s)?;
+    (v > 0.0)
+        .then_some(v)
+        .ok_or_else(|| format!("`{s}` must be > 0"))
+}
+
+pub fn non_negative_f64(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = number(s)?;
+    (v >= 0.0)
+        .then_some(v)
+        .ok_or_else(|| format!("`{s}` must be >= 0"))
 }

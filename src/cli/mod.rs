@@ -92,7 +92,7 @@ pub enum Command {
         /// A probe file.
         file: PathBuf,
         /// Strength, in units of each site's projection spread (as `--steer ... --mode add`).
-        #[arg(long, allow_hyphen_values = true)]
+        #[arg(long, allow_hyphen_values = true, value_parser = finite_f32)]
         alpha: f32,
         /// Layers to include (default: the best site's layer); layer 0 cannot be steered by llama.cpp.
         #[arg(long)]
