@@ -6,6 +6,7 @@
 //! interventions (capture, add, replace, ablate, project out, clamp); [`generate`] runs
 //! KV-cached generation under a spec.
 
+pub mod atomic;
 pub mod bench;
 pub mod capture;
 pub mod data;

@@ -103,10 +103,10 @@ impl Reft {
         }
         let meta = serde_json::to_string(&self.meta).map_err(|e| Error::file(path, e))?;
         let md = std::collections::HashMap::from([(META_KEY.to_string(), meta)]);
-        let tmp = path.with_extension("safetensors.tmp");
-        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k, t)), Some(md), &tmp)
-            .map_err(|e| Error::file(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+        crate::atomic::replace_with(path, |tmp| {
+            safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k, t)), Some(md), tmp)
+                .map_err(|e| Error::file(tmp, e))
+        })
     }
 
     /// Read a file written by [`Reft::save`], checking it belongs to `model`.

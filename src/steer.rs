@@ -474,10 +474,10 @@ pub fn write_cvec(
         .collect::<Result<_>>()?;
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tmp = path.with_extension("gguf.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, e))?;
-    gguf_file::write(&mut f, &md_refs, &t_refs).map_err(|e| Error::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+    crate::atomic::replace_with(path, |tmp| {
+        let mut f = std::fs::File::create(tmp).map_err(|e| Error::file(tmp, e))?;
+        gguf_file::write(&mut f, &md_refs, &t_refs).map_err(|e| Error::file(tmp, e))
+    })
 }
 
 /// Read a llama.cpp control vector: its model hint and `(layer, vector)` pairs.

@@ -243,6 +243,34 @@ fn non_finite_and_out_of_range_numbers_are_refused() {
     gen(&["--scale-heads", "1.0=2"]).assert().success();
 }
 
+/// An output path that is a folder is refused before any work, and nothing is left behind.
+#[test]
+fn a_folder_as_output_is_refused_up_front() {
+    let (dir, path) = common::tiny::temp();
+    let data = dir.path().join("d.jsonl");
+    let line = serde_json::json!({"id": "a", "relation": "r", "subject": "the cat",
+        "question": "where?", "prompt": "the cat sat on the", "context": "the cat sat on the mat.",
+        "prior_answer": "hat", "context_answer": "mat"});
+    std::fs::write(&data, format!("{line}\n")).unwrap();
+    let out = dir.path().join("labels");
+    std::fs::create_dir(&out).unwrap();
+    bin()
+        .args(["label", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .arg("--model")
+        .arg(&path)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("is a folder"));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    let tmp_left = std::fs::read_dir(dir.path())
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp"));
+    assert!(!tmp_left);
+}
+
 /// A closed pipe ends the program quietly instead of a panic.
 #[cfg(unix)]
 #[test]

@@ -22,6 +22,8 @@ pub(super) fn data_cmd(d: DataCmd) -> Result<()> {
 
 pub(super) fn label_cmd(a: LabelArgs) -> Result<()> {
     let items = a.data.read()?;
+    // Refused now, not after the whole labelling run.
+    ctxsteer::atomic::check_target(&a.out)?;
     let model = a.model.load_or(WeightsMode::F32)?;
     let mut opts = ctxsteer::label::LabelOptions::new(a.data.form);
     opts.batch_size = a.data.batch_size;

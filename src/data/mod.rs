@@ -190,14 +190,9 @@ pub fn write_jsonl<T: Serialize>(path: &Path, items: &[T]) -> Result<()> {
     write_atomic(path, s.as_bytes())
 }
 
-/// Write a file through a temporary sibling and a rename, so no reader sees half of it.
+/// Write a file whole (see [`crate::atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+    crate::atomic::write(path, bytes)
 }
 
 // ---------------------------------------------------------------------------------------------
