@@ -271,6 +271,94 @@ fn a_folder_as_output_is_refused_up_front() {
     assert!(!tmp_left);
 }
 
+/// `reft train` through the binary, then `bench conflict` with no --methods: the methods come
+/// from the artefacts folder's manifest when it is for the loaded model, else only the methods
+/// that need no artefacts run.
+#[test]
+fn reft_train_and_a_manifest_choose_the_methods() {
+    let (dir, path) = common::tiny::temp();
+    let built = dir.path().join("data");
+    bin()
+        .args(["data", "build", "--out"])
+        .arg(&built)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(built.join("counterfactual.jsonl")).unwrap();
+    let pick = |split: &str, n: usize| -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.contains(&format!("\"split\":\"{split}\"")))
+            .take(n)
+            .collect()
+    };
+    let data = dir.path().join("small.jsonl");
+    let lines = [pick("train", 12), pick("dev", 8), pick("test", 8)].concat();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let art = dir.path().join("art");
+    std::fs::create_dir(&art).unwrap();
+    let edit = art.join("edit.safetensors");
+    bin()
+        .args([
+            "reft", "train", "--epochs", "1", "--layers", "1", "--rank", "2", "--data",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(&edit)
+        .arg("--model")
+        .arg(&path)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "LoReFT rank 2 at blocks.1.hook_resid_post",
+        ));
+    let bench = |out: &std::path::Path| {
+        let mut c = bin();
+        c.args(["bench", "conflict", "--batch-size", "8", "--data"])
+            .arg(&data)
+            .arg("--artefacts")
+            .arg(&art)
+            .arg("--out")
+            .arg(out)
+            .arg("--model")
+            .arg(&path);
+        c
+    };
+    let methods = |out: &std::path::Path| -> Vec<String> {
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        r["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["method"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // No manifest: the methods that need nothing.
+    let out = dir.path().join("out0");
+    bench(&out).assert().success();
+    assert_eq!(methods(&out), ["none", "instruct", "cad", "adacad"]);
+    // A manifest for this model adds reft and reft-cad; one for another model is ignored.
+    let sha = ctxsteer::model::fetch::sha256_file(&path).unwrap();
+    let manifest = |sha: &str| {
+        let m = serde_json::json!({"model_sha256": sha, "reft": ["edit.safetensors"]});
+        std::fs::write(art.join("manifest.json"), m.to_string()).unwrap();
+    };
+    manifest(&sha);
+    let out = dir.path().join("out1");
+    bench(&out).assert().success();
+    assert_eq!(
+        methods(&out),
+        ["none", "instruct", "cad", "adacad", "reft", "reft-cad"]
+    );
+    manifest(&"0".repeat(64));
+    let out = dir.path().join("out2");
+    bench(&out)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("is for another model"));
+    assert_eq!(methods(&out).len(), 4);
+}
+
 /// A closed pipe ends the program quietly instead of a panic.
 #[cfg(unix)]
 #[test]

@@ -205,12 +205,15 @@ pub struct PublicArgs {
     /// The folder holding memotrap/, nqswap/ and world_capital/ as published.
     #[arg(long, default_value = "../shared/benchmarks")]
     pub dir: PathBuf,
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "none,instruct,cad,steer,steer-gated"
-    )]
-    pub methods: Vec<ctxsteer::bench::Method>,
+    /// Methods, comma-separated (default: none, instruct, cad and adacad, and every method whose
+    /// artefacts are given by the options below or found in --artefacts).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<ctxsteer::bench::Method>>,
+    /// A folder of artefacts for one model: its manifest.json names the probe file, gate, head
+    /// ranking and trained edits, and is used when its model_sha256 is the loaded model's.
+    /// Options given on the command line take precedence.
+    #[arg(long, default_value = "probes")]
+    pub artefacts: PathBuf,
     /// Which benchmarks.
     #[arg(
         long,
@@ -270,12 +273,15 @@ pub struct BenchArgs {
     /// else a seeded half split by subject.
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "none,instruct,cad,steer,steer-gated,heads"
-    )]
-    pub methods: Vec<ctxsteer::bench::Method>,
+    /// Methods, comma-separated (default: none, instruct, cad and adacad, and every method whose
+    /// artefacts are given by the options below or found in --artefacts).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<ctxsteer::bench::Method>>,
+    /// A folder of artefacts for one model: its manifest.json names the probe file, gate, head
+    /// ranking and trained edits, and is used when its model_sha256 is the loaded model's.
+    /// Options given on the command line take precedence.
+    #[arg(long, default_value = "probes")]
+    pub artefacts: PathBuf,
     #[arg(long, value_enum, default_value = "completion")]
     pub form: ctxsteer::data::Form,
     /// Probe file for steer and steer-gated.

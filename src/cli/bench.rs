@@ -12,14 +12,25 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
     }
     let model = a.model.load_or(WeightsMode::F32)?;
     let id = model.identity()?;
-    let mut res = resources(&model, &a.probes, &a.heads_from, &a.gate_probes, &a.methods)?;
-    res.reft = reft_for(&model, &a.reft, &a.methods)?;
+    let art = Artefacts::resolve(
+        &id,
+        &a.artefacts,
+        Artefacts {
+            probes: a.probes.clone(),
+            heads_from: a.heads_from.clone(),
+            gate_probes: a.gate_probes.clone(),
+            reft: a.reft.clone(),
+        },
+    )?;
+    let methods = a.methods.clone().unwrap_or_else(|| art.methods());
+    let mut res = resources(&model, &art, &methods)?;
+    res.reft = reft_for(&model, &art.reft, &methods)?;
 
     let t0 = std::time::Instant::now();
     let methods = bench::run(
         &model,
         &items,
-        &a.methods,
+        &methods,
         &res,
         a.form,
         a.batch_size,
@@ -116,15 +127,95 @@ pub(super) fn demo_cmd(
     Ok(())
 }
 
+/// The artefacts a benchmark run may use: files named on the command line, else those a
+/// folder's manifest.json names for the loaded model.
+pub(super) struct Artefacts {
+    probes: Option<PathBuf>,
+    heads_from: Option<PathBuf>,
+    gate_probes: Option<PathBuf>,
+    reft: Vec<PathBuf>,
+}
+
+/// `manifest.json` in an artefacts folder: the files made for one model, relative to it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    model_sha256: String,
+    #[serde(default)]
+    probes: Option<PathBuf>,
+    #[serde(default)]
+    gate: Option<PathBuf>,
+    #[serde(default)]
+    heads: Option<PathBuf>,
+    #[serde(default)]
+    reft: Vec<PathBuf>,
+}
+
+impl Artefacts {
+    /// `given`, with what it lacks filled in from `dir/manifest.json` when that manifest is
+    /// for `model`.
+    fn resolve(
+        model: &ctxsteer::model::ModelId,
+        dir: &std::path::Path,
+        given: Artefacts,
+    ) -> Result<Artefacts> {
+        let path = dir.join("manifest.json");
+        if !path.exists() {
+            return Ok(given);
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let m: Manifest = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not an artefacts manifest", path.display()))?;
+        if m.model_sha256 != model.sha256 {
+            eprintln!(
+                "{} is for another model (sha256 {}); using only the artefacts given as options",
+                path.display(),
+                m.model_sha256
+            );
+            return Ok(given);
+        }
+        let fill =
+            |given: Option<PathBuf>, listed: Option<PathBuf>| given.or(listed.map(|p| dir.join(p)));
+        Ok(Artefacts {
+            probes: fill(given.probes, m.probes),
+            heads_from: fill(given.heads_from, m.heads),
+            gate_probes: fill(given.gate_probes, m.gate),
+            reft: match given.reft.is_empty() {
+                true => m.reft.iter().map(|p| dir.join(p)).collect(),
+                false => given.reft,
+            },
+        })
+    }
+
+    /// Every method these artefacts make possible.
+    fn methods(&self) -> Vec<ctxsteer::bench::Method> {
+        use ctxsteer::bench::Method::*;
+        let mut v = vec![None, Instruct, Cad, AdaCad];
+        if self.probes.is_some() {
+            v.extend([Steer, SteerGated]);
+        }
+        if self.heads_from.is_some() {
+            v.push(Heads);
+            if self.gate_probes.is_some() {
+                v.push(HeadsGated);
+            }
+        }
+        if !self.reft.is_empty() {
+            v.extend([Reft, ReftCad]);
+        }
+        v
+    }
+}
+
 /// The probes and head ranking a benchmark run may use, from their files.
 fn resources(
     model: &Model,
-    probes: &Option<PathBuf>,
-    heads_from: &Option<PathBuf>,
-    gate_probes: &Option<PathBuf>,
+    art: &Artefacts,
     methods: &[ctxsteer::bench::Method],
 ) -> Result<ctxsteer::bench::Resources> {
     use ctxsteer::bench::Method;
+    let (probes, heads_from, gate_probes) = (&art.probes, &art.heads_from, &art.gate_probes);
     let id = model.identity()?;
     let read_probes = |p: &Option<PathBuf>| {
         p.as_deref()
@@ -215,8 +306,19 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
         );
     }
     let model = a.model.load_or(WeightsMode::F32)?;
-    let mut res = resources(&model, &a.probes, &a.heads_from, &a.gate_probes, &a.methods)?;
-    res.reft = reft_for(&model, &a.reft, &a.methods)?;
+    let art = Artefacts::resolve(
+        &model.identity()?,
+        &a.artefacts,
+        Artefacts {
+            probes: a.probes.clone(),
+            heads_from: a.heads_from.clone(),
+            gate_probes: a.gate_probes.clone(),
+            reft: a.reft.clone(),
+        },
+    )?;
+    let methods = a.methods.clone().unwrap_or_else(|| art.methods());
+    let mut res = resources(&model, &art, &methods)?;
+    res.reft = reft_for(&model, &art.reft, &methods)?;
     let opts = ctxsteer::public::PublicOptions {
         limit: a.limit,
         seed: a.seed,
@@ -241,7 +343,7 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
             &model,
             &a.dir,
             b,
-            &a.methods,
+            &methods,
             &res,
             &opts,
             &mut progress_events(),
