@@ -89,7 +89,7 @@ impl ProbeRun<'_> {
         let (probe_sites, n_train, n_test, n_pos) =
             crate::probe::train(&acts, &topts, &mut |_| {})?;
         Ok(crate::probe::ProbeFile {
-            version: 1,
+            version: crate::probe::PROBE_FILE_VERSION,
             model: self.id.clone(),
             acts: acts_dir.display().to_string(),
             data: acts.meta.data.clone(),

@@ -346,6 +346,14 @@ impl Gate {
                 let x = caps
                     .at(self.site, r, p.len() - 1)
                     .ok_or_else(|| Error::Invalid(format!("no gate capture at {}", self.site)))?;
+                if x.len() != self.probe.weights.len() {
+                    return Err(Error::BadLength {
+                        what: "the gate probe's weight vector".into(),
+                        site: self.site.to_string(),
+                        got: self.probe.weights.len(),
+                        expected: x.len(),
+                    });
+                }
                 Ok((self.probe.score(x) > 0.0) == self.fire_on_positive)
             })
             .collect()

@@ -52,6 +52,21 @@ fn bad_lines_name_the_file_line_and_field() {
 }
 
 #[test]
+fn a_byte_order_mark_is_accepted_and_bad_utf8_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bom.jsonl");
+    std::fs::write(&p, format!("\u{feff}{GOOD}\r\n")).unwrap();
+    let (items, _) = data::read_jsonl(&p, false).unwrap();
+    assert_eq!(items[0].id, "a");
+    let mut bytes = format!("{GOOD}\n").into_bytes();
+    bytes.extend(b"{\"id\": \"\xff\"}\n");
+    std::fs::write(&p, &bytes).unwrap();
+    let e = data::read_jsonl(&p, false).unwrap_err().to_string();
+    assert!(e.contains("line 2") && e.contains("UTF-8"), "{e}");
+    assert_eq!(data::read_jsonl(&p, true).unwrap().1, 1);
+}
+
+#[test]
 fn built_in_data_is_large_deterministic_and_split_by_subject() {
     let a = data::build().unwrap();
     let b = data::build().unwrap();

@@ -255,6 +255,23 @@ fn probe_files_round_trip_and_refuse_other_models() {
         .contains("trained on a.gguf"));
     let wider = ctxsteer::model::ModelId { d_model: 64, ..id };
     assert!(back.check_model(&wider, &p).is_err());
+    // Files that are not whole or not consistent are refused on read, naming what is wrong.
+    let broken = |edit: &dyn Fn(&mut ProbeFile), want: &str| {
+        let mut g = back.clone();
+        edit(&mut g);
+        let q = dir.path().join("broken.json");
+        std::fs::write(&q, serde_json::to_string(&g).unwrap()).unwrap();
+        let e = ProbeFile::read(&q).unwrap_err().to_string();
+        assert!(e.contains("broken.json") && e.contains(want), "{e}");
+    };
+    broken(&|g| g.version = 99, "version 99 is not supported");
+    broken(&|g| g.sites.clear(), "no site");
+    broken(
+        &|g| g.best = "blocks.7.hook_resid_post".into(),
+        "not one of its sites",
+    );
+    broken(&|g| g.sites[0].weights.truncate(3), "the weights have 3");
+    broken(&|g| g.sites[0].std[1] = 0.0, "not > 0");
     let svg = dir.path().join("p.svg");
     probe::plot(&back, &svg).unwrap();
     let text = std::fs::read_to_string(&svg).unwrap();

@@ -48,7 +48,7 @@ pub(super) fn probe_cmd(p: ProbeCmd) -> Result<()> {
                 probe::train(&a, &opts, &mut |n| pb.inc(n as u64))?;
             pb.finish_and_clear();
             let f = ProbeFile {
-                version: 1,
+                version: ctxsteer::probe::PROBE_FILE_VERSION,
                 model: id,
                 acts: acts.display().to_string(),
                 data: a.meta.data.clone(),

@@ -142,11 +142,31 @@ fn check_line(v: &serde_json::Value) -> std::result::Result<Item, String> {
 /// Read a JSONL file of items. With `skip_invalid`, bad lines are skipped and counted;
 /// otherwise the first bad line is an error naming the file, the line and the field.
 pub fn read_jsonl(path: &Path, skip_invalid: bool) -> Result<(Vec<Item>, usize)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+    // A UTF-8 byte-order mark (as some editors write) is not part of the first line.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut items = Vec::new();
     let mut skipped = 0;
     let mut seen = std::collections::HashSet::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        let line = match std::str::from_utf8(raw) {
+            Ok(line) => line,
+            Err(_) if skip_invalid => {
+                skipped += 1;
+                continue;
+            }
+            Err(e) => {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "line {}: not valid UTF-8 (at byte {} of the line)",
+                        i + 1,
+                        e.valid_up_to() + 1
+                    ),
+                ))
+            }
+        };
+        let line = line.strip_suffix('\r').unwrap_or(line);
         if line.trim().is_empty() {
             continue;
         }

@@ -110,6 +110,9 @@ impl SiteProbe {
     }
 }
 
+/// The probe file format this ctxsteer writes and reads.
+pub const PROBE_FILE_VERSION: u32 = 1;
+
 /// A probe file: everything needed to reuse the probes and to know where they came from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProbeFile {
@@ -136,7 +139,54 @@ pub struct ProbeFile {
 impl ProbeFile {
     pub fn read(path: &std::path::Path) -> Result<ProbeFile> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a probe file: {e}")))
+        let f: ProbeFile = serde_json::from_str(&text)
+            .map_err(|e| Error::file(path, format!("not a probe file: {e}")))?;
+        f.check().map_err(|e| Error::file(path, e))?;
+        Ok(f)
+    }
+
+    /// Check that the file is whole and consistent: a known version, at least one site, `best`
+    /// naming one of them, and every site's vectors of one length with finite values.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.version != PROBE_FILE_VERSION {
+            return Err(format!(
+                "version {} is not supported (this ctxsteer reads version {PROBE_FILE_VERSION})",
+                self.version
+            ));
+        }
+        if self.sites.is_empty() {
+            return Err("the file has no site".into());
+        }
+        if !self.sites.iter().any(|p| p.site == self.best) {
+            return Err(format!(
+                "`best` names {}, which is not one of its sites",
+                self.best
+            ));
+        }
+        for p in &self.sites {
+            let n = p.weights.len();
+            let mut vectors = vec![("mean", &p.mean), ("std", &p.std)];
+            vectors.extend(p.directions.iter().map(|(k, v)| (k.as_str(), v)));
+            if let Some((what, v)) = vectors.iter().find(|(_, v)| v.len() != n) {
+                return Err(format!(
+                    "site {}: {what} has {} values but the weights have {n}",
+                    p.site,
+                    v.len()
+                ));
+            }
+            let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+            let all_finite = finite(&p.weights)
+                && p.bias.is_finite()
+                && vectors.iter().all(|(_, v)| finite(v))
+                && p.std.iter().all(|s| *s > 0.0);
+            if !all_finite {
+                return Err(format!(
+                    "site {}: a weight, mean or direction is not finite, or a std is not > 0",
+                    p.site
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn write(&self, path: &std::path::Path) -> Result<()> {
