@@ -47,8 +47,11 @@ pub struct TrainRecord {
     pub keep_weight: f64,
     pub seed: u64,
     pub seconds: f64,
-    /// Mean loss per epoch: (answer cross-entropy, keep KL).
+    /// Mean loss per epoch: (answer cross-entropy, keep KL: closed-book plus neutral text).
     pub losses: Vec<(f64, f64)>,
+    /// Mean loss per epoch by part: answer cross-entropy, closed-book KL, neutral-text KL.
+    #[serde(default)]
+    pub loss_parts: Vec<[f64; 3]>,
     #[serde(default)]
     pub command: String,
 }
@@ -209,8 +212,10 @@ struct Example {
 struct Examples {
     /// Counterfactual contexts (answer: the context's) and true contexts (answer: the prior).
     answer: Vec<Example>,
-    /// Closed-book prompts with the prior answer, and neutral text: keep as the model had them.
-    keep: Vec<Example>,
+    /// Closed-book prompts with the prior answer: keep as the model had them.
+    closed: Vec<Example>,
+    /// Ordinary text: keep as the model had it.
+    neutral: Vec<Example>,
     counts: [usize; 4],
 }
 
@@ -227,7 +232,7 @@ fn build_examples(
     neutral: &[String],
     forms: &[Form],
 ) -> Result<Examples> {
-    let (mut answer, mut keep) = (Vec::new(), Vec::new());
+    let (mut answer, mut closed, mut kept) = (Vec::new(), Vec::new(), Vec::new());
     let mut counts = [0usize; 4];
     for form in forms {
         for it in items.iter().filter(|it| !it.context.is_empty()) {
@@ -237,20 +242,21 @@ fn build_examples(
                 answer.push(example(model, &t, *form, true, &t.context_answer)?);
                 counts[1] += 1;
             }
-            keep.push(example(model, it, *form, false, &it.prior_answer)?);
+            closed.push(example(model, it, *form, false, &it.prior_answer)?);
             counts[2] += 1;
         }
     }
     for text in neutral {
         let ids = model.tokenizer.encode(text)?;
         if ids.len() >= 2 {
-            keep.push(Example { ids, prompt_len: 0 });
+            kept.push(Example { ids, prompt_len: 0 });
             counts[3] += 1;
         }
     }
     Ok(Examples {
         answer,
-        keep,
+        closed,
+        neutral: kept,
         counts,
     })
 }
@@ -371,6 +377,43 @@ fn keep_loss(model: &Model, p: &Packed, spec: &Spec) -> Result<Tensor> {
     Ok(kl.mean_all()?)
 }
 
+/// The keep KL of step `s`'s share of `pool` (taken in the order `idx`, wrapping around so that
+/// every step gets some); zero for an empty pool.
+fn keep_part(
+    model: &Model,
+    pool: &[Example],
+    idx: &[usize],
+    s: usize,
+    steps: usize,
+    spec: &Spec,
+) -> Result<Tensor> {
+    if pool.is_empty() {
+        return Ok(Tensor::zeros((), DType::F32, model.device())?);
+    }
+    let per = pool.len().div_ceil(steps.max(1));
+    let ex: Vec<&Example> = (0..per)
+        .map(|j| &pool[idx[(s * per + j) % idx.len()]])
+        .collect();
+    keep_loss(model, &pack(model, &ex)?, spec)
+}
+
+/// Longer stretches of ordinary text from one-line passages: passage i joins lines i, i+1, …,
+/// i+k-1 (wrapping around), so the keep term also covers positions deep into a long text.
+pub fn joined_passages(lines: &[String], k: usize) -> Vec<String> {
+    let n = lines.len();
+    if n == 0 || k <= 1 {
+        return lines.to_vec();
+    }
+    (0..n)
+        .map(|i| {
+            (0..k.min(n))
+                .map(|j| lines[(i + j) % n].as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
 /// What training reports as it goes.
 #[derive(Clone, Debug)]
 pub enum TrainEvent {
@@ -412,7 +455,6 @@ pub fn train(
     let mut adam = candle_nn::AdamW::new(vars.clone(), params)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let steps_per_epoch = ex.answer.len().div_ceil(2 * opts.batch);
-    let keep_per_step = ex.keep.len().div_ceil(steps_per_epoch);
     let mut losses = Vec::new();
     let mut steps = 0;
     progress(TrainEvent::Begin {
@@ -420,40 +462,38 @@ pub fn train(
     });
     for epoch in 0..opts.epochs {
         let mut a_idx: Vec<usize> = (0..ex.answer.len()).collect();
-        let mut k_idx: Vec<usize> = (0..ex.keep.len()).collect();
+        let mut c_idx: Vec<usize> = (0..ex.closed.len()).collect();
+        let mut n_idx: Vec<usize> = (0..ex.neutral.len()).collect();
         a_idx.shuffle(&mut rng);
-        k_idx.shuffle(&mut rng);
-        let (mut sum_a, mut sum_k) = (0.0, 0.0);
+        c_idx.shuffle(&mut rng);
+        n_idx.shuffle(&mut rng);
+        let mut sums = [0.0f64; 3];
         for (s, chunk) in a_idx.chunks(2 * opts.batch).enumerate() {
             let spec = spec_of(&vars, &opts.layers)?;
             let a: Vec<&Example> = chunk.iter().map(|i| &ex.answer[*i]).collect();
-            let k: Vec<&Example> = k_idx
-                .iter()
-                .skip(s * keep_per_step)
-                .take(keep_per_step)
-                .map(|i| &ex.keep[*i])
-                .collect();
-            let la = answer_loss(model, &pack(model, &a)?, &spec)?;
-            let lk = match k.is_empty() {
-                true => Tensor::zeros((), DType::F32, dev)?,
-                false => keep_loss(model, &pack(model, &k)?, &spec)?,
-            };
-            let loss = (&la + (&lk * opts.keep_weight)?)?;
-            adam.backward_step(&loss)?;
+            let parts = [
+                answer_loss(model, &pack(model, &a)?, &spec)?,
+                keep_part(model, &ex.closed, &c_idx, s, steps_per_epoch, &spec)?,
+                keep_part(model, &ex.neutral, &n_idx, s, steps_per_epoch, &spec)?,
+            ];
+            let keep = (&parts[1] + &parts[2])?;
+            adam.backward_step(&(&parts[0] + (keep * opts.keep_weight)?)?)?;
             retract(&vars)?;
-            sum_a += la.to_scalar::<f32>()? as f64;
-            sum_k += lk.to_scalar::<f32>()? as f64;
+            for (sum, p) in sums.iter_mut().zip(&parts) {
+                *sum += p.to_scalar::<f32>()? as f64;
+            }
             steps += 1;
             progress(TrainEvent::Step);
         }
-        let n = steps_per_epoch.max(1) as f64;
-        losses.push((sum_a / n, sum_k / n));
+        let mean = sums.map(|x| x / steps_per_epoch.max(1) as f64);
+        losses.push(mean);
         progress(TrainEvent::Epoch(format!(
-            "epoch {}/{}: answer cross-entropy {:.4}, keep KL {:.5} ({:.0}s)",
+            "epoch {}/{}: answer cross-entropy {:.4}, closed-book KL {:.5}, neutral-text KL {:.5} ({:.0}s)",
             epoch + 1,
             opts.epochs,
-            sum_a / n,
-            sum_k / n,
+            mean[0],
+            mean[1],
+            mean[2],
             t0.elapsed().as_secs_f64()
         )));
     }
@@ -483,7 +523,8 @@ pub fn train(
             keep_weight: opts.keep_weight,
             seed: opts.seed,
             seconds: t0.elapsed().as_secs_f64(),
-            losses,
+            losses: losses.iter().map(|l| (l[0], l[1] + l[2])).collect(),
+            loss_parts: losses,
             ..Default::default()
         },
     };
@@ -537,6 +578,14 @@ fn check_options(model: &Model, o: &TrainOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passages_join_consecutive_lines_wrapping_around() {
+        let lines: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        assert_eq!(joined_passages(&lines, 2), ["a b", "b c", "c a"]);
+        assert_eq!(joined_passages(&lines, 1), lines);
+        assert_eq!(joined_passages(&lines, 9), ["a b c", "b c a", "c a b"]);
+    }
 
     #[test]
     fn gram_schmidt_gives_orthonormal_rows() {

@@ -213,6 +213,7 @@ fn non_finite_and_out_of_range_numbers_are_refused() {
         ("--steer-alpha", "inf", "not a finite number"),
         ("--cad-beta", "NaN", "not a finite number"),
         ("--alpha", "nan", "not a finite number"),
+        ("--max-tokens", "0", "at least 1"),
     ] {
         gen(&[&format!("{flag}={value}")])
             .assert()

@@ -302,6 +302,7 @@ pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(String::from)
         .collect();
+    let neutral = ctxsteer::reft::joined_passages(&neutral, a.neutral_lines);
     ctxsteer::atomic::check_target(&a.out)?;
     let model = a.model.load_or(ctxsteer::WeightsMode::F32)?;
     let layers = ctxsteer::steer::parse_layers(&a.layers, model.cfg().n_layers)?;

@@ -222,7 +222,7 @@ pub struct PublicArgs {
     )]
     pub benchmarks: Vec<String>,
     /// At most N items per benchmark (a seeded sample that keeps a subject's items together).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub limit: Option<usize>,
     /// Seed of the sample and of the dev/test split.
     #[arg(long, default_value_t = 0)]
@@ -259,7 +259,7 @@ pub struct PublicArgs {
     #[arg(long, value_delimiter = ',')]
     pub reft: Vec<PathBuf>,
     /// Rows per batch (batches of long prompts are also capped at 4,096 padded tokens).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub batch_size: usize,
     #[arg(long)]
     pub out: PathBuf,
@@ -298,7 +298,7 @@ pub struct BenchArgs {
     /// chooses among them.
     #[arg(long, value_delimiter = ',')]
     pub reft: Vec<PathBuf>,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub batch_size: usize,
     #[arg(long)]
     pub skip_invalid: bool,
@@ -324,7 +324,7 @@ pub struct PatchArgs {
     #[arg(long, value_enum, default_value = "last")]
     pub positions: ctxsteer::patch::PatchPositions,
     /// With --positions all: at most this many query tokens from the end.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     pub max_positions: usize,
     /// With --sites heads: rank heads by zero-ablating each at the last position of the
     /// target prompt (change in logit(context) - logit(prior)) instead of patching.
@@ -370,7 +370,7 @@ pub struct DataArgs {
     #[arg(long)]
     pub skip_invalid: bool,
     /// Use only the first N items.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub limit: Option<usize>,
     /// Keep only items of this split (train, dev or test), when the data has splits.
     #[arg(long)]
@@ -379,7 +379,7 @@ pub struct DataArgs {
     #[arg(long, value_enum, default_value = "completion")]
     pub form: ctxsteer::data::Form,
     /// Prompts per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub batch_size: usize,
 }
 
@@ -446,7 +446,7 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub closed_book: bool,
     /// Items per shard file.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub shard_size: usize,
     /// Output folder; rerunning the same command resumes an interrupted capture.
     #[arg(long)]
@@ -510,7 +510,7 @@ pub struct GenerateArgs {
     /// Wrap the prompt as a user message in the model's chat template.
     #[arg(long)]
     pub chat: bool,
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 48, value_parser = at_least_one)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 (the default) is greedy.
     #[arg(long, default_value_t = 0.0, value_parser = non_negative_f32)]
@@ -574,19 +574,23 @@ pub struct ReftTrainArgs {
     /// Ordinary text kept as the unedited model has it, one passage a line (`#` lines skipped).
     #[arg(long, default_value = "counterfactual_data/neutral.txt")]
     pub neutral: PathBuf,
+    /// Lines of --neutral joined into each kept passage (line i with the next ones, wrapping),
+    /// so that the kept text is as long as the texts the edit will meet.
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+    pub neutral_lines: usize,
     /// Layers whose hook_resid_post gets an edit: 12, 10-14 or 8,16.
     #[arg(long, default_value = "12")]
     pub layers: String,
     /// Rank of each edit.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub rank: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub epochs: usize,
     /// Adam learning rate.
     #[arg(long, default_value_t = 4e-3, value_parser = positive_f64)]
     pub lr: f64,
     /// Conflicts per step; as many keep sequences go with them.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     pub batch_size: usize,
     /// Prompt forms to train on, comma-separated.
     #[arg(
@@ -663,4 +667,15 @@ pub fn non_negative_f64(s: &str) -> std::result::Result<f64, String> {
     (v >= 0.0)
         .then_some(v)
         .ok_or_else(|| format!("`{s}` must be >= 0"))
+}
+
+/// A count of at least 1.
+pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    let v: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    (v >= 1)
+        .then_some(v)
+        .ok_or_else(|| format!("`{s}` must be at least 1"))
 }
