@@ -360,6 +360,83 @@ fn reft_train_and_a_manifest_choose_the_methods() {
     assert_eq!(methods(&out).len(), 4);
 }
 
+/// `generate --print-spec` writes the spec its options build; `generate --spec` with that file
+/// gives the same tokens as the options themselves, and a bad spec file names its line.
+#[test]
+fn print_spec_and_spec_round_trip_to_identical_tokens() {
+    let (dir, path) = common::tiny::temp();
+    let vec_file = dir.path().join("v.json");
+    let v: Vec<f32> = (0..64).map(|i| ((i as f32) * 0.3).sin()).collect();
+    std::fs::write(&vec_file, serde_json::to_string(&v).unwrap()).unwrap();
+    let gen = |extra: &[&str]| {
+        let out = bin()
+            .args([
+                "generate",
+                "--prompt",
+                "the cat sat",
+                "--max-tokens",
+                "8",
+                "--model",
+            ])
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let options = [
+        "--steer-vector",
+        vec_file.to_str().unwrap(),
+        "--steer-site",
+        "blocks.0-1.hook_resid_post",
+        "--steer-alpha",
+        "3",
+        "--scale-heads",
+        "1.2=0,0.1=2.5",
+        "--steer-positions",
+        "prompt",
+    ];
+    let spec_json = gen(&[&options[..], &["--print-spec"]].concat());
+    let spec: serde_json::Value = serde_json::from_str(&spec_json).unwrap();
+    assert_eq!(spec["interventions"].as_array().unwrap().len(), 4);
+    assert_eq!(spec["interventions"][0]["heads"], serde_json::json!([2]));
+    assert_eq!(spec["interventions"][2]["positions"], "prompt");
+    let spec_file = dir.path().join("spec.json");
+    std::fs::write(&spec_file, &spec_json).unwrap();
+    let json = |s: &str| -> serde_json::Value { serde_json::from_str(s).unwrap() };
+    let by_options = json(&gen(&[&options[..], &["--json"]].concat()));
+    let by_spec = json(&gen(&["--spec", spec_file.to_str().unwrap(), "--json"]));
+    let plain = json(&gen(&["--json"]));
+    assert_eq!(by_options["token_ids"], by_spec["token_ids"]);
+    assert_ne!(
+        by_options["token_ids"], plain["token_ids"],
+        "the spec changes the tokens"
+    );
+    std::fs::write(
+        &spec_file,
+        spec_json.replace("hook_resid_post", "hook_resid"),
+    )
+    .unwrap();
+    bin()
+        .args([
+            "generate",
+            "--prompt",
+            "x",
+            "--spec",
+            spec_file.to_str().unwrap(),
+            "--model",
+        ])
+        .arg(&path)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("spec.json").and(predicate::str::contains("line")));
+}
+
 /// A closed pipe ends the program quietly instead of a panic.
 #[cfg(unix)]
 #[test]

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ctxsteer::model::fetch;
-use ctxsteer::{Model, Positions, WeightsMode};
+use ctxsteer::{Model, Positions, Spec, WeightsMode};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -118,6 +118,10 @@ pub struct SteerArgs {
     /// position; combines with the options above, and --gate gates it too.
     #[arg(long)]
     pub intervention: Option<PathBuf>,
+    /// Apply the interventions of a spec file (JSON, as `generate --print-spec` writes it),
+    /// after those of the options above.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
 }
 
 impl SteerArgs {
@@ -159,6 +163,13 @@ impl SteerArgs {
             let reft = ctxsteer::reft::Reft::load(p, model)
                 .with_context(|| format!("--intervention {}", p.display()))?;
             plans.push(Box::new(reft));
+        }
+        if let Some(p) = &self.spec {
+            let spec = Spec::read(p)?;
+            model
+                .validate(&spec)
+                .with_context(|| format!("--spec {}", p.display()))?;
+            plans.push(Box::new(spec));
         }
         if let Some(h) = &self.scale_heads {
             plans.push(Box::new(steer::scale_heads_spec(
@@ -523,6 +534,10 @@ pub struct GenerateArgs {
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Print the spec that the other options build for this prompt (JSON, readable by --spec)
+    /// and exit without generating.
+    #[arg(long)]
+    pub print_spec: bool,
     /// A steering vector: a JSON array of numbers or a .safetensors file with one tensor.
     #[arg(long, requires = "steer_site")]
     pub steer_vector: Option<PathBuf>,

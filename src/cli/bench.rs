@@ -65,13 +65,17 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
 /// The final summary: one line per method.
 fn summary_table(r: &ctxsteer::report::Report) -> String {
     let mut s = format!(
-        "{:<12} {:<34} {:>22} {:>8} {:>10} {:>7}\n",
-        "method", "chosen on dev", "adherence [95% CI]", "M_R", "retention", "ppl x"
+        "{:<12} {:<34} {:>22} {:>8} {:>10} {:>9} {:>7}\n",
+        "method", "chosen on dev", "adherence [95% CI]", "M_R", "retention", "true ctx", "ppl x"
     );
     for m in &r.methods {
         let t = &m.test;
+        let true_ctx = m
+            .true_context
+            .as_ref()
+            .map_or("n/a".to_string(), |r| format!("{:.1}%", 100.0 * r.value));
         s += &format!(
-            "{:<12} {:<34} {:>6.1}% [{:>4.1}, {:>4.1}] {:>8.3} {:>9.1}% {:>7.3}\n",
+            "{:<12} {:<34} {:>6.1}% [{:>4.1}, {:>4.1}] {:>8.3} {:>9.1}% {:>9} {:>7.3}\n",
             m.method.name(),
             m.chosen,
             100.0 * t.adherence.value,
@@ -79,6 +83,7 @@ fn summary_table(r: &ctxsteer::report::Report) -> String {
             100.0 * t.adherence.ci_high,
             t.memorization_ratio.value,
             100.0 * t.retention.value,
+            true_ctx,
             t.perplexity_ratio
         );
     }

@@ -49,6 +49,10 @@ pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
     }
     let ids = model.prompt_ids(&a.prompt, a.chat)?;
     let spec = steering_spec(&model, &a, &ids)?;
+    if a.print_spec {
+        println!("{}", spec.to_json()?);
+        return Ok(());
+    }
     let sampling = if a.temperature > 0.0 {
         if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
             bail!("--top-p must be in (0, 1], got {}", a.top_p);
@@ -129,6 +133,10 @@ fn cad_generate(model: &Model, a: &GenerateArgs) -> Result<()> {
     let with = model.prompt_ids(&format!("{context} {}", a.prompt), a.chat)?;
     let without = model.prompt_ids(&a.prompt, a.chat)?;
     let spec = steering_spec(model, a, &with)?;
+    if a.print_spec {
+        println!("{}", spec.to_json()?);
+        return Ok(());
+    }
     let out = ctxsteer::generate::cad_greedy_and_score(
         model,
         &[with],

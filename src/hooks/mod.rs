@@ -13,6 +13,7 @@ use std::fmt;
 
 mod lowrank;
 mod run;
+mod serde_spec;
 pub use lowrank::LowRank;
 pub use run::{CapturedRow, Captures, Hooks, RowInfo};
 
@@ -270,13 +271,16 @@ pub enum Action {
 }
 
 /// An action at a site, on some positions and, for `attn.hook_z`, some heads.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Intervention {
     pub site: Site,
     pub positions: Positions,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heads: Option<Vec<usize>>,
     /// Only these rows of a batch (all rows when None): lets one batch carry different
     /// interventions per row, e.g. one patch per row or steering only the gated prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<Vec<usize>>,
     pub action: Action,
 }
@@ -378,7 +382,9 @@ fn set_projection(x: &mut [f32], dir: &[f32], target: Option<f32>) {
 }
 
 /// An ordered list of interventions. Everything that changes or reads activations goes here.
-#[derive(Clone, Debug, Default)]
+/// It reads and writes JSON (see `serde_spec.rs` for the format).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Spec {
     pub interventions: Vec<Intervention>,
 }
@@ -411,9 +417,21 @@ impl Spec {
         }
     }
 
-    /// Check every vector's length and head index against the model's widths.
-    pub fn validate(&self, width: impl Fn(Site) -> usize, n_heads: usize) -> Result<()> {
+    /// Check every site's layer, vector length and head index against the model.
+    pub fn validate(
+        &self,
+        width: impl Fn(Site) -> usize,
+        n_heads: usize,
+        n_layers: usize,
+    ) -> Result<()> {
         for iv in &self.interventions {
+            if !serde_spec::layer_in_range(iv.site, n_layers) {
+                return Err(Error::LayerOutOfRange {
+                    name: iv.site.to_string(),
+                    layer: iv.site.layer,
+                    last: n_layers.saturating_sub(1),
+                });
+            }
             let w = width(iv.site);
             let d_head = w / n_heads.max(1);
             if let Some(hs) = &iv.heads {

@@ -129,7 +129,7 @@ impl Model {
     /// Check a spec's vectors and heads against this model's widths.
     pub fn validate(&self, spec: &Spec) -> Result<()> {
         let cfg = self.cfg();
-        spec.validate(|s| cfg.site_width(s), cfg.n_heads)
+        spec.validate(|s| cfg.site_width(s), cfg.n_heads, cfg.n_layers)
     }
 
     /// Tokens of a prompt: plain text, or the user message rendered by the chat template.
