@@ -17,7 +17,7 @@
 //! (`values` keyed by position), `zero_ablate`, `mean_ablate`, `project_out`, `clamp`, `scale`,
 //! `low_rank`. A spec read from a file is checked against the model before it runs.
 
-use super::{Action, Intervention, LowRank, Positions, Site, SiteKind, Spec};
+use super::{Action, LowRank, Positions, Site, SiteKind, Spec};
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
