@@ -213,13 +213,19 @@ fn non_finite_and_out_of_range_numbers_are_refused() {
         ("--steer-alpha", "inf", "not a finite number"),
         ("--cad-beta", "NaN", "not a finite number"),
         ("--alpha", "nan", "not a finite number"),
-        ("--max-tokens", "0", "at least 1"),
     ] {
         gen(&[&format!("{flag}={value}")])
             .assert()
             .failure()
             .stderr(predicate::str::contains(flag).and(predicate::str::contains(says)));
     }
+    bin()
+        .args(["generate", "--prompt", "x", "--max-tokens", "0"])
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("--max-tokens").and(predicate::str::contains("at least 1")),
+        );
     gen(&["--scale-heads", "1.0=NaN"])
         .assert()
         .failure()

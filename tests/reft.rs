@@ -177,6 +177,20 @@ fn gradients_through_the_forward_match_finite_differences() {
     }
 }
 
+/// Rank 2, batch 2, completion form, keep weight 1.
+fn train_opts(layers: [usize; 1], epochs: usize, lr: f64, seed: u64) -> TrainOptions {
+    TrainOptions {
+        layers: layers.to_vec(),
+        rank: 2,
+        epochs,
+        lr,
+        batch: 2,
+        forms: vec![Form::Completion],
+        keep_weight: 1.0,
+        seed,
+    }
+}
+
 fn items() -> Vec<Item> {
     [
         "the cat",
@@ -209,16 +223,7 @@ fn items() -> Vec<Item> {
 #[test]
 fn training_lowers_the_answer_loss_and_the_file_round_trips() {
     let (_d, m) = tiny(WeightsMode::F32);
-    let opts = TrainOptions {
-        layers: vec![1],
-        rank: 2,
-        epochs: 6,
-        lr: 2e-2,
-        batch: 2,
-        forms: vec![Form::Completion],
-        keep_weight: 1.0,
-        seed: 7,
-    };
+    let opts = train_opts([1], 6, 2e-2, 7);
     let neutral = vec!["the tea is hot and the sea is cold".to_string()];
     let mut steps = 0;
     let reft = ctxsteer::reft::train(&m, &items(), &neutral, &opts, &mut |e| {
@@ -265,16 +270,7 @@ fn training_lowers_the_answer_loss_and_the_file_round_trips() {
 fn bench_sweeps_the_trained_edits_on_dev() {
     use ctxsteer::bench::{self, Method, Resources};
     let (_d, m) = tiny(WeightsMode::F32);
-    let opts = TrainOptions {
-        layers: vec![0],
-        rank: 2,
-        epochs: 1,
-        lr: 1e-2,
-        batch: 2,
-        forms: vec![Form::Completion],
-        keep_weight: 1.0,
-        seed: 1,
-    };
+    let opts = train_opts([0], 1, 1e-2, 1);
     let a = ctxsteer::reft::train(&m, &items(), &[], &opts, &mut |_| {}).unwrap();
     let b = ctxsteer::reft::train(
         &m,
@@ -330,16 +326,7 @@ fn bench_sweeps_the_trained_edits_on_dev() {
 #[test]
 fn training_refuses_quantized_weights_and_bad_settings() {
     let (_d, m) = tiny(WeightsMode::Quantized);
-    let opts = TrainOptions {
-        layers: vec![0],
-        rank: 2,
-        epochs: 1,
-        lr: 1e-2,
-        batch: 2,
-        forms: vec![Form::Completion],
-        keep_weight: 1.0,
-        seed: 0,
-    };
+    let opts = train_opts([0], 1, 1e-2, 0);
     let err = ctxsteer::reft::train(&m, &items(), &[], &opts, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("f32"), "{err}");
     let (_d2, m) = tiny(WeightsMode::F32);

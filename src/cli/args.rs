@@ -216,15 +216,8 @@ pub struct PublicArgs {
     /// The folder holding memotrap/, nqswap/ and world_capital/ as published.
     #[arg(long, default_value = "../shared/benchmarks")]
     pub dir: PathBuf,
-    /// Methods, comma-separated (default: none, instruct, cad and adacad, and every method whose
-    /// artefacts are given by the options below or found in --artefacts).
-    #[arg(long, value_delimiter = ',')]
-    pub methods: Option<Vec<ctxsteer::bench::Method>>,
-    /// A folder of artefacts for one model: its manifest.json names the probe file, gate, head
-    /// ranking and trained edits, and is used when its model_sha256 is the loaded model's.
-    /// Options given on the command line take precedence.
-    #[arg(long, default_value = "probes")]
-    pub artefacts: PathBuf,
+    #[command(flatten)]
+    pub with: MethodArgs,
     /// Which benchmarks.
     #[arg(
         long,
@@ -256,19 +249,6 @@ pub struct PublicArgs {
     /// not run yet. Implies --resume. For a look at a run still under way.
     #[arg(long)]
     pub saved_only: bool,
-    /// Probe file for steer and steer-gated.
-    #[arg(long)]
-    pub probes: Option<PathBuf>,
-    /// Head ranking for the heads method (patch.json from `patch --sites heads --ablate`).
-    #[arg(long)]
-    pub heads_from: Option<PathBuf>,
-    /// A `conflict` probe file: the gate of heads-gated.
-    #[arg(long)]
-    pub gate_probes: Option<PathBuf>,
-    /// Trained low-rank interventions (`reft train`), comma-separated: method reft's dev sweep
-    /// chooses among them.
-    #[arg(long, value_delimiter = ',')]
-    pub reft: Vec<PathBuf>,
     /// Rows per batch (batches of long prompts are also capped at 4,096 padded tokens).
     #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub batch_size: usize,
@@ -276,14 +256,9 @@ pub struct PublicArgs {
     pub out: PathBuf,
 }
 
+/// The methods of a benchmark run and the artefacts they use (bench conflict, bench public).
 #[derive(Args)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Conflicts in our format; its `split` field picks dev (sweeps) and test (measurement),
-    /// else a seeded half split by subject.
-    #[arg(long)]
-    pub data: PathBuf,
+pub struct MethodArgs {
     /// Methods, comma-separated (default: none, instruct, cad and adacad, and every method whose
     /// artefacts are given by the options below or found in --artefacts).
     #[arg(long, value_delimiter = ',')]
@@ -293,8 +268,6 @@ pub struct BenchArgs {
     /// Options given on the command line take precedence.
     #[arg(long, default_value = "probes")]
     pub artefacts: PathBuf,
-    #[arg(long, value_enum, default_value = "completion")]
-    pub form: ctxsteer::data::Form,
     /// Probe file for steer and steer-gated.
     #[arg(long)]
     pub probes: Option<PathBuf>,
@@ -305,10 +278,24 @@ pub struct BenchArgs {
     /// of heads-gated.
     #[arg(long)]
     pub gate_probes: Option<PathBuf>,
-    /// Trained low-rank interventions (`reft train`), comma-separated: method reft's dev sweep
-    /// chooses among them.
+    /// Trained low-rank interventions (`reft train`), comma-separated: the dev sweep of methods
+    /// reft and reft-cad chooses among them.
     #[arg(long, value_delimiter = ',')]
     pub reft: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Conflicts in our format; its `split` field picks dev (sweeps) and test (measurement),
+    /// else a seeded half split by subject.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub with: MethodArgs,
+    #[arg(long, value_enum, default_value = "completion")]
+    pub form: ctxsteer::data::Form,
     #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub batch_size: usize,
     #[arg(long)]

@@ -12,19 +12,7 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
     }
     let model = a.model.load_or(WeightsMode::F32)?;
     let id = model.identity()?;
-    let art = Artefacts::resolve(
-        &id,
-        &a.artefacts,
-        Artefacts {
-            probes: a.probes.clone(),
-            heads_from: a.heads_from.clone(),
-            gate_probes: a.gate_probes.clone(),
-            reft: a.reft.clone(),
-        },
-    )?;
-    let methods = a.methods.clone().unwrap_or_else(|| art.methods());
-    let mut res = resources(&model, &art, &methods)?;
-    res.reft = reft_for(&model, &art.reft, &methods)?;
+    let (methods, res) = methods_and_resources(&model, &a.with)?;
 
     let t0 = std::time::Instant::now();
     let methods = bench::run(
@@ -130,6 +118,24 @@ pub(super) fn demo_cmd(
         out.join("report.html").display()
     );
     Ok(())
+}
+
+/// The methods to run (as given, else every one the artefacts allow) and what they use.
+fn methods_and_resources(
+    model: &Model,
+    w: &MethodArgs,
+) -> Result<(Vec<ctxsteer::bench::Method>, ctxsteer::bench::Resources)> {
+    let given = Artefacts {
+        probes: w.probes.clone(),
+        heads_from: w.heads_from.clone(),
+        gate_probes: w.gate_probes.clone(),
+        reft: w.reft.clone(),
+    };
+    let art = Artefacts::resolve(&model.identity()?, &w.artefacts, given)?;
+    let methods = w.methods.clone().unwrap_or_else(|| art.methods());
+    let mut res = resources(model, &art, &methods)?;
+    res.reft = reft_for(model, &art.reft, &methods)?;
+    Ok((methods, res))
 }
 
 /// The artefacts a benchmark run may use: files named on the command line, else those a
@@ -311,19 +317,7 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
         );
     }
     let model = a.model.load_or(WeightsMode::F32)?;
-    let art = Artefacts::resolve(
-        &model.identity()?,
-        &a.artefacts,
-        Artefacts {
-            probes: a.probes.clone(),
-            heads_from: a.heads_from.clone(),
-            gate_probes: a.gate_probes.clone(),
-            reft: a.reft.clone(),
-        },
-    )?;
-    let methods = a.methods.clone().unwrap_or_else(|| art.methods());
-    let mut res = resources(&model, &art, &methods)?;
-    res.reft = reft_for(&model, &art.reft, &methods)?;
+    let (methods, res) = methods_and_resources(&model, &a.with)?;
     let opts = ctxsteer::public::PublicOptions {
         limit: a.limit,
         seed: a.seed,
