@@ -23,9 +23,11 @@ use std::collections::BTreeMap;
 
 mod grid;
 mod metrics;
+mod true_context;
 pub use grid::{choose, context_heads_from_patch, grid, heads_from_patch, Resources, Setting};
 pub use metrics::{exact_match, squad_normalize, Rate};
 use metrics::{mem_ratio, rate};
+use true_context::true_context_rate;
 
 /// The methods compared.
 #[derive(
@@ -520,45 +522,6 @@ pub fn run(
         out.push(r);
     }
     Ok(out)
-}
-
-/// A method's chosen setting on contexts that agree with memory: the share of `twins` whose
-/// greedy answer names the true answer.
-fn true_context_rate(
-    model: &Model,
-    r: &MethodResult,
-    twins: &[Item],
-    split: &Split,
-    res: &Resources,
-    batch: usize,
-    on: &mut OnEvent,
-) -> Result<Rate> {
-    let settings = grid(model, r.method, res)?;
-    let s = settings
-        .iter()
-        .find(|s| s.label == r.chosen)
-        .ok_or_else(|| Error::Invalid(format!("setting `{}` is not in the grid", r.chosen)))?;
-    on(Event::Begin {
-        what: "true ctx",
-        items: twins.len(),
-    });
-    let e = evaluate_with(
-        model,
-        s,
-        twins,
-        &[],
-        opts(split.form, batch, res),
-        None,
-        &mut |n| on(Event::Done(n)),
-    )?;
-    on(Event::Line(&format!(
-        "true contexts {}: the true answer named {:.3} [{:.3}, {:.3}]",
-        r.method.name(),
-        e.adherence.value,
-        e.adherence.ci_low,
-        e.adherence.ci_high
-    )));
-    Ok(e.adherence)
 }
 
 /// One method: sweep its settings on dev (when it has several), measure the chosen on test.

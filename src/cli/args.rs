@@ -7,6 +7,8 @@ use ctxsteer::model::fetch;
 use ctxsteer::{Model, Positions, Spec, WeightsMode};
 use std::path::PathBuf;
 
+pub use super::numbers::*;
+
 #[derive(Subcommand)]
 pub enum DataCmd {
     /// Write the built-in conflicts (from counterfactual_data/facts) as JSONL into DIR.
@@ -554,130 +556,4 @@ pub enum Decoding {
     Plain,
     Cad,
     Adacad,
-}
-
-#[derive(Subcommand)]
-pub enum ReftCmd {
-    /// Train a low-rank intervention (LoReFT) that makes the model answer from a context that
-    /// contradicts memory, while keeping closed-book answers and ordinary text as they were.
-    Train(ReftTrainArgs),
-}
-
-#[derive(Args)]
-pub struct ReftTrainArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Training conflicts in our format (their split field is ignored: pass the train split).
-    /// Each item gives three sequences: the context with the context's answer, the context with
-    /// the true answer swapped in (the prior as answer), and the closed-book prompt (kept as the
-    /// unedited model has it).
-    #[arg(long, default_value = "counterfactual_data/train.jsonl")]
-    pub data: PathBuf,
-    /// Ordinary text kept as the unedited model has it, one passage a line (`#` lines skipped).
-    #[arg(long, default_value = "counterfactual_data/neutral.txt")]
-    pub neutral: PathBuf,
-    /// Lines of --neutral joined into each kept passage (line i with the next ones, wrapping),
-    /// so that the kept text is as long as the texts the edit will meet.
-    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
-    pub neutral_lines: usize,
-    /// Layers whose hook_resid_post gets an edit: 12, 10-14 or 8,16.
-    #[arg(long, default_value = "12")]
-    pub layers: String,
-    /// Rank of each edit.
-    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
-    pub rank: usize,
-    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
-    pub epochs: usize,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = 4e-3, value_parser = positive_f64)]
-    pub lr: f64,
-    /// Conflicts per step; as many keep sequences go with them.
-    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
-    pub batch_size: usize,
-    /// Prompt forms to train on, comma-separated.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "completion,chat"
-    )]
-    pub forms: Vec<ctxsteer::data::Form>,
-    /// Weight of the keep-what-you-know KL term against the answer cross-entropy.
-    #[arg(long, default_value_t = 1.0, value_parser = non_negative_f64)]
-    pub keep_weight: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long)]
-    pub skip_invalid: bool,
-    /// Output .safetensors file.
-    #[arg(long)]
-    pub out: PathBuf,
-}
-
-// Number parsers: every float option is checked where it is parsed, so NaN, infinities and
-// out-of-range values are refused with the valid range instead of silently changing behaviour.
-
-fn number<T: std::str::FromStr + Into<f64> + Copy>(s: &str) -> std::result::Result<T, String> {
-    let v: T = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number"))?;
-    if !v.into().is_finite() {
-        return Err(format!("`{s}` is not a finite number"));
-    }
-    Ok(v)
-}
-
-/// Any finite number.
-pub fn finite_f32(s: &str) -> std::result::Result<f32, String> {
-    number(s)
-}
-
-/// A finite number >= 0.
-pub fn non_negative_f32(s: &str) -> std::result::Result<f32, String> {
-    let v: f32 = number(s)?;
-    (v >= 0.0)
-        .then_some(v)
-        .ok_or_else(|| format!("`{s}` must be >= 0"))
-}
-
-/// A finite number > 0.
-pub fn positive_f32(s: &str) -> std::result::Result<f32, String> {
-    let v: f32 = number(s)?;
-    (v > 0.0)
-        .then_some(v)
-        .ok_or_else(|| format!("`{s}` must be > 0"))
-}
-
-/// A number in (0, 1].
-pub fn probability(s: &str) -> std::result::Result<f32, String> {
-    let v: f32 = number(s)?;
-    (v > 0.0 && v <= 1.0)
-        .then_some(v)
-        .ok_or_else(|| format!("`{s}` must be in (0, 1]"))
-}
-
-pub fn positive_f64(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = number(s)?;
-    (v > 0.0)
-        .then_some(v)
-        .ok_or_else(|| format!("`{s}` must be > 0"))
-}
-
-pub fn non_negative_f64(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = number(s)?;
-    (v >= 0.0)
-        .then_some(v)
-        .ok_or_else(|| format!("`{s}` must be >= 0"))
-}
-
-/// A count of at least 1.
-pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
-    let v: usize = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a whole number"))?;
-    (v >= 1)
-        .then_some(v)
-        .ok_or_else(|| format!("`{s}` must be at least 1"))
 }

@@ -7,12 +7,15 @@ mod args;
 mod bench;
 mod data;
 mod generate;
+mod numbers;
+mod reft;
 
-use analysis::{density_cmd, patch_cmd, probe_cmd, reft_train_cmd};
+use analysis::{density_cmd, patch_cmd, probe_cmd};
 pub use args::*;
 use bench::{bench_cmd, demo_cmd, public_cmd};
 use data::{capture_cmd, data_cmd, label_cmd};
 use generate::{generate_cmd, info};
+pub use reft::*;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

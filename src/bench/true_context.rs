@@ -1,0 +1,46 @@
+//! The cost on contexts that agree with memory: a method's chosen setting measured on the test
+//! items' true-context twins (the context rewritten to state the true fact).
+
+use super::{evaluate_with, grid, opts, Event, MethodResult, OnEvent, Rate, Resources, Split};
+use crate::data::Item;
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+/// A method's chosen setting on contexts that agree with memory: the share of `twins` whose
+/// greedy answer names the true answer.
+pub(super) fn true_context_rate(
+    model: &Model,
+    r: &MethodResult,
+    twins: &[Item],
+    split: &Split,
+    res: &Resources,
+    batch: usize,
+    on: &mut OnEvent,
+) -> Result<Rate> {
+    let settings = grid(model, r.method, res)?;
+    let s = settings
+        .iter()
+        .find(|s| s.label == r.chosen)
+        .ok_or_else(|| Error::Invalid(format!("setting `{}` is not in the grid", r.chosen)))?;
+    on(Event::Begin {
+        what: "true ctx",
+        items: twins.len(),
+    });
+    let e = evaluate_with(
+        model,
+        s,
+        twins,
+        &[],
+        opts(split.form, batch, res),
+        None,
+        &mut |n| on(Event::Done(n)),
+    )?;
+    on(Event::Line(&format!(
+        "true contexts {}: the true answer named {:.3} [{:.3}, {:.3}]",
+        r.method.name(),
+        e.adherence.value,
+        e.adherence.ci_low,
+        e.adherence.ci_high
+    )));
+    Ok(e.adherence)
+}

@@ -1,0 +1,125 @@
+//! `reft train`: its arguments and its handler.
+
+use super::*;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum ReftCmd {
+    /// Train a low-rank intervention (LoReFT) that makes the model answer from a context that
+    /// contradicts memory, while keeping closed-book answers and ordinary text as they were.
+    Train(ReftTrainArgs),
+}
+
+#[derive(Args)]
+pub struct ReftTrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Training conflicts in our format (their split field is ignored: pass the train split).
+    /// Each item gives three sequences: the context with the context's answer, the context with
+    /// the true answer swapped in (the prior as answer), and the closed-book prompt (kept as the
+    /// unedited model has it).
+    #[arg(long, default_value = "counterfactual_data/train.jsonl")]
+    pub data: PathBuf,
+    /// Ordinary text kept as the unedited model has it, one passage a line (`#` lines skipped).
+    #[arg(long, default_value = "counterfactual_data/neutral.txt")]
+    pub neutral: PathBuf,
+    /// Lines of --neutral joined into each kept passage (line i with the next ones, wrapping),
+    /// so that the kept text is as long as the texts the edit will meet.
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+    pub neutral_lines: usize,
+    /// Layers whose hook_resid_post gets an edit: 12, 10-14 or 8,16.
+    #[arg(long, default_value = "12")]
+    pub layers: String,
+    /// Rank of each edit.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    pub epochs: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 4e-3, value_parser = positive_f64)]
+    pub lr: f64,
+    /// Conflicts per step; as many keep sequences go with them.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
+    pub batch_size: usize,
+    /// Prompt forms to train on, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "completion,chat"
+    )]
+    pub forms: Vec<ctxsteer::data::Form>,
+    /// Weight of the keep-what-you-know KL term against the answer cross-entropy.
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative_f64)]
+    pub keep_weight: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Output .safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
+    let (items, skipped) = ctxsteer::data::read_jsonl(&a.data, a.skip_invalid)?;
+    if skipped > 0 {
+        eprintln!("skipped {skipped} invalid line(s)");
+    }
+    let text = std::fs::read_to_string(&a.neutral)
+        .with_context(|| format!("reading --neutral {}", a.neutral.display()))?;
+    let neutral: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    let neutral = ctxsteer::reft::joined_passages(&neutral, a.neutral_lines);
+    ctxsteer::atomic::check_target(&a.out)?;
+    let model = a.model.load_or(ctxsteer::WeightsMode::F32)?;
+    let layers = ctxsteer::steer::parse_layers(&a.layers, model.cfg().n_layers)?;
+    let opts = ctxsteer::reft::TrainOptions {
+        layers,
+        rank: a.rank,
+        epochs: a.epochs,
+        lr: a.lr,
+        batch: a.batch_size,
+        forms: a.forms.clone(),
+        keep_weight: a.keep_weight,
+        seed: a.seed,
+    };
+    let t0 = std::time::Instant::now();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut reft = ctxsteer::reft::train(&model, &items, &neutral, &opts, &mut |e| match e {
+        ctxsteer::reft::TrainEvent::Begin { steps } => {
+            bar = Some(ctxsteer::progress::bar(steps as u64, "training", false))
+        }
+        ctxsteer::reft::TrainEvent::Step => bar.iter().for_each(|b| b.inc(1)),
+        ctxsteer::reft::TrainEvent::Epoch(m) => {
+            let line = format!("[{:>5.0}s] {m}", t0.elapsed().as_secs_f64());
+            match &bar {
+                Some(b) => b.suspend(|| eprintln!("{line}")),
+                None => eprintln!("{line}"),
+            }
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    reft.meta.train.data = a.data.display().to_string();
+    reft.meta.train.command = super::command_line();
+    reft.save(&a.out)?;
+    println!(
+        "{}: {} trained in {:.0}s on {} conflicts, {} true contexts, {} closed-book prompts and {} neutral passages",
+        a.out.display(),
+        ctxsteer::steer::Plan::describe(&reft),
+        reft.meta.train.seconds,
+        reft.meta.train.conflicts,
+        reft.meta.train.true_contexts,
+        reft.meta.train.closed_book,
+        reft.meta.train.neutral
+    );
+    Ok(())
+}
