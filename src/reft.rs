@@ -106,10 +106,11 @@ impl Reft {
         }
         let meta = serde_json::to_string(&self.meta).map_err(|e| Error::file(path, e))?;
         let md = std::collections::HashMap::from([(META_KEY.to_string(), meta)]);
-        crate::atomic::replace_with(path, |tmp| {
-            safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k, t)), Some(md), tmp)
-                .map_err(|e| Error::file(tmp, e))
-        })
+        // Serialized in memory and written like every other output (the crate's own file
+        // writer creates files readable by their owner only).
+        let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k, t)), Some(md))
+            .map_err(|e| Error::file(path, e))?;
+        crate::atomic::write(path, &bytes)
     }
 
     /// Read a file written by [`Reft::save`], checking it belongs to `model`.
