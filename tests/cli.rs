@@ -248,6 +248,23 @@ fn non_finite_and_out_of_range_numbers_are_refused() {
     .failure()
     .stderr(predicate::str::contains("entry 3").and(predicate::str::contains("finite")));
     gen(&["--scale-heads", "1.0=2"]).assert().success();
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, serde_json::to_string(&vec![0.5f32; 64]).unwrap()).unwrap();
+    let vector = [
+        "--steer-vector",
+        good.to_str().unwrap(),
+        "--steer-site",
+        "blocks.0.hook_resid_post",
+    ];
+    gen(&[&vector[..], &["--steer-positions", "999"]].concat())
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("position 999").and(predicate::str::contains("past the end")),
+        );
+    gen(&[&vector[..], &["--steer-positions", "0,2"]].concat())
+        .assert()
+        .success();
 }
 
 /// An output path that is a folder is refused before any work, and nothing is left behind.

@@ -49,6 +49,7 @@ pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
     }
     let ids = model.prompt_ids(&a.prompt, a.chat)?;
     let spec = steering_spec(&model, &a, &ids)?;
+    check_positions(&spec, ids.len() + a.max_tokens)?;
     if a.print_spec {
         println!("{}", spec.to_json()?);
         return Ok(());
@@ -120,6 +121,22 @@ fn steering_spec(model: &Model, a: &GenerateArgs, prompt: &[u32]) -> Result<Spec
         .with_context(|| format!("--steer-vector {}", file.display()))?;
     spec.interventions.extend(vspec.interventions);
     Ok(spec)
+}
+
+/// Refuse explicit positions that no token of this run will have (they would do nothing).
+fn check_positions(spec: &Spec, len: usize) -> Result<()> {
+    for iv in &spec.interventions {
+        if let Positions::Indices(v) = &iv.positions {
+            if let Some(p) = v.iter().find(|p| **p >= len) {
+                bail!(
+                    "position {p} at {} is past the end: this run has positions 0..={} (prompt and --max-tokens)",
+                    iv.site,
+                    len - 1
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn cad_generate(model: &Model, a: &GenerateArgs) -> Result<()> {
