@@ -548,6 +548,25 @@ fn data_label_capture_and_bench_commands_through_the_binary() {
     .assert()
     .success()
     .stdout(predicate::str::contains("captured 5 items x 2 sites"));
+    // Labels whose ids match none of the items are refused before any capture.
+    run(&[
+        "capture",
+        "--data",
+        data.to_str().unwrap(),
+        "--split",
+        "test",
+        "--limit",
+        "3",
+        "--labels",
+        labels.to_str().unwrap(),
+        "--sites",
+        "blocks.0.hook_resid_post",
+        "--out",
+        dir.path().join("acts_none").to_str().unwrap(),
+    ])
+    .assert()
+    .failure()
+    .stderr(predicate::str::contains("none of the 3 items has a label"));
     run(&[
         "capture",
         "--data",

@@ -1,7 +1,7 @@
 //! `data`, `label` and `capture`.
 
 use super::*;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use ctxsteer::{Site, WeightsMode};
 
 pub(super) fn data_cmd(d: DataCmd) -> Result<()> {
@@ -58,6 +58,23 @@ pub(super) fn capture_cmd(a: CaptureArgs) -> Result<()> {
         ),
         None => None,
     };
+    if let (Some(map), Some(p)) = (&labels, &a.labels) {
+        let missing = items.iter().filter(|it| !map.contains_key(&it.id)).count();
+        if missing == items.len() {
+            bail!(
+                "--labels {}: none of the {} items has a label there (the ids differ: label the same data file first)",
+                p.display(),
+                items.len()
+            );
+        }
+        if missing > 0 {
+            eprintln!(
+                "warning: {missing} of {} items have no label in {}; their label fields stay empty",
+                items.len(),
+                p.display()
+            );
+        }
+    }
     let plan = a.steer.plan(&model)?;
     let opts = ctxsteer::capture::CaptureOptions {
         sites: sites.clone(),
