@@ -73,9 +73,67 @@ fn temp_name(path: &Path) -> PathBuf {
     folder(path).join(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
+/// An advisory lock on an output (a file or a folder), held until dropped: a second run that
+/// writes the same output is refused instead of silently losing one of the two results.
+pub struct OutputLock {
+    _file: std::fs::File,
+}
+
+impl OutputLock {
+    /// Lock `out`: `.NAME.lock` beside a file, `.ctxsteer.lock` inside a folder (`folder`).
+    pub fn acquire(out: &Path, folder: bool) -> Result<OutputLock> {
+        let lock = if folder {
+            std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
+            out.join(".ctxsteer.lock")
+        } else {
+            let dir = self::folder(out);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
+            let name = out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "out".into());
+            dir.join(format!(".{name}.lock"))
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|e| Error::file(&lock, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: flock on a file descriptor this function owns.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                return Err(Error::file(
+                    out,
+                    "another ctxsteer run is writing this output now; wait for it or choose another --out",
+                ));
+            }
+        }
+        Ok(OutputLock { _file: file })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_second_writer_of_one_output_is_refused_until_the_first_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("labels.jsonl");
+        let first = OutputLock::acquire(&out, false).unwrap();
+        let err = OutputLock::acquire(&out, false).err().unwrap().to_string();
+        assert!(err.contains("another ctxsteer run"), "{err}");
+        drop(first);
+        OutputLock::acquire(&out, false).unwrap();
+        let folder = dir.path().join("acts");
+        let _held = OutputLock::acquire(&folder, true).unwrap();
+        assert!(OutputLock::acquire(&folder, true).is_err());
+    }
 
     #[test]
     fn writes_whole_and_refuses_what_is_not_a_regular_file() {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
     let (items, skipped) = ctxsteer::data::read_jsonl(&a.data, a.skip_invalid)?;
+    let _lock = ctxsteer::atomic::OutputLock::acquire(&a.out, true)?;
     if skipped > 0 {
         eprintln!("skipped {skipped} invalid line(s)");
     }
@@ -316,6 +317,11 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
             ctxsteer::public::BENCHMARKS.join(", ")
         );
     }
+    // A --saved-only report may run beside a run that is still appending; two runs may not.
+    let _lock = match a.saved_only {
+        true => None,
+        false => Some(ctxsteer::atomic::OutputLock::acquire(&a.out, true)?),
+    };
     let model = a.model.load_or(WeightsMode::F32)?;
     let (methods, res) = methods_and_resources(&model, &a.with)?;
     let opts = ctxsteer::public::PublicOptions {

@@ -24,6 +24,7 @@ pub(super) fn label_cmd(a: LabelArgs) -> Result<()> {
     let items = a.data.read()?;
     // Refused now, not after the whole labelling run.
     ctxsteer::atomic::check_target(&a.out)?;
+    let _lock = ctxsteer::atomic::OutputLock::acquire(&a.out, false)?;
     let model = a.model.load_or(WeightsMode::F32)?;
     let mut opts = ctxsteer::label::LabelOptions::new(a.data.form);
     opts.batch_size = a.data.batch_size;
@@ -47,6 +48,7 @@ pub(super) fn label_cmd(a: LabelArgs) -> Result<()> {
 
 pub(super) fn capture_cmd(a: CaptureArgs) -> Result<()> {
     let items = a.data.read()?;
+    let _lock = ctxsteer::atomic::OutputLock::acquire(&a.out, true)?;
     let model = a.model.load_or(WeightsMode::F32)?;
     let sites = Site::parse_pattern(&a.sites, model.cfg().n_layers)?;
     let labels = match &a.labels {

@@ -78,6 +78,7 @@ pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
         .collect();
     let neutral = ctxsteer::reft::joined_passages(&neutral, a.neutral_lines);
     ctxsteer::atomic::check_target(&a.out)?;
+    let _lock = ctxsteer::atomic::OutputLock::acquire(&a.out, false)?;
     let model = a.model.load_or(ctxsteer::WeightsMode::F32)?;
     let layers = ctxsteer::steer::parse_layers(&a.layers, model.cfg().n_layers)?;
     let opts = ctxsteer::reft::TrainOptions {
