@@ -81,6 +81,9 @@ pub fn generate(
                 .forward(&Batch::single(&seq), None, &mut hooks, LogitsAt::Last)?
         };
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        check_finite(&logits, || {
+            format!("generated token {step} (position {})", seq.len())
+        })?;
         let next = sampler.next(&logits);
         if opts.stop_at_eos && Some(next) == model.tokenizer.eos_id {
             break;
@@ -94,6 +97,19 @@ pub fn generate(
         ids: out,
         captures: hooks.captures,
     })
+}
+
+/// An error when `logits` hold a NaN or an infinity: corrupt weights or an intervention that
+/// overflowed, which would otherwise decode as a silent stream of one token.
+pub fn check_finite(logits: &[f32], at: impl Fn() -> String) -> Result<()> {
+    match logits.iter().find(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(x) => Err(crate::Error::Invalid(format!(
+            "the forward pass gave a non-finite logit ({x}) at {}: the model's weights or an \
+             intervention hold a NaN or an infinity, or an intervention overflowed",
+            at()
+        ))),
+    }
 }
 
 /// Picks tokens from logits.
@@ -449,6 +465,9 @@ fn greedy_rows(
     let b = first.len();
     let eos = model.tokenizer.eos_id;
     let mut out = vec![vec![]; b];
+    for (r, l) in first.iter().enumerate() {
+        check_finite(l, || format!("the first answer token of row {r}"))?;
+    }
     let mut next: Vec<u32> = first.iter().map(|l| argmax(l)).collect();
     let mut done = vec![false; b];
     for s in 0..stop.max_new {
@@ -465,7 +484,11 @@ fn greedy_rows(
         if s + 1 == stop.max_new || done.iter().all(|d| *d) {
             break;
         }
-        next = step(&next)?.iter().map(|l| argmax(l)).collect();
+        let logits = step(&next)?;
+        for (r, l) in logits.iter().enumerate() {
+            check_finite(l, || format!("answer token {} of row {r}", s + 1))?;
+        }
+        next = logits.iter().map(|l| argmax(l)).collect();
     }
     Ok(out)
 }

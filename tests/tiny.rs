@@ -356,3 +356,42 @@ fn safetensors_folder_matches_the_gguf_f32_path() {
     );
     assert!(d < 1e-4, "max |dlogit| GGUF vs safetensors = {d}");
 }
+
+#[test]
+fn non_finite_logits_stop_generation_with_an_error() {
+    let (_d, m) = load(WeightsMode::F32);
+    let ids = m.tokenizer.encode(PROMPT).unwrap();
+    // Each entry is finite, but the sum overflows to infinity inside the forward pass.
+    let huge = Spec::new().with(Intervention::new(
+        Site::resid_post(0),
+        Positions::All,
+        Action::Add {
+            vector: vec![3e38; m.cfg().d_model],
+            scale: 3e38,
+        },
+    ));
+    let opts = GenOptions {
+        max_tokens: 3,
+        ..Default::default()
+    };
+    let err = generate(&m, &ids, &huge, &opts, &mut |_| Ok(()))
+        .err()
+        .expect("an error, not tokens")
+        .to_string();
+    assert!(
+        err.contains("non-finite logit") && err.contains("generated token 0"),
+        "{err}"
+    );
+    let cands = vec![vec![m.tokenizer.encode(" mat").unwrap()]];
+    let stop = ctxsteer::generate::Stop::tokens(3);
+    let err = ctxsteer::generate::greedy_and_score(&m, &[ids], &cands, &huge, stop);
+    assert!(err.is_err());
+    assert!(generate(
+        &m,
+        &m.tokenizer.encode(PROMPT).unwrap(),
+        &Spec::new(),
+        &opts,
+        &mut |_| Ok(())
+    )
+    .is_ok());
+}
