@@ -42,6 +42,9 @@ pub struct CaptureMeta {
     pub shard_size: usize,
     /// A description of any steering active during capture.
     pub steering: Option<String>,
+    /// The labels file whose labels the index carries, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
     #[serde(default)]
     pub complete: bool,
 }
@@ -135,7 +138,7 @@ pub fn capture(
             return Err(Error::file(
                 dir,
                 "this folder holds a capture made with other settings (model, data, sites, \
-                 positions, form or shard size); use another --out or delete it",
+                 positions, form, shard size, steering or labels); use another --out or delete it",
             ));
         }
     }

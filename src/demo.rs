@@ -72,6 +72,7 @@ impl ProbeRun<'_> {
             with_context: true,
             shard_size: 256,
             steering: None,
+            labels: labels.map(|_| "labels.jsonl".to_string()),
             complete: false,
         };
         crate::capture::capture(

@@ -56,6 +56,7 @@ fn meta(m: &Model, o: &CaptureOptions, n: usize) -> CaptureMeta {
         with_context: o.with_context,
         shard_size: o.shard_size,
         steering: None,
+        labels: None,
         complete: false,
     }
 }
@@ -172,6 +173,22 @@ fn an_interrupted_capture_resumes_to_the_same_result() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("other settings"), "{e}");
+    // So is rerunning the finished capture with labels added: the index would not carry them.
+    let mut with_labels = meta(&m, &o, 5);
+    with_labels.labels = Some("labels.jsonl".into());
+    let e = capture::capture(
+        &m,
+        &items,
+        None,
+        &o,
+        &Spec::new(),
+        with_labels,
+        &out,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("other settings") && e.contains("labels"), "{e}");
 }
 
 #[test]

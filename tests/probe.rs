@@ -74,6 +74,7 @@ fn synthetic() -> Acts {
         with_context: true,
         shard_size: n,
         steering: None,
+        labels: None,
         complete: true,
     };
     Acts {

@@ -97,6 +97,7 @@ pub(super) fn capture_cmd(a: CaptureArgs) -> Result<()> {
         with_context: !a.closed_book,
         shard_size: opts.shard_size,
         steering: Some(plan.describe()).filter(|d| d != "none"),
+        labels: a.labels.as_ref().map(|p| p.display().to_string()),
         complete: false,
     };
     let pb = ctxsteer::progress::bar(items.len() as u64, "capture", false);
