@@ -17,7 +17,7 @@
 //! (`values` keyed by position), `zero_ablate`, `mean_ablate`, `project_out`, `clamp`, `scale`,
 //! `low_rank`. A spec read from a file is checked against the model before it runs.
 
-use super::{Action, LowRank, Positions, Site, SiteKind, Spec};
+use super::{Action, LowRank, Positions, Site, Spec};
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -206,5 +206,5 @@ impl Spec {
 
 /// Whether `site` is a per-layer site whose layer is below `n_layers`.
 pub(super) fn layer_in_range(site: Site, n_layers: usize) -> bool {
-    !site.kind.per_layer() || site.layer < n_layers || site.kind == SiteKind::Embed
+    !site.kind.per_layer() || site.layer < n_layers
 }
