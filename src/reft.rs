@@ -193,7 +193,8 @@ pub struct TrainOptions {
     pub rank: usize,
     pub epochs: usize,
     pub lr: f64,
-    /// Conflicts per step (true contexts and closed-book prompts come in the same number).
+    /// Conflicts per step (true contexts come in the same number); closed-book prompts and
+    /// neutral passages are spread over the steps, at most this many of each per step.
     pub batch: usize,
     pub forms: Vec<Form>,
     /// Weight of the keep-what-you-know KL term against the answer cross-entropy.
@@ -379,19 +380,18 @@ fn keep_loss(model: &Model, p: &Packed, spec: &Spec) -> Result<Tensor> {
 }
 
 /// The keep KL of step `s`'s share of `pool` (taken in the order `idx`, wrapping around so that
-/// every step gets some); zero for an empty pool.
+/// every step gets some, at most `cap` sequences); zero for an empty pool.
 fn keep_part(
     model: &Model,
     pool: &[Example],
     idx: &[usize],
-    s: usize,
-    steps: usize,
+    (s, steps, cap): (usize, usize, usize),
     spec: &Spec,
 ) -> Result<Tensor> {
     if pool.is_empty() {
         return Ok(Tensor::zeros((), DType::F32, model.device())?);
     }
-    let per = pool.len().div_ceil(steps.max(1));
+    let per = pool.len().div_ceil(steps.max(1)).clamp(1, cap.max(1));
     let ex: Vec<&Example> = (0..per)
         .map(|j| &pool[idx[(s * per + j) % idx.len()]])
         .collect();
@@ -436,7 +436,6 @@ pub fn train(
     progress: &mut dyn FnMut(TrainEvent),
 ) -> Result<Reft> {
     use candle_nn::Optimizer;
-    use rand::seq::SliceRandom;
     use rand::SeedableRng;
     check_options(model, opts)?;
     let t0 = std::time::Instant::now();
@@ -446,47 +445,33 @@ pub fn train(
             "training needs items with a context (none of the items has one)".into(),
         ));
     }
-    let (d, dev) = (model.cfg().d_model, model.device());
-    let vars = init_vars(d, opts.rank, &opts.layers, opts.seed, dev)?;
+    let vars = init_vars(
+        model.cfg().d_model,
+        opts.rank,
+        &opts.layers,
+        opts.seed,
+        model.device(),
+    )?;
     let params = candle_nn::ParamsAdamW {
         lr: opts.lr,
         weight_decay: 0.0,
         ..Default::default()
     };
-    let mut adam = candle_nn::AdamW::new(vars.clone(), params)?;
+    let mut run = Run {
+        model,
+        opts,
+        adam: candle_nn::AdamW::new(vars.clone(), params)?,
+        vars,
+        steps_per_epoch: ex.answer.len().div_ceil(2 * opts.batch),
+        ex,
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    let steps_per_epoch = ex.answer.len().div_ceil(2 * opts.batch);
-    let mut losses = Vec::new();
-    let mut steps = 0;
     progress(TrainEvent::Begin {
-        steps: steps_per_epoch * opts.epochs,
+        steps: run.steps_per_epoch * opts.epochs,
     });
+    let mut losses = Vec::new();
     for epoch in 0..opts.epochs {
-        let mut a_idx: Vec<usize> = (0..ex.answer.len()).collect();
-        let mut c_idx: Vec<usize> = (0..ex.closed.len()).collect();
-        let mut n_idx: Vec<usize> = (0..ex.neutral.len()).collect();
-        a_idx.shuffle(&mut rng);
-        c_idx.shuffle(&mut rng);
-        n_idx.shuffle(&mut rng);
-        let mut sums = [0.0f64; 3];
-        for (s, chunk) in a_idx.chunks(2 * opts.batch).enumerate() {
-            let spec = spec_of(&vars, &opts.layers)?;
-            let a: Vec<&Example> = chunk.iter().map(|i| &ex.answer[*i]).collect();
-            let parts = [
-                answer_loss(model, &pack(model, &a)?, &spec)?,
-                keep_part(model, &ex.closed, &c_idx, s, steps_per_epoch, &spec)?,
-                keep_part(model, &ex.neutral, &n_idx, s, steps_per_epoch, &spec)?,
-            ];
-            let keep = (&parts[1] + &parts[2])?;
-            adam.backward_step(&(&parts[0] + (keep * opts.keep_weight)?)?)?;
-            retract(&vars)?;
-            for (sum, p) in sums.iter_mut().zip(&parts) {
-                *sum += p.to_scalar::<f32>()? as f64;
-            }
-            steps += 1;
-            progress(TrainEvent::Step);
-        }
-        let mean = sums.map(|x| x / steps_per_epoch.max(1) as f64);
+        let mean = run.epoch(&mut rng, progress)?;
         losses.push(mean);
         progress(TrainEvent::Epoch(format!(
             "epoch {}/{}: answer cross-entropy {:.4}, closed-book KL {:.5}, neutral-text KL {:.5} ({:.0}s)",
@@ -498,38 +483,113 @@ pub fn train(
             t0.elapsed().as_secs_f64()
         )));
     }
-    let edits = opts
-        .layers
-        .iter()
-        .zip(vars.chunks(3))
-        .map(|(l, v)| {
-            let t = |i: usize| v[i].as_tensor().detach();
-            Ok((Site::resid_post(*l), LowRank::new(t(0), t(1), t(2))?))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let meta = ReftMeta {
-        version: VERSION,
-        model: model.identity()?,
-        sites: edits.iter().map(|(s, _)| s.to_string()).collect(),
-        rank: opts.rank,
-        train: TrainRecord {
+    run.finish(losses, t0.elapsed().as_secs_f64())
+}
+
+/// The state of one training run.
+struct Run<'a> {
+    model: &'a Model,
+    opts: &'a TrainOptions,
+    ex: Examples,
+    vars: Vec<Var>,
+    adam: candle_nn::AdamW,
+    steps_per_epoch: usize,
+}
+
+impl Run<'_> {
+    /// One pass over the answer sequences in a fresh order, with a share of the keep sequences
+    /// at each step; the mean of each loss part.
+    fn epoch(
+        &mut self,
+        rng: &mut rand::rngs::StdRng,
+        progress: &mut dyn FnMut(TrainEvent),
+    ) -> Result<[f64; 3]> {
+        use rand::seq::SliceRandom;
+        let order = |n: usize, rng: &mut rand::rngs::StdRng| {
+            let mut v: Vec<usize> = (0..n).collect();
+            v.shuffle(rng);
+            v
+        };
+        let a_idx = order(self.ex.answer.len(), rng);
+        let c_idx = order(self.ex.closed.len(), rng);
+        let n_idx = order(self.ex.neutral.len(), rng);
+        let mut sums = [0.0f64; 3];
+        for (s, chunk) in a_idx.chunks(2 * self.opts.batch).enumerate() {
+            let parts = self.step(s, chunk, &c_idx, &n_idx)?;
+            for (sum, p) in sums.iter_mut().zip(parts) {
+                *sum += p;
+            }
+            progress(TrainEvent::Step);
+        }
+        Ok(sums.map(|x| x / self.steps_per_epoch.max(1) as f64))
+    }
+
+    /// One optimizer step on the answer sequences `chunk` and step `s`'s share of the keep
+    /// sequences; the three loss parts.
+    fn step(
+        &mut self,
+        s: usize,
+        chunk: &[usize],
+        c_idx: &[usize],
+        n_idx: &[usize],
+    ) -> Result<[f64; 3]> {
+        use candle_nn::Optimizer;
+        let (model, ex, n) = (self.model, &self.ex, self.steps_per_epoch);
+        let spec = spec_of(&self.vars, &self.opts.layers)?;
+        let a: Vec<&Example> = chunk.iter().map(|i| &ex.answer[*i]).collect();
+        let parts = [
+            answer_loss(model, &pack(model, &a)?, &spec)?,
+            keep_part(model, &ex.closed, c_idx, (s, n, self.opts.batch), &spec)?,
+            keep_part(model, &ex.neutral, n_idx, (s, n, self.opts.batch), &spec)?,
+        ];
+        let keep = (&parts[1] + &parts[2])?;
+        self.adam
+            .backward_step(&(&parts[0] + (keep * self.opts.keep_weight)?)?)?;
+        retract(&self.vars)?;
+        let mut out = [0.0; 3];
+        for (o, p) in out.iter_mut().zip(&parts) {
+            *o = p.to_scalar::<f32>()? as f64;
+        }
+        Ok(out)
+    }
+
+    /// The trained edits, detached, with the record of how they were made.
+    fn finish(self, losses: Vec<[f64; 3]>, seconds: f64) -> Result<Reft> {
+        let (opts, counts) = (self.opts, self.ex.counts);
+        let edits = opts
+            .layers
+            .iter()
+            .zip(self.vars.chunks(3))
+            .map(|(l, v)| {
+                let t = |i: usize| v[i].as_tensor().detach();
+                Ok((Site::resid_post(*l), LowRank::new(t(0), t(1), t(2))?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let train = TrainRecord {
             forms: opts.forms.clone(),
-            conflicts: ex.counts[0],
-            true_contexts: ex.counts[1],
-            closed_book: ex.counts[2],
-            neutral: ex.counts[3],
+            conflicts: counts[0],
+            true_contexts: counts[1],
+            closed_book: counts[2],
+            neutral: counts[3],
             epochs: opts.epochs,
-            steps,
+            steps: self.steps_per_epoch * opts.epochs,
             lr: opts.lr,
             keep_weight: opts.keep_weight,
             seed: opts.seed,
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds,
             losses: losses.iter().map(|l| (l[0], l[1] + l[2])).collect(),
             loss_parts: losses,
             ..Default::default()
-        },
-    };
-    Ok(Reft { edits, meta })
+        };
+        let meta = ReftMeta {
+            version: VERSION,
+            model: self.model.identity()?,
+            sites: edits.iter().map(|(s, _)| s.to_string()).collect(),
+            rank: opts.rank,
+            train,
+        };
+        Ok(Reft { edits, meta })
+    }
 }
 
 /// Keep R's rows orthonormal after a step (a retraction onto the Stiefel manifold).
