@@ -107,7 +107,7 @@ fn prompt(model: &Model, item: &Item, opts: &CaptureOptions) -> Result<(String, 
             .render_chat(&[crate::model::Message::user(&q)], true)?,
         Form::Completion => q,
     };
-    let ids = model.tokenizer.encode(&text)?;
+    let ids = model.tokenizer.encode_prompt(&text)?;
     Ok((text, ids))
 }
 

@@ -131,7 +131,7 @@ pub fn conditions(
 ) -> Result<Vec<Probe>> {
     let mut out = Vec::new();
     for (k, it) in items.iter().enumerate() {
-        let ids = model.tokenizer.encode(&it.prompt)?;
+        let ids = model.tokenizer.encode_prompt(&it.prompt)?;
         let mut push = |condition: &str, side: &str, ids: Vec<u32>| {
             out.push(Probe {
                 id: it.id.clone(),
@@ -154,13 +154,15 @@ pub fn conditions(
             "invented",
             model
                 .tokenizer
-                .encode(&it.prompt.replace(&it.subject, &fake))?,
+                .encode_prompt(&it.prompt.replace(&it.subject, &fake))?,
         );
         push("natural_vs_shuffled", "natural", ids.clone());
         push(
             "natural_vs_shuffled",
             "shuffled",
-            shuffled(&ids, crate::data::stable_hash(&it.id)),
+            keep_bos(model, &ids, |rest| {
+                shuffled(rest, crate::data::stable_hash(&it.id))
+            }),
         );
         push("easy_vs_hard", "easy", ids.clone());
         push(
@@ -168,10 +170,20 @@ pub fn conditions(
             "hard",
             model
                 .tokenizer
-                .encode(&format!("{DISTRACTOR} {}", it.prompt))?,
+                .encode_prompt(&format!("{DISTRACTOR} {}", it.prompt))?,
         );
     }
     Ok(out)
+}
+
+/// `f` applied to the tokens after a leading BOS, which stays first.
+fn keep_bos(model: &Model, ids: &[u32], f: impl Fn(&[u32]) -> Vec<u32>) -> Vec<u32> {
+    match (model.tokenizer.add_bos, ids.split_first()) {
+        (true, Some((b, rest))) if Some(*b) == model.tokenizer.bos_id => {
+            std::iter::once(*b).chain(f(rest)).collect()
+        }
+        _ => f(ids),
+    }
 }
 
 /// Per-position activations of one site, keyed by position.

@@ -297,7 +297,10 @@ pub fn patch(
             prompt_text(model, &src, opts.form)?,
             prompt_text(model, &tgt, opts.form)?,
         );
-        let (sids, tids) = (model.tokenizer.encode(&st)?, model.tokenizer.encode(&tt)?);
+        let (sids, tids) = (
+            model.tokenizer.encode_prompt(&st)?,
+            model.tokenizer.encode_prompt(&tt)?,
+        );
         let ctx = crate::label::answer_ids(model, opts.form, &item.context_answer)?;
         let prior = crate::label::answer_ids(model, opts.form, &item.prior_answer)?;
         if ctx.first() == prior.first() {
@@ -481,7 +484,9 @@ pub fn head_ablation(
     let (mut used, mut skipped, mut sum_t) = (0, 0, 0.0);
     for item in items {
         progress(1);
-        let ids = model.tokenizer.encode(&prompt_text(model, item, form)?)?;
+        let ids = model
+            .tokenizer
+            .encode_prompt(&prompt_text(model, item, form)?)?;
         let ctx = crate::label::answer_ids(model, form, &item.context_answer)?;
         let prior = crate::label::answer_ids(model, form, &item.prior_answer)?;
         if ctx.first() == prior.first() {

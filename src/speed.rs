@@ -28,7 +28,7 @@ fn prompt_ids(model: &Model, n: usize) -> Result<Vec<u32>> {
                 traders met to exchange grain, salt and cloth. Over the centuries it grew into \
                 a capital with bridges, markets, libraries and a cathedral. "
         .repeat(1 + n / 30);
-    let ids = model.tokenizer.encode(&text)?;
+    let ids = model.tokenizer.encode_prompt(&text)?;
     if ids.len() < n {
         return Err(Error::Invalid(format!(
             "benchmark text has only {} tokens",

@@ -136,7 +136,7 @@ pub struct RelationEval {
 
 /// Perplexity of `text` under `plan`.
 pub fn perplexity(model: &Model, text: &str, plan: &dyn Plan) -> Result<f64> {
-    let ids = model.tokenizer.encode(text)?;
+    let ids = model.tokenizer.encode_prompt(text)?;
     let spec = plan.spec_for(model, std::slice::from_ref(&ids))?;
     let (logits, _) = model.run(&Batch::single(&ids), &spec, LogitsAt::All)?;
     let lp = crate::model::llama::log_softmax(&logits)?

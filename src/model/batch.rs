@@ -82,36 +82,37 @@ impl Batch {
     }
 }
 
-/// Additive mask `[b, 1, seq, kv]`: -inf on future columns and on padding; None when nothing
-/// needs masking (a single new token with no padding).
+/// Additive mask `[b, 1, seq, kv]`: -inf on future columns, on padding and, with a `window`,
+/// on keys `window` or more positions behind the query (transformers' sliding window counts
+/// cache columns, padding included). None when nothing needs masking.
 pub(super) fn attention_mask(
     pads: &[usize],
     offset: usize,
-    b: usize,
     seq: usize,
+    window: Option<usize>,
+    device: &Device,
 ) -> Result<Option<Tensor>> {
+    let b = pads.len();
     let no_pad = pads.iter().all(|p| *p == 0);
-    if seq == 1 && no_pad {
+    let kv = offset + seq;
+    if seq == 1 && no_pad && window.is_none_or(|w| kv <= w) {
         return Ok(None);
     }
-    let kv = offset + seq;
     let mut m = vec![0f32; b * seq * kv];
     for r in 0..b {
         for i in 0..seq {
+            let q = offset + i;
             for j in 0..kv {
-                if j > offset + i || j < pads[r] {
+                let outside = window.is_some_and(|w| q >= j + w);
+                if j > q || j < pads[r] || outside {
                     m[(r * seq + i) * kv + j] = f32::NEG_INFINITY;
                 }
             }
-        }
-    }
-    // A padding query row sees nothing; let it see itself so softmax stays finite.
-    for r in 0..b {
-        for i in 0..seq {
-            if offset + i < pads[r] {
-                m[(r * seq + i) * kv + offset + i] = 0.0;
+            // A padding query row sees nothing; let it see itself so softmax stays finite.
+            if q < pads[r] {
+                m[(r * seq + i) * kv + q] = 0.0;
             }
         }
     }
-    Ok(Some(Tensor::from_vec(m, (b, 1, seq, kv), &Device::Cpu)?))
+    Ok(Some(Tensor::from_vec(m, (b, 1, seq, kv), device)?))
 }

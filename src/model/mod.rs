@@ -3,14 +3,24 @@
 //! [`Model`] is what the rest of the crate runs: the forward pass plus the tokenizer.
 
 mod batch;
+pub mod config;
+pub mod decoder;
 pub mod fetch;
-pub mod llama;
+mod names;
+mod rope;
+mod spm;
 pub mod tokenizer;
 mod weights;
 
+/// The former name of [`decoder`], kept for callers that reach `log_softmax` through it.
+pub mod llama {
+    pub use super::decoder::log_softmax;
+}
+
 use crate::error::{Error, Result};
 use crate::hooks::{Captures, Hooks, Site, Spec};
-pub use llama::{Batch, Config, KvCache, Llama, LogitsAt, WeightsMode};
+pub use config::{Family, FAMILIES};
+pub use decoder::{Batch, Config, Decoder, KvCache, LogitsAt, WeightsMode};
 use std::path::{Path, PathBuf};
 pub use tokenizer::{Message, Tokenizer};
 
@@ -26,43 +36,44 @@ pub struct ModelId {
 
 /// A loaded model and where it came from.
 pub struct Model {
-    pub net: Llama,
+    pub net: Decoder,
     pub tokenizer: Tokenizer,
     pub path: PathBuf,
     pub weights: WeightsMode,
 }
 
 impl Model {
-    /// Load a `.gguf` file or a safetensors folder.
+    /// Load a `.gguf` file or a safetensors folder onto the CPU.
     pub fn load(path: &Path, weights: WeightsMode) -> Result<Model> {
+        Self::load_on(path, weights, &candle_core::Device::Cpu)
+    }
+
+    /// Load a `.gguf` file or a safetensors folder onto `device`.
+    pub fn load_on(
+        path: &Path,
+        weights: WeightsMode,
+        device: &candle_core::Device,
+    ) -> Result<Model> {
         if path.is_dir() {
-            return Self::load_safetensors(path);
+            return Self::load_safetensors(path, device);
         }
         let mut file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
         let ct = candle_core::quantized::gguf_file::Content::read(&mut file)
             .map_err(|e| Error::file(path, format!("not a readable GGUF file: {e}")))?;
         let cfg = Config::from_gguf(&ct).map_err(|e| Error::file(path, e))?;
-        if !matches!(cfg.architecture.as_str(), "llama" | "qwen2" | "mistral") {
-            return Err(Error::file(
-                path,
-                format!(
-                    "architecture `{}` is not supported; supported: llama, qwen2, mistral",
-                    cfg.architecture
-                ),
-            ));
-        }
         let tokenizer = match path.parent().map(|d| d.join("tokenizer.json")) {
             Some(t) if t.exists() => {
                 Tokenizer::from_folder(path.parent().unwrap_or(Path::new(".")))?
             }
             _ => Tokenizer::from_gguf(&ct)?,
         };
-        let src = llama::WeightSource::Gguf {
+        let src = decoder::WeightSource::Gguf {
             ct: &ct,
             file: &mut file,
             mode: weights,
+            device: device.clone(),
         };
-        let net = Llama::new(cfg, src).map_err(|e| Error::file(path, e))?;
+        let net = Decoder::new(cfg, src).map_err(|e| Error::file(path, e))?;
         Ok(Model {
             net,
             tokenizer,
@@ -71,7 +82,7 @@ impl Model {
         })
     }
 
-    fn load_safetensors(dir: &Path) -> Result<Model> {
+    fn load_safetensors(dir: &Path, device: &candle_core::Device) -> Result<Model> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?;
         let json: serde_json::Value =
@@ -88,22 +99,14 @@ impl Model {
         }
         // SAFETY: the files are memory-mapped read-only and not modified while loaded.
         let vb = unsafe {
-            candle_nn::VarBuilder::from_mmaped_safetensors(
-                &files,
-                candle_core::DType::F32,
-                &candle_core::Device::Cpu,
-            )?
+            candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, device)?
         };
         let tied = json
             .get("tie_word_embeddings")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
-        let src = llama::WeightSource::Safetensors {
-            vb,
-            qkv_bias: cfg.architecture == "qwen2",
-            tied,
-        };
-        let net = Llama::new(cfg, src).map_err(|e| Error::file(dir, e))?;
+        let src = decoder::WeightSource::Safetensors { vb, tied };
+        let net = Decoder::new(cfg, src).map_err(|e| Error::file(dir, e))?;
         Ok(Model {
             net,
             tokenizer: Tokenizer::from_folder(dir)?,
@@ -136,9 +139,9 @@ impl Model {
     pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
         if chat {
             let text = self.tokenizer.render_chat(&[Message::user(prompt)], true)?;
-            self.tokenizer.encode(&text)
+            self.tokenizer.encode_prompt(&text)
         } else {
-            self.tokenizer.encode(prompt)
+            self.tokenizer.encode_prompt(prompt)
         }
     }
 

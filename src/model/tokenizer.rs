@@ -39,6 +39,9 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
+    /// Prompts begin with BOS (GGUF `tokenizer.ggml.add_bos_token`, or `add_bos_token` in
+    /// tokenizer_config.json).
+    pub add_bos: bool,
     pub chat_template: Option<String>,
 }
 
@@ -63,6 +66,10 @@ impl Tokenizer {
         Ok(Tokenizer {
             bos_id: special("bos_token"),
             eos_id: special("eos_token"),
+            add_bos: cfg
+                .get("add_bos_token")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
             chat_template: cfg
                 .get("chat_template")
                 .and_then(|t| t.as_str())
@@ -78,10 +85,10 @@ impl Tokenizer {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
-        if kind != "gpt2" {
+        if kind != "gpt2" && kind != "llama" {
             return Err(Error::Tokenizer(format!(
-                "GGUF tokenizer model `{kind}` is not supported (only byte-level BPE, `gpt2`); \
-                 put a tokenizer.json beside the model instead"
+                "GGUF tokenizer model `{kind}` is not supported (byte-level BPE `gpt2`, \
+                 SentencePiece BPE `llama`); put a tokenizer.json beside the model instead"
             )));
         }
         let strings = |k: &str| -> Result<Vec<String>> {
@@ -93,14 +100,6 @@ impl Tokenizer {
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| Error::Tokenizer(format!("bad merge `{m}`")))
-            })
-            .collect::<Result<_>>()?;
         let types: Vec<i64> = match md("tokenizer.ggml.token_type") {
             Some(v) => v
                 .to_vec()?
@@ -109,6 +108,69 @@ impl Tokenizer {
                 .collect::<std::result::Result<_, _>>()?,
             None => vec![1; tokens.len()],
         };
+        let id = |k: &str| md(k).and_then(|v| v.to_u32().ok());
+        let flag = |k: &str| md(k).and_then(|v| v.to_bool().ok());
+        let inner = if kind == "llama" {
+            let scores: Vec<f32> = md("tokenizer.ggml.scores")
+                .ok_or_else(|| {
+                    Error::Tokenizer("GGUF metadata lacks `tokenizer.ggml.scores`".into())
+                })?
+                .to_vec()?
+                .iter()
+                .map(|v| v.to_f32())
+                .collect::<std::result::Result<_, _>>()?;
+            let prefix = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+            super::spm::build(&tokens, &scores, &types, prefix)?
+        } else {
+            byte_level_bpe(md, tokens, types)?
+        };
+        Ok(Tokenizer {
+            inner,
+            bos_id: id("tokenizer.ggml.bos_token_id"),
+            eos_id: id("tokenizer.ggml.eos_token_id"),
+            add_bos: flag("tokenizer.ggml.add_bos_token").unwrap_or(false),
+            chat_template: md("tokenizer.chat_template")
+                .and_then(|v| v.to_string().ok())
+                .cloned(),
+        })
+    }
+
+    /// Token ids of a whole prompt: `encode(text)` after the BOS token when the model wants
+    /// one (Gemma) and the text does not already begin with it.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.encode(text)?;
+        match (self.add_bos, self.bos_id) {
+            (true, Some(bos)) if ids.first() != Some(&bos) => {
+                Ok(std::iter::once(bos).chain(ids).collect())
+            }
+            _ => Ok(ids),
+        }
+    }
+}
+
+/// The byte-level BPE of a `gpt2` GGUF tokenizer.
+fn byte_level_bpe<'a>(
+    md: impl Fn(&str) -> Option<&'a gguf_file::Value>,
+    tokens: Vec<String>,
+    types: Vec<i64>,
+) -> Result<tokenizers::Tokenizer> {
+    let strings = |k: &str| -> Result<Vec<String>> {
+        md(k)
+            .ok_or_else(|| Error::Tokenizer(format!("GGUF metadata lacks `{k}`")))?
+            .to_vec()?
+            .iter()
+            .map(|v| Ok(v.to_string()?.clone()))
+            .collect()
+    };
+    {
+        let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| Error::Tokenizer(format!("bad merge `{m}`")))
+            })
+            .collect::<Result<_>>()?;
         let vocab: tokenizers::models::bpe::Vocab = tokens
             .iter()
             .enumerate()
@@ -137,17 +199,11 @@ impl Tokenizer {
         let tk = |e: tokenizers::Error| Error::Tokenizer(e.to_string());
         inner.add_special_tokens(added(3)).map_err(tk)?;
         inner.add_tokens(added(4)).map_err(tk)?;
-        let id = |k: &str| md(k).and_then(|v| v.to_u32().ok());
-        Ok(Tokenizer {
-            inner,
-            bos_id: id("tokenizer.ggml.bos_token_id"),
-            eos_id: id("tokenizer.ggml.eos_token_id"),
-            chat_template: md("tokenizer.chat_template")
-                .and_then(|v| v.to_string().ok())
-                .cloned(),
-        })
+        Ok(inner)
     }
+}
 
+impl Tokenizer {
     /// Token ids of `text`, without adding BOS/EOS; special tokens written in the text match.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self

@@ -1,6 +1,6 @@
 //! Where a model's weights come from and how they multiply: a GGUF file (quantized `QMatMul`s,
 //! or dequantized to f32 at load) or a safetensors `VarBuilder`, read by llama.cpp's or
-//! Hugging Face's tensor names.
+//! Hugging Face's tensor names, onto one candle device.
 
 use crate::error::{Error, Result};
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use std::sync::Arc;
 
 /// How GGUF weights are multiplied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightsMode {
     /// candle `QMatMul` on the quantized blocks.
@@ -18,18 +18,29 @@ pub enum WeightsMode {
     F32,
 }
 
-/// A linear layer without or with bias; the weight is `[out, in]`.
+/// A linear layer, possibly several sharing an input (q|k|v, gate|up) whose outputs are
+/// concatenated; weights are `[out, in]`. Parts of one quantization type are stacked into a
+/// single matrix at load, so they multiply once.
 pub(super) struct Linear {
-    w: QMatMul,
+    ws: Vec<QMatMul>,
     b: Option<Tensor>,
 }
 
 impl Linear {
-    /// `[.., in] -> [.., out]`, through a 2-D matmul.
+    /// `[.., in] -> [.., out]`, through 2-D matmuls.
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let x2 = x.reshape(((), dims[dims.len() - 1]))?;
-        let mut y = self.w.forward(&x2)?;
+        let mut y = match self.ws.as_slice() {
+            [w] => w.forward(&x2)?,
+            ws => {
+                let ys: Vec<Tensor> = ws
+                    .iter()
+                    .map(|w| w.forward(&x2))
+                    .collect::<candle_core::Result<_>>()?;
+                Tensor::cat(&ys, 1)?
+            }
+        };
         if let Some(b) = &self.b {
             y = y.broadcast_add(b)?;
         }
@@ -46,73 +57,99 @@ pub enum WeightSource<'a> {
         ct: &'a gguf_file::Content,
         file: &'a mut std::fs::File,
         mode: WeightsMode,
+        device: Device,
     },
     Safetensors {
         vb: VarBuilder<'a>,
-        qkv_bias: bool,
         tied: bool,
     },
 }
 
+/// One weight's two names: llama.cpp's (GGUF) and Hugging Face's (safetensors), without the
+/// `.weight` suffix.
+pub(super) type Names = (String, String);
+
 impl WeightSource<'_> {
+    pub(super) fn device(&self) -> Device {
+        match self {
+            WeightSource::Gguf { device, .. } => device.clone(),
+            WeightSource::Safetensors { vb, .. } => vb.device().clone(),
+        }
+    }
+
     fn qtensor(&mut self, name: &str) -> Result<QTensor> {
         match self {
-            WeightSource::Gguf { ct, file, .. } => ct
-                .tensor(*file, name, &Device::Cpu)
+            WeightSource::Gguf {
+                ct, file, device, ..
+            } => ct
+                .tensor(*file, name, device)
                 .map_err(|e| Error::Model(format!("GGUF tensor `{name}`: {e}"))),
             WeightSource::Safetensors { .. } => unreachable!("qtensor is only read from GGUF"),
+        }
+    }
+
+    /// Whether the file has a tensor named `gguf` (GGUF) or `hf` (safetensors).
+    pub(super) fn has(&self, gguf: &str, hf: &str) -> bool {
+        match self {
+            WeightSource::Gguf { ct, .. } => ct.tensor_infos.contains_key(gguf),
+            WeightSource::Safetensors { vb, .. } => vb.contains_tensor(hf),
         }
     }
 
     /// A plain f32 tensor (norm weights, embeddings).
     pub(super) fn tensor(&mut self, gguf: &str, hf: &str) -> Result<Tensor> {
         match self {
-            WeightSource::Gguf { .. } => Ok(self.qtensor(gguf)?.dequantize(&Device::Cpu)?),
+            WeightSource::Gguf { device, .. } => {
+                let device = device.clone();
+                Ok(self.qtensor(gguf)?.dequantize(&device)?)
+            }
             WeightSource::Safetensors { vb, .. } => {
                 Ok(vb.get_unchecked(hf)?.to_dtype(DType::F32)?)
             }
         }
     }
 
-    /// Several linears sharing an input, stacked into one `[sum(out), in]` matrix.
-    pub(super) fn fused_linear(
-        &mut self,
-        parts: &[(String, String)],
-        bias: bool,
-    ) -> Result<Linear> {
-        if let WeightSource::Gguf {
-            mode: WeightsMode::Quantized,
-            ..
-        } = self
-        {
+    /// An RMSNorm weight; `hf_offset` is added to safetensors weights (Gemma's 1 + w, which
+    /// GGUF files already store).
+    pub(super) fn norm(&mut self, n: &Names, hf_offset: f64) -> Result<Tensor> {
+        let w = self.tensor(&format!("{}.weight", n.0), &format!("{}.weight", n.1))?;
+        match self {
+            WeightSource::Safetensors { .. } if hf_offset != 0.0 => Ok((w + hf_offset)?),
+            _ => Ok(w),
+        }
+    }
+
+    /// Several linears sharing an input, as one [`Linear`].
+    pub(super) fn fused_linear(&mut self, parts: &[Names], bias: bool) -> Result<Linear> {
+        let quantized = matches!(
+            self,
+            WeightSource::Gguf {
+                mode: WeightsMode::Quantized,
+                ..
+            }
+        );
+        if quantized {
+            let device = self.device();
             let qs: Vec<QTensor> = parts
                 .iter()
                 .map(|(g, _)| self.qtensor(&format!("{g}.weight")))
                 .collect::<Result<_>>()?;
-            let dtype = qs[0].dtype();
-            if qs.iter().all(|q| q.dtype() == dtype && q.rank() == 2) && !bias {
-                let k = qs[0].shape().dims2()?.1;
-                let mut bytes = Vec::new();
-                let mut n = 0;
-                for q in &qs {
-                    let (rows, cols) = q.shape().dims2()?;
-                    if cols != k {
-                        return Err(Error::Model("fused weights disagree on width".into()));
-                    }
-                    n += rows;
-                    bytes.extend_from_slice(&q.data()?);
+            let b = match bias {
+                true => {
+                    let bs: Vec<Tensor> = parts
+                        .iter()
+                        .map(|(g, _)| {
+                            Ok(self.qtensor(&format!("{g}.bias"))?.dequantize(&device)?)
+                        })
+                        .collect::<Result<_>>()?;
+                    Some(Tensor::cat(&bs, 0)?)
                 }
-                let storage = candle_core::quantized::QStorage::from_data(
-                    std::borrow::Cow::Owned(bytes),
-                    &Device::Cpu,
-                    dtype,
-                )?;
-                let q = QTensor::new(storage, (n, k))?;
-                return Ok(Linear {
-                    w: QMatMul::from_arc(Arc::new(q))?,
-                    b: None,
-                });
-            }
+                false => None,
+            };
+            return Ok(Linear {
+                ws: stack_same_type(qs, &device)?,
+                b,
+            });
         }
         let lins: Vec<Linear> = parts
             .iter()
@@ -120,7 +157,8 @@ impl WeightSource<'_> {
             .collect::<Result<_>>()?;
         let ws: Vec<Tensor> = lins
             .iter()
-            .map(|l| match &l.w {
+            .flat_map(|l| l.ws.iter())
+            .map(|w| match w {
                 QMatMul::Tensor(t) => Ok(t.clone()),
                 _ => Err(Error::Model("expected f32 weights".into())),
             })
@@ -132,7 +170,7 @@ impl WeightSource<'_> {
             None
         };
         Ok(Linear {
-            w: QMatMul::Tensor(Tensor::cat(&ws, 0)?),
+            ws: vec![QMatMul::Tensor(Tensor::cat(&ws, 0)?)],
             b,
         })
     }
@@ -153,33 +191,27 @@ impl WeightSource<'_> {
 
     pub(super) fn linear(&mut self, gguf: &str, hf: &str, bias: bool) -> Result<Linear> {
         match self {
-            WeightSource::Gguf { mode, .. } => {
-                let mode = *mode;
+            WeightSource::Gguf { mode, device, .. } => {
+                let (mode, device) = (*mode, device.clone());
                 let q = self.qtensor(&format!("{gguf}.weight"))?;
                 let w = match mode {
                     WeightsMode::Quantized => QMatMul::from_arc(Arc::new(q))?,
-                    WeightsMode::F32 => QMatMul::Tensor(q.dequantize(&Device::Cpu)?),
+                    WeightsMode::F32 => QMatMul::Tensor(q.dequantize(&device)?),
                 };
-                let b = match self.qtensor(&format!("{gguf}.bias")) {
-                    Ok(b) if bias => Some(b.dequantize(&Device::Cpu)?),
-                    _ => None,
+                let b = match bias {
+                    true => Some(self.qtensor(&format!("{gguf}.bias"))?.dequantize(&device)?),
+                    false => None,
                 };
-                Ok(Linear { w, b })
+                Ok(Linear { ws: vec![w], b })
             }
             WeightSource::Safetensors { vb, .. } => {
-                let w = vb
-                    .get_unchecked(&format!("{hf}.weight"))?
-                    .to_dtype(DType::F32)?;
-                let b = if bias {
-                    Some(
-                        vb.get_unchecked(&format!("{hf}.bias"))?
-                            .to_dtype(DType::F32)?,
-                    )
-                } else {
-                    None
+                let get = |n: String| -> Result<Tensor> {
+                    Ok(vb.get_unchecked(&n)?.to_dtype(DType::F32)?)
                 };
+                let w = get(format!("{hf}.weight"))?;
+                let b = bias.then(|| get(format!("{hf}.bias"))).transpose()?;
                 Ok(Linear {
-                    w: QMatMul::Tensor(w),
+                    ws: vec![QMatMul::Tensor(w)],
                     b,
                 })
             }
@@ -187,19 +219,63 @@ impl WeightSource<'_> {
     }
 }
 
+/// Quantized matrices sharing an input: consecutive ones of the same type and width are
+/// stacked row-wise into one (rows are independent, so the product is the same); a part of
+/// another type (Q4_K_M mixes Q5_0, Q8_0 and Q6_K) gets its own matmul.
+fn stack_same_type(qs: Vec<QTensor>, device: &Device) -> Result<Vec<QMatMul>> {
+    let mut groups: Vec<Vec<QTensor>> = Vec::new();
+    for q in qs {
+        let k = q.shape().dims2()?.1;
+        match groups.last_mut() {
+            Some(g) if g[0].dtype() == q.dtype() && g[0].shape().dims2()?.1 == k => g.push(q),
+            _ => groups.push(vec![q]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|mut g| {
+            let q = match g.len() {
+                1 => g.pop().expect("one part"),
+                _ => concat_rows(&g, device)?,
+            };
+            Ok(QMatMul::from_arc(Arc::new(q))?)
+        })
+        .collect()
+}
+
+/// Quantized matrices of one type and width, rows stacked.
+fn concat_rows(g: &[QTensor], device: &Device) -> Result<QTensor> {
+    let k = g[0].shape().dims2()?.1;
+    let (mut bytes, mut n) = (Vec::new(), 0);
+    for q in g {
+        n += q.shape().dims2()?.0;
+        bytes.extend_from_slice(&q.data()?);
+    }
+    let storage = candle_core::quantized::QStorage::from_data(
+        std::borrow::Cow::Owned(bytes),
+        device,
+        g[0].dtype(),
+    )?;
+    Ok(QTensor::new(storage, (n, k))?)
+}
+
+/// The unembedding: `output.weight` when the file has one, else the tied embedding (reused,
+/// not loaded twice, when it is already in f32).
 pub(super) fn lm_head(src: &mut WeightSource, embed: &Tensor) -> Result<Linear> {
     let w = match src {
         WeightSource::Gguf { ct, mode, .. } => {
-            let name = if ct.tensor_infos.contains_key("output.weight") {
-                "output.weight"
-            } else {
-                "token_embd.weight"
-            };
-            let mode = *mode;
-            let q = src.qtensor(name)?;
-            match mode {
-                WeightsMode::Quantized => QMatMul::from_arc(Arc::new(q))?,
-                WeightsMode::F32 => QMatMul::Tensor(q.dequantize(&Device::Cpu)?),
+            let own = ct.tensor_infos.contains_key("output.weight");
+            match (*mode, own) {
+                (WeightsMode::F32, false) => QMatMul::Tensor(embed.clone()),
+                (WeightsMode::F32, true) => QMatMul::Tensor(src.tensor("output.weight", "")?),
+                (WeightsMode::Quantized, _) => {
+                    let name = if own {
+                        "output.weight"
+                    } else {
+                        "token_embd.weight"
+                    };
+                    QMatMul::from_arc(Arc::new(src.qtensor(name)?))?
+                }
             }
         }
         WeightSource::Safetensors { vb, tied, .. } => {
@@ -210,5 +286,8 @@ pub(super) fn lm_head(src: &mut WeightSource, embed: &Tensor) -> Result<Linear> 
             }
         }
     };
-    Ok(Linear { w, b: None })
+    Ok(Linear {
+        ws: vec![w],
+        b: None,
+    })
 }

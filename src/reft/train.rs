@@ -71,7 +71,7 @@ fn build_examples(
         }
     }
     for text in neutral {
-        let ids = model.tokenizer.encode(text)?;
+        let ids = model.tokenizer.encode_prompt(text)?;
         if ids.len() >= 2 {
             kept.push(Example { ids, prompt_len: 0 });
             counts[3] += 1;

@@ -26,14 +26,36 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub fn reference() -> serde_json::Value {
-    let text =
-        std::fs::read_to_string(fixture("reference/reference.json")).expect("reference.json");
-    serde_json::from_str(&text).expect("reference json")
+    reference_in("reference")
 }
 
 pub fn read_npy(name: &str) -> Vec<f32> {
-    let t = candle_core::Tensor::read_npy(fixture(&format!("reference/{name}"))).expect("npy");
+    read_npy_in("reference", name)
+}
+
+/// `reference.json` of the fixture folder `dir`.
+pub fn reference_in(dir: &str) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(fixture(&format!("{dir}/reference.json"))).expect("reference.json");
+    serde_json::from_str(&text).expect("reference json")
+}
+
+/// A float32 array of the fixture folder `dir`, flattened.
+pub fn read_npy_in(dir: &str, name: &str) -> Vec<f32> {
+    let t = candle_core::Tensor::read_npy(fixture(&format!("{dir}/{name}"))).expect("npy");
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// A model `ctxsteer fetch-model NAME` puts in the cache (CI fetches them before the tests).
+pub fn load_known(name: &str, mode: WeightsMode) -> Model {
+    let k = ctxsteer::model::fetch::known(name).expect("a known model");
+    let p = k.path();
+    assert!(
+        p.exists(),
+        "{name} is missing at {}: run `cargo run --release -- fetch-model {name}` first",
+        p.display()
+    );
+    Model::load(&p, mode).expect("load the model")
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {

@@ -1,0 +1,447 @@
+//! Model families and their hyper-parameters, read from GGUF metadata or a Hugging Face
+//! `config.json` (both the transformers 4 layout, with a top-level `rope_theta`, and the
+//! transformers 5 layout, with `rope_parameters`). A field this crate cannot honour is an error
+//! that names it, never a silent default.
+
+use crate::error::{Error, Result};
+use crate::hooks::{Site, SiteKind};
+use candle_core::quantized::gguf_file;
+use serde_json::Value;
+
+/// A decoder family: what differs between them is data here plus a few switches in the
+/// forward pass (norm placement, activation, q/k norms, embedding scale).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Llama,
+    Qwen2,
+    Mistral,
+    Gemma3,
+}
+
+/// Every family this crate runs, by the name GGUF and config.json use.
+pub const FAMILIES: &str = "llama, qwen2, mistral, gemma3";
+
+impl Family {
+    /// From GGUF's `general.architecture` or config.json's `model_type`.
+    pub fn from_name(name: &str) -> Option<Family> {
+        Some(match name {
+            "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "mistral" => Family::Mistral,
+            "gemma3" | "gemma3_text" => Family::Gemma3,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Qwen2 => "qwen2",
+            Family::Mistral => "mistral",
+            Family::Gemma3 => "gemma3",
+        }
+    }
+
+    /// Biases on the q, k and v projections.
+    pub fn qkv_bias(self) -> bool {
+        self == Family::Qwen2
+    }
+
+    /// Gemma's layout: RMSNorm on q and k per head, norms after attention and after the MLP
+    /// as well as before, GELU (tanh) gating, embeddings times √d, and a BOS before prompts.
+    pub fn is_gemma(self) -> bool {
+        self == Family::Gemma3
+    }
+
+    /// Gemma checkpoints store RMSNorm weights as w and apply (1 + w); llama.cpp's converter
+    /// adds the 1 when it writes the GGUF, so only safetensors need it added here.
+    pub fn hf_norm_offset(self) -> f64 {
+        if self.is_gemma() {
+            1.0
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Frequency scaling of the rotary embedding.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Positions divided by `factor`.
+    Linear { factor: f32 },
+    /// Llama 3.1's band-wise scaling of the inverse frequencies.
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: f32,
+    },
+}
+
+/// Architecture hyper-parameters.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Config {
+    pub family: Family,
+    /// The family's name, as artefacts record it.
+    pub architecture: String,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub vocab_size: usize,
+    /// Rope base of global (full-attention) layers.
+    pub rope_theta: f32,
+    /// Rope base of sliding-window layers (Gemma 3: 10 000).
+    pub rope_local_theta: f32,
+    /// Scaling of the global layers' rope.
+    pub rope_scaling: Option<RopeScaling>,
+    pub rms_eps: f64,
+    pub max_positions: usize,
+    /// GGUF files of llama-type models store Q/K permuted for interleaved rope; everything else
+    /// (Hugging Face checkpoints, llama.cpp's Qwen 2 and Gemma 3) rotates halves.
+    pub rope_interleaved: bool,
+    /// Keys a query may see on sliding layers (transformers: query − key < window).
+    pub sliding_window: Option<usize>,
+    /// Which layers use the sliding window and the local rope base.
+    pub local_layers: Vec<bool>,
+    /// Attention scores are q·k times this (1/√d_head, or Gemma's 1/√query_pre_attn_scalar).
+    pub query_scale: f64,
+}
+
+impl Config {
+    /// The width of the activations seen at `site`.
+    pub fn site_width(&self, site: Site) -> usize {
+        match site.kind {
+            SiteKind::AttnZ => self.n_heads * self.d_head,
+            SiteKind::MlpPost => self.d_mlp,
+            _ => self.d_model,
+        }
+    }
+
+    /// Whether layer `l` attends through the sliding window.
+    pub fn is_local(&self, l: usize) -> bool {
+        self.local_layers.get(l).copied().unwrap_or(false)
+    }
+
+    /// Multiplier of the token embeddings (Gemma: √d_model, rounded to the weights' f32).
+    pub fn embed_scale(&self) -> Option<f64> {
+        self.family
+            .is_gemma()
+            .then(|| (self.d_model as f32).sqrt() as f64)
+    }
+
+    /// Read the hyper-parameters from GGUF metadata.
+    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Config> {
+        let arch = meta_str(ct, "general.architecture")?;
+        let family = Family::from_name(&arch).ok_or_else(|| {
+            Error::Model(format!(
+                "GGUF general.architecture `{arch}` is not supported; supported: {FAMILIES}"
+            ))
+        })?;
+        let get = |k: &str| -> Result<&gguf_file::Value> {
+            ct.metadata
+                .get(&format!("{arch}.{k}"))
+                .ok_or_else(|| Error::Model(format!("GGUF metadata lacks `{arch}.{k}`")))
+        };
+        let u = |k: &str| -> Result<usize> { Ok(get(k)?.to_u32()? as usize) };
+        let f = |k: &str| -> Result<f32> { Ok(get(k)?.to_f32()?) };
+        let d_model = u("embedding_length")?;
+        let n_heads = u("attention.head_count")?;
+        let n_layers = u("block_count")?;
+        let d_head = u("attention.key_length").unwrap_or(d_model / n_heads);
+        let rope_theta = f("rope.freq_base").unwrap_or(10_000.0);
+        let sliding_window = u("attention.sliding_window").ok();
+        let (local_layers, rope_local_theta) = match family {
+            // llama.cpp: every 6th layer global, local rope base 10 000.
+            Family::Gemma3 => ((0..n_layers).map(|l| (l + 1) % 6 != 0).collect(), 10_000.0),
+            _ => (vec![sliding_window.is_some(); n_layers], rope_theta),
+        };
+        let rope_scaling = match get("rope.scaling.type").ok().map(|v| v.to_string()) {
+            None => None,
+            Some(Ok(t)) if t == "none" => None,
+            Some(Ok(t)) if t == "linear" => Some(RopeScaling::Linear {
+                factor: f("rope.scaling.factor")?,
+            }),
+            Some(t) => return Err(Error::Model(format!(
+                "GGUF `{arch}.rope.scaling.type` {t:?} is not supported; supported: none, linear"
+            ))),
+        };
+        Ok(Config {
+            family,
+            architecture: family.name().into(),
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads: u("attention.head_count_kv").unwrap_or(n_heads),
+            d_head,
+            d_mlp: u("feed_forward_length")?,
+            vocab_size: gguf_vocab_size(ct, &get)?,
+            rope_theta,
+            rope_local_theta,
+            rope_scaling,
+            rms_eps: f("attention.layer_norm_rms_epsilon")? as f64,
+            max_positions: u("context_length").unwrap_or(4096),
+            rope_interleaved: matches!(family, Family::Llama | Family::Mistral),
+            sliding_window,
+            local_layers,
+            query_scale: 1.0 / (d_head as f64).sqrt(),
+        })
+    }
+
+    /// Read a Hugging Face `config.json`.
+    pub fn from_hf_json(v: &Value) -> Result<Config> {
+        let model_type = v
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("llama");
+        let family = Family::from_name(model_type).ok_or_else(|| {
+            Error::Model(format!(
+                "config.json: model_type `{model_type}` is not supported; supported: llama, \
+                 qwen2, mistral, gemma3_text"
+            ))
+        })?;
+        let j = Json(v);
+        let d_model = j.usize("hidden_size")?;
+        let n_heads = j.usize("num_attention_heads")?;
+        let n_layers = j.usize("num_hidden_layers")?;
+        let d_head = j.opt_usize("head_dim")?.unwrap_or(d_model / n_heads);
+        for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
+            if !j.is_null(k) {
+                return Err(Error::Model(format!(
+                    "config.json: `{k}` is set; soft-capping is not supported"
+                )));
+            }
+        }
+        let act = j.opt_str(if family.is_gemma() {
+            "hidden_activation"
+        } else {
+            "hidden_act"
+        });
+        let want = if family.is_gemma() {
+            "gelu_pytorch_tanh"
+        } else {
+            "silu"
+        };
+        if let Some(a) = act.filter(|a| *a != want) {
+            return Err(Error::Model(format!(
+                "config.json: activation `{a}` is not supported for {}; supported: {want}",
+                family.name()
+            )));
+        }
+        let rope = hf_rope(&j, family)?;
+        let sliding_window = hf_sliding_window(&j, family)?;
+        let local_layers = hf_local_layers(&j, family, n_layers, sliding_window.is_some())?;
+        let query_scale = match family {
+            Family::Gemma3 => 1.0 / j.f64("query_pre_attn_scalar")?.sqrt(),
+            _ => 1.0 / (d_head as f64).sqrt(),
+        };
+        Ok(Config {
+            family,
+            architecture: family.name().into(),
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads: j.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
+            d_head,
+            d_mlp: j.usize("intermediate_size")?,
+            vocab_size: j.usize("vocab_size")?,
+            rope_theta: rope.global_theta,
+            rope_local_theta: rope.local_theta,
+            rope_scaling: rope.scaling,
+            rms_eps: j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            max_positions: j.opt_usize("max_position_embeddings")?.unwrap_or(4096),
+            rope_interleaved: false,
+            sliding_window,
+            local_layers,
+            query_scale,
+        })
+    }
+}
+
+fn gguf_vocab_size<'a>(
+    ct: &'a gguf_file::Content,
+    get: &dyn Fn(&str) -> Result<&'a gguf_file::Value>,
+) -> Result<usize> {
+    if let Ok(v) = get("vocab_size") {
+        return Ok(v.to_u32()? as usize);
+    }
+    ct.metadata
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.len())
+        .ok_or_else(|| Error::Model("cannot tell the vocabulary size".into()))
+}
+
+fn meta_str(ct: &gguf_file::Content, key: &str) -> Result<String> {
+    ct.metadata
+        .get(key)
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .ok_or_else(|| Error::Model(format!("GGUF metadata lacks `{key}`")))
+}
+
+/// Typed reads from config.json whose errors name the field.
+struct Json<'a>(&'a Value);
+
+impl Json<'_> {
+    fn bad(&self, k: &str, want: &str) -> Error {
+        Error::Model(format!("config.json: `{k}` must be {want}"))
+    }
+    fn is_null(&self, k: &str) -> bool {
+        self.0.get(k).is_none_or(Value::is_null)
+    }
+    fn opt_usize(&self, k: &str) -> Result<Option<usize>> {
+        if self.is_null(k) {
+            return Ok(None);
+        }
+        let v = self.0[k]
+            .as_u64()
+            .ok_or_else(|| self.bad(k, "an integer"))?;
+        Ok(Some(v as usize))
+    }
+    fn usize(&self, k: &str) -> Result<usize> {
+        self.opt_usize(k)?
+            .ok_or_else(|| Error::Model(format!("config.json lacks the integer field `{k}`")))
+    }
+    fn opt_f64(&self, k: &str) -> Result<Option<f64>> {
+        if self.is_null(k) {
+            return Ok(None);
+        }
+        let v = self.0[k].as_f64().ok_or_else(|| self.bad(k, "a number"))?;
+        Ok(Some(v))
+    }
+    fn f64(&self, k: &str) -> Result<f64> {
+        self.opt_f64(k)?
+            .ok_or_else(|| Error::Model(format!("config.json lacks the number field `{k}`")))
+    }
+    fn opt_str(&self, k: &str) -> Option<&str> {
+        self.0.get(k).and_then(Value::as_str)
+    }
+}
+
+/// What the rope fields of config.json come to.
+struct HfRope {
+    global_theta: f32,
+    local_theta: f32,
+    scaling: Option<RopeScaling>,
+}
+
+/// Rope from `rope_parameters` (transformers 5: one object, or one per layer type) or from
+/// the older `rope_theta`, `rope_scaling` and `rope_local_base_freq`.
+fn hf_rope(j: &Json, family: Family) -> Result<HfRope> {
+    let default_theta = if family.is_gemma() { 1e6 } else { 1e4 };
+    let params = j.0.get("rope_parameters").filter(|p| !p.is_null());
+    let (global, local) = match params {
+        Some(p) if p.get("full_attention").is_some() || p.get("sliding_attention").is_some() => (
+            p.get("full_attention").cloned(),
+            p.get("sliding_attention").cloned(),
+        ),
+        Some(p) => (Some(p.clone()), None),
+        None => (j.0.get("rope_scaling").cloned(), None),
+    };
+    let theta_of = |p: &Option<Value>, key: &str, dflt: f64| -> Result<f64> {
+        let inner = p
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Value::as_f64);
+        Ok(inner.or(j.opt_f64(key)?).unwrap_or(dflt))
+    };
+    let global_theta = theta_of(&global, "rope_theta", default_theta)?;
+    let local_theta = match family {
+        Family::Gemma3 => theta_of(&local, "rope_local_base_freq", 1e4)?,
+        _ => global_theta,
+    };
+    if let Some(s) = rope_scaling(local.as_ref(), "rope_parameters.sliding_attention")? {
+        return Err(Error::Model(format!(
+            "config.json: rope scaling {s:?} on sliding layers is not supported"
+        )));
+    }
+    Ok(HfRope {
+        global_theta: global_theta as f32,
+        local_theta: local_theta as f32,
+        scaling: rope_scaling(global.as_ref(), "rope_parameters")?,
+    })
+}
+
+/// The scaling an HF rope object asks for; `default` (or no type) is none.
+fn rope_scaling(p: Option<&Value>, field: &str) -> Result<Option<RopeScaling>> {
+    let Some(p) = p.filter(|p| !p.is_null()) else {
+        return Ok(None);
+    };
+    let kind = p
+        .get("rope_type")
+        .or_else(|| p.get("type"))
+        .and_then(Value::as_str);
+    let num = |k: &str| -> Result<f32> {
+        p.get(k)
+            .and_then(Value::as_f64)
+            .map(|x| x as f32)
+            .ok_or_else(|| Error::Model(format!("config.json: `{field}.{k}` must be a number")))
+    };
+    Ok(match kind {
+        None | Some("default") => None,
+        Some("linear") => Some(RopeScaling::Linear {
+            factor: num("factor")?,
+        }),
+        Some("llama3") => Some(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")?,
+        }),
+        Some(t) => {
+            return Err(Error::Model(format!(
+                "config.json: `{field}.rope_type` `{t}` is not supported; supported: default, \
+                 linear, llama3"
+            )))
+        }
+    })
+}
+
+/// The window of sliding layers. Qwen 2 applies its `sliding_window` only with
+/// `use_sliding_window`.
+fn hf_sliding_window(j: &Json, family: Family) -> Result<Option<usize>> {
+    let window = j.opt_usize("sliding_window")?;
+    Ok(match family {
+        Family::Qwen2 => match j.0.get("use_sliding_window").and_then(Value::as_bool) {
+            Some(true) => window,
+            _ => None,
+        },
+        Family::Llama => None,
+        _ => window,
+    })
+}
+
+/// Which layers slide: `layer_types` when given, else Gemma 3's every-6th-global pattern
+/// (`sliding_window_pattern`), else all layers when there is a window.
+fn hf_local_layers(j: &Json, family: Family, n: usize, window: bool) -> Result<Vec<bool>> {
+    if let Some(types) = j.0.get("layer_types").and_then(Value::as_array) {
+        if types.len() != n {
+            return Err(Error::Model(format!(
+                "config.json: `layer_types` has {} entries for {n} layers",
+                types.len()
+            )));
+        }
+        return types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match t.as_str() {
+                Some("sliding_attention") => Ok(window),
+                Some("full_attention") => Ok(false),
+                _ => Err(Error::Model(format!(
+                    "config.json: `layer_types[{i}]` is {t}; valid: \"full_attention\", \
+                     \"sliding_attention\""
+                ))),
+            })
+            .collect();
+    }
+    if family.is_gemma() {
+        let every = j.opt_usize("sliding_window_pattern")?.unwrap_or(6).max(1);
+        return Ok((0..n).map(|l| window && (l + 1) % every != 0).collect());
+    }
+    Ok(vec![window; n])
+}
