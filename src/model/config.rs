@@ -166,9 +166,11 @@ impl Config {
             Some(Ok(t)) if t == "linear" => Some(RopeScaling::Linear {
                 factor: f("rope.scaling.factor")?,
             }),
-            Some(t) => return Err(Error::Model(format!(
+            Some(t) => {
+                return Err(Error::Model(format!(
                 "GGUF `{arch}.rope.scaling.type` {t:?} is not supported; supported: none, linear"
-            ))),
+            )))
+            }
         };
         Ok(Config {
             family,
