@@ -14,6 +14,7 @@ use std::fmt;
 mod lowrank;
 mod run;
 mod serde_spec;
+mod tensor_ops;
 pub use lowrank::LowRank;
 pub use run::{CapturedRow, Captures, Hooks, RowInfo};
 
@@ -306,53 +307,6 @@ impl Intervention {
         self
     }
 
-    /// The slices of a row this intervention acts on: whole row, or one slice per head.
-    fn slices(&self, width: usize, d_head: usize) -> Vec<std::ops::Range<usize>> {
-        match &self.heads {
-            None => std::iter::once(0..width).collect(),
-            Some(hs) => hs.iter().map(|h| h * d_head..(h + 1) * d_head).collect(),
-        }
-    }
-
-    /// Apply to one row; `pos` picks the replacement values for `Replace`.
-    fn apply_row(&self, row: &mut [f32], pos: usize, d_head: usize) {
-        let width = row.len();
-        for r in self.slices(width, d_head) {
-            let (off, len) = (r.start, r.len());
-            let s = &mut row[r];
-            // Vectors given with the head width apply to each head; full-width ones are sliced.
-            let part = |v: &[f32]| -> Vec<f32> {
-                if v.len() == len {
-                    v.to_vec()
-                } else {
-                    v[off..off + len].to_vec()
-                }
-            };
-            match &self.action {
-                Action::Capture => {}
-                Action::Add { vector, scale } => {
-                    for (x, v) in s.iter_mut().zip(part(vector)) {
-                        *x += scale * v;
-                    }
-                }
-                Action::Replace { values } => {
-                    if let Some(v) = values.get(&pos) {
-                        s.copy_from_slice(&part(v));
-                    }
-                }
-                Action::ZeroAblate => s.fill(0.0),
-                Action::MeanAblate { mean } => s.copy_from_slice(&part(mean)),
-                Action::ProjectOut { direction } => set_projection(s, &part(direction), None),
-                Action::Clamp { direction, value } => {
-                    set_projection(s, &part(direction), Some(*value))
-                }
-                Action::Scale { factor } => s.iter_mut().for_each(|x| *x *= factor),
-                // Applied on tensors by `Hooks::apply`, never row by row.
-                Action::LowRank(_) => {}
-            }
-        }
-    }
-
     /// The vector lengths this intervention carries, for validation.
     fn vector_lengths(&self) -> Vec<(&'static str, usize)> {
         match &self.action {
@@ -365,19 +319,6 @@ impl Intervention {
             Action::LowRank(edit) => vec![("low-rank edit", edit.width())],
             _ => vec![],
         }
-    }
-}
-
-/// Make the projection of `x` onto the unit vector along `dir` equal `target` (0 if None).
-fn set_projection(x: &mut [f32], dir: &[f32], target: Option<f32>) {
-    let norm = dir.iter().map(|d| d * d).sum::<f32>().sqrt();
-    if norm == 0.0 {
-        return;
-    }
-    let proj: f32 = x.iter().zip(dir).map(|(a, d)| a * d).sum::<f32>() / norm;
-    let delta = target.unwrap_or(0.0) - proj;
-    for (a, d) in x.iter_mut().zip(dir) {
-        *a += delta * d / norm;
     }
 }
 

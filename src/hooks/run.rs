@@ -1,6 +1,7 @@
 //! The per-call side of the hooks: [`Hooks`], which the forward pass calls at every site, and
 //! the [`Captures`] it fills.
 
+use super::tensor_ops::{self, Selected};
 use super::{Action, Intervention, Site, Spec};
 use crate::error::Result;
 use candle_core::Tensor;
@@ -102,32 +103,61 @@ impl<'a> Hooks<'a> {
         self.offset = offset;
     }
 
-    /// Run the spec's interventions for `site` on `x` ([batch, seq, width]), in spec order.
-    /// Host actions go through one copy of the values; low-rank edits stay tensor operations.
+    /// Run the spec's interventions for `site` on `x` ([batch, seq, width]), in spec order,
+    /// as tensor operations on x's device; only captured rows are copied to the host.
     pub fn apply(&mut self, site: Site, x: Tensor) -> Result<Tensor> {
         let spec = self.spec;
-        let ivs: Vec<&Intervention> = spec
-            .interventions
-            .iter()
-            .filter(|iv| iv.site == site)
-            .collect();
         let mut x = x;
-        let mut rest = ivs.as_slice();
-        while let Some(first) = rest.first() {
-            if let Action::LowRank(edit) = &first.action {
-                let mask = self.mask(first, &x)?;
+        for iv in spec.interventions.iter().filter(|iv| iv.site == site) {
+            if let Action::LowRank(edit) = &iv.action {
+                let mask = self.mask(iv, &x)?;
                 x = edit.apply(&x, mask.as_ref())?;
-                rest = &rest[1..];
-            } else {
-                let n = rest
-                    .iter()
-                    .position(|iv| matches!(iv.action, Action::LowRank(_)))
-                    .unwrap_or(rest.len());
-                x = self.apply_host(site, &rest[..n], x)?;
-                rest = &rest[n..];
+                continue;
             }
+            let sel = self.selected(iv, &x)?;
+            if sel.is_empty() {
+                continue;
+            }
+            if let Action::Capture = iv.action {
+                self.capture(site, &x, &sel)?;
+                continue;
+            }
+            let d_head = x.dim(2)? / self.n_heads.max(1);
+            x = tensor_ops::edit(iv, &x, &sel, d_head)?;
         }
         Ok(x)
+    }
+
+    /// The positions of `x` where `iv` acts, in row-major order.
+    fn selected(&self, iv: &Intervention, x: &Tensor) -> Result<Vec<Selected>> {
+        let (b, seq, _) = x.dims3()?;
+        Ok((0..b)
+            .flat_map(|r| (0..seq).map(move |i| (r, i)))
+            .filter_map(|(r, i)| {
+                let pos = self.selects(iv, r, i)?;
+                Some(Selected {
+                    flat: r * seq + i,
+                    pos,
+                })
+            })
+            .collect())
+    }
+
+    /// Copy the selected rows of `x` to the host, as they are now.
+    fn capture(&mut self, site: Site, x: &Tensor, sel: &[Selected]) -> Result<()> {
+        let (_, seq, width) = x.dims3()?;
+        let rows = tensor_ops::gather(&x.reshape(((), width))?, sel)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?;
+        let out = self.captures.sites.entry(site).or_default();
+        for (s, values) in sel.iter().zip(rows) {
+            out.push(CapturedRow {
+                batch: s.flat / seq,
+                pos: s.pos,
+                values,
+            });
+        }
+        Ok(())
     }
 
     /// The row layout of batch row `r`.
@@ -159,44 +189,5 @@ impl<'a> Hooks<'a> {
         }
         let m = Tensor::from_vec(m, (b, seq), x.device())?.to_dtype(x.dtype())?;
         Ok(Some(m))
-    }
-
-    /// Host actions (capture, add, replace, ...) on one copy of the values.
-    fn apply_host(&mut self, site: Site, ivs: &[&Intervention], x: Tensor) -> Result<Tensor> {
-        if ivs.is_empty() {
-            return Ok(x);
-        }
-        let (b, seq, width) = x.dims3()?;
-        let mut data = x.flatten_all()?.to_vec1::<f32>()?;
-        let d_head = width / self.n_heads.max(1);
-        let mut changed = false;
-        for r in 0..b {
-            for i in 0..seq {
-                let row = &mut data[(r * seq + i) * width..(r * seq + i + 1) * width];
-                for iv in ivs {
-                    let Some(pos) = self.selects(iv, r, i) else {
-                        continue;
-                    };
-                    if let Action::Capture = iv.action {
-                        self.captures
-                            .sites
-                            .entry(site)
-                            .or_default()
-                            .push(CapturedRow {
-                                batch: r,
-                                pos,
-                                values: row.to_vec(),
-                            });
-                    } else {
-                        iv.apply_row(row, pos, d_head);
-                        changed = true;
-                    }
-                }
-            }
-        }
-        if !changed {
-            return Ok(x);
-        }
-        Ok(Tensor::from_vec(data, (b, seq, width), x.device())?)
     }
 }
