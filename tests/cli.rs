@@ -868,3 +868,35 @@ fn bench_public_runs_saves_parts_and_resumes() {
         n_lines
     );
 }
+
+#[test]
+fn model_names_and_devices_are_checked() {
+    let (_d, path) = common::tiny::temp();
+    bin()
+        .args(["info", "--device", "tpu", "--model"])
+        .arg(&path)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "valid choices are cpu, cuda, cuda:N, metal",
+        ));
+    bin()
+        .args(["info", "--model", "no-such-model"])
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("not a known model name")
+                .and(predicate::str::contains("gemma3-270m")),
+        );
+    bin()
+        .args(["fetch-model", "no-such-model"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("known: smollm2-135m, gemma3-270m"));
+    let out = bin().args(["fetch-model", "--list"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("gemma3-270m") && text.contains("smollm2-135m"),
+        "{text}"
+    );
+}

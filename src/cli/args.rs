@@ -495,12 +495,19 @@ impl From<WeightsArg> for WeightsMode {
 /// The candle device `--device` names.
 pub fn parse_device(s: &str) -> Result<candle_core::Device> {
     let bad = || anyhow::anyhow!("--device {s:?}: valid choices are cpu, cuda, cuda:N, metal");
+    let gpu = |r: candle_core::Result<candle_core::Device>, feature: &str| {
+        r.map_err(|e| {
+            anyhow::anyhow!(
+                "--device {s}: {e} (a GPU build is `cargo build --release --features {feature}`)"
+            )
+        })
+    };
     Ok(match s {
         "cpu" => candle_core::Device::Cpu,
-        "cuda" => candle_core::Device::new_cuda(0)?,
-        "metal" => candle_core::Device::new_metal(0)?,
+        "cuda" => gpu(candle_core::Device::new_cuda(0), "cuda")?,
+        "metal" => gpu(candle_core::Device::new_metal(0), "metal")?,
         _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => candle_core::Device::new_cuda(n)?,
+            Some(Ok(n)) => gpu(candle_core::Device::new_cuda(n), "cuda")?,
             _ => return Err(bad()),
         },
     })

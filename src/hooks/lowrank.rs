@@ -59,8 +59,21 @@ impl LowRank {
         Ok(low.matmul(&self.r)?.reshape((b, seq, d))?) // [b, seq, d]
     }
 
+    /// The same edit with its tensors on `device`.
+    pub fn to_device(&self, device: &candle_core::Device) -> Result<LowRank> {
+        Ok(LowRank {
+            r: self.r.to_device(device)?,
+            w: self.w.to_device(device)?,
+            b: self.b.to_device(device)?,
+        })
+    }
+
     /// `h` with the edit applied where `mask` (`[b, seq]`, 1 or 0) is 1; everywhere when None.
+    /// An edit read from a JSON spec lives on the CPU and moves to `h`'s device here.
     pub fn apply(&self, h: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        if !self.r.device().same_device(h.device()) {
+            return self.to_device(h.device())?.apply(h, mask);
+        }
         let delta = self.delta(h)?;
         let delta = match mask {
             Some(m) => delta.broadcast_mul(&m.unsqueeze(D::Minus1)?)?,
