@@ -16,16 +16,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+crate::choice_enum! {
 /// Which position of each prompt is recorded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PosMode {
     /// The prompt's last token, where the answer is about to be produced.
-    Last,
+    Last = "last",
     /// The last token of the subject's last mention (falls back to `last` if absent).
-    SubjectLast,
+    SubjectLast = "subject-last",
     /// The mean over all prompt tokens.
-    Mean,
+    Mean = "mean",
+}
 }
 
 /// Everything that decides what a capture folder holds; a rerun must match it to resume.

@@ -9,6 +9,7 @@
 pub mod atomic;
 pub mod bench;
 pub mod capture;
+pub mod choice;
 pub mod data;
 pub mod demo;
 pub mod density;

@@ -21,35 +21,41 @@ use crate::model::{Batch, LogitsAt, Model};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+crate::choice_enum! {
 /// Which activations are patched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PatchSites {
-    ResidPost,
-    AttnOut,
-    MlpOut,
+    ResidPost = "resid-post",
+    AttnOut = "attn-out",
+    MlpOut = "mlp-out",
     /// Each attention head's output (attn.hook_z), one head at a time.
-    Heads,
+    Heads = "heads",
+}
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+crate::choice_enum! {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PatchPositions {
-    All,
-    Subject,
-    Last,
+    All = "all",
+    Subject = "subject",
+    Last = "last",
+}
 }
 
+crate::choice_enum! {
 /// A variant of an item's prompt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Variant {
     /// The item's own context (the counterfactual one for our data).
-    Counterfactual,
+    Counterfactual = "counterfactual",
     /// The context with the context answer replaced by the prior answer.
-    TrueContext,
+    TrueContext = "true-context",
     /// No context.
-    NoContext,
+    NoContext = "no-context",
+}
 }
 
 /// The item's prompt under a variant; the answers stay the item's own.

@@ -103,18 +103,20 @@ impl Plan for Spec {
     }
 }
 
+crate::choice_enum! {
 /// How a direction is applied.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// x += alpha * sigma * u.
-    Add,
+    Add = "add",
     /// Set the projection onto u to the context class mean + alpha * sigma.
-    Clamp,
+    Clamp = "clamp",
     /// Add, but only for prompts whose probe predicts that the prior will win.
-    Gated,
+    Gated = "gated",
+}
 }
 
 /// One steered site: a unit direction and its natural scale.

@@ -29,6 +29,7 @@ pub use metrics::{exact_match, squad_normalize, Rate};
 use metrics::{mem_ratio, rate};
 use true_context::true_context_rate;
 
+crate::choice_enum! {
 /// The methods compared.
 #[derive(
     Clone,
@@ -41,34 +42,33 @@ use true_context::true_context_rate;
     Ord,
     Serialize,
     Deserialize,
-    clap::ValueEnum,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// No intervention.
-    None,
+    None = "none",
     /// An instruction to answer from the context only.
-    Instruct,
+    Instruct = "instruct",
     /// Context-aware decoding (Shi et al. 2023).
-    Cad,
+    Cad = "cad",
     /// Context-aware decoding whose strength at each step is the Jensen-Shannon divergence
     /// between the passes with and without context (AdaCAD, Wang et al. 2024); nothing to tune.
     #[serde(rename = "adacad")]
-    #[value(name = "adacad")]
-    AdaCad,
+    AdaCad = "adacad",
     /// Add a probe direction (strength alpha, in spread units).
-    Steer,
+    Steer = "steer",
     /// The same, only where the probe predicts the prior will win.
-    SteerGated,
+    SteerGated = "steer-gated",
     /// Scale up the attention heads that carry the context's answer and scale down those that
     /// push the prior, both ranked by ablation on dev.
-    Heads,
+    Heads = "heads",
     /// The same, only where a `conflict` probe sees a context that contradicts memory.
-    HeadsGated,
+    HeadsGated = "heads-gated",
     /// A learned low-rank intervention (LoReFT) trained on the train split (`reft train`).
-    Reft,
+    Reft = "reft",
     /// The learned intervention and context-aware decoding together.
-    ReftCad,
+    ReftCad = "reft-cad",
+}
 }
 
 impl Method {

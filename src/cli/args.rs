@@ -1,6 +1,7 @@
 //! The argument types shared by the subcommands, and the helpers that turn them into a model,
 //! a dataset or a steering plan.
 
+use crate::cli::choice::choice;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ctxsteer::model::fetch;
@@ -18,7 +19,7 @@ pub enum DataCmd {
     },
     /// Convert a CounterFact or NQ-Swap file into our JSONL format.
     Import {
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = choice::<ctxsteer::data::ImportFormat>())]
         format: ctxsteer::data::ImportFormat,
         file: PathBuf,
         #[arg(long)]
@@ -34,12 +35,12 @@ pub enum ProbeCmd {
         #[arg(long)]
         acts: PathBuf,
         /// What to predict.
-        #[arg(long, value_enum, default_value = "follows-context")]
+        #[arg(long, value_parser = choice::<ctxsteer::probe::Target>(), default_value = "follows-context")]
         label: ctxsteer::probe::Target,
         /// Only these captured sites (names or patterns).
         #[arg(long)]
         sites: Option<String>,
-        #[arg(long, value_enum, default_value = "logistic")]
+        #[arg(long, value_parser = choice::<ctxsteer::probe::Kind>(), default_value = "logistic")]
         kind: ctxsteer::probe::Kind,
         /// Seed of the subject split and the control task.
         #[arg(long, default_value_t = 0)]
@@ -98,7 +99,7 @@ pub struct SteerArgs {
     pub layers: Option<String>,
     /// add: x += alpha*sigma*u; clamp: set the projection to the context mean + alpha*sigma;
     /// gated: add only where the probe predicts the prior will win.
-    #[arg(long, value_enum, default_value = "add")]
+    #[arg(long, value_parser = choice::<ctxsteer::steer::Mode>(), default_value = "add")]
     pub mode: ctxsteer::steer::Mode,
     /// Which of the probe file's directions to use.
     #[arg(long, default_value = "probe", value_parser = ["probe", "meandiff", "pca"])]
@@ -263,7 +264,7 @@ pub struct PublicArgs {
 pub struct MethodArgs {
     /// Methods, comma-separated (default: none, instruct, cad and adacad, and every method whose
     /// artefacts are given by the options below or found in --artefacts).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = choice::<ctxsteer::bench::Method>())]
     pub methods: Option<Vec<ctxsteer::bench::Method>>,
     /// A folder of artefacts for one model: its manifest.json names the probe file, gate, head
     /// ranking and trained edits, and is used when its model_sha256 is the loaded model's.
@@ -296,7 +297,7 @@ pub struct BenchArgs {
     pub data: PathBuf,
     #[command(flatten)]
     pub with: MethodArgs,
-    #[arg(long, value_enum, default_value = "completion")]
+    #[arg(long, value_parser = choice::<ctxsteer::data::Form>(), default_value = "completion")]
     pub form: ctxsteer::data::Form,
     #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub batch_size: usize,
@@ -313,15 +314,15 @@ pub struct PatchArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// The run whose activations are copied.
-    #[arg(long, value_enum, default_value = "true-context")]
+    #[arg(long, value_parser = choice::<ctxsteer::patch::Variant>(), default_value = "true-context")]
     pub source: ctxsteer::patch::Variant,
     /// The run that receives them.
-    #[arg(long, value_enum, default_value = "counterfactual")]
+    #[arg(long, value_parser = choice::<ctxsteer::patch::Variant>(), default_value = "counterfactual")]
     pub target: ctxsteer::patch::Variant,
-    #[arg(long, value_enum, default_value = "resid-post")]
+    #[arg(long, value_parser = choice::<ctxsteer::patch::PatchSites>(), default_value = "resid-post")]
     pub sites: ctxsteer::patch::PatchSites,
     /// Which positions: every shared query token, the subject's last token, or the last token.
-    #[arg(long, value_enum, default_value = "last")]
+    #[arg(long, value_parser = choice::<ctxsteer::patch::PatchPositions>(), default_value = "last")]
     pub positions: ctxsteer::patch::PatchPositions,
     /// With --positions all: at most this many query tokens from the end.
     #[arg(long, default_value_t = 8, value_parser = at_least_one)]
@@ -376,7 +377,7 @@ pub struct DataArgs {
     #[arg(long)]
     pub split: Option<String>,
     /// How queries are put: completion text, or a chat question.
-    #[arg(long, value_enum, default_value = "completion")]
+    #[arg(long, value_parser = choice::<ctxsteer::data::Form>(), default_value = "completion")]
     pub form: ctxsteer::data::Form,
     /// Prompts per forward pass.
     #[arg(long, default_value_t = 16, value_parser = at_least_one)]
@@ -440,7 +441,7 @@ pub struct CaptureArgs {
     #[arg(long, default_value = "blocks.*.hook_resid_post")]
     pub sites: String,
     /// Which position of each prompt to record.
-    #[arg(long, value_enum, default_value = "last")]
+    #[arg(long, value_parser = choice::<ctxsteer::capture::PosMode>(), default_value = "last")]
     pub positions: ctxsteer::capture::PosMode,
     /// Capture the closed-book prompt instead of context + query.
     #[arg(long)]

@@ -5,11 +5,13 @@
 mod analysis;
 mod args;
 mod bench;
+mod choice;
 mod data;
 mod generate;
 mod numbers;
 mod reft;
 
+use crate::cli::choice::choice;
 use analysis::{density_cmd, patch_cmd, probe_cmd};
 pub use args::*;
 use bench::{bench_cmd, demo_cmd, public_cmd};
@@ -92,7 +94,7 @@ pub enum Command {
         model: ModelArgs,
         #[arg(long, default_value = "ctxsteer-demo")]
         out: PathBuf,
-        #[arg(long, value_enum, default_value = "completion")]
+        #[arg(long, value_parser = choice::<ctxsteer::data::Form>(), default_value = "completion")]
         form: ctxsteer::data::Form,
         #[arg(long, default_value_t = 16)]
         batch_size: usize,

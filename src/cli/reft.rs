@@ -1,6 +1,7 @@
 //! `reft train`: its arguments and its handler.
 
 use super::*;
+use crate::cli::choice::choice;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -46,7 +47,7 @@ pub struct ReftTrainArgs {
     /// Prompt forms to train on, comma-separated.
     #[arg(
         long,
-        value_enum,
+        value_parser = choice::<ctxsteer::data::Form>(),
         value_delimiter = ',',
         default_value = "completion,chat"
     )]

@@ -6,18 +6,20 @@ use super::Item;
 use crate::error::{Error, Result};
 use std::path::Path;
 
+crate::choice_enum! {
 /// Formats `data import` understands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImportFormat {
     /// ROME's CounterFact: a JSON array of records with `requested_rewrite`.
-    Counterfact,
+    Counterfact = "counterfact",
     /// NQ-Swap JSONL: question, org_context, org_answer, sub_context, sub_answer.
-    Nqswap,
+    Nqswap = "nqswap",
     /// MemoTrap CSV: prompt, classes (a Python list literal), answer_index.
-    Memotrap,
+    Memotrap = "memotrap",
     /// JUICE world capitals JSON: Subject, Answer, Distracted Token, Clean Prompt,
     /// Substitution Conflict, Coherent Conflict (two items per country).
-    WorldCapital,
+    WorldCapital = "world-capital",
+}
 }
 
 /// Convert a benchmark file into items.

@@ -43,14 +43,16 @@ pub struct Item {
     pub prefix: String,
 }
 
+crate::choice_enum! {
 /// How a query is put to the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Form {
     /// `{context} {prompt}` and the answer continues the text.
-    Completion,
+    Completion = "completion",
     /// `{context} {question}` as a user message in the chat template.
-    Chat,
+    Chat = "chat",
+}
 }
 
 impl Item {

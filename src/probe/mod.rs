@@ -22,26 +22,30 @@ mod train;
 pub use show::{plot, table};
 pub use train::{train, TrainOptions};
 
+crate::choice_enum! {
 /// What a probe predicts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     /// Behaviour: the answer follows the context (1) or the prior (0); `neither` is left out.
-    FollowsContext,
+    FollowsContext = "follows-context",
     /// The prompt holds a context that contradicts memory (counterfactual variant, 1), or it
     /// does not: the context states the true fact (true_context, 0), there is none
     /// (no_context, 0), or the text is ordinary prose (neutral, 0). As a gate it fires only
     /// where there is a conflict to resolve.
-    Conflict,
+    Conflict = "conflict",
     /// The model knows the fact closed-book.
-    Known,
+    Known = "known",
+}
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+crate::choice_enum! {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
-    Logistic,
-    Linear,
+    Logistic = "logistic",
+    Linear = "linear",
+}
 }
 
 /// Held-out scores of one probe.
