@@ -108,7 +108,7 @@ impl OutputLock {
             if rc != 0 {
                 return Err(Error::file(
                     out,
-                    "another ctxsteer run is writing this output now; wait for it or choose another --out",
+                    "another ctxsteer run is writing this output now; wait for it or choose another output",
                 ));
             }
         }

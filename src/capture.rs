@@ -140,7 +140,7 @@ pub fn capture(
             return Err(Error::file(
                 dir,
                 "this folder holds a capture made with other settings (model, data, sites, \
-                 positions, form, shard size, steering or labels); use another --out or delete it",
+                 positions, form, shard size, steering or labels); use another output folder or delete it",
             ));
         }
     }

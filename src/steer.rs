@@ -147,7 +147,10 @@ pub fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let bad = || {
-            Error::Invalid(format!("--layers `{s}`: use a range like 10-20, a layer, or a comma list; layers are 0..={}", n_layers.saturating_sub(1)))
+            Error::Invalid(format!(
+                "layers `{s}`: use a range like 10-20, a layer, or a comma list; layers are 0..={}",
+                n_layers.saturating_sub(1)
+            ))
         };
         let (a, b) = match part.split_once('-') {
             Some((a, b)) => (
@@ -165,7 +168,7 @@ pub fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
         out.extend(a..=b);
     }
     if out.is_empty() {
-        return Err(Error::Invalid(format!("--layers `{s}` names no layer")));
+        return Err(Error::Invalid(format!("layers `{s}` names no layer")));
     }
     Ok(out)
 }
@@ -404,12 +407,12 @@ impl Plan for Gated {
     }
 }
 
-/// Parse `--scale-heads 12.3=0,14.1=0.5` into scaling interventions at `attn.hook_z`.
+/// Parse head scalings such as `12.3=0,14.1=0.5` into scaling interventions at `attn.hook_z`.
 pub fn scale_heads_spec(s: &str, n_layers: usize, n_heads: usize) -> Result<Spec> {
     let mut spec = Spec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let bad = || {
-            Error::Invalid(format!("--scale-heads `{part}`: use LAYER.HEAD=FACTOR, e.g. 12.3=0 (layers 0..={}, heads 0..={})", n_layers - 1, n_heads - 1))
+            Error::Invalid(format!("head scaling `{part}`: use LAYER.HEAD=FACTOR, e.g. 12.3=0 (layers 0..={}, heads 0..={})", n_layers - 1, n_heads - 1))
         };
         let (lh, f) = part.split_once('=').ok_or_else(bad)?;
         let (l, h) = lh.split_once('.').ok_or_else(bad)?;
@@ -425,7 +428,7 @@ pub fn scale_heads_spec(s: &str, n_layers: usize, n_heads: usize) -> Result<Spec
             .any(|iv| iv.site == site && iv.heads.as_deref() == Some(&[h]))
         {
             return Err(Error::Invalid(format!(
-                "--scale-heads names head {l}.{h} twice; give each head once"
+                "head scaling names head {l}.{h} twice; give each head once"
             )));
         }
         spec.push(

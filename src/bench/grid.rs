@@ -54,7 +54,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
         let pf = res
             .probes
             .as_ref()
-            .ok_or_else(|| Error::Invalid(format!("method {m:?} needs a probe file (--probes)")))?;
+            .ok_or_else(|| Error::Invalid(format!("method {m:?} needs a probe file")))?;
         let st =
             Steering::from_probes(pf, "best", None, dir, mode, alpha, Positions::All, n_layers)?;
         Ok(Setting {
@@ -154,16 +154,14 @@ fn heads_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>>
     let cfg = model.cfg();
     if res.heads.is_empty() && res.context_heads.is_empty() {
         return Err(Error::Invalid(format!(
-            "method {} needs heads ranked by ablation (--heads-from DIR/patch.json)",
+            "method {} needs heads ranked by ablation (a patch.json of `patch --sites heads --ablate`)",
             m.name()
         )));
     }
     let gate = match m {
         Method::HeadsGated => {
             let pf = res.gate.as_ref().ok_or_else(|| {
-                Error::Invalid(
-                    "method heads-gated needs a conflict probe file (--gate-probes)".into(),
-                )
+                Error::Invalid("method heads-gated needs a conflict probe file".into())
             })?;
             Some(crate::steer::Gate::from_probes(pf, "best", cfg.n_layers)?)
         }

@@ -145,7 +145,8 @@ impl SteerArgs {
                     .layers
                     .as_deref()
                     .map(|l| steer::parse_layers(l, n_layers))
-                    .transpose()?;
+                    .transpose()
+                    .context("--layers")?;
                 Steering::from_probes(
                     &pf,
                     site,
@@ -175,11 +176,10 @@ impl SteerArgs {
             plans.push(Box::new(spec));
         }
         if let Some(h) = &self.scale_heads {
-            plans.push(Box::new(steer::scale_heads_spec(
-                h,
-                n_layers,
-                model.cfg().n_heads,
-            )?));
+            plans.push(Box::new(
+                steer::scale_heads_spec(h, n_layers, model.cfg().n_heads)
+                    .context("--scale-heads")?,
+            ));
         }
         let plan = Box::new(Plans(plans));
         let Some(g) = &self.gate else {

@@ -19,7 +19,7 @@ use data::{capture_cmd, data_cmd, label_cmd};
 use generate::{generate_cmd, info};
 pub use reft::*;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ctxsteer::model::fetch;
 use ctxsteer::Positions;
@@ -206,7 +206,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let ls = layers
                 .as_deref()
                 .map(|l| ctxsteer::steer::parse_layers(l, n))
-                .transpose()?;
+                .transpose()
+                .context("--layers")?;
             let st = ctxsteer::steer::Steering::from_probes(
                 &pf,
                 "best",

@@ -81,7 +81,8 @@ pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
     ctxsteer::atomic::check_target(&a.out)?;
     let _lock = ctxsteer::atomic::OutputLock::acquire(&a.out, false)?;
     let model = a.model.load_or(ctxsteer::WeightsMode::F32)?;
-    let layers = ctxsteer::steer::parse_layers(&a.layers, model.cfg().n_layers)?;
+    let layers =
+        ctxsteer::steer::parse_layers(&a.layers, model.cfg().n_layers).context("--layers")?;
     let opts = ctxsteer::reft::TrainOptions {
         layers,
         rank: a.rank,

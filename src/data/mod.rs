@@ -188,10 +188,7 @@ pub fn read_jsonl(path: &Path, skip_invalid: bool) -> Result<(Vec<Item>, usize)>
             Err(msg) => {
                 return Err(Error::file(
                     path,
-                    format!(
-                        "line {}: {msg} (use --skip-invalid to skip such lines)",
-                        i + 1
-                    ),
+                    format!("line {}: {msg} (invalid lines can be skipped)", i + 1),
                 ))
             }
         }

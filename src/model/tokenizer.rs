@@ -246,7 +246,7 @@ impl Tokenizer {
     /// Render `messages` with the model's chat template.
     pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tpl = self.chat_template.as_deref().ok_or_else(|| {
-            Error::Tokenizer("this model has no chat template; drop --chat".into())
+            Error::Tokenizer("this model has no chat template; use completion form".into())
         })?;
         let mut env = minijinja::Environment::new();
         env.add_function(

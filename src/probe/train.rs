@@ -189,7 +189,7 @@ fn both_classes(part: &[(usize, bool)], name: &str, target: Target) -> Result<()
     if pos == 0 || pos == part.len() {
         return Err(Error::Invalid(format!(
             "the {name} part has {} examples of which {pos} are positive for {target:?}: a probe needs both classes \
-             (did the capture get --labels, and does the data hold both variants for `conflict`?)",
+             (did the capture get labels, and does the data hold both variants for `conflict`?)",
             part.len(),
         )));
     }

@@ -143,7 +143,7 @@ pub fn add_shots(dev: &mut Vec<Item>, test: &mut [Item], k: usize) -> Result<()>
     }
     if dev.len() <= k {
         return Err(Error::Invalid(format!(
-            "--shots {k} needs more than {k} dev items to take the demonstrations from; this run has {}",
+            "{k} demonstrations need more than {k} dev items to take the demonstrations from; this run has {}",
             dev.len()
         )));
     }
@@ -579,6 +579,9 @@ mod tests {
         add_shots(&mut dev, &mut test, 0).unwrap();
         assert_eq!(dev, before);
         let err = add_shots(&mut dev, &mut test, 2).unwrap_err().to_string();
-        assert!(err.contains("--shots 2") && err.contains("has 2"), "{err}");
+        assert!(
+            err.contains("2 demonstrations") && err.contains("has 2"),
+            "{err}"
+        );
     }
 }

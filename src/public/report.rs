@@ -64,7 +64,7 @@ pub fn markdown(r: &PublicReport) -> String {
         if !sec.pending.is_empty() {
             let names: Vec<&str> = sec.pending.iter().map(|m| m.name()).collect();
             s += &format!(
-                "\nNot run yet (no saved part): {}. `--resume` goes on with them.\n",
+                "\nNot run yet (no saved part): {}. Resuming the run goes on with them.\n",
                 names.join(", ")
             );
         }
