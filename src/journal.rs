@@ -1,38 +1,39 @@
 //! A journal of finished runs, so that a long evaluation that stops (a killed process, a
 //! machine handed back, a session's end) goes on where it stopped instead of starting over.
 //!
-//! One JSONL file; each line is one item's [`Run`] under a key that names the evaluation it
-//! belongs to (benchmark, method settings, dev or test, condition) and the item. Lines are
-//! appended batch by batch and flushed, so at most the batch under way is lost. A line cut
-//! off by a kill is dropped when the journal is opened again.
+//! One JSONL file; each line is one record (for evaluations, an item's run) under a key that
+//! names the evaluation it belongs to (benchmark, method settings, dev or test, condition) and
+//! the item. Lines are appended batch by batch and flushed, so at most the batch under way is
+//! lost. A last line cut off by a kill is dropped when the journal is opened again; any other
+//! line that does not parse is an error naming it.
 
 use crate::error::{Error, Result};
-use crate::label::Run;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Serialize, Deserialize)]
-struct Line {
+struct Line<R> {
     key: String,
-    run: Run,
+    run: R,
 }
 
-/// Finished runs by key, backed by an append-only JSONL file.
-pub struct Journal {
+/// Finished records by key, backed by an append-only JSONL file.
+pub struct Journal<R> {
     path: PathBuf,
-    /// Where new runs are appended; None for a journal opened read-only.
+    /// Where new records are appended; None for a journal opened read-only.
     file: Option<std::fs::File>,
-    done: HashMap<String, Run>,
+    done: HashMap<String, R>,
     /// How many runs [`Journal::get`] has handed back since the journal was opened.
     hits: std::cell::Cell<usize>,
 }
 
-impl Journal {
+impl<R: Serialize + DeserializeOwned> Journal<R> {
     /// Open the journal at `path`. With `resume`, the runs already there are kept; without it
     /// the file is started afresh.
-    pub fn open(path: &Path, resume: bool) -> Result<Journal> {
+    pub fn open(path: &Path, resume: bool) -> Result<Journal<R>> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
         }
@@ -62,7 +63,7 @@ impl Journal {
     /// Open the journal at `path` (if there is one) to read it only: the file is left exactly
     /// as it is, a cut-off last line is skipped, and runs recorded later stay in memory. Safe
     /// beside another process that is appending to it.
-    pub fn open_read_only(path: &Path) -> Result<Journal> {
+    pub fn open_read_only(path: &Path) -> Result<Journal<R>> {
         let done = match path.exists() {
             true => load(path)?.0,
             false => HashMap::new(),
@@ -76,7 +77,7 @@ impl Journal {
     }
 
     /// The run saved under `key`, if any.
-    pub fn get(&self, key: &str) -> Option<&Run> {
+    pub fn get(&self, key: &str) -> Option<&R> {
         let r = self.done.get(key);
         self.hits.set(self.hits.get() + r.is_some() as usize);
         r
@@ -102,7 +103,7 @@ impl Journal {
     }
 
     /// Append finished runs and flush them to disk.
-    pub fn record(&mut self, runs: Vec<(String, Run)>) -> Result<()> {
+    pub fn record(&mut self, runs: Vec<(String, R)>) -> Result<()> {
         let mut buf = Vec::new();
         for (key, run) in runs {
             let line = Line { key, run };
@@ -122,26 +123,31 @@ impl Journal {
 
 /// The runs in a journal file, from its whole lines only (a kill can leave the last one cut
 /// off); and, when it was, the text of those whole lines.
-fn load(path: &Path) -> Result<(HashMap<String, Run>, Option<String>)> {
+fn load<R: DeserializeOwned>(path: &Path) -> Result<(HashMap<String, R>, Option<String>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
     let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
     let mut done = HashMap::new();
-    for l in whole.lines().filter(|l| !l.trim().is_empty()) {
-        if let Ok(line) = serde_json::from_str::<Line>(l) {
-            done.insert(line.key, line.run);
-        }
+    for (i, l) in whole
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let line: Line<R> = serde_json::from_str(l).map_err(|e| {
+            Error::file(path, format!("line {}: not a journal record ({e})", i + 1))
+        })?;
+        done.insert(line.key, line.run);
     }
     let cut_off = (whole.len() != text.len()).then(|| whole.to_string());
     Ok((done, cut_off))
 }
 
 /// One evaluation's place in a journal: keys are `scope|condition|index|item id`.
-pub struct Scoped<'a> {
-    pub journal: &'a mut Journal,
+pub struct Scoped<'a, R> {
+    pub journal: &'a mut Journal<R>,
     pub scope: String,
 }
 
-impl Scoped<'_> {
+impl<R> Scoped<'_, R> {
     /// The key of item `i` (id `id`) of this evaluation, closed-book or with context.
     pub fn key(&self, with_context: bool, i: usize, id: &str) -> String {
         let cond = if with_context { "context" } else { "closed" };
@@ -149,7 +155,7 @@ impl Scoped<'_> {
     }
 
     /// The same journal under a longer scope.
-    pub fn sub(&mut self, part: &str) -> Scoped<'_> {
+    pub fn sub(&mut self, part: &str) -> Scoped<'_, R> {
         Scoped {
             scope: format!("{}|{part}", self.scope),
             journal: self.journal,
@@ -160,7 +166,7 @@ impl Scoped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::label::Answer;
+    use crate::label::{Answer, Run};
 
     fn run(text: &str) -> Run {
         Run {
@@ -190,7 +196,7 @@ mod tests {
             .unwrap();
         f.write_all(b"{\"key\":\"c\",\"run\":{\"logp_pr").unwrap();
         drop(f);
-        let mut j = Journal::open(&path, true).unwrap();
+        let mut j: Journal<Run> = Journal::open(&path, true).unwrap();
         assert_eq!(j.len(), 2);
         assert_eq!(j.get("a").unwrap().greedy, " Paris");
         assert_eq!(j.get("b").unwrap().logp_prior, -1.25);
@@ -198,11 +204,11 @@ mod tests {
         assert_eq!(j.hits(), 2);
         j.record(vec![("c".into(), run(" Oslo"))]).unwrap();
         drop(j);
-        let j = Journal::open(&path, true).unwrap();
+        let j: Journal<Run> = Journal::open(&path, true).unwrap();
         assert_eq!(j.len(), 3);
         assert_eq!(j.get("c").unwrap().greedy, " Oslo");
         // Without resume the journal starts empty.
-        let j = Journal::open(&path, false).unwrap();
+        let j: Journal<Run> = Journal::open(&path, false).unwrap();
         assert!(j.is_empty());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
     }
@@ -222,7 +228,7 @@ mod tests {
         f.write_all(b"{\"key\":\"b\",\"run\":{").unwrap();
         drop(f);
         let before = std::fs::read(&path).unwrap();
-        let mut j = Journal::open_read_only(&path).unwrap();
+        let mut j: Journal<Run> = Journal::open_read_only(&path).unwrap();
         assert_eq!(j.len(), 1);
         assert_eq!(j.get("a").unwrap().greedy, " Paris");
         j.record(vec![("c".into(), run(" Oslo"))]).unwrap();
@@ -230,7 +236,24 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), before);
         // No file: an empty journal, and still nothing written.
         let none = dir.path().join("none.jsonl");
-        assert!(Journal::open_read_only(&none).unwrap().is_empty());
+        assert!(Journal::<Run>::open_read_only(&none).unwrap().is_empty());
         assert!(!none.exists());
+    }
+
+    #[test]
+    fn a_damaged_whole_line_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut j = Journal::open(&path, false).unwrap();
+        j.record(vec![("a".into(), run(" Paris"))]).unwrap();
+        drop(j);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"garbage\n").unwrap();
+        drop(f);
+        let e = Journal::<Run>::open(&path, true).err().unwrap().to_string();
+        assert!(e.contains("line 2") && e.contains("j.jsonl"), "{e}");
     }
 }

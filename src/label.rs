@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::generate::{greedy_and_score, Stop};
 use crate::journal::Scoped;
 use crate::model::Model;
-use crate::steer::Plan;
+use crate::model::Plan;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -249,10 +249,10 @@ pub fn runs(
     opts: &LabelOptions,
     plan: &dyn Plan,
     with_context: bool,
-    mut journal: Option<&mut Scoped>,
+    mut journal: Option<&mut Scoped<Run>>,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Run>> {
-    let key = |j: &Scoped, i: usize| saved_key(j, &items[i], with_context, i);
+    let key = |j: &Scoped<Run>, i: usize| saved_key(j, &items[i], with_context, i);
     let mut out: Vec<Option<Run>> = match journal.as_deref() {
         Some(j) => (0..items.len())
             .map(|i| j.journal.get(&key(j, i)).cloned())
@@ -284,12 +284,12 @@ pub fn runs(
 }
 
 /// Where [`runs`] saves the run of `item`, the `i`-th of its list, in `journal`.
-pub fn saved_key(journal: &Scoped, item: &Item, with_context: bool, i: usize) -> String {
+pub fn saved_key(journal: &Scoped<Run>, item: &Item, with_context: bool, i: usize) -> String {
     journal.key(with_context, i, &item.id)
 }
 
 /// Whether [`runs`] would find every run of `items` in `journal`, and so run nothing.
-pub fn all_saved(journal: &Scoped, items: &[Item], with_context: bool) -> bool {
+pub fn all_saved(journal: &Scoped<Run>, items: &[Item], with_context: bool) -> bool {
     items.iter().enumerate().all(|(i, it)| {
         journal
             .journal

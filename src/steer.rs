@@ -82,26 +82,7 @@ pub fn add_spec(sites: &[Site], vector: &[f32], alpha: f32, positions: Positions
 use crate::model::Model;
 use crate::probe::{ProbeFile, SiteProbe};
 
-/// Something that decides the interventions for a batch of prompts (token ids, one per row).
-pub trait Plan {
-    fn spec_for(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Spec>;
-    /// A short description for reports and capture metadata.
-    fn describe(&self) -> String;
-}
-
-/// A fixed spec is the simplest plan: the same interventions for every prompt.
-impl Plan for Spec {
-    fn spec_for(&self, _: &Model, _: &[Vec<u32>]) -> Result<Spec> {
-        Ok(self.clone())
-    }
-    fn describe(&self) -> String {
-        if self.is_empty() {
-            "none".into()
-        } else {
-            format!("{} interventions", self.interventions.len())
-        }
-    }
-}
+pub use crate::model::Plan;
 
 crate::choice_enum! {
 /// How a direction is applied.

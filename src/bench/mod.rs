@@ -189,7 +189,7 @@ pub fn evaluate_with(
     items: &[Item],
     known: &[Item],
     mut opts: LabelOptions,
-    mut journal: Option<&mut Scoped>,
+    mut journal: Option<&mut Scoped<Run>>,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Eval> {
     opts.cad = s.cad;
@@ -351,7 +351,7 @@ pub fn known_items(
     items: &[Item],
     form: Form,
     batch: usize,
-    journal: Option<&mut Scoped>,
+    journal: Option<&mut Scoped<Run>>,
 ) -> Result<Vec<Item>> {
     let mut opts = LabelOptions::new(form);
     opts.batch_size = batch;
@@ -397,7 +397,7 @@ const KNOWN_TEST: &str = "known test";
 impl Split {
     /// Whether `journal` holds every closed-book run [`Split::new`] makes on `items`, so that
     /// it would run nothing.
-    pub fn is_saved(items: &[Item], journal: &mut Scoped) -> bool {
+    pub fn is_saved(items: &[Item], journal: &mut Scoped<Run>) -> bool {
         let (dev, test) = dev_test(items);
         label::all_saved(&journal.sub(KNOWN_DEV), &dev, false)
             && label::all_saved(&journal.sub(KNOWN_TEST), &test, false)
@@ -410,7 +410,7 @@ impl Split {
         items: &[Item],
         form: Form,
         batch: usize,
-        mut journal: Option<&mut Scoped>,
+        mut journal: Option<&mut Scoped<Run>>,
     ) -> Result<Split> {
         let (dev, test) = dev_test(items);
         if dev.is_empty() || test.is_empty() {
@@ -455,7 +455,7 @@ impl Split {
         test: bool,
         batch: usize,
         res: &Resources,
-        journal: Option<&mut Scoped>,
+        journal: Option<&mut Scoped<Run>>,
         on: &mut OnEvent,
     ) -> Result<Eval> {
         let (items, known) = if test {
@@ -532,7 +532,7 @@ pub fn run_method(
     split: &Split,
     res: &Resources,
     batch: usize,
-    mut journal: Option<&mut Scoped>,
+    mut journal: Option<&mut Scoped<Run>>,
     on: &mut OnEvent,
 ) -> Result<MethodResult> {
     let t0 = std::time::Instant::now();

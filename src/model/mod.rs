@@ -7,6 +7,7 @@ pub mod config;
 pub mod decoder;
 pub mod fetch;
 mod names;
+mod plan;
 mod rope;
 mod spm;
 pub mod tokenizer;
@@ -21,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::hooks::{Captures, Hooks, Site, Spec};
 pub use config::{Family, FAMILIES};
 pub use decoder::{Batch, Config, Decoder, KvCache, LogitsAt, WeightsMode};
+pub use plan::Plan;
 use std::path::{Path, PathBuf};
 pub use tokenizer::{Message, Tokenizer};
 

@@ -16,6 +16,7 @@ use crate::bench::{self, Event, Method, MethodResult, Rate, Resources};
 use crate::data::{self, Form, ImportFormat, Item};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Scoped};
+use crate::label::Run;
 use crate::model::Model;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -485,7 +486,7 @@ pub fn run_one(
 }
 
 /// The journal's place for the runs made under `key` (hashed: keys are long).
-fn scoped<'a>(journal: &'a mut Option<Journal>, key: &str) -> Option<Scoped<'a>> {
+fn scoped<'a>(journal: &'a mut Option<Journal<Run>>, key: &str) -> Option<Scoped<'a, Run>> {
     journal.as_mut().map(|j| Scoped {
         journal: j,
         scope: format!("{:016x}", data::stable_hash(key)),
@@ -499,7 +500,7 @@ fn open_journal(
     name: &str,
     opts: &PublicOptions,
     on: &mut bench::OnEvent,
-) -> Result<Journal> {
+) -> Result<Journal<Run>> {
     let path = dir.join(format!("{name}.runs.jsonl"));
     let j = match opts.saved_only {
         true => Journal::open_read_only(&path)?,

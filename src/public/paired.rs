@@ -42,7 +42,7 @@ fn hit(name: &str, it: &Item, run: &Run) -> bool {
 /// saved: with their contexts, or (`closed`) the known facts' closed-book runs that retention
 /// is measured on. None when the journal lacks any of them.
 pub(super) fn test_outcomes(
-    journal: &mut Option<Journal>,
+    journal: &mut Option<Journal<Run>>,
     key: &str,
     (method, chosen): (Method, &str),
     (test, closed): (&[Item], bool),

@@ -15,8 +15,8 @@
 use crate::data::Form;
 use crate::error::{Error, Result};
 use crate::hooks::{Action, Intervention, LowRank, Positions, Site, Spec};
+use crate::model::Plan;
 use crate::model::{Model, ModelId};
-use crate::steer::Plan;
 
 mod train;
 use candle_core::Device;

@@ -1,0 +1,27 @@
+//! The interventions a job runs: a [`Plan`] turns a batch of prompts into a [`Spec`]. A fixed
+//! spec is the simplest; steering with a gate, learned edits and stacks of plans are others.
+
+use super::Model;
+use crate::error::Result;
+use crate::hooks::Spec;
+
+/// Something that decides the interventions for a batch of prompts (token ids, one per row).
+pub trait Plan {
+    fn spec_for(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Spec>;
+    /// A short description for reports and capture metadata.
+    fn describe(&self) -> String;
+}
+
+/// A fixed spec is the simplest plan: the same interventions for every prompt.
+impl Plan for Spec {
+    fn spec_for(&self, _: &Model, _: &[Vec<u32>]) -> Result<Spec> {
+        Ok(self.clone())
+    }
+    fn describe(&self) -> String {
+        if self.is_empty() {
+            "none".into()
+        } else {
+            format!("{} interventions", self.interventions.len())
+        }
+    }
+}
