@@ -14,9 +14,10 @@
 use crate::bench::{self, Method, Resources};
 use crate::data::{Form, Item};
 use crate::error::Result;
+use crate::label::ItemLabel;
 use crate::model::Model;
 use crate::report::{ProbeSummary, Report};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
@@ -45,7 +46,7 @@ impl ProbeRun<'_> {
     fn capture_and_train(
         &self,
         items: &[Item],
-        labels: Option<&std::collections::HashMap<String, crate::label::ItemLabel>>,
+        labels: Option<&HashMap<String, ItemLabel>>,
         data: &Path,
         target: crate::probe::Target,
         layers: impl Iterator<Item = usize>,
@@ -115,113 +116,29 @@ pub fn run(
     opts: &DemoOptions,
     stage: &mut dyn FnMut(&str),
 ) -> Result<Report> {
-    let mut timings: Vec<(String, f64)> = Vec::new();
-    let mut clock = Instant::now();
-    let mut lap = |name: &str, timings: &mut Vec<(String, f64)>| {
-        timings.push((name.to_string(), clock.elapsed().as_secs_f64()));
-        clock = Instant::now();
-    };
-    let id = model.identity()?;
-
-    stage("building the data");
-    let data_dir = out.join("data");
-    crate::data::write_built(&data_dir)?;
-    let (items, _) = crate::data::read_jsonl(&data_dir.join("counterfactual.jsonl"), false)?;
-    lap("data", &mut timings);
-
-    stage("labelling every item (closed-book and with context)");
-    let mut lopts = crate::label::LabelOptions::new(opts.form);
-    lopts.batch_size = opts.batch_size;
-    let labels =
-        crate::label::label_items(model, &items, &lopts, &crate::Spec::new(), &mut |_| {})?;
-    crate::data::write_jsonl(&out.join("labels.jsonl"), &labels)?;
-    let by_id: std::collections::HashMap<String, crate::label::ItemLabel> =
-        labels.iter().map(|l| (l.id.clone(), l.clone())).collect();
-    lap("label", &mut timings);
-
-    stage(
-        "capturing resid_post at every layer for the train split; training follows_context probes",
-    );
-    let train = |its: &[Item]| -> Vec<Item> {
-        its.iter()
-            .filter(|i| i.split.as_deref() == Some("train"))
-            .cloned()
-            .collect()
-    };
-    let train_items = train(&items);
-    let probe_run = ProbeRun {
+    let mut d = Demo {
         model,
-        id: &id,
-        form: opts.form,
-        batch_size: opts.batch_size,
-        command: &opts.command,
+        out,
+        opts,
+        stage,
+        timings: Vec::new(),
+        clock: Instant::now(),
     };
-    let pf = probe_run.capture_and_train(
-        &train_items,
-        Some(&by_id),
-        &data_dir.join("counterfactual.jsonl"),
-        crate::probe::Target::FollowsContext,
-        0..model.cfg().n_layers,
-        &out.join("acts"),
-    )?;
-    lap("capture and probes", &mut timings);
-    pf.write(&out.join("probes.json"))?;
-    crate::probe::plot(&pf, &out.join("probe_layers.svg"))?;
-    let mut gate = None;
-    if opts.methods.contains(&Method::HeadsGated) {
-        stage("capturing train's three variants and neutral text; training the conflict gate");
-        let variants_path = data_dir.join("variants.jsonl");
-        let (variants, _) = crate::data::read_jsonl(&variants_path, false)?;
-        let g = probe_run.capture_and_train(
-            &train(&variants),
-            None,
-            &variants_path,
-            crate::probe::Target::Conflict,
-            // Every third layer: enough to find where the conflict is readable, at a third
-            // of the cost.
-            (1..model.cfg().n_layers).step_by(3),
-            &out.join("acts_variants"),
-        )?;
-        g.write(&out.join("conflict_probes.json"))?;
-        gate = Some(g);
-        lap("conflict probes (gate)", &mut timings);
-    }
-
-    let dev: Vec<Item> = items
-        .iter()
-        .filter(|i| i.split.as_deref() == Some("dev"))
-        .take(opts.patch_items)
-        .cloned()
-        .collect();
-    let (mut heads, mut context_heads) = (vec![], vec![]);
-    let mut patching = None;
-    if opts
-        .methods
-        .iter()
-        .any(|m| matches!(m, Method::Heads | Method::HeadsGated))
-    {
-        stage("ranking attention heads by ablation on dev (which heads push the prior?)");
-        let r = crate::patch::head_ablation(model, &dev, opts.form, 54, &mut |_| {})?;
-        crate::patch::heatmap(&r, &out.join("patching_heads.svg"))?;
-        crate::data::write_atomic(
-            &out.join("patching_heads.json"),
-            &serde_json::to_vec_pretty(&r).map_err(|e| crate::Error::Invalid(e.to_string()))?,
-        )?;
-        heads = bench::heads_from_patch(&r);
-        context_heads = bench::context_heads_from_patch(&r);
-        patching = Some(crate::patch::top(&r, 10).into_iter().cloned().collect());
-        lap("patching", &mut timings);
-    }
-
-    stage("sweeping every method on dev and measuring it on test");
+    let items = d.data()?;
+    let labels = d.label(&items)?;
+    let pf = d.follows_context_probes(&items, &labels)?;
+    let gate = d.conflict_gate()?;
+    let heads = d.rank_heads(&items)?;
+    d.step("sweeping every method on dev and measuring it on test");
     let res = Resources {
         probes: Some(pf.clone()),
-        heads,
-        context_heads,
+        heads: heads.prior,
+        context_heads: heads.context,
         gate,
         max_new: None,
         reft: vec![],
     };
+    let stage = &mut *d.stage;
     let methods = bench::run(
         model,
         &items,
@@ -236,93 +153,250 @@ pub fn run(
         },
     )?;
     crate::report::sweep_chart(&methods, &out.join("sweep.svg"))?;
-    lap("bench", &mut timings);
-
-    stage("measuring activation density by familiarity condition (every other test item)");
-    // Every other item keeps every relation and halves the time; `ctxsteer density` runs all.
-    let test: Vec<Item> = items
-        .iter()
-        .filter(|i| i.split.as_deref() == Some("test"))
-        .step_by(2)
-        .cloned()
-        .collect();
-    let known: BTreeMap<String, bool> = labels.iter().map(|l| (l.id.clone(), l.known)).collect();
-    let probes = crate::density::conditions(model, &test, Some(&known))?;
-    let dsites = crate::Site::parse_pattern("blocks.*.mlp.hook_post", model.cfg().n_layers)?;
-    let measured = crate::density::measure(
-        model,
-        &probes,
-        &dsites,
-        crate::density::DEFAULT_TAU,
-        opts.batch_size,
-        &mut |_| {},
-    )?;
-    let summary = crate::density::summarize(&measured);
-    crate::density::plot(&summary, "active", &out.join("density_active.svg"))?;
-    let density = summary
-        .iter()
-        .map(|(c, sides)| {
-            let per = sides
-                .iter()
-                .map(|(side, m)| {
-                    (
-                        side.clone(),
-                        m.iter()
-                            .map(|(k, b)| {
-                                (
-                                    k.clone(),
-                                    b.mean.iter().sum::<f64>() / b.mean.len().max(1) as f64,
-                                )
-                            })
-                            .collect(),
-                    )
-                })
-                .collect();
-            (c.clone(), per)
-        })
-        .collect();
-    lap("density", &mut timings);
-
-    let mut charts = BTreeMap::new();
-    charts.insert(
-        "dev sweeps: adherence and retention by strength".to_string(),
-        "sweep.svg".to_string(),
-    );
-    charts.insert(
-        "probe AUROC by layer".to_string(),
-        "probe_layers.svg".to_string(),
-    );
-    if patching.is_some() {
-        charts.insert(
-            "head ablation: change in logit(context) - logit(prior) (layer x head)".to_string(),
-            "patching_heads.svg".to_string(),
-        );
-    }
-    charts.insert(
-        "activation density (fraction of active MLP units)".to_string(),
-        "density_active.svg".to_string(),
-    );
-    let report = Report {
-        title: "ctxsteer knowledge-conflict benchmark".into(),
-        model: id,
-        data: "built-in counterfactual data (test split; strengths chosen on dev)".into(),
-        form: opts.form,
-        command: opts.command.clone(),
-        methods,
-        probe: Some(ProbeSummary {
-            file: "probes.json".into(),
-            best: pf.best.clone(),
-            sites: pf
-                .sites
-                .iter()
-                .map(|s| (s.site.clone(), s.metrics.auroc, s.metrics.control_auroc))
-                .collect(),
-        }),
-        patching,
-        density: Some(density),
-        timings,
-        charts,
-    };
+    d.lap("bench");
+    let density = d.density(&items, &labels)?;
+    let report = d.report(methods, &pf, heads.top, density)?;
     crate::report::write(&report, out)?;
     Ok(report)
+}
+
+/// The demo's state between stages: where it writes, and how long each stage took.
+struct Demo<'a> {
+    model: &'a Model,
+    out: &'a Path,
+    opts: &'a DemoOptions,
+    stage: &'a mut dyn FnMut(&str),
+    timings: Vec<(String, f64)>,
+    clock: Instant,
+}
+
+/// Heads ranked by ablation: those that push the prior, those that carry the context, and
+/// the strongest cells for the report.
+#[derive(Default)]
+struct RankedHeads {
+    prior: Vec<(usize, usize)>,
+    context: Vec<(usize, usize)>,
+    top: Option<Vec<crate::patch::Cell>>,
+}
+
+impl Demo<'_> {
+    fn step(&mut self, msg: &str) {
+        (self.stage)(msg);
+    }
+
+    /// Record the time since the last lap under `name`.
+    fn lap(&mut self, name: &str) {
+        self.timings
+            .push((name.to_string(), self.clock.elapsed().as_secs_f64()));
+        self.clock = Instant::now();
+    }
+
+    fn probe_run<'b>(&'b self, id: &'b crate::model::ModelId) -> ProbeRun<'b> {
+        ProbeRun {
+            model: self.model,
+            id,
+            form: self.opts.form,
+            batch_size: self.opts.batch_size,
+            command: &self.opts.command,
+        }
+    }
+
+    fn data(&mut self) -> Result<Vec<Item>> {
+        self.step("building the data");
+        let data_dir = self.out.join("data");
+        crate::data::write_built(&data_dir)?;
+        let (items, _) = crate::data::read_jsonl(&data_dir.join("counterfactual.jsonl"), false)?;
+        self.lap("data");
+        Ok(items)
+    }
+
+    fn label(&mut self, items: &[Item]) -> Result<Vec<ItemLabel>> {
+        self.step("labelling every item (closed-book and with context)");
+        let mut lopts = crate::label::LabelOptions::new(self.opts.form);
+        lopts.batch_size = self.opts.batch_size;
+        let labels =
+            crate::label::label_items(self.model, items, &lopts, &crate::Spec::new(), &mut |_| {})?;
+        crate::data::write_jsonl(&self.out.join("labels.jsonl"), &labels)?;
+        self.lap("label");
+        Ok(labels)
+    }
+
+    fn follows_context_probes(
+        &mut self,
+        items: &[Item],
+        labels: &[ItemLabel],
+    ) -> Result<crate::probe::ProbeFile> {
+        self.step(
+            "capturing resid_post at every layer for the train split; training follows_context probes",
+        );
+        let by_id: HashMap<String, ItemLabel> =
+            labels.iter().map(|l| (l.id.clone(), l.clone())).collect();
+        let id = self.model.identity()?;
+        let pf = self.probe_run(&id).capture_and_train(
+            &of_split(items, "train"),
+            Some(&by_id),
+            &self.out.join("data/counterfactual.jsonl"),
+            crate::probe::Target::FollowsContext,
+            0..self.model.cfg().n_layers,
+            &self.out.join("acts"),
+        )?;
+        self.lap("capture and probes");
+        pf.write(&self.out.join("probes.json"))?;
+        crate::probe::plot(&pf, &self.out.join("probe_layers.svg"))?;
+        Ok(pf)
+    }
+
+    /// The conflict gate of heads-gated, when that method runs.
+    fn conflict_gate(&mut self) -> Result<Option<crate::probe::ProbeFile>> {
+        if !self.opts.methods.contains(&Method::HeadsGated) {
+            return Ok(None);
+        }
+        self.step("capturing train's three variants and neutral text; training the conflict gate");
+        let variants_path = self.out.join("data/variants.jsonl");
+        let (variants, _) = crate::data::read_jsonl(&variants_path, false)?;
+        let id = self.model.identity()?;
+        let g = self.probe_run(&id).capture_and_train(
+            &of_split(&variants, "train"),
+            None,
+            &variants_path,
+            crate::probe::Target::Conflict,
+            // Every third layer: enough to find where the conflict is readable, at a third
+            // of the cost.
+            (1..self.model.cfg().n_layers).step_by(3),
+            &self.out.join("acts_variants"),
+        )?;
+        g.write(&self.out.join("conflict_probes.json"))?;
+        self.lap("conflict probes (gate)");
+        Ok(Some(g))
+    }
+
+    /// Heads ranked by ablation on dev, when a heads method runs.
+    fn rank_heads(&mut self, items: &[Item]) -> Result<RankedHeads> {
+        let wanted = self
+            .opts
+            .methods
+            .iter()
+            .any(|m| matches!(m, Method::Heads | Method::HeadsGated));
+        if !wanted {
+            return Ok(RankedHeads::default());
+        }
+        self.step("ranking attention heads by ablation on dev (which heads push the prior?)");
+        let dev: Vec<Item> = of_split(items, "dev")
+            .into_iter()
+            .take(self.opts.patch_items)
+            .collect();
+        let r = crate::patch::head_ablation(self.model, &dev, self.opts.form, 54, &mut |_| {})?;
+        crate::patch::heatmap(&r, &self.out.join("patching_heads.svg"))?;
+        crate::data::write_atomic(
+            &self.out.join("patching_heads.json"),
+            &serde_json::to_vec_pretty(&r).map_err(|e| crate::Error::Invalid(e.to_string()))?,
+        )?;
+        self.lap("patching");
+        Ok(RankedHeads {
+            prior: bench::heads_from_patch(&r),
+            context: bench::context_heads_from_patch(&r),
+            top: Some(crate::patch::top(&r, 10).into_iter().cloned().collect()),
+        })
+    }
+
+    /// Activation density by familiarity condition, mean over layers per side and metric.
+    fn density(&mut self, items: &[Item], labels: &[ItemLabel]) -> Result<DensityTable> {
+        self.step("measuring activation density by familiarity condition (every other test item)");
+        // Every other item keeps every relation and halves the time; `ctxsteer density` runs all.
+        let test: Vec<Item> = of_split(items, "test").into_iter().step_by(2).collect();
+        let known: BTreeMap<String, bool> =
+            labels.iter().map(|l| (l.id.clone(), l.known)).collect();
+        let model = self.model;
+        let probes = crate::density::conditions(model, &test, Some(&known))?;
+        let dsites = crate::Site::parse_pattern("blocks.*.mlp.hook_post", model.cfg().n_layers)?;
+        let tau = crate::density::DEFAULT_TAU;
+        let measured = crate::density::measure(
+            model,
+            &probes,
+            &dsites,
+            tau,
+            self.opts.batch_size,
+            &mut |_| {},
+        )?;
+        let summary = crate::density::summarize(&measured);
+        crate::density::plot(&summary, "active", &self.out.join("density_active.svg"))?;
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let table = summary
+            .iter()
+            .map(|(c, sides)| {
+                let per = sides
+                    .iter()
+                    .map(|(side, m)| {
+                        (
+                            side.clone(),
+                            m.iter().map(|(k, b)| (k.clone(), mean(&b.mean))).collect(),
+                        )
+                    })
+                    .collect();
+                (c.clone(), per)
+            })
+            .collect();
+        self.lap("density");
+        Ok(table)
+    }
+
+    fn report(
+        &mut self,
+        methods: Vec<bench::MethodResult>,
+        pf: &crate::probe::ProbeFile,
+        patching: Option<Vec<crate::patch::Cell>>,
+        density: DensityTable,
+    ) -> Result<Report> {
+        let mut charts = BTreeMap::new();
+        let mut chart =
+            |title: &str, file: &str| charts.insert(title.to_string(), file.to_string());
+        chart(
+            "dev sweeps: adherence and retention by strength",
+            "sweep.svg",
+        );
+        chart("probe AUROC by layer", "probe_layers.svg");
+        if patching.is_some() {
+            chart(
+                "head ablation: change in logit(context) - logit(prior) (layer x head)",
+                "patching_heads.svg",
+            );
+        }
+        chart(
+            "activation density (fraction of active MLP units)",
+            "density_active.svg",
+        );
+        Ok(Report {
+            title: "ctxsteer knowledge-conflict benchmark".into(),
+            model: self.model.identity()?,
+            data: "built-in counterfactual data (test split; strengths chosen on dev)".into(),
+            form: self.opts.form,
+            command: self.opts.command.clone(),
+            methods,
+            probe: Some(ProbeSummary {
+                file: "probes.json".into(),
+                best: pf.best.clone(),
+                sites: pf
+                    .sites
+                    .iter()
+                    .map(|s| (s.site.clone(), s.metrics.auroc, s.metrics.control_auroc))
+                    .collect(),
+            }),
+            patching,
+            density: Some(density),
+            timings: std::mem::take(&mut self.timings),
+            charts,
+        })
+    }
+}
+
+/// Condition → side → metric → mean over layers.
+type DensityTable = BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>;
+
+/// The items of one split.
+fn of_split(items: &[Item], split: &str) -> Vec<Item> {
+    items
+        .iter()
+        .filter(|i| i.split.as_deref() == Some(split))
+        .cloned()
+        .collect()
 }
