@@ -615,9 +615,10 @@ fn data_label_capture_and_bench_commands_through_the_binary() {
     ])
     .assert()
     .failure()
-    .stderr(predicate::str::contains(
-        "unknown benchmark `squad`; valid: memotrap, nqswap, world_capital",
-    ));
+    .stderr(
+        predicate::str::contains("invalid value 'squad' for '--benchmarks")
+            .and(predicate::str::contains("memotrap, nqswap, world_capital")),
+    );
     bin()
         .args(["probe", "show", "/nonexistent/p.json"])
         .assert()

@@ -225,9 +225,10 @@ pub struct PublicArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "memotrap,nqswap,world_capital"
+        default_value = "memotrap,nqswap,world_capital",
+        value_parser = choice::<ctxsteer::public::Benchmark>()
     )]
-    pub benchmarks: Vec<String>,
+    pub benchmarks: Vec<ctxsteer::public::Benchmark>,
     /// At most N items per benchmark (a seeded sample that keeps a subject's items together).
     #[arg(long, value_parser = at_least_one)]
     pub limit: Option<usize>,

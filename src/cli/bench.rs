@@ -307,16 +307,6 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
             a.dir.display()
         );
     }
-    if let Some(b) = a
-        .benchmarks
-        .iter()
-        .find(|b| !ctxsteer::public::BENCHMARKS.contains(&b.as_str()))
-    {
-        bail!(
-            "--benchmarks: unknown benchmark `{b}`; valid: {}",
-            ctxsteer::public::BENCHMARKS.join(", ")
-        );
-    }
     // A --saved-only report may run beside a run that is still appending; two runs may not.
     let _lock = match a.saved_only {
         true => None,
@@ -347,7 +337,7 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
         report.sections.push(ctxsteer::public::run_one(
             &model,
             &a.dir,
-            b,
+            *b,
             &methods,
             &res,
             &opts,

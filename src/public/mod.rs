@@ -13,6 +13,7 @@
 //! The published figures we could verify sit beside ours.
 
 use crate::bench::{self, Event, Method, MethodResult, Rate, Resources};
+use crate::choice::Choice;
 use crate::data::{self, Form, ImportFormat, Item};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Scoped};
@@ -85,7 +86,7 @@ struct Part {
 fn part_key(
     model: &Model,
     sha256: &str,
-    name: &str,
+    b: Benchmark,
     m: Method,
     res: &Resources,
     opts: &PublicOptions,
@@ -97,7 +98,7 @@ fn part_key(
         .collect();
     Ok(format!(
         "{}|dev={}|test={}|max_new={:?}|{}|heads={:?}|ctx_heads={:?}|gate={:?}",
-        run_key(name, sha256, opts),
+        run_key(b.name(), sha256, opts),
         split.dev.len(),
         split.test.len(),
         res.max_new,
@@ -105,7 +106,7 @@ fn part_key(
         res.heads,
         res.context_heads,
         res.gate.as_ref().map(|g| g.best.clone()),
-    ) + &shots_key(name, opts))
+    ) + &shots_key(b, opts))
 }
 
 /// What every key of one benchmark run starts with: the model and the sampling and split
@@ -119,16 +120,16 @@ fn run_key(name: &str, sha256: &str, opts: &PublicOptions) -> String {
 
 /// The part of a key that says how many demonstrations the prompts carry; empty for zero-shot,
 /// so zero-shot keys are what they were before shots existed.
-fn shots_key(name: &str, opts: &PublicOptions) -> String {
-    match shots_for(name, opts) {
+fn shots_key(b: Benchmark, opts: &PublicOptions) -> String {
+    match shots_for(b, opts) {
         0 => String::new(),
         k => format!("|shots={k}"),
     }
 }
 
 /// The demonstrations a benchmark gets: `--shots` applies to NQ-Swap alone.
-fn shots_for(name: &str, opts: &PublicOptions) -> usize {
-    if name == "nqswap" {
+fn shots_for(b: Benchmark, opts: &PublicOptions) -> usize {
+    if b == Benchmark::Nqswap {
         opts.shots
     } else {
         0
@@ -220,12 +221,33 @@ fn split(items: &mut [Item], seed: u64, dev_share: f64) {
     }
 }
 
+crate::choice_enum! {
 /// The benchmarks `bench public` knows, by the folder names of ../shared/benchmarks.
-pub const BENCHMARKS: [&str; 3] = ["memotrap", "nqswap", "world_capital"];
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Benchmark {
+    /// MemoTrap (CAD's release): proverbs whose usual ending the instruction forbids.
+    Memotrap = "memotrap",
+    /// NQ-Swap: Natural Questions with the answer swapped in the passage.
+    Nqswap = "nqswap",
+    /// JUICE's world capitals: substitution and coherent conflicts.
+    WorldCapital = "world_capital",
+}
+}
 
-fn load(dir: &Path, name: &str) -> Result<Vec<Item>> {
-    match name {
-        "memotrap" => {
+impl Benchmark {
+    /// Greedy tokens per answer: NQ-Swap's answers run longer.
+    fn max_new(self) -> usize {
+        match self {
+            Benchmark::Nqswap => 12,
+            _ => 8,
+        }
+    }
+}
+
+fn load(dir: &Path, b: Benchmark) -> Result<Vec<Item>> {
+    match b {
+        Benchmark::Memotrap => {
             let d = dir.join("memotrap");
             let mut files: Vec<_> = std::fs::read_dir(&d)
                 .map_err(|e| Error::file(&d, e))?
@@ -239,19 +261,16 @@ fn load(dir: &Path, name: &str) -> Result<Vec<Item>> {
             }
             Ok(v)
         }
-        "nqswap" => data::import(ImportFormat::Nqswap, &dir.join("nqswap/nqswap.jsonl")),
-        "world_capital" => data::import(
+        Benchmark::Nqswap => data::import(ImportFormat::Nqswap, &dir.join("nqswap/nqswap.jsonl")),
+        Benchmark::WorldCapital => data::import(
             ImportFormat::WorldCapital,
             &dir.join("world_capital/world_capital.json"),
         ),
-        other => Err(Error::Invalid(format!(
-            "unknown benchmark `{other}`; valid: memotrap, nqswap, world_capital"
-        ))),
     }
 }
 
 /// The benchmark's own metrics from a test evaluation.
-fn own_metrics(name: &str, e: &bench::Eval) -> Vec<(String, Rate)> {
+fn own_metrics(b: Benchmark, e: &bench::Eval) -> Vec<(String, Rate)> {
     let rel = |r: &str, f: &dyn Fn(&bench::RelationEval) -> f64| -> Rate {
         e.per_relation
             .get(r)
@@ -263,8 +282,8 @@ fn own_metrics(name: &str, e: &bench::Eval) -> Vec<(String, Rate)> {
             })
             .unwrap_or_default()
     };
-    match name {
-        "memotrap" => {
+    match b {
+        Benchmark::Memotrap => {
             let mut v = vec![(
                 "accuracy (answer class more probable)".to_string(),
                 e.tf_adherence.clone(),
@@ -274,7 +293,7 @@ fn own_metrics(name: &str, e: &bench::Eval) -> Vec<(String, Rate)> {
             }
             v
         }
-        "nqswap" => {
+        Benchmark::Nqswap => {
             let (c, m) = (e.em_context.value, e.em_memory.value);
             vec![
                 ("EM_C".into(), e.em_context.clone()),
@@ -290,7 +309,7 @@ fn own_metrics(name: &str, e: &bench::Eval) -> Vec<(String, Rate)> {
                 ),
             ]
         }
-        _ => vec![
+        Benchmark::WorldCapital => vec![
             (
                 "in-context city wins, substitution (teacher-forced)".into(),
                 rel("world_capital_substitution", &|x| x.tf_adherence),
@@ -315,17 +334,18 @@ fn own_metrics(name: &str, e: &bench::Eval) -> Vec<(String, Rate)> {
 pub fn run_one(
     model: &Model,
     dir: &Path,
-    name: &str,
+    b: Benchmark,
     methods: &[Method],
     res: &Resources,
     opts: &PublicOptions,
     on: &mut bench::OnEvent,
 ) -> Result<Section> {
     let t0 = std::time::Instant::now();
-    let mut items = sample(load(dir, name)?, opts.limit, opts.seed);
+    let name = b.name();
+    let mut items = sample(load(dir, b)?, opts.limit, opts.seed);
     split(&mut items, opts.seed, opts.dev_share);
     let (mut dev, mut test) = bench::dev_test(&items);
-    add_shots(&mut dev, &mut test, shots_for(name, opts))?;
+    add_shots(&mut dev, &mut test, shots_for(b, opts))?;
     let dev = sample(dev, opts.dev_limit, opts.seed);
     on(Event::Line(&format!(
         "{name}: {} items ({} dev used for choosing strengths, {} test)",
@@ -334,63 +354,100 @@ pub fn run_one(
         test.len()
     )));
     let res = Resources {
-        max_new: Some(if name == "nqswap" { 12 } else { 8 }),
+        max_new: Some(b.max_new()),
         ..res.clone()
     };
     let used: Vec<Item> = dev.into_iter().chain(test).collect();
-    // The model's checksum reads the whole file: once per benchmark, not once per method.
-    let sha256 = model.identity()?.sha256;
-    let mut journal = match &opts.parts {
-        Some(d) => Some(open_journal(d, name, opts, on)?),
-        None => None,
+    let mut run = BenchRun {
+        model,
+        b,
+        res: &res,
+        opts,
+        // The model's checksum reads the whole file: once per benchmark, not once per method.
+        sha256: model.identity()?.sha256,
+        journal: match &opts.parts {
+            Some(d) => Some(open_journal(d, name, opts, on)?),
+            None => None,
+        },
     };
     let split_scope = format!(
         "{}|split{}",
-        run_key(name, &sha256, opts),
-        shots_key(name, opts)
+        run_key(name, &run.sha256, opts),
+        shots_key(b, opts)
     );
-    if opts.saved_only {
-        let saved = scoped(&mut journal, &split_scope)
-            .is_some_and(|mut j| bench::Split::is_saved(&used, &mut j));
-        if !saved {
-            // Every method's runs come after the split's, so nothing of this benchmark is saved.
-            on(Event::Line(&format!(
-                "{name}: its closed-book split pass is not in the journal; all methods left pending"
-            )));
-            let (dev, test) = bench::dev_test(&used);
-            return Ok(Section {
-                name: name.to_string(),
-                n_items: items.len(),
-                n_dev: dev.len(),
-                n_test: test.len(),
-                seconds: 0.0,
-                split_seconds: 0.0,
-                methods: vec![],
-                pending: methods.to_vec(),
-                own: vec![],
-                published: vec![],
-                note: "Nothing of this benchmark is saved yet.".into(),
-            });
-        }
+    if opts.saved_only
+        && !scoped(&mut run.journal, &split_scope)
+            .is_some_and(|mut j| bench::Split::is_saved(&used, &mut j))
+    {
+        // Every method's runs come after the split's, so nothing of this benchmark is saved.
+        on(Event::Line(&format!(
+            "{name}: its closed-book split pass is not in the journal; all methods left pending"
+        )));
+        return Ok(nothing_saved(b, items.len(), &used, methods));
     }
     let split = bench::Split::new(
         model,
         &used,
         Form::Completion,
         opts.batch_size,
-        scoped(&mut journal, &split_scope).as_mut(),
+        scoped(&mut run.journal, &split_scope).as_mut(),
     )?;
     on(Event::Line(&format!("{name}: {}", split.counts())));
     let split_seconds = t0.elapsed().as_secs_f64();
     let mut seconds = split_seconds;
-    let mut results = Vec::new();
-    // Each method's headline outcome per test item, for the paired differences from none.
-    let mut outcomes: Vec<[Option<Vec<Outcome>>; 2]> = Vec::new();
-    let mut pending = Vec::new();
+    let (mut results, mut outcomes, mut pending) = (Vec::new(), Vec::new(), Vec::new());
     for m in methods {
-        let key = part_key(model, &sha256, name, *m, &res, opts, &split)?;
+        let Some((r, o)) = run.method(*m, &split, on)? else {
+            pending.push(*m);
+            continue;
+        };
+        seconds += r.seconds;
+        outcomes.push(o);
+        results.push(r);
+    }
+    let own = own_table(b, &results, &outcomes);
+    let (published, note) = published(b, opts);
+    Ok(Section {
+        name: name.to_string(),
+        n_items: items.len(),
+        n_dev: split.dev.len(),
+        n_test: split.test.len(),
+        seconds,
+        split_seconds,
+        methods: results,
+        pending,
+        own,
+        published,
+        note,
+    })
+}
+
+/// What one benchmark's methods share while they run.
+struct BenchRun<'a> {
+    model: &'a Model,
+    b: Benchmark,
+    res: &'a Resources,
+    opts: &'a PublicOptions,
+    sha256: String,
+    journal: Option<Journal<Run>>,
+}
+
+/// A method's headline outcomes per test item: with context, and closed-book on known facts.
+type Outcomes = [Option<Vec<Outcome>>; 2];
+
+impl BenchRun<'_> {
+    /// Run method `m` (or reuse its saved part); None when it is left pending (`saved_only`
+    /// without a saved part).
+    fn method(
+        &mut self,
+        m: Method,
+        split: &bench::Split,
+        on: &mut bench::OnEvent,
+    ) -> Result<Option<(MethodResult, Outcomes)>> {
+        let (name, opts) = (self.b.name(), self.opts);
+        let key = part_key(self.model, &self.sha256, self.b, m, self.res, opts, split)?;
         let saved = match (&opts.parts, opts.resume) {
-            (Some(d), true) => saved_part(d, name, *m, &key),
+            (Some(d), true) => saved_part(d, name, m, &key),
             _ => None,
         };
         let r = match saved {
@@ -406,43 +463,74 @@ pub fn run_one(
                     "{name} {}: no saved part, left pending",
                     m.name()
                 )));
-                pending.push(*m);
-                continue;
+                return Ok(None);
             }
             None => {
-                let hits = journal.as_ref().map_or(0, Journal::hits);
-                let mut j = scoped(&mut journal, &key);
-                let mut r =
-                    bench::run_method(model, *m, &split, &res, opts.batch_size, j.as_mut(), on)?;
-                r.reused_runs = journal.as_ref().map_or(0, Journal::hits) - hits;
+                let hits = self.journal.as_ref().map_or(0, Journal::hits);
+                let mut j = scoped(&mut self.journal, &key);
+                let mut r = bench::run_method(
+                    self.model,
+                    m,
+                    split,
+                    self.res,
+                    opts.batch_size,
+                    j.as_mut(),
+                    on,
+                )?;
+                r.reused_runs = self.journal.as_ref().map_or(0, Journal::hits) - hits;
                 if let Some(d) = &opts.parts {
-                    save_part(d, name, *m, key.clone(), &r)?;
+                    save_part(d, name, m, key.clone(), &r)?;
                 }
                 r
             }
         };
-        seconds += r.seconds;
         let mut read = |items, closed| {
             test_outcomes(
-                &mut journal,
+                &mut self.journal,
                 &key,
                 (r.method, &r.chosen),
                 (items, closed),
-                name,
+                self.b,
             )
         };
-        outcomes.push([read(&split.test, false), read(&split.test_known, true)]);
-        results.push(r);
+        let o = [read(&split.test, false), read(&split.test_known, true)];
+        Ok(Some((r, o)))
     }
+}
+
+/// A section whose methods are all pending: nothing of the benchmark is saved.
+fn nothing_saved(b: Benchmark, n_items: usize, used: &[Item], methods: &[Method]) -> Section {
+    let (dev, test) = bench::dev_test(used);
+    Section {
+        name: b.name().to_string(),
+        n_items,
+        n_dev: dev.len(),
+        n_test: test.len(),
+        seconds: 0.0,
+        split_seconds: 0.0,
+        methods: vec![],
+        pending: methods.to_vec(),
+        own: vec![],
+        published: vec![],
+        note: "Nothing of this benchmark is saved yet.".into(),
+    }
+}
+
+/// Each method's own metrics, and its paired differences from `none`.
+fn own_table(
+    b: Benchmark,
+    results: &[MethodResult],
+    outcomes: &[Outcomes],
+) -> Vec<(Method, Vec<(String, Rate)>)> {
     let base = results.iter().position(|r| r.method == Method::None);
     let base = |k: usize| base.and_then(|i| outcomes[i][k].as_deref());
-    let own = results
+    results
         .iter()
-        .zip(&outcomes)
+        .zip(outcomes)
         .map(|(m, o)| {
-            let mut v = own_metrics(name, &m.test);
+            let mut v = own_metrics(b, &m.test);
             v.push((
-                format!("Δ {} vs none, paired (points)", headline(name)),
+                format!("Δ {} vs none, paired (points)", headline(b)),
                 paired_delta(base(0), o[0].as_deref()),
             ));
             v.push((
@@ -455,34 +543,25 @@ pub fn run_one(
             ));
             (m.method, v)
         })
-        .collect();
-    let (published, note) = match name {
-        "nqswap" => (
+        .collect()
+}
+
+/// The published figures quoted beside ours, and a note on how they compare.
+fn published(b: Benchmark, opts: &PublicOptions) -> (Vec<Published>, String) {
+    match b {
+        Benchmark::Nqswap => (
             nqswap_published(),
-            format!("Published: SpARE's NQSwap table and CAD's table (larger models, their own prompting). Ours: `context: ...\\nquestion: ...\\nanswer:`, {}, greedy, at most 12 tokens, the answer cut at the first line break.", match shots_for(name, opts) {
+            format!("Published: SpARE's NQSwap table and CAD's table (larger models, their own prompting). Ours: `context: ...\\nquestion: ...\\nanswer:`, {}, greedy, at most 12 tokens, the answer cut at the first line break.", match shots_for(b, opts) {
                 0 => "zero-shot".to_string(),
                 k => format!("{k}-shot (the {k} dev items with the shortest prompts, written out with their context answers before every query and left out of dev)"),
             }),
         ),
-        "memotrap" => (
+        Benchmark::Memotrap => (
             memotrap_published(),
             "Published: CAD's table (larger models; greedy exact match of the ending, where ours compares the two classes teacher-forced, so the two are not comparable one to one).".to_string(),
         ),
-        _ => (vec![], "No published figure is quoted for the world-capital split.".to_string()),
-    };
-    Ok(Section {
-        name: name.to_string(),
-        n_items: items.len(),
-        n_dev: split.dev.len(),
-        n_test: split.test.len(),
-        seconds,
-        split_seconds,
-        methods: results,
-        pending,
-        own,
-        published,
-        note,
-    })
+        Benchmark::WorldCapital => (vec![], "No published figure is quoted for the world-capital split.".to_string()),
+    }
 }
 
 /// The journal's place for the runs made under `key` (hashed: keys are long).

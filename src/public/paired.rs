@@ -5,7 +5,7 @@
 //! prompts a method changed at all: a gated method leaves the prompts its gate skips
 //! bit-identical to `none`, so the share of changed runs is its gate's firing rate.
 
-use super::scoped;
+use super::{scoped, Benchmark};
 use crate::bench::{self, Method, Rate};
 use crate::data::Item;
 use crate::journal::Journal;
@@ -13,11 +13,11 @@ use crate::label::{self, Answer, Run};
 
 /// The per-item outcome the paired comparison is made on: EM_C for NQ-Swap, the
 /// in-context city named for world capitals, the answer class more probable for MemoTrap.
-pub(super) fn headline(name: &str) -> &'static str {
-    match name {
-        "nqswap" => "EM_C",
-        "memotrap" => "accuracy",
-        _ => "in-context city named",
+pub(super) fn headline(b: Benchmark) -> &'static str {
+    match b {
+        Benchmark::Nqswap => "EM_C",
+        Benchmark::Memotrap => "accuracy",
+        Benchmark::WorldCapital => "in-context city named",
     }
 }
 
@@ -30,11 +30,13 @@ pub(super) struct Outcome {
     pub logp: (f32, f32),
 }
 
-fn hit(name: &str, it: &Item, run: &Run) -> bool {
-    match name {
-        "nqswap" => bench::exact_match(label::answer_span(&run.greedy), &it.context_names()),
-        "memotrap" => run.tf_winner == Answer::Context,
-        _ => run.greedy_answer == Answer::Context,
+fn hit(b: Benchmark, it: &Item, run: &Run) -> bool {
+    match b {
+        Benchmark::Nqswap => {
+            bench::exact_match(label::answer_span(&run.greedy), &it.context_names())
+        }
+        Benchmark::Memotrap => run.tf_winner == Answer::Context,
+        Benchmark::WorldCapital => run.greedy_answer == Answer::Context,
     }
 }
 
@@ -46,7 +48,7 @@ pub(super) fn test_outcomes(
     key: &str,
     (method, chosen): (Method, &str),
     (test, closed): (&[Item], bool),
-    name: &str,
+    b: Benchmark,
 ) -> Option<Vec<Outcome>> {
     let mut part = scoped(journal, key)?;
     let mut eval = part.sub(&bench::eval_scope(true, method, chosen));
@@ -58,7 +60,7 @@ pub(super) fn test_outcomes(
                 .journal
                 .get(&label::saved_key(&items, it, !closed, i))?;
             Some(Outcome {
-                hit: hit(name, it, run),
+                hit: hit(b, it, run),
                 logp: (run.logp_prior, run.logp_context),
             })
         })
@@ -142,8 +144,22 @@ mod tests {
         // Closed-book on the first two items, where the gated method changes one run.
         save_runs("k-none", none, true, &["old1", "old2"]);
         save_runs("k-gated", gated, true, &["old1", "old22"]);
-        let b = test_outcomes(&mut journal, "k-none", none, (&test, false), "nqswap").unwrap();
-        let c = test_outcomes(&mut journal, "k-cad", cad, (&test, false), "nqswap").unwrap();
+        let b = test_outcomes(
+            &mut journal,
+            "k-none",
+            none,
+            (&test, false),
+            Benchmark::Nqswap,
+        )
+        .unwrap();
+        let c = test_outcomes(
+            &mut journal,
+            "k-cad",
+            cad,
+            (&test, false),
+            Benchmark::Nqswap,
+        )
+        .unwrap();
         let hits = |o: &[Outcome]| o.iter().map(|o| o.hit).collect::<Vec<_>>();
         assert_eq!(hits(&b), [true, false, false, false]);
         assert_eq!(hits(&c), [true, true, true, false]);
@@ -153,22 +169,66 @@ mod tests {
         assert_eq!(changed_share(Some(&b), Some(&c)).value, 1.0);
         assert_eq!(changed_share(Some(&b), Some(&b)).value, 0.0);
         // The gated method changed one run of four, and none of its EM_C.
-        let g = test_outcomes(&mut journal, "k-gated", gated, (&test, false), "nqswap").unwrap();
+        let g = test_outcomes(
+            &mut journal,
+            "k-gated",
+            gated,
+            (&test, false),
+            Benchmark::Nqswap,
+        )
+        .unwrap();
         assert_eq!(paired_delta(Some(&b), Some(&g)).value, 0.0);
         let s = changed_share(Some(&b), Some(&g));
         assert_eq!((s.value, s.n), (0.25, 4));
         let known = &test[..2];
-        let bk = test_outcomes(&mut journal, "k-none", none, (known, true), "nqswap").unwrap();
-        let gk = test_outcomes(&mut journal, "k-gated", gated, (known, true), "nqswap").unwrap();
+        let bk = test_outcomes(
+            &mut journal,
+            "k-none",
+            none,
+            (known, true),
+            Benchmark::Nqswap,
+        )
+        .unwrap();
+        let gk = test_outcomes(
+            &mut journal,
+            "k-gated",
+            gated,
+            (known, true),
+            Benchmark::Nqswap,
+        )
+        .unwrap();
         let s = changed_share(Some(&bk), Some(&gk));
         assert_eq!((s.value, s.n), (0.5, 2));
-        assert!(test_outcomes(&mut journal, "k-cad", cad, (known, true), "nqswap").is_none());
+        assert!(
+            test_outcomes(&mut journal, "k-cad", cad, (known, true), Benchmark::Nqswap).is_none()
+        );
         // Another setting's runs are not these; a missing run or method gives n/a.
         let other = (Method::Cad, "beta=2");
-        assert!(test_outcomes(&mut journal, "k-cad", other, (&test, false), "nqswap").is_none());
-        assert!(test_outcomes(&mut journal, "k-cad", cad, (&test[..3], false), "nqswap").is_some());
+        assert!(test_outcomes(
+            &mut journal,
+            "k-cad",
+            other,
+            (&test, false),
+            Benchmark::Nqswap
+        )
+        .is_none());
+        assert!(test_outcomes(
+            &mut journal,
+            "k-cad",
+            cad,
+            (&test[..3], false),
+            Benchmark::Nqswap
+        )
+        .is_some());
         let extra: Vec<Item> = (1..=5).map(|i| nq(i, "c")).collect();
-        assert!(test_outcomes(&mut journal, "k-cad", cad, (&extra, false), "nqswap").is_none());
+        assert!(test_outcomes(
+            &mut journal,
+            "k-cad",
+            cad,
+            (&extra, false),
+            Benchmark::Nqswap
+        )
+        .is_none());
         assert_eq!(paired_delta(None, Some(&c)).n, 0);
         assert_eq!(paired_delta(Some(&b), Some(&c[..3])).n, 0);
         assert_eq!(changed_share(None, Some(&c)).n, 0);
