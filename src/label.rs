@@ -9,7 +9,7 @@
 //! names first.
 
 use crate::data::{Form, Item};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generate::{greedy_and_score, Stop};
 use crate::journal::Scoped;
 use crate::model::Model;
@@ -153,8 +153,20 @@ pub fn answer_ids(model: &Model, form: Form, answer: &str) -> Result<Vec<u32>> {
 }
 
 /// Prompt token ids of an item, with or without its context.
+/// An item's prompt that does not fit the model is an error naming the item.
 pub fn query_ids(model: &Model, item: &Item, form: Form, with_context: bool) -> Result<Vec<u32>> {
-    model.prompt_ids(&item.query(form, with_context), form == Form::Chat)
+    let ids = model.prompt_ids(&item.query(form, with_context), form == Form::Chat)?;
+    let max = model.cfg().max_positions;
+    // Room for the answer or a few generated tokens after the prompt.
+    if ids.len() + 32 > max {
+        return Err(Error::Invalid(format!(
+            "item `{}`: its prompt is {} tokens, more than the model's {max} positions leave \
+             room for (32 are kept for the answer)",
+            item.id,
+            ids.len()
+        )));
+    }
+    Ok(ids)
 }
 
 /// Run one condition over a batch of items.

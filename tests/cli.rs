@@ -901,3 +901,29 @@ fn model_names_and_devices_are_checked() {
         "{text}"
     );
 }
+
+/// A prompt longer than the model's positions names its item before any work starts.
+#[test]
+fn an_overlong_prompt_names_its_item() {
+    let (dir, model) = common::tiny::temp();
+    let item = serde_json::json!({
+        "id": "long-one", "relation": "capital", "subject": "France",
+        "question": "What is the capital of France?", "prompt": "The capital of France is",
+        "context": "the cat sat on the mat. ".repeat(400),
+        "prior_answer": "Paris", "context_answer": "Rome"
+    });
+    let data = dir.path().join("long.jsonl");
+    std::fs::write(&data, format!("{item}\n")).unwrap();
+    bin()
+        .args(["label", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("l.jsonl"))
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("item `long-one`").and(predicate::str::contains("positions")),
+        );
+}

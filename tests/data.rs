@@ -37,6 +37,13 @@ fn bad_lines_name_the_file_line_and_field() {
             "array of strings",
         ),
         (GOOD, "duplicate id `a`"),
+        (
+            &GOOD.replace(r#""id":"a""#, r#""id":"c""#).replace(
+                r#""context_answer":"Rome""#,
+                r#""context_answer":" paris ""#,
+            ),
+            "`prior_answer` and `context_answer` are both",
+        ),
     ];
     for (bad, want) in cases {
         let p = write(dir.path(), "d.jsonl", &format!("{GOOD}\n\n{bad}\n"));
@@ -49,6 +56,18 @@ fn bad_lines_name_the_file_line_and_field() {
         let (items, skipped) = data::read_jsonl(&p, true).unwrap();
         assert_eq!((items.len(), skipped), (1, 1));
     }
+}
+
+/// A true-context variant states the true fact: there the two answers agree by design.
+#[test]
+fn a_true_context_variant_may_repeat_the_prior() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = GOOD.replace(
+        r#""context_answer":"Rome""#,
+        r#""context_answer":"Paris","variant":"true_context""#,
+    );
+    let p = write(dir.path(), "v.jsonl", &format!("{line}\n"));
+    assert_eq!(data::read_jsonl(&p, false).unwrap().0.len(), 1);
 }
 
 #[test]

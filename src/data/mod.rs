@@ -138,7 +138,20 @@ fn check_line(v: &serde_json::Value) -> std::result::Result<Item, String> {
             }
         }
     }
-    serde_json::from_value(v.clone()).map_err(|e| e.to_string())
+    let item: Item = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    let same = item
+        .prior_answer
+        .trim()
+        .eq_ignore_ascii_case(item.context_answer.trim());
+    // A true-context variant states the true fact, so there its two answers agree.
+    if same && item.variant.as_deref() != Some("true_context") {
+        return Err(format!(
+            "fields `prior_answer` and `context_answer` are both {:?}: a conflict needs two \
+             different answers (only a `true_context` variant may repeat the prior)",
+            item.prior_answer
+        ));
+    }
+    Ok(item)
 }
 
 /// Read a JSONL file of items. With `skip_invalid`, bad lines are skipped and counted;
