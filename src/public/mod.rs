@@ -22,6 +22,7 @@ use crate::model::Model;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+mod html;
 mod paired;
 mod published;
 mod report;

@@ -108,7 +108,7 @@ fn methods_table(sec: &Section) -> String {
     s
 }
 
-/// Write report.json, report.md and report.html (the markdown in a page) into `dir`.
+/// Write report.json, report.md and report.html (the same, as an HTML page) into `dir`.
 pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     data::write_atomic(
@@ -117,13 +117,7 @@ pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
     )?;
     let md = markdown(r);
     data::write_atomic(&dir.join("report.md"), md.as_bytes())?;
-    let esc = md
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Public benchmarks</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}pre{{white-space:pre-wrap}}</style></head><body><pre>{esc}</pre></body></html>"
-    );
+    let html = super::html::page("Public knowledge-conflict benchmarks", &md);
     data::write_atomic(&dir.join("report.html"), html.as_bytes())
 }
 

@@ -1,0 +1,151 @@
+//! The public report as a real HTML page: the markdown report's headings, paragraphs, lists
+//! and tables become HTML elements (the markdown is ours, so only what it uses is handled).
+
+/// `md` as a self-contained page titled `title`.
+pub fn page(title: &str, md: &str) -> String {
+    let mut body = String::new();
+    for block in md.split("\n\n").map(str::trim).filter(|b| !b.is_empty()) {
+        body += &render_block(block);
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>",
+        escape(title)
+    )
+}
+
+const STYLE: &str = "body{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.4}\
+table{border-collapse:collapse;margin:1em 0;font-size:90%}th,td{border:1px solid #ccc;padding:3px 6px}\
+th{background:#f3f3f3}td.n{text-align:right}code{background:#f6f6f6;padding:0 2px}";
+
+fn render_block(block: &str) -> String {
+    let lines: Vec<&str> = block.lines().collect();
+    if let Some(h) = lines[0].strip_prefix('#') {
+        let level = 1 + h.chars().take_while(|c| *c == '#').count();
+        let text = h.trim_start_matches('#').trim();
+        let rest = lines[1..].join("\n");
+        let tail = if rest.trim().is_empty() {
+            String::new()
+        } else {
+            render_block(&rest)
+        };
+        return format!("<h{level}>{}</h{level}>{tail}", inline(text));
+    }
+    if lines.iter().all(|l| l.starts_with('|')) {
+        return table(&lines);
+    }
+    if lines.iter().all(|l| l.starts_with("- ")) {
+        let items: String = lines
+            .iter()
+            .map(|l| format!("<li>{}</li>", inline(&l[2..])))
+            .collect();
+        return format!("<ul>{items}</ul>");
+    }
+    format!("<p>{}</p>", inline(&lines.join(" ")))
+}
+
+/// A markdown table: a header row, the `|---|` row, then body rows.
+fn table(lines: &[&str]) -> String {
+    let mut s = String::from("<table>");
+    for (i, l) in lines.iter().enumerate() {
+        if i == 1 && l.chars().all(|c| matches!(c, '|' | '-' | ':' | ' ')) {
+            continue;
+        }
+        let tag = if i == 0 { "th" } else { "td" };
+        s += "<tr>";
+        for cell in cells(l) {
+            let cell = cell.trim();
+            let numeric = cell
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == '-' || c == '+');
+            let class = if tag == "td" && numeric {
+                " class=\"n\""
+            } else {
+                ""
+            };
+            s += &format!("<{tag}{class}>{}</{tag}>", inline(cell));
+        }
+        s += "</tr>";
+    }
+    s + "</table>"
+}
+
+/// The cells of `| a | b |`, where `\|` is a literal bar.
+fn cells(line: &str) -> Vec<String> {
+    let inner = line.trim().trim_start_matches('|').trim_end_matches('|');
+    let mut out = vec![String::new()];
+    let mut chars = inner.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'|') => {
+                out.last_mut().unwrap().push(chars.next().unwrap())
+            }
+            '|' => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    out
+}
+
+/// Escaped text with `code`, **bold** and *emphasis* spans.
+fn inline(text: &str) -> String {
+    let mut s = String::new();
+    for (i, part) in text.split('`').enumerate() {
+        if i % 2 == 1 {
+            s += &format!("<code>{}</code>", escape(part));
+            continue;
+        }
+        for (j, p) in escape(part).split("**").enumerate() {
+            let em = emphasis(p);
+            s += &if j % 2 == 1 {
+                format!("<strong>{em}</strong>")
+            } else {
+                em
+            };
+        }
+    }
+    s
+}
+
+/// `*x*` as `<em>x</em>`; a lone `*` (as in `β*`) stays.
+fn emphasis(text: &str) -> String {
+    let parts: Vec<&str> = text.split('*').collect();
+    if parts.len() < 3 {
+        return text.to_string();
+    }
+    let mut s = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        match (i % 2 == 1, i + 1 == parts.len() && i % 2 == 1) {
+            (true, false) => s += &format!("<em>{p}</em>"),
+            (true, true) => s += &format!("*{p}"),
+            _ => s += p,
+        }
+    }
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headings_tables_lists_and_inline_spans_become_html() {
+        let md = "# Title\n\nSome `x<y` and **bold** and *this*.\n\n## Part\n\n| a | b \\| c |\n|---|---:|\n| 1.5 | **2** |\n\n- one\n- two";
+        let h = page("T", md);
+        assert!(h.contains("<h1>Title</h1>"));
+        assert!(h.contains(
+            "<p>Some <code>x&lt;y</code> and <strong>bold</strong> and <em>this</em>.</p>"
+        ));
+        assert!(h.contains("<h2>Part</h2>"));
+        assert!(h.contains("<tr><th>a</th><th>b | c</th></tr>"));
+        assert!(h.contains("<td class=\"n\">1.5</td><td><strong>2</strong></td>"));
+        assert!(!h.contains("---"));
+        assert!(h.contains("<ul><li>one</li><li>two</li></ul>"));
+    }
+}
