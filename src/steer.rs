@@ -180,7 +180,21 @@ impl Steering {
         let mut sites = Vec::new();
         for p in chosen {
             let d = p.direction(direction)?;
-            let sp = p.spread.get(direction).cloned().unwrap_or_default();
+            // Strengths are in units of the spread: without it, steering would silently be 0.
+            let sp = p.spread.get(direction).cloned().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "probe site {}: no spread recorded for direction `{direction}`, so a strength \
+                     in spread units means nothing; retrain the probe with this version",
+                    p.site
+                ))
+            })?;
+            if !(sp.std.is_finite() && sp.std > 0.0) {
+                return Err(Error::Invalid(format!(
+                    "probe site {}: the spread of direction `{direction}` is {}; it must be a \
+                     positive number",
+                    p.site, sp.std
+                )));
+            }
             sites.push(SteerSite {
                 site: Site::parse(&p.site, n_layers)?,
                 direction: d.to_vec(),

@@ -462,3 +462,39 @@ fn a_conflict_gate_scales_heads_only_where_it_fires() {
     assert_eq!(l1[quiet], l0[quiet]);
     assert_ne!(l1[1 - quiet], l0[1 - quiet]);
 }
+
+/// Strengths are in spread units: a probe without a spread for the direction (or a zero one)
+/// is an error naming the site, not steering that silently does nothing.
+#[test]
+fn a_missing_or_zero_spread_is_an_error() {
+    let (_d, _p, m) = setup();
+    let steer = |pf: &ProbeFile| {
+        Steering::from_probes(
+            pf,
+            "best",
+            None,
+            "probe",
+            Mode::Add,
+            1.0,
+            Positions::All,
+            tiny::LAYERS,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+    };
+    let mut pf = probe_file(&m, 0.0);
+    pf.sites.iter_mut().for_each(|s| s.spread.clear());
+    let e = steer(&pf);
+    assert!(
+        e.contains("no spread") && e.contains("hook_resid_post"),
+        "{e}"
+    );
+    let mut pf = probe_file(&m, 0.0);
+    pf.sites
+        .iter_mut()
+        .for_each(|s| s.spread.values_mut().for_each(|v| v.std = 0.0));
+    let e = steer(&pf);
+    assert!(e.contains("positive"), "{e}");
+    assert_eq!(steer(&probe_file(&m, 0.0)), "");
+}
