@@ -295,65 +295,15 @@ pub fn patch(
     };
     for item in items {
         progress(1);
-        let (src, tgt) = (
-            variant_item(item, opts.source),
-            variant_item(item, opts.target),
-        );
-        let (st, tt) = (
-            prompt_text(model, &src, opts.form)?,
-            prompt_text(model, &tgt, opts.form)?,
-        );
-        let (sids, tids) = (
-            model.tokenizer.encode_prompt(&st)?,
-            model.tokenizer.encode_prompt(&tt)?,
-        );
-        let ctx = crate::label::answer_ids(model, opts.form, &item.context_answer)?;
-        let prior = crate::label::answer_ids(model, opts.form, &item.prior_answer)?;
-        if ctx.first() == prior.first() {
-            skipped += 1;
-            continue;
-        }
-        let (c, p) = (ctx[0], prior[0]);
-        let shared = sids
-            .iter()
-            .rev()
-            .zip(tids.iter().rev())
-            .take_while(|(a, b)| a == b)
-            .count();
-        let Some(jobs) = jobs_for(
-            model,
-            opts,
-            &tt,
-            &item.subject,
-            tids.len(),
-            sids.len(),
-            shared.max(1),
-        )?
-        else {
+        let Some(p) = patch_item(model, item, opts, &kinds)? else {
             skipped += 1;
             continue;
         };
-        let (sl, caps) = model.run(
-            &Batch::single(&sids),
-            &Spec::capture(&kinds, Positions::All),
-            LogitsAt::Last,
-        )?;
-        let ld_s = ld(&sl.flatten_all()?.to_vec1::<f32>()?, c, p);
-        let ld_t = ld(&model.last_logits(&tids, &Spec::new())?, c, p);
-        if (ld_s - ld_t).abs() < 0.5 {
-            skipped += 1;
-            continue;
-        }
         used += 1;
-        sum_s += ld_s;
-        sum_t += ld_t;
-        let logits = run_jobs(model, &tids, &caps, &jobs, opts.batch_size)?;
-        for (job, l) in jobs.iter().zip(logits) {
-            let e = (ld(&l, c, p) - ld_t) / (ld_s - ld_t);
-            effects
-                .entry((job.site.layer, job.key.clone()))
-                .or_default()
-                .push(e);
+        sum_s += p.ld_source;
+        sum_t += p.ld_target;
+        for (layer, key, e) in p.effects {
+            effects.entry((layer, key)).or_default().push(e);
         }
     }
     if used == 0 {
@@ -387,6 +337,87 @@ pub fn patch(
         keys,
         cells,
     })
+}
+
+/// One item's patching: the logit differences of source and target, and each job's effect
+/// (layer, key, share of the source-target difference restored).
+struct ItemPatch {
+    ld_source: f64,
+    ld_target: f64,
+    effects: Vec<(usize, String, f64)>,
+}
+
+/// Patch one item; None when it is skipped (answers share a first token, positions do not
+/// align, or source and target behave alike).
+fn patch_item(
+    model: &Model,
+    item: &Item,
+    opts: &PatchOptions,
+    kinds: &[Site],
+) -> Result<Option<ItemPatch>> {
+    let (src, tgt) = (
+        variant_item(item, opts.source),
+        variant_item(item, opts.target),
+    );
+    let (st, tt) = (
+        prompt_text(model, &src, opts.form)?,
+        prompt_text(model, &tgt, opts.form)?,
+    );
+    let (sids, tids) = (
+        model.tokenizer.encode_prompt(&st)?,
+        model.tokenizer.encode_prompt(&tt)?,
+    );
+    let ctx = crate::label::answer_ids(model, opts.form, &item.context_answer)?;
+    let prior = crate::label::answer_ids(model, opts.form, &item.prior_answer)?;
+    if ctx.first() == prior.first() {
+        return Ok(None);
+    }
+    let (c, p) = (ctx[0], prior[0]);
+    let shared = sids
+        .iter()
+        .rev()
+        .zip(tids.iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let jobs = jobs_for(
+        model,
+        opts,
+        &tt,
+        &item.subject,
+        tids.len(),
+        sids.len(),
+        shared.max(1),
+    )?;
+    let Some(jobs) = jobs else {
+        return Ok(None);
+    };
+    let (sl, caps) = model.run(
+        &Batch::single(&sids),
+        &Spec::capture(kinds, Positions::All),
+        LogitsAt::Last,
+    )?;
+    let ld_s = ld(&sl.flatten_all()?.to_vec1::<f32>()?, c, p);
+    let ld_t = ld(&model.last_logits(&tids, &Spec::new())?, c, p);
+    if (ld_s - ld_t).abs() < 0.5 {
+        return Ok(None);
+    }
+    let logits = run_jobs(model, &tids, &caps, &jobs, opts.batch_size)?;
+    let effects = jobs
+        .iter()
+        .zip(logits)
+        .map(|(job, l)| {
+            (
+                job.site.layer,
+                job.key.clone(),
+                (ld(&l, c, p) - ld_t) / (ld_s - ld_t),
+            )
+        })
+        .collect();
+    Ok(Some(ItemPatch {
+        ld_source: ld_s,
+        ld_target: ld_t,
+        effects,
+    }))
 }
 
 /// Order keys: -12 .. -1, subject, last, then heads by number.

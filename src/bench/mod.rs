@@ -237,67 +237,50 @@ pub fn evaluate_with(
             progress,
         )?
     };
-    let mut per: BTreeMap<String, Vec<&Run>> = BTreeMap::new();
-    for (it, r) in items.iter().zip(&runs) {
-        per.entry(it.relation.clone()).or_default().push(r);
-    }
-    let per_relation = per
-        .into_iter()
-        .map(|(k, v)| {
-            let c = v
-                .iter()
-                .filter(|r| r.greedy_answer == Answer::Context)
-                .count() as f64;
-            let p = v
-                .iter()
-                .filter(|r| r.greedy_answer == Answer::Prior)
-                .count() as f64;
-            let mr = if p + c == 0.0 { 0.0 } else { p / (p + c) };
-            let tf = v.iter().filter(|r| r.tf_winner == Answer::Context).count() as f64;
-            let n = v.len() as f64;
-            (
-                k,
-                RelationEval {
-                    n: v.len(),
-                    adherence: c / n,
-                    memorization_ratio: mr,
-                    tf_adherence: tf / n,
-                },
-            )
-        })
-        .collect();
+    let per_relation = per_relation(items, &runs);
     Ok(Eval {
         method: s.method,
         setting: s.label.clone(),
         strength: s.strength,
-        adherence: rate(
-            &runs
-                .iter()
-                .map(|r| r.greedy_answer == Answer::Context)
-                .collect::<Vec<_>>(),
-            1,
-        ),
-        tf_adherence: rate(
-            &runs
-                .iter()
-                .map(|r| r.tf_winner == Answer::Context)
-                .collect::<Vec<_>>(),
-            2,
-        ),
+        adherence: share(&runs, |r| r.greedy_answer == Answer::Context, 1),
+        tf_adherence: share(&runs, |r| r.tf_winner == Answer::Context, 2),
         memorization_ratio: mem_ratio(&runs, 3),
-        retention: rate(
-            &closed
-                .iter()
-                .map(|r| r.greedy_answer == Answer::Prior)
-                .collect::<Vec<_>>(),
-            4,
-        ),
+        retention: share(&closed, |r| r.greedy_answer == Answer::Prior, 4),
         perplexity: perplexity(model, NEUTRAL_TEXT, s.plan.as_ref())?,
         perplexity_ratio: 1.0,
         per_relation,
         em_context: rate(&em(&|it| it.context_names()), 5),
         em_memory: rate(&em(&|it| it.prior_names()), 6),
     })
+}
+
+/// The share of `runs` where `hit` holds, with its bootstrap CI (seeded by `seed`).
+fn share(runs: &[Run], hit: impl Fn(&Run) -> bool, seed: u64) -> Rate {
+    rate(&runs.iter().map(hit).collect::<Vec<_>>(), seed)
+}
+
+/// Adherence, M_R and teacher-forced adherence per relation.
+fn per_relation(items: &[Item], runs: &[Run]) -> BTreeMap<String, RelationEval> {
+    let mut per: BTreeMap<String, Vec<&Run>> = BTreeMap::new();
+    for (it, r) in items.iter().zip(runs) {
+        per.entry(it.relation.clone()).or_default().push(r);
+    }
+    let count = |v: &[&Run], f: &dyn Fn(&Run) -> bool| v.iter().filter(|r| f(r)).count() as f64;
+    per.into_iter()
+        .map(|(k, v)| {
+            let c = count(&v, &|r| r.greedy_answer == Answer::Context);
+            let p = count(&v, &|r| r.greedy_answer == Answer::Prior);
+            let tf = count(&v, &|r| r.tf_winner == Answer::Context);
+            let n = v.len() as f64;
+            let eval = RelationEval {
+                n: v.len(),
+                adherence: c / n,
+                memorization_ratio: if p + c == 0.0 { 0.0 } else { p / (p + c) },
+                tf_adherence: tf / n,
+            };
+            (k, eval)
+        })
+        .collect()
 }
 
 /// A method's sweep on dev and its chosen test measurement.

@@ -5,7 +5,6 @@ use anyhow::{bail, Context, Result};
 use ctxsteer::{Site, Spec, WeightsMode};
 
 pub(super) fn probe_cmd(p: ProbeCmd) -> Result<()> {
-    use ctxsteer::probe::{self, ProbeFile};
     match p {
         ProbeCmd::Train {
             acts,
@@ -17,77 +16,18 @@ pub(super) fn probe_cmd(p: ProbeCmd) -> Result<()> {
             out,
             plot,
             model,
-        } => {
-            let m = model.load_or(WeightsMode::F32)?;
-            let id = m.identity()?;
-            let mut a = ctxsteer::capture::load(&acts, m.cfg().n_layers)?;
-            if a.meta.model != id.file {
-                bail!(
-                    "{}: captured with {}, but the loaded model is {}",
-                    acts.display(),
-                    a.meta.model,
-                    id.file
-                );
-            }
-            if let Some(pat) = sites {
-                let keep = Site::parse_pattern(&pat, m.cfg().n_layers)?;
-                a.sites.retain(|(s, _)| keep.contains(s));
-                if a.sites.is_empty() {
-                    bail!(
-                        "--sites {pat}: none of these were captured in {}",
-                        acts.display()
-                    );
-                }
-            }
-            let mut opts = probe::TrainOptions::new(label, kind);
-            opts.seed = seed;
-            opts.test_relations =
-                test_relations.map(|r| r.split(',').map(|s| s.trim().to_string()).collect());
-            let pb = ctxsteer::progress::bar(a.sites.len() as u64, "probe", false);
-            let (sites, n_train, n_test, n_pos) =
-                probe::train(&a, &opts, &mut |n| pb.inc(n as u64))?;
-            pb.finish_and_clear();
-            let f = ProbeFile {
-                version: ctxsteer::probe::PROBE_FILE_VERSION,
-                model: id,
-                acts: acts.display().to_string(),
-                data: a.meta.data.clone(),
-                target: label,
-                kind,
-                command: super::command_line(),
-                seed,
-                n_train,
-                n_test,
-                n_pos,
-                test_relations: opts.test_relations.clone(),
-                best: probe::best_site(&sites),
-                sites,
-            };
-            f.write(&out)?;
-            print!("{}", probe::table(&f));
-            if let Some(svg) = plot {
-                probe::plot(&f, &svg)?;
-                println!("plot written to {}", svg.display());
-            }
-            println!("probes written to {}", out.display());
-        }
-        ProbeCmd::Show { file, json, plot } => {
-            let f = ProbeFile::read(&file)?;
-            if json {
-                let rows: Vec<_> = f
-                    .sites
-                    .iter()
-                    .map(|s| serde_json::json!({"site": s.site, "metrics": s.metrics, "cosines": s.cosines, "spread": s.spread}))
-                    .collect();
-                let v = serde_json::json!({"target": f.target, "kind": f.kind, "best": f.best, "model": f.model, "sites": rows});
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print!("{}", probe::table(&f));
-            }
-            if let Some(svg) = plot {
-                probe::plot(&f, &svg)?;
-            }
-        }
+        } => probe_train(ProbeTrain {
+            acts,
+            label,
+            sites,
+            kind,
+            seed,
+            test_relations,
+            out,
+            plot,
+            model,
+        }),
+        ProbeCmd::Show { file, json, plot } => probe_show(&file, json, plot.as_deref()),
         ProbeCmd::Apply {
             file,
             data,
@@ -95,39 +35,149 @@ pub(super) fn probe_cmd(p: ProbeCmd) -> Result<()> {
             closed_book,
             json,
             model,
-        } => {
-            let f = ProbeFile::read(&file)?;
-            let items = data.read()?;
-            let m = model.load_or(WeightsMode::F32)?;
-            f.check_model(&m.identity()?, &file)?;
-            let sp = f.site(&site)?;
-            let s = Site::parse(&sp.site, m.cfg().n_layers)?;
-            let acts = ctxsteer::capture::last_position_acts(
-                &m,
-                &items,
-                s,
-                data.form,
-                !closed_book,
-                data.batch_size,
-                &Spec::new(),
-            )?;
-            for (it, x) in items.iter().zip(acts) {
-                let z = sp.score(&x);
-                let p = 1.0 / (1.0 + (-z).exp());
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"id": it.id, "site": sp.site, "score": z, "p_positive": p, "predicted": z > 0.0})
-                    );
-                } else {
-                    println!(
-                        "{:<40} {:>7.3} {}",
-                        it.id,
-                        p,
-                        if z > 0.0 { "positive" } else { "negative" }
-                    );
-                }
-            }
+        } => probe_apply(&file, &data, &site, closed_book, json, &model),
+    }
+}
+
+/// `probe train`'s arguments.
+struct ProbeTrain {
+    acts: std::path::PathBuf,
+    label: ctxsteer::probe::Target,
+    sites: Option<String>,
+    kind: ctxsteer::probe::Kind,
+    seed: u64,
+    test_relations: Option<String>,
+    out: std::path::PathBuf,
+    plot: Option<std::path::PathBuf>,
+    model: ModelArgs,
+}
+
+fn probe_train(t: ProbeTrain) -> Result<()> {
+    use ctxsteer::probe::{self, ProbeFile};
+    let ProbeTrain {
+        acts,
+        label,
+        sites,
+        kind,
+        seed,
+        test_relations,
+        out,
+        plot,
+        model,
+    } = t;
+    let m = model.load_or(WeightsMode::F32)?;
+    let id = m.identity()?;
+    let mut a = ctxsteer::capture::load(&acts, m.cfg().n_layers)?;
+    if a.meta.model != id.file {
+        bail!(
+            "{}: captured with {}, but the loaded model is {}",
+            acts.display(),
+            a.meta.model,
+            id.file
+        );
+    }
+    if let Some(pat) = sites {
+        let keep = Site::parse_pattern(&pat, m.cfg().n_layers)?;
+        a.sites.retain(|(s, _)| keep.contains(s));
+        if a.sites.is_empty() {
+            bail!(
+                "--sites {pat}: none of these were captured in {}",
+                acts.display()
+            );
+        }
+    }
+    let mut opts = probe::TrainOptions::new(label, kind);
+    opts.seed = seed;
+    opts.test_relations =
+        test_relations.map(|r| r.split(',').map(|s| s.trim().to_string()).collect());
+    let pb = ctxsteer::progress::bar(a.sites.len() as u64, "probe", false);
+    let (sites, n_train, n_test, n_pos) = probe::train(&a, &opts, &mut |n| pb.inc(n as u64))?;
+    pb.finish_and_clear();
+    let f = ProbeFile {
+        version: ctxsteer::probe::PROBE_FILE_VERSION,
+        model: id,
+        acts: acts.display().to_string(),
+        data: a.meta.data.clone(),
+        target: label,
+        kind,
+        command: super::command_line(),
+        seed,
+        n_train,
+        n_test,
+        n_pos,
+        test_relations: opts.test_relations.clone(),
+        best: probe::best_site(&sites),
+        sites,
+    };
+    f.write(&out)?;
+    print!("{}", probe::table(&f));
+    if let Some(svg) = plot {
+        probe::plot(&f, &svg)?;
+        println!("plot written to {}", svg.display());
+    }
+    println!("probes written to {}", out.display());
+    Ok(())
+}
+
+fn probe_show(file: &std::path::Path, json: bool, plot: Option<&std::path::Path>) -> Result<()> {
+    use ctxsteer::probe::{self, ProbeFile};
+    let f = ProbeFile::read(file)?;
+    if json {
+        let rows: Vec<_> = f
+            .sites
+            .iter()
+            .map(|s| serde_json::json!({"site": s.site, "metrics": s.metrics, "cosines": s.cosines, "spread": s.spread}))
+            .collect();
+        let v = serde_json::json!({"target": f.target, "kind": f.kind, "best": f.best, "model": f.model, "sites": rows});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", probe::table(&f));
+    }
+    if let Some(svg) = plot {
+        probe::plot(&f, svg)?;
+    }
+    Ok(())
+}
+
+fn probe_apply(
+    file: &std::path::Path,
+    data: &DataArgs,
+    site: &str,
+    closed_book: bool,
+    json: bool,
+    model: &ModelArgs,
+) -> Result<()> {
+    use ctxsteer::probe::ProbeFile;
+    let f = ProbeFile::read(file)?;
+    let items = data.read()?;
+    let m = model.load_or(WeightsMode::F32)?;
+    f.check_model(&m.identity()?, file)?;
+    let sp = f.site(site)?;
+    let s = Site::parse(&sp.site, m.cfg().n_layers)?;
+    let acts = ctxsteer::capture::last_position_acts(
+        &m,
+        &items,
+        s,
+        data.form,
+        !closed_book,
+        data.batch_size,
+        &Spec::new(),
+    )?;
+    for (it, x) in items.iter().zip(acts) {
+        let z = sp.score(&x);
+        let p = 1.0 / (1.0 + (-z).exp());
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"id": it.id, "site": sp.site, "score": z, "p_positive": p, "predicted": z > 0.0})
+            );
+        } else {
+            println!(
+                "{:<40} {:>7.3} {}",
+                it.id,
+                p,
+                if z > 0.0 { "positive" } else { "negative" }
+            );
         }
     }
     Ok(())
@@ -213,25 +263,10 @@ pub(super) fn density_cmd(a: DensityArgs) -> Result<()> {
     )?;
     pb.finish_and_clear();
     let summary = density::summarize(&measured);
-    let mut corr = BTreeMap::new();
-    if let Some(ls) = &labels {
-        let strength: BTreeMap<String, f64> = ls
-            .iter()
-            .map(|l| (l.id.clone(), l.closed.logp_prior as f64))
-            .collect();
-        let follows: BTreeMap<String, f64> = ls
-            .iter()
-            .filter(|l| l.label != ctxsteer::label::Label::Neither)
-            .map(|l| {
-                (
-                    l.id.clone(),
-                    (l.label == ctxsteer::label::Label::FollowsPrior) as u8 as f64,
-                )
-            })
-            .collect();
-        corr.insert("prior_logp", density::correlations(&measured, &strength));
-        corr.insert("follows_prior", density::correlations(&measured, &follows));
-    }
+    let corr = match &labels {
+        Some(ls) => label_correlations(&measured, ls),
+        None => BTreeMap::new(),
+    };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     ctxsteer::data::write_jsonl(&a.out.join("items.jsonl"), &measured)?;
     let report = serde_json::json!({
@@ -255,11 +290,50 @@ pub(super) fn density_cmd(a: DensityArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    print_density(&summary, &corr);
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+type Correlations =
+    std::collections::BTreeMap<&'static str, std::collections::BTreeMap<String, Vec<f64>>>;
+
+/// Each metric's correlation, per layer, with the prior's strength (its closed-book
+/// log-probability) and with following the prior.
+fn label_correlations(
+    measured: &[ctxsteer::density::ItemDensity],
+    ls: &[ctxsteer::label::ItemLabel],
+) -> Correlations {
+    use ctxsteer::density;
+    use ctxsteer::label::Label;
+    use std::collections::BTreeMap;
+    let strength: BTreeMap<String, f64> = ls
+        .iter()
+        .map(|l| (l.id.clone(), l.closed.logp_prior as f64))
+        .collect();
+    let follows: BTreeMap<String, f64> = ls
+        .iter()
+        .filter(|l| l.label != Label::Neither)
+        .map(|l| {
+            (
+                l.id.clone(),
+                f64::from(u8::from(l.label == Label::FollowsPrior)),
+            )
+        })
+        .collect();
+    let mut corr = BTreeMap::new();
+    corr.insert("prior_logp", density::correlations(measured, &strength));
+    corr.insert("follows_prior", density::correlations(measured, &follows));
+    corr
+}
+
+/// The density table and the strongest correlation of each metric.
+fn print_density(summary: &ctxsteer::density::Summary, corr: &Correlations) {
     println!(
         "{:<22} {:<10} {:>5} {:>9} {:>9} {:>9} {:>13}",
         "condition", "side", "n", "active", "hoyer", "l1/l2", "participation"
     );
-    for (c, sides) in &summary {
+    for (c, sides) in summary {
         for (side, m) in sides {
             let avg = |k: &str| m[k].mean.iter().sum::<f64>() / m[k].mean.len().max(1) as f64;
             println!(
@@ -274,7 +348,7 @@ pub(super) fn density_cmd(a: DensityArgs) -> Result<()> {
             );
         }
     }
-    for (what, per) in &corr {
+    for (what, per) in corr {
         for (m, v) in per {
             let (l, r) = v
                 .iter()
@@ -285,6 +359,4 @@ pub(super) fn density_cmd(a: DensityArgs) -> Result<()> {
             println!("correlation of {m} with {what}: strongest at layer {l}: r = {r:.3}");
         }
     }
-    println!("wrote {}", a.out.display());
-    Ok(())
 }
