@@ -211,29 +211,7 @@ impl Config {
         let n_heads = j.usize("num_attention_heads")?;
         let n_layers = j.usize("num_hidden_layers")?;
         let d_head = j.opt_usize("head_dim")?.unwrap_or(d_model / n_heads);
-        for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
-            if !j.is_null(k) {
-                return Err(Error::Model(format!(
-                    "config.json: `{k}` is set; soft-capping is not supported"
-                )));
-            }
-        }
-        let act = j.opt_str(if family.is_gemma() {
-            "hidden_activation"
-        } else {
-            "hidden_act"
-        });
-        let want = if family.is_gemma() {
-            "gelu_pytorch_tanh"
-        } else {
-            "silu"
-        };
-        if let Some(a) = act.filter(|a| *a != want) {
-            return Err(Error::Model(format!(
-                "config.json: activation `{a}` is not supported for {}; supported: {want}",
-                family.name()
-            )));
-        }
+        hf_unsupported(&j, family)?;
         let rope = hf_rope(&j, family)?;
         let sliding_window = hf_sliding_window(&j, family)?;
         let local_layers = hf_local_layers(&j, family, n_layers, sliding_window.is_some())?;
@@ -323,6 +301,34 @@ impl Json<'_> {
     fn opt_str(&self, k: &str) -> Option<&str> {
         self.0.get(k).and_then(Value::as_str)
     }
+}
+
+/// Fields whose values this crate cannot honour: soft-capping, another activation.
+fn hf_unsupported(j: &Json, family: Family) -> Result<()> {
+    for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if !j.is_null(k) {
+            return Err(Error::Model(format!(
+                "config.json: `{k}` is set; soft-capping is not supported"
+            )));
+        }
+    }
+    let act = j.opt_str(if family.is_gemma() {
+        "hidden_activation"
+    } else {
+        "hidden_act"
+    });
+    let want = if family.is_gemma() {
+        "gelu_pytorch_tanh"
+    } else {
+        "silu"
+    };
+    if let Some(a) = act.filter(|a| *a != want) {
+        return Err(Error::Model(format!(
+            "config.json: activation `{a}` is not supported for {}; supported: {want}",
+            family.name()
+        )));
+    }
+    Ok(())
 }
 
 /// What the rope fields of config.json come to.

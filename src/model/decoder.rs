@@ -117,29 +117,7 @@ impl Decoder {
             return Err(Error::Invalid("forward needs at least one token".into()));
         }
         let mut cache = cache;
-        let offset = cache.as_ref().map_or(0, |c| c.len);
-        let pads = match cache.as_mut() {
-            Some(c) if c.len > 0 => c.pads.clone(),
-            Some(c) => {
-                c.pads = batch.pads.clone();
-                c.pads.clone()
-            }
-            None => batch.pads.clone(),
-        };
-        if offset + seq > cfg.max_positions {
-            return Err(Error::Invalid(format!(
-                "sequence of {} tokens exceeds the model's {} positions",
-                offset + seq,
-                cfg.max_positions
-            )));
-        }
-        let rows = (0..b)
-            .map(|r| RowInfo {
-                pad: pads[r],
-                prompt_len: hooks_prompt_len(hooks, r, offset + seq - pads[r]),
-            })
-            .collect();
-        hooks.set_rows(rows, offset);
+        let (offset, pads) = self.layout(batch, cache.as_deref_mut(), hooks)?;
 
         let mut x = self.embed_tokens(batch, b, seq)?; // [b, seq, d_model]
         x = hooks.apply(Site::new(SiteKind::Embed, 0), x)?;
@@ -166,6 +144,41 @@ impl Decoder {
             return Ok(x);
         }
         self.lm_head.forward(&x)
+    }
+
+    /// The cache length before this call and each row's left padding (fixed at prefill), told
+    /// to the hooks so that positions keep their meaning.
+    fn layout(
+        &self,
+        batch: &Batch,
+        cache: Option<&mut KvCache>,
+        hooks: &mut Hooks,
+    ) -> Result<(usize, Vec<usize>)> {
+        let (b, seq) = (batch.ids.len(), batch.ids[0].len());
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let pads = match cache {
+            Some(c) if c.len > 0 => c.pads.clone(),
+            Some(c) => {
+                c.pads = batch.pads.clone();
+                c.pads.clone()
+            }
+            None => batch.pads.clone(),
+        };
+        if offset + seq > self.cfg.max_positions {
+            return Err(Error::Invalid(format!(
+                "sequence of {} tokens exceeds the model's {} positions",
+                offset + seq,
+                self.cfg.max_positions
+            )));
+        }
+        let rows = (0..b)
+            .map(|r| RowInfo {
+                pad: pads[r],
+                prompt_len: hooks_prompt_len(hooks, r, offset + seq - pads[r]),
+            })
+            .collect();
+        hooks.set_rows(rows, offset);
+        Ok((offset, pads))
     }
 
     /// Token embeddings `[b, seq, d_model]`, times the family's scale.

@@ -57,26 +57,10 @@ pub(super) fn build(
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
     let tk = |e: tokenizers::Error| Error::Tokenizer(e.to_string());
-    let space = Replace::new(" ", "▁").map_err(tk)?;
-    let normalizer: NormalizerWrapper = match add_space_prefix {
-        true => tokenizers::normalizers::Sequence::new(vec![
-            Prepend::new("▁".into()).into(),
-            space.into(),
-        ])
-        .into(),
-        false => space.into(),
-    };
-    inner.with_normalizer(Some(normalizer)).map_err(tk)?;
-    let unspace: DecoderWrapper = Replace::new("▁", " ").map_err(tk)?.into();
-    let mut steps = vec![
-        unspace,
-        ByteFallback::default().into(),
-        Fuse::default().into(),
-    ];
-    if add_space_prefix {
-        steps.push(tokenizers::decoders::strip::Strip::new(' ', 1, 0).into());
-    }
-    inner.with_decoder(Some(DecoderSequence::new(steps)));
+    inner
+        .with_normalizer(Some(normalizer(add_space_prefix)?))
+        .map_err(tk)?;
+    inner.with_decoder(Some(decoder(add_space_prefix)?));
     let added = |kind: i64| -> Vec<AddedToken> {
         tokens
             .iter()
@@ -88,6 +72,35 @@ pub(super) fn build(
     inner.add_special_tokens(added(CONTROL)).map_err(tk)?;
     inner.add_tokens(added(USER_DEFINED)).map_err(tk)?;
     Ok(inner)
+}
+
+/// Spaces become `▁`, after a `▁` prefix when the file asks for one.
+fn normalizer(add_space_prefix: bool) -> Result<NormalizerWrapper> {
+    let tk = |e: tokenizers::Error| Error::Tokenizer(e.to_string());
+    let space = Replace::new(" ", "▁").map_err(tk)?;
+    Ok(match add_space_prefix {
+        true => tokenizers::normalizers::Sequence::new(vec![
+            Prepend::new("▁".into()).into(),
+            space.into(),
+        ])
+        .into(),
+        false => space.into(),
+    })
+}
+
+/// `▁` back to spaces, byte pieces back to bytes, and the prefix space dropped.
+fn decoder(add_space_prefix: bool) -> Result<DecoderSequence> {
+    let tk = |e: tokenizers::Error| Error::Tokenizer(e.to_string());
+    let unspace: DecoderWrapper = Replace::new("▁", " ").map_err(tk)?.into();
+    let mut steps = vec![
+        unspace,
+        ByteFallback::default().into(),
+        Fuse::default().into(),
+    ];
+    if add_space_prefix {
+        steps.push(tokenizers::decoders::strip::Strip::new(' ', 1, 0).into());
+    }
+    Ok(DecoderSequence::new(steps))
 }
 
 /// Every split of a normal piece into two pieces of the vocabulary, best joined score first.
