@@ -491,6 +491,7 @@ pub fn write_cvec(
 /// Read a llama.cpp control vector: its model hint and `(layer, vector)` pairs.
 pub fn read_cvec(path: &Path) -> Result<(String, LayerVectors)> {
     use candle_core::quantized::gguf_file;
+    crate::model::check_gguf(path)?;
     let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
     let ct = gguf_file::Content::read(&mut f)
         .map_err(|e| Error::file(path, format!("not a GGUF file: {e}")))?;

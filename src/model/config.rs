@@ -65,6 +65,9 @@ impl Family {
     }
 }
 
+/// The longest sequence this crate runs (its rope tables are built for this many positions).
+pub const MAX_POSITIONS: usize = 1 << 17;
+
 /// Frequency scaling of the rotary embedding.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "rope_type", rename_all = "lowercase")]
@@ -172,7 +175,7 @@ impl Config {
             )))
             }
         };
-        Ok(Config {
+        Config {
             family,
             architecture: family.name().into(),
             n_layers,
@@ -191,7 +194,8 @@ impl Config {
             sliding_window,
             local_layers,
             query_scale: 1.0 / (d_head as f64).sqrt(),
-        })
+        }
+        .checked("GGUF metadata")
     }
 
     /// Read a Hugging Face `config.json`.
@@ -219,7 +223,7 @@ impl Config {
             Family::Gemma3 => 1.0 / j.f64("query_pre_attn_scalar")?.sqrt(),
             _ => 1.0 / (d_head as f64).sqrt(),
         };
-        Ok(Config {
+        Config {
             family,
             architecture: family.name().into(),
             n_layers,
@@ -238,7 +242,49 @@ impl Config {
             sliding_window,
             local_layers,
             query_scale,
-        })
+        }
+        .checked("config.json")
+    }
+
+    /// The config if its sizes are usable; a zero, absurd or inconsistent one (a damaged file)
+    /// is an error naming it. Positions beyond [`MAX_POSITIONS`] are not supported: the limit
+    /// is lowered to it, and longer sequences are refused when they come.
+    fn checked(mut self, source: &str) -> Result<Config> {
+        let bad = |what: &str, v: usize| {
+            Err(Error::Model(format!(
+                "{source}: {what} = {v} is not a usable size"
+            )))
+        };
+        let sizes = [
+            ("layers", self.n_layers, 1 << 10),
+            ("d_model", self.d_model, 1 << 16),
+            ("heads", self.n_heads, 1 << 10),
+            ("KV heads", self.n_kv_heads, 1 << 10),
+            ("d_head", self.d_head, 1 << 12),
+            ("d_mlp", self.d_mlp, 1 << 20),
+            ("vocabulary", self.vocab_size, 1 << 23),
+            ("positions", self.max_positions, usize::MAX),
+        ];
+        for (what, v, max) in sizes {
+            if v == 0 || v > max {
+                return bad(what, v);
+            }
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) || !self.d_head.is_multiple_of(2) {
+            return Err(Error::Model(format!(
+                "{source}: {} heads over {} KV heads of width {} do not fit grouped-query \
+                 attention with rotary embeddings",
+                self.n_heads, self.n_kv_heads, self.d_head
+            )));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rope_theta.is_finite()) {
+            return Err(Error::Model(format!(
+                "{source}: RMSNorm epsilon {} or rope base {} is not a usable number",
+                self.rms_eps, self.rope_theta
+            )));
+        }
+        self.max_positions = self.max_positions.min(MAX_POSITIONS);
+        Ok(self)
     }
 }
 

@@ -6,6 +6,7 @@ mod batch;
 pub mod config;
 pub mod decoder;
 pub mod fetch;
+mod gguf_check;
 mod names;
 mod plan;
 mod rope;
@@ -22,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::hooks::{Captures, Hooks, Site, Spec};
 pub use config::{Family, FAMILIES};
 pub use decoder::{Batch, Config, Decoder, KvCache, LogitsAt, WeightsMode};
+pub use gguf_check::check as check_gguf;
 pub use plan::Plan;
 use std::path::{Path, PathBuf};
 pub use tokenizer::{Message, Tokenizer};
@@ -59,6 +61,7 @@ impl Model {
         if path.is_dir() {
             return Self::load_safetensors(path, device);
         }
+        gguf_check::check(path)?;
         let mut file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
         let ct = candle_core::quantized::gguf_file::Content::read(&mut file)
             .map_err(|e| Error::file(path, format!("not a readable GGUF file: {e}")))?;
