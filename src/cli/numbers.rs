@@ -66,3 +66,44 @@ pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
         .then_some(v)
         .ok_or_else(|| format!("`{s}` must be at least 1"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Random strings from number-like characters: every parser answers with a value inside
+    /// its range or an error, and never panics.
+    #[test]
+    fn number_parsers_hold_their_ranges_on_random_input() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let pool: Vec<char> = "0123456789.-+eEinfatyNI x_".chars().collect();
+        for _ in 0..5000 {
+            let n = rng.random_range(0..12);
+            let s: String = (0..n)
+                .map(|_| pool[rng.random_range(0..pool.len())])
+                .collect();
+            if let Ok(v) = finite_f32(&s) {
+                assert!(v.is_finite(), "{s}");
+            }
+            if let Ok(v) = non_negative_f32(&s) {
+                assert!(v.is_finite() && v >= 0.0, "{s}");
+            }
+            if let Ok(v) = positive_f32(&s) {
+                assert!(v.is_finite() && v > 0.0, "{s}");
+            }
+            if let Ok(v) = probability(&s) {
+                assert!((0.0..=1.0).contains(&v), "{s}");
+            }
+            if let Ok(v) = positive_f64(&s) {
+                assert!(v.is_finite() && v > 0.0, "{s}");
+            }
+            if let Ok(v) = non_negative_f64(&s) {
+                assert!(v.is_finite() && v >= 0.0, "{s}");
+            }
+            if let Ok(v) = at_least_one(&s) {
+                assert!(v >= 1, "{s}");
+            }
+        }
+    }
+}
