@@ -6,27 +6,7 @@ use ctxsteer::{Site, Spec, WeightsMode};
 
 pub(super) fn probe_cmd(p: ProbeCmd) -> Result<()> {
     match p {
-        ProbeCmd::Train {
-            acts,
-            label,
-            sites,
-            kind,
-            seed,
-            test_relations,
-            out,
-            plot,
-            model,
-        } => probe_train(ProbeTrain {
-            acts,
-            label,
-            sites,
-            kind,
-            seed,
-            test_relations,
-            out,
-            plot,
-            model,
-        }),
+        ProbeCmd::Train(t) => probe_train(t),
         ProbeCmd::Show { file, json, plot } => probe_show(&file, json, plot.as_deref()),
         ProbeCmd::Apply {
             file,
@@ -37,19 +17,6 @@ pub(super) fn probe_cmd(p: ProbeCmd) -> Result<()> {
             model,
         } => probe_apply(&file, &data, &site, closed_book, json, &model),
     }
-}
-
-/// `probe train`'s arguments.
-struct ProbeTrain {
-    acts: std::path::PathBuf,
-    label: ctxsteer::probe::Target,
-    sites: Option<String>,
-    kind: ctxsteer::probe::Kind,
-    seed: u64,
-    test_relations: Option<String>,
-    out: std::path::PathBuf,
-    plot: Option<std::path::PathBuf>,
-    model: ModelArgs,
 }
 
 fn probe_train(t: ProbeTrain) -> Result<()> {

@@ -27,36 +27,40 @@ pub enum DataCmd {
     },
 }
 
+/// `probe train`'s arguments.
+#[derive(Args)]
+pub struct ProbeTrain {
+    /// A capture folder from `ctxsteer capture` (with --labels for follows_context/known).
+    #[arg(long)]
+    pub acts: PathBuf,
+    /// What to predict.
+    #[arg(long, value_parser = choice::<ctxsteer::probe::Target>(), default_value = "follows-context")]
+    pub label: ctxsteer::probe::Target,
+    /// Only these captured sites (names or patterns).
+    #[arg(long)]
+    pub sites: Option<String>,
+    #[arg(long, value_parser = choice::<ctxsteer::probe::Kind>(), default_value = "logistic")]
+    pub kind: ctxsteer::probe::Kind,
+    /// Seed of the subject split and the control task.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Test on these relations (comma-separated) and train on the rest, to measure transfer.
+    #[arg(long)]
+    pub test_relations: Option<String>,
+    /// Where to write the probe file (JSON).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also draw accuracy and AUROC by layer into this SVG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
 #[derive(Subcommand)]
 pub enum ProbeCmd {
     /// Fit one probe per captured site and save probes, directions and metrics.
-    Train {
-        /// A capture folder from `ctxsteer capture` (with --labels for follows_context/known).
-        #[arg(long)]
-        acts: PathBuf,
-        /// What to predict.
-        #[arg(long, value_parser = choice::<ctxsteer::probe::Target>(), default_value = "follows-context")]
-        label: ctxsteer::probe::Target,
-        /// Only these captured sites (names or patterns).
-        #[arg(long)]
-        sites: Option<String>,
-        #[arg(long, value_parser = choice::<ctxsteer::probe::Kind>(), default_value = "logistic")]
-        kind: ctxsteer::probe::Kind,
-        /// Seed of the subject split and the control task.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Test on these relations (comma-separated) and train on the rest, to measure transfer.
-        #[arg(long)]
-        test_relations: Option<String>,
-        /// Where to write the probe file (JSON).
-        #[arg(long)]
-        out: PathBuf,
-        /// Also draw accuracy and AUROC by layer into this SVG.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-        #[command(flatten)]
-        model: ModelArgs,
-    },
+    Train(ProbeTrain),
     /// Print a probe file's per-site table.
     Show {
         file: PathBuf,

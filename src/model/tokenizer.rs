@@ -91,14 +91,7 @@ impl Tokenizer {
                  SentencePiece BPE `llama`); put a tokenizer.json beside the model instead"
             )));
         }
-        let strings = |k: &str| -> Result<Vec<String>> {
-            md(k)
-                .ok_or_else(|| Error::Tokenizer(format!("GGUF metadata lacks `{k}`")))?
-                .to_vec()?
-                .iter()
-                .map(|v| Ok(v.to_string()?.clone()))
-                .collect()
-        };
+        let strings = |k: &str| gguf_strings(md(k), k);
         let tokens = strings("tokenizer.ggml.tokens")?;
         let types: Vec<i64> = match md("tokenizer.ggml.token_type") {
             Some(v) => v
@@ -148,20 +141,22 @@ impl Tokenizer {
     }
 }
 
+/// A GGUF metadata array of strings.
+fn gguf_strings(v: Option<&gguf_file::Value>, key: &str) -> Result<Vec<String>> {
+    v.ok_or_else(|| Error::Tokenizer(format!("GGUF metadata lacks `{key}`")))?
+        .to_vec()?
+        .iter()
+        .map(|v| Ok(v.to_string()?.clone()))
+        .collect()
+}
+
 /// The byte-level BPE of a `gpt2` GGUF tokenizer.
 fn byte_level_bpe<'a>(
     md: impl Fn(&str) -> Option<&'a gguf_file::Value>,
     tokens: Vec<String>,
     types: Vec<i64>,
 ) -> Result<tokenizers::Tokenizer> {
-    let strings = |k: &str| -> Result<Vec<String>> {
-        md(k)
-            .ok_or_else(|| Error::Tokenizer(format!("GGUF metadata lacks `{k}`")))?
-            .to_vec()?
-            .iter()
-            .map(|v| Ok(v.to_string()?.clone()))
-            .collect()
-    };
+    let strings = |k: &str| gguf_strings(md(k), k);
     {
         let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
             .into_iter()
