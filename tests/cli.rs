@@ -927,3 +927,27 @@ fn an_overlong_prompt_names_its_item() {
             predicate::str::contains("item `long-one`").and(predicate::str::contains("positions")),
         );
 }
+
+/// A stdout that cannot be written (a full disk) is one line of error and a non-zero exit,
+/// not a panic.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_on_stdout_is_a_clear_error() {
+    let (_d, path) = common::tiny::temp();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("ctxsteer"))
+        .args(["info", "--model"])
+        .arg(&path)
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: writing to standard output") && !err.contains("panicked"),
+        "{err}"
+    );
+}
