@@ -132,34 +132,46 @@ pub fn markdown(rep: &Report) -> String {
     );
     s += "## Test split, each method at the setting chosen on dev\n\n";
     let (h, rows) = table(rep);
-    s += &format!(
-        "| {} |\n|{}|\n",
-        h.join(" | "),
-        h.iter().map(|_| "---").collect::<Vec<_>>().join("|")
-    );
-    for r in rows {
-        s += &format!("| {} |\n", r.join(" | "));
-    }
-    s += "\nAdherence: share of items whose greedy answer names the context answer first. \
-          TF adherence: share whose context answer has the higher teacher-forced log-probability. \
-          M_R = n_prior / (n_prior + n_context). Prior retention: closed-book accuracy on the facts \
-          the model knows, method active, no context. True context kept: share of the test items, \
-          their context rewritten to state the true fact, whose greedy answer names it. Perplexity ×: perplexity of a fixed neutral \
-          text relative to no intervention. Settings are chosen on dev: highest adherence with \
-          retention ≥ 95% and perplexity ≤ +5%, else the cheapest (\"not met\").\n\n";
+    s += &md_table(&h, &rows);
+    s += LEGEND;
     s += "## Adherence per relation (test)\n\n";
     let (h, rows) = relation_table(rep);
-    s += &format!(
+    s += &md_table(&h, &rows);
+    s += &md_sweeps(rep);
+    s += &md_extras(rep);
+    s += "\n## Charts\n\n";
+    for (k, f) in &rep.charts {
+        s += &format!("![{k}]({f})\n\n");
+    }
+    s
+}
+
+const LEGEND: &str = "\nAdherence: share of items whose greedy answer names the context answer first. \
+    TF adherence: share whose context answer has the higher teacher-forced log-probability. \
+    M_R = n_prior / (n_prior + n_context). Prior retention: closed-book accuracy on the facts \
+    the model knows, method active, no context. True context kept: share of the test items, \
+    their context rewritten to state the true fact, whose greedy answer names it. Perplexity ×: perplexity of a fixed neutral \
+    text relative to no intervention. Settings are chosen on dev: highest adherence with \
+    retention ≥ 95% and perplexity ≤ +5%, else the cheapest (\"not met\").\n\n";
+
+/// A markdown table with header `h`.
+fn md_table<H: AsRef<str>>(h: &[H], rows: &[Vec<String>]) -> String {
+    let h: Vec<&str> = h.iter().map(AsRef::as_ref).collect();
+    let mut s = format!(
         "| {} |\n|{}|\n",
         h.join(" | "),
-        h.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+        vec!["---"; h.len()].join("|")
     );
     for r in rows {
         s += &format!("| {} |\n", r.join(" | "));
     }
-    s += "\n## Dev sweeps\n\n";
+    s
+}
+
+/// Each swept method's settings on dev, one line per method.
+fn md_sweeps(rep: &Report) -> String {
+    let mut s = "\n## Dev sweeps\n\n".to_string();
     for m in rep.methods.iter().filter(|m| !m.sweep.is_empty()) {
-        s += &format!("- **{:?}**: ", m.method);
         let pts: Vec<String> = m
             .sweep
             .iter()
@@ -173,9 +185,14 @@ pub fn markdown(rep: &Report) -> String {
                 )
             })
             .collect();
-        s += &pts.join("; ");
-        s += "\n";
+        s += &format!("- **{:?}**: {}\n", m.method, pts.join("; "));
     }
+    s
+}
+
+/// The demo's sections: probes, patching, density and timings, where present.
+fn md_extras(rep: &Report) -> String {
+    let mut s = String::new();
     if let Some(p) = &rep.probe {
         s += &format!("\n## Probes\n\n`{}`; best site {}.\n\n", p.file, p.best);
         s += "| site | test AUROC | control AUROC |\n|---|---|---|\n";
@@ -212,10 +229,6 @@ pub fn markdown(rep: &Report) -> String {
         for (k, v) in &rep.timings {
             s += &format!("- {k}: {v:.1} s\n");
         }
-    }
-    s += "\n## Charts\n\n";
-    for (k, f) in &rep.charts {
-        s += &format!("![{k}]({f})\n\n");
     }
     s
 }

@@ -355,3 +355,14 @@ fn squad_normalization_and_exact_match() {
     assert!(!bench::exact_match("23 episodes", &["23"]));
     assert!(!bench::exact_match("", &["23"]));
 }
+
+/// The markdown report is a function of report.json: re-rendering a saved run (the Gemma demo,
+/// with probes, patching, density and timings) gives its report.md byte for byte.
+#[test]
+fn a_saved_report_renders_to_its_markdown() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/gemma3-270m/demo");
+    let json = std::fs::read_to_string(dir.join("report.json")).unwrap();
+    let rep: ctxsteer::report::Report = serde_json::from_str(&json).unwrap();
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert_eq!(ctxsteer::report::markdown(&rep), md);
+}
