@@ -200,35 +200,7 @@ pub fn run(cli: Cli) -> Result<()> {
             layers,
             direction,
             out,
-        } => {
-            let pf = ctxsteer::probe::ProbeFile::read(&file)?;
-            let n = pf.model.n_layers;
-            let ls = layers
-                .as_deref()
-                .map(|l| ctxsteer::steer::parse_layers(l, n))
-                .transpose()
-                .context("--layers")?;
-            let st = ctxsteer::steer::Steering::from_probes(
-                &pf,
-                "best",
-                ls.as_deref(),
-                &direction,
-                ctxsteer::steer::Mode::Add,
-                alpha,
-                Positions::All,
-                n,
-            )?;
-            let dirs = st.as_cvec();
-            ctxsteer::steer::write_cvec(&out, &pf.model.architecture, n, &dirs)?;
-            let names: Vec<String> = dirs.iter().map(|(l, _)| format!("direction.{l}")).collect();
-            println!(
-                "wrote {} ({}) to {}",
-                names.len(),
-                names.join(", "),
-                out.display()
-            );
-            Ok(())
-        }
+        } => export_cvec(&file, alpha, layers.as_deref(), &direction, &out),
         Command::Generate(args) => generate_cmd(args),
         Command::BenchSpeed {
             model,
@@ -236,19 +208,63 @@ pub fn run(cli: Cli) -> Result<()> {
             decode_tokens,
             reps,
             json,
-        } => {
-            let path = model.path()?;
-            let rows = ctxsteer::speed::run(&path, prompt_tokens, decode_tokens, reps, &mut |m| {
-                eprintln!("measuring {m}")
-            })?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                print!("{}", ctxsteer::speed::table(&rows));
-            }
-            Ok(())
-        }
+        } => bench_speed(&model, prompt_tokens, decode_tokens, reps, json),
     }
+}
+
+/// Write a probe direction as a llama.cpp control vector.
+fn export_cvec(
+    file: &std::path::Path,
+    alpha: f32,
+    layers: Option<&str>,
+    direction: &str,
+    out: &std::path::Path,
+) -> Result<()> {
+    let pf = ctxsteer::probe::ProbeFile::read(file)?;
+    let n = pf.model.n_layers;
+    let ls = layers
+        .map(|l| ctxsteer::steer::parse_layers(l, n))
+        .transpose()
+        .context("--layers")?;
+    let st = ctxsteer::steer::Steering::from_probes(
+        &pf,
+        "best",
+        ls.as_deref(),
+        direction,
+        ctxsteer::steer::Mode::Add,
+        alpha,
+        Positions::All,
+        n,
+    )?;
+    let dirs = st.as_cvec();
+    ctxsteer::steer::write_cvec(out, &pf.model.architecture, n, &dirs)?;
+    let names: Vec<String> = dirs.iter().map(|(l, _)| format!("direction.{l}")).collect();
+    println!(
+        "wrote {} ({}) to {}",
+        names.len(),
+        names.join(", "),
+        out.display()
+    );
+    Ok(())
+}
+
+fn bench_speed(
+    model: &ModelArgs,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+    reps: usize,
+    json: bool,
+) -> Result<()> {
+    let path = model.path()?;
+    let rows = ctxsteer::speed::run(&path, prompt_tokens, decode_tokens, reps, &mut |m| {
+        eprintln!("measuring {m}")
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", ctxsteer::speed::table(&rows));
+    }
+    Ok(())
 }
 
 /// The command as a user would type it again: `ctxsteer` and the arguments, whatever path the
