@@ -85,6 +85,34 @@ pub struct CaptureOptions {
     pub shard_size: usize,
 }
 
+impl CaptureMeta {
+    /// The metadata of capturing `n_items` items of `data` from `model` with `opts`; `steering`
+    /// describes the interventions (None for none), `labels` names the labels file.
+    pub fn new(
+        model: &crate::model::Model,
+        data: String,
+        n_items: usize,
+        opts: &CaptureOptions,
+        steering: Option<String>,
+        labels: Option<String>,
+    ) -> CaptureMeta {
+        CaptureMeta {
+            model: model.name(),
+            weights: format!("{:?}", model.weights).to_lowercase(),
+            data,
+            n_items,
+            sites: opts.sites.iter().map(|s| s.to_string()).collect(),
+            positions: opts.positions,
+            form: opts.form,
+            with_context: opts.with_context,
+            shard_size: opts.shard_size,
+            steering,
+            labels,
+            complete: false,
+        }
+    }
+}
+
 fn shard_path(dir: &Path, k: usize, ext: &str) -> PathBuf {
     dir.join(format!("shard-{k:05}.{ext}"))
 }

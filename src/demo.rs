@@ -62,20 +62,14 @@ impl ProbeRun<'_> {
             batch_size: self.batch_size,
             shard_size: 256,
         };
-        let meta = crate::capture::CaptureMeta {
-            model: model.name(),
-            weights: format!("{:?}", model.weights).to_lowercase(),
-            data: data.display().to_string() + " (train split)",
-            n_items: items.len(),
-            sites: sites.iter().map(|s| s.to_string()).collect(),
-            positions: crate::capture::PosMode::Last,
-            form: self.form,
-            with_context: true,
-            shard_size: 256,
-            steering: None,
-            labels: labels.map(|_| "labels.jsonl".to_string()),
-            complete: false,
-        };
+        let meta = crate::capture::CaptureMeta::new(
+            model,
+            data.display().to_string() + " (train split)",
+            items.len(),
+            &copts,
+            None,
+            labels.map(|_| "labels.jsonl".to_string()),
+        );
         crate::capture::capture(
             model,
             items,

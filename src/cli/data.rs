@@ -46,37 +46,43 @@ pub(super) fn label_cmd(a: LabelArgs) -> Result<()> {
     Ok(())
 }
 
+/// The labels file of a capture, by id; an error when it labels none of the items, a warning
+/// when it misses some.
+fn capture_labels(
+    p: &std::path::Path,
+    items: &[ctxsteer::data::Item],
+) -> Result<std::collections::HashMap<String, ctxsteer::label::ItemLabel>> {
+    let map: std::collections::HashMap<_, _> = ctxsteer::label::read_labels(p)?
+        .into_iter()
+        .map(|l| (l.id.clone(), l))
+        .collect();
+    let missing = items.iter().filter(|it| !map.contains_key(&it.id)).count();
+    if missing == items.len() {
+        bail!(
+            "--labels {}: none of the {} items has a label there (the ids differ: label the same data file first)",
+            p.display(),
+            items.len()
+        );
+    }
+    if missing > 0 {
+        eprintln!(
+            "warning: {missing} of {} items have no label in {}; their label fields stay empty",
+            items.len(),
+            p.display()
+        );
+    }
+    Ok(map)
+}
+
 pub(super) fn capture_cmd(a: CaptureArgs) -> Result<()> {
     let items = a.data.read()?;
     let _lock = ctxsteer::atomic::OutputLock::acquire(&a.out, true)?;
     let model = a.model.load_or(WeightsMode::F32)?;
     let sites = Site::parse_pattern(&a.sites, model.cfg().n_layers)?;
     let labels = match &a.labels {
-        Some(p) => Some(
-            ctxsteer::label::read_labels(p)?
-                .into_iter()
-                .map(|l| (l.id.clone(), l))
-                .collect::<std::collections::HashMap<_, _>>(),
-        ),
+        Some(p) => Some(capture_labels(p, &items)?),
         None => None,
     };
-    if let (Some(map), Some(p)) = (&labels, &a.labels) {
-        let missing = items.iter().filter(|it| !map.contains_key(&it.id)).count();
-        if missing == items.len() {
-            bail!(
-                "--labels {}: none of the {} items has a label there (the ids differ: label the same data file first)",
-                p.display(),
-                items.len()
-            );
-        }
-        if missing > 0 {
-            eprintln!(
-                "warning: {missing} of {} items have no label in {}; their label fields stay empty",
-                items.len(),
-                p.display()
-            );
-        }
-    }
     let plan = a.steer.plan(&model)?;
     let opts = ctxsteer::capture::CaptureOptions {
         sites: sites.clone(),
@@ -86,20 +92,14 @@ pub(super) fn capture_cmd(a: CaptureArgs) -> Result<()> {
         batch_size: a.data.batch_size,
         shard_size: a.shard_size.max(1),
     };
-    let meta = ctxsteer::capture::CaptureMeta {
-        model: model.name(),
-        weights: format!("{:?}", model.weights).to_lowercase(),
-        data: a.data.data.display().to_string(),
-        n_items: items.len(),
-        sites: sites.iter().map(|s| s.to_string()).collect(),
-        positions: a.positions,
-        form: a.data.form,
-        with_context: !a.closed_book,
-        shard_size: opts.shard_size,
-        steering: Some(plan.describe()).filter(|d| d != "none"),
-        labels: a.labels.as_ref().map(|p| p.display().to_string()),
-        complete: false,
-    };
+    let meta = ctxsteer::capture::CaptureMeta::new(
+        &model,
+        a.data.data.display().to_string(),
+        items.len(),
+        &opts,
+        Some(plan.describe()).filter(|d| d != "none"),
+        a.labels.as_ref().map(|p| p.display().to_string()),
+    );
     let pb = ctxsteer::progress::bar(items.len() as u64, "capture", false);
     let t0 = std::time::Instant::now();
     let meta = ctxsteer::capture::capture(
