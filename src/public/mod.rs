@@ -343,22 +343,11 @@ pub fn run_one(
 ) -> Result<Section> {
     let t0 = std::time::Instant::now();
     let name = b.name();
-    let mut items = sample(load(dir, b)?, opts.limit, opts.seed);
-    split(&mut items, opts.seed, opts.dev_share);
-    let (mut dev, mut test) = bench::dev_test(&items);
-    add_shots(&mut dev, &mut test, shots_for(b, opts))?;
-    let dev = sample(dev, opts.dev_limit, opts.seed);
-    on(Event::Line(&format!(
-        "{name}: {} items ({} dev used for choosing strengths, {} test)",
-        items.len(),
-        dev.len(),
-        test.len()
-    )));
+    let (n_items, used) = items_used(dir, b, opts, on)?;
     let res = Resources {
         max_new: Some(b.max_new()),
         ..res.clone()
     };
-    let used: Vec<Item> = dev.into_iter().chain(test).collect();
     let mut run = BenchRun {
         model,
         b,
@@ -384,7 +373,7 @@ pub fn run_one(
         on(Event::Line(&format!(
             "{name}: its closed-book split pass is not in the journal; all methods left pending"
         )));
-        return Ok(nothing_saved(b, items.len(), &used, methods));
+        return Ok(nothing_saved(b, n_items, &used, methods));
     }
     let split = bench::Split::new(
         model,
@@ -410,7 +399,7 @@ pub fn run_one(
     let (published, note) = published(b, opts);
     Ok(Section {
         name: name.to_string(),
-        n_items: items.len(),
+        n_items,
         n_dev: split.dev.len(),
         n_test: split.test.len(),
         seconds,
@@ -421,6 +410,29 @@ pub fn run_one(
         published,
         note,
     })
+}
+
+/// The benchmark's items, sampled and split (dev limited, with shots when asked): how many
+/// there are in all, and the dev and test items used.
+fn items_used(
+    dir: &Path,
+    b: Benchmark,
+    opts: &PublicOptions,
+    on: &mut bench::OnEvent,
+) -> Result<(usize, Vec<Item>)> {
+    let mut items = sample(load(dir, b)?, opts.limit, opts.seed);
+    split(&mut items, opts.seed, opts.dev_share);
+    let (mut dev, mut test) = bench::dev_test(&items);
+    add_shots(&mut dev, &mut test, shots_for(b, opts))?;
+    let dev = sample(dev, opts.dev_limit, opts.seed);
+    on(Event::Line(&format!(
+        "{}: {} items ({} dev used for choosing strengths, {} test)",
+        b.name(),
+        items.len(),
+        dev.len(),
+        test.len()
+    )));
+    Ok((items.len(), dev.into_iter().chain(test).collect()))
 }
 
 /// What one benchmark's methods share while they run.
