@@ -82,24 +82,17 @@ impl ProbeRun<'_> {
         )?;
         let acts = crate::capture::load(acts_dir, model.cfg().n_layers)?;
         let topts = crate::probe::TrainOptions::new(target, crate::probe::Kind::Logistic);
-        let (probe_sites, n_train, n_test, n_pos) =
-            crate::probe::train(&acts, &topts, &mut |_| {})?;
-        Ok(crate::probe::ProbeFile {
-            version: crate::probe::PROBE_FILE_VERSION,
-            model: self.id.clone(),
-            acts: acts_dir.display().to_string(),
-            data: acts.meta.data.clone(),
-            target,
-            kind: crate::probe::Kind::Logistic,
-            command: self.command.to_string(),
-            seed: 0,
-            n_train,
-            n_test,
-            n_pos,
-            test_relations: None,
-            best: crate::probe::best_site(&probe_sites),
-            sites: probe_sites,
-        })
+        let trained = crate::probe::train(&acts, &topts, &mut |_| {})?;
+        let data = acts.meta.data.clone();
+        let command = self.command.to_string();
+        Ok(crate::probe::ProbeFile::new(
+            self.id.clone(),
+            acts_dir,
+            data,
+            &topts,
+            command,
+            trained,
+        ))
     }
 }
 

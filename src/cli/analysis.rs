@@ -58,24 +58,10 @@ fn probe_train(t: ProbeTrain) -> Result<()> {
     opts.test_relations =
         test_relations.map(|r| r.split(',').map(|s| s.trim().to_string()).collect());
     let pb = ctxsteer::progress::bar(a.sites.len() as u64, "probe", false);
-    let (sites, n_train, n_test, n_pos) = probe::train(&a, &opts, &mut |n| pb.inc(n as u64))?;
+    let trained = probe::train(&a, &opts, &mut |n| pb.inc(n as u64))?;
     pb.finish_and_clear();
-    let f = ProbeFile {
-        version: ctxsteer::probe::PROBE_FILE_VERSION,
-        model: id,
-        acts: acts.display().to_string(),
-        data: a.meta.data.clone(),
-        target: label,
-        kind,
-        command: super::command_line(),
-        seed,
-        n_train,
-        n_test,
-        n_pos,
-        test_relations: opts.test_relations.clone(),
-        best: probe::best_site(&sites),
-        sites,
-    };
+    let data = a.meta.data.clone();
+    let f = ProbeFile::new(id, &acts, data, &opts, super::command_line(), trained);
     f.write(&out)?;
     print!("{}", probe::table(&f));
     if let Some(svg) = plot {

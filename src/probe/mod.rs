@@ -141,6 +141,35 @@ pub struct ProbeFile {
 }
 
 impl ProbeFile {
+    /// The file for probes trained with `opts` on the capture in `acts` (holding `data`):
+    /// `trained` is [`train`]'s result, and `best` is chosen among its sites.
+    pub fn new(
+        model: ModelId,
+        acts: &std::path::Path,
+        data: String,
+        opts: &TrainOptions,
+        command: String,
+        trained: (Vec<SiteProbe>, usize, usize, usize),
+    ) -> ProbeFile {
+        let (sites, n_train, n_test, n_pos) = trained;
+        ProbeFile {
+            version: PROBE_FILE_VERSION,
+            model,
+            acts: acts.display().to_string(),
+            data,
+            target: opts.target,
+            kind: opts.kind,
+            command,
+            seed: opts.seed,
+            n_train,
+            n_test,
+            n_pos,
+            test_relations: opts.test_relations.clone(),
+            best: best_site(&sites),
+            sites,
+        }
+    }
+
     pub fn read(path: &std::path::Path) -> Result<ProbeFile> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
         let f: ProbeFile = serde_json::from_str(&text)
