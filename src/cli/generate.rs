@@ -54,18 +54,7 @@ pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
         println!("{}", spec.to_json()?);
         return Ok(());
     }
-    let sampling = if a.temperature > 0.0 {
-        if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
-            bail!("--top-p must be in (0, 1], got {}", a.top_p);
-        }
-        Sampling::TopP {
-            temperature: a.temperature,
-            top_p: a.top_p,
-            seed: a.seed,
-        }
-    } else {
-        Sampling::Greedy
-    };
+    let sampling = sampling(&a)?;
     let opts = GenOptions {
         max_tokens: a.max_tokens,
         sampling,
@@ -87,19 +76,38 @@ pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
         }
         Ok(())
     })?;
-    let text = model.tokenizer.decode(&g.ids)?;
+    finish_output(&model, &a, &g.ids, &printed)
+}
+
+/// Greedy, or top-p sampling when a temperature is given.
+fn sampling(a: &GenerateArgs) -> Result<Sampling> {
+    if a.temperature <= 0.0 {
+        return Ok(Sampling::Greedy);
+    }
+    if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
+        bail!("--top-p must be in (0, 1], got {}", a.top_p);
+    }
+    Ok(Sampling::TopP {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+    })
+}
+
+/// The JSON line (`--json`), or the rest of the streamed text and a line break.
+fn finish_output(model: &Model, a: &GenerateArgs, ids: &[u32], printed: &str) -> Result<()> {
+    let text = model.tokenizer.decode(ids)?;
     if a.json {
-        let tokens: Vec<String> = g
-            .ids
+        let tokens: Vec<String> = ids
             .iter()
             .map(|t| model.tokenizer.decode(&[*t]))
             .collect::<ctxsteer::Result<_>>()?;
         let v = serde_json::json!({
-            "prompt": a.prompt, "text": text, "tokens": tokens, "token_ids": g.ids,
+            "prompt": a.prompt, "text": text, "tokens": tokens, "token_ids": ids,
         });
         println!("{}", serde_json::to_string(&v)?);
     } else {
-        if let Some(rest) = text.strip_prefix(printed.as_str()) {
+        if let Some(rest) = text.strip_prefix(printed) {
             print!("{rest}");
         }
         println!();
