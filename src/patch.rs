@@ -279,37 +279,38 @@ pub fn patch(
     opts: &PatchOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<PatchResult> {
-    let mut effects: BTreeMap<(usize, String), Vec<f64>> = BTreeMap::new();
-    let (mut skipped, mut used) = (0, 0);
-    let (mut sum_s, mut sum_t) = (0.0, 0.0);
-    let kinds: Vec<Site> = {
-        let kind = match opts.sites {
-            PatchSites::ResidPost => SiteKind::ResidPost,
-            PatchSites::AttnOut => SiteKind::AttnOut,
-            PatchSites::MlpOut => SiteKind::MlpOut,
-            PatchSites::Heads => SiteKind::AttnZ,
-        };
-        (0..model.cfg().n_layers)
-            .map(|l| Site::new(kind, l))
-            .collect()
+    let kind = match opts.sites {
+        PatchSites::ResidPost => SiteKind::ResidPost,
+        PatchSites::AttnOut => SiteKind::AttnOut,
+        PatchSites::MlpOut => SiteKind::MlpOut,
+        PatchSites::Heads => SiteKind::AttnZ,
     };
+    let kinds: Vec<Site> = (0..model.cfg().n_layers)
+        .map(|l| Site::new(kind, l))
+        .collect();
+    let mut done = Vec::new();
     for item in items {
         progress(1);
-        let Some(p) = patch_item(model, item, opts, &kinds)? else {
-            skipped += 1;
-            continue;
-        };
-        used += 1;
-        sum_s += p.ld_source;
-        sum_t += p.ld_target;
-        for (layer, key, e) in p.effects {
-            effects.entry((layer, key)).or_default().push(e);
-        }
+        done.push(patch_item(model, item, opts, &kinds)?);
     }
+    summarize(opts, done)
+}
+
+/// The patching result over items (None: skipped): each cell's mean effect with its CI.
+fn summarize(opts: &PatchOptions, done: Vec<Option<ItemPatch>>) -> Result<PatchResult> {
+    let skipped = done.iter().filter(|d| d.is_none()).count();
+    let done: Vec<ItemPatch> = done.into_iter().flatten().collect();
+    let used = done.len();
     if used == 0 {
         return Err(Error::Invalid(format!(
             "no item could be patched ({skipped} skipped: source and target behave alike, answers share a first token, or positions do not align)"
         )));
+    }
+    let mean = |f: fn(&ItemPatch) -> f64| done.iter().map(f).sum::<f64>() / used as f64;
+    let (mean_ld_source, mean_ld_target) = (mean(|p| p.ld_source), mean(|p| p.ld_target));
+    let mut effects: BTreeMap<(usize, String), Vec<f64>> = BTreeMap::new();
+    for (layer, key, e) in done.into_iter().flat_map(|p| p.effects) {
+        effects.entry((layer, key)).or_default().push(e);
     }
     let mut keys: Vec<String> = Vec::new();
     let cells = effects
@@ -332,8 +333,8 @@ pub fn patch(
             .into(),
         n_items: used,
         n_skipped: skipped,
-        mean_ld_source: sum_s / used as f64,
-        mean_ld_target: sum_t / used as f64,
+        mean_ld_source,
+        mean_ld_target,
         keys,
         cells,
     })
