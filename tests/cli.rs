@@ -502,7 +502,10 @@ fn data_label_capture_and_bench_commands_through_the_binary() {
     // Relative outputs (`--out x`) land in the temporary folder, never in the repository.
     let run = |args: &[&str]| {
         let mut c = bin();
-        c.current_dir(dir.path()).args(args).arg("--model").arg(&path);
+        c.current_dir(dir.path())
+            .args(args)
+            .arg("--model")
+            .arg(&path);
         c
     };
     let labels = dir.path().join("labels.jsonl");
