@@ -151,9 +151,10 @@ impl WeightSource<'_> {
                 b,
             });
         }
+        // Not quantized here, so every part is an f32 matrix and they stack into one.
         let lins: Vec<Linear> = parts
             .iter()
-            .map(|(g, h)| self.linear_f32(g, h, bias))
+            .map(|(g, h)| self.linear(g, h, bias))
             .collect::<Result<_>>()?;
         let ws: Vec<Tensor> = lins
             .iter()
@@ -173,20 +174,6 @@ impl WeightSource<'_> {
             ws: vec![QMatMul::Tensor(Tensor::cat(&ws, 0)?)],
             b,
         })
-    }
-
-    /// A linear with its weight in f32 whatever the file holds.
-    fn linear_f32(&mut self, gguf: &str, hf: &str, bias: bool) -> Result<Linear> {
-        if let WeightSource::Gguf { mode, .. } = self {
-            let saved = *mode;
-            *mode = WeightsMode::F32;
-            let l = self.linear(gguf, hf, bias);
-            if let WeightSource::Gguf { mode, .. } = self {
-                *mode = saved;
-            }
-            return l;
-        }
-        self.linear(gguf, hf, bias)
     }
 
     pub(super) fn linear(&mut self, gguf: &str, hf: &str, bias: bool) -> Result<Linear> {
