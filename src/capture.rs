@@ -131,12 +131,7 @@ pub fn subject_last_token(model: &Model, text: &str, subject: &str) -> Result<Op
 /// The text and token ids of an item's prompt under the capture settings.
 fn prompt(model: &Model, item: &Item, opts: &CaptureOptions) -> Result<(String, Vec<u32>)> {
     let q = item.query(opts.form, opts.with_context);
-    let text = match opts.form {
-        Form::Chat => model
-            .tokenizer
-            .render_chat(&[crate::model::Message::user(&q)], true)?,
-        Form::Completion => q,
-    };
+    let text = model.prompt_text(&q, opts.form == Form::Chat)?;
     let ids = model.tokenizer.encode_prompt(&text)?;
     Ok((text, ids))
 }
@@ -242,33 +237,71 @@ fn capture_shard(
             };
             positions[i] = at;
             for (s, site) in opts.sites.iter().enumerate() {
-                rows[s][i] = match at {
-                    Some(p) => caps
-                        .at(*site, r, p)
-                        .ok_or_else(|| {
-                            Error::Invalid(format!("no capture at {site} position {p}"))
-                        })?
-                        .to_vec(),
-                    None => mean_row(&caps.by_position(*site, r), cfg.site_width(*site)),
-                };
+                rows[s][i] = row_at(&caps, *site, r, at, cfg.site_width(*site))?;
             }
         }
         progress(batch_idx.len());
     }
+    save_rows(
+        cfg,
+        &opts.sites,
+        &rows,
+        items.len(),
+        &shard_path(dir, k, "safetensors"),
+    )?;
+    let index = index_rows(items, labels, &prompts, &positions, k);
+    crate::data::write_jsonl(&shard_path(dir, k, "jsonl"), &index)
+}
+
+/// Batch row `r`'s captured values at `site`: at position `at`, or averaged over positions.
+fn row_at(
+    caps: &crate::hooks::Captures,
+    site: Site,
+    r: usize,
+    at: Option<usize>,
+    width: usize,
+) -> Result<Vec<f32>> {
+    match at {
+        Some(p) => Ok(caps
+            .at(site, r, p)
+            .ok_or_else(|| Error::Invalid(format!("no capture at {site} position {p}")))?
+            .to_vec()),
+        None => Ok(mean_row(&caps.by_position(site, r), width)),
+    }
+}
+
+/// Writes one shard's captured rows, `rows[site][item]`, as one `(items, width)`
+/// tensor per site, atomically.
+fn save_rows(
+    cfg: &crate::model::Config,
+    sites: &[Site],
+    rows: &[Vec<Vec<f32>>],
+    n_items: usize,
+    st: &Path,
+) -> Result<()> {
     let mut tensors = HashMap::new();
-    for (s, site) in opts.sites.iter().enumerate() {
+    for (s, site) in sites.iter().enumerate() {
         let w = cfg.site_width(*site);
         let flat: Vec<f32> = rows[s].iter().flatten().copied().collect();
         tensors.insert(
             site.to_string(),
-            Tensor::from_vec(flat, (items.len(), w), &Device::Cpu)?,
+            Tensor::from_vec(flat, (n_items, w), &Device::Cpu)?,
         );
     }
-    let st = shard_path(dir, k, "safetensors");
     let tmp = st.with_extension("safetensors.tmp");
     candle_core::safetensors::save(&tensors, &tmp).map_err(|e| Error::file(&tmp, e))?;
-    std::fs::rename(&tmp, &st).map_err(|e| Error::file(&st, e))?;
-    let index: Vec<IndexRow> = items
+    std::fs::rename(&tmp, st).map_err(|e| Error::file(st, e))
+}
+
+/// One shard's index: which row holds which item, with its labels if given.
+fn index_rows(
+    items: &[Item],
+    labels: Option<&HashMap<String, ItemLabel>>,
+    prompts: &[(String, Vec<u32>)],
+    positions: &[Option<usize>],
+    k: usize,
+) -> Vec<IndexRow> {
+    items
         .iter()
         .enumerate()
         .map(|(row, it)| {
@@ -288,8 +321,7 @@ fn capture_shard(
                 prior_logp: l.map(|l| l.closed.logp_prior),
             }
         })
-        .collect();
-    crate::data::write_jsonl(&shard_path(dir, k, "jsonl"), &index)
+        .collect()
 }
 
 fn mean_row(by_pos: &std::collections::BTreeMap<usize, Vec<f32>>, width: usize) -> Vec<f32> {

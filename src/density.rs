@@ -263,6 +263,40 @@ pub fn unit_scales(
         .collect())
 }
 
+/// Per-unit activation scales, from at most 64 real (or natural) prompts, or from all
+/// prompts when there are none.
+fn calibration_scales(
+    model: &Model,
+    probes: &[Probe],
+    sites: &[Site],
+    batch: usize,
+) -> Result<BTreeMap<Site, Vec<f32>>> {
+    let calib: Vec<Probe> = probes
+        .iter()
+        .filter(|p| p.side == "real" || p.side == "natural")
+        .take(64)
+        .cloned()
+        .collect();
+    let from = if calib.is_empty() { probes } else { &calib };
+    unit_scales(model, from, sites, batch)
+}
+
+/// One zeroed record per prompt, with `n_l` layers of every metric.
+fn empty_densities(probes: &[Probe], n_l: usize) -> Vec<ItemDensity> {
+    probes
+        .iter()
+        .map(|p| ItemDensity {
+            id: p.id.clone(),
+            condition: p.condition.clone(),
+            side: p.side.clone(),
+            layers: METRICS
+                .iter()
+                .map(|m| (m.to_string(), vec![0.0; n_l]))
+                .collect(),
+        })
+        .collect()
+}
+
 /// Measure every probe prompt.
 pub fn measure(
     model: &Model,
@@ -280,34 +314,12 @@ pub fn measure(
             "density sites must be per-layer sites, e.g. blocks.*.mlp.hook_post".into(),
         ));
     }
-    let calib: Vec<Probe> = probes
-        .iter()
-        .filter(|p| p.side == "real" || p.side == "natural")
-        .take(64)
-        .cloned()
-        .collect();
-    let scales = unit_scales(
-        model,
-        if calib.is_empty() { probes } else { &calib },
-        sites,
-        batch,
-    )?;
+    let scales = calibration_scales(model, probes, sites, batch)?;
     let resid = resid_for(sites);
     let mut all: Vec<Site> = sites.to_vec();
     all.extend(resid.iter().filter(|r| !sites.contains(r)));
     let n_l = sites.len();
-    let mut out: Vec<ItemDensity> = probes
-        .iter()
-        .map(|p| ItemDensity {
-            id: p.id.clone(),
-            condition: p.condition.clone(),
-            side: p.side.clone(),
-            layers: METRICS
-                .iter()
-                .map(|m| (m.to_string(), vec![0.0; n_l]))
-                .collect(),
-        })
-        .collect();
+    let mut out = empty_densities(probes, n_l);
     let index: BTreeMap<(String, String, String), usize> = probes
         .iter()
         .enumerate()
@@ -440,18 +452,28 @@ pub fn correlations(
         .collect()
 }
 
-/// One SVG per metric: each condition's two sides by layer, with their intervals as thin lines.
-pub fn plot(summary: &Summary, metric: &str, path: &std::path::Path) -> Result<()> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
-    let bands: Vec<(String, &Band)> = summary
+/// One metric's band for every condition and side, named "condition: side".
+fn bands_of<'a>(summary: &'a Summary, metric: &str) -> Vec<(String, &'a Band)> {
+    summary
         .iter()
         .flat_map(|(c, sides)| {
             sides
                 .iter()
                 .filter_map(move |(side, m)| m.get(metric).map(|b| (format!("{c}: {side}"), b)))
         })
-        .collect();
+        .collect()
+}
+
+/// A per-layer series as (layer, value) points.
+fn by_layer(v: &[f64]) -> Vec<(f64, f64)> {
+    v.iter().enumerate().map(|(l, v)| (l as f64, *v)).collect()
+}
+
+/// One SVG per metric: each condition's two sides by layer, with their intervals as thin lines.
+pub fn plot(summary: &Summary, metric: &str, path: &std::path::Path) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
+    let bands = bands_of(summary, metric);
     let n_l = bands.first().map_or(1, |(_, b)| b.mean.len());
     let (lo, hi) = bands
         .iter()
@@ -478,27 +500,16 @@ pub fn plot(summary: &Summary, metric: &str, path: &std::path::Path) -> Result<(
         .map_err(|e| err(&e))?;
     for (k, (name, b)) in bands.iter().enumerate() {
         let color = Palette99::pick(k).to_rgba();
-        let pts: Vec<(f64, f64)> = b
-            .mean
-            .iter()
-            .enumerate()
-            .map(|(l, v)| (l as f64, *v))
-            .collect();
         chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .draw_series(LineSeries::new(by_layer(&b.mean), color.stroke_width(2)))
             .map_err(|e| err(&e))?
             .label(name.clone())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
             });
         for side in [&b.ci_low, &b.ci_high] {
-            let pts: Vec<(f64, f64)> = side
-                .iter()
-                .enumerate()
-                .map(|(l, v)| (l as f64, *v))
-                .collect();
             chart
-                .draw_series(LineSeries::new(pts, color.mix(0.35)))
+                .draw_series(LineSeries::new(by_layer(side), color.mix(0.35)))
                 .map_err(|e| err(&e))?;
         }
     }

@@ -255,6 +255,36 @@ pub fn greedy_and_score(
                 .collect(),
         })
         .collect();
+    score_tails(model, &cache, &mut hooks, candidates, pad, &mut out)?;
+    let greedy = greedy_rows(model, &first, stop, &mut |next| {
+        let ids: Vec<Vec<u32>> = next.iter().map(|t| vec![*t]).collect();
+        let batch = Batch {
+            ids,
+            pads: vec![0; b],
+        };
+        let logits = model
+            .net
+            .forward(&batch, Some(&mut cache), &mut hooks, LogitsAt::Last)?;
+        Ok(logits.squeeze(1)?.to_vec2::<f32>()?)
+    })?;
+    for (o, g) in out.iter_mut().zip(greedy) {
+        o.greedy = g;
+    }
+    Ok(out)
+}
+
+/// Adds to each `out[r].answer_logp[c]` the log-probabilities of candidate `c`'s tokens after
+/// its first, teacher-forced on a copy of the prompts' cache.
+fn score_tails(
+    model: &Model,
+    cache: &KvCache,
+    hooks: &mut Hooks,
+    candidates: &[Vec<Vec<u32>>],
+    pad: u32,
+    out: &mut [Scored],
+) -> Result<()> {
+    let b = candidates.len();
+    let n_cand = candidates.first().map_or(0, Vec::len);
     #[allow(clippy::needless_range_loop)] // c indexes the second axis of candidates[r][c]
     for c in 0..n_cand {
         let rest: Vec<&[u32]> = (0..b).map(|r| &candidates[r][c][..]).collect();
@@ -279,7 +309,7 @@ pub fn greedy_and_score(
         };
         let logits = model
             .net
-            .forward(&tb, Some(&mut c_cache), &mut hooks, LogitsAt::All)?;
+            .forward(&tb, Some(&mut c_cache), hooks, LogitsAt::All)?;
         let lp = crate::model::llama::log_softmax(&logits)?.to_vec3::<f32>()?; // [b, longest-1, vocab]
         for r in 0..b {
             for j in 1..rest[r].len() {
@@ -287,21 +317,7 @@ pub fn greedy_and_score(
             }
         }
     }
-    let greedy = greedy_rows(model, &first, stop, &mut |next| {
-        let ids: Vec<Vec<u32>> = next.iter().map(|t| vec![*t]).collect();
-        let batch = Batch {
-            ids,
-            pads: vec![0; b],
-        };
-        let logits = model
-            .net
-            .forward(&batch, Some(&mut cache), &mut hooks, LogitsAt::Last)?;
-        Ok(logits.squeeze(1)?.to_vec2::<f32>()?)
-    })?;
-    for (o, g) in out.iter_mut().zip(greedy) {
-        o.greedy = g;
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// Context-aware decoding (Shi et al. 2023): next-token logits are
@@ -377,37 +393,8 @@ pub fn cad_greedy_and_score(
     stop: Stop,
 ) -> Result<Vec<Scored>> {
     let b = with.len();
-    let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let n_layers = model.cfg().n_layers;
-    let start = |prompts: &[Vec<u32>]| -> Result<(KvCache, Vec<Vec<f32>>)> {
-        let mut cache = KvCache::new(n_layers);
-        let mut hooks = Hooks::new(spec, model.cfg().n_heads)
-            .with_prompt_lens(prompts.iter().map(Vec::len).collect());
-        let l = model.net.forward(
-            &Batch::left_padded(prompts, pad),
-            Some(&mut cache),
-            &mut hooks,
-            LogitsAt::Last,
-        )?;
-        Ok((cache, l.squeeze(1)?.to_vec2::<f32>()?))
-    };
-    let step = |cache: &mut KvCache, prompts: &[Vec<u32>], toks: &[u32]| -> Result<Vec<Vec<f32>>> {
-        let mut hooks = Hooks::new(spec, model.cfg().n_heads)
-            .with_prompt_lens(prompts.iter().map(Vec::len).collect());
-        let ids: Vec<Vec<u32>> = toks.iter().map(|t| vec![*t]).collect();
-        let l = model.net.forward(
-            &Batch {
-                ids,
-                pads: vec![0; toks.len()],
-            },
-            Some(cache),
-            &mut hooks,
-            LogitsAt::Last,
-        )?;
-        Ok(l.squeeze(1)?.to_vec2::<f32>()?)
-    };
-    let (cw, lw) = start(with)?;
-    let (cn, ln) = start(without)?;
+    let (cw, lw) = prefill_last(model, spec, with)?;
+    let (cn, ln) = prefill_last(model, spec, without)?;
     let first: Vec<Vec<f32>> = (0..b).map(|r| weight.logits(&lw[r], &ln[r])).collect();
     let n_cand = candidates.first().map_or(0, Vec::len);
     let mut out: Vec<Scored> = (0..b)
@@ -416,39 +403,117 @@ pub fn cad_greedy_and_score(
             answer_logp: vec![0.0; n_cand],
         })
         .collect();
-    // Teacher-forced scoring, token by token, on copies of both caches.
-    #[allow(clippy::needless_range_loop)] // c indexes the second axis of candidates[r][c]
-    for c in 0..n_cand {
-        let longest = (0..b).map(|r| candidates[r][c].len()).max().unwrap_or(0);
-        let (mut cwc, mut cnc) = (cw.clone(), cn.clone());
-        let mut cur = first.clone();
-        for j in 0..longest {
-            let mut toks = vec![pad; b];
-            for r in 0..b {
-                if let Some(t) = candidates[r][c].get(j) {
-                    out[r].answer_logp[c] += log_softmax_vec(&cur[r])[*t as usize];
-                    toks[r] = *t;
-                }
-            }
-            if j + 1 == longest {
-                break;
-            }
-            let (a, n) = (
-                step(&mut cwc, with, &toks)?,
-                step(&mut cnc, without, &toks)?,
-            );
-            cur = (0..b).map(|r| weight.logits(&a[r], &n[r])).collect();
-        }
-    }
+    let pair = CadPair {
+        model,
+        spec,
+        with,
+        without,
+        weight,
+    };
+    pair.score(&cw, &cn, &first, candidates, &mut out)?;
     let (mut cw, mut cn) = (cw, cn);
     let greedy = greedy_rows(model, &first, stop, &mut |next| {
-        let (a, n) = (step(&mut cw, with, next)?, step(&mut cn, without, next)?);
-        Ok((0..b).map(|r| weight.logits(&a[r], &n[r])).collect())
+        pair.step(&mut cw, &mut cn, next)
     })?;
     for (o, g) in out.iter_mut().zip(greedy) {
         o.greedy = g;
     }
     Ok(out)
+}
+
+/// Prefills `prompts` (left-padded) into a new cache; returns it with each row's last logits.
+fn prefill_last(
+    model: &Model,
+    spec: &Spec,
+    prompts: &[Vec<u32>],
+) -> Result<(KvCache, Vec<Vec<f32>>)> {
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    let mut cache = KvCache::new(model.cfg().n_layers);
+    let mut hooks = Hooks::new(spec, model.cfg().n_heads)
+        .with_prompt_lens(prompts.iter().map(Vec::len).collect());
+    let l = model.net.forward(
+        &Batch::left_padded(prompts, pad),
+        Some(&mut cache),
+        &mut hooks,
+        LogitsAt::Last,
+    )?;
+    Ok((cache, l.squeeze(1)?.to_vec2::<f32>()?))
+}
+
+/// Feeds one token per row into `cache` (which holds `prompts` and what followed);
+/// returns each row's next logits.
+fn step_last(
+    model: &Model,
+    spec: &Spec,
+    cache: &mut KvCache,
+    prompts: &[Vec<u32>],
+    toks: &[u32],
+) -> Result<Vec<Vec<f32>>> {
+    let mut hooks = Hooks::new(spec, model.cfg().n_heads)
+        .with_prompt_lens(prompts.iter().map(Vec::len).collect());
+    let ids: Vec<Vec<u32>> = toks.iter().map(|t| vec![*t]).collect();
+    let batch = Batch {
+        ids,
+        pads: vec![0; toks.len()],
+    };
+    let l = model
+        .net
+        .forward(&batch, Some(cache), &mut hooks, LogitsAt::Last)?;
+    Ok(l.squeeze(1)?.to_vec2::<f32>()?)
+}
+
+/// The two passes of context-aware decoding, advanced in lockstep.
+struct CadPair<'a> {
+    model: &'a Model,
+    spec: &'a Spec,
+    with: &'a [Vec<u32>],
+    without: &'a [Vec<u32>],
+    weight: CadWeight,
+}
+
+impl CadPair<'_> {
+    /// Feeds one token per row to both passes; returns the contrasted next logits.
+    fn step(&self, cw: &mut KvCache, cn: &mut KvCache, toks: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let a = step_last(self.model, self.spec, cw, self.with, toks)?;
+        let n = step_last(self.model, self.spec, cn, self.without, toks)?;
+        Ok((0..toks.len())
+            .map(|r| self.weight.logits(&a[r], &n[r]))
+            .collect())
+    }
+
+    /// Teacher-forced scoring of every candidate, token by token, on copies of both caches.
+    fn score(
+        &self,
+        cw: &KvCache,
+        cn: &KvCache,
+        first: &[Vec<f32>],
+        candidates: &[Vec<Vec<u32>>],
+        out: &mut [Scored],
+    ) -> Result<()> {
+        let b = candidates.len();
+        let pad = self.model.tokenizer.eos_id.unwrap_or(0);
+        let n_cand = candidates.first().map_or(0, Vec::len);
+        #[allow(clippy::needless_range_loop)] // c indexes the second axis of candidates[r][c]
+        for c in 0..n_cand {
+            let longest = (0..b).map(|r| candidates[r][c].len()).max().unwrap_or(0);
+            let (mut cwc, mut cnc) = (cw.clone(), cn.clone());
+            let mut cur = first.to_vec();
+            for j in 0..longest {
+                let mut toks = vec![pad; b];
+                for r in 0..b {
+                    if let Some(t) = candidates[r][c].get(j) {
+                        out[r].answer_logp[c] += log_softmax_vec(&cur[r])[*t as usize];
+                        toks[r] = *t;
+                    }
+                }
+                if j + 1 == longest {
+                    break;
+                }
+                cur = self.step(&mut cwc, &mut cnc, &toks)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Feeds each row's last token and returns each row's next logits.

@@ -301,68 +301,70 @@ pub fn sweep_chart(methods: &[MethodResult], path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let panels = root.split_evenly((1, n));
     for (m, area) in swept.iter().zip(panels.iter()) {
-        let k = m.sweep.len();
-        let mut chart = ChartBuilder::on(area)
-            .caption(format!("{:?} (dev)", m.method), ("sans-serif", 15))
-            .margin(8)
-            .x_label_area_size(30)
-            .y_label_area_size(36)
-            .build_cartesian_2d(-0.5f64..(k as f64 - 0.5), 0f64..1f64)
-            .map_err(|e| err(&e))?;
+        sweep_panel(m, area).map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// One method's dev sweep: adherence and retention against strength.
+fn sweep_panel(
+    m: &MethodResult,
+    area: &plotters::drawing::DrawingArea<plotters::prelude::SVGBackend, plotters::coord::Shift>,
+) -> std::result::Result<(), String> {
+    use plotters::prelude::*;
+    let k = m.sweep.len();
+    let mut chart = ChartBuilder::on(area)
+        .caption(format!("{:?} (dev)", m.method), ("sans-serif", 15))
+        .margin(8)
+        .x_label_area_size(30)
+        .y_label_area_size(36)
+        .build_cartesian_2d(-0.5f64..(k as f64 - 0.5), 0f64..1f64)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_labels(k)
+        .x_label_formatter(&|x| {
+            m.sweep
+                .get(x.round() as usize)
+                .and_then(|e| e.strength)
+                .map(|s| format!("{s}"))
+                .unwrap_or_default()
+        })
+        .x_desc("strength")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    type Metric = fn(&crate::bench::Eval) -> f64;
+    let series: [(&str, RGBColor, Metric); 2] = [
+        ("adherence", BLUE, |e| e.adherence.value),
+        ("retention", GREEN, |e| e.retention.value),
+    ];
+    for (name, color, f) in series {
+        let pts = m.sweep.iter().enumerate().map(|(i, e)| (i as f64, f(e)));
         chart
-            .configure_mesh()
-            .x_labels(k)
-            .x_label_formatter(&|x| {
-                m.sweep
-                    .get(x.round() as usize)
-                    .and_then(|e| e.strength)
-                    .map(|s| format!("{s}"))
-                    .unwrap_or_default()
-            })
-            .x_desc("strength")
-            .draw()
-            .map_err(|e| err(&e))?;
-        let line = |f: &dyn Fn(&crate::bench::Eval) -> f64| -> Vec<(f64, f64)> {
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .draw_series(
             m.sweep
                 .iter()
                 .enumerate()
-                .map(|(i, e)| (i as f64, f(e)))
-                .collect()
-        };
-        chart
-            .draw_series(LineSeries::new(
-                line(&|e| e.adherence.value),
-                BLUE.stroke_width(2),
-            ))
-            .map_err(|e| err(&e))?
-            .label("adherence")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], BLUE.stroke_width(2)));
-        chart
-            .draw_series(LineSeries::new(
-                line(&|e| e.retention.value),
-                GREEN.stroke_width(2),
-            ))
-            .map_err(|e| err(&e))?
-            .label("retention")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], GREEN.stroke_width(2)));
-        chart
-            .draw_series(
-                m.sweep
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| Circle::new((i as f64, e.adherence.value), 3, BLUE.filled())),
-            )
-            .map_err(|e| err(&e))?;
-        // Bottom right: adherence and retention rarely go that low, so no point is hidden.
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))?;
-    }
-    root.present().map_err(|e| err(&e))?;
+                .map(|(i, e)| Circle::new((i as f64, e.adherence.value), 3, BLUE.filled())),
+        )
+        .map_err(|e| e.to_string())?;
+    // Bottom right: adherence and retention rarely go that low, so no point is hidden.
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 

@@ -154,6 +154,32 @@ pub fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
     Ok(out)
 }
 
+/// One probe site's steering direction, with its spread: strengths are in units of the
+/// spread, so a missing or non-positive one is an error (steering would silently be 0).
+fn steer_site(p: &SiteProbe, direction: &str, n_layers: usize) -> Result<SteerSite> {
+    let d = p.direction(direction)?;
+    let sp = p.spread.get(direction).cloned().ok_or_else(|| {
+        Error::Invalid(format!(
+            "probe site {}: no spread recorded for direction `{direction}`, so a strength \
+             in spread units means nothing; retrain the probe with this version",
+            p.site
+        ))
+    })?;
+    if !(sp.std.is_finite() && sp.std > 0.0) {
+        return Err(Error::Invalid(format!(
+            "probe site {}: the spread of direction `{direction}` is {}; it must be a \
+             positive number",
+            p.site, sp.std
+        )));
+    }
+    Ok(SteerSite {
+        site: Site::parse(&p.site, n_layers)?,
+        direction: d.to_vec(),
+        sigma: sp.std,
+        mean_pos: sp.mean_pos,
+    })
+}
+
 impl Steering {
     /// Steering from `file`: the probe at `site` (or `best`), or, with `layers`, the probes of
     /// the same site kind at each of those layers.
@@ -177,31 +203,10 @@ impl Steering {
                 .map(|l| file.site(&Site::new(anchor_site.kind, *l).to_string()))
                 .collect::<Result<_>>()?,
         };
-        let mut sites = Vec::new();
-        for p in chosen {
-            let d = p.direction(direction)?;
-            // Strengths are in units of the spread: without it, steering would silently be 0.
-            let sp = p.spread.get(direction).cloned().ok_or_else(|| {
-                Error::Invalid(format!(
-                    "probe site {}: no spread recorded for direction `{direction}`, so a strength \
-                     in spread units means nothing; retrain the probe with this version",
-                    p.site
-                ))
-            })?;
-            if !(sp.std.is_finite() && sp.std > 0.0) {
-                return Err(Error::Invalid(format!(
-                    "probe site {}: the spread of direction `{direction}` is {}; it must be a \
-                     positive number",
-                    p.site, sp.std
-                )));
-            }
-            sites.push(SteerSite {
-                site: Site::parse(&p.site, n_layers)?,
-                direction: d.to_vec(),
-                sigma: sp.std,
-                mean_pos: sp.mean_pos,
-            });
-        }
+        let sites = chosen
+            .into_iter()
+            .map(|p| steer_site(p, direction, n_layers))
+            .collect::<Result<Vec<_>>>()?;
         let gate = (mode == Mode::Gated).then(|| Gate {
             site: anchor_site,
             probe: anchor.clone(),

@@ -47,25 +47,34 @@ pub struct Resources {
     pub reft: Vec<crate::reft::Reft>,
 }
 
+/// One steering setting along the probe file's `best` site.
+fn steer_setting(
+    model: &Model,
+    m: Method,
+    res: &Resources,
+    mode: Mode,
+    dir: &str,
+    alpha: f32,
+) -> Result<Setting> {
+    let n_layers = model.cfg().n_layers;
+    let pf = res
+        .probes
+        .as_ref()
+        .ok_or_else(|| Error::Invalid(format!("method {m:?} needs a probe file")))?;
+    let st = Steering::from_probes(pf, "best", None, dir, mode, alpha, Positions::All, n_layers)?;
+    Ok(Setting {
+        method: m,
+        strength: Some(alpha),
+        label: format!("{dir} alpha={alpha} at {}", pf.best),
+        plan: Box::new(st),
+        cad: None,
+        instruct: false,
+    })
+}
+
 /// The settings a method's dev sweep tries.
 pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
-    let n_layers = model.cfg().n_layers;
-    let steer = |mode: Mode, dir: &str, alpha: f32| -> Result<Setting> {
-        let pf = res
-            .probes
-            .as_ref()
-            .ok_or_else(|| Error::Invalid(format!("method {m:?} needs a probe file")))?;
-        let st =
-            Steering::from_probes(pf, "best", None, dir, mode, alpha, Positions::All, n_layers)?;
-        Ok(Setting {
-            method: m,
-            strength: Some(alpha),
-            label: format!("{dir} alpha={alpha} at {}", pf.best),
-            plan: Box::new(st),
-            cad: None,
-            instruct: false,
-        })
-    };
+    let steer = |mode, dir, alpha| steer_setting(model, m, res, mode, dir, alpha);
     Ok(match m {
         Method::None => vec![Setting::none()],
         Method::Instruct => vec![Setting {

@@ -180,6 +180,16 @@ pub fn evaluate(
     evaluate_with(model, s, items, known, opts, None, &mut |_| {})
 }
 
+/// The items as they are, or with the instruction to follow the context
+/// (`with_context`: the items keep their contexts).
+fn instructed(items: &[Item], instruct: bool, with_context: bool) -> Vec<Item> {
+    if instruct {
+        with_instruction(items, with_context)
+    } else {
+        items.to_vec()
+    }
+}
+
 /// [`evaluate`] with explicit labelling options (e.g. a longer answer budget); `progress` gets
 /// the number of items done after each batch (of `items`, then of `known`). With a journal,
 /// runs already saved there are reused and new ones are saved as they finish.
@@ -193,24 +203,13 @@ pub fn evaluate_with(
     progress: &mut dyn FnMut(usize),
 ) -> Result<Eval> {
     opts.cad = s.cad;
-    let ctx_items = if s.instruct {
-        with_instruction(items, true)
-    } else {
-        items.to_vec()
-    };
+    let ctx_items = instructed(items, s.instruct, true);
     let plan = s.plan.as_ref();
     let mut items_journal = journal
         .as_deref_mut()
         .map(|j| j.sub(eval_runs_scope(false)));
-    let runs = label::runs(
-        model,
-        &ctx_items,
-        &opts,
-        plan,
-        true,
-        items_journal.as_mut(),
-        progress,
-    )?;
+    let j = items_journal.as_mut();
+    let runs = label::runs(model, &ctx_items, &opts, plan, true, j, progress)?;
     let em = |names: &dyn Fn(&Item) -> Vec<&str>| -> Vec<bool> {
         items
             .iter()
@@ -218,24 +217,13 @@ pub fn evaluate_with(
             .map(|(it, r)| exact_match(label::answer_span(&r.greedy), &names(it)))
             .collect()
     };
-    let known_items = if s.instruct {
-        with_instruction(known, false)
-    } else {
-        known.to_vec()
-    };
+    let known_items = instructed(known, s.instruct, false);
     let closed = if known_items.is_empty() {
         vec![]
     } else {
         let mut known_journal = journal.map(|j| j.sub(eval_runs_scope(true)));
-        label::runs(
-            model,
-            &known_items,
-            &opts,
-            plan,
-            false,
-            known_journal.as_mut(),
-            progress,
-        )?
+        let j = known_journal.as_mut();
+        label::runs(model, &known_items, &opts, plan, false, j, progress)?
     };
     let per_relation = per_relation(items, &runs);
     Ok(Eval {

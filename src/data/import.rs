@@ -294,53 +294,9 @@ fn import_memotrap(path: &Path, text: &str) -> Result<Vec<Item>> {
     for (i, rec) in rdr.records().enumerate() {
         let at = |m: String| Error::file(path, format!("record {} (line {}): {m}", i + 1, i + 2));
         let rec = rec.map_err(|e| at(e.to_string()))?;
-        let prompt = rec.get(cp).unwrap_or_default();
-        if prompt.trim().is_empty() {
-            return Err(at("field `prompt` is empty".into()));
-        }
-        let classes = parse_py_list(rec.get(cc).unwrap_or_default())
-            .map_err(|m| at(format!("field `classes`: {m}")))?;
-        let idx: usize = rec
-            .get(ca)
-            .unwrap_or_default()
-            .trim()
-            .parse()
-            .map_err(|_| at("field `answer_index` must be an integer".into()))?;
-        if classes.len() < 2 || idx >= classes.len() {
-            return Err(at(format!(
-                "field `answer_index` {idx} does not pick one of {} classes",
-                classes.len()
-            )));
-        }
-        let other = classes
-            .iter()
-            .enumerate()
-            .find(|(k, _)| *k != idx)
-            .map(|(_, c)| c.trim().to_string())
-            .unwrap_or_default();
-        let (context, rest) = split_instruction(prompt);
-        // The subject groups an item's variants in one split: the text to complete (a proverb),
-        // or, where that is only an answer cue ("Answer:"), the question itself.
-        let subject = if rest.trim().ends_with(':') {
-            context.trim()
-        } else {
-            rest.trim()
-        };
-        out.push(Item {
-            id: format!("memotrap:{relation}:{}", i + 1),
-            relation: relation.clone(),
-            subject: subject.to_string(),
-            question: prompt.to_string(),
-            prompt: rest,
-            context,
-            prior_answer: other,
-            context_answer: classes[idx].trim().to_string(),
-            prior_aliases: vec![],
-            context_aliases: vec![],
-            split: None,
-            variant: Some("counterfactual".into()),
-            prefix: String::new(),
-        });
+        let field = |c: usize| rec.get(c).unwrap_or_default();
+        let item = memotrap_item(&relation, i, field(cp), field(cc), field(ca)).map_err(at)?;
+        out.push(item);
     }
     if out.is_empty() {
         return Err(Error::file(path, "no records"));
@@ -348,64 +304,124 @@ fn import_memotrap(path: &Path, text: &str) -> Result<Vec<Item>> {
     Ok(out)
 }
 
+/// One MemoTrap record as an item: its prompt, its classes (a Python list) and the index of the
+/// class that follows the instruction. Errors name the field.
+fn memotrap_item(
+    relation: &str,
+    i: usize,
+    prompt: &str,
+    classes: &str,
+    answer_index: &str,
+) -> std::result::Result<Item, String> {
+    if prompt.trim().is_empty() {
+        return Err("field `prompt` is empty".into());
+    }
+    let classes = parse_py_list(classes).map_err(|m| format!("field `classes`: {m}"))?;
+    let idx: usize = answer_index
+        .trim()
+        .parse()
+        .map_err(|_| "field `answer_index` must be an integer".to_string())?;
+    if classes.len() < 2 || idx >= classes.len() {
+        return Err(format!(
+            "field `answer_index` {idx} does not pick one of {} classes",
+            classes.len()
+        ));
+    }
+    let other = classes
+        .iter()
+        .enumerate()
+        .find(|(k, _)| *k != idx)
+        .map(|(_, c)| c.trim().to_string())
+        .unwrap_or_default();
+    let (context, rest) = split_instruction(prompt);
+    // The subject groups an item's variants in one split: the text to complete (a proverb),
+    // or, where that is only an answer cue ("Answer:"), the question itself.
+    let subject = if rest.trim().ends_with(':') {
+        context.trim()
+    } else {
+        rest.trim()
+    };
+    Ok(Item {
+        id: format!("memotrap:{relation}:{}", i + 1),
+        relation: relation.to_string(),
+        subject: subject.to_string(),
+        question: prompt.to_string(),
+        prompt: rest,
+        context,
+        prior_answer: other,
+        context_answer: classes[idx].trim().to_string(),
+        prior_aliases: vec![],
+        context_aliases: vec![],
+        split: None,
+        variant: Some("counterfactual".into()),
+        prefix: String::new(),
+    })
+}
+
 fn import_world_capital(path: &Path, text: &str) -> Result<Vec<Item>> {
     let recs = json_array(path, text, "records")?;
     let mut out = Vec::new();
     for (i, r) in recs.iter().enumerate() {
-        let at = |m: String| Error::file(path, format!("record {i}: {m}"));
-        let s = |f: &str| -> Result<String> {
-            r.get(f)
-                .and_then(|x| x.as_str())
-                .filter(|x| !x.trim().is_empty())
-                .map(str::to_string)
-                .ok_or_else(|| at(format!("missing or empty string field `{f}`")))
-        };
-        let subject = s("Subject")?;
-        let answers = answer_list(r.get("Answer").unwrap_or(&serde_json::Value::Null))
-            .map_err(|m| at(format!("field `Answer`: {m}")))?;
-        let (distract, clean) = (s("Distracted Token")?, s("Clean Prompt")?);
-        let sub = s("Substitution Conflict")?;
-        let sub_ctx = sub
-            .strip_suffix(&clean)
-            .map(|c| c.trim_end().to_string())
-            .ok_or_else(|| {
-                at("`Substitution Conflict` does not end with the `Clean Prompt`".into())
-            })?;
-        let coh = s("Coherent Conflict")?;
-        let q = coh
-            .rfind("Question:")
-            .ok_or_else(|| at("`Coherent Conflict` has no `Question:`".into()))?;
-        let base = Item {
-            id: String::new(),
-            relation: String::new(),
-            subject: subject.clone(),
-            question: format!("What is the capital city of {subject}?"),
-            prompt: clean.clone(),
-            context: String::new(),
-            prior_answer: answers[0].clone(),
-            context_answer: distract.clone(),
-            prior_aliases: answers[1..].to_vec(),
-            context_aliases: vec![],
-            split: None,
-            variant: Some("counterfactual".into()),
-            prefix: String::new(),
-        };
-        out.push(Item {
-            id: format!("world_capital:{}:substitution", i + 1),
-            relation: "world_capital_substitution".into(),
-            context: sub_ctx,
-            ..base.clone()
-        });
-        out.push(Item {
-            id: format!("world_capital:{}:coherent", i + 1),
-            relation: "world_capital_coherent".into(),
-            context: coh[..q].trim_end().to_string(),
-            prompt: coh[q..].to_string(),
-            ..base
-        });
+        let items =
+            world_capital_items(i, r).map_err(|m| Error::file(path, format!("record {i}: {m}")))?;
+        out.extend(items);
     }
     if out.is_empty() {
         return Err(Error::file(path, "no records"));
     }
     Ok(out)
+}
+
+/// One world-capital record as two items: its substitution and its coherent conflict.
+fn world_capital_items(i: usize, r: &serde_json::Value) -> std::result::Result<[Item; 2], String> {
+    let s = |f: &str| -> std::result::Result<String, String> {
+        r.get(f)
+            .and_then(|x| x.as_str())
+            .filter(|x| !x.trim().is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| format!("missing or empty string field `{f}`"))
+    };
+    let subject = s("Subject")?;
+    let answers = answer_list(r.get("Answer").unwrap_or(&serde_json::Value::Null))
+        .map_err(|m| format!("field `Answer`: {m}"))?;
+    let (distract, clean) = (s("Distracted Token")?, s("Clean Prompt")?);
+    let sub = s("Substitution Conflict")?;
+    let sub_ctx = sub
+        .strip_suffix(&clean)
+        .map(|c| c.trim_end().to_string())
+        .ok_or("`Substitution Conflict` does not end with the `Clean Prompt`")?;
+    let coh = s("Coherent Conflict")?;
+    let q = coh
+        .rfind("Question:")
+        .ok_or("`Coherent Conflict` has no `Question:`")?;
+    let base = Item {
+        id: String::new(),
+        relation: String::new(),
+        subject: subject.clone(),
+        question: format!("What is the capital city of {subject}?"),
+        prompt: clean.clone(),
+        context: String::new(),
+        prior_answer: answers[0].clone(),
+        context_answer: distract.clone(),
+        prior_aliases: answers[1..].to_vec(),
+        context_aliases: vec![],
+        split: None,
+        variant: Some("counterfactual".into()),
+        prefix: String::new(),
+    };
+    Ok([
+        Item {
+            id: format!("world_capital:{}:substitution", i + 1),
+            relation: "world_capital_substitution".into(),
+            context: sub_ctx,
+            ..base.clone()
+        },
+        Item {
+            id: format!("world_capital:{}:coherent", i + 1),
+            relation: "world_capital_coherent".into(),
+            context: coh[..q].trim_end().to_string(),
+            prompt: coh[q..].to_string(),
+            ..base
+        },
+    ])
 }

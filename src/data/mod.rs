@@ -386,6 +386,22 @@ pub fn split_of(subject: &str) -> &'static str {
     }
 }
 
+/// Marks each item dev or test by a seeded hash of its subject, about `dev_share` of
+/// subjects dev (the public benchmarks' split; [`split_of`] is the built-in data's).
+pub fn split_dev_test(items: &mut [Item], seed: u64, dev_share: f64) {
+    for it in items.iter_mut() {
+        let h = stable_hash(&format!("split:{seed}:{}", it.subject)) % 1000;
+        it.split = Some(
+            if (h as f64) < dev_share * 1000.0 {
+                "dev"
+            } else {
+                "test"
+            }
+            .into(),
+        );
+    }
+}
+
 fn fill(t: &str, s: &str, o: &str) -> String {
     let out = t.replace("{s}", s).replace("{o}", o);
     let mut c = out.chars();

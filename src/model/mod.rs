@@ -140,14 +140,19 @@ impl Model {
         spec.validate(|s| cfg.site_width(s), cfg.n_heads, cfg.n_layers)
     }
 
-    /// Tokens of a prompt: plain text, or the user message rendered by the chat template.
-    pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+    /// The one prompt renderer: plain text, or the user message rendered by the chat template.
+    pub fn prompt_text(&self, prompt: &str, chat: bool) -> Result<String> {
         if chat {
-            let text = self.tokenizer.render_chat(&[Message::user(prompt)], true)?;
-            self.tokenizer.encode_prompt(&text)
+            self.tokenizer.render_chat(&[Message::user(prompt)], true)
         } else {
-            self.tokenizer.encode_prompt(prompt)
+            Ok(prompt.to_string())
         }
+    }
+
+    /// Tokens of a prompt rendered by [`Model::prompt_text`], with BOS where the model wants one.
+    pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+        self.tokenizer
+            .encode_prompt(&self.prompt_text(prompt, chat)?)
     }
 
     /// One uncached forward of `batch` under `spec`; returns logits and captures.

@@ -214,6 +214,36 @@ fn choose_alpha(opts: &TrainOptions, z: &Array2<f64>, sp: &Split) -> Result<(Opt
     })
 }
 
+/// The probe's held-out metrics, beside a control probe fitted to shuffled labels.
+fn held_out_metrics(
+    opts: &TrainOptions,
+    m: &Fitted,
+    ztr: &Array2<f64>,
+    zte: &Array2<f64>,
+    sp: &Split,
+    a: f64,
+    cv: f64,
+) -> Result<Metrics> {
+    let s = m.scores(zte);
+    let pred: Vec<bool> = s.iter().map(|v| *v > 0.0).collect();
+    let (accuracy, balanced_accuracy) = stats::accuracies(&pred, &sp.yte);
+    let auroc = stats::auroc(&s, &sp.yte);
+    let majority = sp.ytr.iter().filter(|v| **v).count() * 2 >= sp.ytr.len();
+    let majority_baseline =
+        sp.yte.iter().filter(|v| **v == majority).count() as f64 / sp.yte.len() as f64;
+    let control = fit(opts.kind, ztr, &sp.control_tr, a)?;
+    let control_auroc = stats::auroc(&control.scores(zte), &sp.control_te);
+    Ok(Metrics {
+        accuracy,
+        balanced_accuracy,
+        auroc,
+        majority_baseline,
+        control_auroc,
+        selectivity: auroc - control_auroc,
+        cv_auroc: cv,
+    })
+}
+
 /// One site's probe: standardize on train, choose the strength, fit, score on test beside the
 /// baselines, and derive the site's directions.
 fn probe_site(
@@ -230,24 +260,7 @@ fn probe_site(
     let (alpha, cv) = choose_alpha(opts, &ztr, sp)?;
     let a = alpha.unwrap_or(0.0);
     let m = fit(opts.kind, &ztr, &sp.ytr, a)?;
-    let s = m.scores(&zte);
-    let pred: Vec<bool> = s.iter().map(|v| *v > 0.0).collect();
-    let (accuracy, balanced_accuracy) = stats::accuracies(&pred, &sp.yte);
-    let auroc = stats::auroc(&s, &sp.yte);
-    let majority = sp.ytr.iter().filter(|v| **v).count() * 2 >= sp.ytr.len();
-    let majority_baseline =
-        sp.yte.iter().filter(|v| **v == majority).count() as f64 / sp.yte.len() as f64;
-    let control = fit(opts.kind, &ztr, &sp.control_tr, a)?;
-    let control_auroc = stats::auroc(&control.scores(&zte), &sp.control_te);
-    let metrics = Metrics {
-        accuracy,
-        balanced_accuracy,
-        auroc,
-        majority_baseline,
-        control_auroc,
-        selectivity: auroc - control_auroc,
-        cv_auroc: cv,
-    };
+    let metrics = held_out_metrics(opts, &m, &ztr, &zte, sp, a, cv)?;
     let all_i: Vec<usize> = sp.rows.iter().map(|(i, _)| *i).collect();
     let all_y: Vec<bool> = sp.rows.iter().map(|(_, y)| *y).collect();
     let rel: Vec<&str> = acts.index.iter().map(|r| r.relation.as_str()).collect();

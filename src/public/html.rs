@@ -1,11 +1,20 @@
 //! The public report as a real HTML page: the markdown report's headings, paragraphs, lists
 //! and tables become HTML elements (the markdown is ours, so only what it uses is handled).
 
-/// `md` as a self-contained page titled `title`.
-pub fn page(title: &str, md: &str) -> String {
+use std::collections::BTreeMap;
+
+/// `md` as a self-contained page titled `title`. `figures` maps a heading's text to HTML
+/// (a chart) placed right after that heading.
+pub fn page(title: &str, md: &str, figures: &BTreeMap<String, String>) -> String {
     let mut body = String::new();
     for block in md.split("\n\n").map(str::trim).filter(|b| !b.is_empty()) {
         body += &render_block(block);
+        let heading = block.lines().next().unwrap_or("").trim_start_matches('#');
+        if block.starts_with('#') {
+            if let Some(f) = figures.get(heading.trim()) {
+                body += &format!("<figure>{f}<figcaption>{FIGURE_NOTE}</figcaption></figure>");
+            }
+        }
     }
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>{body}</body></html>",
@@ -13,9 +22,13 @@ pub fn page(title: &str, md: &str) -> String {
     )
 }
 
+/// The caption of every chart.
+const FIGURE_NOTE: &str = "Test items. Dot: the value; line: its 95% bootstrap interval.";
+
 const STYLE: &str = "body{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.4}\
 table{border-collapse:collapse;margin:1em 0;font-size:90%}th,td{border:1px solid #ccc;padding:3px 6px}\
-th{background:#f3f3f3}td.n{text-align:right}code{background:#f6f6f6;padding:0 2px}";
+th{background:#f3f3f3}td.n{text-align:right}code{background:#f6f6f6;padding:0 2px}\
+figure{margin:1em 0}figcaption{font-size:85%;color:#555}";
 
 fn render_block(block: &str) -> String {
     let lines: Vec<&str> = block.lines().collect();
@@ -137,7 +150,9 @@ mod tests {
     #[test]
     fn headings_tables_lists_and_inline_spans_become_html() {
         let md = "# Title\n\nSome `x<y` and **bold** and *this*.\n\n## Part\n\n| a | b \\| c |\n|---|---:|\n| 1.5 | **2** |\n\n- one\n- two";
-        let h = page("T", md);
+        let fig = BTreeMap::from([("Part".to_string(), "<svg>chart</svg>".to_string())]);
+        let h = page("T", md, &fig);
+        assert!(h.contains("<h2>Part</h2><figure><svg>chart</svg><figcaption>"), "{h}");
         assert!(h.contains("<h1>Title</h1>"));
         assert!(h.contains(
             "<p>Some <code>x&lt;y</code> and <strong>bold</strong> and <em>this</em>.</p>"

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 mod benchmark;
+mod chart;
 mod html;
 mod paired;
 mod published;
@@ -210,21 +211,6 @@ fn sample(mut items: Vec<Item>, limit: Option<usize>, seed: u64) -> Vec<Item> {
     items
 }
 
-/// Mark dev/test by a seeded hash of the subject.
-fn split(items: &mut [Item], seed: u64, dev_share: f64) {
-    for it in items.iter_mut() {
-        let h = data::stable_hash(&format!("split:{seed}:{}", it.subject)) % 1000;
-        it.split = Some(
-            if (h as f64) < dev_share * 1000.0 {
-                "dev"
-            } else {
-                "test"
-            }
-            .into(),
-        );
-    }
-}
-
 /// Run one benchmark, method by method; each finished method is saved to `opts.parts`.
 pub fn run_one(
     model: &Model,
@@ -254,28 +240,9 @@ pub fn run_one(
             None => None,
         },
     };
-    let split_scope = format!(
-        "{}|split{}",
-        run_key(name, &run.sha256, opts),
-        shots_key(b, opts)
-    );
-    if opts.saved_only
-        && !scoped(&mut run.journal, &split_scope)
-            .is_some_and(|mut j| bench::Split::is_saved(&used, &mut j))
-    {
-        // Every method's runs come after the split's, so nothing of this benchmark is saved.
-        on(Event::Line(&format!(
-            "{name}: its closed-book split pass is not in the journal; all methods left pending"
-        )));
+    let Some(split) = run.closed_book_split(&used, on)? else {
         return Ok(nothing_saved(b, n_items, &used, methods));
-    }
-    let split = bench::Split::new(
-        model,
-        &used,
-        Form::Completion,
-        opts.batch_size,
-        scoped(&mut run.journal, &split_scope).as_mut(),
-    )?;
+    };
     on(Event::Line(&format!("{name}: {}", split.counts())));
     let split_seconds = t0.elapsed().as_secs_f64();
     let mut seconds = split_seconds;
@@ -315,7 +282,7 @@ fn items_used(
     on: &mut bench::OnEvent,
 ) -> Result<(usize, Vec<Item>)> {
     let mut items = sample(load(dir, b)?, opts.limit, opts.seed);
-    split(&mut items, opts.seed, opts.dev_share);
+    data::split_dev_test(&mut items, opts.seed, opts.dev_share);
     let (mut dev, mut test) = bench::dev_test(&items);
     add_shots(&mut dev, &mut test, shots_for(b, opts))?;
     let dev = sample(dev, opts.dev_limit, opts.seed);
@@ -343,6 +310,39 @@ struct BenchRun<'a> {
 type Outcomes = [Option<Vec<Outcome>>; 2];
 
 impl BenchRun<'_> {
+    /// The closed-book split pass over the used items, from the journal where saved; None
+    /// when only saved runs are wanted and this pass is not saved.
+    fn closed_book_split(
+        &mut self,
+        used: &[Item],
+        on: &mut bench::OnEvent,
+    ) -> Result<Option<bench::Split>> {
+        let (name, opts) = (self.b.name(), self.opts);
+        let split_scope = format!(
+            "{}|split{}",
+            run_key(name, &self.sha256, opts),
+            shots_key(self.b, opts)
+        );
+        if opts.saved_only
+            && !scoped(&mut self.journal, &split_scope)
+                .is_some_and(|mut j| bench::Split::is_saved(used, &mut j))
+        {
+            // Every method's runs come after the split's, so nothing of this benchmark is saved.
+            on(Event::Line(&format!(
+                "{name}: its closed-book split pass is not in the journal; all methods left pending"
+            )));
+            return Ok(None);
+        }
+        let split = bench::Split::new(
+            self.model,
+            used,
+            Form::Completion,
+            opts.batch_size,
+            scoped(&mut self.journal, &split_scope).as_mut(),
+        )?;
+        Ok(Some(split))
+    }
+
     /// Run method `m` (or reuse its saved part); None when it is left pending (`saved_only`
     /// without a saved part).
     fn method(

@@ -144,22 +144,11 @@ mod tests {
         // Closed-book on the first two items, where the gated method changes one run.
         save_runs("k-none", none, true, &["old1", "old2"]);
         save_runs("k-gated", gated, true, &["old1", "old22"]);
-        let b = test_outcomes(
-            &mut journal,
-            "k-none",
-            none,
-            (&test, false),
-            Benchmark::Nqswap,
-        )
-        .unwrap();
-        let c = test_outcomes(
-            &mut journal,
-            "k-cad",
-            cad,
-            (&test, false),
-            Benchmark::Nqswap,
-        )
-        .unwrap();
+        let mut outcomes = |key: &str, m: (Method, &str), items: (&[Item], bool)| {
+            test_outcomes(&mut journal, key, m, items, Benchmark::Nqswap)
+        };
+        let b = outcomes("k-none", none, (&test, false)).unwrap();
+        let c = outcomes("k-cad", cad, (&test, false)).unwrap();
         let hits = |o: &[Outcome]| o.iter().map(|o| o.hit).collect::<Vec<_>>();
         assert_eq!(hits(&b), [true, false, false, false]);
         assert_eq!(hits(&c), [true, true, true, false]);
@@ -169,66 +158,21 @@ mod tests {
         assert_eq!(changed_share(Some(&b), Some(&c)).value, 1.0);
         assert_eq!(changed_share(Some(&b), Some(&b)).value, 0.0);
         // The gated method changed one run of four, and none of its EM_C.
-        let g = test_outcomes(
-            &mut journal,
-            "k-gated",
-            gated,
-            (&test, false),
-            Benchmark::Nqswap,
-        )
-        .unwrap();
+        let g = outcomes("k-gated", gated, (&test, false)).unwrap();
         assert_eq!(paired_delta(Some(&b), Some(&g)).value, 0.0);
         let s = changed_share(Some(&b), Some(&g));
         assert_eq!((s.value, s.n), (0.25, 4));
         let known = &test[..2];
-        let bk = test_outcomes(
-            &mut journal,
-            "k-none",
-            none,
-            (known, true),
-            Benchmark::Nqswap,
-        )
-        .unwrap();
-        let gk = test_outcomes(
-            &mut journal,
-            "k-gated",
-            gated,
-            (known, true),
-            Benchmark::Nqswap,
-        )
-        .unwrap();
+        let bk = outcomes("k-none", none, (known, true)).unwrap();
+        let gk = outcomes("k-gated", gated, (known, true)).unwrap();
         let s = changed_share(Some(&bk), Some(&gk));
         assert_eq!((s.value, s.n), (0.5, 2));
-        assert!(
-            test_outcomes(&mut journal, "k-cad", cad, (known, true), Benchmark::Nqswap).is_none()
-        );
+        assert!(outcomes("k-cad", cad, (known, true)).is_none());
         // Another setting's runs are not these; a missing run or method gives n/a.
-        let other = (Method::Cad, "beta=2");
-        assert!(test_outcomes(
-            &mut journal,
-            "k-cad",
-            other,
-            (&test, false),
-            Benchmark::Nqswap
-        )
-        .is_none());
-        assert!(test_outcomes(
-            &mut journal,
-            "k-cad",
-            cad,
-            (&test[..3], false),
-            Benchmark::Nqswap
-        )
-        .is_some());
+        assert!(outcomes("k-cad", (Method::Cad, "beta=2"), (&test, false)).is_none());
+        assert!(outcomes("k-cad", cad, (&test[..3], false)).is_some());
         let extra: Vec<Item> = (1..=5).map(|i| nq(i, "c")).collect();
-        assert!(test_outcomes(
-            &mut journal,
-            "k-cad",
-            cad,
-            (&extra, false),
-            Benchmark::Nqswap
-        )
-        .is_none());
+        assert!(outcomes("k-cad", cad, (&extra, false)).is_none());
         assert_eq!(paired_delta(None, Some(&c)).n, 0);
         assert_eq!(paired_delta(Some(&b), Some(&c[..3])).n, 0);
         assert_eq!(changed_share(None, Some(&c)).n, 0);

@@ -117,8 +117,43 @@ pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
     )?;
     let md = markdown(r);
     data::write_atomic(&dir.join("report.md"), md.as_bytes())?;
-    let html = super::html::page("Public knowledge-conflict benchmarks", &md);
+    let figures = r
+        .sections
+        .iter()
+        .filter(|sec| !sec.methods.is_empty())
+        .map(|sec| (sec.name.clone(), section_chart(sec)))
+        .collect();
+    let html = super::html::page("Public knowledge-conflict benchmarks", &md, &figures);
     data::write_atomic(&dir.join("report.html"), html.as_bytes())
+}
+
+/// A section's chart: per method, the benchmark's headline metric (its first own metric), our
+/// adherence and the prior retention, each with its 95% interval, on the test items.
+fn section_chart(sec: &Section) -> String {
+    use super::chart::{dot_chart, Panel};
+    let names: Vec<String> = sec.methods.iter().map(|m| m.method.name().into()).collect();
+    let mut panels = Vec::new();
+    if let Some((_, first)) = sec.own.first() {
+        if let Some((title, _)) = first.first() {
+            let rates = sec.own.iter().map(|(_, v)| v[0].1.clone()).collect();
+            panels.push(Panel {
+                title: title.clone(),
+                rates,
+            });
+        }
+    }
+    type Pick = fn(&crate::bench::Eval) -> &Rate;
+    let ours: [(&str, Pick); 2] = [
+        ("adherence (ours)", |e| &e.adherence),
+        ("prior retention", |e| &e.retention),
+    ];
+    for (title, f) in ours {
+        panels.push(Panel {
+            title: title.into(),
+            rates: sec.methods.iter().map(|m| f(&m.test).clone()).collect(),
+        });
+    }
+    dot_chart(&names, &panels)
 }
 
 /// Published figures as one row per (model, metric, source) and one column per method, in the

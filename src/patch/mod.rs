@@ -21,6 +21,11 @@ use crate::model::{Batch, LogitsAt, Model};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod ablation;
+mod heatmap;
+pub use ablation::head_ablation;
+pub use heatmap::heatmap;
+
 crate::choice_enum! {
 /// Which activations are patched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,46 +97,11 @@ pub fn run_jobs(
     jobs: &[Job],
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    // When every job patches only the last position, the prefix runs once and each job is a
-    // one-token step on a copy of its KV cache: the prefix cannot see the last position.
     let n = target.len();
-    let last_only = n > 1
-        && jobs
-            .iter()
-            .all(|j| j.pairs.iter().all(|(t, _)| *t == n - 1));
-    let prefix = if last_only {
-        let mut cache = crate::model::KvCache::new(model.cfg().n_layers);
-        let empty = Spec::new();
-        let mut hooks =
-            crate::hooks::Hooks::new(&empty, model.cfg().n_heads).with_prompt_lens(vec![n]);
-        let batch = Batch::single(&target[..n - 1]);
-        model
-            .net
-            .forward(&batch, Some(&mut cache), &mut hooks, LogitsAt::Last)?;
-        Some(cache)
-    } else {
-        None
-    };
+    let prefix = shared_prefix(model, target, jobs)?;
     let mut out = Vec::with_capacity(jobs.len());
     for chunk in jobs.chunks(batch_size.max(1)) {
-        let mut spec = Spec::new();
-        for (r, job) in chunk.iter().enumerate() {
-            let mut values = BTreeMap::new();
-            for (t, s) in &job.pairs {
-                let v = source.at(job.site, 0, *s).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "source has no capture at {} position {s}",
-                        job.site
-                    ))
-                })?;
-                values.insert(*t, v.to_vec());
-            }
-            let positions = Positions::Indices(job.pairs.iter().map(|(t, _)| *t).collect());
-            let mut iv =
-                Intervention::new(job.site, positions, Action::Replace { values }).on_rows(vec![r]);
-            iv.heads = job.head.map(|h| vec![h]);
-            spec.push(iv);
-        }
+        let spec = jobs_spec(chunk, source)?;
         let logits = match &prefix {
             Some(cache) => {
                 model.validate(&spec)?;
@@ -158,6 +128,54 @@ pub fn run_jobs(
         out.extend(l);
     }
     Ok(out)
+}
+
+/// When every job patches only the last position, the prefix runs once and each job is a
+/// one-token step on a copy of its KV cache: the prefix cannot see the last position.
+fn shared_prefix(
+    model: &Model,
+    target: &[u32],
+    jobs: &[Job],
+) -> Result<Option<crate::model::KvCache>> {
+    let n = target.len();
+    let last_only = n > 1
+        && jobs
+            .iter()
+            .all(|j| j.pairs.iter().all(|(t, _)| *t == n - 1));
+    if !last_only {
+        return Ok(None);
+    }
+    let mut cache = crate::model::KvCache::new(model.cfg().n_layers);
+    let empty = Spec::new();
+    let mut hooks = crate::hooks::Hooks::new(&empty, model.cfg().n_heads).with_prompt_lens(vec![n]);
+    let batch = Batch::single(&target[..n - 1]);
+    model
+        .net
+        .forward(&batch, Some(&mut cache), &mut hooks, LogitsAt::Last)?;
+    Ok(Some(cache))
+}
+
+/// One batch of jobs as a spec: row `r` replaces job `r`'s positions with the source's values.
+fn jobs_spec(chunk: &[Job], source: &Captures) -> Result<Spec> {
+    let mut spec = Spec::new();
+    for (r, job) in chunk.iter().enumerate() {
+        let mut values = BTreeMap::new();
+        for (t, s) in &job.pairs {
+            let v = source.at(job.site, 0, *s).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "source has no capture at {} position {s}",
+                    job.site
+                ))
+            })?;
+            values.insert(*t, v.to_vec());
+        }
+        let positions = Positions::Indices(job.pairs.iter().map(|(t, _)| *t).collect());
+        let mut iv =
+            Intervention::new(job.site, positions, Action::Replace { values }).on_rows(vec![r]);
+        iv.heads = job.head.map(|h| vec![h]);
+        spec.push(iv);
+    }
+    Ok(spec)
 }
 
 /// Settings of a patching run.
@@ -205,13 +223,7 @@ fn ld(logits: &[f32], ctx: u32, prior: u32) -> f64 {
 }
 
 fn prompt_text(model: &Model, item: &Item, form: Form) -> Result<String> {
-    let q = item.query(form, true);
-    Ok(match form {
-        Form::Chat => model
-            .tokenizer
-            .render_chat(&[crate::model::Message::user(&q)], true)?,
-        Form::Completion => q,
-    })
+    model.prompt_text(&item.query(form, true), form == Form::Chat)
 }
 
 /// The jobs of one item, or None when its positions cannot be aligned.
@@ -348,14 +360,18 @@ struct ItemPatch {
     effects: Vec<(usize, String, f64)>,
 }
 
-/// Patch one item; None when it is skipped (answers share a first token, positions do not
-/// align, or source and target behave alike).
-fn patch_item(
-    model: &Model,
-    item: &Item,
-    opts: &PatchOptions,
-    kinds: &[Site],
-) -> Result<Option<ItemPatch>> {
+/// An item's source and target prompts, its two answers' first tokens and its jobs.
+struct Pair {
+    sids: Vec<u32>,
+    tids: Vec<u32>,
+    jobs: Vec<Job>,
+    c: u32,
+    p: u32,
+}
+
+/// Tokenizes an item's source and target variants and lists its jobs; None when the answers
+/// share a first token or the positions do not align.
+fn prepare(model: &Model, item: &Item, opts: &PatchOptions) -> Result<Option<Pair>> {
     let (src, tgt) = (
         variant_item(item, opts.source),
         variant_item(item, opts.target),
@@ -373,25 +389,41 @@ fn patch_item(
     if ctx.first() == prior.first() {
         return Ok(None);
     }
-    let (c, p) = (ctx[0], prior[0]);
     let shared = sids
         .iter()
         .rev()
         .zip(tids.iter().rev())
         .take_while(|(a, b)| a == b)
         .count();
-    let jobs = jobs_for(
-        model,
-        opts,
-        &tt,
-        &item.subject,
-        tids.len(),
-        sids.len(),
-        shared.max(1),
-    )?;
-    let Some(jobs) = jobs else {
+    let (nt, ns) = (tids.len(), sids.len());
+    let jobs = jobs_for(model, opts, &tt, &item.subject, nt, ns, shared.max(1))?;
+    Ok(jobs.map(|jobs| Pair {
+        sids,
+        tids,
+        jobs,
+        c: ctx[0],
+        p: prior[0],
+    }))
+}
+
+/// Patch one item; None when it is skipped (answers share a first token, positions do not
+/// align, or source and target behave alike).
+fn patch_item(
+    model: &Model,
+    item: &Item,
+    opts: &PatchOptions,
+    kinds: &[Site],
+) -> Result<Option<ItemPatch>> {
+    let Some(pair) = prepare(model, item, opts)? else {
         return Ok(None);
     };
+    let Pair {
+        sids,
+        tids,
+        jobs,
+        c,
+        p,
+    } = pair;
     let (sl, caps) = model.run(
         &Batch::single(&sids),
         &Spec::capture(kinds, Positions::All),
@@ -445,150 +477,6 @@ pub fn top(r: &PatchResult, n: usize) -> Vec<&Cell> {
     v.sort_by(|a, b| b.mean.total_cmp(&a.mean));
     v.truncate(n);
     v
-}
-
-/// Draw the layer x key heatmap of mean effects as an SVG (blue < 0 < red).
-pub fn heatmap(r: &PatchResult, path: &std::path::Path) -> Result<()> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
-    let n_layers = r.cells.iter().map(|c| c.layer + 1).max().unwrap_or(1);
-    let cols = r.keys.len().max(1);
-    let w = 160 + 40 * cols as u32;
-    let root = SVGBackend::new(path, (w.max(420), 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let title = if r.source == r.target {
-        format!(
-            "zero-ablating each head: change in logit(context) - logit(prior) ({} items)",
-            r.n_items
-        )
-    } else {
-        format!(
-            "patching {:?} -> {:?}: {:?} ({} items)",
-            r.source, r.target, r.sites, r.n_items
-        )
-    };
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 15))
-        .margin(10)
-        .x_label_area_size(60)
-        .y_label_area_size(40)
-        .build_cartesian_2d(0..cols, 0..n_layers)
-        .map_err(|e| err(&e))?;
-    let keys = r.keys.clone();
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_labels(cols)
-        .y_labels(n_layers.min(30))
-        .x_label_formatter(&|x| keys.get(*x).cloned().unwrap_or_default())
-        .y_desc("layer")
-        .draw()
-        .map_err(|e| err(&e))?;
-    let color = |v: f64| {
-        let v = v.clamp(-1.0, 1.0);
-        let f = |x: f64| (255.0 * (1.0 - x)) as u8;
-        if v >= 0.0 {
-            RGBColor(255, f(v), f(v))
-        } else {
-            RGBColor(f(-v), f(-v), 255)
-        }
-    };
-    chart
-        .draw_series(r.cells.iter().filter_map(|c| {
-            let x = r.keys.iter().position(|k| *k == c.key)?;
-            Some(Rectangle::new(
-                [(x, c.layer), (x + 1, c.layer + 1)],
-                color(c.mean).filled(),
-            ))
-        }))
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
-}
-
-/// Rank attention heads by what removing them does: for each (layer, head), zero its output
-/// (attn.hook_z) at the last position of the counterfactual prompt and record the change in
-/// LD = logit(context answer) - logit(prior answer). A positive mean change marks a head
-/// that pushes the prior (Yu, Merullo & Pavlick 2023). Cells hold the raw change in logits.
-pub fn head_ablation(
-    model: &Model,
-    items: &[Item],
-    form: Form,
-    batch_size: usize,
-    progress: &mut dyn FnMut(usize),
-) -> Result<PatchResult> {
-    let cfg = model.cfg();
-    let mut effects: BTreeMap<(usize, String), Vec<f64>> = BTreeMap::new();
-    let (mut used, mut skipped, mut sum_t) = (0, 0, 0.0);
-    for item in items {
-        progress(1);
-        let ids = model
-            .tokenizer
-            .encode_prompt(&prompt_text(model, item, form)?)?;
-        let ctx = crate::label::answer_ids(model, form, &item.context_answer)?;
-        let prior = crate::label::answer_ids(model, form, &item.prior_answer)?;
-        if ctx.first() == prior.first() {
-            skipped += 1;
-            continue;
-        }
-        let n = ids.len();
-        let ld_t = ld(&model.last_logits(&ids, &Spec::new())?, ctx[0], prior[0]);
-        let mut zeros = Captures::default();
-        let mut jobs = Vec::new();
-        for l in 0..cfg.n_layers {
-            let site = Site::new(SiteKind::AttnZ, l);
-            zeros.sites.insert(
-                site,
-                vec![crate::hooks::CapturedRow {
-                    batch: 0,
-                    pos: n - 1,
-                    values: vec![0.0; cfg.site_width(site)],
-                }],
-            );
-            for h in 0..cfg.n_heads {
-                jobs.push(Job {
-                    site,
-                    head: Some(h),
-                    pairs: vec![(n - 1, n - 1)],
-                    key: format!("head {h}"),
-                });
-            }
-        }
-        for (job, l) in jobs
-            .iter()
-            .zip(run_jobs(model, &ids, &zeros, &jobs, batch_size)?)
-        {
-            effects
-                .entry((job.site.layer, job.key.clone()))
-                .or_default()
-                .push(ld(&l, ctx[0], prior[0]) - ld_t);
-        }
-        used += 1;
-        sum_t += ld_t;
-    }
-    if used == 0 {
-        return Err(Error::Invalid(
-            "no item could be measured: every item's answers share a first token".into(),
-        ));
-    }
-    let keys: Vec<String> = (0..cfg.n_heads).map(|h| format!("head {h}")).collect();
-    let cells = effects
-        .into_iter()
-        .map(|((layer, key), v)| cell(layer, key, &v))
-        .collect();
-    Ok(PatchResult {
-        source: Variant::Counterfactual,
-        target: Variant::Counterfactual,
-        sites: PatchSites::Heads,
-        positions: PatchPositions::Last,
-        alignment: "zero-ablation of one head at the last position; cells are the raw change in LD (logits)".into(),
-        n_items: used,
-        n_skipped: skipped,
-        mean_ld_source: sum_t / used as f64,
-        mean_ld_target: sum_t / used as f64,
-        keys,
-        cells,
-    })
 }
 
 /// The mean of a cell's effects with a bootstrap 95% interval.
