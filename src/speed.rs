@@ -20,6 +20,21 @@ pub struct SpeedRow {
     pub prefill_tok_s: f64,
     pub decode_tokens: usize,
     pub decode_tok_s: f64,
+    /// Prefill and decode speed as multiples of llama.cpp's, when it ran beside.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_llama_cpp: Option<(f64, f64)>,
+    /// The process's peak resident memory so far, in MiB, for our quantized rows, which run
+    /// first: what the quantized model took, with its KV cache and the program itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// The process's peak resident set (VmHWM) in MiB, where /proc tells it.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// A fixed text long enough for `n` tokens.
@@ -98,18 +113,23 @@ fn time_candle(path: &Path, ids: &[u32], n_decode: usize) -> Result<(f64, f64)> 
     Ok((ids.len() as f64 / prefill, n_decode as f64 / decode))
 }
 
-/// Run the whole table for the GGUF at `path`. Each figure is the best of `reps` runs.
-pub fn run(
-    path: &Path,
-    n_prompt: usize,
-    n_decode: usize,
-    reps: usize,
-    log: &mut dyn FnMut(&str),
-) -> Result<Vec<SpeedRow>> {
+/// What `bench-speed` measures.
+pub struct SpeedOptions {
+    pub n_prompt: usize,
+    pub n_decode: usize,
+    /// Each figure is the best of this many runs.
+    pub reps: usize,
+    /// A `llama-bench` binary to run on the same GGUF, prompt length and threads.
+    pub llama_bench: Option<std::path::PathBuf>,
+}
+
+/// Run the whole table for the GGUF at `path`.
+pub fn run(path: &Path, o: &SpeedOptions, log: &mut dyn FnMut(&str)) -> Result<Vec<SpeedRow>> {
+    let (n_prompt, n_decode) = (o.n_prompt, o.n_decode);
     let mut rows = Vec::new();
     let best = |f: &mut dyn FnMut() -> Result<(f64, f64)>| -> Result<(f64, f64)> {
         let mut b = (0f64, 0f64);
-        for _ in 0..reps.max(1) {
+        for _ in 0..o.reps.max(1) {
             let (p, d) = f()?;
             b = (b.0.max(p), b.1.max(d));
         }
@@ -125,42 +145,138 @@ pub fn run(
         ] {
             log(&format!("ctxsteer {mode:?} hooks={name}"));
             let (p, d) = best(&mut || time_ours(&model, &spec, n_prompt, n_decode))?;
-            rows.push(SpeedRow {
-                engine: "ctxsteer".into(),
-                weights: format!("{mode:?}").to_lowercase(),
-                hooks: name.into(),
-                prefill_tokens: n_prompt,
-                prefill_tok_s: p,
-                decode_tokens: n_decode,
-                decode_tok_s: d,
-            });
+            let weights = format!("{mode:?}").to_lowercase();
+            let mut row = SpeedRow::new("ctxsteer", &weights, name, o, (p, d));
+            if mode == WeightsMode::Quantized {
+                row.peak_rss_mib = peak_rss_mib();
+            }
+            rows.push(row);
         }
     }
     log("candle-transformers quantized_llama");
     let (p, d) = best(&mut || time_candle(path, &ids, n_decode))?;
-    rows.push(SpeedRow {
-        engine: "candle quantized_llama".into(),
-        weights: "quantized".into(),
-        hooks: "none (has none)".into(),
-        prefill_tokens: n_prompt,
-        prefill_tok_s: p,
-        decode_tokens: n_decode,
-        decode_tok_s: d,
-    });
+    let hooks = "none (has none)";
+    rows.push(SpeedRow::new(
+        "candle quantized_llama",
+        "quantized",
+        hooks,
+        o,
+        (p, d),
+    ));
+    if let Some(bin) = &o.llama_bench {
+        log("llama.cpp llama-bench");
+        let (p, d) = llama_bench(bin, path, o)?;
+        for r in rows.iter_mut() {
+            r.vs_llama_cpp = Some((r.prefill_tok_s / p, r.decode_tok_s / d));
+        }
+        rows.push(SpeedRow::new(
+            "llama.cpp llama-bench",
+            "quantized",
+            hooks,
+            o,
+            (p, d),
+        ));
+    }
     Ok(rows)
+}
+
+impl SpeedRow {
+    fn new(engine: &str, weights: &str, hooks: &str, o: &SpeedOptions, tok_s: (f64, f64)) -> Self {
+        SpeedRow {
+            engine: engine.into(),
+            weights: weights.into(),
+            hooks: hooks.into(),
+            prefill_tokens: o.n_prompt,
+            prefill_tok_s: tok_s.0,
+            decode_tokens: o.n_decode,
+            decode_tok_s: tok_s.1,
+            vs_llama_cpp: None,
+            peak_rss_mib: None,
+        }
+    }
+}
+
+/// llama.cpp's `llama-bench` on the GGUF at `gguf`, with our prompt and decode lengths and
+/// candle's thread count: the best (prefill, decode) tokens per second of `reps` runs.
+fn llama_bench(bin: &Path, gguf: &Path, o: &SpeedOptions) -> Result<(f64, f64)> {
+    let threads = candle_core::utils::get_num_threads();
+    let out = std::process::Command::new(bin)
+        .arg("-m")
+        .arg(gguf)
+        .args(["-p", &o.n_prompt.to_string(), "-n", &o.n_decode.to_string()])
+        .args(["-t", &threads.to_string(), "-r", &o.reps.max(1).to_string()])
+        .args(["-o", "json"])
+        .output()
+        .map_err(|e| Error::file(bin, format!("cannot run llama-bench: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").to_string();
+        return Err(Error::file(
+            bin,
+            format!("llama-bench failed ({}): {last}", out.status),
+        ));
+    }
+    parse_llama_bench(&String::from_utf8_lossy(&out.stdout))
+        .map_err(|m| Error::file(bin, format!("llama-bench's JSON output: {m}")))
+}
+
+/// The best prefill (a test with `n_gen` 0) and decode (`n_prompt` 0) tokens per second in
+/// llama-bench's JSON output.
+fn parse_llama_bench(json: &str) -> std::result::Result<(f64, f64), String> {
+    let tests: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let best = |prefill: bool| -> std::result::Result<f64, String> {
+        let field = if prefill { "n_gen" } else { "n_prompt" };
+        tests
+            .iter()
+            .filter(|t| t[field].as_u64() == Some(0))
+            .flat_map(|t| t["samples_ts"].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_f64())
+            .reduce(f64::max)
+            .ok_or_else(|| format!("no test with `{field}` 0 and `samples_ts`"))
+    };
+    Ok((best(true)?, best(false)?))
 }
 
 /// The table as text.
 pub fn table(rows: &[SpeedRow]) -> String {
+    let ratios = rows.iter().any(|r| r.vs_llama_cpp.is_some());
     let mut s = format!(
-        "{:<24} {:<10} {:<18} {:>14} {:>14}\n",
+        "{:<24} {:<10} {:<18} {:>14} {:>14}",
         "engine", "weights", "hooks", "prefill tok/s", "decode tok/s"
     );
+    if ratios {
+        s += &format!(" {:>16} {:>16}", "prefill × llama", "decode × llama");
+    }
+    s += "\n";
     for r in rows {
         s += &format!(
-            "{:<24} {:<10} {:<18} {:>14.1} {:>14.1}\n",
+            "{:<24} {:<10} {:<18} {:>14.1} {:>14.1}",
             r.engine, r.weights, r.hooks, r.prefill_tok_s, r.decode_tok_s
         );
+        if let Some((p, d)) = r.vs_llama_cpp {
+            s += &format!(" {p:>16.2} {d:>16.2}");
+        }
+        s += "\n";
+    }
+    if let Some(m) = rows.iter().filter_map(|r| r.peak_rss_mib).reduce(f64::max) {
+        s += &format!("peak resident memory with quantized weights: {m:.0} MiB\n");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_bench_json_gives_the_best_prefill_and_decode_samples() {
+        let json = r#"[{"n_prompt": 128, "n_gen": 0, "samples_ts": [476.0, 478.8]},
+                       {"n_prompt": 0, "n_gen": 128, "samples_ts": [151.2, 160.4]}]"#;
+        assert_eq!(parse_llama_bench(json), Ok((478.8, 160.4)));
+        let no_decode = r#"[{"n_prompt": 128, "n_gen": 0, "samples_ts": [476.0]}]"#;
+        assert!(parse_llama_bench(no_decode)
+            .unwrap_err()
+            .contains("n_prompt"));
+        assert!(parse_llama_bench("build: 1234").is_err());
+    }
 }

@@ -131,6 +131,12 @@ pub enum Command {
         /// Repetitions; the best is reported.
         #[arg(long, default_value_t = 2)]
         reps: usize,
+        /// Also run llama.cpp's `llama-bench` binary at this path on the same GGUF, prompt and
+        /// decode lengths and thread count, and report each engine's speed as a multiple of
+        /// llama.cpp's (`scripts/llama-bench.sh` builds one and prints its path).
+        #[arg(long, value_name = "PATH")]
+        llama_bench: Option<PathBuf>,
+        /// Print the rows as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -208,8 +214,17 @@ pub fn run(cli: Cli) -> Result<()> {
             prompt_tokens,
             decode_tokens,
             reps,
+            llama_bench,
             json,
-        } => bench_speed(&model, prompt_tokens, decode_tokens, reps, json),
+        } => {
+            let o = ctxsteer::speed::SpeedOptions {
+                n_prompt: prompt_tokens,
+                n_decode: decode_tokens,
+                reps,
+                llama_bench,
+            };
+            bench_speed(&model, &o, json)
+        }
     }
 }
 
@@ -249,17 +264,9 @@ fn export_cvec(
     Ok(())
 }
 
-fn bench_speed(
-    model: &ModelArgs,
-    prompt_tokens: usize,
-    decode_tokens: usize,
-    reps: usize,
-    json: bool,
-) -> Result<()> {
+fn bench_speed(model: &ModelArgs, o: &ctxsteer::speed::SpeedOptions, json: bool) -> Result<()> {
     let path = model.path()?;
-    let rows = ctxsteer::speed::run(&path, prompt_tokens, decode_tokens, reps, &mut |m| {
-        eprintln!("measuring {m}")
-    })?;
+    let rows = ctxsteer::speed::run(&path, o, &mut |m| eprintln!("measuring {m}"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {

@@ -10,6 +10,7 @@
 use super::batch::attention_mask;
 pub use super::batch::{Batch, KvCache, LogitsAt};
 pub use super::config::{Config, Family};
+use super::embedding::Embedding;
 use super::names::{self, BlockNames};
 use super::rope::{rope, RopeTable};
 use super::weights::{lm_head, Linear};
@@ -59,7 +60,7 @@ impl Block {
 /// A decoder-only transformer of any supported family.
 pub struct Decoder {
     pub cfg: Config,
-    embed: Tensor,
+    embed: Embedding,
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
@@ -73,7 +74,7 @@ impl Decoder {
     pub fn new(cfg: Config, mut src: WeightSource) -> Result<Self> {
         let family = cfg.family;
         let (g, h) = names::embed();
-        let embed = src.tensor(&format!("{g}.weight"), &format!("{h}.weight"))?;
+        let embed = Embedding::load(&mut src, &format!("{g}.weight"), &format!("{h}.weight"))?;
         let blocks = (0..cfg.n_layers)
             .map(|l| Block::load(&mut src, family, l))
             .collect::<Result<Vec<_>>>()?;
@@ -184,10 +185,9 @@ impl Decoder {
     /// Token embeddings `[b, seq, d_model]`, times the family's scale.
     fn embed_tokens(&self, batch: &Batch, b: usize, seq: usize) -> Result<Tensor> {
         let flat: Vec<u32> = batch.ids.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, (b * seq,), self.device())?;
         let x = self
             .embed
-            .index_select(&ids, 0)?
+            .lookup(&flat, self.device())?
             .reshape((b, seq, self.cfg.d_model))?;
         match self.cfg.embed_scale() {
             Some(s) => Ok((x * s)?),
@@ -324,7 +324,7 @@ impl Decoder {
 
     /// The device the weights live on; activations and interventions go there too.
     pub fn device(&self) -> &Device {
-        self.embed.device()
+        self.norm.device()
     }
 
     /// The unembedding applied to a final-normalized residual `[.., d_model]`.

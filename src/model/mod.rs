@@ -5,10 +5,13 @@
 mod batch;
 pub mod config;
 pub mod decoder;
+mod embedding;
 pub mod fetch;
 mod gguf_check;
 mod names;
 mod plan;
+mod qgemm;
+mod qgemv;
 mod rope;
 mod spm;
 pub mod tokenizer;

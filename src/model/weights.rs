@@ -2,6 +2,7 @@
 //! or dequantized to f32 at load) or a safetensors `VarBuilder`, read by llama.cpp's or
 //! Hugging Face's tensor names, onto one candle device.
 
+use super::embedding::Embedding;
 use crate::error::{Error, Result};
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -32,11 +33,11 @@ impl Linear {
         let dims = x.dims().to_vec();
         let x2 = x.reshape(((), dims[dims.len() - 1]))?;
         let mut y = match self.ws.as_slice() {
-            [w] => w.forward(&x2)?,
+            [w] => product(w, &x2)?,
             ws => {
                 let ys: Vec<Tensor> = ws
                     .iter()
-                    .map(|w| w.forward(&x2))
+                    .map(|w| product(w, &x2))
                     .collect::<candle_core::Result<_>>()?;
                 Tensor::cat(&ys, 1)?
             }
@@ -49,6 +50,25 @@ impl Linear {
         out[last] = y.dim(1)?;
         Ok(y.reshape(out)?)
     }
+}
+
+/// `x [m, k] · wᵀ`: for a prompt's many rows of activations and quantized weights, through
+/// dequantized tiles and f32 gemm ([`super::qgemm`]); for a few rows and Q4_1 weights, our
+/// SIMD kernel ([`super::qgemv`]); else candle's product. Activations that
+/// carry a gradient always take candle's product, which is differentiable.
+fn product(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    if let QMatMul::QTensor(q) = w {
+        if !x.track_op() {
+            let y = match x.dim(0)? >= super::qgemm::MIN_ROWS {
+                true => super::qgemm::matmul(q, x)?,
+                false => super::qgemv::matmul(q, x)?,
+            };
+            if let Some(y) = y {
+                return Ok(y);
+            }
+        }
+    }
+    w.forward(x)
 }
 
 /// Where weights come from: a GGUF file or a safetensors VarBuilder.
@@ -77,7 +97,7 @@ impl WeightSource<'_> {
         }
     }
 
-    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+    pub(super) fn qtensor(&mut self, name: &str) -> Result<QTensor> {
         match self {
             WeightSource::Gguf {
                 ct, file, device, ..
@@ -248,26 +268,21 @@ fn concat_rows(g: &[QTensor], device: &Device) -> Result<QTensor> {
 
 /// The unembedding: `output.weight` when the file has one, else the tied embedding (reused,
 /// not loaded twice, when it is already in f32).
-pub(super) fn lm_head(src: &mut WeightSource, embed: &Tensor) -> Result<Linear> {
+pub(super) fn lm_head(src: &mut WeightSource, embed: &Embedding) -> Result<Linear> {
     let w = match src {
         WeightSource::Gguf { ct, mode, .. } => {
             let own = ct.tensor_infos.contains_key("output.weight");
             match (*mode, own) {
-                (WeightsMode::F32, false) => QMatMul::Tensor(embed.clone()),
+                (_, false) => embed.as_matmul()?,
                 (WeightsMode::F32, true) => QMatMul::Tensor(src.tensor("output.weight", "")?),
-                (WeightsMode::Quantized, _) => {
-                    let name = if own {
-                        "output.weight"
-                    } else {
-                        "token_embd.weight"
-                    };
-                    QMatMul::from_arc(Arc::new(src.qtensor(name)?))?
+                (WeightsMode::Quantized, true) => {
+                    QMatMul::from_arc(Arc::new(src.qtensor("output.weight")?))?
                 }
             }
         }
         WeightSource::Safetensors { vb, tied, .. } => {
             if *tied || !vb.contains_tensor("lm_head.weight") {
-                QMatMul::Tensor(embed.clone())
+                embed.as_matmul()?
             } else {
                 QMatMul::Tensor(vb.get_unchecked("lm_head.weight")?.to_dtype(DType::F32)?)
             }

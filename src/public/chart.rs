@@ -133,14 +133,20 @@ mod tests {
         let svg = dot_chart(&methods, &[shares]);
         // On [0, 1] the dots of 0 and 1 sit at the panel's two ends.
         assert!(svg.contains(&format!("cx=\"{:.1}\"", LABEL)), "{svg}");
-        assert!(svg.contains(&format!("cx=\"{:.1}\"", LABEL + WIDTH)), "{svg}");
+        assert!(
+            svg.contains(&format!("cx=\"{:.1}\"", LABEL + WIDTH)),
+            "{svg}"
+        );
         assert!(svg.contains(">none</text>") && svg.contains(">cad</text>"));
         assert_eq!(domain(&[rate(0.1, -0.5, 0.2)]), (-0.5, 1.0));
         assert_eq!(ticks(-0.5, 1.0), [-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0]);
         // A method with no runs gets no dot.
         let empty = Panel {
             title: "x".into(),
-            rates: vec![Rate { n: 0, ..rate(0.5, 0.4, 0.6) }],
+            rates: vec![Rate {
+                n: 0,
+                ..rate(0.5, 0.4, 0.6)
+            }],
         };
         assert!(!dot_chart(&methods[..1], &[empty]).contains("<circle"));
     }

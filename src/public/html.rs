@@ -152,7 +152,10 @@ mod tests {
         let md = "# Title\n\nSome `x<y` and **bold** and *this*.\n\n## Part\n\n| a | b \\| c |\n|---|---:|\n| 1.5 | **2** |\n\n- one\n- two";
         let fig = BTreeMap::from([("Part".to_string(), "<svg>chart</svg>".to_string())]);
         let h = page("T", md, &fig);
-        assert!(h.contains("<h2>Part</h2><figure><svg>chart</svg><figcaption>"), "{h}");
+        assert!(
+            h.contains("<h2>Part</h2><figure><svg>chart</svg><figcaption>"),
+            "{h}"
+        );
         assert!(h.contains("<h1>Title</h1>"));
         assert!(h.contains(
             "<p>Some <code>x&lt;y</code> and <strong>bold</strong> and <em>this</em>.</p>"
