@@ -12,31 +12,42 @@ use std::path::Path;
 pub fn check(path: &Path) -> Result<()> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
     let size = f.metadata().map_err(|e| Error::file(path, e))?.len();
-    // Headers of real files are a few MB at most (the vocabulary); read up to 256 MB.
+    // Headers of real files are a few MB (the vocabulary): read 4 MB, and more only when the
+    // header runs on, up to 256 MB, so that a model is not read whole just to check its header.
     let mut head = Vec::new();
-    (&mut f)
-        .take(size.min(256 << 20))
-        .read_to_end(&mut head)
-        .map_err(|e| Error::file(path, e))?;
-    if !head.starts_with(b"GGUF") {
-        return Err(Error::file(
-            path,
-            "not a readable GGUF file: it does not begin with `GGUF`",
-        ));
+    let mut want = 4u64 << 20;
+    loop {
+        let have = head.len() as u64;
+        (&mut f)
+            .take(want.min(size).saturating_sub(have))
+            .read_to_end(&mut head)
+            .map_err(|e| Error::file(path, e))?;
+        if !head.starts_with(b"GGUF") {
+            return Err(Error::file(
+                path,
+                "not a readable GGUF file: it does not begin with `GGUF`",
+            ));
+        }
+        let mut r = Reader {
+            buf: &head,
+            pos: 0,
+            file_size: size,
+            ran_past: false,
+        };
+        match r.header() {
+            Ok(()) => return Ok(()),
+            Err(_) if r.ran_past && (head.len() as u64) < size.min(256 << 20) => want *= 4,
+            Err(e) => return Err(Error::file(path, format!("damaged GGUF header: {e}"))),
+        }
     }
-    let mut r = Reader {
-        buf: &head,
-        pos: 0,
-        file_size: size,
-    };
-    r.header()
-        .map_err(|e| Error::file(path, format!("damaged GGUF header: {e}")))
 }
 
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     file_size: u64,
+    /// Whether a read ran past the bytes read so far (the file may go on).
+    ran_past: bool,
 }
 
 type R<T> = std::result::Result<T, String>;
@@ -45,8 +56,10 @@ impl Reader<'_> {
     fn bytes(&mut self, n: u64) -> R<&[u8]> {
         let end = (self.pos as u64)
             .checked_add(n)
-            .filter(|e| *e <= self.buf.len() as u64)
-            .ok_or_else(|| format!("{n} bytes at offset {} run past the end", self.pos))?;
+            .filter(|e| *e <= self.buf.len() as u64);
+        self.ran_past = end.is_none();
+        let end =
+            end.ok_or_else(|| format!("{n} bytes at offset {} run past the end", self.pos))?;
         let s = &self.buf[self.pos..end as usize];
         self.pos = end as usize;
         Ok(s)

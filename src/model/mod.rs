@@ -8,6 +8,7 @@ pub mod decoder;
 mod embedding;
 pub mod fetch;
 mod gguf_check;
+mod gguf_read;
 mod names;
 mod plan;
 mod qgemm;

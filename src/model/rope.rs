@@ -3,17 +3,18 @@
 
 use super::config::{Config, RopeScaling};
 use crate::error::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
-/// cos and sin `[max_positions, d_head/2]` for one rope base.
+/// One rope base's inverse frequencies; cos and sin are computed for the positions a forward
+/// call needs (a table of every position would take 67 MB for Gemma 3's two bases).
 #[derive(Clone)]
 pub struct RopeTable {
-    pub cos: Tensor,
-    pub sin: Tensor,
+    inv: Vec<f32>,
+    device: Device,
 }
 
 impl RopeTable {
-    /// The table for base `theta`, scaled by `scaling`, with llama.cpp's per-frequency
+    /// The frequencies for base `theta`, scaled by `scaling`, with llama.cpp's per-frequency
     /// divisors `factors` (its `rope_freqs.weight`) when the file has them.
     pub fn new(
         cfg: &Config,
@@ -29,36 +30,37 @@ impl RopeTable {
             .zip(0..)
             .map(|(f, i)| factors.map_or(f, |d| f / d[i]))
             .collect();
-        let inv = Tensor::from_vec(inv, (1, half), device)?;
-        let t = Tensor::arange(0u32, cfg.max_positions as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((cfg.max_positions, 1))?;
-        let freqs = t.broadcast_mul(&inv)?;
         Ok(RopeTable {
-            cos: freqs.cos()?,
-            sin: freqs.sin()?,
+            inv,
+            device: device.clone(),
         })
     }
 
     /// cos/sin for each row's positions: `[seq, d_head/2]`, or `[b, seq, d_head/2]` when
     /// rows are left-padded (a row's first real token is position 0).
     pub fn at(&self, pads: &[usize], offset: usize, seq: usize) -> Result<(Tensor, Tensor)> {
-        if pads.iter().all(|p| *p == 0) {
-            return Ok((
-                self.cos.narrow(0, offset, seq)?,
-                self.sin.narrow(0, offset, seq)?,
-            ));
+        let unpadded = pads.iter().all(|p| *p == 0);
+        let rows = if unpadded { &[0][..] } else { pads };
+        let half = self.inv.len();
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for p in rows {
+            for i in 0..seq {
+                let t = (offset + i).saturating_sub(*p) as f32;
+                for f in &self.inv {
+                    // The angle rounded to f32 first, as a table of t · f would be.
+                    let a = t * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
         }
-        let b = pads.len();
-        let pos: Vec<u32> = pads
-            .iter()
-            .flat_map(|p| (0..seq).map(move |i| (offset + i).saturating_sub(*p) as u32))
-            .collect();
-        let idx = Tensor::from_vec(pos, (b * seq,), self.cos.device())?;
-        let half = self.cos.dim(1)?;
+        let shape: Vec<usize> = match unpadded {
+            true => vec![seq, half],
+            false => vec![pads.len(), seq, half],
+        };
         Ok((
-            self.cos.index_select(&idx, 0)?.reshape((b, seq, half))?,
-            self.sin.index_select(&idx, 0)?.reshape((b, seq, half))?,
+            Tensor::from_vec(cos, shape.clone(), &self.device)?,
+            Tensor::from_vec(sin, shape, &self.device)?,
         ))
     }
 }

@@ -101,9 +101,15 @@ impl WeightSource<'_> {
         match self {
             WeightSource::Gguf {
                 ct, file, device, ..
-            } => ct
-                .tensor(*file, name, device)
-                .map_err(|e| Error::Model(format!("GGUF tensor `{name}`: {e}"))),
+            } => {
+                if device.is_cpu() {
+                    if let Some(q) = super::gguf_read::read_cpu(ct, file, name)? {
+                        return Ok(q);
+                    }
+                }
+                ct.tensor(*file, name, device)
+                    .map_err(|e| Error::Model(format!("GGUF tensor `{name}`: {e}")))
+            }
             WeightSource::Safetensors { .. } => unreachable!("qtensor is only read from GGUF"),
         }
     }
