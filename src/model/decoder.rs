@@ -226,7 +226,7 @@ impl Decoder {
             gu.narrow(2, cfg.d_mlp, cfg.d_mlp)?,
         );
         let gate = match cfg.family.is_gemma() {
-            true => gate.gelu()?, // tanh approximation, as gelu_pytorch_tanh
+            true => super::gelu::gelu_tanh(&gate)?, // as gelu_pytorch_tanh
             false => candle_nn::ops::silu(&gate)?,
         };
         let act = (gate * up)?; // [b, seq, d_mlp]

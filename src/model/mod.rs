@@ -7,6 +7,7 @@ pub mod config;
 pub mod decoder;
 mod embedding;
 pub mod fetch;
+mod gelu;
 mod gguf_check;
 mod gguf_read;
 mod names;

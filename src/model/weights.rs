@@ -53,7 +53,7 @@ impl Linear {
 }
 
 /// `x [m, k] · wᵀ`: for a prompt's many rows of activations and quantized weights, through
-/// dequantized tiles and f32 gemm ([`super::qgemm`]); for a few rows and Q4_1 weights, our
+/// dequantized tiles and f32 gemm ([`super::qgemm`]); for a few rows and Q4_1 or Q5_0 weights, our
 /// SIMD kernel ([`super::qgemv`]); else candle's product. Activations that
 /// carry a gradient always take candle's product, which is differentiable.
 fn product(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {

@@ -1,0 +1,78 @@
+//! GELU with the tanh approximation (transformers' `gelu_pytorch_tanh`, Gemma's activation):
+//! 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+//!
+//! candle computes it with the C library's `tanhf`, one value at a time; in Gemma 3's prefill
+//! that took a tenth of the time (`perf`). Here tanh comes from an exponential written as plain
+//! arithmetic (a degree-6 polynomial after range reduction), which the compiler vectorizes.
+
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor};
+
+/// GELU-tanh of `x`: on the CPU for f32 values without a gradient, the fast form; elsewhere
+/// candle's.
+pub(super) fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || x.track_op() {
+        return Ok(x.gelu()?);
+    }
+    let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+    for a in v.iter_mut() {
+        *a = gelu(*a);
+    }
+    Ok(Tensor::from_vec(v, x.shape(), x.device())?)
+}
+
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    const K: f32 = 0.797_884_6; // √(2/π)
+    let y = K * (x + 0.044_715 * x * x * x);
+    0.5 * x * (1.0 + tanh(y))
+}
+
+/// tanh(y) = 1 − 2/(e^{2y} + 1): exact at ±∞ (e^{2y} overflows to ∞ or underflows to 0).
+#[inline(always)]
+fn tanh(y: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * y) + 1.0)
+}
+
+/// e^x to about 2 ulp: x = n·ln 2 + r with |r| ≤ ln2/2, e^r by its Taylor polynomial to r⁶,
+/// scaled by 2ⁿ through the exponent bits. Saturates to 0 and ∞ outside ±88.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let x = x.clamp(-88.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    // ln 2 in two parts, so that n·ln2 is subtracted without rounding error.
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast GELU agrees with the formula in f64 to 1e-6 (absolute, and relative where the
+    /// value is large) across the range activations take, and with candle's at the extremes.
+    #[test]
+    fn fast_gelu_matches_the_exact_formula() {
+        let exact = |x: f64| {
+            0.5 * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+        };
+        let mut worst = 0f64;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 1e-4; // -20 .. 20
+            let e = exact(x as f64);
+            let err = (gelu(x) as f64 - e).abs() / (1.0 + e.abs());
+            worst = worst.max(err);
+        }
+        assert!(worst < 1e-6, "worst error {worst}");
+        for x in [-1e4f32, -90.0, 90.0, 1e4] {
+            assert_eq!(gelu(x), if x > 0.0 { x } else { 0.0 }, "x = {x}");
+        }
+        assert!((exp(1.0) - std::f32::consts::E).abs() < 1e-6);
+    }
+}
