@@ -226,8 +226,8 @@ impl Decoder {
             gu.narrow(2, cfg.d_mlp, cfg.d_mlp)?,
         );
         let gate = match cfg.family.is_gemma() {
-            true => super::gelu::gelu_tanh(&gate)?, // as gelu_pytorch_tanh
-            false => candle_nn::ops::silu(&gate)?,
+            true => super::activation::gelu_tanh(&gate)?, // as gelu_pytorch_tanh
+            false => super::activation::silu(&gate)?,
         };
         let act = (gate * up)?; // [b, seq, d_mlp]
         let act = hooks.apply(site(SiteKind::MlpPost), act)?;

@@ -2,12 +2,12 @@
 //! (config.json + *.safetensors + tokenizer.json), with its tokenizer and chat template.
 //! [`Model`] is what the rest of the crate runs: the forward pass plus the tokenizer.
 
+mod activation;
 mod batch;
 pub mod config;
 pub mod decoder;
 mod embedding;
 pub mod fetch;
-mod gelu;
 mod gguf_check;
 mod gguf_read;
 mod names;

@@ -19,7 +19,8 @@ use half::f16;
 const QK: usize = 32;
 const Q4_1_BYTES: usize = 20;
 const Q5_0_BYTES: usize = 22;
-/// Weight rows per parallel task.
+/// Each thread takes one contiguous share of the weight rows, of at least this many rows:
+/// handing out small chunks instead decoded 25% slower (more hand-offs, shorter streams).
 const ROWS_PER_TASK: usize = 64;
 
 /// Activations quantized per 32-value block: `x ≈ d·q`, with each block's sum `Σx ≈ s` (as
@@ -112,8 +113,10 @@ pub(super) fn matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tens
     // pool, the one its quantized products use, so no second pool wakes up between ops.
     let mut cols = vec![0f32; n * m];
     let out = super::qgemm::SharedOut(cols.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_TASK), |tasks| {
-        for j in tasks.start * ROWS_PER_TASK..(tasks.end * ROWS_PER_TASK).min(n) {
+    let pool = candle_core::utils::barrier_pool();
+    let per_task = n.div_ceil(pool.n_workers() + 1).max(ROWS_PER_TASK);
+    pool.execute_chunked(n.div_ceil(per_task), |tasks| {
+        for j in tasks.start * per_task..(tasks.end * per_task).min(n) {
             let row = &data[j * row_bytes..(j + 1) * row_bytes];
             for r in 0..m {
                 // SAFETY: `available()` checked AVX2, FMA and F16C; the row holds whole blocks; each

@@ -1,9 +1,10 @@
-//! GELU with the tanh approximation (transformers' `gelu_pytorch_tanh`, Gemma's activation):
-//! 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+//! The MLP activations: GELU with the tanh approximation (transformers' `gelu_pytorch_tanh`,
+//! Gemma's), 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), and SiLU, x / (1 + e^{−x}) (Llama's).
 //!
-//! candle computes it with the C library's `tanhf`, one value at a time; in Gemma 3's prefill
-//! that took a tenth of the time (`perf`). Here tanh comes from an exponential written as plain
-//! arithmetic (a degree-6 polynomial after range reduction), which the compiler vectorizes.
+//! candle computes them with the C library's `tanhf` and `expf`, one value at a time; in Gemma
+//! 3's prefill that took a tenth of the time (`perf`). Here both come from an exponential
+//! written as plain arithmetic (a degree-6 polynomial after range reduction), which the
+//! compiler vectorizes.
 
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
@@ -11,12 +12,28 @@ use candle_core::{DType, Device, Tensor};
 /// GELU-tanh of `x`: on the CPU for f32 values without a gradient, the fast form; elsewhere
 /// candle's.
 pub(super) fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 || x.track_op() {
-        return Ok(x.gelu()?);
+    match fast(x) {
+        true => map(x, gelu),
+        false => Ok(x.gelu()?),
     }
+}
+
+/// SiLU of `x`, likewise.
+pub(super) fn silu(x: &Tensor) -> Result<Tensor> {
+    match fast(x) {
+        true => map(x, |v| v / (1.0 + exp(-v))),
+        false => Ok(candle_nn::ops::silu(x)?),
+    }
+}
+
+fn fast(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !x.track_op()
+}
+
+fn map(x: &Tensor, f: impl Fn(f32) -> f32) -> Result<Tensor> {
     let mut v = x.flatten_all()?.to_vec1::<f32>()?;
     for a in v.iter_mut() {
-        *a = gelu(*a);
+        *a = f(*a);
     }
     Ok(Tensor::from_vec(v, x.shape(), x.device())?)
 }
@@ -74,5 +91,15 @@ mod tests {
             assert_eq!(gelu(x), if x > 0.0 { x } else { 0.0 }, "x = {x}");
         }
         assert!((exp(1.0) - std::f32::consts::E).abs() < 1e-6);
+        let silu_exact = |x: f64| x / (1.0 + (-x).exp());
+        let t = Tensor::new(&[-100f32, -3.0, -0.5, 0.0, 0.25, 2.0, 30.0], &Device::Cpu).unwrap();
+        let got = silu(&t).unwrap().to_vec1::<f32>().unwrap();
+        for (x, g) in t.to_vec1::<f32>().unwrap().iter().zip(got) {
+            let e = silu_exact(*x as f64);
+            assert!(
+                (g as f64 - e).abs() <= 1e-6 * (1.0 + e.abs()),
+                "silu({x}) = {g}, not {e}"
+            );
+        }
     }
 }
