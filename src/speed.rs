@@ -126,6 +126,13 @@ pub struct SpeedOptions {
 /// Run the whole table for the GGUF at `path`.
 pub fn run(path: &Path, o: &SpeedOptions, log: &mut dyn FnMut(&str)) -> Result<Vec<SpeedRow>> {
     let (n_prompt, n_decode) = (o.n_prompt, o.n_decode);
+    // Before the minutes of our own measurements, not after them.
+    if let Some(bin) = o.llama_bench.as_deref().filter(|b| !b.is_file()) {
+        return Err(Error::file(
+            bin,
+            "no llama-bench binary here (scripts/llama-bench.sh builds one)",
+        ));
+    }
     let mut rows = Vec::new();
     let best = |f: &mut dyn FnMut() -> Result<(f64, f64)>| -> Result<(f64, f64)> {
         let mut b = (0f64, 0f64);

@@ -955,3 +955,21 @@ fn a_full_disk_on_stdout_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `bench-speed --llama-bench` with no binary at the path says so at once, before measuring.
+#[test]
+fn a_missing_llama_bench_is_named_before_any_measurement() {
+    let (dir, path) = common::tiny::temp();
+    let missing = dir.path().join("llama-bench");
+    let out = bin()
+        .args(["bench-speed", "--model"])
+        .arg(&path)
+        .arg("--llama-bench")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no llama-bench binary"), "{err}");
+    assert!(!err.contains("measuring"), "it measured first: {err}");
+}
