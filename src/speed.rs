@@ -177,19 +177,31 @@ pub fn run(path: &Path, o: &SpeedOptions, log: &mut dyn FnMut(&str)) -> Result<V
     }
     if let Some(bin) = &o.llama_bench {
         log("llama.cpp llama-bench");
-        let (p, d) = llama_bench(bin, path, o)?;
-        for r in rows.iter_mut() {
-            r.vs_llama_cpp = Some((r.prefill_tok_s / p, r.decode_tok_s / d));
-        }
-        rows.push(SpeedRow::new(
-            "llama.cpp llama-bench",
-            "quantized",
-            hooks,
-            o,
-            (p, d),
-        ));
+        add_llama_cpp(&mut rows, bin, path, o)?;
     }
     Ok(rows)
+}
+
+/// llama.cpp's row, and every other row's speeds as multiples of its.
+fn add_llama_cpp(
+    rows: &mut Vec<SpeedRow>,
+    bin: &Path,
+    gguf: &Path,
+    o: &SpeedOptions,
+) -> Result<()> {
+    let (p, d) = llama_bench(bin, gguf, o)?;
+    for r in rows.iter_mut() {
+        r.vs_llama_cpp = Some((r.prefill_tok_s / p, r.decode_tok_s / d));
+    }
+    let hooks = "none (has none)";
+    rows.push(SpeedRow::new(
+        "llama.cpp llama-bench",
+        "quantized",
+        hooks,
+        o,
+        (p, d),
+    ));
+    Ok(())
 }
 
 impl SpeedRow {
