@@ -8,6 +8,7 @@ pub mod config;
 pub mod decoder;
 mod embedding;
 pub mod fetch;
+mod fgemv;
 mod gguf_check;
 mod gguf_read;
 mod names;

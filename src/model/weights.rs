@@ -57,6 +57,13 @@ impl Linear {
 /// SIMD kernel ([`super::qgemv`]); else candle's product. Activations that
 /// carry a gradient always take candle's product, which is differentiable.
 fn product(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    if let QMatMul::Tensor(t) = w {
+        if x.dim(0)? <= super::fgemv::MAX_ROWS && !x.track_op() && !t.track_op() {
+            if let Some(y) = super::fgemv::matmul(t, x)? {
+                return Ok(y);
+            }
+        }
+    }
     if let QMatMul::QTensor(q) = w {
         if !x.track_op() {
             let y = match x.dim(0)? >= super::qgemm::MIN_ROWS {

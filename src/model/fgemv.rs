@@ -1,0 +1,99 @@
+//! Decode with f32 weights: a few rows of activations times an f32 weight matrix, without
+//! packing. gemm copies (packs) the whole weight matrix into its own layout on every call,
+//! which for a decode step of a few rows costs as much as the product; here each weight row
+//! is read once, where it lies, and dotted with every activation row.
+
+use candle_core::{Device, Tensor};
+
+/// Up to this many activation rows take this path.
+pub(super) const MAX_ROWS: usize = 16;
+/// Lanes of the dot product: independent sums the compiler keeps in vector registers.
+const LANES: usize = 16;
+
+/// `x [m, k] · wᵀ` for an f32 `w [n, k]` on the CPU, as `[m, n]`; None when this path does not
+/// apply (another device or dtype, too many rows).
+pub(super) fn matmul(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let (n, k) = w.dims2()?;
+    let (m, xk) = x.dims2()?;
+    let cpu = matches!(w.device(), Device::Cpu) && matches!(x.device(), Device::Cpu);
+    let f32s = w.dtype() == candle_core::DType::F32 && x.dtype() == candle_core::DType::F32;
+    if !cpu || !f32s || m > MAX_ROWS || xk != k || !w.is_contiguous() {
+        return Ok(None);
+    }
+    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let (storage, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let ws = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + n * k];
+    let mut cols = vec![0f32; n * m]; // [n, m]
+    let out = super::qgemm::SharedOut(cols.as_mut_ptr());
+    let pool = candle_core::utils::barrier_pool();
+    let per_task = n.div_ceil(pool.n_workers() + 1).max(64);
+    pool.execute_chunked(n.div_ceil(per_task), |tasks| {
+        for j in tasks.start * per_task..(tasks.end * per_task).min(n) {
+            let row = &ws[j * k..(j + 1) * k];
+            for r in 0..m {
+                let v = dot(row, &xs[r * k..(r + 1) * k]);
+                // SAFETY: j belongs to this task alone, and j·m + r < n·m.
+                unsafe { *out.at(j * m + r) = v };
+            }
+        }
+    });
+    drop(storage);
+    let y = if m == 1 {
+        cols
+    } else {
+        let mut y = vec![0f32; m * n];
+        for (j, c) in cols.chunks_exact(m).enumerate() {
+            for (r, v) in c.iter().enumerate() {
+                y[r * n + j] = *v;
+            }
+        }
+        y
+    };
+    Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s = x.mul_add(*y, s);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The product equals candle's (gemm's) to rounding, for 1 to 16 rows, a width that leaves
+    /// a remainder after the 16 lanes (100), and a row count split unevenly (150).
+    #[test]
+    fn product_equals_candles_matmul() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (150, 100), &dev).unwrap();
+        for m in [1, 3, 16] {
+            let x = Tensor::randn(0f32, 1.0, (m, 100), &dev).unwrap();
+            let got = matmul(&w, &x).unwrap().expect("f32 on the CPU");
+            let want = x.matmul(&w.t().unwrap()).unwrap();
+            let (got, want) = (
+                got.to_vec2::<f32>().unwrap(),
+                want.to_vec2::<f32>().unwrap(),
+            );
+            for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert!((g - w).abs() < 1e-5 * (1.0 + w.abs()), "m {m}: {g} vs {w}");
+            }
+        }
+        let x = Tensor::randn(0f32, 1.0, (17, 100), &dev).unwrap();
+        assert!(matmul(&w, &x).unwrap().is_none(), "17 rows are gemm's");
+    }
+}
