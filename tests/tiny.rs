@@ -374,9 +374,17 @@ fn safetensors_folder_matches_the_gguf_f32_path() {
     assert!(d < 1e-4, "max |dlogit| GGUF vs safetensors = {d}");
 }
 
+/// In both weight modes: the quantized one must not round a non-finite hidden state into
+/// finite 8-bit activations (its unembedding of one row takes them).
 #[test]
 fn non_finite_logits_stop_generation_with_an_error() {
-    let (_d, m) = load(WeightsMode::F32);
+    for mode in [WeightsMode::F32, WeightsMode::Quantized] {
+        non_finite_stops(mode);
+    }
+}
+
+fn non_finite_stops(mode: WeightsMode) {
+    let (_d, m) = load(mode);
     let ids = m.tokenizer.encode(PROMPT).unwrap();
     // Each entry is finite, but the sum overflows to infinity inside the forward pass.
     let huge = Spec::new().with(Intervention::new(
@@ -397,7 +405,7 @@ fn non_finite_logits_stop_generation_with_an_error() {
         .to_string();
     assert!(
         err.contains("non-finite logit") && err.contains("generated token 0"),
-        "{err}"
+        "{mode:?}: {err}"
     );
     let cands = vec![vec![m.tokenizer.encode(" mat").unwrap()]];
     let stop = ctxsteer::generate::Stop::tokens(3);

@@ -19,6 +19,7 @@ use half::f16;
 const QK: usize = 32;
 const Q4_1_BYTES: usize = 20;
 const Q5_0_BYTES: usize = 22;
+const Q8_0_BYTES: usize = 34;
 /// Each thread takes one contiguous share of the weight rows, of at least this many rows:
 /// handing out small chunks instead decoded 25% slower (more hand-offs, shorter streams).
 const ROWS_PER_TASK: usize = 64;
@@ -45,7 +46,14 @@ impl Q8Rows {
         // As llama.cpp's quantize_row_q8_1 (and _q8_0, which keeps no sum): the scale and the
         // sum are kept as f16.
         for (b, chunk) in xs.chunks_exact(QK).enumerate() {
-            let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+            // A NaN makes the block's scale NaN, so that it reaches the output instead of
+            // rounding to 0 (f32::max would skip it); an infinity does so through 0·∞.
+            let amax = chunk
+                .iter()
+                .fold(0f32, |a, v| match a.is_nan() || v.is_nan() {
+                    true => f32::NAN,
+                    false => a.max(v.abs()),
+                });
             let scale = amax / 127.0;
             let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
             let mut sum = 0i32;
@@ -94,6 +102,7 @@ pub(super) fn matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tens
     let (dot, block_bytes): (DotFn, usize) = match w.dtype() {
         GgmlDType::Q4_1 => (dot_q4_1, Q4_1_BYTES),
         GgmlDType::Q5_0 => (dot_q5_0, Q5_0_BYTES),
+        GgmlDType::Q8_0 => (dot_q8_0, Q8_0_BYTES),
         _ => return Ok(None),
     };
     if !matches!(w.device(), Device::Cpu) || xk != k {
@@ -171,6 +180,33 @@ unsafe fn dot_q4_1(row: &[u8], x: &Q8Rows, r: usize) -> f32 {
     _mm_cvtss_f32(h) + mins
 }
 
+/// One Q8_0 weight row (per block: `d` as f16, then 32 signed bytes) times activation row `r`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_0(row: &[u8], x: &Q8Rows, r: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let nb = x.blocks;
+    let (xq, xd) = (&x.q[r * nb * QK..], &x.d[r * nb..]);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    for (b, xd_b) in xd.iter().enumerate().take(nb) {
+        let p = row.as_ptr().add(b * Q8_0_BYTES);
+        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+            (p as *const u16).read_unaligned() as i32,
+        )));
+        let qw = _mm256_loadu_si256(p.add(2) as *const __m256i);
+        let qx = _mm256_loadu_si256(xq.as_ptr().add(b * QK) as *const __m256i);
+        // maddubs multiplies unsigned by signed bytes: |w| times x with w's sign moved onto x.
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
+        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+        acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(d * xd_b), acc);
+    }
+    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    _mm_cvtss_f32(h)
+}
+
 /// One Q5_0 weight row times activation row `r`: Σ d·dx·(Σ q·qx − 16·Σqx) over blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -225,6 +261,11 @@ unsafe fn dot_q5_0(_row: &[u8], _x: &Q8Rows, _r: usize) -> f32 {
     unreachable!("available() is false off x86-64")
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn dot_q8_0(_row: &[u8], _x: &Q8Rows, _r: usize) -> f32 {
+    unreachable!("available() is false off x86-64")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,7 +281,7 @@ mod tests {
             return; // nothing to test: the caller keeps candle's product
         }
         let dev = Device::Cpu;
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0] {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0] {
             let w = Tensor::randn(0f32, 1.0, (150, 96), &dev).unwrap();
             let reference = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();
@@ -261,6 +302,28 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A NaN activation reaches every output of its row, and only its row.
+    #[test]
+    fn a_nan_activation_is_not_rounded_away() {
+        if !available() {
+            return;
+        }
+        let dev = Device::Cpu;
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0] {
+            let w = Tensor::randn(0f32, 1.0, (70, 96), &dev).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let mut xs = vec![0.5f32; 2 * 96];
+            xs[7] = f32::NAN;
+            let x = Tensor::from_vec(xs, (2, 96), &dev).unwrap();
+            let got = matmul(&q, &x).unwrap().unwrap().to_vec2::<f32>().unwrap();
+            assert!(got[0].iter().all(|v| v.is_nan()), "{dtype:?}: NaN lost");
+            assert!(
+                got[1].iter().all(|v| v.is_finite()),
+                "{dtype:?}: NaN leaked"
+            );
         }
     }
 }
