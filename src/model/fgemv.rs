@@ -41,17 +41,7 @@ pub(super) fn matmul(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tenso
         }
     });
     drop(storage);
-    let y = if m == 1 {
-        cols
-    } else {
-        let mut y = vec![0f32; m * n];
-        for (j, c) in cols.chunks_exact(m).enumerate() {
-            for (r, v) in c.iter().enumerate() {
-                y[r * n + j] = *v;
-            }
-        }
-        y
-    };
+    let y = super::qgemm::rows_from_cols(cols, m, n);
     Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
 }
 

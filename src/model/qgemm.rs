@@ -79,6 +79,20 @@ impl SharedOut {
     }
 }
 
+/// A product kept as `[n, m]` (one weight row's outputs together) laid out as `[m, n]`.
+pub(super) fn rows_from_cols(cols: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
+    if m == 1 {
+        return cols;
+    }
+    let mut y = vec![0f32; m * n];
+    for (j, c) in cols.chunks_exact(m).enumerate() {
+        for (r, v) in c.iter().enumerate() {
+            y[r * n + j] = *v;
+        }
+    }
+    y
+}
+
 /// `dst[i, j] = Σ_c x[i, c] · tile[j, c]` for `x [m, k]`, `tile [rows, k]`, `dst` with row stride `n`.
 unsafe fn tile_product(
     x: &[f32],

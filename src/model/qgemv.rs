@@ -134,17 +134,7 @@ pub(super) fn matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tens
             }
         }
     });
-    let y = if m == 1 {
-        cols
-    } else {
-        let mut y = vec![0f32; m * n];
-        for (j, c) in cols.chunks_exact(m).enumerate() {
-            for (r, v) in c.iter().enumerate() {
-                y[r * n + j] = *v;
-            }
-        }
-        y
-    };
+    let y = super::qgemm::rows_from_cols(cols, m, n);
     Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
 }
 
@@ -174,10 +164,18 @@ unsafe fn dot_q4_1(row: &[u8], x: &Q8Rows, r: usize) -> f32 {
         acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(d * xd[b]), acc);
         mins += mn * xs[b];
     }
+    hsum(acc) + mins
+}
+
+/// The sum of a vector's 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum(acc: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
     let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
     let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    _mm_cvtss_f32(h) + mins
+    _mm_cvtss_f32(h)
 }
 
 /// One Q8_0 weight row (per block: `d` as f16, then 32 signed bytes) times activation row `r`.
@@ -201,10 +199,7 @@ unsafe fn dot_q8_0(row: &[u8], x: &Q8Rows, r: usize) -> f32 {
         let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
         acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(d * xd_b), acc);
     }
-    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    _mm_cvtss_f32(h)
+    hsum(acc)
 }
 
 /// One Q5_0 weight row times activation row `r`: Σ d·dx·(Σ q·qx − 16·Σqx) over blocks.
@@ -245,10 +240,7 @@ unsafe fn dot_q5_0(row: &[u8], x: &Q8Rows, r: usize) -> f32 {
         let sums = _mm256_add_epi32(sums, _mm256_setr_epi32(-16 * xsum[b], 0, 0, 0, 0, 0, 0, 0));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d * xd[b]), acc);
     }
-    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    _mm_cvtss_f32(h)
+    hsum(acc)
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -1,6 +1,7 @@
 //! Inline SVG charts for the public report: one panel per metric, one row per method, the
 //! value as a dot and its 95% interval as a line (self-contained, no image files).
 
+use super::html::escape;
 use crate::bench::Rate;
 use std::fmt::Write;
 
@@ -102,12 +103,6 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     let first = (lo / 0.25).ceil() as i64;
     let last = (hi / 0.25).floor() as i64;
     (first..=last).map(|k| k as f64 * 0.25).collect()
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
