@@ -26,22 +26,10 @@ pub(super) fn matmul(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tenso
         return Ok(None);
     };
     let ws = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + n * k];
-    let mut cols = vec![0f32; n * m]; // [n, m]
-    let out = super::qgemm::SharedOut(cols.as_mut_ptr());
-    let pool = candle_core::utils::barrier_pool();
-    let per_task = n.div_ceil(pool.n_workers() + 1).max(64);
-    pool.execute_chunked(n.div_ceil(per_task), |tasks| {
-        for j in tasks.start * per_task..(tasks.end * per_task).min(n) {
-            let row = &ws[j * k..(j + 1) * k];
-            for r in 0..m {
-                let v = dot(row, &xs[r * k..(r + 1) * k]);
-                // SAFETY: j belongs to this task alone, and j·m + r < n·m.
-                unsafe { *out.at(j * m + r) = v };
-            }
-        }
+    let y = super::qgemm::row_products(n, m, |j, r| {
+        dot(&ws[j * k..(j + 1) * k], &xs[r * k..(r + 1) * k])
     });
     drop(storage);
-    let y = super::qgemm::rows_from_cols(cols, m, n);
     Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
 }
 

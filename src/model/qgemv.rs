@@ -20,9 +20,6 @@ const QK: usize = 32;
 const Q4_1_BYTES: usize = 20;
 const Q5_0_BYTES: usize = 22;
 const Q8_0_BYTES: usize = 34;
-/// Each thread takes one contiguous share of the weight rows, of at least this many rows:
-/// handing out small chunks instead decoded 25% slower (more hand-offs, shorter streams).
-const ROWS_PER_TASK: usize = 64;
 
 /// Activations quantized per 32-value block: `x ≈ d·q`, with each block's sum `Σx ≈ s` (as
 /// llama.cpp's Q8_1 keeps it) and `Σq` exactly.
@@ -118,23 +115,10 @@ pub(super) fn matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tens
     }
     let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let xq = Q8Rows::new(&xs, m, k);
-    // [n, m]: each task owns whole weight rows of it. The tasks run on candle's own worker
-    // pool, the one its quantized products use, so no second pool wakes up between ops.
-    let mut cols = vec![0f32; n * m];
-    let out = super::qgemm::SharedOut(cols.as_mut_ptr());
-    let pool = candle_core::utils::barrier_pool();
-    let per_task = n.div_ceil(pool.n_workers() + 1).max(ROWS_PER_TASK);
-    pool.execute_chunked(n.div_ceil(per_task), |tasks| {
-        for j in tasks.start * per_task..(tasks.end * per_task).min(n) {
-            let row = &data[j * row_bytes..(j + 1) * row_bytes];
-            for r in 0..m {
-                // SAFETY: `available()` checked AVX2, FMA and F16C; the row holds whole blocks; each
-                // j belongs to one task, so its m outputs are written by that task alone.
-                unsafe { *out.at(j * m + r) = dot(row, &xq, r) };
-            }
-        }
+    let y = super::qgemm::row_products(n, m, |j, r| {
+        // SAFETY: `available()` checked AVX2, FMA and F16C; the row holds whole blocks.
+        unsafe { dot(&data[j * row_bytes..(j + 1) * row_bytes], &xq, r) }
     });
-    let y = super::qgemm::rows_from_cols(cols, m, n);
     Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
 }
 
