@@ -123,6 +123,7 @@ pub fn run(
         context_heads: heads.context,
         gate,
         max_new: None,
+        head_probes: None,
         reft: vec![],
     };
     let stage = &mut *d.stage;

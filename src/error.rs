@@ -16,7 +16,7 @@ pub enum Error {
         last: usize,
     },
 
-    #[error("invalid positions `{0}`: use all, prompt, generated, last, or comma-separated indices like 0,3,7")]
+    #[error("invalid positions `{0}`: use all, prompt, generated, last, answer, or comma-separated indices like 0,3,7")]
     BadPositions(String),
 
     #[error("{what} has length {got}, expected {expected} for site {site}")]

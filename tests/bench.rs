@@ -164,6 +164,7 @@ fn eval(adh: f64, ret: f64, ppl: f64) -> Eval {
         per_relation: BTreeMap::new(),
         em_context: Rate::default(),
         em_memory: Rate::default(),
+        adherent: vec![],
     }
 }
 
@@ -209,6 +210,7 @@ fn bench_runs_methods_and_writes_a_report() {
         context_heads: vec![(1, 0)],
         gate: None,
         max_new: None,
+        head_probes: None,
         reft: vec![],
     };
     let methods = [
@@ -285,6 +287,7 @@ fn bench_runs_methods_and_writes_a_report() {
             context_heads: vec![],
             gate: None,
             max_new: None,
+            head_probes: None,
             reft: vec![],
         },
     )
@@ -302,6 +305,7 @@ fn bench_runs_methods_and_writes_a_report() {
             context_heads: vec![(1, 0)],
             gate: None,
             max_new: None,
+            head_probes: None,
             reft: vec![],
         },
     )

@@ -176,6 +176,14 @@ fn committed_jsonl_equals_a_fresh_build() {
             fresh == committed,
             "{f} is stale: run `ctxsteer data build --out counterfactual_data`"
         );
+        // What we write, our own reader takes back, every line of it (the neutral passages of
+        // variants.jsonl, whose two answers are both "(no answer)", included).
+        let (items, skipped) = data::read_jsonl(&repo.join(f), false).unwrap();
+        assert_eq!(
+            (items.len(), skipped),
+            (committed.lines().count(), 0),
+            "{f}"
+        );
     }
 }
 

@@ -327,3 +327,44 @@ fn conflict_counts_no_context_as_no_conflict() {
     row.variant = None;
     assert_eq!(of(&row), None);
 }
+
+#[test]
+fn per_head_probes_find_the_head_that_carries_the_label() {
+    // One attn.hook_z site of two heads: head 0 is noise, head 1 carries the planted direction.
+    let mut acts = synthetic();
+    let (noise, signal) = (acts.sites[0].1.clone(), acts.sites[1].1.clone());
+    let z = ndarray::concatenate(ndarray::Axis(1), &[noise.view(), signal.view()]).unwrap();
+    let site = Site::new(ctxsteer::hooks::SiteKind::AttnZ, 1);
+    acts.sites = vec![(site, z), (Site::resid_post(1), signal)];
+    let mut o = TrainOptions::new(Target::FollowsContext, Kind::Logistic);
+    o.per_head = Some(2);
+    let (sites, ..) = probe::train(&acts, &o, &mut |_| {}).unwrap();
+    let names: Vec<&str> = sites.iter().map(|s| s.site.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "blocks.1.attn.hook_z[0]",
+            "blocks.1.attn.hook_z[1]",
+            "blocks.1.hook_resid_post"
+        ]
+    );
+    assert_eq!(
+        sites[0].weights.len(),
+        D,
+        "each head probe sees its own slice"
+    );
+    assert!(
+        sites[0].metrics.auroc < 0.7,
+        "noise head {}",
+        sites[0].metrics.auroc
+    );
+    assert!(
+        sites[1].metrics.auroc > 0.95,
+        "signal head {}",
+        sites[1].metrics.auroc
+    );
+    // Head 1's slice is exactly the whole signal site: the same data gives the same probe.
+    assert_eq!(sites[1].weights, sites[2].weights);
+    assert_eq!(sites[1].directions, sites[2].directions);
+    assert!(cos_u(&sites[1].directions["probe"]) > 0.9);
+}

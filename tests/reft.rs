@@ -290,6 +290,7 @@ fn bench_sweeps_the_trained_edits_on_dev() {
         context_heads: vec![],
         gate: None,
         max_new: None,
+        head_probes: None,
         reft: vec![a, b],
     };
     let out = bench::run(
@@ -346,4 +347,70 @@ fn training_refuses_quantized_weights_and_bad_settings() {
     ] {
         assert!(ctxsteer::reft::train(&m, &items(), &[], &bad, &mut |_| {}).is_err());
     }
+}
+
+#[test]
+fn reft_gated_is_reft_where_the_gate_fires_and_none_where_it_does_not() {
+    use ctxsteer::bench::{self, Eval, Method, Resources};
+    use ctxsteer::probe::{Kind, Metrics, ProbeFile, SiteProbe, Target};
+    let (_d, m) = tiny(WeightsMode::F32);
+    let edit = ctxsteer::reft::train(&m, &items(), &[], &train_opts([0], 1, 1e-2, 1), &mut |_| {})
+        .unwrap();
+    let mut its = items();
+    for (i, it) in its.iter_mut().enumerate() {
+        it.split = Some(if i < 3 { "dev" } else { "test" }.into());
+    }
+    // A conflict gate whose bias decides alone: it fires on every prompt, or on none.
+    let gate = |bias: f32| ProbeFile {
+        version: 1,
+        model: m.identity().unwrap(),
+        acts: "x".into(),
+        data: "y".into(),
+        target: Target::Conflict,
+        kind: Kind::Logistic,
+        command: "test".into(),
+        seed: 0,
+        n_train: 1,
+        n_test: 1,
+        n_pos: 1,
+        test_relations: None,
+        best: "blocks.1.hook_resid_post".into(),
+        sites: vec![SiteProbe {
+            site: "blocks.1.hook_resid_post".into(),
+            weights: vec![0.0; common::tiny::D_MODEL],
+            bias,
+            mean: vec![0.0; common::tiny::D_MODEL],
+            std: vec![1.0; common::tiny::D_MODEL],
+            alpha: None,
+            directions: Default::default(),
+            spread: Default::default(),
+            cosines: Default::default(),
+            metrics: Metrics::default(),
+        }],
+    };
+    let run = |method: Method, bias: f32| -> Eval {
+        let res = Resources {
+            probes: None,
+            heads: vec![],
+            context_heads: vec![],
+            gate: Some(gate(bias)),
+            max_new: None,
+            head_probes: None,
+            reft: vec![edit.clone()],
+        };
+        let out = bench::run(&m, &its, &[method], &res, Form::Completion, 4, &mut |_| {});
+        out.unwrap().remove(0).test
+    };
+    let key = |e: &Eval| {
+        (
+            e.adherence.value,
+            e.tf_adherence.value,
+            e.retention.value,
+            e.perplexity,
+        )
+    };
+    let (reft, none) = (run(Method::Reft, 0.0), run(Method::None, 0.0));
+    assert_ne!(key(&reft), key(&none), "the edit changes something");
+    assert_eq!(key(&run(Method::ReftGated, 100.0)), key(&reft));
+    assert_eq!(key(&run(Method::ReftGated, -100.0)), key(&none));
 }

@@ -96,12 +96,12 @@ fn proj(v: &[f32], u: &[f32]) -> f32 {
 }
 
 #[test]
-fn alpha_zero_is_a_no_op_in_every_mode() {
+fn alpha_zero_turns_adding_off() {
     let (_d, _p, m) = setup();
     let ids = m.tokenizer.encode("the cat sat on the mat").unwrap();
     let plain = logits(&m, &ids, &Spec::new());
     let pf = probe_file(&m, -100.0);
-    for mode in [Mode::Add, Mode::Clamp, Mode::Gated] {
+    for mode in [Mode::Add, Mode::AddNorm, Mode::Gated] {
         let st = Steering::from_probes(
             &pf,
             "best",
@@ -179,6 +179,16 @@ fn add_moves_the_projection_by_alpha_sigma_and_clamp_lands_on_target() {
     let (with, _) = projections(&m, &ids, &clamp);
     for p in with {
         assert!((p - (1.5 - 2.0 * 0.7)).abs() < 1e-4, "{p}");
+    }
+    // At strength 0 a clamp still sets the projection: to the context class mean.
+    let clamp0 = Steering {
+        alpha: 0.0,
+        ..clamp
+    };
+    let (with, without) = projections(&m, &ids, &clamp0);
+    assert!(without.iter().any(|p| (p - 1.5).abs() > 0.1), "{without:?}");
+    for p in with {
+        assert!((p - 1.5).abs() < 1e-4, "{p}");
     }
 }
 
@@ -497,4 +507,132 @@ fn a_missing_or_zero_spread_is_an_error() {
     let e = steer(&pf);
     assert!(e.contains("positive"), "{e}");
     assert_eq!(steer(&probe_file(&m, 0.0)), "");
+}
+
+/// A per-head probe at `blocks.{layer}.attn.hook_z[head]` with cross-validated AUROC `cv`.
+fn head_probe(layer: usize, head: usize, cv: f64) -> SiteProbe {
+    let d_head = tiny::D_MODEL / tiny::HEADS;
+    let u: Vec<f32> = unit(head as f32)[..d_head].to_vec();
+    let n = u.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let u: Vec<f32> = u.iter().map(|x| x / n).collect();
+    let site = Site::new(ctxsteer::hooks::SiteKind::AttnZ, layer);
+    SiteProbe {
+        site: ctxsteer::probe::head_site_name(site, head),
+        weights: u.clone(),
+        mean: vec![0.0; d_head],
+        std: vec![1.0; d_head],
+        directions: BTreeMap::from([("meandiff".into(), u)]),
+        metrics: Metrics {
+            cv_auroc: cv,
+            ..Metrics::default()
+        },
+        ..site_probe(layer, 0.0)
+    }
+}
+
+#[test]
+fn iti_shifts_the_best_ranked_heads_slice_and_no_other() {
+    let (_d, _p, m) = setup();
+    let ids = m.tokenizer.encode("the cat sat on the mat").unwrap();
+    let mut pf = probe_file(&m, 0.0);
+    pf.sites = (0..tiny::HEADS)
+        .map(|h| head_probe(1, h, [0.6, 0.9, 0.7, 0.8][h]))
+        .collect();
+    let ranked: Vec<&str> = steer::ranked_heads(&pf)
+        .iter()
+        .map(|p| p.site.as_str())
+        .collect();
+    assert_eq!(
+        ranked,
+        [
+            "blocks.1.attn.hook_z[1]",
+            "blocks.1.attn.hook_z[3]",
+            "blocks.1.attn.hook_z[2]",
+            "blocks.1.attn.hook_z[0]"
+        ]
+    );
+    let st =
+        Steering::from_head_probes(&pf, 1, "meandiff", 4.0, Positions::All, tiny::LAYERS).unwrap();
+    assert_eq!(st.sites.len(), 1);
+    assert_eq!(st.sites[0].head, Some(1));
+    let z = Site::new(ctxsteer::hooks::SiteKind::AttnZ, 1);
+    let cap = Spec::capture(&[z], Positions::All);
+    let mut steered = st.spec_for(&m, std::slice::from_ref(&ids)).unwrap();
+    steered.interventions.extend(cap.interventions.clone());
+    let (_, a) = m
+        .run(&Batch::single(&ids), &steered, LogitsAt::Last)
+        .unwrap();
+    let (_, b) = m.run(&Batch::single(&ids), &cap, LogitsAt::Last).unwrap();
+    let d_head = tiny::D_MODEL / tiny::HEADS;
+    let u = &st.sites[0].direction;
+    for pos in 0..ids.len() {
+        let (x, y) = (a.at(z, 0, pos).unwrap(), b.at(z, 0, pos).unwrap());
+        for h in 0..tiny::HEADS {
+            let r = h * d_head..(h + 1) * d_head;
+            let moved = proj(&x[r.clone()], u) - proj(&y[r.clone()], u);
+            if h == 1 {
+                assert!((moved - 4.0 * 0.7).abs() < 1e-4, "head 1 moved {moved}");
+            } else {
+                assert_eq!(
+                    x[r.clone()],
+                    y[r],
+                    "head {h} at position {pos} is untouched"
+                );
+            }
+        }
+    }
+    // A probe file without per-head probes cannot drive ITI.
+    let e = Steering::from_head_probes(&probe_file(&m, 0.0), 4, "meandiff", 1.0, Positions::All, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--per-head"), "{e}");
+}
+
+#[test]
+fn add_norm_moves_the_projection_by_alpha_times_the_typical_norm() {
+    let (_d, _p, m) = setup();
+    let ids = m.tokenizer.encode("the cat sat on the mat").unwrap();
+    let mut pf = probe_file(&m, 0.0);
+    for p in &mut pf.sites {
+        p.mean = vec![0.5; tiny::D_MODEL];
+        p.std = vec![2.0; tiny::D_MODEL];
+    }
+    let norm = (tiny::D_MODEL as f32 * (0.25 + 4.0)).sqrt();
+    let st = Steering::from_probes(
+        &pf,
+        "best",
+        None,
+        "probe",
+        Mode::AddNorm,
+        0.1,
+        Positions::All,
+        tiny::LAYERS,
+    )
+    .unwrap();
+    let (with, without) = projections(&m, &ids, &st);
+    for (w, wo) in with.iter().zip(&without) {
+        assert!(
+            (w - wo - 0.1 * norm).abs() < 1e-3,
+            "{w} vs {wo}, norm {norm}"
+        );
+    }
+}
+
+#[test]
+fn per_head_probe_site_names_parse_with_clear_errors() {
+    use ctxsteer::probe::probe_site;
+    let (s, h) = probe_site("blocks.3.attn.hook_z[2]", 4).unwrap();
+    assert_eq!(
+        (s.to_string(), h),
+        ("blocks.3.attn.hook_z".to_string(), Some(2))
+    );
+    let (s, h) = probe_site("blocks.3.hook_resid_post", 4).unwrap();
+    assert_eq!((s.layer, h), (3, None));
+    for bad in [
+        "blocks.3.attn.hook_z[x]",
+        "blocks.3.attn.hook_z[2",
+        "blocks.3.hook_resid_post[1]",
+    ] {
+        assert!(probe_site(bad, 4).is_err(), "{bad}");
+    }
 }

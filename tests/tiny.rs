@@ -176,12 +176,28 @@ fn kv_cached_generation_equals_full_recompute() {
                 "steer last",
                 ctxsteer::steer::add_spec(&sites, &v, 4.0, Positions::Last),
             ),
+            (
+                "steer answer",
+                ctxsteer::steer::add_spec(&sites, &v, 4.0, Positions::Answer),
+            ),
         ];
         let plain = gen(&m, &Spec::new(), true);
         for (name, spec) in &specs {
             let cached = gen(&m, spec, true);
             assert_eq!(cached, gen(&m, spec, false), "{mode:?} {name}");
             assert_eq!(cached.len(), 12);
+            if *name == "steer answer" {
+                // `answer` is `last` and `generated` together.
+                let mut both = ctxsteer::steer::add_spec(&sites, &v, 4.0, Positions::Last);
+                both.interventions.extend(
+                    ctxsteer::steer::add_spec(&sites, &v, 4.0, Positions::Generated).interventions,
+                );
+                assert_eq!(
+                    cached,
+                    gen(&m, &both, true),
+                    "{mode:?} answer = last + generated"
+                );
+            }
             if *name == "steer all" {
                 assert_ne!(
                     cached, plain,

@@ -2,6 +2,7 @@
 //! ranked heads, a gate), and how the dev sweep's winner is chosen under the cost constraints.
 
 use super::{Eval, Method};
+use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::steer::{Mode, Plan, Steering};
@@ -45,6 +46,8 @@ pub struct Resources {
     pub max_new: Option<usize>,
     /// The trained low-rank edits the `reft` method's dev sweep chooses from.
     pub reft: Vec<crate::reft::Reft>,
+    /// Per-head probes (`probe train --per-head` on `attn.hook_z`) for the `iti` method.
+    pub head_probes: Option<crate::probe::ProbeFile>,
 }
 
 /// One steering setting along the probe file's `best` site.
@@ -120,7 +123,98 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
         Method::Heads | Method::HeadsGated => heads_grid(model, m, res)?,
         Method::Reft => reft_grid(m, res, &[None])?,
         Method::ReftCad => reft_grid(m, res, &[Some(0.5), Some(1.0), Some(2.0)])?,
+        Method::ReftGated => reft_gated_grid(model, res)?,
+        Method::SteerMulti => band_grid(model, m, res, Mode::AddNorm, &[0.01, 0.02, 0.04])?,
+        Method::Clamp => band_grid(model, m, res, Mode::Clamp, &[0.0, 1.0])?,
+        Method::Iti => iti_grid(model, m, res)?,
     })
+}
+
+/// The bands of layers that multi-layer steering and clamping try, as fractions of the depth:
+/// the first and second half of the middle third, and the whole middle third. Probes and
+/// patching put the choice between context and prior there on both models (see the README).
+fn bands(n_layers: usize) -> Vec<Vec<usize>> {
+    let (a, b, c) = (n_layers / 3, n_layers / 2, (2 * n_layers) / 3);
+    vec![(a..b).collect(), (b..c).collect(), (a..c).collect()]
+}
+
+/// Each band of [`bands`] at each strength, along the probe file's mean-difference directions.
+/// Adding acts at every position; a clamp only where the answer is produced (the prompt's last
+/// token, where the probes were trained, and the generated ones): clamping every token of the
+/// prompt to a last-token class mean broke closed-book answers and fluency on dev (README).
+fn band_grid(
+    model: &Model,
+    m: Method,
+    res: &Resources,
+    mode: Mode,
+    alphas: &[f32],
+) -> Result<Vec<Setting>> {
+    let n_layers = model.cfg().n_layers;
+    let pf = res
+        .probes
+        .as_ref()
+        .ok_or_else(|| Error::Invalid(format!("method {} needs a probe file", m.name())))?;
+    let mut v = vec![];
+    for band in bands(n_layers) {
+        let (first, last) = (band[0], band[band.len() - 1]);
+        for alpha in alphas {
+            let st = Steering::from_probes(
+                pf,
+                "best",
+                Some(&band),
+                "meandiff",
+                mode,
+                *alpha,
+                match mode {
+                    Mode::Clamp => Positions::Answer,
+                    _ => Positions::All,
+                },
+                n_layers,
+            )?;
+            v.push(Setting {
+                method: m,
+                strength: Some(*alpha),
+                label: format!(
+                    "{} meandiff alpha={alpha} at layers {first}-{last}{}",
+                    mode.name(),
+                    if mode == Mode::Clamp {
+                        ", answer positions"
+                    } else {
+                        ""
+                    }
+                ),
+                plan: Box::new(st),
+                cad: None,
+                instruct: false,
+            });
+        }
+    }
+    Ok(v)
+}
+
+/// ITI's sweep: the top K heads by per-head probe, shifted by alpha spreads (Li et al. used
+/// 48 of 1,024 heads and alpha 15 on LLaMA-7B).
+fn iti_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
+    let pf = res.head_probes.as_ref().ok_or_else(|| {
+        Error::Invalid("method iti needs per-head probes (probe train --per-head)".into())
+    })?;
+    let n_layers = model.cfg().n_layers;
+    let mut v = vec![];
+    for k in [8usize, 24] {
+        for alpha in [3.0f32, 8.0, 15.0] {
+            let st =
+                Steering::from_head_probes(pf, k, "meandiff", alpha, Positions::All, n_layers)?;
+            v.push(Setting {
+                method: m,
+                strength: Some(alpha),
+                label: st.label.clone(),
+                plan: Box::new(st),
+                cad: None,
+                instruct: false,
+            });
+        }
+    }
+    Ok(v)
 }
 
 /// Each trained edit, alone or with context-aware decoding at each of `betas`.
@@ -148,6 +242,30 @@ fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Result<Vec<Se
     Ok(v)
 }
 
+/// Each trained edit behind the conflict gate: applied only to the prompts where the gate's
+/// probe sees a context that contradicts memory.
+fn reft_gated_grid(model: &Model, res: &Resources) -> Result<Vec<Setting>> {
+    let gate = conflict_gate(model, Method::ReftGated, res)?;
+    let mut v = reft_grid(Method::ReftGated, res, &[None])?;
+    for s in &mut v {
+        let inner = std::mem::replace(&mut s.plan, Box::new(crate::Spec::new()));
+        s.plan = Box::new(crate::steer::Gated {
+            gate: gate.clone(),
+            inner,
+        });
+        s.label = format!("{} where the conflict gate fires", s.label);
+    }
+    Ok(v)
+}
+
+/// The gate of the gated methods: the `conflict` probe file's best site.
+fn conflict_gate(model: &Model, m: Method, res: &Resources) -> Result<crate::steer::Gate> {
+    let pf = res.gate.as_ref().ok_or_else(|| {
+        Error::Invalid(format!("method {} needs a conflict probe file", m.name()))
+    })?;
+    crate::steer::Gate::from_probes(pf, "best", model.cfg().n_layers)
+}
+
 /// The head-scaling settings a sweep tries: (context heads scaled up, factor; prior heads
 /// scaled down, factor). Scaling up the heads that move the context's answer to the last
 /// position, and down the ones that bring the prior, follows JUICE (Li et al. 2025) and
@@ -168,12 +286,7 @@ fn heads_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>>
         )));
     }
     let gate = match m {
-        Method::HeadsGated => {
-            let pf = res.gate.as_ref().ok_or_else(|| {
-                Error::Invalid("method heads-gated needs a conflict probe file".into())
-            })?;
-            Some(crate::steer::Gate::from_probes(pf, "best", cfg.n_layers)?)
-        }
+        Method::HeadsGated => Some(conflict_gate(model, m, res)?),
         _ => None,
     };
     let mut v = vec![];

@@ -23,10 +23,12 @@ use std::collections::BTreeMap;
 
 mod grid;
 mod metrics;
+mod paired;
 mod true_context;
 pub use grid::{choose, context_heads_from_patch, grid, heads_from_patch, Resources, Setting};
 pub use metrics::{exact_match, squad_normalize, Rate};
 use metrics::{mem_ratio, rate};
+pub use paired::paired_difference;
 use true_context::true_context_rate;
 
 crate::choice_enum! {
@@ -68,6 +70,18 @@ pub enum Method {
     Reft = "reft",
     /// The learned intervention and context-aware decoding together.
     ReftCad = "reft-cad",
+    /// The learned intervention, only on prompts where a `conflict` probe sees a context that
+    /// contradicts memory (the gate of heads-gated); other prompts run untouched.
+    ReftGated = "reft-gated",
+    /// Add each layer's probe direction over a band of layers, with a strength relative to
+    /// each layer's typical residual norm.
+    SteerMulti = "steer-multi",
+    /// Over a band of layers, set the projection onto each layer's probe direction to the
+    /// follows-context class mean (plus alpha spreads).
+    Clamp = "clamp",
+    /// Inference-time intervention (Li et al. 2023): shift the K attention heads whose
+    /// per-head probes rank best along their directions, at every position.
+    Iti = "iti",
 }
 }
 
@@ -85,6 +99,10 @@ impl Method {
             Method::HeadsGated => "heads-gated",
             Method::Reft => "reft",
             Method::ReftCad => "reft-cad",
+            Method::ReftGated => "reft-gated",
+            Method::SteerMulti => "steer-multi",
+            Method::Clamp => "clamp",
+            Method::Iti => "iti",
         }
     }
 }
@@ -122,6 +140,10 @@ pub struct Eval {
     pub em_context: Rate,
     #[serde(default)]
     pub em_memory: Rate,
+    /// Per item, in order: whether the greedy answer names the context answer (what
+    /// `adherence` averages), for paired comparisons between methods on the same items.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adherent: Vec<bool>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -239,6 +261,10 @@ pub fn evaluate_with(
         per_relation,
         em_context: rate(&em(&|it| it.context_names()), 5),
         em_memory: rate(&em(&|it| it.prior_names()), 6),
+        adherent: runs
+            .iter()
+            .map(|r| r.greedy_answer == Answer::Context)
+            .collect(),
     })
 }
 
@@ -291,6 +317,10 @@ pub struct MethodResult {
     /// fact): the share whose greedy answer names it. `bench conflict` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub true_context: Option<Rate>,
+    /// Test adherence minus that of `none` and of `cad` on the same items ("vs none",
+    /// "vs cad"), with a bootstrap interval over items. `bench conflict` only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub paired: BTreeMap<String, Rate>,
 }
 
 /// Split items into (dev, test): their own split field, else a seeded half split by subject.
@@ -492,6 +522,7 @@ pub fn run(
         }
         out.push(r);
     }
+    paired::fill(&mut out);
     Ok(out)
 }
 
@@ -545,6 +576,7 @@ pub fn run_method(
         seconds: t0.elapsed().as_secs_f64(),
         reused_runs: 0,
         true_context: None,
+        paired: BTreeMap::new(),
     })
 }
 

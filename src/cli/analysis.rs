@@ -28,6 +28,7 @@ fn probe_train(t: ProbeTrain) -> Result<()> {
         kind,
         seed,
         test_relations,
+        per_head,
         out,
         plot,
         model,
@@ -55,6 +56,7 @@ fn probe_train(t: ProbeTrain) -> Result<()> {
     }
     let mut opts = probe::TrainOptions::new(label, kind);
     opts.seed = seed;
+    opts.per_head = per_head.then_some(m.cfg().n_heads);
     opts.test_relations =
         test_relations.map(|r| r.split(',').map(|s| s.trim().to_string()).collect());
     let pb = ctxsteer::progress::bar(a.sites.len() as u64, "probe", false);

@@ -47,6 +47,11 @@ pub struct ProbeTrain {
     /// Test on these relations (comma-separated) and train on the rest, to measure transfer.
     #[arg(long)]
     pub test_relations: Option<String>,
+    /// Probe each attention head's slice of the captured attn.hook_z sites on its own
+    /// (sites named blocks.L.attn.hook_z[H]), for the `iti` benchmark method; other sites are
+    /// probed whole.
+    #[arg(long)]
+    pub per_head: bool,
     /// Where to write the probe file (JSON).
     #[arg(long)]
     pub out: PathBuf,
@@ -108,7 +113,8 @@ pub struct SteerArgs {
     /// Which of the probe file's directions to use.
     #[arg(long, default_value = "probe", value_parser = ["probe", "meandiff", "pca"])]
     pub direction: String,
-    /// Positions to steer: all, prompt, generated, last, or indices like 0,4,5.
+    /// Positions to steer: all, prompt, generated, last, answer (last and generated), or
+    /// indices like 0,4,5.
     #[arg(long, default_value = "all")]
     pub steer_positions: String,
     /// Scale attention heads' outputs: LAYER.HEAD=FACTOR, comma-separated (0 ablates, 3
@@ -276,9 +282,13 @@ pub struct MethodArgs {
     /// Options given on the command line take precedence.
     #[arg(long, default_value = "probes")]
     pub artefacts: PathBuf,
-    /// Probe file for steer and steer-gated.
+    /// Probe file for steer, steer-gated, steer-multi and clamp (the last two use its probes at
+    /// every layer of a band, so it needs one per layer).
     #[arg(long)]
     pub probes: Option<PathBuf>,
+    /// Per-head probe file for iti: `probe train --per-head` on an attn.hook_z capture.
+    #[arg(long)]
+    pub head_probes: Option<PathBuf>,
     /// Head ranking for heads and heads-gated: patch.json from `patch --sites heads --ablate`.
     #[arg(long)]
     pub heads_from: Option<PathBuf>,

@@ -128,6 +128,7 @@ fn methods_and_resources(
 ) -> Result<(Vec<ctxsteer::bench::Method>, ctxsteer::bench::Resources)> {
     let given = Artefacts {
         probes: w.probes.clone(),
+        head_probes: w.head_probes.clone(),
         heads_from: w.heads_from.clone(),
         gate_probes: w.gate_probes.clone(),
         reft: w.reft.clone(),
@@ -143,6 +144,7 @@ fn methods_and_resources(
 /// folder's manifest.json names for the loaded model.
 pub(super) struct Artefacts {
     probes: Option<PathBuf>,
+    head_probes: Option<PathBuf>,
     heads_from: Option<PathBuf>,
     gate_probes: Option<PathBuf>,
     reft: Vec<PathBuf>,
@@ -155,6 +157,8 @@ struct Manifest {
     model_sha256: String,
     #[serde(default)]
     probes: Option<PathBuf>,
+    #[serde(default)]
+    head_probes: Option<PathBuf>,
     #[serde(default)]
     gate: Option<PathBuf>,
     #[serde(default)]
@@ -191,6 +195,7 @@ impl Artefacts {
             |given: Option<PathBuf>, listed: Option<PathBuf>| given.or(listed.map(|p| dir.join(p)));
         Ok(Artefacts {
             probes: fill(given.probes, m.probes),
+            head_probes: fill(given.head_probes, m.head_probes),
             heads_from: fill(given.heads_from, m.heads),
             gate_probes: fill(given.gate_probes, m.gate),
             reft: match given.reft.is_empty() {
@@ -205,7 +210,10 @@ impl Artefacts {
         use ctxsteer::bench::Method::*;
         let mut v = vec![None, Instruct, Cad, AdaCad];
         if self.probes.is_some() {
-            v.extend([Steer, SteerGated]);
+            v.extend([Steer, SteerGated, SteerMulti, Clamp]);
+        }
+        if self.head_probes.is_some() {
+            v.push(Iti);
         }
         if self.heads_from.is_some() {
             v.push(Heads);
@@ -215,6 +223,9 @@ impl Artefacts {
         }
         if !self.reft.is_empty() {
             v.extend([Reft, ReftCad]);
+            if self.gate_probes.is_some() {
+                v.push(ReftGated);
+            }
         }
         v
     }
@@ -226,7 +237,6 @@ fn resources(
     art: &Artefacts,
     methods: &[ctxsteer::bench::Method],
 ) -> Result<ctxsteer::bench::Resources> {
-    use ctxsteer::bench::Method;
     let (probes, heads_from, gate_probes) = (&art.probes, &art.heads_from, &art.gate_probes);
     let id = model.identity()?;
     let read_probes = |p: &Option<PathBuf>| {
@@ -235,6 +245,7 @@ fn resources(
             .transpose()
     };
     let (probes, gate) = (read_probes(probes)?, read_probes(gate_probes)?);
+    let head_probes = read_probes(&art.head_probes)?;
     let (heads, context_heads) = match heads_from {
         Some(p) => {
             let text =
@@ -248,12 +259,38 @@ fn resources(
         }
         None => (vec![], vec![]),
     };
-    if methods
-        .iter()
-        .any(|m| matches!(m, Method::Steer | Method::SteerGated))
-        && probes.is_none()
+    let res = ctxsteer::bench::Resources {
+        probes,
+        heads,
+        context_heads,
+        gate,
+        max_new: None,
+        reft: vec![],
+        head_probes,
+    };
+    check_needs(methods, &res)?;
+    Ok(res)
+}
+
+/// Refuse methods whose artefacts are missing, naming the option that gives them.
+fn check_needs(
+    methods: &[ctxsteer::bench::Method],
+    res: &ctxsteer::bench::Resources,
+) -> Result<()> {
+    use ctxsteer::bench::Method;
+    let (probes, head_probes, gate) = (&res.probes, &res.head_probes, &res.gate);
+    let (heads, context_heads) = (&res.heads, &res.context_heads);
+    if methods.iter().any(|m| {
+        matches!(
+            m,
+            Method::Steer | Method::SteerGated | Method::SteerMulti | Method::Clamp
+        )
+    }) && probes.is_none()
     {
-        bail!("methods steer and steer-gated need --probes probes/NAME.json (from `ctxsteer probe train`)");
+        bail!("methods steer, steer-gated, steer-multi and clamp need --probes probes/NAME.json (from `ctxsteer probe train`)");
+    }
+    if methods.contains(&Method::Iti) && head_probes.is_none() {
+        bail!("method iti needs --head-probes probes/NAME.json (from `ctxsteer probe train --per-head` on an attn.hook_z capture)");
     }
     if methods
         .iter()
@@ -263,17 +300,14 @@ fn resources(
     {
         bail!("methods heads and heads-gated need --heads-from DIR/patch.json (from `ctxsteer patch --sites heads --ablate`)");
     }
-    if methods.contains(&Method::HeadsGated) && gate.is_none() {
-        bail!("method heads-gated needs --gate-probes probes/NAME.json (from `ctxsteer probe train --label conflict`)");
+    if methods
+        .iter()
+        .any(|m| matches!(m, Method::HeadsGated | Method::ReftGated))
+        && gate.is_none()
+    {
+        bail!("methods heads-gated and reft-gated need --gate-probes probes/NAME.json (from `ctxsteer probe train --label conflict`)");
     }
-    Ok(ctxsteer::bench::Resources {
-        probes,
-        heads,
-        context_heads,
-        gate,
-        max_new: None,
-        reft: vec![],
-    })
+    Ok(())
 }
 
 /// The trained edits of method reft, from their files; an error when reft runs without one.
@@ -286,10 +320,10 @@ fn reft_for(
     if paths.is_empty()
         && methods
             .iter()
-            .any(|m| matches!(m, Method::Reft | Method::ReftCad))
+            .any(|m| matches!(m, Method::Reft | Method::ReftCad | Method::ReftGated))
     {
         bail!(
-            "methods reft and reft-cad need --reft FILE.safetensors (from `ctxsteer reft train`)"
+            "methods reft, reft-cad and reft-gated need --reft FILE.safetensors (from `ctxsteer reft train`)"
         );
     }
     paths

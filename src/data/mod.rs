@@ -143,11 +143,12 @@ fn check_line(v: &serde_json::Value) -> std::result::Result<Item, String> {
         .prior_answer
         .trim()
         .eq_ignore_ascii_case(item.context_answer.trim());
-    // A true-context variant states the true fact, so there its two answers agree.
-    if same && item.variant.as_deref() != Some("true_context") {
+    // A true-context variant states the true fact, so there its two answers agree; a neutral
+    // passage has no answer at all.
+    if same && !matches!(item.variant.as_deref(), Some("true_context" | "neutral")) {
         return Err(format!(
             "fields `prior_answer` and `context_answer` are both {:?}: a conflict needs two \
-             different answers (only a `true_context` variant may repeat the prior)",
+             different answers (only a `true_context` or `neutral` variant may repeat the prior)",
             item.prior_answer
         ));
     }

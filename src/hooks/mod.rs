@@ -201,6 +201,8 @@ pub enum Positions {
     Generated,
     /// The prompt's last position.
     Last,
+    /// The prompt's last position and every generated one: where the answer is produced.
+    Answer,
     Indices(Vec<usize>),
 }
 
@@ -211,6 +213,7 @@ impl Positions {
             Positions::Prompt => pos < prompt_len,
             Positions::Generated => pos >= prompt_len,
             Positions::Last => pos + 1 == prompt_len,
+            Positions::Answer => pos + 1 >= prompt_len,
             Positions::Indices(v) => v.contains(&pos),
         }
     }
@@ -224,6 +227,7 @@ impl std::str::FromStr for Positions {
             "prompt" => Positions::Prompt,
             "generated" => Positions::Generated,
             "last" => Positions::Last,
+            "answer" => Positions::Answer,
             other => Positions::Indices(
                 other
                     .split(',')

@@ -12,7 +12,7 @@
 //! ]}
 //! ```
 //!
-//! Sites are TransformerLens names; positions are `all`, `prompt`, `generated`, `last` or a list
+//! Sites are TransformerLens names; positions are `all`, `prompt`, `generated`, `last`, `answer` or a list
 //! of absolute indices; `heads` and `rows` are optional. Actions: `capture`, `add`, `replace`
 //! (`values` keyed by position), `zero_ablate`, `mean_ablate`, `project_out`, `clamp`, `scale`,
 //! `low_rank`. A spec read from a file is checked against the model before it runs.
@@ -52,6 +52,7 @@ impl Serialize for Positions {
             Positions::Prompt => PositionsData::Named("prompt".into()),
             Positions::Generated => PositionsData::Named("generated".into()),
             Positions::Last => PositionsData::Named("last".into()),
+            Positions::Answer => PositionsData::Named("answer".into()),
             Positions::Indices(v) => PositionsData::Indices(v.clone()),
         };
         data.serialize(s)
@@ -63,11 +64,11 @@ impl<'de> Deserialize<'de> for Positions {
         match PositionsData::deserialize(d)? {
             PositionsData::Indices(v) => Ok(Positions::Indices(v)),
             PositionsData::Named(n) => match n.as_str() {
-                "all" | "prompt" | "generated" | "last" => {
+                "all" | "prompt" | "generated" | "last" | "answer" => {
                     n.parse().map_err(serde::de::Error::custom)
                 }
                 _ => Err(serde::de::Error::custom(format!(
-                    "positions `{n}`: use all, prompt, generated, last, or a list of indices"
+                    "positions `{n}`: use all, prompt, generated, last, answer, or a list of indices"
                 ))),
             },
         }
@@ -207,4 +208,30 @@ impl Spec {
 /// Whether `site` is a per-layer site whose layer is below `n_layers`.
 pub(super) fn layer_in_range(site: Site, n_layers: usize) -> bool {
     !site.kind.per_layer() || site.layer < n_layers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_position_round_trips_and_unknown_names_are_refused() {
+        for p in [
+            Positions::All,
+            Positions::Prompt,
+            Positions::Generated,
+            Positions::Last,
+            Positions::Answer,
+            Positions::Indices(vec![0, 3]),
+        ] {
+            let text = serde_json::to_string(&p).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Positions>(&text).unwrap(),
+                p,
+                "{text}"
+            );
+        }
+        let e = serde_json::from_str::<Positions>("\"first\"").unwrap_err();
+        assert!(e.to_string().contains("answer"), "{e}");
+    }
 }

@@ -292,7 +292,37 @@ pub fn best_site(sites: &[SiteProbe]) -> String {
 
 /// How deep a site named in a probe file sits; an unparsable name counts as shallowest.
 fn depth(site: &str) -> usize {
-    Site::parse(site, usize::MAX).map_or(0, |s| s.depth())
+    probe_site(site, usize::MAX).map_or(0, |(s, _)| s.depth())
+}
+
+/// The name of one head's slice of an `attn.hook_z` site in a per-head probe file, indexed
+/// as TransformerLens indexes `hook_z`'s head axis: `blocks.12.attn.hook_z[3]`.
+pub fn head_site_name(site: Site, head: usize) -> String {
+    format!("{site}[{head}]")
+}
+
+/// A probe file's site name as a hook site and, for a per-head probe (`…attn.hook_z[H]`), its
+/// head.
+pub fn probe_site(name: &str, n_layers: usize) -> Result<(Site, Option<usize>)> {
+    let name = name.trim();
+    let Some((base, rest)) = name.split_once('[') else {
+        return Ok((Site::parse(name, n_layers)?, None));
+    };
+    let head = rest
+        .strip_suffix(']')
+        .and_then(|h| h.parse::<usize>().ok())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "probe site `{name}`: a head index is written `blocks.L.attn.hook_z[H]`"
+            ))
+        })?;
+    let site = Site::parse(base, n_layers)?;
+    if site.kind != crate::hooks::SiteKind::AttnZ {
+        return Err(Error::Invalid(format!(
+            "probe site `{name}`: only attn.hook_z has heads"
+        )));
+    }
+    Ok((site, Some(head)))
 }
 
 /// The label of an index row for a target; None leaves the row out.

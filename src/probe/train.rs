@@ -2,12 +2,13 @@
 //! the L2 strength, the held-out scores with their majority baseline and shuffled-label
 //! control, and the three directions each site offers for steering.
 
-use super::{is_test, target_of, Kind, Metrics, SiteProbe, Spread, Target};
+use super::{head_site_name, is_test, target_of, Kind, Metrics, SiteProbe, Spread, Target};
 use crate::capture::Acts;
 use crate::error::{Error, Result};
+use crate::hooks::SiteKind;
 use crate::stats::{self, SplitMix};
 use linfa::prelude::*;
-use ndarray::{Array1, Array2, Axis};
+use ndarray::{s, Array1, Array2, Axis};
 use std::collections::BTreeMap;
 
 /// (row index, label) pairs.
@@ -24,6 +25,9 @@ pub struct TrainOptions {
     /// Test on these relations and train on the others (transfer across relations), instead of
     /// the default split by subject.
     pub test_relations: Option<Vec<String>>,
+    /// Probe each head's slice of the `attn.hook_z` sites on its own (the model's head count),
+    /// as inference-time intervention ranks heads (Li et al. 2023); other sites stay whole.
+    pub per_head: Option<usize>,
 }
 
 impl TrainOptions {
@@ -35,6 +39,7 @@ impl TrainOptions {
             alphas: vec![0.01, 0.1, 1.0, 10.0, 100.0],
             folds: 4,
             test_relations: None,
+            per_head: None,
         }
     }
 }
@@ -121,7 +126,22 @@ pub fn train(
     let sp = Split::new(acts, opts)?;
     let mut out = Vec::new();
     for (site, x) in &acts.sites {
-        out.push(probe_site(&site.to_string(), x, acts, opts, &sp)?);
+        match opts.per_head.filter(|_| site.kind == SiteKind::AttnZ) {
+            Some(n_heads) => {
+                let d_head = x.ncols() / n_heads.max(1);
+                for h in 0..n_heads {
+                    let slice = x.slice(s![.., h * d_head..(h + 1) * d_head]).to_owned();
+                    out.push(probe_site(
+                        &head_site_name(*site, h),
+                        &slice,
+                        acts,
+                        opts,
+                        &sp,
+                    )?);
+                }
+            }
+            None => out.push(probe_site(&site.to_string(), x, acts, opts, &sp)?),
+        }
         progress(1);
     }
     let n_pos = sp.rows.iter().filter(|(_, y)| *y).count();

@@ -6,6 +6,11 @@ use crate::error::{Error, Result};
 use crate::hooks::{Action, Intervention, Positions, Site, Spec};
 use std::path::Path;
 
+mod cvec;
+mod iti;
+pub use cvec::{read_cvec, write_cvec, LayerVectors};
+pub use iti::ranked_heads;
+
 /// Read a steering vector from a JSON array or a one-tensor safetensors file.
 pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
     let is_st = path.extension().is_some_and(|e| e == "safetensors");
@@ -93,6 +98,10 @@ crate::choice_enum! {
 pub enum Mode {
     /// x += alpha * sigma * u.
     Add = "add",
+    /// x += alpha * |h| * u, where |h| is the site's typical residual norm (the root mean
+    /// square norm of the probe's training activations): one strength means the same share
+    /// of the stream at every layer of a band.
+    AddNorm = "add-norm",
     /// Set the projection onto u to the context class mean + alpha * sigma.
     Clamp = "clamp",
     /// Add, but only for prompts whose probe predicts that the prior will win.
@@ -109,6 +118,11 @@ pub struct SteerSite {
     pub sigma: f32,
     /// Mean projection of the context class.
     pub mean_pos: f32,
+    /// Typical norm of the site's activations (root mean square over the probe's examples);
+    /// for a per-head probe, of that head's slice.
+    pub norm: f32,
+    /// For a per-head probe at `attn.hook_z`: the head whose slice the direction lives in.
+    pub head: Option<usize>,
 }
 
 /// Steering built from a probe file (or a control vector).
@@ -172,12 +186,26 @@ fn steer_site(p: &SiteProbe, direction: &str, n_layers: usize) -> Result<SteerSi
             p.site, sp.std
         )));
     }
+    let (site, head) = crate::probe::probe_site(&p.site, n_layers)?;
     Ok(SteerSite {
-        site: Site::parse(&p.site, n_layers)?,
+        site,
         direction: d.to_vec(),
         sigma: sp.std,
         mean_pos: sp.mean_pos,
+        norm: typical_norm(p),
+        head,
     })
+}
+
+/// The root mean square norm of a probe's training activations, from its per-feature mean and
+/// standard deviation: sqrt(sum of mean² + std²).
+fn typical_norm(p: &SiteProbe) -> f32 {
+    p.mean
+        .iter()
+        .zip(&p.std)
+        .map(|(m, s)| m * m + s * s)
+        .sum::<f32>()
+        .sqrt()
 }
 
 impl Steering {
@@ -239,6 +267,10 @@ impl Steering {
                     vector: s.direction.clone(),
                     scale: self.alpha * s.sigma,
                 },
+                Mode::AddNorm => Action::Add {
+                    vector: s.direction.clone(),
+                    scale: self.alpha * s.norm,
+                },
                 Mode::Clamp => Action::Clamp {
                     direction: s.direction.clone(),
                     value: s.mean_pos + self.alpha * s.sigma,
@@ -246,6 +278,7 @@ impl Steering {
             };
             let mut iv = Intervention::new(s.site, self.positions.clone(), action);
             iv.rows = rows.clone();
+            iv.heads = s.head.map(|h| vec![h]);
             spec.push(iv);
         }
         spec
@@ -262,7 +295,9 @@ impl Steering {
 
 impl Plan for Steering {
     fn spec_for(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Spec> {
-        if self.alpha == 0.0 {
+        // Strength 0 turns adding off; a clamp at 0 still sets the projection (to the context
+        // class mean), so it is not skipped.
+        if self.alpha == 0.0 && self.mode != Mode::Clamp {
             return Ok(Spec::new());
         }
         if self.mode != Mode::Gated {
@@ -441,154 +476,4 @@ pub fn scale_heads_spec(s: &str, n_layers: usize, n_heads: usize) -> Result<Spec
         );
     }
     Ok(spec)
-}
-
-// ---------------------------------------------------------------------------------------------
-// llama.cpp control vectors
-
-/// `(layer, vector)` pairs, as a control vector holds them.
-pub type LayerVectors = Vec<(usize, Vec<f32>)>;
-
-/// Write a llama.cpp control vector: `direction.N` (F32, 1-D) is added to the output of block N.
-pub fn write_cvec(
-    path: &Path,
-    model_hint: &str,
-    n_layers: usize,
-    dirs: &[(usize, Vec<f32>)],
-) -> Result<()> {
-    use candle_core::quantized::gguf_file::{self, Value};
-    use candle_core::quantized::{GgmlDType, QTensor};
-    if let Some((l, _)) = dirs.iter().find(|(l, _)| *l == 0 || *l >= n_layers) {
-        return Err(Error::Invalid(format!(
-            "a control vector has directions for layers 1..={} only (llama.cpp never steers layer 0); got layer {l}",
-            n_layers - 1
-        )));
-    }
-    let md = [
-        (
-            "general.architecture",
-            Value::String("controlvector".into()),
-        ),
-        ("controlvector.model_hint", Value::String(model_hint.into())),
-        (
-            "controlvector.layer_count",
-            Value::I32((n_layers - 1) as i32),
-        ),
-    ];
-    let tensors: Vec<(String, QTensor)> = dirs
-        .iter()
-        .map(|(l, v)| {
-            let t = candle_core::Tensor::from_vec(v.clone(), v.len(), &candle_core::Device::Cpu)?;
-            Ok((
-                format!("direction.{l}"),
-                QTensor::quantize(&t, GgmlDType::F32)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
-    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    crate::atomic::replace_with(path, |tmp| {
-        let mut f = std::fs::File::create(tmp).map_err(|e| Error::file(tmp, e))?;
-        gguf_file::write(&mut f, &md_refs, &t_refs).map_err(|e| Error::file(tmp, e))
-    })
-}
-
-/// Read a llama.cpp control vector: its model hint and `(layer, vector)` pairs.
-pub fn read_cvec(path: &Path) -> Result<(String, LayerVectors)> {
-    use candle_core::quantized::gguf_file;
-    crate::model::check_gguf(path)?;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
-    let ct = gguf_file::Content::read(&mut f)
-        .map_err(|e| Error::file(path, format!("not a GGUF file: {e}")))?;
-    let arch = ct
-        .metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
-    if arch != "controlvector" {
-        return Err(Error::file(
-            path,
-            format!("general.architecture is `{arch}`, not `controlvector`"),
-        ));
-    }
-    let hint = ct
-        .metadata
-        .get("controlvector.model_hint")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
-    let mut dirs = Vec::new();
-    let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
-    for name in names {
-        let layer: usize = name
-            .strip_prefix("direction.")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| {
-                Error::file(
-                    path,
-                    format!("unexpected tensor `{name}` (want direction.N)"),
-                )
-            })?;
-        let t = ct
-            .tensor(&mut f, &name, &candle_core::Device::Cpu)?
-            .dequantize(&candle_core::Device::Cpu)?;
-        dirs.push((layer, t.flatten_all()?.to_vec1::<f32>()?));
-    }
-    dirs.sort_by_key(|(l, _)| *l);
-    Ok((hint, dirs))
-}
-
-impl Steering {
-    /// Steering that adds a control vector's directions (times `alpha`) at blocks.N.hook_resid_post.
-    pub fn from_cvec(
-        path: &Path,
-        alpha: f32,
-        positions: Positions,
-        n_layers: usize,
-    ) -> Result<Steering> {
-        let (_, dirs) = read_cvec(path)?;
-        let mut sites = Vec::new();
-        for (l, v) in dirs {
-            if l >= n_layers {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "direction.{l} is past this model's last layer {}",
-                        n_layers - 1
-                    ),
-                ));
-            }
-            sites.push(SteerSite {
-                site: Site::resid_post(l),
-                direction: v,
-                sigma: 1.0,
-                mean_pos: 0.0,
-            });
-        }
-        Ok(Steering {
-            sites,
-            mode: Mode::Add,
-            alpha,
-            positions,
-            gate: None,
-            label: format!("control vector {} x{alpha}", path.display()),
-        })
-    }
-
-    /// The directions scaled as `add` applies them, for export as a control vector.
-    pub fn as_cvec(&self) -> Vec<(usize, Vec<f32>)> {
-        self.sites
-            .iter()
-            .map(|s| {
-                (
-                    s.site.layer,
-                    s.direction
-                        .iter()
-                        .map(|x| x * self.alpha * s.sigma)
-                        .collect(),
-                )
-            })
-            .collect()
-    }
 }

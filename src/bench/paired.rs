@@ -1,0 +1,68 @@
+//! Paired differences between methods on the same test items: each method's per-item outcome
+//! (its greedy answer names the context answer, or not) minus another's, with a bootstrap
+//! interval over items. Two methods' own intervals can overlap while the paired one does not.
+
+use super::{Method, MethodResult, Rate};
+
+/// The methods every other one is compared with, when they were run.
+const BASELINES: [Method; 2] = [Method::None, Method::Cad];
+
+/// The mean of `a - b` over items paired by position, with a bootstrap 95% interval; None when
+/// the two do not cover the same items.
+pub fn paired_difference(a: &[bool], b: &[bool]) -> Option<Rate> {
+    if a.len() != b.len() || a.is_empty() {
+        return None;
+    }
+    let d: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| *x as u8 as f64 - *y as u8 as f64)
+        .collect();
+    let (ci_low, ci_high) = crate::stats::bootstrap_ci(&d, 1000, 11);
+    Some(Rate {
+        value: d.iter().sum::<f64>() / d.len() as f64,
+        ci_low,
+        ci_high,
+        n: d.len(),
+    })
+}
+
+/// Fill each method's `paired` with its test adherence minus that of `none` and of `cad`
+/// (those of them that were run), on the same items.
+pub fn fill(results: &mut [MethodResult]) {
+    let bases: Vec<(Method, Vec<bool>)> = BASELINES
+        .iter()
+        .filter_map(|b| {
+            results
+                .iter()
+                .find(|r| r.method == *b)
+                .map(|r| (*b, r.test.adherent.clone()))
+        })
+        .collect();
+    for r in results.iter_mut() {
+        for (b, base) in &bases {
+            if r.method == *b {
+                continue;
+            }
+            if let Some(d) = paired_difference(&r.test.adherent, base) {
+                r.paired.insert(format!("vs {}", b.name()), d);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_difference_counts_items_that_change() {
+        let a = [true, true, false, true];
+        let b = [false, true, false, false];
+        let d = paired_difference(&a, &b).unwrap();
+        assert_eq!((d.value, d.n), (0.5, 4));
+        assert!(d.ci_low <= 0.5 && d.ci_high >= 0.5);
+        assert_eq!(paired_difference(&a, &a).unwrap().ci_high, 0.0);
+        assert!(paired_difference(&a, &b[..3]).is_none());
+    }
+}
