@@ -391,6 +391,7 @@ pub fn load(dir: &Path, n_layers: usize) -> Result<Acts> {
 
 /// Activations at `site` at each item's last prompt position, in memory (no files), under
 /// `spec` (e.g. steering): what `probe apply` and gated steering read.
+#[allow(clippy::too_many_arguments)]
 pub fn last_position_acts(
     model: &Model,
     items: &[Item],
@@ -399,6 +400,7 @@ pub fn last_position_acts(
     with_context: bool,
     batch_size: usize,
     spec: &Spec,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
     let opts = CaptureOptions {
         sites: vec![site],
@@ -416,12 +418,15 @@ pub fn last_position_acts(
     ));
     let pad = model.tokenizer.eos_id.unwrap_or(0);
     let mut out = vec![vec![]; items.len()];
-    let idx: Vec<usize> = (0..items.len()).collect();
-    for chunk in idx.chunks(batch_size.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|i| prompt(model, &items[*i], &opts).map(|p| p.1))
-            .collect::<Result<_>>()?;
+    let prompts: Vec<Vec<u32>> = items
+        .iter()
+        .map(|it| prompt(model, it, &opts).map(|p| p.1))
+        .collect::<Result<_>>()?;
+    // Batches of similar lengths: a batch is padded to its longest prompt.
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|i| prompts[*i].len());
+    for chunk in order.chunks(batch_size.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|i| prompts[*i].clone()).collect();
         let (_, caps) = model.run(&Batch::left_padded(&ids, pad), &full, LogitsAt::Last)?;
         for (r, i) in chunk.iter().enumerate() {
             out[*i] = caps
@@ -429,6 +434,7 @@ pub fn last_position_acts(
                 .ok_or_else(|| Error::Invalid(format!("no capture at {site}")))?
                 .to_vec();
         }
+        progress(chunk.len());
     }
     Ok(out)
 }

@@ -109,6 +109,7 @@ fn probe_apply(
     f.check_model(&m.identity()?, file)?;
     let sp = f.site(site)?;
     let s = Site::parse(&sp.site, m.cfg().n_layers)?;
+    let pb = ctxsteer::progress::bar(items.len() as u64, "probe apply", false);
     let acts = ctxsteer::capture::last_position_acts(
         &m,
         &items,
@@ -117,7 +118,9 @@ fn probe_apply(
         !closed_book,
         data.batch_size,
         &Spec::new(),
+        &mut |n| pb.inc(n as u64),
     )?;
+    pb.finish_and_clear();
     for (it, x) in items.iter().zip(acts) {
         let z = sp.score(&x);
         let p = 1.0 / (1.0 + (-z).exp());

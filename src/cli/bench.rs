@@ -53,8 +53,15 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
 
 /// The final summary: one line per method.
 fn summary_table(r: &ctxsteer::report::Report) -> String {
+    let w = r
+        .methods
+        .iter()
+        .map(|m| m.chosen.chars().count())
+        .chain([13])
+        .max()
+        .unwrap_or(13);
     let mut s = format!(
-        "{:<12} {:<34} {:>22} {:>8} {:>10} {:>9} {:>7}\n",
+        "{:<12} {:<w$} {:>22} {:>8} {:>10} {:>9} {:>7}\n",
         "method", "chosen on dev", "adherence [95% CI]", "M_R", "retention", "true ctx", "ppl x"
     );
     for m in &r.methods {
@@ -64,7 +71,7 @@ fn summary_table(r: &ctxsteer::report::Report) -> String {
             .as_ref()
             .map_or("n/a".to_string(), |r| format!("{:.1}%", 100.0 * r.value));
         s += &format!(
-            "{:<12} {:<34} {:>6.1}% [{:>4.1}, {:>4.1}] {:>8.3} {:>9.1}% {:>9} {:>7.3}\n",
+            "{:<12} {:<w$} {:>6.1}% [{:>4.1}, {:>4.1}] {:>8.3} {:>9.1}% {:>9} {:>7.3}\n",
             m.method.name(),
             m.chosen,
             100.0 * t.adherence.value,
