@@ -61,12 +61,10 @@ fn paired(m: &MethodResult, key: &str) -> String {
 
 /// The main table as (header, rows).
 fn table(rep: &Report) -> (Vec<&'static str>, Vec<Vec<String>>) {
-    let header = vec![
+    let mut header = vec![
         "method",
         "chosen on dev",
         "adherence (95% CI)",
-        "Δ vs none, paired (points)",
-        "Δ vs cad, paired (points)",
         "TF adherence",
         "M_R",
         "prior retention",
@@ -79,12 +77,10 @@ fn table(rep: &Report) -> (Vec<&'static str>, Vec<Vec<String>>) {
         .iter()
         .map(|m| {
             let t = &m.test;
-            vec![
+            let mut row = vec![
                 m.method.name().to_string(),
                 m.chosen.clone(),
                 rate(&t.adherence),
-                paired(m, "vs none"),
-                paired(m, "vs cad"),
                 pct(t.tf_adherence.value),
                 format!(
                     "{:.3} [{:.3}, {:.3}]",
@@ -102,10 +98,25 @@ fn table(rep: &Report) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 } else {
                     "not met".into()
                 },
-            ]
+            ];
+            if has_paired(rep) {
+                row.splice(3..3, [paired(m, "vs none"), paired(m, "vs cad")]);
+            }
+            row
         })
         .collect();
+    if has_paired(rep) {
+        header.splice(
+            3..3,
+            ["Δ vs none, paired (points)", "Δ vs cad, paired (points)"],
+        );
+    }
     (header, rows)
+}
+
+/// Whether the report has paired differences (reports written before they existed do not).
+fn has_paired(rep: &Report) -> bool {
+    rep.methods.iter().any(|m| !m.paired.is_empty())
 }
 
 /// Per relation: adherence of each method on test.
@@ -149,6 +160,10 @@ pub fn markdown(rep: &Report) -> String {
     s += "## Test split, each method at the setting chosen on dev\n\n";
     let (h, rows) = table(rep);
     s += &md_table(&h, &rows);
+    s += LEGEND_HEAD;
+    if has_paired(rep) {
+        s += PAIRED_LEGEND;
+    }
     s += LEGEND;
     s += "## Adherence per relation (test)\n\n";
     let (h, rows) = relation_table(rep);
@@ -162,9 +177,13 @@ pub fn markdown(rep: &Report) -> String {
     s
 }
 
-const LEGEND: &str = "\nAdherence: share of items whose greedy answer names the context answer first. \
-    Δ vs none (vs cad), paired: the method's adherence minus none's (cad's) on the same test \
-    items, in points, with a bootstrap 95% interval over items. TF adherence: share whose context answer has the higher teacher-forced log-probability. \
+const LEGEND_HEAD: &str =
+    "\nAdherence: share of items whose greedy answer names the context answer first. ";
+
+const PAIRED_LEGEND: &str = "Δ vs none (vs cad), paired: the method's adherence minus none's \
+    (cad's) on the same test items, in points, with a bootstrap 95% interval over items. ";
+
+const LEGEND: &str = "TF adherence: share whose context answer has the higher teacher-forced log-probability. \
     M_R = n_prior / (n_prior + n_context). Prior retention: closed-book accuracy on the facts \
     the model knows, method active, no context. True context kept: share of the test items, \
     their context rewritten to state the true fact, whose greedy answer names it. Perplexity ×: perplexity of a fixed neutral \

@@ -360,13 +360,30 @@ fn squad_normalization_and_exact_match() {
     assert!(!bench::exact_match("", &["23"]));
 }
 
-/// The markdown report is a function of report.json: re-rendering a saved run (the Gemma demo,
-/// with probes, patching, density and timings) gives its report.md byte for byte.
+/// The markdown report is a function of report.json: re-rendering a saved run gives its
+/// report.md byte for byte. The Gemma demo has probes, patching, density and timings and was
+/// written before paired differences existed; the internal-methods run has them.
 #[test]
 fn a_saved_report_renders_to_its_markdown() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/gemma3-270m/demo");
-    let json = std::fs::read_to_string(dir.join("report.json")).unwrap();
-    let rep: ctxsteer::report::Report = serde_json::from_str(&json).unwrap();
-    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert_eq!(ctxsteer::report::markdown(&rep), md);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for run in [
+        "results/gemma3-270m/demo",
+        "results/conflict_internal/completion",
+    ] {
+        let dir = root.join(run);
+        let json = std::fs::read_to_string(dir.join("report.json")).unwrap();
+        let rep: ctxsteer::report::Report = serde_json::from_str(&json).unwrap();
+        let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        assert_eq!(ctxsteer::report::markdown(&rep), md, "{run}");
+    }
+    // The paired differences in the saved run are those its per-item outcomes give.
+    let dir = root.join("results/conflict_internal/completion");
+    let rep: ctxsteer::report::Report =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let of = |m: Method| rep.methods.iter().find(|r| r.method == m).unwrap();
+    let (reft, cad) = (of(Method::ReftGated), of(Method::Cad));
+    let d = bench::paired_difference(&reft.test.adherent, &cad.test.adherent).unwrap();
+    assert_eq!(d.value, reft.paired["vs cad"].value);
+    let mean = |v: &[bool]| v.iter().filter(|x| **x).count() as f64 / v.len() as f64;
+    assert!((d.value - (mean(&reft.test.adherent) - mean(&cad.test.adherent))).abs() < 1e-12);
 }
