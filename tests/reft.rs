@@ -352,7 +352,7 @@ fn training_refuses_quantized_weights_and_bad_settings() {
 #[test]
 fn reft_gated_is_reft_where_the_gate_fires_and_none_where_it_does_not() {
     use ctxsteer::bench::{self, Eval, Method, Resources};
-    use ctxsteer::probe::{Kind, Metrics, ProbeFile, SiteProbe, Target};
+    use ctxsteer::probe::{Metrics, SiteProbe, Target};
     let (_d, m) = tiny(WeightsMode::F32);
     let edit = ctxsteer::reft::train(&m, &items(), &[], &train_opts([0], 1, 1e-2, 1), &mut |_| {})
         .unwrap();
@@ -361,21 +361,8 @@ fn reft_gated_is_reft_where_the_gate_fires_and_none_where_it_does_not() {
         it.split = Some(if i < 3 { "dev" } else { "test" }.into());
     }
     // A conflict gate whose bias decides alone: it fires on every prompt, or on none.
-    let gate = |bias: f32| ProbeFile {
-        version: 1,
-        model: m.identity().unwrap(),
-        acts: "x".into(),
-        data: "y".into(),
-        target: Target::Conflict,
-        kind: Kind::Logistic,
-        command: "test".into(),
-        seed: 0,
-        n_train: 1,
-        n_test: 1,
-        n_pos: 1,
-        test_relations: None,
-        best: "blocks.1.hook_resid_post".into(),
-        sites: vec![SiteProbe {
+    let gate = |bias: f32| {
+        let site = SiteProbe {
             site: "blocks.1.hook_resid_post".into(),
             weights: vec![0.0; common::tiny::D_MODEL],
             bias,
@@ -386,7 +373,8 @@ fn reft_gated_is_reft_where_the_gate_fires_and_none_where_it_does_not() {
             spread: Default::default(),
             cosines: Default::default(),
             metrics: Metrics::default(),
-        }],
+        };
+        common::probe_file_of(&m, Target::Conflict, vec![site])
     };
     let run = |method: Method, bias: f32| -> Eval {
         let res = Resources {

@@ -4,7 +4,7 @@ mod common;
 use common::tiny;
 use ctxsteer::model::{Batch, LogitsAt};
 use ctxsteer::patch::{run_jobs, Job};
-use ctxsteer::probe::{Kind, Metrics, ProbeFile, SiteProbe, Spread, Target};
+use ctxsteer::probe::{Metrics, ProbeFile, SiteProbe, Spread, Target};
 use ctxsteer::steer::{self, Mode, Plan, Steering};
 use ctxsteer::{Model, Positions, Site, Spec, WeightsMode};
 use std::collections::BTreeMap;
@@ -50,22 +50,13 @@ fn site_probe(layer: usize, bias: f32) -> SiteProbe {
 }
 
 fn probe_file(m: &Model, bias: f32) -> ProbeFile {
-    ProbeFile {
-        version: 1,
-        model: m.identity().unwrap(),
-        acts: "x".into(),
-        data: "y".into(),
-        target: Target::FollowsContext,
-        kind: Kind::Logistic,
-        command: "test".into(),
-        seed: 0,
-        n_train: 1,
-        n_test: 1,
-        n_pos: 1,
-        test_relations: None,
-        best: Site::resid_post(1).to_string(),
-        sites: (0..tiny::LAYERS).map(|l| site_probe(l, bias)).collect(),
-    }
+    let mut f = common::probe_file_of(
+        m,
+        Target::FollowsContext,
+        (0..tiny::LAYERS).map(|l| site_probe(l, bias)).collect(),
+    );
+    f.best = Site::resid_post(1).to_string();
+    f
 }
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf, Model) {

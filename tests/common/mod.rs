@@ -289,3 +289,28 @@ pub mod tiny_hf {
         std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
     }
 }
+
+/// A probe file for `m` holding `sites`, whose `best` is the first of them; the bookkeeping
+/// fields are placeholders.
+pub fn probe_file_of(
+    m: &Model,
+    target: ctxsteer::probe::Target,
+    sites: Vec<ctxsteer::probe::SiteProbe>,
+) -> ctxsteer::probe::ProbeFile {
+    ctxsteer::probe::ProbeFile {
+        version: 1,
+        model: m.identity().unwrap(),
+        acts: "x".into(),
+        data: "y".into(),
+        target,
+        kind: ctxsteer::probe::Kind::Logistic,
+        command: "test".into(),
+        seed: 0,
+        n_train: 1,
+        n_test: 1,
+        n_pos: 1,
+        test_relations: None,
+        best: sites[0].site.clone(),
+        sites,
+    }
+}
