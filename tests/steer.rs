@@ -572,6 +572,35 @@ fn iti_shifts_the_best_ranked_heads_slice_and_no_other() {
             }
         }
     }
+    // One head's probe steers that head by name, as `--steer FILE:SITE[H]` does; a band of
+    // layers or a gate needs whole-site probes.
+    let one = Steering::from_probes(
+        &pf,
+        "blocks.1.attn.hook_z[3]",
+        None,
+        "meandiff",
+        Mode::Add,
+        1.0,
+        Positions::All,
+        tiny::LAYERS,
+    )
+    .unwrap();
+    assert_eq!((one.sites[0].site, one.sites[0].head), (z, Some(3)));
+    for (layers, mode) in [(Some(&[0usize, 1][..]), Mode::Add), (None, Mode::Gated)] {
+        let e = Steering::from_probes(
+            &pf,
+            "blocks.1.attn.hook_z[3]",
+            layers,
+            "meandiff",
+            mode,
+            1.0,
+            Positions::All,
+            tiny::LAYERS,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("one head's probe"), "{e}");
+    }
     // A probe file without per-head probes cannot drive ITI.
     let e = Steering::from_head_probes(&probe_file(&m, 0.0), 4, "meandiff", 1.0, Positions::All, 2)
         .unwrap_err()

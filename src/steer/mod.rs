@@ -223,7 +223,13 @@ impl Steering {
         n_layers: usize,
     ) -> Result<Steering> {
         let anchor = file.site(site)?;
-        let anchor_site = Site::parse(&anchor.site, n_layers)?;
+        let (anchor_site, head) = crate::probe::probe_site(&anchor.site, n_layers)?;
+        if head.is_some() && (layers.is_some() || mode == Mode::Gated) {
+            return Err(Error::Invalid(format!(
+                "{} is one head's probe: it can steer that head, but neither a band of layers nor a gate (those need whole-site probes)",
+                anchor.site
+            )));
+        }
         let chosen: Vec<&SiteProbe> = match layers {
             None => vec![anchor],
             Some(ls) => ls
