@@ -431,6 +431,17 @@ fn a_conflict_gate_scales_heads_only_where_it_fires() {
     );
     let fires = gate.rows(&m, &[a.clone(), b.clone()]).unwrap();
     assert_eq!(fires, vec![sa > sb, sb > sa]);
+    // A margin wider than the gap between the two scores makes the quiet prompt fire too; one
+    // narrower does not.
+    let gap = (sa - sb).abs() / 2.0;
+    for (margin, both) in [(gap * 1.01, true), (gap * 0.99, false)] {
+        let wide = steer::Gate {
+            margin,
+            ..gate.clone()
+        };
+        let f = wide.rows(&m, &[a.clone(), b.clone()]).unwrap();
+        assert_eq!(f.iter().all(|x| *x), both, "margin {margin}: {f:?}");
+    }
     let heads = steer::scale_heads_spec("0.1=3,1.0=0", tiny::LAYERS, tiny::HEADS).unwrap();
     let gated = steer::Gated {
         gate,

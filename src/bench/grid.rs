@@ -243,17 +243,29 @@ fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Result<Vec<Se
 }
 
 /// Each trained edit behind the conflict gate: applied only to the prompts where the gate's
-/// probe sees a context that contradicts memory.
+/// probe sees a context that contradicts memory. The sweep also widens the gate (margins 2 and
+/// 4 logits past the probe's boundary): it then catches more conflicts, and the dev sweep's
+/// retention bar says when it starts to touch closed-book questions.
 fn reft_gated_grid(model: &Model, res: &Resources) -> Result<Vec<Setting>> {
     let gate = conflict_gate(model, Method::ReftGated, res)?;
-    let mut v = reft_grid(Method::ReftGated, res, &[None])?;
-    for s in &mut v {
-        let inner = std::mem::replace(&mut s.plan, Box::new(crate::Spec::new()));
-        s.plan = Box::new(crate::steer::Gated {
-            gate: gate.clone(),
-            inner,
-        });
-        s.label = format!("{} where the conflict gate fires", s.label);
+    let mut v = vec![];
+    for margin in [0.0f32, 2.0, 4.0] {
+        for mut s in reft_grid(Method::ReftGated, res, &[None])? {
+            let inner = std::mem::replace(&mut s.plan, Box::new(crate::Spec::new()));
+            s.plan = Box::new(crate::steer::Gated {
+                gate: crate::steer::Gate {
+                    margin,
+                    ..gate.clone()
+                },
+                inner,
+            });
+            s.label = match margin {
+                0.0 => format!("{} where the conflict gate fires", s.label),
+                m => format!("{} where the conflict gate fires, margin {m}", s.label),
+            };
+            s.strength = Some(margin);
+            v.push(s);
+        }
     }
     Ok(v)
 }

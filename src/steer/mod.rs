@@ -245,6 +245,7 @@ impl Steering {
             site: anchor_site,
             probe: anchor.clone(),
             fire_on_positive: false,
+            margin: 0.0,
         });
         let label = format!(
             "{mode:?} {direction} alpha={alpha} at {}",
@@ -360,6 +361,10 @@ pub struct Gate {
     /// Fire where the score is positive (`conflict`, `known`), else where it is not
     /// (`follows_context`: the prior will win).
     pub fire_on_positive: bool,
+    /// How far past the probe's own boundary (score 0) the gate still fires, in logits: 0 is
+    /// the probe's decision; a larger margin fires on more prompts (a `conflict` gate then
+    /// fires where score > -margin).
+    pub margin: f32,
 }
 
 impl Gate {
@@ -370,6 +375,7 @@ impl Gate {
             site: Site::parse(&p.site, n_layers)?,
             probe: p.clone(),
             fire_on_positive: file.target != crate::probe::Target::FollowsContext,
+            margin: 0.0,
         })
     }
 
@@ -400,7 +406,11 @@ impl Gate {
                         expected: x.len(),
                     });
                 }
-                Ok((self.probe.score(x) > 0.0) == self.fire_on_positive)
+                let z = self.probe.score(x);
+                Ok(match self.fire_on_positive {
+                    true => z > -self.margin,
+                    false => z <= self.margin,
+                })
             })
             .collect()
     }
