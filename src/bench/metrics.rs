@@ -15,17 +15,23 @@ pub struct Rate {
 
 pub(super) fn rate(flags: &[bool], seed: u64) -> Rate {
     let v: Vec<f64> = flags.iter().map(|f| *f as u8 as f64).collect();
-    let (ci_low, ci_high) = crate::stats::bootstrap_ci(&v, 1000, seed);
+    mean_rate(&v, seed)
+}
+
+/// The mean of per-item values with its bootstrap 95% interval over items (seeded by `seed`):
+/// a share when the values are 0 and 1, a paired difference when they are -1, 0 and 1.
+pub fn mean_rate(values: &[f64], seed: u64) -> Rate {
+    let (ci_low, ci_high) = crate::stats::bootstrap_ci(values, 1000, seed);
     Rate {
         // An empty sum of floats is -0.0; no items is a rate of 0 (shown as n/a where n = 0).
-        value: if v.is_empty() {
+        value: if values.is_empty() {
             0.0
         } else {
-            v.iter().sum::<f64>() / v.len() as f64
+            values.iter().sum::<f64>() / values.len() as f64
         },
         ci_low,
         ci_high,
-        n: v.len(),
+        n: values.len(),
     }
 }
 

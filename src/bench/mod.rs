@@ -26,7 +26,7 @@ mod metrics;
 mod paired;
 mod true_context;
 pub use grid::{choose, context_heads_from_patch, grid, heads_from_patch, Resources, Setting};
-pub use metrics::{exact_match, squad_normalize, Rate};
+pub use metrics::{exact_match, mean_rate, squad_normalize, Rate};
 use metrics::{mem_ratio, rate};
 pub use paired::paired_difference;
 use true_context::true_context_rate;
@@ -88,22 +88,7 @@ pub enum Method {
 impl Method {
     /// The method's name as the command line spells it.
     pub fn name(self) -> &'static str {
-        match self {
-            Method::None => "none",
-            Method::Instruct => "instruct",
-            Method::Cad => "cad",
-            Method::AdaCad => "adacad",
-            Method::Steer => "steer",
-            Method::SteerGated => "steer-gated",
-            Method::Heads => "heads",
-            Method::HeadsGated => "heads-gated",
-            Method::Reft => "reft",
-            Method::ReftCad => "reft-cad",
-            Method::ReftGated => "reft-gated",
-            Method::SteerMulti => "steer-multi",
-            Method::Clamp => "clamp",
-            Method::Iti => "iti",
-        }
+        <Self as crate::choice::Choice>::name(self)
     }
 }
 

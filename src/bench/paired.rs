@@ -2,7 +2,7 @@
 //! (its greedy answer names the context answer, or not) minus another's, with a bootstrap
 //! interval over items. Two methods' own intervals can overlap while the paired one does not.
 
-use super::{Method, MethodResult, Rate};
+use super::{metrics::mean_rate, Method, MethodResult, Rate};
 
 /// The methods every other one is compared with, when they were run.
 const BASELINES: [Method; 2] = [Method::None, Method::Cad];
@@ -18,13 +18,7 @@ pub fn paired_difference(a: &[bool], b: &[bool]) -> Option<Rate> {
         .zip(b)
         .map(|(x, y)| *x as u8 as f64 - *y as u8 as f64)
         .collect();
-    let (ci_low, ci_high) = crate::stats::bootstrap_ci(&d, 1000, 11);
-    Some(Rate {
-        value: d.iter().sum::<f64>() / d.len() as f64,
-        ci_low,
-        ci_high,
-        n: d.len(),
-    })
+    Some(mean_rate(&d, 11))
 }
 
 /// Fill each method's `paired` with its test adherence minus that of `none` and of `cad`

@@ -93,13 +93,7 @@ fn per_item(
         return Rate::default();
     }
     let d: Vec<f64> = b.iter().zip(o).map(|(b, o)| f(b, o)).collect();
-    let (ci_low, ci_high) = crate::stats::bootstrap_ci(&d, 1000, 7);
-    Rate {
-        value: d.iter().sum::<f64>() / d.len() as f64,
-        ci_low,
-        ci_high,
-        n: d.len(),
-    }
+    bench::mean_rate(&d, 7)
 }
 
 #[cfg(test)]
