@@ -353,7 +353,7 @@ fn exported_control_vector_has_llama_cpp_layout_and_loads_back() {
     )
     .unwrap();
     let out = dir.path().join("v.gguf");
-    steer::write_cvec(&out, "llama", tiny::LAYERS, &st.as_cvec()).unwrap();
+    steer::write_cvec(&out, "llama", tiny::LAYERS, &st.as_cvec().unwrap()).unwrap();
     let mut f = std::fs::File::open(&out).unwrap();
     let ct = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
     use candle_core::quantized::gguf_file::Value;
@@ -597,6 +597,9 @@ fn iti_shifts_the_best_ranked_heads_slice_and_no_other() {
     )
     .unwrap();
     assert_eq!((one.sites[0].site, one.sites[0].head), (z, Some(3)));
+    // A control vector is added to whole block outputs: a head's direction cannot be one.
+    let e = one.as_cvec().unwrap_err().to_string();
+    assert!(e.contains("hook_resid_post only"), "{e}");
     for (layers, mode) in [(Some(&[0usize, 1][..]), Mode::Add), (None, Mode::Gated)] {
         let e = Steering::from_probes(
             &pf,
@@ -647,6 +650,15 @@ fn add_norm_moves_the_projection_by_alpha_times_the_typical_norm() {
             "{w} vs {wo}, norm {norm}"
         );
     }
+    // Exported as a control vector, it is scaled the same way.
+    let (layer, v) = st.as_cvec().unwrap().remove(0);
+    assert_eq!(layer, 1);
+    let want: Vec<f32> = st.sites[0]
+        .direction
+        .iter()
+        .map(|x| x * 0.1 * norm)
+        .collect();
+    assert!(common::max_abs_diff(&v, &want) < 1e-5);
 }
 
 #[test]

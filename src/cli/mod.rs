@@ -252,7 +252,7 @@ fn export_cvec(
         Positions::All,
         n,
     )?;
-    let dirs = st.as_cvec();
+    let dirs = st.as_cvec()?;
     ctxsteer::steer::write_cvec(out, &pf.model.architecture, n, &dirs)?;
     let names: Vec<String> = dirs.iter().map(|(l, _)| format!("direction.{l}")).collect();
     println!(

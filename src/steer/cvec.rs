@@ -2,7 +2,7 @@
 
 use super::{Mode, SteerSite, Steering};
 use crate::error::{Error, Result};
-use crate::hooks::{Positions, Site};
+use crate::hooks::{Positions, Site, SiteKind};
 use std::path::Path;
 
 /// `(layer, vector)` pairs, as a control vector holds them.
@@ -137,18 +137,22 @@ impl Steering {
         })
     }
 
-    /// The directions scaled as `add` applies them, for export as a control vector.
-    pub fn as_cvec(&self) -> Vec<(usize, Vec<f32>)> {
+    /// The directions scaled as adding applies them, for export as a control vector. A
+    /// control vector is added to whole block outputs, so only `hook_resid_post` probes of whole
+    /// sites can be exported; anything else (a head's slice, another site) is an error.
+    pub fn as_cvec(&self) -> Result<LayerVectors> {
         self.sites
             .iter()
             .map(|s| {
-                (
-                    s.site.layer,
-                    s.direction
-                        .iter()
-                        .map(|x| x * self.alpha * s.sigma)
-                        .collect(),
-                )
+                if s.site.kind != SiteKind::ResidPost || s.head.is_some() {
+                    return Err(Error::Invalid(format!(
+                        "a control vector holds directions of blocks.N.hook_resid_post only;                          this steering acts at {}{}",
+                        s.site,
+                        s.head.map_or(String::new(), |h| format!(" head {h}"))
+                    )));
+                }
+                let scale = s.add_scale(self.mode, self.alpha);
+                Ok((s.site.layer, s.direction.iter().map(|x| x * scale).collect()))
             })
             .collect()
     }

@@ -197,6 +197,17 @@ fn steer_site(p: &SiteProbe, direction: &str, n_layers: usize) -> Result<SteerSi
     })
 }
 
+impl SteerSite {
+    /// How far adding moves along the direction at strength `alpha`: in spreads, or for
+    /// `add-norm` in typical norms.
+    fn add_scale(&self, mode: Mode, alpha: f32) -> f32 {
+        match mode {
+            Mode::AddNorm => alpha * self.norm,
+            _ => alpha * self.sigma,
+        }
+    }
+}
+
 /// The root mean square norm of a probe's training activations, from its per-feature mean and
 /// standard deviation: sqrt(sum of mean² + std²).
 fn typical_norm(p: &SiteProbe) -> f32 {
@@ -270,13 +281,9 @@ impl Steering {
         let mut spec = Spec::new();
         for s in &self.sites {
             let action = match self.mode {
-                Mode::Add | Mode::Gated => Action::Add {
+                Mode::Add | Mode::Gated | Mode::AddNorm => Action::Add {
                     vector: s.direction.clone(),
-                    scale: self.alpha * s.sigma,
-                },
-                Mode::AddNorm => Action::Add {
-                    vector: s.direction.clone(),
-                    scale: self.alpha * s.norm,
+                    scale: s.add_scale(self.mode, self.alpha),
                 },
                 Mode::Clamp => Action::Clamp {
                     direction: s.direction.clone(),
