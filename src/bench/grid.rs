@@ -154,6 +154,10 @@ fn band_grid(
         .probes
         .as_ref()
         .ok_or_else(|| Error::Invalid(format!("method {} needs a probe file", m.name())))?;
+    let (positions, where_) = match mode {
+        Mode::Clamp => (Positions::Answer, ", answer positions"),
+        _ => (Positions::All, ""),
+    };
     let mut v = vec![];
     for band in bands(n_layers) {
         let (first, last) = (band[0], band[band.len() - 1]);
@@ -165,23 +169,15 @@ fn band_grid(
                 "meandiff",
                 mode,
                 *alpha,
-                match mode {
-                    Mode::Clamp => Positions::Answer,
-                    _ => Positions::All,
-                },
+                positions.clone(),
                 n_layers,
             )?;
             v.push(Setting {
                 method: m,
                 strength: Some(*alpha),
                 label: format!(
-                    "{} meandiff alpha={alpha} at layers {first}-{last}{}",
-                    mode.name(),
-                    if mode == Mode::Clamp {
-                        ", answer positions"
-                    } else {
-                        ""
-                    }
+                    "{} meandiff alpha={alpha} at layers {first}-{last}{where_}",
+                    mode.name()
                 ),
                 plan: Box::new(st),
                 cad: None,

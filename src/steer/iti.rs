@@ -14,7 +14,7 @@ pub fn ranked_heads(file: &ProbeFile) -> Vec<&SiteProbe> {
     let mut heads: Vec<&SiteProbe> = file
         .sites
         .iter()
-        .filter(|p| p.site.ends_with(']'))
+        .filter(|p| crate::probe::probe_site(&p.site, usize::MAX).is_ok_and(|(_, h)| h.is_some()))
         .collect();
     heads.sort_by(|a, b| {
         (b.metrics.cv_auroc.total_cmp(&a.metrics.cv_auroc))
