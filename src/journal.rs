@@ -141,26 +141,73 @@ fn load<R: DeserializeOwned>(path: &Path) -> Result<(HashMap<String, R>, Option<
     Ok((done, cut_off))
 }
 
-/// One evaluation's place in a journal: keys are `scope|condition|index|item id`.
+/// One evaluation's place in a journal: keys are `scope|condition|index|item id`. Runs saved by
+/// an earlier version under another scope (`legacy`) are still found, and new ones are saved
+/// under `scope` only.
 pub struct Scoped<'a, R> {
     pub journal: &'a mut Journal<R>,
     pub scope: String,
+    pub legacy: Option<String>,
 }
 
-impl<R> Scoped<'_, R> {
+impl<'a, R: Serialize + DeserializeOwned> Scoped<'a, R> {
+    pub fn new(journal: &'a mut Journal<R>, scope: String) -> Scoped<'a, R> {
+        Scoped {
+            journal,
+            scope,
+            legacy: None,
+        }
+    }
+
+    /// Also look runs up under the `legacy` scope.
+    pub fn with_legacy(mut self, legacy: String) -> Scoped<'a, R> {
+        self.legacy = Some(legacy);
+        self
+    }
+
     /// The key of item `i` (id `id`) of this evaluation, closed-book or with context.
     pub fn key(&self, with_context: bool, i: usize, id: &str) -> String {
-        let cond = if with_context { "context" } else { "closed" };
-        format!("{}|{cond}|{i}|{id}", self.scope)
+        item_key(&self.scope, with_context, i, id)
+    }
+
+    /// The run of item `i`, saved under this scope or its legacy one.
+    pub fn get(&self, with_context: bool, i: usize, id: &str) -> Option<&R> {
+        let old = || {
+            let l = self.legacy.as_ref()?;
+            self.journal.get(&item_key(l, with_context, i, id))
+        };
+        self.journal
+            .get(&self.key(with_context, i, id))
+            .or_else(old)
+    }
+
+    /// Whether the run of item `i` is saved (not counted as a reuse).
+    pub fn contains(&self, with_context: bool, i: usize, id: &str) -> bool {
+        let old = self
+            .legacy
+            .as_ref()
+            .is_some_and(|l| self.journal.contains(&item_key(l, with_context, i, id)));
+        old || self.journal.contains(&self.key(with_context, i, id))
     }
 
     /// The same journal under a longer scope.
     pub fn sub(&mut self, part: &str) -> Scoped<'_, R> {
+        self.sub_renamed(part, part)
+    }
+
+    /// The same journal under a longer scope, which earlier versions named `legacy_part`.
+    pub fn sub_renamed(&mut self, part: &str, legacy_part: &str) -> Scoped<'_, R> {
         Scoped {
             scope: format!("{}|{part}", self.scope),
+            legacy: self.legacy.as_ref().map(|l| format!("{l}|{legacy_part}")),
             journal: self.journal,
         }
     }
+}
+
+fn item_key(scope: &str, with_context: bool, i: usize, id: &str) -> String {
+    let cond = if with_context { "context" } else { "closed" };
+    format!("{scope}|{cond}|{i}|{id}")
 }
 
 #[cfg(test)]
@@ -255,5 +302,36 @@ mod tests {
         drop(f);
         let e = Journal::<Run>::open(&path, true).err().unwrap().to_string();
         assert!(e.contains("line 2") && e.contains("j.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn runs_saved_under_a_legacy_scope_are_found_and_new_ones_go_under_the_new_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.jsonl"), false).unwrap();
+        // An earlier version saved item 0 under `old|test cad beta=1|items`.
+        j.record(vec![(
+            "old|test cad beta=1|items|context|0|a".into(),
+            run(" Paris"),
+        )])
+        .unwrap();
+        let mut part = Scoped::new(&mut j, "new".into()).with_legacy("old".into());
+        let mut eval = part.sub_renamed("test 0123", "test cad beta=1");
+        let items = eval.sub("items");
+        assert_eq!(items.get(true, 0, "a").unwrap().greedy, " Paris");
+        assert!(items.contains(true, 0, "a"));
+        // Not the closed-book run, another index or another item.
+        assert!(items.get(false, 0, "a").is_none() && !items.contains(true, 1, "a"));
+        assert!(items.get(true, 0, "b").is_none());
+        assert_eq!(items.key(true, 1, "b"), "new|test 0123|items|context|1|b");
+        items
+            .journal
+            .record(vec![(items.key(true, 1, "b"), run(" Rome"))])
+            .unwrap();
+        assert_eq!(items.get(true, 1, "b").unwrap().greedy, " Rome");
+        // Without the legacy scope, only the new run is there.
+        let mut bare = Scoped::new(&mut j, "new".into());
+        let mut eval = bare.sub("test 0123");
+        let items = eval.sub("items");
+        assert!(items.get(true, 0, "a").is_none() && items.contains(true, 1, "b"));
     }
 }

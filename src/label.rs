@@ -267,7 +267,7 @@ pub fn runs(
     let key = |j: &Scoped<Run>, i: usize| saved_key(j, &items[i], with_context, i);
     let mut out: Vec<Option<Run>> = match journal.as_deref() {
         Some(j) => (0..items.len())
-            .map(|i| j.journal.get(&key(j, i)).cloned())
+            .map(|i| j.get(with_context, i, &items[i].id).cloned())
             .collect(),
         None => vec![None; items.len()],
     };
@@ -302,11 +302,10 @@ pub fn saved_key(journal: &Scoped<Run>, item: &Item, with_context: bool, i: usiz
 
 /// Whether [`runs`] would find every run of `items` in `journal`, and so run nothing.
 pub fn all_saved(journal: &Scoped<Run>, items: &[Item], with_context: bool) -> bool {
-    items.iter().enumerate().all(|(i, it)| {
-        journal
-            .journal
-            .contains(&saved_key(journal, it, with_context, i))
-    })
+    items
+        .iter()
+        .enumerate()
+        .all(|(i, it)| journal.contains(with_context, i, &it.id))
 }
 
 /// Label `items`, calling `progress` with the number done after each batch. Items are batched

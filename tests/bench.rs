@@ -387,3 +387,46 @@ fn a_saved_report_renders_to_its_markdown() {
     let mean = |v: &[bool]| v.iter().filter(|x| **x).count() as f64 / v.len() as f64;
     assert!((d.value - (mean(&reft.test.adherent) - mean(&cad.test.adherent))).abs() < 1e-12);
 }
+
+/// `Method::needs` is the table front ends check before a run: it must say exactly which
+/// methods' sweeps cannot be built without their artefacts.
+#[test]
+fn the_needs_table_agrees_with_what_each_sweep_refuses() {
+    use ctxsteer::choice::Choice;
+    let (_d, path) = common::tiny::temp();
+    let m = Model::load(&path, WeightsMode::F32).unwrap();
+    let empty = Resources {
+        probes: None,
+        heads: vec![],
+        context_heads: vec![],
+        gate: None,
+        max_new: None,
+        head_probes: None,
+        reft: vec![],
+    };
+    for c in Method::CHOICES {
+        let built = bench::grid(&m, c.value, &empty);
+        assert_eq!(
+            built.is_err(),
+            !c.value.needs().is_empty(),
+            "{}: needs {:?}",
+            c.name,
+            c.value.needs()
+        );
+        for n in c.value.needs() {
+            assert!(!empty.has(*n));
+        }
+    }
+    // Ranked heads alone build heads but not heads-gated, which also needs the gate.
+    let ranked = Resources {
+        heads: vec![(1, 2)],
+        ..empty.clone()
+    };
+    assert!(ranked.has(bench::Need::RankedHeads) && !ranked.has(bench::Need::Gate));
+    assert!(bench::grid(&m, Method::Heads, &ranked).is_ok());
+    assert!(bench::grid(&m, Method::HeadsGated, &ranked).is_err());
+    assert_eq!(
+        Method::HeadsGated.needs(),
+        [bench::Need::RankedHeads, bench::Need::Gate]
+    );
+}

@@ -595,7 +595,7 @@ fn data_label_capture_and_bench_commands_through_the_binary() {
     ])
     .assert()
     .failure()
-    .stderr(predicate::str::contains("need --probes"));
+    .stderr(predicate::str::contains("method steer needs --probes"));
     run(&[
         "bench",
         "public",
@@ -872,6 +872,134 @@ fn bench_public_runs_saves_parts_and_resumes() {
         std::fs::read_to_string(&journal).unwrap().lines().count(),
         n_lines
     );
+}
+
+/// Runs saved by earlier versions, whose keys were made from display labels, are still
+/// reused: the saved parts as they are, and (with the parts gone) every run from the journal.
+#[test]
+fn bench_public_resumes_runs_saved_under_the_earlier_keys() {
+    let (dir, model) = common::tiny::temp();
+    let bench_dir = dir.path().join("benchmarks/memotrap");
+    std::fs::create_dir_all(&bench_dir).unwrap();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/import/memotrap");
+    for f in std::fs::read_dir(&fixtures).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, bench_dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let out = dir.path().join("out");
+    let go = |extra: &[&str]| {
+        let o = bin()
+            .args(["bench", "public", "--benchmarks", "memotrap"])
+            .args(["--methods", "none,cad", "--dev-limit", "3", "--model"])
+            .arg(&model)
+            .arg("--dir")
+            .arg(dir.path().join("benchmarks"))
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        (err, report)
+    };
+    let (_, first) = go(&[]);
+    // Rewrite parts and journal as the earlier version wrote them: part keys from labels and
+    // debug text, evaluation scopes `dev|test METHOD [LABEL]`, no chosen_params.
+    let hashed = |k: &str| format!("{:016x}", ctxsteer::data::stable_hash(k));
+    let mut scopes: Vec<(String, String)> = vec![];
+    for (m, labels) in [("none", "none"), ("cad", "beta=0.5;beta=1;beta=2;beta=4")] {
+        let path = out.join(format!("parts/memotrap.{m}.json"));
+        let mut part: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let key: serde_json::Value = serde_json::from_str(part["key"].as_str().unwrap()).unwrap();
+        let legacy = format!(
+            "memotrap|{}|limit=None|seed=0|dev_share={}|dev_limit=Some(3)|dev={}|test={}|\
+             max_new=Some({})|{labels}|heads=[]|ctx_heads=[]|gate=None",
+            key["model_sha256"].as_str().unwrap(),
+            key["dev_share"],
+            key["dev"],
+            key["test"],
+            key["max_new"]
+        );
+        scopes.push((hashed(part["key"].as_str().unwrap()), hashed(&legacy)));
+        let method: ctxsteer::bench::Method =
+            serde_json::from_value(key["method"].clone()).unwrap();
+        for (p, label) in key["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(labels.split(';'))
+        {
+            let p: ctxsteer::bench::Params = serde_json::from_value(p.clone()).unwrap();
+            for test in [false, true] {
+                scopes.push((
+                    ctxsteer::bench::setting_scope(test, method, &p),
+                    ctxsteer::bench::eval_scope(test, method, label),
+                ));
+            }
+        }
+        part["key"] = legacy.into();
+        part["result"]
+            .as_object_mut()
+            .unwrap()
+            .remove("chosen_params")
+            .unwrap();
+        std::fs::write(&path, serde_json::to_vec_pretty(&part).unwrap()).unwrap();
+    }
+    let journal = out.join("parts/memotrap.runs.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let mut renamed = 0;
+    let legacy_text: String = text
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let mut parts: Vec<String> = v["key"]
+                .as_str()
+                .unwrap()
+                .split('|')
+                .map(String::from)
+                .collect();
+            for p in parts.iter_mut().take(2) {
+                if let Some((_, old)) = scopes.iter().find(|(new, _)| new == p) {
+                    *p = old.clone();
+                    renamed += 1;
+                }
+            }
+            v["key"] = parts.join("|").into();
+            format!("{v}\n")
+        })
+        .collect();
+    assert!(renamed > 0);
+    std::fs::write(&journal, &legacy_text).unwrap();
+    let n_lines = legacy_text.lines().count();
+    // The saved parts are reused, with their chosen settings found again by label.
+    let (err, again) = go(&["--resume"]);
+    assert_eq!(err.matches("reusing the saved part").count(), 2, "{err}");
+    for field in ["methods", "own"] {
+        assert_eq!(again["sections"][0][field], first["sections"][0][field]);
+    }
+    // Without the parts, every run comes back from the journal: nothing runs, nothing is added.
+    for m in ["none", "cad"] {
+        std::fs::remove_file(out.join(format!("parts/memotrap.{m}.json"))).unwrap();
+    }
+    let (err, resumed) = go(&["--resume"]);
+    assert!(!err.contains("reusing the saved part"), "{err}");
+    let lines = std::fs::read_to_string(&journal).unwrap().lines().count();
+    assert_eq!(lines, n_lines);
+    let methods = |r: &serde_json::Value| r["sections"][0]["methods"].clone();
+    for (a, b) in methods(&resumed)
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(methods(&first).as_array().unwrap())
+    {
+        assert_eq!(a["test"], b["test"]);
+        assert_eq!(a["chosen_params"], b["chosen_params"]);
+    }
 }
 
 #[test]

@@ -7,11 +7,71 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::steer::{Mode, Plan, Steering};
 use crate::Positions;
+use serde::{Deserialize, Serialize};
+
+/// What makes a setting what it is, as data. Its JSON (with the method) keys the setting's
+/// saved runs, so that a display label can be reworded without losing them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Params {
+    None,
+    Instruction,
+    Cad {
+        beta: f32,
+    },
+    AdaCad,
+    /// A probe-file direction added or clamped at `site` (the file's best site) or, with
+    /// `layers`, at each of those layers.
+    Steer {
+        site: String,
+        direction: String,
+        mode: Mode,
+        alpha: f32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layers: Option<Vec<usize>>,
+        positions: String,
+    },
+    /// The top `up` context heads scaled by `up_factor`, the top `down` prior heads by
+    /// `down_factor` (the rankings themselves are part of the run's key).
+    Heads {
+        up: usize,
+        up_factor: f32,
+        down: usize,
+        down_factor: f32,
+    },
+    /// A trained edit (its fingerprint), with CAD or behind the conflict gate.
+    Reft {
+        edit: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cad_beta: Option<f32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gate_margin: Option<f32>,
+    },
+    Iti {
+        heads: usize,
+        direction: String,
+        alpha: f32,
+    },
+}
+
+/// The resume key of a method at one setting: its JSON, e.g.
+/// `{"method":"cad","kind":"cad","beta":0.5}`.
+pub fn setting_key(method: Method, params: &Params) -> String {
+    #[derive(Serialize)]
+    struct Key<'a> {
+        method: Method,
+        #[serde(flatten)]
+        params: &'a Params,
+    }
+    serde_json::to_string(&Key { method, params }).expect("settings serialise")
+}
 
 /// A method at one setting, ready to run.
 pub struct Setting {
     pub method: Method,
     pub strength: Option<f32>,
+    /// What it is, as data (its resume key); `label` says it in words.
+    pub params: Params,
     pub label: String,
     pub plan: Box<dyn Plan>,
     pub cad: Option<crate::generate::CadWeight>,
@@ -23,10 +83,66 @@ impl Setting {
         Setting {
             method: Method::None,
             strength: None,
+            params: Params::None,
             label: "none".into(),
             plan: Box::new(crate::Spec::new()),
             cad: None,
             instruct: false,
+        }
+    }
+}
+
+/// An artefact a method's sweep draws on, from [`Resources`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A probe file (one probe per layer for the band methods).
+    Probes,
+    /// Per-head probes.
+    HeadProbes,
+    /// Heads ranked by ablation.
+    RankedHeads,
+    /// A `conflict` probe file, the gate.
+    Gate,
+    /// At least one trained edit.
+    Edit,
+}
+
+impl Need {
+    pub const ALL: [Need; 5] = [
+        Need::Probes,
+        Need::HeadProbes,
+        Need::RankedHeads,
+        Need::Gate,
+        Need::Edit,
+    ];
+}
+
+impl Method {
+    /// What the method's sweep needs: the one table that says so.
+    pub fn needs(self) -> &'static [Need] {
+        match self {
+            Method::None | Method::Instruct | Method::Cad | Method::AdaCad => &[],
+            Method::Steer | Method::SteerGated | Method::SteerMulti | Method::Clamp => {
+                &[Need::Probes]
+            }
+            Method::Iti => &[Need::HeadProbes],
+            Method::Heads => &[Need::RankedHeads],
+            Method::HeadsGated => &[Need::RankedHeads, Need::Gate],
+            Method::Reft | Method::ReftCad => &[Need::Edit],
+            Method::ReftGated => &[Need::Edit, Need::Gate],
+        }
+    }
+}
+
+impl Resources {
+    /// Whether `need` is given.
+    pub fn has(&self, need: Need) -> bool {
+        match need {
+            Need::Probes => self.probes.is_some(),
+            Need::HeadProbes => self.head_probes.is_some(),
+            Need::RankedHeads => !(self.heads.is_empty() && self.context_heads.is_empty()),
+            Need::Gate => self.gate.is_some(),
+            Need::Edit => !self.reft.is_empty(),
         }
     }
 }
@@ -63,11 +179,19 @@ fn steer_setting(
     let pf = res
         .probes
         .as_ref()
-        .ok_or_else(|| Error::Invalid(format!("method {m:?} needs a probe file")))?;
+        .ok_or_else(|| Error::Invalid(format!("method {} needs a probe file", m.name())))?;
     let st = Steering::from_probes(pf, "best", None, dir, mode, alpha, Positions::All, n_layers)?;
     Ok(Setting {
         method: m,
         strength: Some(alpha),
+        params: Params::Steer {
+            site: pf.best.clone(),
+            direction: dir.into(),
+            mode,
+            alpha,
+            layers: None,
+            positions: "all".into(),
+        },
         label: format!("{dir} alpha={alpha} at {}", pf.best),
         plan: Box::new(st),
         cad: None,
@@ -83,6 +207,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
         Method::Instruct => vec![Setting {
             method: m,
             strength: None,
+            params: Params::Instruction,
             label: "instruction".into(),
             plan: Box::new(crate::Spec::new()),
             cad: None,
@@ -93,6 +218,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
             .map(|b| Setting {
                 method: m,
                 strength: Some(*b),
+                params: Params::Cad { beta: *b },
                 label: format!("beta={b}"),
                 plan: Box::new(crate::Spec::new()),
                 cad: Some(crate::generate::CadWeight::Fixed(*b)),
@@ -102,6 +228,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
         Method::AdaCad => vec![Setting {
             method: m,
             strength: None,
+            params: Params::AdaCad,
             label: "beta=JSD per step".into(),
             plan: Box::new(crate::Spec::new()),
             cad: Some(crate::generate::CadWeight::Jsd),
@@ -154,9 +281,9 @@ fn band_grid(
         .probes
         .as_ref()
         .ok_or_else(|| Error::Invalid(format!("method {} needs a probe file", m.name())))?;
-    let (positions, where_) = match mode {
-        Mode::Clamp => (Positions::Answer, ", answer positions"),
-        _ => (Positions::All, ""),
+    let (positions, where_, at) = match mode {
+        Mode::Clamp => (Positions::Answer, ", answer positions", "answer"),
+        _ => (Positions::All, "", "all"),
     };
     let mut v = vec![];
     for band in bands(n_layers) {
@@ -175,6 +302,14 @@ fn band_grid(
             v.push(Setting {
                 method: m,
                 strength: Some(*alpha),
+                params: Params::Steer {
+                    site: pf.best.clone(),
+                    direction: "meandiff".into(),
+                    mode,
+                    alpha: *alpha,
+                    layers: Some(band.clone()),
+                    positions: at.into(),
+                },
                 label: format!(
                     "{} meandiff alpha={alpha} at layers {first}-{last}{where_}",
                     mode.name()
@@ -192,7 +327,9 @@ fn band_grid(
 /// 48 of 1,024 heads and alpha 15 on LLaMA-7B).
 fn iti_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
     let pf = res.head_probes.as_ref().ok_or_else(|| {
-        Error::Invalid("method iti needs per-head probes (probe train --per-head)".into())
+        Error::Invalid(
+            "method iti needs per-head probes (sites like blocks.L.attn.hook_z[H])".into(),
+        )
     })?;
     let n_layers = model.cfg().n_layers;
     let mut v = vec![];
@@ -203,6 +340,11 @@ fn iti_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
             v.push(Setting {
                 method: m,
                 strength: Some(alpha),
+                params: Params::Iti {
+                    heads: k,
+                    direction: "meandiff".into(),
+                    alpha,
+                },
                 label: st.label.clone(),
                 plan: Box::new(st),
                 cad: None,
@@ -217,7 +359,7 @@ fn iti_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
 fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Result<Vec<Setting>> {
     if res.reft.is_empty() {
         return Err(Error::Invalid(format!(
-            "method {} needs at least one trained edit (reft train)",
+            "method {} needs at least one trained edit",
             m.name()
         )));
     }
@@ -228,6 +370,11 @@ fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Result<Vec<Se
             v.push(Setting {
                 method: m,
                 strength: *beta,
+                params: Params::Reft {
+                    edit: r.fingerprint()?,
+                    cad_beta: *beta,
+                    gate_margin: None,
+                },
                 label: beta.map_or(edit.clone(), |b| format!("{edit} + cad beta={b}")),
                 plan: Box::new(r.clone()),
                 cad: beta.map(crate::generate::CadWeight::Fixed),
@@ -260,6 +407,9 @@ fn reft_gated_grid(model: &Model, res: &Resources) -> Result<Vec<Setting>> {
                 m => format!("{} where the conflict gate fires, margin {m}", s.label),
             };
             s.strength = Some(margin);
+            if let Params::Reft { gate_margin, .. } = &mut s.params {
+                *gate_margin = Some(margin);
+            }
             v.push(s);
         }
     }
@@ -289,7 +439,7 @@ fn heads_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>>
     let cfg = model.cfg();
     if res.heads.is_empty() && res.context_heads.is_empty() {
         return Err(Error::Invalid(format!(
-            "method {} needs heads ranked by ablation (a patch.json of `patch --sites heads --ablate`)",
+            "method {} needs heads ranked by ablation (a head-patching result)",
             m.name()
         )));
     }
@@ -319,6 +469,12 @@ fn heads_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>>
         v.push(Setting {
             method: m,
             strength: Some(k_up as f32 * (f_up - 1.0) + k_down as f32 * (1.0 - f_down)),
+            params: Params::Heads {
+                up: k_up,
+                up_factor: f_up,
+                down: k_down,
+                down_factor: f_down,
+            },
             label: head_label(k_up, f_up, k_down, f_down),
             plan,
             cad: None,

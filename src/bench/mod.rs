@@ -25,7 +25,10 @@ mod grid;
 mod metrics;
 mod paired;
 mod true_context;
-pub use grid::{choose, context_heads_from_patch, grid, heads_from_patch, Resources, Setting};
+pub use grid::{
+    choose, context_heads_from_patch, grid, heads_from_patch, setting_key, Need, Params, Resources,
+    Setting,
+};
 pub use metrics::{exact_match, mean_rate, squad_normalize, Rate};
 use metrics::{mem_ratio, rate};
 pub use paired::paired_difference;
@@ -288,6 +291,9 @@ pub struct MethodResult {
     pub method: Method,
     pub sweep: Vec<Eval>,
     pub chosen: String,
+    /// The chosen setting as data (absent from results saved before settings were keyed so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_params: Option<Params>,
     /// Whether the chosen setting met the cost constraints on dev.
     pub constraints_met: bool,
     pub test: Eval,
@@ -455,7 +461,8 @@ impl Split {
             items: items.len() + known.len(),
         });
         let o = opts(self.form, batch, res);
-        let mut journal = journal.map(|j| j.sub(&what));
+        let scope = setting_scope(test, s.method, &s.params);
+        let mut journal = journal.map(|j| j.sub_renamed(&scope, &what));
         let mut e = evaluate_with(model, s, items, known, o, journal.as_mut(), &mut |n| {
             on(Event::Done(n))
         })?;
@@ -472,6 +479,14 @@ pub fn eval_scope(test: bool, m: Method, label: &str) -> String {
         what += &format!(" {label}");
     }
     what
+}
+
+/// Where one evaluation's runs are saved in a journal: `dev|test` and a hash of the setting's
+/// key ([`setting_key`]). Earlier versions used [`eval_scope`], which is still read.
+pub fn setting_scope(test: bool, m: Method, params: &Params) -> String {
+    let split = if test { "test" } else { "dev" };
+    let key = setting_key(m, params);
+    format!("{split} {:016x}", crate::data::stable_hash(&key))
 }
 
 /// Where, under an evaluation's scope, its runs are saved: the items with their contexts, or
@@ -556,6 +571,7 @@ pub fn run_method(
         method: m,
         sweep,
         chosen: settings[i].label.clone(),
+        chosen_params: Some(settings[i].params.clone()),
         constraints_met: met,
         test: test_eval,
         seconds: t0.elapsed().as_secs_f64(),

@@ -284,37 +284,46 @@ fn check_needs(
     methods: &[ctxsteer::bench::Method],
     res: &ctxsteer::bench::Resources,
 ) -> Result<()> {
-    use ctxsteer::bench::Method;
-    let (probes, head_probes, gate) = (&res.probes, &res.head_probes, &res.gate);
-    let (heads, context_heads) = (&res.heads, &res.context_heads);
-    if methods.iter().any(|m| {
-        matches!(
-            m,
-            Method::Steer | Method::SteerGated | Method::SteerMulti | Method::Clamp
-        )
-    }) && probes.is_none()
-    {
-        bail!("methods steer, steer-gated, steer-multi and clamp need --probes probes/NAME.json (from `ctxsteer probe train`)");
-    }
-    if methods.contains(&Method::Iti) && head_probes.is_none() {
-        bail!("method iti needs --head-probes probes/NAME.json (from `ctxsteer probe train --per-head` on an attn.hook_z capture)");
-    }
-    if methods
-        .iter()
-        .any(|m| matches!(m, Method::Heads | Method::HeadsGated))
-        && heads.is_empty()
-        && context_heads.is_empty()
-    {
-        bail!("methods heads and heads-gated need --heads-from DIR/patch.json (from `ctxsteer patch --sites heads --ablate`)");
-    }
-    if methods
-        .iter()
-        .any(|m| matches!(m, Method::HeadsGated | Method::ReftGated))
-        && gate.is_none()
-    {
-        bail!("methods heads-gated and reft-gated need --gate-probes probes/NAME.json (from `ctxsteer probe train --label conflict`)");
+    use ctxsteer::bench::Need;
+    // Trained edits are checked where their files are read (reft_for).
+    for need in Need::ALL.into_iter().filter(|n| *n != Need::Edit) {
+        let users: Vec<&str> = methods
+            .iter()
+            .filter(|m| m.needs().contains(&need))
+            .map(|m| m.name())
+            .collect();
+        if !users.is_empty() && !res.has(need) {
+            bail!("{} {}", method_list(&users), need_option(need));
+        }
     }
     Ok(())
+}
+
+/// "method X needs" or "methods X, Y and Z need".
+fn method_list(names: &[&str]) -> String {
+    match names {
+        [one] => format!("method {one} needs"),
+        [rest @ .., last] => format!("methods {} and {last} need", rest.join(", ")),
+        [] => String::new(),
+    }
+}
+
+/// The option that gives an artefact, and where it comes from.
+fn need_option(need: ctxsteer::bench::Need) -> &'static str {
+    use ctxsteer::bench::Need;
+    match need {
+        Need::Probes => "--probes probes/NAME.json (from `ctxsteer probe train`)",
+        Need::HeadProbes => {
+            "--head-probes probes/NAME.json (from `ctxsteer probe train --per-head` on an attn.hook_z capture)"
+        }
+        Need::RankedHeads => {
+            "--heads-from DIR/patch.json (from `ctxsteer patch --sites heads --ablate`)"
+        }
+        Need::Gate => {
+            "--gate-probes probes/NAME.json (from `ctxsteer probe train --label conflict`)"
+        }
+        Need::Edit => "--reft FILE.safetensors (from `ctxsteer reft train`)",
+    }
 }
 
 /// The trained edits of method reft, from their files; an error when reft runs without one.
@@ -323,15 +332,14 @@ fn reft_for(
     paths: &[PathBuf],
     methods: &[ctxsteer::bench::Method],
 ) -> Result<Vec<ctxsteer::reft::Reft>> {
-    use ctxsteer::bench::Method;
-    if paths.is_empty()
-        && methods
-            .iter()
-            .any(|m| matches!(m, Method::Reft | Method::ReftCad | Method::ReftGated))
-    {
-        bail!(
-            "methods reft, reft-cad and reft-gated need --reft FILE.safetensors (from `ctxsteer reft train`)"
-        );
+    use ctxsteer::bench::Need;
+    let users: Vec<&str> = methods
+        .iter()
+        .filter(|m| m.needs().contains(&Need::Edit))
+        .map(|m| m.name())
+        .collect();
+    if paths.is_empty() && !users.is_empty() {
+        bail!("{} {}", method_list(&users), need_option(Need::Edit));
     }
     paths
         .iter()

@@ -87,23 +87,62 @@ struct Part {
 }
 
 /// The key of a part: the model, the run's sampling and split settings, the dev and test sizes,
-/// and the method's settings as the sweep would label them (probe site, heads, strengths).
-fn part_key(
-    model: &Model,
-    sha256: &str,
-    b: Benchmark,
-    m: Method,
-    res: &Resources,
-    opts: &PublicOptions,
-    split: &bench::Split,
-) -> Result<String> {
-    let labels: Vec<String> = bench::grid(model, m, res)?
+/// and the method's settings as data (each setting's [`bench::Params`], the ranked heads, the
+/// gate's site). JSON, so that rewording a label leaves it unchanged.
+fn part_key(run: &BenchRun, m: Method, split: &bench::Split) -> Result<String> {
+    #[derive(Serialize)]
+    struct PartKey<'a> {
+        version: u32,
+        benchmark: &'a str,
+        model_sha256: &'a str,
+        limit: Option<usize>,
+        seed: u64,
+        dev_share: f64,
+        dev_limit: Option<usize>,
+        dev: usize,
+        test: usize,
+        max_new: Option<usize>,
+        shots: usize,
+        method: Method,
+        settings: Vec<bench::Params>,
+        heads: &'a [(usize, usize)],
+        context_heads: &'a [(usize, usize)],
+        gate: Option<&'a str>,
+    }
+    let (opts, res) = (run.opts, run.res);
+    let settings = bench::grid(run.model, m, res)?;
+    let key = PartKey {
+        version: 2,
+        benchmark: run.b.name(),
+        model_sha256: &run.sha256,
+        limit: opts.limit,
+        seed: opts.seed,
+        dev_share: opts.dev_share,
+        dev_limit: opts.dev_limit,
+        dev: split.dev.len(),
+        test: split.test.len(),
+        max_new: res.max_new,
+        shots: shots_for(run.b, opts),
+        method: m,
+        settings: settings.into_iter().map(|s| s.params).collect(),
+        heads: &res.heads,
+        context_heads: &res.context_heads,
+        gate: res.gate.as_ref().map(|g| g.best.as_str()),
+    };
+    serde_json::to_string(&key).map_err(|e| Error::Invalid(format!("part key: {e}")))
+}
+
+/// The key earlier versions gave a part, built from the settings' display labels and debug
+/// text: still read, so that runs saved then are reused.
+fn legacy_part_key(run: &BenchRun, m: Method, split: &bench::Split) -> Result<String> {
+    let res = run.res;
+    let labels: Vec<String> = bench::grid(run.model, m, res)?
         .iter()
         .map(|s| s.label.clone())
         .collect();
     Ok(format!(
         "{}|dev={}|test={}|max_new={:?}|{}|heads={:?}|ctx_heads={:?}|gate={:?}",
-        run_key(b.name(), sha256, opts),
+        run_key(run.b.name(), &run.sha256, run.opts),
         split.dev.len(),
         split.test.len(),
         res.max_new,
@@ -111,7 +150,7 @@ fn part_key(
         res.heads,
         res.context_heads,
         res.gate.as_ref().map(|g| g.best.clone()),
-    ) + &shots_key(b, opts))
+    ) + &shots_key(run.b, run.opts))
 }
 
 /// What every key of one benchmark run starts with: the model and the sampling and split
@@ -178,11 +217,11 @@ fn part_path(dir: &Path, name: &str, m: Method) -> PathBuf {
     dir.join(format!("{name}.{}.json", m.name()))
 }
 
-/// A saved part with this key, if there is one (a part that does not parse is not reused).
-fn saved_part(dir: &Path, name: &str, m: Method, key: &str) -> Option<MethodResult> {
+/// A saved part with either key, if there is one (a part that does not parse is not reused).
+fn saved_part(dir: &Path, name: &str, m: Method, keys: &PartKeys) -> Option<MethodResult> {
     let text = std::fs::read_to_string(part_path(dir, name, m)).ok()?;
     let p: Part = serde_json::from_str(&text).ok()?;
-    (p.key == key).then_some(p.result)
+    (p.key == keys.new || p.key == keys.legacy).then_some(p.result)
 }
 
 /// Keep at most `limit` items, sampled with `seed`, keeping items of one subject together.
@@ -351,58 +390,71 @@ impl BenchRun<'_> {
         split: &bench::Split,
         on: &mut bench::OnEvent,
     ) -> Result<Option<(MethodResult, Outcomes)>> {
-        let (name, opts) = (self.b.name(), self.opts);
-        let key = part_key(self.model, &self.sha256, self.b, m, self.res, opts, split)?;
-        let saved = match (&opts.parts, opts.resume) {
-            (Some(d), true) => saved_part(d, name, m, &key),
-            _ => None,
+        let keys = PartKeys {
+            new: part_key(self, m, split)?,
+            legacy: legacy_part_key(self, m, split)?,
         };
-        let r = match saved {
-            Some(r) => {
-                on(Event::Line(&format!(
-                    "{name} {}: reusing the saved part",
-                    m.name()
-                )));
-                r
-            }
-            None if opts.saved_only => {
-                on(Event::Line(&format!(
-                    "{name} {}: no saved part, left pending",
-                    m.name()
-                )));
-                return Ok(None);
-            }
-            None => {
-                let hits = self.journal.as_ref().map_or(0, Journal::hits);
-                let mut j = scoped(&mut self.journal, &key);
-                let mut r = bench::run_method(
-                    self.model,
-                    m,
-                    split,
-                    self.res,
-                    opts.batch_size,
-                    j.as_mut(),
-                    on,
-                )?;
-                r.reused_runs = self.journal.as_ref().map_or(0, Journal::hits) - hits;
-                if let Some(d) = &opts.parts {
-                    save_part(d, name, m, key.clone(), &r)?;
-                }
-                r
-            }
+        let Some(mut r) = self.saved_or_run(m, split, &keys, on)? else {
+            return Ok(None);
         };
+        if r.chosen_params.is_none() {
+            // Saved before settings were keyed as data: its chosen setting, found by label.
+            let grid = bench::grid(self.model, m, self.res)?;
+            let chosen = grid.into_iter().find(|s| s.label == r.chosen);
+            r.chosen_params = chosen.map(|s| s.params);
+        }
         let mut read = |items, closed| {
-            test_outcomes(
-                &mut self.journal,
-                &key,
-                (r.method, &r.chosen),
-                (items, closed),
-                self.b,
-            )
+            let chosen = (r.method, r.chosen.as_str(), r.chosen_params.as_ref());
+            test_outcomes(&mut self.journal, &keys, chosen, (items, closed), self.b)
         };
         let o = [read(&split.test, false), read(&split.test_known, true)];
         Ok(Some((r, o)))
     }
+
+    /// The saved part of method `m` under either of its keys, else its run (saved as it
+    /// finishes); None when only saved parts are wanted and there is none.
+    fn saved_or_run(
+        &mut self,
+        m: Method,
+        split: &bench::Split,
+        keys: &PartKeys,
+        on: &mut bench::OnEvent,
+    ) -> Result<Option<MethodResult>> {
+        let (name, opts) = (self.b.name(), self.opts);
+        let saved = match (&opts.parts, opts.resume) {
+            (Some(d), true) => saved_part(d, name, m, keys),
+            _ => None,
+        };
+        if let Some(r) = saved {
+            on(Event::Line(&format!(
+                "{name} {}: reusing the saved part",
+                m.name()
+            )));
+            return Ok(Some(r));
+        }
+        if opts.saved_only {
+            on(Event::Line(&format!(
+                "{name} {}: no saved part, left pending",
+                m.name()
+            )));
+            return Ok(None);
+        }
+        let hits = self.journal.as_ref().map_or(0, Journal::hits);
+        let mut j = scoped_part(&mut self.journal, keys);
+        let (res, batch) = (self.res, opts.batch_size);
+        let mut r = bench::run_method(self.model, m, split, res, batch, j.as_mut(), on)?;
+        r.reused_runs = self.journal.as_ref().map_or(0, Journal::hits) - hits;
+        if let Some(d) = &opts.parts {
+            save_part(d, name, m, keys.new.clone(), &r)?;
+        }
+        Ok(Some(r))
+    }
+}
+
+/// A part's key ([`part_key`]) and the key earlier versions gave it ([`legacy_part_key`]).
+pub(crate) struct PartKeys {
+    pub new: String,
+    pub legacy: String,
 }
 
 /// A section whose methods are all pending: nothing of the benchmark is saved.
@@ -455,10 +507,21 @@ fn own_table(
 
 /// The journal's place for the runs made under `key` (hashed: keys are long).
 fn scoped<'a>(journal: &'a mut Option<Journal<Run>>, key: &str) -> Option<Scoped<'a, Run>> {
-    journal.as_mut().map(|j| Scoped {
-        journal: j,
-        scope: format!("{:016x}", data::stable_hash(key)),
-    })
+    journal.as_mut().map(|j| Scoped::new(j, hashed(key)))
+}
+
+/// The journal's place for a part's runs: under its key, or under its legacy key where an
+/// earlier version saved them.
+fn scoped_part<'a>(
+    journal: &'a mut Option<Journal<Run>>,
+    keys: &PartKeys,
+) -> Option<Scoped<'a, Run>> {
+    scoped(journal, &keys.new).map(|s| s.with_legacy(hashed(&keys.legacy)))
+}
+
+/// A journal scope made from a (long) key.
+fn hashed(key: &str) -> String {
+    format!("{:016x}", data::stable_hash(key))
 }
 
 /// The benchmark's journal of finished runs, `DIR/NAME.runs.jsonl`: kept with `resume`, else

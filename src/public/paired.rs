@@ -5,8 +5,8 @@
 //! prompts a method changed at all: a gated method leaves the prompts its gate skips
 //! bit-identical to `none`, so the share of changed runs is its gate's firing rate.
 
-use super::{scoped, Benchmark};
-use crate::bench::{self, Method, Rate};
+use super::{scoped_part, Benchmark, PartKeys};
+use crate::bench::{self, Method, Params, Rate};
 use crate::data::Item;
 use crate::journal::Journal;
 use crate::label::{self, Answer, Run};
@@ -45,20 +45,23 @@ fn hit(b: Benchmark, it: &Item, run: &Run) -> bool {
 /// is measured on. None when the journal lacks any of them.
 pub(super) fn test_outcomes(
     journal: &mut Option<Journal<Run>>,
-    key: &str,
-    (method, chosen): (Method, &str),
+    keys: &PartKeys,
+    (method, label, params): (Method, &str, Option<&Params>),
     (test, closed): (&[Item], bool),
     b: Benchmark,
 ) -> Option<Vec<Outcome>> {
-    let mut part = scoped(journal, key)?;
-    let mut eval = part.sub(&bench::eval_scope(true, method, chosen));
+    let mut part = scoped_part(journal, keys)?;
+    let legacy = bench::eval_scope(true, method, label);
+    let scope = match params {
+        Some(p) => bench::setting_scope(true, method, p),
+        None => legacy.clone(),
+    };
+    let mut eval = part.sub_renamed(&scope, &legacy);
     let items = eval.sub(bench::eval_runs_scope(closed));
     test.iter()
         .enumerate()
         .map(|(i, it)| {
-            let run = items
-                .journal
-                .get(&label::saved_key(&items, it, !closed, i))?;
+            let run = items.get(!closed, i, &it.id)?;
             Some(Outcome {
                 hit: hit(b, it, run),
                 logp: (run.logp_prior, run.logp_context),
@@ -99,6 +102,7 @@ fn per_item(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::public::scoped;
     use crate::public::tests::nq;
 
     #[test]
@@ -114,8 +118,8 @@ mod tests {
             greedy: greedy.into(),
             greedy_answer: Answer::Neither,
         };
-        // Saved as an evaluation saves them: part key, then `test METHOD [SETTING]`, then
-        // `items` with their contexts, or `known` closed-book.
+        // Saved as earlier versions saved them: part key, then `test METHOD [SETTING]`, then
+        // `items` with their contexts, or `known` closed-book; read back as a legacy part.
         let mut save_runs = |key: &str, (m, chosen): (Method, &str), closed, greedy: &[&str]| {
             let mut part = scoped(&mut journal, key).unwrap();
             let mut eval = part.sub(&bench::eval_scope(true, m, chosen));
@@ -138,8 +142,18 @@ mod tests {
         // Closed-book on the first two items, where the gated method changes one run.
         save_runs("k-none", none, true, &["old1", "old2"]);
         save_runs("k-gated", gated, true, &["old1", "old22"]);
-        let mut outcomes = |key: &str, m: (Method, &str), items: (&[Item], bool)| {
-            test_outcomes(&mut journal, key, m, items, Benchmark::Nqswap)
+        let mut outcomes = |key: &str, (m, label): (Method, &str), items: (&[Item], bool)| {
+            let keys = PartKeys {
+                new: format!("new {key}"),
+                legacy: key.into(),
+            };
+            test_outcomes(
+                &mut journal,
+                &keys,
+                (m, label, None),
+                items,
+                Benchmark::Nqswap,
+            )
         };
         let b = outcomes("k-none", none, (&test, false)).unwrap();
         let c = outcomes("k-cad", cad, (&test, false)).unwrap();
@@ -170,5 +184,68 @@ mod tests {
         assert_eq!(paired_delta(None, Some(&c)).n, 0);
         assert_eq!(paired_delta(Some(&b), Some(&c[..3])).n, 0);
         assert_eq!(changed_share(None, Some(&c)).n, 0);
+    }
+
+    #[test]
+    fn runs_are_found_by_their_settings_not_their_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Some(Journal::open(&dir.path().join("j.jsonl"), false).unwrap());
+        let test: Vec<Item> = (1..=3).map(|i| nq(i, "c")).collect();
+        let keys = PartKeys {
+            new: "{\"version\":2}".into(),
+            legacy: "old key".into(),
+        };
+        let beta = |b| Params::Cad { beta: b };
+        // Saved as an evaluation now saves them: under the setting's key, not its label.
+        {
+            let mut part = scoped_part(&mut journal, &keys).unwrap();
+            let scope = bench::setting_scope(true, Method::Cad, &beta(1.0));
+            let mut eval = part.sub_renamed(&scope, "test cad beta=1");
+            let items = eval.sub(bench::eval_runs_scope(false));
+            let runs: Vec<(String, Run)> = test
+                .iter()
+                .enumerate()
+                .map(|(i, it)| {
+                    (
+                        label::saved_key(&items, it, true, i),
+                        nq_run(&format!(" new{}", i + 1)),
+                    )
+                })
+                .collect();
+            items.journal.record(runs).unwrap();
+        }
+        let mut read = |label: &str, p: &Params| {
+            let chosen = (Method::Cad, label, Some(p));
+            test_outcomes(
+                &mut journal,
+                &keys,
+                chosen,
+                (&test, false),
+                Benchmark::Nqswap,
+            )
+        };
+        // A reworded label finds the same runs; another strength finds none.
+        let o = read("CAD at beta 1", &beta(1.0)).unwrap();
+        assert_eq!(o.iter().filter(|o| o.hit).count(), 3);
+        assert!(read("beta=1", &beta(2.0)).is_none());
+        // The key is the setting as JSON, with its method.
+        assert_eq!(
+            bench::setting_key(Method::Cad, &beta(0.5)),
+            r#"{"method":"cad","kind":"cad","beta":0.5}"#
+        );
+        assert_ne!(
+            bench::setting_scope(true, Method::Cad, &beta(1.0)),
+            bench::setting_scope(false, Method::Cad, &beta(1.0))
+        );
+    }
+
+    fn nq_run(greedy: &str) -> Run {
+        Run {
+            logp_prior: -1.0,
+            logp_context: -0.5,
+            tf_winner: Answer::Context,
+            greedy: greedy.into(),
+            greedy_answer: Answer::Neither,
+        }
     }
 }

@@ -86,6 +86,11 @@ const META_KEY: &str = "ctxsteer";
 const VERSION: u32 = 1;
 
 impl Reft {
+    /// The first 8 hex digits of the sha256 of the edits' values.
+    pub fn fingerprint(&self) -> Result<String> {
+        fingerprint(&self.edits)
+    }
+
     /// The spec that applies every edit at every position.
     pub fn spec(&self) -> Spec {
         let mut spec = Spec::new();
