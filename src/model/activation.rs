@@ -26,7 +26,7 @@ pub(super) fn silu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-fn fast(x: &Tensor) -> bool {
+pub(super) fn fast(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !x.track_op()
 }
 
@@ -54,7 +54,7 @@ fn tanh(y: f32) -> f32 {
 /// e^x to about 2 ulp: x = n·ln 2 + r with |r| ≤ ln2/2, e^r by its Taylor polynomial to r⁶,
 /// scaled by 2ⁿ through the exponent bits. Saturates to 0 and ∞ outside ±88.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     let x = x.clamp(-88.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E).round();
     // ln 2 in two parts, so that n·ln2 is subtracted without rounding error.

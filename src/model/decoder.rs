@@ -281,19 +281,42 @@ impl Decoder {
             }
             None => (k, v),
         };
-        // Long prompts: the scores of all queries at once ([b, heads, seq, kv] floats) would take
-        // gigabytes, so queries go in chunks that keep each score block near ATT_BLOCK floats.
+        self.attend_chunked(&q, &k, &v, mask)
+    }
+
+    /// [`Self::attend`] in query chunks. The scores of all queries at once (`[b, heads, seq,
+    /// kv]` floats) would take gigabytes for long prompts, so queries go in chunks that keep each
+    /// score block near [`ATT_BLOCK`] floats; prompts of [`CAUSAL_CHUNKS_FROM`] tokens or more go
+    /// in at least 4 chunks. Each chunk reads only the keys up to its last query: the mask
+    /// hides the later ones from every query of the chunk (causal), so leaving them out changes
+    /// nothing but the work, about half of it for a long prompt.
+    fn attend_chunked(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, n_heads, seq, _) = q.dims4()?;
         let kv_len = k.dim(2)?;
-        let rows = (ATT_BLOCK / (b * cfg.n_heads * kv_len).max(1)).max(1);
-        if rows >= seq {
-            return self.attend(&q, &k, &v, mask);
+        let mut rows = (ATT_BLOCK / (b * n_heads * kv_len).max(1)).max(1);
+        if seq >= CAUSAL_CHUNKS_FROM {
+            rows = rows.min(seq.div_ceil(4));
         }
+        // Without a mask (one query), every key is seen.
+        let Some(mask) = mask.filter(|_| rows < seq) else {
+            return self.attend(q, k, v, mask);
+        };
+        let past = kv_len - seq; // cached positions before this call's queries
         let mut parts = Vec::with_capacity(seq.div_ceil(rows));
         for s0 in (0..seq).step_by(rows) {
             let n = rows.min(seq - s0);
+            let keys = past + s0 + n; // the chunk's last query sees no key after this
             let qc = q.narrow(2, s0, n)?.contiguous()?; // [b, heads, n, d_head]
-            let mc = mask.map(|m| m.narrow(2, s0, n)).transpose()?; // [b, 1, n, kv]
-            parts.push(self.attend(&qc, &k, &v, mc.as_ref())?);
+            let kc = k.narrow(2, 0, keys)?; // [b, kv_heads, keys, d_head]
+            let vc = v.narrow(2, 0, keys)?;
+            let mc = mask.narrow(2, s0, n)?.narrow(3, 0, keys)?; // [b, 1, n, keys]
+            parts.push(self.attend(&qc, &kc, &vc, Some(&mc))?);
         }
         Ok(Tensor::cat(&parts, 1)?) // [b, seq, heads*d_head]
     }
@@ -306,17 +329,9 @@ impl Decoder {
         // Grouped-query attention without copying K/V: the `g` query heads that share a KV head
         // are stacked along the query axis, [b, kv_heads, g*n, d_head].
         let (kvh, g) = (cfg.n_kv_heads, cfg.n_heads / cfg.n_kv_heads);
-        let kv_len = k.dim(2)?;
         let q = q.reshape((b, kvh, g * n, cfg.d_head))?;
-        let mut att = (q.matmul(&k.t()?)? * cfg.query_scale)?; // [b, kv_heads, g*n, kv]
-        if let Some(m) = mask {
-            // mask [b, 1, n, kv] -> [b, 1, g, n, kv] over the stacked query heads.
-            let att5 = att.reshape((b, kvh, g, n, kv_len))?;
-            att = att5
-                .broadcast_add(&m.unsqueeze(2)?)?
-                .reshape((b, kvh, g * n, kv_len))?;
-        }
-        let att = softmax_last_dim(&att)?;
+        let scores = q.matmul(&k.t()?)?; // [b, kv_heads, g*n, kv]
+        let att = super::softmax::scaled_masked_softmax(&scores, cfg.query_scale, mask)?;
         let y = att.matmul(v)?.reshape((b, cfg.n_heads, n, cfg.d_head))?; // [b, heads, n, d_head]
         Ok(y.transpose(1, 2)?
             .reshape((b, n, cfg.n_heads * cfg.d_head))?)
@@ -405,19 +420,12 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(candle_nn::ops::rms_norm(x, w, eps as f32)?)
 }
 
-/// Softmax over the last dimension.
-fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if !x.track_op() {
-        return Ok(candle_nn::ops::softmax_last_dim(x)?);
-    }
-    // Shift-invariant, so the maximum needs no gradient.
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
 /// Attention scores computed at once, in floats (4 MiB): longer prompts go in query chunks.
 const ATT_BLOCK: usize = 1 << 20;
+
+/// Prompts this long are attended in at least 4 query chunks, each reading only the keys its
+/// queries may see.
+const CAUSAL_CHUNKS_FROM: usize = 64;
 
 /// Log-softmax over the last dimension.
 pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {

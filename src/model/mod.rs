@@ -16,6 +16,7 @@ mod plan;
 mod qgemm;
 mod qgemv;
 mod rope;
+mod softmax;
 mod spm;
 pub mod tokenizer;
 mod weights;

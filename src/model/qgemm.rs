@@ -68,13 +68,13 @@ pub(super) fn matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tens
 
 /// An output buffer, shared by the tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(super) struct SharedOut(pub(super) *mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     /// The element at `offset`, which the caller keeps inside the buffer.
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
         // SAFETY: the caller's offset is inside the buffer.
         unsafe { self.0.add(offset) }
     }
