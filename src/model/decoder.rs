@@ -325,13 +325,16 @@ impl Decoder {
     /// `[b, kv_heads, kv, d_head]`, with an additive mask `[b, 1, n, kv]`; `[b, n, heads*d_head]`.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let cfg = &self.cfg;
+        if let Some(y) = super::attention::attend_cpu(q, k, v, cfg.query_scale, mask)? {
+            return Ok(y);
+        }
         let (b, _, n, _) = q.dims4()?;
         // Grouped-query attention without copying K/V: the `g` query heads that share a KV head
         // are stacked along the query axis, [b, kv_heads, g*n, d_head].
         let (kvh, g) = (cfg.n_kv_heads, cfg.n_heads / cfg.n_kv_heads);
         let q = q.reshape((b, kvh, g * n, cfg.d_head))?;
         let scores = q.matmul(&k.t()?)?; // [b, kv_heads, g*n, kv]
-        let att = super::softmax::scaled_masked_softmax(&scores, cfg.query_scale, mask)?;
+        let att = super::attention::scaled_masked_softmax(&scores, cfg.query_scale, mask)?;
         let y = att.matmul(v)?.reshape((b, cfg.n_heads, n, cfg.d_head))?; // [b, heads, n, d_head]
         Ok(y.transpose(1, 2)?
             .reshape((b, n, cfg.n_heads * cfg.d_head))?)

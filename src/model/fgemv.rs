@@ -33,6 +33,41 @@ pub(super) fn matmul(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tenso
     Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
 }
 
+/// `x [m, k] · wᵀ` for an f32 `w [n, k]` and a prompt's many rows, on candle's worker pool: each
+/// task multiplies a tile of 64 weight rows with gemm on one thread, as the quantized prefill
+/// does with its dequantized tiles ([`super::qgemm`]). candle's product hands the same gemm to
+/// rayon's pool, whose threads take turns with candle's own on two cores. None when this path
+/// does not apply.
+pub(super) fn tiled(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    const TILE_ROWS: usize = 64;
+    let (n, k) = w.dims2()?;
+    let (m, xk) = x.dims2()?;
+    let cpu = matches!(w.device(), Device::Cpu) && matches!(x.device(), Device::Cpu);
+    let f32s = w.dtype() == candle_core::DType::F32 && x.dtype() == candle_core::DType::F32;
+    if !cpu || !f32s || xk != k || !w.is_contiguous() {
+        return Ok(None);
+    }
+    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let (storage, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let ws = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + n * k];
+    let mut y = vec![0f32; m * n];
+    let out = super::qgemm::SharedOut(y.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(TILE_ROWS), |tiles| {
+        for t in tiles {
+            let (r0, rows) = (t * TILE_ROWS, TILE_ROWS.min(n - t * TILE_ROWS));
+            let tile = &ws[r0 * k..(r0 + rows) * k];
+            // SAFETY: each tile writes only its own columns r0..r0 + rows of y, which outlives
+            // the pool's call; the strides describe y's [m, n] row-major layout.
+            unsafe { super::qgemm::tile_product(&xs, tile, out.at(r0), m, rows, k, n) };
+        }
+    });
+    drop(storage);
+    Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));

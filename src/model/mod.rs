@@ -16,7 +16,7 @@ mod plan;
 mod qgemm;
 mod qgemv;
 mod rope;
-mod softmax;
+mod attention;
 mod spm;
 pub mod tokenizer;
 mod weights;

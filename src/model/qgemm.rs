@@ -116,7 +116,7 @@ pub(super) fn row_products(
 }
 
 /// `dst[i, j] = Σ_c x[i, c] · tile[j, c]` for `x [m, k]`, `tile [rows, k]`, `dst` with row stride `n`.
-unsafe fn tile_product(
+pub(super) unsafe fn tile_product(
     x: &[f32],
     tile: &[f32],
     dst: *mut f32,

@@ -63,6 +63,11 @@ fn product(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
                 return Ok(y);
             }
         }
+        if !x.track_op() && !t.track_op() {
+            if let Some(y) = super::fgemv::tiled(t, x)? {
+                return Ok(y);
+            }
+        }
     }
     if let QMatMul::QTensor(q) = w {
         if !x.track_op() {

@@ -1,0 +1,308 @@
+//! Scaled dot-product attention on the CPU in one call to candle's worker pool: each task
+//! takes one (batch row, query head), multiplies its queries with the keys of its KV head,
+//! scales, masks and normalises the scores in one pass over a per-thread scratch, and writes
+//! their product with the values straight into the output's `[b, n, heads·d_head]` layout.
+//!
+//! candle's way takes two batched products handed to rayon's pool (whose threads take turns
+//! with candle's own on two cores), a multiply, a broadcast add and a softmax, each allocating
+//! a score-sized tensor, and its softmax calls the C library's `expf` one value at a time; on
+//! NQ-Swap's long prompts these took about a fifth of the time (`perf`). The exponential here
+//! is [`super::activation::exp`], which the compiler vectorizes. Other devices, dtypes and
+//! training (which needs the gradient) keep candle's ops.
+
+use super::activation::{exp, fast};
+use super::qgemm::SharedOut;
+use crate::error::Result;
+use candle_core::{Device, Storage, Tensor, D};
+use std::cell::RefCell;
+
+thread_local! {
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Attention of queries `q [b, heads, n, d]` (contiguous) over keys and values
+/// `[b, kv_heads, keys, d]` (rows of d contiguous, e.g. narrowed from the KV cache), with an
+/// additive mask `[b, 1, n, keys]`: `[b, n, heads·d]`. None where this path does not apply.
+pub(super) fn attend_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let (b, heads, n, d) = q.dims4()?;
+    let (_, kvh, keys, _) = k.dims4()?;
+    let unit = |t: &Tensor| t.layout().stride()[3] == 1;
+    if !(fast(q) && fast(k) && fast(v)) || !q.is_contiguous() || !unit(k) || !unit(v) {
+        return Ok(None);
+    }
+    let m = match mask {
+        Some(m) => Some(m.contiguous()?.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (Storage::Cpu(qc), Storage::Cpu(kc), Storage::Cpu(vc)) = (&*qs, &*ks, &*vs) else {
+        return Ok(None);
+    };
+    let (qd, kd, vd) = (qc.as_slice::<f32>()?, kc.as_slice::<f32>()?, vc.as_slice::<f32>()?);
+    let mut y = vec![0f32; b * n * heads * d];
+    let out = SharedOut(y.as_mut_ptr());
+    let (ks_, vs_) = (kl.stride(), vl.stride());
+    let g = heads / kvh;
+    candle_core::utils::barrier_pool().execute_chunked(b * heads, |tasks| {
+        for t in tasks {
+            let (bi, h) = (t / heads, t % heads);
+            let q0 = ql.start_offset() + (bi * heads + h) * n * d;
+            let k0 = kl.start_offset() + bi * ks_[0] + (h / g) * ks_[1];
+            let v0 = vl.start_offset() + bi * vs_[0] + (h / g) * vs_[1];
+            let mask_rows = m.as_ref().map(|m| &m[bi * n * keys..(bi + 1) * n * keys]);
+            SCORES.with(|s| {
+                let mut s = s.borrow_mut();
+                s.resize(n * keys, 0.0);
+                // SAFETY: offsets and strides stay inside q, k and v as their layouts describe
+                // them; task (bi, h) writes only rows (bi, ·) at head h of y, which outlives the
+                // call.
+                unsafe {
+                    let sc = s.as_mut_ptr();
+                    let (qp, kp) = (qd.as_ptr().add(q0), kd.as_ptr().add(k0));
+                    gemm_into(sc, (1, keys), qp, (1, d), kp, (ks_[2], 1), (n, keys, d));
+                    for i in 0..n {
+                        let row = std::slice::from_raw_parts_mut(sc.add(i * keys), keys);
+                        let mrow = mask_rows.map(|m| &m[i * keys..(i + 1) * keys]);
+                        softmax_row(row, scale as f32, mrow);
+                    }
+                    let dst = out.at((bi * n * heads + h) * d);
+                    let vp = vd.as_ptr().add(v0);
+                    gemm_into(dst, (1, heads * d), sc, (1, keys), vp, (1, vs_[2]), (n, d, keys));
+                }
+            });
+        }
+    });
+    drop((qs, ks, vs));
+    Ok(Some(Tensor::from_vec(y, (b, n, heads * d), &Device::Cpu)?))
+}
+
+/// `dst = lhs · rhs` for `lhs [m, k]` and `rhs [k, n]` given as pointers with (column, row)
+/// strides, on this thread.
+///
+/// # Safety
+/// Every element the strides reach must be inside its buffer, and `dst` not aliased.
+unsafe fn gemm_into(
+    dst: *mut f32,
+    (dst_cs, dst_rs): (usize, usize),
+    lhs: *const f32,
+    (lhs_cs, lhs_rs): (usize, usize),
+    rhs: *const f32,
+    (rhs_cs, rhs_rs): (usize, usize),
+    (m, n, k): (usize, usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs as isize,
+        dst_rs as isize,
+        false,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// `softmax(scores · scale + mask)` over the last axis. `scores` is `[b, kv_heads, g·n, kv]`
+/// (the `g` query heads that share a KV head stacked along the query axis) and `mask`, when
+/// given, `[b, 1, n, kv]`, added to every head's rows.
+pub(super) fn scaled_masked_softmax(
+    scores: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    if !fast(scores) {
+        return candle_softmax(scores, scale, mask);
+    }
+    let (b, kvh, gn, kv) = scores.dims4()?;
+    let mut x = scores.flatten_all()?.to_vec1::<f32>()?;
+    let m = match mask {
+        Some(m) => Some(m.contiguous()?.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    // Rows of the mask: n per batch row.
+    let n = m.as_ref().map_or(1, |m| m.len() / (b * kv));
+    let rows = b * kvh * gn;
+    let out = SharedOut(x.as_mut_ptr());
+    let scale = scale as f32;
+    let per_task = 64;
+    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(per_task), |tasks| {
+        for r in tasks.start * per_task..(tasks.end * per_task).min(rows) {
+            // SAFETY: row r belongs to this task alone, and (r + 1)·kv <= rows·kv.
+            let row = unsafe { std::slice::from_raw_parts_mut(out.at(r * kv), kv) };
+            let mask_row = m.as_ref().map(|m| {
+                let (bi, i) = (r / (kvh * gn), r % gn % n);
+                &m[(bi * n + i) * kv..(bi * n + i + 1) * kv]
+            });
+            softmax_row(row, scale, mask_row);
+        }
+    });
+    Ok(Tensor::from_vec(x, (b, kvh, gn, kv), scores.device())?)
+}
+
+/// One row in place: x·scale + mask, then its softmax.
+fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
+    match mask {
+        Some(m) => row.iter_mut().zip(m).for_each(|(x, m)| *x = *x * scale + m),
+        None => row.iter_mut().for_each(|x| *x *= scale),
+    }
+    // Eight running maxima and sums, so that the loops vectorize.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(c) {
+            *l = l.max(*x);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |a, x| a.max(*x));
+    let mut sums = [0f32; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (s, x) in sums.iter_mut().zip(c.iter_mut()) {
+            *x = exp(*x - max);
+            *s += *x;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        sum += *x;
+    }
+    row.iter_mut().for_each(|x| *x /= sum);
+}
+
+/// The same with candle's ops (GPUs, other dtypes, and training, which needs the gradient).
+fn candle_softmax(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, kvh, gn, kv) = scores.dims4()?;
+    let mut att = (scores * scale)?;
+    if let Some(m) = mask {
+        // mask [b, 1, n, kv] -> [b, 1, g, n, kv] over the stacked query heads.
+        let n = m.dim(2)?;
+        let att5 = att.reshape((b, kvh, gn / n, n, kv))?;
+        att = att5
+            .broadcast_add(&m.unsqueeze(2)?)?
+            .reshape((b, kvh, gn, kv))?;
+    }
+    if !att.track_op() {
+        return Ok(candle_nn::ops::softmax_last_dim(&att)?);
+    }
+    // Shift-invariant, so the maximum needs no gradient.
+    let max = att.max_keepdim(D::Minus1)?.detach();
+    let e = att.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The one-pass softmax equals candle's three ops to rounding, with and without a mask
+    /// (a causal one with -inf, and padding), over stacked query heads.
+    #[test]
+    fn one_pass_softmax_equals_candles_ops() {
+        let dev = Device::Cpu;
+        let (b, kvh, g, n, kv) = (2, 3, 2, 5, 13);
+        let s = Tensor::randn(0f32, 3.0, (b, kvh, g * n, kv), &dev).unwrap();
+        let mut mv = vec![0f32; b * n * kv];
+        for bi in 0..b {
+            for i in 0..n {
+                for j in 0..kv {
+                    // Row bi is left-padded by bi positions; query i sits at kv - n + i.
+                    if j > kv - n + i || j < bi {
+                        mv[(bi * n + i) * kv + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let m = Tensor::from_vec(mv, (b, 1, n, kv), &dev).unwrap();
+        for mask in [None, Some(&m)] {
+            let fast = scaled_masked_softmax(&s, 0.125, mask).unwrap();
+            let slow = candle_softmax(&s, 0.125, mask).unwrap();
+            let (f, w) = (
+                fast.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                slow.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            let worst = f.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-6, "worst {worst}");
+            // Masked keys get exactly 0.
+            if mask.is_some() {
+                assert_eq!(f[kv - n + 1], 0.0);
+                assert_eq!(w[kv - n + 1], 0.0);
+            }
+        }
+    }
+
+    /// The one-call attention equals candle's ops to rounding: grouped-query heads, keys and
+    /// values narrowed from a longer cache (strided), a causal and padding mask, and one query
+    /// without a mask.
+    #[test]
+    fn one_call_attention_equals_candles_ops() {
+        let dev = Device::Cpu;
+        let (b, heads, kvh, d, full) = (2, 6, 2, 8, 20);
+        let cache_k = Tensor::randn(0f32, 1.0, (b, kvh, full, d), &dev).unwrap();
+        let cache_v = Tensor::randn(0f32, 1.0, (b, kvh, full, d), &dev).unwrap();
+        for (n, keys, masked) in [(5, 13, true), (1, 17, false)] {
+            let q = Tensor::randn(0f32, 1.0, (b, heads, n, d), &dev).unwrap();
+            let k = cache_k.narrow(2, 0, keys).unwrap();
+            let v = cache_v.narrow(2, 0, keys).unwrap();
+            assert!(!k.is_contiguous());
+            let mut mv = vec![0f32; b * n * keys];
+            for bi in 0..b {
+                for i in 0..n {
+                    for j in 0..keys {
+                        if j > keys - n + i || j < bi {
+                            mv[(bi * n + i) * keys + j] = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
+            let m = Tensor::from_vec(mv, (b, 1, n, keys), &dev).unwrap();
+            let mask = masked.then_some(&m);
+            let got = attend_cpu(&q, &k, &v, 0.3, mask).unwrap().expect("f32 on the CPU");
+            // candle: stack the g query heads of each KV head, two products, softmax.
+            let g = heads / kvh;
+            let qs = q.reshape((b, kvh, g * n, d)).unwrap();
+            let scores = qs.matmul(&k.t().unwrap()).unwrap();
+            let att = candle_softmax(&scores, 0.3, mask).unwrap();
+            let want = att
+                .matmul(&v.contiguous().unwrap())
+                .unwrap()
+                .reshape((b, heads, n, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((b, n, heads * d))
+                .unwrap();
+            let (got, want) = (
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(got.len(), want.len());
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "n {n}: worst {worst}");
+        }
+    }
+}
