@@ -58,16 +58,16 @@ pub struct IndexRow {
     pub relation: String,
     pub subject: String,
     #[serde(default)]
-    pub split: Option<String>,
+    pub split: Option<crate::data::Split>,
     #[serde(default)]
-    pub variant: Option<String>,
+    pub variant: Option<crate::data::Variant>,
     pub shard: usize,
     pub row: usize,
     pub n_tokens: usize,
     /// The recorded position (absolute token index).
     pub position: Option<usize>,
     #[serde(default)]
-    pub label: Option<String>,
+    pub label: Option<crate::label::Label>,
     #[serde(default)]
     pub known: Option<bool>,
     /// Closed-book log-probability of the prior answer (from the labels).
@@ -310,13 +310,13 @@ fn index_rows(
                 id: it.id.clone(),
                 relation: it.relation.clone(),
                 subject: it.subject.clone(),
-                split: it.split.clone(),
-                variant: it.variant.clone(),
+                split: it.split,
+                variant: it.variant,
                 shard: k,
                 row,
                 n_tokens: prompts[row].1.len(),
                 position: positions[row],
-                label: l.map(|l| l.label.name().to_string()),
+                label: l.map(|l| l.label),
                 known: l.map(|l| l.known),
                 prior_logp: l.map(|l| l.closed.logp_prior),
             }

@@ -12,7 +12,7 @@
 //! Only the train split reaches the probes, and only dev reaches the choice of strengths.
 
 use crate::bench::{self, Method, Resources};
-use crate::data::{Form, Item};
+use crate::data::{Form, Item, Split};
 use crate::error::Result;
 use crate::label::ItemLabel;
 use crate::model::Model;
@@ -221,7 +221,7 @@ impl Demo<'_> {
             labels.iter().map(|l| (l.id.clone(), l.clone())).collect();
         let id = self.model.identity()?;
         let pf = self.probe_run(&id).capture_and_train(
-            &of_split(items, "train"),
+            &of_split(items, Split::Train),
             Some(&by_id),
             &self.out.join("data/counterfactual.jsonl"),
             crate::probe::Target::FollowsContext,
@@ -244,7 +244,7 @@ impl Demo<'_> {
         let (variants, _) = crate::data::read_jsonl(&variants_path, false)?;
         let id = self.model.identity()?;
         let g = self.probe_run(&id).capture_and_train(
-            &of_split(&variants, "train"),
+            &of_split(&variants, Split::Train),
             None,
             &variants_path,
             crate::probe::Target::Conflict,
@@ -269,7 +269,7 @@ impl Demo<'_> {
             return Ok(RankedHeads::default());
         }
         self.step("ranking attention heads by ablation on dev (which heads push the prior?)");
-        let dev: Vec<Item> = of_split(items, "dev")
+        let dev: Vec<Item> = of_split(items, Split::Dev)
             .into_iter()
             .take(self.opts.patch_items)
             .collect();
@@ -291,7 +291,10 @@ impl Demo<'_> {
     fn density(&mut self, items: &[Item], labels: &[ItemLabel]) -> Result<DensityTable> {
         self.step("measuring activation density by familiarity condition (every other test item)");
         // Every other item keeps every relation and halves the time; `ctxsteer density` runs all.
-        let test: Vec<Item> = of_split(items, "test").into_iter().step_by(2).collect();
+        let test: Vec<Item> = of_split(items, Split::Test)
+            .into_iter()
+            .step_by(2)
+            .collect();
         let known: BTreeMap<String, bool> =
             labels.iter().map(|l| (l.id.clone(), l.known)).collect();
         let model = self.model;
@@ -381,10 +384,10 @@ impl Demo<'_> {
 type DensityTable = BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>;
 
 /// The items of one split.
-fn of_split(items: &[Item], split: &str) -> Vec<Item> {
+fn of_split(items: &[Item], split: Split) -> Vec<Item> {
     items
         .iter()
-        .filter(|i| i.split.as_deref() == Some(split))
+        .filter(|i| i.split == Some(split))
         .cloned()
         .collect()
 }

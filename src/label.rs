@@ -63,7 +63,7 @@ pub struct ItemLabel {
     pub relation: String,
     pub subject: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub split: Option<String>,
+    pub split: Option<crate::data::Split>,
     pub form: Form,
     pub closed: Run,
     pub context: Run,
@@ -337,7 +337,7 @@ pub fn label_items(
                 id: it.id.clone(),
                 relation: it.relation.clone(),
                 subject: it.subject.clone(),
-                split: it.split.clone(),
+                split: it.split,
                 form: opts.form,
                 known: c.greedy_answer == Answer::Prior,
                 closed: c,

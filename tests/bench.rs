@@ -34,7 +34,11 @@ fn items() -> Vec<Item> {
             context_answer: "mat".into(),
             prior_aliases: vec![],
             context_aliases: vec![],
-            split: Some(if i < 4 { "dev" } else { "test" }.into()),
+            split: Some(if i < 4 {
+                ctxsteer::data::Split::Dev
+            } else {
+                ctxsteer::data::Split::Test
+            }),
             variant: None,
             prefix: String::new(),
         })

@@ -21,7 +21,7 @@ fn item(i: usize) -> Item {
         context_answer: "mat".into(),
         prior_aliases: vec![],
         context_aliases: vec![],
-        split: Some("train".into()),
+        split: Some(ctxsteer::data::Split::Train),
         variant: None,
         prefix: String::new(),
     }

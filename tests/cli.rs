@@ -535,7 +535,7 @@ fn data_label_capture_and_bench_commands_through_the_binary() {
     .assert()
     .failure()
     .stderr(predicate::str::contains(
-        "valid splits are train, dev, test",
+        "[possible values: train, dev, test]",
     ));
     let acts = dir.path().join("acts");
     run(&[

@@ -44,6 +44,20 @@ fn bad_lines_name_the_file_line_and_field() {
             ),
             "`prior_answer` and `context_answer` are both",
         ),
+        (
+            &GOOD.replace(r#""id":"a""#, r#""id":"d""#).replace(
+                r#""subject":"France""#,
+                r#""subject":"France","split":"valid""#,
+            ),
+            "unknown variant `valid`, expected one of `train`, `dev`, `test`",
+        ),
+        (
+            &GOOD.replace(r#""id":"a""#, r#""id":"e""#).replace(
+                r#""subject":"France""#,
+                r#""subject":"France","variant":"cf""#,
+            ),
+            "expected one of `counterfactual`, `true_context`, `no_context`, `neutral`",
+        ),
     ];
     for (bad, want) in cases {
         let p = write(dir.path(), "d.jsonl", &format!("{GOOD}\n\n{bad}\n"));
@@ -100,7 +114,7 @@ fn built_in_data_is_large_deterministic_and_split_by_subject() {
             .insert(i.prior_answer.as_str());
         m
     });
-    let mut split_of: HashMap<String, String> = HashMap::new();
+    let mut split_of: HashMap<String, ctxsteer::data::Split> = HashMap::new();
     for it in items {
         assert_ne!(
             it.prior_answer.to_lowercase(),
@@ -121,19 +135,13 @@ fn built_in_data_is_large_deterministic_and_split_by_subject() {
             "{}: context names the prior",
             it.id
         );
-        let s = it.split.clone().unwrap();
-        let prev = split_of
-            .entry(it.subject.to_lowercase())
-            .or_insert(s.clone());
+        let s = it.split.unwrap();
+        let prev = split_of.entry(it.subject.to_lowercase()).or_insert(s);
         assert_eq!(*prev, s, "subject {} is in two splits", it.subject);
     }
-    let n = |s: &str| {
-        items
-            .iter()
-            .filter(|i| i.split.as_deref() == Some(s))
-            .count()
-    };
-    assert!(n("train") > n("dev") && n("dev") > 40 && n("test") > 40);
+    use ctxsteer::data::Split;
+    let n = |s: Split| items.iter().filter(|i| i.split == Some(s)).count();
+    assert!(n(Split::Train) > n(Split::Dev) && n(Split::Dev) > 40 && n(Split::Test) > 40);
     // The variants share ids and differ only in the context.
     for ((c, t), z) in items.iter().zip(&a.true_context).zip(&a.no_context) {
         assert_eq!((&c.id, &c.prompt), (&t.id, &t.prompt));

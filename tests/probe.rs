@@ -1,7 +1,8 @@
 //! Probes on synthetic activations with a planted direction, and the statistics under them.
 
 use ctxsteer::capture::{Acts, CaptureMeta, IndexRow, PosMode};
-use ctxsteer::data::Form;
+use ctxsteer::data::{Form, Variant};
+use ctxsteer::label::Label;
 use ctxsteer::probe::{self, Kind, ProbeFile, Target, TrainOptions};
 use ctxsteer::stats::{self, SplitMix};
 use ctxsteer::Site;
@@ -43,19 +44,20 @@ fn synthetic() -> Acts {
             relation: format!("r{}", i % 4),
             subject: format!("s{}", i % 100),
             split: None,
-            variant: Some(if y { "counterfactual" } else { "true_context" }.into()),
+            variant: Some(if y {
+                Variant::Counterfactual
+            } else {
+                Variant::TrueContext
+            }),
             shard: 0,
             row: i,
             n_tokens: 10,
             position: Some(9),
-            label: Some(
-                if y {
-                    "follows_context"
-                } else {
-                    "follows_prior"
-                }
-                .into(),
-            ),
+            label: Some(if y {
+                Label::FollowsContext
+            } else {
+                Label::FollowsPrior
+            }),
             known: Some(i % 2 == 0),
             prior_logp: None,
         });
@@ -190,7 +192,7 @@ fn splits_keep_subjects_apart_and_relations_transfer() {
 fn a_single_class_is_a_clear_error() {
     let mut acts = synthetic();
     for r in &mut acts.index {
-        r.label = Some("follows_prior".into());
+        r.label = Some(Label::FollowsPrior);
     }
     let e = probe::train(
         &acts,
@@ -316,13 +318,13 @@ fn statistics_have_their_known_values() {
 fn conflict_counts_no_context_as_no_conflict() {
     let mut row = synthetic().index[0].clone();
     let of = |r: &IndexRow| probe::target_of(r, Target::Conflict);
-    row.variant = Some("counterfactual".into());
+    row.variant = Some(Variant::Counterfactual);
     assert_eq!(of(&row), Some(true));
-    row.variant = Some("true_context".into());
+    row.variant = Some(Variant::TrueContext);
     assert_eq!(of(&row), Some(false));
-    row.variant = Some("no_context".into());
+    row.variant = Some(Variant::NoContext);
     assert_eq!(of(&row), Some(false));
-    row.variant = Some("neutral".into());
+    row.variant = Some(Variant::Neutral);
     assert_eq!(of(&row), Some(false));
     row.variant = None;
     assert_eq!(of(&row), None);

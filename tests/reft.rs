@@ -4,7 +4,7 @@
 
 mod common;
 use candle_core::{Device, Tensor, Var};
-use ctxsteer::data::{Form, Item};
+use ctxsteer::data::{Form, Item, Split};
 use ctxsteer::generate::{generate, GenOptions};
 use ctxsteer::hooks::LowRank;
 use ctxsteer::model::{Batch, LogitsAt};
@@ -213,7 +213,7 @@ fn items() -> Vec<Item> {
         context_answer: "mat".into(),
         prior_aliases: vec![],
         context_aliases: vec![],
-        split: Some("train".into()),
+        split: Some(Split::Train),
         variant: None,
         prefix: String::new(),
     })
@@ -282,7 +282,7 @@ fn bench_sweeps_the_trained_edits_on_dev() {
     .unwrap();
     let mut its = items();
     for (i, it) in its.iter_mut().enumerate() {
-        it.split = Some(if i < 3 { "dev" } else { "test" }.into());
+        it.split = Some(if i < 3 { Split::Dev } else { Split::Test });
     }
     let res = Resources {
         probes: None,
@@ -358,7 +358,7 @@ fn reft_gated_is_reft_where_the_gate_fires_and_none_where_it_does_not() {
         .unwrap();
     let mut its = items();
     for (i, it) in its.iter_mut().enumerate() {
-        it.split = Some(if i < 3 { "dev" } else { "test" }.into());
+        it.split = Some(if i < 3 { Split::Dev } else { Split::Test });
     }
     // A conflict gate whose bias decides alone: it fires on every prompt, or on none.
     let gate = |bias: f32| {

@@ -318,23 +318,24 @@ pub struct MethodResult {
 /// With split fields, an item whose field is neither `dev` nor `test` is in neither.
 pub fn dev_test(items: &[Item]) -> (Vec<Item>, Vec<Item>) {
     let has = items.iter().any(|i| i.split.is_some());
-    fn part_of(i: &Item, has: bool) -> Option<&str> {
+    use crate::data::Split as S;
+    fn part_of(i: &Item, has: bool) -> Option<S> {
         if has {
-            i.split.as_deref()
+            i.split
         } else if crate::data::stable_hash(&i.subject).is_multiple_of(2) {
-            Some("dev")
+            Some(S::Dev)
         } else {
-            Some("test")
+            Some(S::Test)
         }
     }
-    let take = |name: &str| -> Vec<Item> {
+    let take = |name: S| -> Vec<Item> {
         items
             .iter()
             .filter(|i| part_of(i, has) == Some(name))
             .cloned()
             .collect()
     };
-    (take("dev"), take("test"))
+    (take(S::Dev), take(S::Test))
 }
 
 /// Known facts among `items`: those whose closed-book greedy answer is the prior.

@@ -388,9 +388,9 @@ pub struct DataArgs {
     /// Use only the first N items.
     #[arg(long, value_parser = at_least_one)]
     pub limit: Option<usize>,
-    /// Keep only items of this split (train, dev or test), when the data has splits.
-    #[arg(long)]
-    pub split: Option<String>,
+    /// Keep only items of this split, when the data has splits.
+    #[arg(long, value_parser = choice::<ctxsteer::data::Split>())]
+    pub split: Option<ctxsteer::data::Split>,
     /// How queries are put: completion text, or a chat question.
     #[arg(long, value_parser = choice::<ctxsteer::data::Form>(), default_value = "completion")]
     pub form: ctxsteer::data::Form,
@@ -408,13 +408,10 @@ impl DataArgs {
                 self.data.display()
             );
         }
-        if let Some(s) = &self.split {
-            if !["train", "dev", "test"].contains(&s.as_str()) {
-                bail!("--split {s}: valid splits are train, dev, test");
-            }
-            items.retain(|i| i.split.as_deref() == Some(s.as_str()));
+        if let Some(s) = self.split {
+            items.retain(|i| i.split == Some(s));
             if items.is_empty() {
-                bail!("{}: no items in split `{s}`", self.data.display());
+                bail!("{}: no items in split `{}`", self.data.display(), s.name());
             }
         }
         if let Some(n) = self.limit {

@@ -15,9 +15,10 @@ pub struct ModelArgs {
     /// Q4_1, the default) or gemma3-270m (Gemma 3 270M base, Q4_K_M).
     #[arg(long, global = true)]
     pub model: Option<PathBuf>,
-    /// How GGUF weights are multiplied: candle QMatMul on the quantized blocks, or dequantized
-    /// to f32. Default: quantized for generate, info and bench-speed (fastest decoding); f32
-    /// for label and capture (prefill-bound, 4x faster there, and exact against transformers).
+    /// How GGUF weights are multiplied: on the quantized blocks, or dequantized to f32 at load.
+    /// Default: quantized for generate, info and bench-speed (3x faster decoding, GGUF-size
+    /// memory); f32 for label, capture and the benchmarks (exact against transformers: the
+    /// quantized decode rounds activations to 8 bits, which can change an answer).
     #[arg(long, value_enum, global = true)]
     pub weights: Option<WeightsArg>,
     /// Where the model runs: cpu, cuda, cuda:N or metal. GPUs need a build with
@@ -29,7 +30,7 @@ pub struct ModelArgs {
 /// `--weights`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum WeightsArg {
-    /// candle `QMatMul` on the quantized blocks.
+    /// On the quantized blocks: prompts through dequantized tiles, decoding with 8-bit activations.
     Quantized,
     /// Dequantized to f32 at load.
     F32,

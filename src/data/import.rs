@@ -110,7 +110,7 @@ fn import_counterfact(path: &Path, text: &str) -> Result<Vec<Item>> {
                 prior_aliases: vec![],
                 context_aliases: vec![],
                 split: None,
-                variant: Some("counterfactual".into()),
+                variant: Some(super::Variant::Counterfactual),
                 prefix: String::new(),
             })
         };
@@ -234,7 +234,7 @@ fn import_nqswap(path: &Path, text: &str) -> Result<Vec<Item>> {
             prior_aliases: org[1..].to_vec(),
             context_aliases: sub[1..].to_vec(),
             split: None,
-            variant: Some("counterfactual".into()),
+            variant: Some(super::Variant::Counterfactual),
             prefix: String::new(),
         });
     }
@@ -353,7 +353,7 @@ fn memotrap_item(
         prior_aliases: vec![],
         context_aliases: vec![],
         split: None,
-        variant: Some("counterfactual".into()),
+        variant: Some(super::Variant::Counterfactual),
         prefix: String::new(),
     })
 }
@@ -406,7 +406,7 @@ fn world_capital_items(i: usize, r: &serde_json::Value) -> std::result::Result<[
         prior_aliases: answers[1..].to_vec(),
         context_aliases: vec![],
         split: None,
-        variant: Some("counterfactual".into()),
+        variant: Some(super::Variant::Counterfactual),
         prefix: String::new(),
     };
     Ok([

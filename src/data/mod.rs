@@ -13,6 +13,36 @@ use std::path::Path;
 mod import;
 pub use import::{answer_list, import, parse_py_list, ImportFormat};
 
+crate::choice_enum! {
+/// Which part of the data an item belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// Trains probes and edits.
+    Train = "train",
+    /// Chooses strengths.
+    Dev = "dev",
+    /// Measures, once.
+    Test = "test",
+}
+}
+
+crate::choice_enum! {
+/// Which form of a fact an item's prompt takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// The context contradicts what the model knows.
+    Counterfactual = "counterfactual",
+    /// The context states the true fact.
+    TrueContext = "true_context",
+    /// No context.
+    NoContext = "no_context",
+    /// Ordinary text without a fact to recall.
+    Neutral = "neutral",
+}
+}
+
 /// One conflict.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Item {
@@ -33,10 +63,10 @@ pub struct Item {
     pub context_aliases: Vec<String>,
     /// train, dev or test (built-in data); absent for imported data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub split: Option<String>,
-    /// counterfactual, true_context or no_context (built-in data).
+    pub split: Option<Split>,
+    /// counterfactual, true_context, no_context or neutral (built-in data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+    pub variant: Option<Variant>,
     /// Text put before the query in both conditions, closed-book and with context: k-shot
     /// demonstrations (`bench public --shots`). Usually empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -145,7 +175,7 @@ fn check_line(v: &serde_json::Value) -> std::result::Result<Item, String> {
         .eq_ignore_ascii_case(item.context_answer.trim());
     // A true-context variant states the true fact, so there its two answers agree; a neutral
     // passage has no answer at all.
-    if same && !matches!(item.variant.as_deref(), Some("true_context" | "neutral")) {
+    if same && !matches!(item.variant, Some(Variant::TrueContext | Variant::Neutral)) {
         return Err(format!(
             "fields `prior_answer` and `context_answer` are both {:?}: a conflict needs two \
              different answers (only a `true_context` or `neutral` variant may repeat the prior)",
@@ -256,8 +286,8 @@ pub fn neutral_items() -> Vec<Item> {
                 context_answer: "(no answer)".into(),
                 prior_aliases: vec![],
                 context_aliases: vec![],
-                split: Some(split_of(&subject).to_string()),
-                variant: Some("neutral".into()),
+                split: Some(split_of(&subject)),
+                variant: Some(Variant::Neutral),
                 prefix: String::new(),
                 subject,
             }
@@ -378,12 +408,26 @@ pub fn stable_hash(s: &str) -> u64 {
     h
 }
 
+impl Split {
+    /// The name the data files write.
+    pub fn name(self) -> &'static str {
+        crate::choice::Choice::name(self)
+    }
+}
+
+impl Variant {
+    /// The name the data files write.
+    pub fn name(self) -> &'static str {
+        crate::choice::Choice::name(self)
+    }
+}
+
 /// The split of a subject: about 60% train, 20% dev, 20% test, the same in every relation.
-pub fn split_of(subject: &str) -> &'static str {
+pub fn split_of(subject: &str) -> Split {
     match stable_hash(&subject.to_lowercase()) % 10 {
-        0..=5 => "train",
-        6 | 7 => "dev",
-        _ => "test",
+        0..=5 => Split::Train,
+        6 | 7 => Split::Dev,
+        _ => Split::Test,
     }
 }
 
@@ -392,14 +436,11 @@ pub fn split_of(subject: &str) -> &'static str {
 pub fn split_dev_test(items: &mut [Item], seed: u64, dev_share: f64) {
     for it in items.iter_mut() {
         let h = stable_hash(&format!("split:{seed}:{}", it.subject)) % 1000;
-        it.split = Some(
-            if (h as f64) < dev_share * 1000.0 {
-                "dev"
-            } else {
-                "test"
-            }
-            .into(),
-        );
+        it.split = Some(if (h as f64) < dev_share * 1000.0 {
+            Split::Dev
+        } else {
+            Split::Test
+        });
     }
 }
 
@@ -475,20 +516,20 @@ pub fn build() -> Result<Built> {
                 context_answer: cf.object.clone(),
                 prior_aliases: f.aliases.clone(),
                 context_aliases: cf.aliases.clone(),
-                split: Some(split_of(&f.subject).to_string()),
-                variant: Some("counterfactual".into()),
+                split: Some(split_of(&f.subject)),
+                variant: Some(Variant::Counterfactual),
                 prefix: String::new(),
             };
             built.true_context.push(Item {
                 context: fill(&t.context[ci], &f.subject, &f.object),
                 context_answer: f.object.clone(),
                 context_aliases: f.aliases.clone(),
-                variant: Some("true_context".into()),
+                variant: Some(Variant::TrueContext),
                 ..base.clone()
             });
             built.no_context.push(Item {
                 context: String::new(),
-                variant: Some("no_context".into()),
+                variant: Some(Variant::NoContext),
                 ..base.clone()
             });
             built.counterfactual.push(base);
@@ -532,20 +573,20 @@ pub fn write_built(dir: &Path) -> Result<Vec<(String, usize)>> {
         .chain(&b.true_context)
         .chain(&b.no_context)
         .map(|it| Item {
-            id: format!("{}:{}", it.id, it.variant.as_deref().unwrap_or("")),
+            id: format!("{}:{}", it.id, it.variant.map_or("", Variant::name)),
             ..it.clone()
         })
         .chain(neutral)
         .collect();
     write_jsonl(&dir.join("variants.jsonl"), &both)?;
     written.push(("variants.jsonl".to_string(), both.len()));
-    for split in ["train", "dev", "test"] {
+    for split in [Split::Train, Split::Dev, Split::Test] {
         let part: Vec<&Item> = b
             .counterfactual
             .iter()
-            .filter(|i| i.split.as_deref() == Some(split))
+            .filter(|i| i.split == Some(split))
             .collect();
-        let name = format!("{split}.jsonl");
+        let name = format!("{}.jsonl", split.name());
         write_jsonl(&dir.join(&name), &part)?;
         written.push((name, part.len()));
     }

@@ -46,7 +46,11 @@ pub(super) fn attend_cpu(
     let (Storage::Cpu(qc), Storage::Cpu(kc), Storage::Cpu(vc)) = (&*qs, &*ks, &*vs) else {
         return Ok(None);
     };
-    let (qd, kd, vd) = (qc.as_slice::<f32>()?, kc.as_slice::<f32>()?, vc.as_slice::<f32>()?);
+    let (qd, kd, vd) = (
+        qc.as_slice::<f32>()?,
+        kc.as_slice::<f32>()?,
+        vc.as_slice::<f32>()?,
+    );
     let mut y = vec![0f32; b * n * heads * d];
     let out = SharedOut(y.as_mut_ptr());
     let (ks_, vs_) = (kl.stride(), vl.stride());
@@ -75,7 +79,15 @@ pub(super) fn attend_cpu(
                     }
                     let dst = out.at((bi * n * heads + h) * d);
                     let vp = vd.as_ptr().add(v0);
-                    gemm_into(dst, (1, heads * d), sc, (1, keys), vp, (1, vs_[2]), (n, d, keys));
+                    gemm_into(
+                        dst,
+                        (1, heads * d),
+                        sc,
+                        (1, keys),
+                        vp,
+                        (1, vs_[2]),
+                        (n, d, keys),
+                    );
                 }
             });
         }
@@ -245,7 +257,11 @@ mod tests {
                 fast.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                 slow.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             );
-            let worst = f.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let worst = f
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(worst < 1e-6, "worst {worst}");
             // Masked keys get exactly 0.
             if mask.is_some() {
@@ -281,7 +297,9 @@ mod tests {
             }
             let m = Tensor::from_vec(mv, (b, 1, n, keys), &dev).unwrap();
             let mask = masked.then_some(&m);
-            let got = attend_cpu(&q, &k, &v, 0.3, mask).unwrap().expect("f32 on the CPU");
+            let got = attend_cpu(&q, &k, &v, 0.3, mask)
+                .unwrap()
+                .expect("f32 on the CPU");
             // candle: stack the g query heads of each KV head, two products, softmax.
             let g = heads / kvh;
             let qs = q.reshape((b, kvh, g * n, d)).unwrap();
@@ -301,7 +319,11 @@ mod tests {
                 want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             );
             assert_eq!(got.len(), want.len());
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(worst < 1e-5, "n {n}: worst {worst}");
         }
     }

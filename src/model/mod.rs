@@ -3,6 +3,7 @@
 //! [`Model`] is what the rest of the crate runs: the forward pass plus the tokenizer.
 
 mod activation;
+mod attention;
 mod batch;
 pub mod config;
 pub mod decoder;
@@ -16,7 +17,6 @@ mod plan;
 mod qgemm;
 mod qgemv;
 mod rope;
-mod attention;
 mod spm;
 pub mod tokenizer;
 mod weights;

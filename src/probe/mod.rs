@@ -10,8 +10,10 @@
 //! of projections, so steering can be set in natural units.
 
 use crate::capture::IndexRow;
+use crate::data::Variant;
 use crate::error::{Error, Result};
 use crate::hooks::Site;
+use crate::label::Label;
 use crate::model::ModelId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -328,17 +330,13 @@ pub fn probe_site(name: &str, n_layers: usize) -> Result<(Site, Option<usize>)> 
 /// The label of an index row for a target; None leaves the row out.
 pub fn target_of(row: &IndexRow, target: Target) -> Option<bool> {
     match target {
-        Target::FollowsContext => match row.label.as_deref() {
-            Some("follows_context") => Some(true),
-            Some("follows_prior") => Some(false),
+        Target::FollowsContext => match row.label {
+            Some(Label::FollowsContext) => Some(true),
+            Some(Label::FollowsPrior) => Some(false),
             _ => None,
         },
         Target::Known => row.known,
-        Target::Conflict => match row.variant.as_deref() {
-            Some("counterfactual") => Some(true),
-            Some("true_context" | "no_context" | "neutral") => Some(false),
-            _ => None,
-        },
+        Target::Conflict => row.variant.map(|v| v == Variant::Counterfactual),
     }
 }
 
