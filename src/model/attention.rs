@@ -33,7 +33,8 @@ pub(super) fn attend_cpu(
     let (b, heads, n, d) = q.dims4()?;
     let (_, kvh, keys, _) = k.dims4()?;
     let unit = |t: &Tensor| t.layout().stride()[3] == 1;
-    if !(fast(q) && fast(k) && fast(v)) || !q.is_contiguous() || !unit(k) || !unit(v) {
+    let fits = fast(q) && fast(k) && fast(v) && q.is_contiguous() && unit(k) && unit(v);
+    if !fits {
         return Ok(None);
     }
     let m = match mask {
