@@ -63,38 +63,59 @@ pub(super) fn attend_cpu(
             let k0 = kl.start_offset() + bi * ks_[0] + (h / g) * ks_[1];
             let v0 = vl.start_offset() + bi * vs_[0] + (h / g) * vs_[1];
             let mask_rows = m.as_ref().map(|m| &m[bi * n * keys..(bi + 1) * n * keys]);
-            SCORES.with(|s| {
-                let mut s = s.borrow_mut();
-                s.resize(n * keys, 0.0);
-                // SAFETY: offsets and strides stay inside q, k and v as their layouts describe
-                // them; task (bi, h) writes only rows (bi, ·) at head h of y, which outlives the
-                // call.
-                unsafe {
-                    let sc = s.as_mut_ptr();
-                    let (qp, kp) = (qd.as_ptr().add(q0), kd.as_ptr().add(k0));
-                    gemm_into(sc, (1, keys), qp, (1, d), kp, (ks_[2], 1), (n, keys, d));
-                    for i in 0..n {
-                        let row = std::slice::from_raw_parts_mut(sc.add(i * keys), keys);
-                        let mrow = mask_rows.map(|m| &m[i * keys..(i + 1) * keys]);
-                        softmax_row(row, scale as f32, mrow);
-                    }
-                    let dst = out.at((bi * n * heads + h) * d);
-                    let vp = vd.as_ptr().add(v0);
-                    gemm_into(
-                        dst,
-                        (1, heads * d),
-                        sc,
-                        (1, keys),
-                        vp,
-                        (1, vs_[2]),
-                        (n, d, keys),
-                    );
-                }
-            });
+            // SAFETY: offsets and strides stay inside q, k and v as their layouts describe
+            // them; task (bi, h) writes only rows (bi, ·) at head h of y, which outlives the
+            // call.
+            unsafe {
+                let head = Head {
+                    q: qd.as_ptr().add(q0),
+                    k: (kd.as_ptr().add(k0), ks_[2]),
+                    v: (vd.as_ptr().add(v0), vs_[2]),
+                    out: (out.at((bi * n * heads + h) * d), heads * d),
+                    dims: (n, keys, d),
+                };
+                head.attend(mask_rows, scale as f32);
+            }
         }
     });
     drop((qs, ks, vs));
     Ok(Some(Tensor::from_vec(y, (b, n, heads * d), &Device::Cpu)?))
+}
+
+/// One (batch row, query head) of [`attend_cpu`]: its `n` queries (rows of `d`), its KV head's
+/// keys and values (row pointer, row stride), and where its output rows go (pointer, row
+/// stride).
+struct Head {
+    q: *const f32,
+    k: (*const f32, usize),
+    v: (*const f32, usize),
+    out: (*mut f32, usize),
+    /// (queries n, keys, d_head).
+    dims: (usize, usize, usize),
+}
+
+impl Head {
+    /// softmax(q·kᵀ·scale + mask)·v into `out`, the scores in this thread's scratch.
+    ///
+    /// # Safety
+    /// The pointers and strides must describe buffers as large as `dims` says, and no other
+    /// thread may write this head's output rows.
+    unsafe fn attend(&self, mask: Option<&[f32]>, scale: f32) {
+        let (n, keys, d) = self.dims;
+        SCORES.with(|s| {
+            let mut s = s.borrow_mut();
+            s.resize(n * keys, 0.0);
+            let sc = s.as_mut_ptr();
+            let (k, ks) = self.k;
+            gemm_into(sc, (1, keys), self.q, (1, d), k, (ks, 1), (n, keys, d));
+            for i in 0..n {
+                let row = std::slice::from_raw_parts_mut(sc.add(i * keys), keys);
+                softmax_row(row, scale, mask.map(|m| &m[i * keys..(i + 1) * keys]));
+            }
+            let ((v, vs), (dst, ds)) = (self.v, self.out);
+            gemm_into(dst, (1, ds), sc, (1, keys), v, (1, vs), (n, d, keys));
+        });
+    }
 }
 
 /// `dst = lhs · rhs` for `lhs [m, k]` and `rhs [k, n]` given as pointers with (column, row)

@@ -16,7 +16,7 @@ use crate::bench::{self, Event, Method, MethodResult, Rate, Resources};
 use crate::choice::Choice;
 use crate::data::{self, Form, Item};
 use crate::error::{Error, Result};
-use crate::journal::{Journal, Scoped};
+use crate::journal::Journal;
 use crate::label::Run;
 use crate::model::Model;
 pub use benchmark::Benchmark;
@@ -27,10 +27,15 @@ use std::path::{Path, PathBuf};
 mod benchmark;
 mod chart;
 mod html;
+mod keys;
 mod paired;
 mod published;
 mod report;
 
+use keys::{
+    legacy_part_key, part_key, run_key, save_part, saved_part, scoped, scoped_part, shots_key,
+    PartKeys,
+};
 use paired::{changed_share, headline, paired_delta, test_outcomes, Outcome};
 pub use published::{memotrap_published, nqswap_published, Published};
 pub use report::{markdown, write, PublicReport};
@@ -78,99 +83,6 @@ pub struct PublicOptions {
     pub saved_only: bool,
 }
 
-/// One finished (benchmark, method) measurement, saved so that a long run can resume.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Part {
-    /// What must match for the part to be reused: model, sample, split and the method's grid.
-    key: String,
-    result: MethodResult,
-}
-
-/// The key of a part: the model, the run's sampling and split settings, the dev and test sizes,
-/// and the method's settings as data (each setting's [`bench::Params`], the ranked heads, the
-/// gate's site). JSON, so that rewording a label leaves it unchanged.
-fn part_key(run: &BenchRun, m: Method, split: &bench::Split) -> Result<String> {
-    #[derive(Serialize)]
-    struct PartKey<'a> {
-        version: u32,
-        benchmark: &'a str,
-        model_sha256: &'a str,
-        limit: Option<usize>,
-        seed: u64,
-        dev_share: f64,
-        dev_limit: Option<usize>,
-        dev: usize,
-        test: usize,
-        max_new: Option<usize>,
-        shots: usize,
-        method: Method,
-        settings: Vec<bench::Params>,
-        heads: &'a [(usize, usize)],
-        context_heads: &'a [(usize, usize)],
-        gate: Option<&'a str>,
-    }
-    let (opts, res) = (run.opts, run.res);
-    let settings = bench::grid(run.model, m, res)?;
-    let key = PartKey {
-        version: 2,
-        benchmark: run.b.name(),
-        model_sha256: &run.sha256,
-        limit: opts.limit,
-        seed: opts.seed,
-        dev_share: opts.dev_share,
-        dev_limit: opts.dev_limit,
-        dev: split.dev.len(),
-        test: split.test.len(),
-        max_new: res.max_new,
-        shots: shots_for(run.b, opts),
-        method: m,
-        settings: settings.into_iter().map(|s| s.params).collect(),
-        heads: &res.heads,
-        context_heads: &res.context_heads,
-        gate: res.gate.as_ref().map(|g| g.best.as_str()),
-    };
-    serde_json::to_string(&key).map_err(|e| Error::Invalid(format!("part key: {e}")))
-}
-
-/// The key earlier versions gave a part, built from the settings' display labels and debug
-/// text: still read, so that runs saved then are reused.
-fn legacy_part_key(run: &BenchRun, m: Method, split: &bench::Split) -> Result<String> {
-    let res = run.res;
-    let labels: Vec<String> = bench::grid(run.model, m, res)?
-        .iter()
-        .map(|s| s.label.clone())
-        .collect();
-    Ok(format!(
-        "{}|dev={}|test={}|max_new={:?}|{}|heads={:?}|ctx_heads={:?}|gate={:?}",
-        run_key(run.b.name(), &run.sha256, run.opts),
-        split.dev.len(),
-        split.test.len(),
-        res.max_new,
-        labels.join(";"),
-        res.heads,
-        res.context_heads,
-        res.gate.as_ref().map(|g| g.best.clone()),
-    ) + &shots_key(run.b, run.opts))
-}
-
-/// What every key of one benchmark run starts with: the model and the sampling and split
-/// settings.
-fn run_key(name: &str, sha256: &str, opts: &PublicOptions) -> String {
-    format!(
-        "{name}|{sha256}|limit={:?}|seed={}|dev_share={}|dev_limit={:?}",
-        opts.limit, opts.seed, opts.dev_share, opts.dev_limit
-    )
-}
-
-/// The part of a key that says how many demonstrations the prompts carry; empty for zero-shot,
-/// so zero-shot keys are what they were before shots existed.
-fn shots_key(b: Benchmark, opts: &PublicOptions) -> String {
-    match shots_for(b, opts) {
-        0 => String::new(),
-        k => format!("|shots={k}"),
-    }
-}
-
 /// The demonstrations a benchmark gets: `--shots` applies to NQ-Swap alone.
 fn shots_for(b: Benchmark, opts: &PublicOptions) -> usize {
     if b == Benchmark::Nqswap {
@@ -211,17 +123,6 @@ pub fn add_shots(dev: &mut Vec<Item>, test: &mut [Item], k: usize) -> Result<()>
         it.prefix = prefix.clone();
     }
     Ok(())
-}
-
-fn part_path(dir: &Path, name: &str, m: Method) -> PathBuf {
-    dir.join(format!("{name}.{}.json", m.name()))
-}
-
-/// A saved part with either key, if there is one (a part that does not parse is not reused).
-fn saved_part(dir: &Path, name: &str, m: Method, keys: &PartKeys) -> Option<MethodResult> {
-    let text = std::fs::read_to_string(part_path(dir, name, m)).ok()?;
-    let p: Part = serde_json::from_str(&text).ok()?;
-    (p.key == keys.new || p.key == keys.legacy).then_some(p.result)
 }
 
 /// Keep at most `limit` items, sampled with `seed`, keeping items of one subject together.
@@ -451,12 +352,6 @@ impl BenchRun<'_> {
     }
 }
 
-/// A part's key ([`part_key`]) and the key earlier versions gave it ([`legacy_part_key`]).
-pub(crate) struct PartKeys {
-    pub new: String,
-    pub legacy: String,
-}
-
 /// A section whose methods are all pending: nothing of the benchmark is saved.
 fn nothing_saved(b: Benchmark, n_items: usize, used: &[Item], methods: &[Method]) -> Section {
     let (dev, test) = bench::dev_test(used);
@@ -505,25 +400,6 @@ fn own_table(
         .collect()
 }
 
-/// The journal's place for the runs made under `key` (hashed: keys are long).
-fn scoped<'a>(journal: &'a mut Option<Journal<Run>>, key: &str) -> Option<Scoped<'a, Run>> {
-    journal.as_mut().map(|j| Scoped::new(j, hashed(key)))
-}
-
-/// The journal's place for a part's runs: under its key, or under its legacy key where an
-/// earlier version saved them.
-fn scoped_part<'a>(
-    journal: &'a mut Option<Journal<Run>>,
-    keys: &PartKeys,
-) -> Option<Scoped<'a, Run>> {
-    scoped(journal, &keys.new).map(|s| s.with_legacy(hashed(&keys.legacy)))
-}
-
-/// A journal scope made from a (long) key.
-fn hashed(key: &str) -> String {
-    format!("{:016x}", data::stable_hash(key))
-}
-
 /// The benchmark's journal of finished runs, `DIR/NAME.runs.jsonl`: kept with `resume`, else
 /// started afresh; only read with `saved_only`, so that a run still appending to it is safe.
 fn open_journal(
@@ -544,16 +420,6 @@ fn open_journal(
         )));
     }
     Ok(j)
-}
-
-fn save_part(dir: &Path, name: &str, m: Method, key: String, r: &MethodResult) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    let part = Part {
-        key,
-        result: r.clone(),
-    };
-    let bytes = serde_json::to_vec_pretty(&part).map_err(|e| Error::Invalid(e.to_string()))?;
-    data::write_atomic(&part_path(dir, name, m), &bytes)
 }
 
 #[cfg(test)]

@@ -1,0 +1,166 @@
+//! Where `bench public` keeps finished work: each (benchmark, method) part's file and key, and
+//! the journal scopes of its runs. Keys are the settings as JSON; the keys earlier versions
+//! built from display labels are still read.
+
+use super::{shots_for, BenchRun, Benchmark, PublicOptions};
+use crate::bench::{self, Method, MethodResult};
+use crate::choice::Choice;
+use crate::data;
+use crate::error::{Error, Result};
+use crate::journal::{Journal, Scoped};
+use crate::label::Run;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One finished (benchmark, method) measurement, saved so that a long run can resume.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct Part {
+    /// What must match for the part to be reused: model, sample, split and the method's grid.
+    key: String,
+    result: MethodResult,
+}
+
+/// The key of a part: the model, the run's sampling and split settings, the dev and test sizes,
+/// and the method's settings as data (each setting's [`bench::Params`], the ranked heads, the
+/// gate's site). JSON, so that rewording a label leaves it unchanged.
+pub(super) fn part_key(run: &BenchRun, m: Method, split: &bench::Split) -> Result<String> {
+    #[derive(Serialize)]
+    struct PartKey<'a> {
+        version: u32,
+        benchmark: &'a str,
+        model_sha256: &'a str,
+        limit: Option<usize>,
+        seed: u64,
+        dev_share: f64,
+        dev_limit: Option<usize>,
+        dev: usize,
+        test: usize,
+        max_new: Option<usize>,
+        shots: usize,
+        method: Method,
+        settings: Vec<bench::Params>,
+        heads: &'a [(usize, usize)],
+        context_heads: &'a [(usize, usize)],
+        gate: Option<&'a str>,
+    }
+    let (opts, res) = (run.opts, run.res);
+    let settings = bench::grid(run.model, m, res)?;
+    let key = PartKey {
+        version: 2,
+        benchmark: run.b.name(),
+        model_sha256: &run.sha256,
+        limit: opts.limit,
+        seed: opts.seed,
+        dev_share: opts.dev_share,
+        dev_limit: opts.dev_limit,
+        dev: split.dev.len(),
+        test: split.test.len(),
+        max_new: res.max_new,
+        shots: shots_for(run.b, opts),
+        method: m,
+        settings: settings.into_iter().map(|s| s.params).collect(),
+        heads: &res.heads,
+        context_heads: &res.context_heads,
+        gate: res.gate.as_ref().map(|g| g.best.as_str()),
+    };
+    serde_json::to_string(&key).map_err(|e| Error::Invalid(format!("part key: {e}")))
+}
+
+/// The key earlier versions gave a part, built from the settings' display labels and debug
+/// text: still read, so that runs saved then are reused.
+pub(super) fn legacy_part_key(run: &BenchRun, m: Method, split: &bench::Split) -> Result<String> {
+    let res = run.res;
+    let labels: Vec<String> = bench::grid(run.model, m, res)?
+        .iter()
+        .map(|s| s.label.clone())
+        .collect();
+    Ok(format!(
+        "{}|dev={}|test={}|max_new={:?}|{}|heads={:?}|ctx_heads={:?}|gate={:?}",
+        run_key(run.b.name(), &run.sha256, run.opts),
+        split.dev.len(),
+        split.test.len(),
+        res.max_new,
+        labels.join(";"),
+        res.heads,
+        res.context_heads,
+        res.gate.as_ref().map(|g| g.best.clone()),
+    ) + &shots_key(run.b, run.opts))
+}
+
+/// What every key of one benchmark run starts with: the model and the sampling and split
+/// settings.
+pub(super) fn run_key(name: &str, sha256: &str, opts: &PublicOptions) -> String {
+    format!(
+        "{name}|{sha256}|limit={:?}|seed={}|dev_share={}|dev_limit={:?}",
+        opts.limit, opts.seed, opts.dev_share, opts.dev_limit
+    )
+}
+
+/// The part of a key that says how many demonstrations the prompts carry; empty for zero-shot,
+/// so zero-shot keys are what they were before shots existed.
+pub(super) fn shots_key(b: Benchmark, opts: &PublicOptions) -> String {
+    match shots_for(b, opts) {
+        0 => String::new(),
+        k => format!("|shots={k}"),
+    }
+}
+
+pub(super) fn part_path(dir: &Path, name: &str, m: Method) -> PathBuf {
+    dir.join(format!("{name}.{}.json", m.name()))
+}
+
+/// A saved part with either key, if there is one (a part that does not parse is not reused).
+pub(super) fn saved_part(
+    dir: &Path,
+    name: &str,
+    m: Method,
+    keys: &PartKeys,
+) -> Option<MethodResult> {
+    let text = std::fs::read_to_string(part_path(dir, name, m)).ok()?;
+    let p: Part = serde_json::from_str(&text).ok()?;
+    (p.key == keys.new || p.key == keys.legacy).then_some(p.result)
+}
+
+/// A part's key ([`part_key`]) and the key earlier versions gave it ([`legacy_part_key`]).
+pub(super) struct PartKeys {
+    pub new: String,
+    pub legacy: String,
+}
+
+/// The journal's place for the runs made under `key` (hashed: keys are long).
+pub(super) fn scoped<'a>(
+    journal: &'a mut Option<Journal<Run>>,
+    key: &str,
+) -> Option<Scoped<'a, Run>> {
+    journal.as_mut().map(|j| Scoped::new(j, hashed(key)))
+}
+
+/// The journal's place for a part's runs: under its key, or under its legacy key where an
+/// earlier version saved them.
+pub(super) fn scoped_part<'a>(
+    journal: &'a mut Option<Journal<Run>>,
+    keys: &PartKeys,
+) -> Option<Scoped<'a, Run>> {
+    scoped(journal, &keys.new).map(|s| s.with_legacy(hashed(&keys.legacy)))
+}
+
+/// A journal scope made from a (long) key.
+pub(super) fn hashed(key: &str) -> String {
+    format!("{:016x}", data::stable_hash(key))
+}
+
+pub(super) fn save_part(
+    dir: &Path,
+    name: &str,
+    m: Method,
+    key: String,
+    r: &MethodResult,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    let part = Part {
+        key,
+        result: r.clone(),
+    };
+    let bytes = serde_json::to_vec_pretty(&part).map_err(|e| Error::Invalid(e.to_string()))?;
+    data::write_atomic(&part_path(dir, name, m), &bytes)
+}
