@@ -666,11 +666,8 @@ fn every_subcommand_has_help() {
     }
 }
 
-/// `bench public` end to end on MemoTrap fixture files: a report with the benchmark's own
-/// metric per method, parts saved as they finish, and `--resume` reusing exactly the parts
-/// whose settings match (another seed gives another split, so nothing is reused).
-#[test]
-fn bench_public_runs_saves_parts_and_resumes() {
+/// A tiny model and the MemoTrap fixture files as `DIR/benchmarks/memotrap`.
+fn memotrap_fixture() -> (tempfile::TempDir, std::path::PathBuf) {
     let (dir, model) = common::tiny::temp();
     let bench_dir = dir.path().join("benchmarks/memotrap");
     std::fs::create_dir_all(&bench_dir).unwrap();
@@ -680,32 +677,43 @@ fn bench_public_runs_saves_parts_and_resumes() {
         let f = f.unwrap().path();
         std::fs::copy(&f, bench_dir.join(f.file_name().unwrap())).unwrap();
     }
+    (dir, model)
+}
+
+/// `bench public` with none and cad on the fixture's MemoTrap, writing to `out`: its stderr
+/// and report.json.
+fn public_none_cad(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> (String, serde_json::Value) {
+    let o = bin()
+        .args(["bench", "public", "--benchmarks", "memotrap"])
+        .args(["--methods", "none,cad", "--dev-limit", "3", "--model"])
+        .arg(model)
+        .arg("--dir")
+        .arg(dir.join("benchmarks"))
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    (err, report)
+}
+
+/// `bench public` end to end on MemoTrap fixture files: a report with the benchmark's own
+/// metric per method, parts saved as they finish, and `--resume` reusing exactly the parts
+/// whose settings match (another seed gives another split, so nothing is reused).
+#[test]
+fn bench_public_runs_saves_parts_and_resumes() {
+    let (dir, model) = memotrap_fixture();
     let out = dir.path().join("out");
-    let go = |extra: &[&str]| {
-        let o = bin()
-            .args([
-                "bench",
-                "public",
-                "--benchmarks",
-                "memotrap",
-                "--methods",
-                "none,cad",
-            ])
-            .args(["--dev-limit", "3", "--model"])
-            .arg(&model)
-            .arg("--dir")
-            .arg(dir.path().join("benchmarks"))
-            .arg("--out")
-            .arg(&out)
-            .args(extra)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        assert!(o.status.success(), "{err}");
-        let report: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-        (err, report)
-    };
+    let go = |extra: &[&str]| public_none_cad(dir.path(), &model, &out, extra);
     let (err, first) = go(&[]);
     assert!(!err.contains("reusing"), "{err}");
     // The command is recorded as one would type it again, not with the binary's path.
@@ -878,34 +886,9 @@ fn bench_public_runs_saves_parts_and_resumes() {
 /// reused: the saved parts as they are, and (with the parts gone) every run from the journal.
 #[test]
 fn bench_public_resumes_runs_saved_under_the_earlier_keys() {
-    let (dir, model) = common::tiny::temp();
-    let bench_dir = dir.path().join("benchmarks/memotrap");
-    std::fs::create_dir_all(&bench_dir).unwrap();
-    let fixtures =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/import/memotrap");
-    for f in std::fs::read_dir(&fixtures).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, bench_dir.join(f.file_name().unwrap())).unwrap();
-    }
+    let (dir, model) = memotrap_fixture();
     let out = dir.path().join("out");
-    let go = |extra: &[&str]| {
-        let o = bin()
-            .args(["bench", "public", "--benchmarks", "memotrap"])
-            .args(["--methods", "none,cad", "--dev-limit", "3", "--model"])
-            .arg(&model)
-            .arg("--dir")
-            .arg(dir.path().join("benchmarks"))
-            .arg("--out")
-            .arg(&out)
-            .args(extra)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        assert!(o.status.success(), "{err}");
-        let report: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-        (err, report)
-    };
+    let go = |extra: &[&str]| public_none_cad(dir.path(), &model, &out, extra);
     let (_, first) = go(&[]);
     // Rewrite parts and journal as the earlier version wrote them: part keys from labels and
     // debug text, evaluation scopes `dev|test METHOD [LABEL]`, no chosen_params.

@@ -11,7 +11,7 @@
 //! training (which needs the gradient) keep candle's ops.
 
 use super::activation::{exp, fast};
-use super::qgemm::SharedOut;
+use super::qgemm::{gemm_into, SharedOut};
 use crate::error::Result;
 use candle_core::{Device, Storage, Tensor, D};
 use std::cell::RefCell;
@@ -118,43 +118,6 @@ impl Head {
     }
 }
 
-/// `dst = lhs · rhs` for `lhs [m, k]` and `rhs [k, n]` given as pointers with (column, row)
-/// strides, on this thread.
-///
-/// # Safety
-/// Every element the strides reach must be inside its buffer, and `dst` not aliased.
-unsafe fn gemm_into(
-    dst: *mut f32,
-    (dst_cs, dst_rs): (usize, usize),
-    lhs: *const f32,
-    (lhs_cs, lhs_rs): (usize, usize),
-    rhs: *const f32,
-    (rhs_cs, rhs_rs): (usize, usize),
-    (m, n, k): (usize, usize, usize),
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        dst_cs as isize,
-        dst_rs as isize,
-        false,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
-}
-
 /// `softmax(scores · scale + mask)` over the last axis. `scores` is `[b, kv_heads, g·n, kv]`
 /// (the `g` query heads that share a KV head stacked along the query axis) and `mask`, when
 /// given, `[b, 1, n, kv]`, added to every head's rows.
@@ -253,6 +216,22 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// A causal mask `[b, 1, n, keys]` for the last `n` of `keys` positions, row `bi` left-padded
+    /// by `bi` positions.
+    fn causal_mask(b: usize, n: usize, keys: usize) -> Tensor {
+        let mut mv = vec![0f32; b * n * keys];
+        for bi in 0..b {
+            for i in 0..n {
+                for j in 0..keys {
+                    if j > keys - n + i || j < bi {
+                        mv[(bi * n + i) * keys + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(mv, (b, 1, n, keys), &Device::Cpu).unwrap()
+    }
+
     /// The one-pass softmax equals candle's three ops to rounding, with and without a mask
     /// (a causal one with -inf, and padding), over stacked query heads.
     #[test]
@@ -260,18 +239,7 @@ mod tests {
         let dev = Device::Cpu;
         let (b, kvh, g, n, kv) = (2, 3, 2, 5, 13);
         let s = Tensor::randn(0f32, 3.0, (b, kvh, g * n, kv), &dev).unwrap();
-        let mut mv = vec![0f32; b * n * kv];
-        for bi in 0..b {
-            for i in 0..n {
-                for j in 0..kv {
-                    // Row bi is left-padded by bi positions; query i sits at kv - n + i.
-                    if j > kv - n + i || j < bi {
-                        mv[(bi * n + i) * kv + j] = f32::NEG_INFINITY;
-                    }
-                }
-            }
-        }
-        let m = Tensor::from_vec(mv, (b, 1, n, kv), &dev).unwrap();
+        let m = causal_mask(b, n, kv);
         for mask in [None, Some(&m)] {
             let fast = scaled_masked_softmax(&s, 0.125, mask).unwrap();
             let slow = candle_softmax(&s, 0.125, mask).unwrap();
@@ -307,17 +275,7 @@ mod tests {
             let k = cache_k.narrow(2, 0, keys).unwrap();
             let v = cache_v.narrow(2, 0, keys).unwrap();
             assert!(!k.is_contiguous());
-            let mut mv = vec![0f32; b * n * keys];
-            for bi in 0..b {
-                for i in 0..n {
-                    for j in 0..keys {
-                        if j > keys - n + i || j < bi {
-                            mv[(bi * n + i) * keys + j] = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-            }
-            let m = Tensor::from_vec(mv, (b, 1, n, keys), &dev).unwrap();
+            let m = causal_mask(b, n, keys);
             let mask = masked.then_some(&m);
             let got = attend_cpu(&q, &k, &v, 0.3, mask)
                 .unwrap()

@@ -13,24 +13,14 @@ const LANES: usize = 16;
 /// `x [m, k] · wᵀ` for an f32 `w [n, k]` on the CPU, as `[m, n]`; None when this path does not
 /// apply (another device or dtype, too many rows).
 pub(super) fn matmul(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    let (n, k) = w.dims2()?;
-    let (m, xk) = x.dims2()?;
-    let cpu = matches!(w.device(), Device::Cpu) && matches!(x.device(), Device::Cpu);
-    let f32s = w.dtype() == candle_core::DType::F32 && x.dtype() == candle_core::DType::F32;
-    if !cpu || !f32s || m > MAX_ROWS || xk != k || !w.is_contiguous() {
+    if x.dim(0)? > MAX_ROWS {
         return Ok(None);
     }
-    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let (storage, layout) = w.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Ok(None);
-    };
-    let ws = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + n * k];
-    let y = super::qgemm::row_products(n, m, |j, r| {
-        dot(&ws[j * k..(j + 1) * k], &xs[r * k..(r + 1) * k])
-    });
-    drop(storage);
-    Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
+    with_f32(w, x, |ws, xs, (m, n, k)| {
+        super::qgemm::row_products(n, m, |j, r| {
+            dot(&ws[j * k..(j + 1) * k], &xs[r * k..(r + 1) * k])
+        })
+    })
 }
 
 /// `x [m, k] · wᵀ` for an f32 `w [n, k]` and a prompt's many rows, on candle's worker pool: each
@@ -40,6 +30,29 @@ pub(super) fn matmul(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tenso
 /// does not apply.
 pub(super) fn tiled(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     const TILE_ROWS: usize = 64;
+    with_f32(w, x, |ws, xs, (m, n, k)| {
+        let mut y = vec![0f32; m * n];
+        let out = super::qgemm::SharedOut(y.as_mut_ptr());
+        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(TILE_ROWS), |tiles| {
+            for t in tiles {
+                let (r0, rows) = (t * TILE_ROWS, TILE_ROWS.min(n - t * TILE_ROWS));
+                let tile = &ws[r0 * k..(r0 + rows) * k];
+                // SAFETY: each tile writes only its own columns r0..r0 + rows of y, which
+                // outlives the pool's call; the strides describe y's [m, n] row-major layout.
+                unsafe { super::qgemm::tile_product(xs, tile, out.at(r0), m, rows, k, n) };
+            }
+        });
+        y
+    })
+}
+
+/// `product(w's values, x's values, (m, n, k))` as an `[m, n]` tensor, for an f32 `w [n, k]`
+/// and `x [m, k]` on the CPU; None when they are not that.
+fn with_f32(
+    w: &Tensor,
+    x: &Tensor,
+    product: impl FnOnce(&[f32], &[f32], (usize, usize, usize)) -> Vec<f32>,
+) -> candle_core::Result<Option<Tensor>> {
     let (n, k) = w.dims2()?;
     let (m, xk) = x.dims2()?;
     let cpu = matches!(w.device(), Device::Cpu) && matches!(x.device(), Device::Cpu);
@@ -53,17 +66,7 @@ pub(super) fn tiled(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor
         return Ok(None);
     };
     let ws = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + n * k];
-    let mut y = vec![0f32; m * n];
-    let out = super::qgemm::SharedOut(y.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(TILE_ROWS), |tiles| {
-        for t in tiles {
-            let (r0, rows) = (t * TILE_ROWS, TILE_ROWS.min(n - t * TILE_ROWS));
-            let tile = &ws[r0 * k..(r0 + rows) * k];
-            // SAFETY: each tile writes only its own columns r0..r0 + rows of y, which outlives
-            // the pool's call; the strides describe y's [m, n] row-major layout.
-            unsafe { super::qgemm::tile_product(&xs, tile, out.at(r0), m, rows, k, n) };
-        }
-    });
+    let y = product(ws, &xs, (m, n, k));
     drop(storage);
     Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
 }

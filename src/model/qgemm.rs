@@ -125,20 +125,45 @@ pub(super) unsafe fn tile_product(
     k: usize,
     n: usize,
 ) {
+    gemm_into(
+        dst,
+        (1, n),
+        x.as_ptr(),
+        (1, k),
+        tile.as_ptr(),
+        (k, 1),
+        (m, rows, k),
+    );
+}
+
+/// `dst = lhs · rhs` for `lhs [m, k]` and `rhs [k, n]` given as pointers with (column, row)
+/// strides, on this thread.
+///
+/// # Safety
+/// Every element the strides reach must be inside its buffer, and `dst` not aliased.
+pub(super) unsafe fn gemm_into(
+    dst: *mut f32,
+    (dst_cs, dst_rs): (usize, usize),
+    lhs: *const f32,
+    (lhs_cs, lhs_rs): (usize, usize),
+    rhs: *const f32,
+    (rhs_cs, rhs_rs): (usize, usize),
+    (m, n, k): (usize, usize, usize),
+) {
     gemm::gemm(
         m,
-        rows,
+        n,
         k,
         dst,
-        1,
-        n as isize,
+        dst_cs as isize,
+        dst_rs as isize,
         false,
-        x.as_ptr(),
-        1,
-        k as isize,
-        tile.as_ptr(),
-        k as isize,
-        1,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
         0.0,
         1.0,
         false,
