@@ -434,3 +434,26 @@ fn the_needs_table_agrees_with_what_each_sweep_refuses() {
         [bench::Need::RankedHeads, bench::Need::Gate]
     );
 }
+
+/// Head rankings read the head from a cell's `head` field, and from its key in files written
+/// before cells had one (the committed `probes/heads_ablation.json`).
+#[test]
+fn head_rankings_read_typed_heads_and_earlier_files() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("probes/heads_ablation.json");
+    let mut r: ctxsteer::patch::PatchResult =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(r.cells.iter().all(|c| c.head.is_none()));
+    let legacy = bench::heads_from_patch(&r);
+    // The prior-pushing head that the saved public runs rank first.
+    assert_eq!(legacy.first(), Some(&(23, 4)));
+    // With typed heads, the key is only a label: renaming it changes nothing.
+    for c in r.cells.iter_mut() {
+        c.head = c.key.strip_prefix("head ").and_then(|h| h.parse().ok());
+        c.key = format!("column {}", c.key);
+    }
+    assert_eq!(bench::heads_from_patch(&r), legacy);
+    assert_eq!(bench::context_heads_from_patch(&r).first(), Some(&(23, 0)));
+    // A typed cell keeps its head through JSON; an untyped one writes no field.
+    let text = serde_json::to_string(&r.cells[0]).unwrap();
+    assert!(text.contains("\"head\":0"), "{text}");
+}

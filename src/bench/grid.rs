@@ -541,14 +541,9 @@ pub fn context_heads_from_patch(r: &crate::patch::PatchResult) -> Vec<(usize, us
 }
 
 fn head_pairs<'a>(cells: impl Iterator<Item = &'a crate::patch::Cell>) -> Vec<(usize, usize)> {
+    // Files of earlier versions name the head only in the key, `[POSITION ]head H`.
+    let legacy = |c: &crate::patch::Cell| c.key.rsplit("head ").next()?.parse::<usize>().ok();
     cells
-        .filter_map(|c| {
-            c.key
-                .rsplit("head ")
-                .next()?
-                .parse::<usize>()
-                .ok()
-                .map(|h| (c.layer, h))
-        })
+        .filter_map(|c| c.head.or_else(|| legacy(c)).map(|h| (c.layer, h)))
         .collect()
 }

@@ -1,7 +1,7 @@
 //! Zero-ablation of single attention heads: which heads push the prior, which the context.
 
 use super::{
-    cell, ld, prompt_text, run_jobs, Job, PatchPositions, PatchResult, PatchSites, Variant,
+    cell, ld, prompt_text, run_jobs, CellId, Job, PatchPositions, PatchResult, PatchSites, Variant,
 };
 use crate::data::{Form, Item};
 use crate::error::{Error, Result};
@@ -21,7 +21,7 @@ pub fn head_ablation(
     progress: &mut dyn FnMut(usize),
 ) -> Result<PatchResult> {
     let cfg = model.cfg();
-    let mut effects: BTreeMap<(usize, String), Vec<f64>> = BTreeMap::new();
+    let mut effects: BTreeMap<CellId, Vec<f64>> = BTreeMap::new();
     let (mut used, mut skipped, mut sum_t) = (0, 0, 0.0);
     for item in items {
         progress(1);
@@ -42,7 +42,7 @@ pub fn head_ablation(
             .zip(run_jobs(model, &ids, &zeros, &jobs, batch_size)?)
         {
             effects
-                .entry((job.site.layer, job.key.clone()))
+                .entry(job.cell_id())
                 .or_default()
                 .push(ld(&l, ctx[0], prior[0]) - ld_t);
         }
@@ -55,10 +55,7 @@ pub fn head_ablation(
         ));
     }
     let keys: Vec<String> = (0..cfg.n_heads).map(|h| format!("head {h}")).collect();
-    let cells = effects
-        .into_iter()
-        .map(|((layer, key), v)| cell(layer, key, &v))
-        .collect();
+    let cells = effects.into_iter().map(|(id, v)| cell(id, &v)).collect();
     Ok(PatchResult {
         source: Variant::Counterfactual,
         target: Variant::Counterfactual,

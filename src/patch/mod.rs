@@ -195,6 +195,10 @@ pub struct PatchOptions {
 pub struct Cell {
     pub layer: usize,
     pub key: String,
+    /// The head patched or ablated, for head cells (absent from files of earlier versions, whose
+    /// key alone names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<usize>,
     pub n: usize,
     pub mean: f64,
     pub ci_low: f64,
@@ -320,18 +324,18 @@ fn summarize(opts: &PatchOptions, done: Vec<Option<ItemPatch>>) -> Result<PatchR
     }
     let mean = |f: fn(&ItemPatch) -> f64| done.iter().map(f).sum::<f64>() / used as f64;
     let (mean_ld_source, mean_ld_target) = (mean(|p| p.ld_source), mean(|p| p.ld_target));
-    let mut effects: BTreeMap<(usize, String), Vec<f64>> = BTreeMap::new();
-    for (layer, key, e) in done.into_iter().flat_map(|p| p.effects) {
-        effects.entry((layer, key)).or_default().push(e);
+    let mut effects: BTreeMap<CellId, Vec<f64>> = BTreeMap::new();
+    for (id, e) in done.into_iter().flat_map(|p| p.effects) {
+        effects.entry(id).or_default().push(e);
     }
     let mut keys: Vec<String> = Vec::new();
     let cells = effects
         .into_iter()
-        .map(|((layer, key), v)| {
-            if !keys.contains(&key) {
-                keys.push(key.clone());
+        .map(|(id, v)| {
+            if !keys.contains(&id.1) {
+                keys.push(id.1.clone());
             }
-            cell(layer, key, &v)
+            cell(id, &v)
         })
         .collect();
     keys.sort_by_key(|k| key_order(k));
@@ -357,7 +361,7 @@ fn summarize(opts: &PatchOptions, done: Vec<Option<ItemPatch>>) -> Result<PatchR
 struct ItemPatch {
     ld_source: f64,
     ld_target: f64,
-    effects: Vec<(usize, String, f64)>,
+    effects: Vec<(CellId, f64)>,
 }
 
 /// An item's source and target prompts, its two answers' first tokens and its jobs.
@@ -438,13 +442,7 @@ fn patch_item(
     let effects = jobs
         .iter()
         .zip(logits)
-        .map(|(job, l)| {
-            (
-                job.site.layer,
-                job.key.clone(),
-                (ld(&l, c, p) - ld_t) / (ld_s - ld_t),
-            )
-        })
+        .map(|(job, l)| (job.cell_id(), (ld(&l, c, p) - ld_t) / (ld_s - ld_t)))
         .collect();
     Ok(Some(ItemPatch {
         ld_source: ld_s,
@@ -479,13 +477,23 @@ pub fn top(r: &PatchResult, n: usize) -> Vec<&Cell> {
     v
 }
 
+/// A cell of the result: (layer, column key, head).
+type CellId = (usize, String, Option<usize>);
+
+impl Job {
+    fn cell_id(&self) -> CellId {
+        (self.site.layer, self.key.clone(), self.head)
+    }
+}
+
 /// The mean of a cell's effects with a bootstrap 95% interval.
-fn cell(layer: usize, key: String, v: &[f64]) -> Cell {
+fn cell((layer, key, head): CellId, v: &[f64]) -> Cell {
     let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
     let (ci_low, ci_high) = crate::stats::bootstrap_ci(v, 1000, layer as u64);
     Cell {
         layer,
         key,
+        head,
         n: v.len(),
         mean,
         ci_low,
