@@ -20,7 +20,7 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Attention of queries `q [b, heads, n, d]` (contiguous) over keys and values
+/// Attention of queries `q [b, heads, n, d]` over keys and values
 /// `[b, kv_heads, keys, d]` (rows of d contiguous, e.g. narrowed from the KV cache), with an
 /// additive mask `[b, 1, n, keys]`: `[b, n, heads·d]`. None where this path does not apply.
 pub(super) fn attend_cpu(
@@ -33,10 +33,10 @@ pub(super) fn attend_cpu(
     let (b, heads, n, d) = q.dims4()?;
     let (_, kvh, keys, _) = k.dims4()?;
     let unit = |t: &Tensor| t.layout().stride()[3] == 1;
-    let fits = fast(q) && fast(k) && fast(v) && q.is_contiguous() && unit(k) && unit(v);
-    if !fits {
+    if !(fast(q) && fast(k) && fast(v) && unit(k) && unit(v)) {
         return Ok(None);
     }
+    let q = &q.contiguous()?;
     let m = match mask {
         Some(m) => Some(m.contiguous()?.flatten_all()?.to_vec1::<f32>()?),
         None => None,
@@ -118,43 +118,6 @@ impl Head {
     }
 }
 
-/// `softmax(scores · scale + mask)` over the last axis. `scores` is `[b, kv_heads, g·n, kv]`
-/// (the `g` query heads that share a KV head stacked along the query axis) and `mask`, when
-/// given, `[b, 1, n, kv]`, added to every head's rows.
-pub(super) fn scaled_masked_softmax(
-    scores: &Tensor,
-    scale: f64,
-    mask: Option<&Tensor>,
-) -> Result<Tensor> {
-    if !fast(scores) {
-        return candle_softmax(scores, scale, mask);
-    }
-    let (b, kvh, gn, kv) = scores.dims4()?;
-    let mut x = scores.flatten_all()?.to_vec1::<f32>()?;
-    let m = match mask {
-        Some(m) => Some(m.contiguous()?.flatten_all()?.to_vec1::<f32>()?),
-        None => None,
-    };
-    // Rows of the mask: n per batch row.
-    let n = m.as_ref().map_or(1, |m| m.len() / (b * kv));
-    let rows = b * kvh * gn;
-    let out = SharedOut(x.as_mut_ptr());
-    let scale = scale as f32;
-    let per_task = 64;
-    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(per_task), |tasks| {
-        for r in tasks.start * per_task..(tasks.end * per_task).min(rows) {
-            // SAFETY: row r belongs to this task alone, and (r + 1)·kv <= rows·kv.
-            let row = unsafe { std::slice::from_raw_parts_mut(out.at(r * kv), kv) };
-            let mask_row = m.as_ref().map(|m| {
-                let (bi, i) = (r / (kvh * gn), r % gn % n);
-                &m[(bi * n + i) * kv..(bi * n + i + 1) * kv]
-            });
-            softmax_row(row, scale, mask_row);
-        }
-    });
-    Ok(Tensor::from_vec(x, (b, kvh, gn, kv), scores.device())?)
-}
-
 /// One row in place: x·scale + mask, then its softmax.
 fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
     match mask {
@@ -190,8 +153,15 @@ fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
     row.iter_mut().for_each(|x| *x /= sum);
 }
 
-/// The same with candle's ops (GPUs, other dtypes, and training, which needs the gradient).
-fn candle_softmax(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+/// `softmax(scores · scale + mask)` over the last axis with candle's ops, where [`attend_cpu`]
+/// does not apply (GPUs, other dtypes, and training, which needs the gradient). `scores` is
+/// `[b, kv_heads, g·n, kv]` (the `g` query heads that share a KV head stacked along the query
+/// axis) and `mask`, when given, `[b, 1, n, kv]`, added to every head's rows.
+pub(super) fn scaled_masked_softmax(
+    scores: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let (b, kvh, gn, kv) = scores.dims4()?;
     let mut att = (scores * scale)?;
     if let Some(m) = mask {
@@ -232,21 +202,25 @@ mod tests {
         Tensor::from_vec(mv, (b, 1, n, keys), &Device::Cpu).unwrap()
     }
 
-    /// The one-pass softmax equals candle's three ops to rounding, with and without a mask
-    /// (a causal one with -inf, and padding), over stacked query heads.
+    /// The one-pass softmax of each row equals candle's three ops to rounding, with and without
+    /// a mask (a causal one with -inf, and padding), over stacked query heads.
     #[test]
     fn one_pass_softmax_equals_candles_ops() {
         let dev = Device::Cpu;
         let (b, kvh, g, n, kv) = (2, 3, 2, 5, 13);
         let s = Tensor::randn(0f32, 3.0, (b, kvh, g * n, kv), &dev).unwrap();
         let m = causal_mask(b, n, kv);
+        let mv = m.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for mask in [None, Some(&m)] {
-            let fast = scaled_masked_softmax(&s, 0.125, mask).unwrap();
-            let slow = candle_softmax(&s, 0.125, mask).unwrap();
-            let (f, w) = (
-                fast.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                slow.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            );
+            let mut f = s.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (r, row) in f.chunks_exact_mut(kv).enumerate() {
+                // Row r is (batch bi, KV head, stacked query g·n + i).
+                let (bi, i) = (r / (kvh * g * n), r % (g * n) % n);
+                let mrow = &mv[(bi * n + i) * kv..(bi * n + i + 1) * kv];
+                softmax_row(row, 0.125, mask.map(|_| mrow));
+            }
+            let slow = scaled_masked_softmax(&s, 0.125, mask).unwrap();
+            let w = slow.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let worst = f
                 .iter()
                 .zip(&w)
@@ -284,7 +258,7 @@ mod tests {
             let g = heads / kvh;
             let qs = q.reshape((b, kvh, g * n, d)).unwrap();
             let scores = qs.matmul(&k.t().unwrap()).unwrap();
-            let att = candle_softmax(&scores, 0.3, mask).unwrap();
+            let att = scaled_masked_softmax(&scores, 0.3, mask).unwrap();
             let want = att
                 .matmul(&v.contiguous().unwrap())
                 .unwrap()

@@ -54,17 +54,17 @@ impl Linear {
 
 /// `x [m, k] · wᵀ`: for a prompt's many rows of activations and quantized weights, through
 /// dequantized tiles and f32 gemm ([`super::qgemm`]); for a few rows and Q4_1 or Q5_0 weights, our
-/// SIMD kernel ([`super::qgemv`]); else candle's product. Activations that
+/// SIMD kernel ([`super::qgemv`]); for f32 weights, a few rows dotted where the weights lie
+/// and many in tiles on candle's pool ([`super::fgemv`]); else candle's product. Activations that
 /// carry a gradient always take candle's product, which is differentiable.
 fn product(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
     if let QMatMul::Tensor(t) = w {
-        if x.dim(0)? <= super::fgemv::MAX_ROWS && !x.track_op() && !t.track_op() {
-            if let Some(y) = super::fgemv::matmul(t, x)? {
-                return Ok(y);
-            }
-        }
         if !x.track_op() && !t.track_op() {
-            if let Some(y) = super::fgemv::tiled(t, x)? {
+            let y = match x.dim(0)? <= super::fgemv::MAX_ROWS {
+                true => super::fgemv::matmul(t, x)?,
+                false => super::fgemv::tiled(t, x)?,
+            };
+            if let Some(y) = y {
                 return Ok(y);
             }
         }

@@ -22,8 +22,14 @@ pub(super) struct Part {
 
 /// The key of a part: the model, the run's sampling and split settings, the dev and test sizes,
 /// and the method's settings as data (each setting's [`bench::Params`], the ranked heads, the
-/// gate's site). JSON, so that rewording a label leaves it unchanged.
-pub(super) fn part_key(run: &BenchRun, m: Method, split: &bench::Split) -> Result<String> {
+/// gate's site). JSON, so that rewording a label leaves it unchanged. `settings` is the
+/// method's grid.
+pub(super) fn part_key(
+    run: &BenchRun,
+    m: Method,
+    settings: &[bench::Setting],
+    split: &bench::Split,
+) -> Result<String> {
     #[derive(Serialize)]
     struct PartKey<'a> {
         version: u32,
@@ -44,7 +50,6 @@ pub(super) fn part_key(run: &BenchRun, m: Method, split: &bench::Split) -> Resul
         gate: Option<&'a str>,
     }
     let (opts, res) = (run.opts, run.res);
-    let settings = bench::grid(run.model, m, res)?;
     let key = PartKey {
         version: 2,
         benchmark: run.b.name(),
@@ -58,7 +63,7 @@ pub(super) fn part_key(run: &BenchRun, m: Method, split: &bench::Split) -> Resul
         max_new: res.max_new,
         shots: shots_for(run.b, opts),
         method: m,
-        settings: settings.into_iter().map(|s| s.params).collect(),
+        settings: settings.iter().map(|s| s.params.clone()).collect(),
         heads: &res.heads,
         context_heads: &res.context_heads,
         gate: res.gate.as_ref().map(|g| g.best.as_str()),
@@ -68,13 +73,14 @@ pub(super) fn part_key(run: &BenchRun, m: Method, split: &bench::Split) -> Resul
 
 /// The key earlier versions gave a part, built from the settings' display labels and debug
 /// text: still read, so that runs saved then are reused.
-pub(super) fn legacy_part_key(run: &BenchRun, m: Method, split: &bench::Split) -> Result<String> {
+pub(super) fn legacy_part_key(
+    run: &BenchRun,
+    settings: &[bench::Setting],
+    split: &bench::Split,
+) -> String {
     let res = run.res;
-    let labels: Vec<String> = bench::grid(run.model, m, res)?
-        .iter()
-        .map(|s| s.label.clone())
-        .collect();
-    Ok(format!(
+    let labels: Vec<&str> = settings.iter().map(|s| s.label.as_str()).collect();
+    format!(
         "{}|dev={}|test={}|max_new={:?}|{}|heads={:?}|ctx_heads={:?}|gate={:?}",
         run_key(run.b.name(), &run.sha256, run.opts),
         split.dev.len(),
@@ -84,7 +90,7 @@ pub(super) fn legacy_part_key(run: &BenchRun, m: Method, split: &bench::Split) -
         res.heads,
         res.context_heads,
         res.gate.as_ref().map(|g| g.best.clone()),
-    ) + &shots_key(run.b, run.opts))
+    ) + &shots_key(run.b, run.opts)
 }
 
 /// What every key of one benchmark run starts with: the model and the sampling and split

@@ -291,18 +291,18 @@ impl BenchRun<'_> {
         split: &bench::Split,
         on: &mut bench::OnEvent,
     ) -> Result<Option<(MethodResult, Outcomes)>> {
+        let grid = bench::grid(self.model, m, self.res)?;
         let keys = PartKeys {
-            new: part_key(self, m, split)?,
-            legacy: legacy_part_key(self, m, split)?,
+            new: part_key(self, m, &grid, split)?,
+            legacy: legacy_part_key(self, &grid, split),
         };
         let Some(mut r) = self.saved_or_run(m, split, &keys, on)? else {
             return Ok(None);
         };
         if r.chosen_params.is_none() {
             // Saved before settings were keyed as data: its chosen setting, found by label.
-            let grid = bench::grid(self.model, m, self.res)?;
-            let chosen = grid.into_iter().find(|s| s.label == r.chosen);
-            r.chosen_params = chosen.map(|s| s.params);
+            let chosen = grid.iter().find(|s| s.label == r.chosen);
+            r.chosen_params = chosen.map(|s| s.params.clone());
         }
         let mut read = |items, closed| {
             let chosen = (r.method, r.chosen.as_str(), r.chosen_params.as_ref());
