@@ -255,7 +255,7 @@ pub fn greedy_and_score(
                 .collect(),
         })
         .collect();
-    score_tails(model, &cache, &mut hooks, candidates, pad, &mut out)?;
+    score_tails(model, &mut cache, &mut hooks, candidates, pad, &mut out)?;
     let greedy = greedy_rows(model, &first, stop, &mut |next| {
         let ids: Vec<Vec<u32>> = next.iter().map(|t| vec![*t]).collect();
         let batch = Batch {
@@ -274,10 +274,10 @@ pub fn greedy_and_score(
 }
 
 /// Adds to each `out[r].answer_logp[c]` the log-probabilities of candidate `c`'s tokens after
-/// its first, teacher-forced on a copy of the prompts' cache.
+/// its first, teacher-forced after the prompts in `cache`, which is truncated back to them.
 fn score_tails(
     model: &Model,
-    cache: &KvCache,
+    cache: &mut KvCache,
     hooks: &mut Hooks,
     candidates: &[Vec<Vec<u32>>],
     pad: u32,
@@ -302,14 +302,13 @@ fn score_tails(
                 v
             })
             .collect();
-        let mut c_cache = cache.clone();
         let tb = Batch {
             ids,
             pads: vec![0; b],
         };
-        let logits = model
-            .net
-            .forward(&tb, Some(&mut c_cache), hooks, LogitsAt::All)?;
+        let prompts_len = cache.len;
+        let logits = model.net.forward(&tb, Some(cache), hooks, LogitsAt::All)?;
+        cache.truncate(prompts_len);
         let lp = crate::model::llama::log_softmax(&logits)?.to_vec3::<f32>()?; // [b, longest-1, vocab]
         for r in 0..b {
             for j in 1..rest[r].len() {
@@ -393,8 +392,8 @@ pub fn cad_greedy_and_score(
     stop: Stop,
 ) -> Result<Vec<Scored>> {
     let b = with.len();
-    let (cw, lw) = prefill_last(model, spec, with)?;
-    let (cn, ln) = prefill_last(model, spec, without)?;
+    let (mut cw, lw) = prefill_last(model, spec, with)?;
+    let (mut cn, ln) = prefill_last(model, spec, without)?;
     let first: Vec<Vec<f32>> = (0..b).map(|r| weight.logits(&lw[r], &ln[r])).collect();
     let n_cand = candidates.first().map_or(0, Vec::len);
     let mut out: Vec<Scored> = (0..b)
@@ -410,8 +409,7 @@ pub fn cad_greedy_and_score(
         without,
         weight,
     };
-    pair.score(&cw, &cn, &first, candidates, &mut out)?;
-    let (mut cw, mut cn) = (cw, cn);
+    pair.score(&mut cw, &mut cn, &first, candidates, &mut out)?;
     let greedy = greedy_rows(model, &first, stop, &mut |next| {
         pair.step(&mut cw, &mut cn, next)
     })?;
@@ -481,11 +479,12 @@ impl CadPair<'_> {
             .collect())
     }
 
-    /// Teacher-forced scoring of every candidate, token by token, on copies of both caches.
+    /// Teacher-forced scoring of every candidate, token by token, after the prompts in both
+    /// caches, which are truncated back to them after each candidate.
     fn score(
         &self,
-        cw: &KvCache,
-        cn: &KvCache,
+        cw: &mut KvCache,
+        cn: &mut KvCache,
         first: &[Vec<f32>],
         candidates: &[Vec<Vec<u32>>],
         out: &mut [Scored],
@@ -496,7 +495,7 @@ impl CadPair<'_> {
         #[allow(clippy::needless_range_loop)] // c indexes the second axis of candidates[r][c]
         for c in 0..n_cand {
             let longest = (0..b).map(|r| candidates[r][c].len()).max().unwrap_or(0);
-            let (mut cwc, mut cnc) = (cw.clone(), cn.clone());
+            let (lw, ln) = (cw.len, cn.len);
             let mut cur = first.to_vec();
             for j in 0..longest {
                 let mut toks = vec![pad; b];
@@ -509,8 +508,10 @@ impl CadPair<'_> {
                 if j + 1 == longest {
                     break;
                 }
-                cur = self.step(&mut cwc, &mut cnc, &toks)?;
+                cur = self.step(cw, cn, &toks)?;
             }
+            cw.truncate(lw);
+            cn.truncate(ln);
         }
         Ok(())
     }

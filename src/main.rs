@@ -20,6 +20,9 @@ fn main() -> std::process::ExitCode {
         // SAFETY: no other thread exists yet to read the environment.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    // Reuse freed buffers instead of page-faulting every op's output in again (17% of prefill
+    // time in the kernel before); see ctxsteer::model::keep_freed_memory.
+    ctxsteer::model::keep_freed_memory();
     // print! panics when stdout cannot be written (a full disk, a closed file); like other
     // command-line tools, say so in one line and exit non-zero instead of a panic's backtrace.
     let default_hook = std::panic::take_hook();

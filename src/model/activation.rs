@@ -56,14 +56,18 @@ fn tanh(y: f32) -> f32 {
 #[inline(always)]
 pub(super) fn exp(x: f32) -> f32 {
     let x = x.clamp(-88.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // Ties to even: one rounding instruction on vectors (any nearest integer reduces as well).
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
     // ln 2 in two parts, so that n·ln2 is subtracted without rounding error.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ from its exponent bits. n + 127 is a whole number in 1..=254, and adding 2²³ puts it
+    // in the low mantissa bits, to be shifted into the exponent: a float-to-integer step
+    // without `as`, whose saturating semantics kept the loops that call this from vectorizing.
+    let scale = f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23);
     p * scale
 }
 

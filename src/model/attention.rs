@@ -1,7 +1,8 @@
 //! Scaled dot-product attention on the CPU in one call to candle's worker pool: each task
-//! takes one (batch row, query head), multiplies its queries with the keys of its KV head,
-//! scales, masks and normalises the scores in one pass over a per-thread scratch, and writes
-//! their product with the values straight into the output's `[b, n, heads·d_head]` layout.
+//! takes one (batch row, query head, block of queries), multiplies its queries with the keys
+//! they may see of their KV head, scales, masks and normalises the scores in one pass over a
+//! per-thread scratch, and writes their product with the values straight into the output's
+//! `[b, n, heads·d_head]` layout.
 //!
 //! candle's way takes two batched products handed to rayon's pool (whose threads take turns
 //! with candle's own on two cores), a multiply, a broadcast add and a softmax, each allocating
@@ -20,9 +21,17 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Queries per task: a block's scores (at most this many rows of keys) stay in the core's
+/// cache, and a long prompt makes enough tasks to keep every thread busy to the end.
+const QUERY_BLOCK: usize = 64;
+
 /// Attention of queries `q [b, heads, n, d]` over keys and values
 /// `[b, kv_heads, keys, d]` (rows of d contiguous, e.g. narrowed from the KV cache), with an
 /// additive mask `[b, 1, n, keys]`: `[b, n, heads·d]`. None where this path does not apply.
+///
+/// With a mask, the queries are the last `n` positions of the keys and causal: a query sees
+/// no key after its own position, so a block of queries reads only the keys up to its last
+/// one (about half the work of a long prompt), and the mask hides the rest.
 pub(super) fn attend_cpu(
     q: &Tensor,
     k: &Tensor,
@@ -33,19 +42,25 @@ pub(super) fn attend_cpu(
     let (b, heads, n, d) = q.dims4()?;
     let (_, kvh, keys, _) = k.dims4()?;
     let unit = |t: &Tensor| t.layout().stride()[3] == 1;
-    if !(fast(q) && fast(k) && fast(v) && unit(k) && unit(v)) {
+    let mask_fits = mask.is_none_or(|m| m.dims() == [b, 1, n, keys] && fast(m));
+    if !(fast(q) && fast(k) && fast(v) && unit(k) && unit(v) && keys >= n && mask_fits) {
         return Ok(None);
     }
     let q = &q.contiguous()?;
-    let m = match mask {
-        Some(m) => Some(m.contiguous()?.flatten_all()?.to_vec1::<f32>()?),
-        None => None,
-    };
+    let mask = mask.map(Tensor::contiguous).transpose()?;
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
+    let m = mask.as_ref().map(|m| m.storage_and_layout());
     let (Storage::Cpu(qc), Storage::Cpu(kc), Storage::Cpu(vc)) = (&*qs, &*ks, &*vs) else {
         return Ok(None);
+    };
+    let md = match &m {
+        Some((ms, ml)) => match &**ms {
+            Storage::Cpu(mc) => Some(&mc.as_slice::<f32>()?[ml.start_offset()..]),
+            _ => return Ok(None),
+        },
+        None => None,
     };
     let (qd, kd, vd) = (
         qc.as_slice::<f32>()?,
@@ -55,36 +70,44 @@ pub(super) fn attend_cpu(
     let mut y = vec![0f32; b * n * heads * d];
     let out = SharedOut(y.as_mut_ptr());
     let (ks_, vs_) = (kl.stride(), vl.stride());
-    let g = heads / kvh;
-    candle_core::utils::barrier_pool().execute_chunked(b * heads, |tasks| {
+    let (g, blocks) = (heads / kvh, n.div_ceil(QUERY_BLOCK));
+    candle_core::utils::barrier_pool().execute_chunked(b * heads * blocks, |tasks| {
         for t in tasks {
-            let (bi, h) = (t / heads, t % heads);
-            let q0 = ql.start_offset() + (bi * heads + h) * n * d;
+            let (bi, h, blk) = (t / (heads * blocks), t / blocks % heads, t % blocks);
+            let (r0, rows) = (blk * QUERY_BLOCK, QUERY_BLOCK.min(n - blk * QUERY_BLOCK));
+            // Without a mask every query sees every key.
+            let seen = if md.is_some() {
+                keys - n + r0 + rows
+            } else {
+                keys
+            };
+            let q0 = ql.start_offset() + ((bi * heads + h) * n + r0) * d;
             let k0 = kl.start_offset() + bi * ks_[0] + (h / g) * ks_[1];
             let v0 = vl.start_offset() + bi * vs_[0] + (h / g) * vs_[1];
-            let mask_rows = m.as_ref().map(|m| &m[bi * n * keys..(bi + 1) * n * keys]);
-            // SAFETY: offsets and strides stay inside q, k and v as their layouts describe
-            // them; task (bi, h) writes only rows (bi, ·) at head h of y, which outlives the
-            // call.
+            let mask_rows =
+                md.map(|m| (&m[(bi * n + r0) * keys..(bi * n + r0 + rows) * keys], keys));
+            // SAFETY: offsets and strides stay inside q, k, v and the mask as their layouts
+            // describe them; task (bi, h, blk) writes only its rows of y at head h, which
+            // outlives the call.
             unsafe {
                 let head = Head {
                     q: qd.as_ptr().add(q0),
                     k: (kd.as_ptr().add(k0), ks_[2]),
                     v: (vd.as_ptr().add(v0), vs_[2]),
-                    out: (out.at((bi * n * heads + h) * d), heads * d),
-                    dims: (n, keys, d),
+                    out: (out.at(((bi * n + r0) * heads + h) * d), heads * d),
+                    dims: (rows, seen, d),
                 };
                 head.attend(mask_rows, scale as f32);
             }
         }
     });
-    drop((qs, ks, vs));
+    drop((qs, ks, vs, m));
     Ok(Some(Tensor::from_vec(y, (b, n, heads * d), &Device::Cpu)?))
 }
 
-/// One (batch row, query head) of [`attend_cpu`]: its `n` queries (rows of `d`), its KV head's
-/// keys and values (row pointer, row stride), and where its output rows go (pointer, row
-/// stride).
+/// One (batch row, query head, block of queries) of [`attend_cpu`]: its `n` queries (rows of
+/// `d`), the keys and values they see of their KV head (row pointer, row stride), and where
+/// its output rows go (pointer, row stride).
 struct Head {
     q: *const f32,
     k: (*const f32, usize),
@@ -100,7 +123,8 @@ impl Head {
     /// # Safety
     /// The pointers and strides must describe buffers as large as `dims` says, and no other
     /// thread may write this head's output rows.
-    unsafe fn attend(&self, mask: Option<&[f32]>, scale: f32) {
+    /// `mask` holds this head's query rows of the mask, `(rows, row stride)`.
+    unsafe fn attend(&self, mask: Option<(&[f32], usize)>, scale: f32) {
         let (n, keys, d) = self.dims;
         SCORES.with(|s| {
             let mut s = s.borrow_mut();
@@ -110,13 +134,20 @@ impl Head {
             gemm_into(sc, (1, keys), self.q, (1, d), k, (ks, 1), (n, keys, d));
             for i in 0..n {
                 let row = std::slice::from_raw_parts_mut(sc.add(i * keys), keys);
-                softmax_row(row, scale, mask.map(|m| &m[i * keys..(i + 1) * keys]));
+                softmax_row(row, scale, mask.map(|(m, st)| &m[i * st..i * st + keys]));
             }
+            // As outᵀ [d, n] = vᵀ [d, keys] · pᵀ [keys, n]: vᵀ is column-major as it lies and
+            // pᵀ's columns are contiguous, so gemm copies neither. Multiplied the other way
+            // round, it packed the n × keys probabilities first (8% of a 2,200-token prefill).
             let ((v, vs), (dst, ds)) = (self.v, self.out);
-            gemm_into(dst, (1, ds), sc, (1, keys), v, (1, vs), (n, d, keys));
+            gemm_into(dst, (ds, 1), v, (vs, 1), sc, (keys, 1), (d, n, keys));
         });
     }
 }
+
+/// Lanes of the softmax loops: 32 running maxima and sums, so that they vectorize with
+/// several independent accumulators.
+const LANES: usize = 32;
 
 /// One row in place: x·scale + mask, then its softmax.
 fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
@@ -124,33 +155,47 @@ fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
         Some(m) => row.iter_mut().zip(m).for_each(|(x, m)| *x = *x * scale + m),
         None => row.iter_mut().for_each(|x| *x *= scale),
     }
-    // Eight running maxima and sums, so that the loops vectorize.
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut chunks = row.chunks_exact(8);
+    // `>` rather than f32::max, whose NaN handling doubles the loop; a NaN score still makes
+    // the row NaN through its exponential, for the caller's finiteness check.
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
     for c in &mut chunks {
         for (l, x) in lanes.iter_mut().zip(c) {
-            *l = l.max(*x);
+            *l = if *x > *l { *x } else { *l };
         }
     }
     let max = chunks
         .remainder()
         .iter()
         .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |a, x| a.max(*x));
-    let mut sums = [0f32; 8];
-    let mut chunks = row.chunks_exact_mut(8);
+        .fold(f32::NEG_INFINITY, |a, x| if *x > a { *x } else { a });
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
     for c in &mut chunks {
-        for (s, x) in sums.iter_mut().zip(c.iter_mut()) {
-            *x = exp(*x - max);
-            *s += *x;
-        }
+        exp_block(c, max, &mut sums);
     }
-    let mut sum: f32 = sums.iter().sum();
-    for x in chunks.into_remainder() {
+    // The last partial block goes through the same loop, padded with lanes that add nothing.
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        let mut block = [f32::NEG_INFINITY; LANES];
+        block[..tail.len()].copy_from_slice(tail);
+        let mut tail_sums = [0f32; LANES];
+        exp_block(&mut block, max, &mut tail_sums);
+        tail.copy_from_slice(&block[..tail.len()]);
+        tail_sums[tail.len()..].fill(0.0);
+        sums.iter_mut().zip(tail_sums).for_each(|(s, t)| *s += t);
+    }
+    let inv = 1.0 / sums.iter().sum::<f32>();
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// `x ← e^(x − max)` over one block of [`LANES`], adding each lane to its running sum.
+#[inline(always)]
+fn exp_block(block: &mut [f32], max: f32, sums: &mut [f32; LANES]) {
+    for (s, x) in sums.iter_mut().zip(block.iter_mut()) {
         *x = exp(*x - max);
-        sum += *x;
+        *s += *x;
     }
-    row.iter_mut().for_each(|x| *x /= sum);
 }
 
 /// `softmax(scores · scale + mask)` over the last axis with candle's ops, where [`attend_cpu`]

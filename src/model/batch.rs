@@ -5,7 +5,11 @@ use crate::error::Result;
 use candle_core::{Device, Tensor};
 
 /// The per-layer key/value cache for incremental decoding (batch rows share one layout).
-#[derive(Clone)]
+///
+/// Each layer's keys and values live in buffers `[b, kv_heads, capacity, d_head]` with room
+/// after the positions seen so far; a forward call writes its positions in place and reads a
+/// view of the first `len`. Before, every call concatenated the whole cache with its new
+/// positions: a decode step of 16 rows after 300-token prompts copied 150 MB.
 pub struct KvCache {
     pub(super) kv: Vec<Option<(Tensor, Tensor)>>,
     /// Positions already in the cache.
@@ -20,6 +24,21 @@ impl KvCache {
             kv: vec![None; n_layers],
             len: 0,
             pads: vec![],
+        }
+    }
+
+    /// Forget every position from `len` on, so that the cache continues from there. Scoring
+    /// several continuations of one prompt runs each on the cache and truncates it back, where
+    /// it copied the cache for each before.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Layer `l`'s buffers with the number of positions they hold.
+    pub(super) fn slot(&mut self, l: usize) -> KvSlot<'_> {
+        KvSlot {
+            past: self.len,
+            kv: &mut self.kv[l],
         }
     }
 
@@ -39,6 +58,68 @@ impl KvCache {
             pads: vec![self.pads.first().copied().unwrap_or(0); n],
         })
     }
+}
+
+/// One layer's key and value buffers in a [`KvCache`], holding `past` positions.
+pub(super) struct KvSlot<'a> {
+    kv: &'a mut Option<(Tensor, Tensor)>,
+    past: usize,
+}
+
+impl KvSlot<'_> {
+    /// Writes this call's keys and values `[b, kv_heads, seq, d_head]` after the positions
+    /// held, growing the buffers when full, and returns views of all `past + seq` positions.
+    /// Tensors that carry a gradient are concatenated instead: an in-place write would cut
+    /// the graph.
+    pub(super) fn append(self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let (past, seq) = (self.past, k.dim(2)?);
+        if k.track_op() || v.track_op() {
+            let (k, v) = match self.kv.take() {
+                Some((pk, pv)) => (
+                    Tensor::cat(&[&pk.narrow(2, 0, past)?, &k], 2)?,
+                    Tensor::cat(&[&pv.narrow(2, 0, past)?, &v], 2)?,
+                ),
+                None => (k, v),
+            };
+            *self.kv = Some((k.clone(), v.clone()));
+            return Ok((k, v));
+        }
+        let need = past + seq;
+        let room = match &*self.kv {
+            Some((bk, _)) => bk.dim(2)? >= need,
+            None => false,
+        };
+        if !room {
+            // Room for a short answer after a prompt, and half again when decoding goes on.
+            let old = self.kv.take();
+            let cap = need
+                + if old.is_some() {
+                    (need / 2).max(32)
+                } else {
+                    32
+                };
+            *self.kv = Some((
+                grown(old.as_ref().map(|o| &o.0), &k, past, cap)?,
+                grown(old.as_ref().map(|o| &o.1), &v, past, cap)?,
+            ));
+        }
+        let Some((bk, bv)) = &*self.kv else {
+            unreachable!("the buffers were just made")
+        };
+        bk.slice_set(&k.contiguous()?, 2, past)?;
+        bv.slice_set(&v.contiguous()?, 2, past)?;
+        Ok((bk.narrow(2, 0, need)?, bv.narrow(2, 0, need)?))
+    }
+}
+
+/// A buffer shaped like `like` with `cap` positions, holding the first `past` of `old`.
+fn grown(old: Option<&Tensor>, like: &Tensor, past: usize, cap: usize) -> Result<Tensor> {
+    let (b, h, _, d) = like.dims4()?;
+    let buf = Tensor::zeros((b, h, cap, d), like.dtype(), like.device())?;
+    if let Some(old) = old.filter(|_| past > 0) {
+        buf.slice_set(&old.narrow(2, 0, past)?.contiguous()?, 2, 0)?;
+    }
+    Ok(buf)
 }
 
 /// Which positions get logits.

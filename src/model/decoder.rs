@@ -8,6 +8,7 @@
 //! changes activations. Every family has the same sites.
 
 use super::batch::attention_mask;
+use super::batch::KvSlot;
 pub use super::batch::{Batch, KvCache, LogitsAt};
 pub use super::config::{Config, Family};
 use super::embedding::Embedding;
@@ -124,7 +125,7 @@ impl Decoder {
         x = hooks.apply(Site::new(SiteKind::Embed, 0), x)?;
         let ctx = LayerCtx::new(self, &pads, offset, seq)?;
         for (l, blk) in self.blocks.iter().enumerate() {
-            let kv = cache.as_mut().map(|c| &mut c.kv[l]);
+            let kv = cache.as_mut().map(|c| c.slot(l));
             x = self.block(l, blk, x, &ctx, kv, hooks)?;
         }
         if let Some(c) = cache {
@@ -202,7 +203,7 @@ impl Decoder {
         blk: &Block,
         x: Tensor,
         ctx: &LayerCtx,
-        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        kv: Option<KvSlot<'_>>,
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
@@ -243,7 +244,7 @@ impl Decoder {
         blk: &Block,
         h: &Tensor,
         li: LayerInputs,
-        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        kv: Option<KvSlot<'_>>,
     ) -> Result<Tensor> {
         let (cos, sin, mask) = (li.cos, li.sin, li.mask);
         let cfg = &self.cfg;
@@ -271,20 +272,14 @@ impl Decoder {
             cfg.rope_interleaved,
         )?;
         let (k, v) = match kv {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
+            Some(slot) => slot.append(k, v)?,
             None => (k, v),
         };
         self.attend_chunked(&q, &k, &v, mask)
     }
 
-    /// [`Self::attend`] in query chunks. The scores of all queries at once (`[b, heads, seq,
+    /// Attention on the CPU ([`super::attention::attend_cpu`]), or else [`Self::attend`] (candle's
+    /// ops) in query chunks. The scores of all queries at once (`[b, heads, seq,
     /// kv]` floats) would take gigabytes for long prompts, so queries go in chunks that keep each
     /// score block near [`ATT_BLOCK`] floats; prompts of [`CAUSAL_CHUNKS_FROM`] tokens or more go
     /// in at least 4 chunks. Each chunk reads only the keys up to its last query: the mask
@@ -297,6 +292,10 @@ impl Decoder {
         v: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
+        // The CPU path takes every query at once, in blocks of its own.
+        if let Some(y) = super::attention::attend_cpu(q, k, v, self.cfg.query_scale, mask)? {
+            return Ok(y);
+        }
         let (b, n_heads, seq, _) = q.dims4()?;
         let kv_len = k.dim(2)?;
         let mut rows = (ATT_BLOCK / (b * n_heads * kv_len).max(1)).max(1);
@@ -325,9 +324,6 @@ impl Decoder {
     /// `[b, kv_heads, kv, d_head]`, with an additive mask `[b, 1, n, kv]`; `[b, n, heads*d_head]`.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let cfg = &self.cfg;
-        if let Some(y) = super::attention::attend_cpu(q, k, v, cfg.query_scale, mask)? {
-            return Ok(y);
-        }
         let (b, _, n, _) = q.dims4()?;
         // Grouped-query attention without copying K/V: the `g` query heads that share a KV head
         // are stacked along the query axis, [b, kv_heads, g*n, d_head].

@@ -3,11 +3,13 @@
 //! [`Model`] is what the rest of the crate runs: the forward pass plus the tokenizer.
 
 mod activation;
+mod alloc;
 mod attention;
 mod batch;
 pub mod config;
 pub mod decoder;
 mod embedding;
+mod fblock;
 pub mod fetch;
 mod fgemv;
 mod gguf_check;
@@ -28,6 +30,7 @@ pub mod llama {
 
 use crate::error::{Error, Result};
 use crate::hooks::{Captures, Hooks, Site, Spec};
+pub use alloc::keep_freed_memory;
 pub use config::{Family, FAMILIES};
 pub use decoder::{Batch, Config, Decoder, KvCache, LogitsAt, WeightsMode};
 pub use gguf_check::check as check_gguf;

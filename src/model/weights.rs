@@ -60,7 +60,7 @@ impl Linear {
 fn product(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
     if let QMatMul::Tensor(t) = w {
         if !x.track_op() && !t.track_op() {
-            let y = match x.dim(0)? <= super::fgemv::MAX_ROWS {
+            let y = match x.dim(0)? <= super::fgemv::max_rows() {
                 true => super::fgemv::matmul(t, x)?,
                 false => super::fgemv::tiled(t, x)?,
             };
