@@ -57,7 +57,7 @@ pub fn generate(
     model.validate(spec)?;
     let mut hooks = Hooks::new(spec, model.cfg().n_heads).with_prompt_lens(vec![prompt_ids.len()]);
     let mut sampler = Sampler::new(&opts.sampling);
-    let mut cache = KvCache::new(model.cfg().n_layers);
+    let mut cache = KvCache::with_room(model.cfg().n_layers, opts.max_tokens);
     let mut seq = prompt_ids.to_vec();
     let mut out = Vec::new();
     for step in 0..opts.max_tokens {

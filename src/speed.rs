@@ -67,7 +67,7 @@ pub fn steer_every_layer(model: &Model) -> Spec {
 fn time_ours(model: &Model, spec: &Spec, n_prompt: usize, n_decode: usize) -> Result<(f64, f64)> {
     let ids = prompt_ids(model, n_prompt)?;
     let mut hooks = Hooks::new(spec, model.cfg().n_heads).with_prompt_lens(vec![ids.len()]);
-    let mut cache = KvCache::new(model.cfg().n_layers);
+    let mut cache = KvCache::with_room(model.cfg().n_layers, n_decode);
     let t0 = Instant::now();
     let logits = model.net.forward(
         &Batch::single(&ids),

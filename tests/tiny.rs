@@ -4,7 +4,8 @@
 mod common;
 use common::tiny;
 use ctxsteer::generate::{generate, GenOptions};
-use ctxsteer::model::{Batch, LogitsAt};
+use ctxsteer::hooks::Hooks;
+use ctxsteer::model::{Batch, KvCache, LogitsAt};
 use ctxsteer::{Action, Intervention, Model, Positions, Site, SiteKind, Spec, WeightsMode};
 
 fn load(mode: WeightsMode) -> (tempfile::TempDir, Model) {
@@ -206,6 +207,62 @@ fn kv_cached_generation_equals_full_recompute() {
             }
         }
     }
+}
+
+/// Last-position logits of `ids` fed to `cache` in one forward call.
+fn step(m: &Model, cache: &mut KvCache, ids: &[u32]) -> Vec<f32> {
+    let spec = Spec::new();
+    let mut hooks = Hooks::new(&spec, m.cfg().n_heads);
+    let l = m
+        .net
+        .forward(&Batch::single(ids), Some(cache), &mut hooks, LogitsAt::Last)
+        .unwrap();
+    l.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn assert_close(a: &[f32], b: &[f32], what: &str) {
+    let worst = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "{what}: logits differ by {worst}");
+}
+
+/// The KV cache is written in place, in buffers that grow: decoding 40 tokens one at a time
+/// (past the room left after the prompt) gives the logits of one uncached run over the whole
+/// sequence, and a cache truncated back to the prompt after other tokens continues as if they
+/// had never been fed.
+#[test]
+fn kv_cache_grows_and_truncates_like_a_fresh_run() {
+    let (_d, m) = load(WeightsMode::F32);
+    let prompt = m.tokenizer.encode(PROMPT).unwrap();
+    let more: Vec<u32> = (0..40).map(|i| 5 + (i * 7) % 50).collect();
+    let mut all = prompt.clone();
+    all.extend(&more);
+    let full = logits(&m, &all, &Spec::new());
+    let vocab = full.len() / all.len();
+    let mut cache = KvCache::new(m.cfg().n_layers);
+    step(&m, &mut cache, &prompt);
+    for (i, t) in more.iter().enumerate() {
+        let got = step(&m, &mut cache, &[*t]);
+        let at = prompt.len() + i;
+        assert_close(
+            &got,
+            &full[at * vocab..(at + 1) * vocab],
+            &format!("token {i}"),
+        );
+    }
+    assert_eq!(cache.len, all.len());
+
+    let mut cache = KvCache::new(m.cfg().n_layers);
+    step(&m, &mut cache, &prompt);
+    step(&m, &mut cache, &more[..3]);
+    cache.truncate(prompt.len());
+    let after = step(&m, &mut cache, &more[3..4]);
+    let mut fresh = KvCache::new(m.cfg().n_layers);
+    step(&m, &mut fresh, &prompt);
+    assert_eq!(after, step(&m, &mut fresh, &more[3..4]), "truncated cache");
 }
 
 #[test]

@@ -68,41 +68,78 @@ pub(super) fn attend_cpu(
         vc.as_slice::<f32>()?,
     );
     let mut y = vec![0f32; b * n * heads * d];
-    let out = SharedOut(y.as_mut_ptr());
-    let (ks_, vs_) = (kl.stride(), vl.stride());
-    let (g, blocks) = (heads / kvh, n.div_ceil(QUERY_BLOCK));
+    let call = Call {
+        data: [qd, kd, vd],
+        mask: md,
+        starts: (ql.start_offset(), kl.start_offset(), vl.start_offset()),
+        strides: (kl.stride(), vl.stride()),
+        dims: (heads, kvh, n, keys, d),
+        out: SharedOut(y.as_mut_ptr()),
+        scale: scale as f32,
+    };
+    let blocks = n.div_ceil(QUERY_BLOCK);
     candle_core::utils::barrier_pool().execute_chunked(b * heads * blocks, |tasks| {
         for t in tasks {
             let (bi, h, blk) = (t / (heads * blocks), t / blocks % heads, t % blocks);
-            let (r0, rows) = (blk * QUERY_BLOCK, QUERY_BLOCK.min(n - blk * QUERY_BLOCK));
-            // Without a mask every query sees every key.
-            let seen = if md.is_some() {
-                keys - n + r0 + rows
-            } else {
-                keys
-            };
-            let q0 = ql.start_offset() + ((bi * heads + h) * n + r0) * d;
-            let k0 = kl.start_offset() + bi * ks_[0] + (h / g) * ks_[1];
-            let v0 = vl.start_offset() + bi * vs_[0] + (h / g) * vs_[1];
-            let mask_rows =
-                md.map(|m| (&m[(bi * n + r0) * keys..(bi * n + r0 + rows) * keys], keys));
-            // SAFETY: offsets and strides stay inside q, k, v and the mask as their layouts
-            // describe them; task (bi, h, blk) writes only its rows of y at head h, which
+            // SAFETY: task (bi, h, blk) writes only its own rows of y at head h, which
             // outlives the call.
-            unsafe {
-                let head = Head {
-                    q: qd.as_ptr().add(q0),
-                    k: (kd.as_ptr().add(k0), ks_[2]),
-                    v: (vd.as_ptr().add(v0), vs_[2]),
-                    out: (out.at(((bi * n + r0) * heads + h) * d), heads * d),
-                    dims: (rows, seen, d),
-                };
-                head.attend(mask_rows, scale as f32);
-            }
+            unsafe { call.task(bi, h, blk) };
         }
     });
     drop((qs, ks, vs, m));
     Ok(Some(Tensor::from_vec(y, (b, n, heads * d), &Device::Cpu)?))
+}
+
+/// What the tasks of one [`attend_cpu`] call read and where they write.
+struct Call<'a> {
+    /// q, k and v's values.
+    data: [&'a [f32]; 3],
+    /// The mask's values.
+    mask: Option<&'a [f32]>,
+    /// Where q, k and v start in them.
+    starts: (usize, usize, usize),
+    /// The strides of k and v.
+    strides: (&'a [usize], &'a [usize]),
+    /// (heads, kv heads, queries, keys, d_head).
+    dims: (usize, usize, usize, usize, usize),
+    out: SharedOut,
+    scale: f32,
+}
+
+impl Call<'_> {
+    /// The queries of block `blk` of head `h` of batch row `bi`.
+    ///
+    /// # Safety
+    /// No other task may write the same (bi, h, blk), and `out` must hold `[b, n, heads·d]`.
+    unsafe fn task(&self, bi: usize, h: usize, blk: usize) {
+        let ([qd, kd, vd], md) = (self.data, self.mask);
+        let (heads, kvh, n, keys, d) = self.dims;
+        let ((q_start, k_start, v_start), (ks, vs)) = (self.starts, self.strides);
+        let (r0, rows) = (blk * QUERY_BLOCK, QUERY_BLOCK.min(n - blk * QUERY_BLOCK));
+        // Without a mask every query sees every key.
+        let seen = if md.is_some() {
+            keys - n + r0 + rows
+        } else {
+            keys
+        };
+        let kv_head = h / (heads / kvh);
+        let mask_rows = md.map(|m| (&m[(bi * n + r0) * keys..(bi * n + r0 + rows) * keys], keys));
+        // The offsets and strides stay inside q, k, v and the mask as their layouts describe.
+        let head = Head {
+            q: qd.as_ptr().add(q_start + ((bi * heads + h) * n + r0) * d),
+            k: (
+                kd.as_ptr().add(k_start + bi * ks[0] + kv_head * ks[1]),
+                ks[2],
+            ),
+            v: (
+                vd.as_ptr().add(v_start + bi * vs[0] + kv_head * vs[1]),
+                vs[2],
+            ),
+            out: (self.out.at(((bi * n + r0) * heads + h) * d), heads * d),
+            dims: (rows, seen, d),
+        };
+        head.attend(mask_rows, self.scale);
+    }
 }
 
 /// One (batch row, query head, block of queries) of [`attend_cpu`]: its `n` queries (rows of
@@ -281,15 +318,15 @@ mod tests {
     }
 
     /// The one-call attention equals candle's ops to rounding: grouped-query heads, keys and
-    /// values narrowed from a longer cache (strided), a causal and padding mask, and one query
-    /// without a mask.
+    /// values narrowed from a longer cache (strided), a causal and padding mask, one query
+    /// without a mask, and 150 queries in three blocks that each read only their keys.
     #[test]
     fn one_call_attention_equals_candles_ops() {
         let dev = Device::Cpu;
-        let (b, heads, kvh, d, full) = (2, 6, 2, 8, 20);
+        let (b, heads, kvh, d, full) = (2, 6, 2, 8, 180);
         let cache_k = Tensor::randn(0f32, 1.0, (b, kvh, full, d), &dev).unwrap();
         let cache_v = Tensor::randn(0f32, 1.0, (b, kvh, full, d), &dev).unwrap();
-        for (n, keys, masked) in [(5, 13, true), (1, 17, false)] {
+        for (n, keys, masked) in [(5, 13, true), (1, 17, false), (150, 170, true)] {
             let q = Tensor::randn(0f32, 1.0, (b, heads, n, d), &dev).unwrap();
             let k = cache_k.narrow(2, 0, keys).unwrap();
             let v = cache_v.narrow(2, 0, keys).unwrap();

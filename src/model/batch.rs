@@ -16,7 +16,12 @@ pub struct KvCache {
     pub len: usize,
     /// Left padding of each batch row, fixed at prefill.
     pub(super) pads: Vec<usize>,
+    /// Positions the buffers get beyond the prompt when they are made.
+    room: usize,
 }
+
+/// Room after the prompt when the caller does not say how much it will decode.
+const DEFAULT_ROOM: usize = 32;
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
@@ -24,6 +29,17 @@ impl KvCache {
             kv: vec![None; n_layers],
             len: 0,
             pads: vec![],
+            room: DEFAULT_ROOM,
+        }
+    }
+
+    /// The same, with buffers made for `positions` more after the prompt (what the caller
+    /// will decode or score), so that they never grow: growing copies them into buffers half
+    /// as large again, and both are held while it does.
+    pub fn with_room(n_layers: usize, positions: usize) -> Self {
+        KvCache {
+            room: positions,
+            ..KvCache::new(n_layers)
         }
     }
 
@@ -38,6 +54,7 @@ impl KvCache {
     pub(super) fn slot(&mut self, l: usize) -> KvSlot<'_> {
         KvSlot {
             past: self.len,
+            room: self.room,
             kv: &mut self.kv[l],
         }
     }
@@ -56,6 +73,7 @@ impl KvCache {
             kv,
             len: self.len,
             pads: vec![self.pads.first().copied().unwrap_or(0); n],
+            room: self.room,
         })
     }
 }
@@ -64,6 +82,7 @@ impl KvCache {
 pub(super) struct KvSlot<'a> {
     kv: &'a mut Option<(Tensor, Tensor)>,
     past: usize,
+    room: usize,
 }
 
 impl KvSlot<'_> {
@@ -90,13 +109,13 @@ impl KvSlot<'_> {
             None => false,
         };
         if !room {
-            // Room for a short answer after a prompt, and half again when decoding goes on.
+            // The room asked for after a prompt, and half again when decoding goes on.
             let old = self.kv.take();
             let cap = need
                 + if old.is_some() {
-                    (need / 2).max(32)
+                    (need / 2).max(DEFAULT_ROOM)
                 } else {
-                    32
+                    self.room
                 };
             *self.kv = Some((
                 grown(old.as_ref().map(|o| &o.0), &k, past, cap)?,

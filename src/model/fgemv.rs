@@ -146,4 +146,26 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (max_rows() + 1, 100), &dev).unwrap();
         assert!(matmul(&w, &x).unwrap().is_none(), "more rows are gemm's");
     }
+
+    /// The prompt product equals candle's to rounding, with few rows (split by weight rows, in
+    /// tiles with a partial last one) and with many (split by prompt rows between threads,
+    /// unevenly).
+    #[test]
+    fn prompt_product_equals_candles_matmul() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (150, 100), &dev).unwrap();
+        for m in [20, 301] {
+            let x = Tensor::randn(0f32, 1.0, (m, 100), &dev).unwrap();
+            let got = tiled(&w, &x).unwrap().expect("f32 on the CPU");
+            let want = x.matmul(&w.t().unwrap()).unwrap();
+            let (got, want) = (
+                got.to_vec2::<f32>().unwrap(),
+                want.to_vec2::<f32>().unwrap(),
+            );
+            assert_eq!((got.len(), got[0].len()), (m, 150));
+            for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert!((g - w).abs() < 1e-5 * (1.0 + w.abs()), "m {m}: {g} vs {w}");
+            }
+        }
+    }
 }
