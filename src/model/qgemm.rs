@@ -57,9 +57,14 @@ pub(super) fn matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tens
                 s.resize(TILE_ROWS * k, 0.0);
                 let tile = &mut s[..rows * k];
                 dequantize(dtype, bytes, tile);
+                // What tile_product computes, taken as yᵀ = tile · xᵀ: gemm then packs the tile
+                // (rows × k) instead of all the activations (m × k) for every tile.
                 // SAFETY: each tile writes only its own columns r0..r0 + rows of y, which
                 // outlives the pool's call; the strides describe y's [m, n] row-major layout.
-                unsafe { tile_product_t(&xs, tile, out.at(r0), m, rows, k, n) };
+                unsafe {
+                    let (x, dst) = (xs.as_ptr(), out.at(r0));
+                    gemm_into(dst, (n, 1), tile.as_ptr(), (1, k), x, (k, 1), (rows, m, k));
+                }
             });
         }
     });
@@ -133,31 +138,6 @@ pub(super) unsafe fn tile_product(
         tile.as_ptr(),
         (k, 1),
         (m, rows, k),
-    );
-}
-
-/// What [`tile_product`] computes, taken as `dstᵀ = tile · xᵀ`: gemm then packs the tile
-/// (rows × k) instead of all the activations (m × k) for every tile.
-///
-/// # Safety
-/// As [`tile_product`].
-pub(super) unsafe fn tile_product_t(
-    x: &[f32],
-    tile: &[f32],
-    dst: *mut f32,
-    m: usize,
-    rows: usize,
-    k: usize,
-    n: usize,
-) {
-    gemm_into(
-        dst,
-        (n, 1),
-        tile.as_ptr(),
-        (1, k),
-        x.as_ptr(),
-        (k, 1),
-        (rows, m, k),
     );
 }
 
