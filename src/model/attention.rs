@@ -342,7 +342,7 @@ mod tests {
             let scores = qs.matmul(&k.t().unwrap()).unwrap();
             let att = scaled_masked_softmax(&scores, 0.3, mask).unwrap();
             let want = att
-                .matmul(&v.contiguous().unwrap())
+                .matmul(&v)
                 .unwrap()
                 .reshape((b, heads, n, d))
                 .unwrap()

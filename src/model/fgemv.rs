@@ -125,47 +125,43 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
-    /// The product equals candle's (gemm's) to rounding, for 1 to 16 rows, a width that leaves
-    /// a remainder after the 16 lanes (100), and a row count split unevenly (150).
-    #[test]
-    fn product_equals_candles_matmul() {
+    /// `product(w, x)` for a random `w [150, 100]` (a width that leaves a remainder after the
+    /// 16 lanes, a row count split unevenly) and `x [m, 100]` equals candle's (gemm's) product
+    /// to rounding.
+    fn assert_equals_candles(m: usize, product: fn(&Tensor, &Tensor) -> Option<Tensor>) {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (150, 100), &dev).unwrap();
-        for m in [1, 3, 16] {
-            let x = Tensor::randn(0f32, 1.0, (m, 100), &dev).unwrap();
-            let got = matmul(&w, &x).unwrap().expect("f32 on the CPU");
-            let want = x.matmul(&w.t().unwrap()).unwrap();
-            let (got, want) = (
-                got.to_vec2::<f32>().unwrap(),
-                want.to_vec2::<f32>().unwrap(),
-            );
-            for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
-                assert!((g - w).abs() < 1e-5 * (1.0 + w.abs()), "m {m}: {g} vs {w}");
-            }
+        let x = Tensor::randn(0f32, 1.0, (m, 100), &dev).unwrap();
+        let got = product(&w, &x).expect("f32 on the CPU");
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        let (got, want) = (
+            got.to_vec2::<f32>().unwrap(),
+            want.to_vec2::<f32>().unwrap(),
+        );
+        assert_eq!((got.len(), got[0].len()), (m, 150));
+        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((g - w).abs() < 1e-5 * (1.0 + w.abs()), "m {m}: {g} vs {w}");
         }
+    }
+
+    /// The decode product, for 1 to 16 rows; more rows than it takes are refused.
+    #[test]
+    fn product_equals_candles_matmul() {
+        for m in [1, 3, 16] {
+            assert_equals_candles(m, |w, x| matmul(w, x).unwrap());
+        }
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (150, 100), &dev).unwrap();
         let x = Tensor::randn(0f32, 1.0, (max_rows() + 1, 100), &dev).unwrap();
         assert!(matmul(&w, &x).unwrap().is_none(), "more rows are gemm's");
     }
 
-    /// The prompt product equals candle's to rounding, with few rows (split by weight rows, in
-    /// tiles with a partial last one) and with many (split by prompt rows between threads,
-    /// unevenly).
+    /// The prompt product, with few rows (split by weight rows, in tiles with a partial last
+    /// one) and with many (split by prompt rows between threads, unevenly).
     #[test]
     fn prompt_product_equals_candles_matmul() {
-        let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (150, 100), &dev).unwrap();
         for m in [20, 301] {
-            let x = Tensor::randn(0f32, 1.0, (m, 100), &dev).unwrap();
-            let got = tiled(&w, &x).unwrap().expect("f32 on the CPU");
-            let want = x.matmul(&w.t().unwrap()).unwrap();
-            let (got, want) = (
-                got.to_vec2::<f32>().unwrap(),
-                want.to_vec2::<f32>().unwrap(),
-            );
-            assert_eq!((got.len(), got[0].len()), (m, 150));
-            for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
-                assert!((g - w).abs() < 1e-5 * (1.0 + w.abs()), "m {m}: {g} vs {w}");
-            }
+            assert_equals_candles(m, |w, x| tiled(w, x).unwrap());
         }
     }
 }
