@@ -37,11 +37,8 @@ pub(super) fn products(ws: &[f32], xs: &[f32], (m, n, k): (usize, usize, usize))
     assert!(available() && ws.len() >= n * k && xs.len() >= m * k);
     let mut y = vec![0f32; m * n];
     let out = super::qgemm::SharedOut(y.as_mut_ptr());
-    let pool = candle_core::utils::barrier_pool();
-    // Shares of whole tiles, at least 64 rows each (see qgemm::row_products).
-    let per_task = n.div_ceil(pool.n_workers() + 1).max(64).next_multiple_of(W);
-    pool.execute_chunked(n.div_ceil(per_task), |tasks| {
-        let rows = tasks.start * per_task..(tasks.end * per_task).min(n);
+    // Shares of whole tiles.
+    super::qgemm::weight_row_shares(n, W, |rows| {
         // SAFETY: the share's rows j write only y[·, j], inside y; avx512f was checked.
         unsafe { share(ws, xs, out, rows, (m, n, k)) };
     });

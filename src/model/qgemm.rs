@@ -87,9 +87,8 @@ impl SharedOut {
 
 /// A decode product `[m, n]` whose element `(r, j)` is `dot(j, r)`, for weight row `j` and
 /// activation row `r`. It runs on candle's own worker pool, the one its quantized products
-/// use, so no second pool wakes up between ops. Each thread takes one contiguous share of the
-/// weight rows, at least 64 of them: handing out small chunks instead decoded 25% slower
-/// (more hand-offs, shorter streams).
+/// use, so no second pool wakes up between ops, each thread on one share of the weight rows
+/// ([`weight_row_shares`]).
 pub(super) fn row_products(
     n: usize,
     m: usize,
@@ -98,10 +97,8 @@ pub(super) fn row_products(
     // [n, m]: a weight row's m outputs lie together, written by the task that owns the row.
     let mut cols = vec![0f32; n * m];
     let out = SharedOut(cols.as_mut_ptr());
-    let pool = candle_core::utils::barrier_pool();
-    let per_task = n.div_ceil(pool.n_workers() + 1).max(64);
-    pool.execute_chunked(n.div_ceil(per_task), |tasks| {
-        for j in tasks.start * per_task..(tasks.end * per_task).min(n) {
+    weight_row_shares(n, 1, |rows| {
+        for j in rows {
             for r in 0..m {
                 // SAFETY: j belongs to this task alone, and j·m + r < n·m.
                 unsafe { *out.at(j * m + r) = dot(j, r) };
@@ -118,6 +115,25 @@ pub(super) fn row_products(
         }
     }
     y
+}
+
+/// Calls `f` on contiguous shares of the `n` weight rows of a decode product, one share per
+/// thread of candle's worker pool, each at least 64 rows and a multiple of `multiple` (but the
+/// last): handing out small chunks instead decoded 25% slower (more hand-offs, shorter
+/// streams).
+pub(super) fn weight_row_shares(
+    n: usize,
+    multiple: usize,
+    f: impl Fn(std::ops::Range<usize>) + Sync,
+) {
+    let pool = candle_core::utils::barrier_pool();
+    let per_task = n
+        .div_ceil(pool.n_workers() + 1)
+        .max(64)
+        .next_multiple_of(multiple);
+    pool.execute_chunked(n.div_ceil(per_task), |tasks| {
+        f(tasks.start * per_task..(tasks.end * per_task).min(n))
+    });
 }
 
 /// `dst[i, j] = Σ_c x[i, c] · tile[j, c]` for `x [m, k]`, `tile [rows, k]`, `dst` with row stride `n`.
