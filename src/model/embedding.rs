@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 /// The embedding table `[vocab, d_model]`.
 pub(super) enum Embedding {
-    F32(Tensor),
+    /// With the GGUF's blocks of the table when [`super::qrows::decodes`] their type, for a
+    /// tied unembedding's products of a few rows.
+    F32(Tensor, Option<Arc<QTensor>>),
     /// On the CPU; tied unembeddings share it.
     Quantized(Arc<QTensor>),
 }
@@ -29,13 +31,25 @@ impl Embedding {
                 return Ok(Embedding::Quantized(Arc::new(q)));
             }
         }
-        Ok(Embedding::F32(src.tensor(gguf, hf)?))
+        if let WeightSource::Gguf { .. } = src {
+            let (t, blocks) = src.f32_with_blocks(gguf)?;
+            return Ok(Embedding::F32(t, blocks));
+        }
+        Ok(Embedding::F32(src.tensor(gguf, hf)?, None))
+    }
+
+    /// The table's kept GGUF blocks (f32 tables only).
+    pub(super) fn blocks(&self) -> Option<Arc<QTensor>> {
+        match self {
+            Embedding::F32(_, b) => b.clone(),
+            Embedding::Quantized(_) => None,
+        }
     }
 
     /// The rows of `ids`, `[ids.len(), d_model]`, on `device`.
     pub(super) fn lookup(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
         match self {
-            Embedding::F32(t) => {
+            Embedding::F32(t, _) => {
                 let ids = Tensor::from_slice(ids, ids.len(), device)?;
                 Ok(t.index_select(&ids, 0)?)
             }
@@ -62,7 +76,7 @@ impl Embedding {
     /// The table as an unembedding matrix (tied weights), sharing its storage.
     pub(super) fn as_matmul(&self) -> Result<QMatMul> {
         Ok(match self {
-            Embedding::F32(t) => QMatMul::Tensor(t.clone()),
+            Embedding::F32(t, _) => QMatMul::Tensor(t.clone()),
             Embedding::Quantized(q) => QMatMul::from_arc(q.clone())?,
         })
     }

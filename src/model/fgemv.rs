@@ -38,6 +38,24 @@ pub(super) fn matmul(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tenso
     })
 }
 
+/// [`matmul`] reading the weights from `blocks`, the GGUF blocks `w` was dequantized from (of a
+/// type [`super::qrows::decodes`]), instead of from `w`: the same output bit for bit, from a
+/// quarter of the bytes. None where this path does not apply.
+pub(super) fn matmul_decoded(
+    w: &Tensor,
+    blocks: &candle_core::quantized::QTensor,
+    x: &Tensor,
+) -> candle_core::Result<Option<Tensor>> {
+    let fits = blocks.shape().dims() == w.dims() && super::qrows::decodes(blocks.dtype());
+    if x.dim(0)? > max_rows() || !fits || !blocks.device().is_cpu() {
+        return Ok(None);
+    }
+    let data = blocks.data()?;
+    with_f32(w, x, |_, xs, dims| {
+        super::fblock::products_decoded(&data, blocks.dtype(), xs, dims)
+    })
+}
+
 /// `x [m, k] · wᵀ` for an f32 `w [n, k]` and a prompt's many rows, on candle's worker pool
 /// (candle's own product hands gemm to rayon's pool, whose threads take turns with candle's on
 /// two cores). Each thread takes an equal share of the prompt rows and multiplies it with the
@@ -48,35 +66,38 @@ pub(super) fn matmul(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tenso
 pub(super) fn tiled(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     const TILE_ROWS: usize = 64;
     with_f32(w, x, |ws, xs, (m, n, k)| {
-        let mut y = vec![0f32; m * n];
-        let out = super::qgemm::SharedOut(y.as_mut_ptr());
         let pool = candle_core::utils::barrier_pool();
         let threads = pool.n_workers() + 1;
-        if m >= threads * TILE_ROWS {
-            let per = m.div_ceil(threads);
-            pool.execute_chunked(threads, |shares| {
-                for s in shares {
-                    let (r0, rows) = (s * per, per.min(m.saturating_sub(s * per)));
-                    if rows == 0 {
-                        continue;
+        let fill = |out: super::qgemm::SharedOut| {
+            if m >= threads * TILE_ROWS {
+                let per = m.div_ceil(threads);
+                pool.execute_chunked(threads, |shares| {
+                    for s in shares {
+                        let (r0, rows) = (s * per, per.min(m.saturating_sub(s * per)));
+                        if rows == 0 {
+                            continue;
+                        }
+                        let part = &xs[r0 * k..(r0 + rows) * k];
+                        // SAFETY: each share writes only its own rows r0..r0 + rows of y.
+                        unsafe {
+                            super::qgemm::tile_product(part, ws, out.at(r0 * n), rows, n, k, n)
+                        };
                     }
-                    let part = &xs[r0 * k..(r0 + rows) * k];
-                    // SAFETY: each share writes only its own rows r0..r0 + rows of y.
-                    unsafe { super::qgemm::tile_product(part, ws, out.at(r0 * n), rows, n, k, n) };
+                });
+                return;
+            }
+            pool.execute_chunked(n.div_ceil(TILE_ROWS), |tiles| {
+                for t in tiles {
+                    let (r0, rows) = (t * TILE_ROWS, TILE_ROWS.min(n - t * TILE_ROWS));
+                    let tile = &ws[r0 * k..(r0 + rows) * k];
+                    // SAFETY: each tile writes only its own columns r0..r0 + rows of y, which
+                    // outlives the pool's call; the strides describe y's [m, n] row-major layout.
+                    unsafe { super::qgemm::tile_product(xs, tile, out.at(r0), m, rows, k, n) };
                 }
             });
-            return y;
-        }
-        pool.execute_chunked(n.div_ceil(TILE_ROWS), |tiles| {
-            for t in tiles {
-                let (r0, rows) = (t * TILE_ROWS, TILE_ROWS.min(n - t * TILE_ROWS));
-                let tile = &ws[r0 * k..(r0 + rows) * k];
-                // SAFETY: each tile writes only its own columns r0..r0 + rows of y, which
-                // outlives the pool's call; the strides describe y's [m, n] row-major layout.
-                unsafe { super::qgemm::tile_product(xs, tile, out.at(r0), m, rows, k, n) };
-            }
-        });
-        y
+        };
+        // SAFETY: the shares cover every row of y, the tiles every column.
+        unsafe { super::qgemm::written(m * n, fill) }
     })
 }
 
@@ -94,14 +115,19 @@ fn with_f32(
     if !cpu || !f32s || xk != k || !w.is_contiguous() {
         return Ok(None);
     }
-    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let (storage, layout) = w.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
+    // Both read where they lie (a prompt's activations are megabytes; copying them out was
+    // part of the 3% of prefill in copies).
+    let x = x.contiguous()?;
+    let (xstore, xlayout) = x.storage_and_layout();
+    let (wstore, wlayout) = w.storage_and_layout();
+    let (candle_core::Storage::Cpu(xcpu), candle_core::Storage::Cpu(wcpu)) = (&*xstore, &*wstore)
+    else {
         return Ok(None);
     };
-    let ws = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + n * k];
-    let y = product(ws, &xs, (m, n, k));
-    drop(storage);
+    let ws = &wcpu.as_slice::<f32>()?[wlayout.start_offset()..][..n * k];
+    let xs = &xcpu.as_slice::<f32>()?[xlayout.start_offset()..][..m * k];
+    let y = product(ws, xs, (m, n, k));
+    drop((xstore, wstore));
     Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
 }
 

@@ -18,6 +18,7 @@ mod names;
 mod plan;
 mod qgemm;
 mod qgemv;
+mod qrows;
 mod rope;
 mod spm;
 pub mod tokenizer;

@@ -24,6 +24,9 @@ pub enum WeightsMode {
 /// single matrix at load, so they multiply once.
 pub(super) struct Linear {
     ws: Vec<QMatMul>,
+    /// With f32 weights read from GGUF: the file's blocks of the same (single) matrix, when
+    /// [`super::qrows::decodes`] their type. Products of a few rows read these instead.
+    blocks: Option<Arc<QTensor>>,
     b: Option<Tensor>,
 }
 
@@ -33,11 +36,11 @@ impl Linear {
         let dims = x.dims().to_vec();
         let x2 = x.reshape(((), dims[dims.len() - 1]))?;
         let mut y = match self.ws.as_slice() {
-            [w] => product(w, &x2)?,
+            [w] => product(w, self.blocks.as_deref(), &x2)?,
             ws => {
                 let ys: Vec<Tensor> = ws
                     .iter()
-                    .map(|w| product(w, &x2))
+                    .map(|w| product(w, None, &x2))
                     .collect::<candle_core::Result<_>>()?;
                 Tensor::cat(&ys, 1)?
             }
@@ -56,13 +59,16 @@ impl Linear {
 /// dequantized tiles and f32 gemm ([`super::qgemm`]); for a few rows and Q4_1 or Q5_0 weights, our
 /// SIMD kernel ([`super::qgemv`]); for f32 weights, a few rows dotted where the weights lie
 /// and many in tiles on candle's pool ([`super::fgemv`]); else candle's product. Activations that
-/// carry a gradient always take candle's product, which is differentiable.
-fn product(w: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+/// carry a gradient always take candle's product, which is differentiable. `blocks`, when
+/// given, are f32 `w`'s GGUF blocks, which a few rows read instead ([`super::qrows`]).
+fn product(w: &QMatMul, blocks: Option<&QTensor>, x: &Tensor) -> candle_core::Result<Tensor> {
     if let QMatMul::Tensor(t) = w {
         if !x.track_op() && !t.track_op() {
-            let y = match x.dim(0)? <= super::fgemv::max_rows() {
-                true => super::fgemv::matmul(t, x)?,
-                false => super::fgemv::tiled(t, x)?,
+            let few = x.dim(0)? <= super::fgemv::max_rows();
+            let y = match (few, blocks) {
+                (true, Some(q)) => super::fgemv::matmul_decoded(t, q, x)?,
+                (true, None) => super::fgemv::matmul(t, x)?,
+                (false, _) => super::fgemv::tiled(t, x)?,
             };
             if let Some(y) = y {
                 return Ok(y);
@@ -147,6 +153,16 @@ impl WeightSource<'_> {
         }
     }
 
+    /// A GGUF matrix dequantized to f32, with its blocks kept when products of a few rows can
+    /// read them ([`super::qrows::decodes`] their type, on the CPU).
+    pub(super) fn f32_with_blocks(&mut self, name: &str) -> Result<(Tensor, Option<Arc<QTensor>>)> {
+        let device = self.device();
+        let q = self.qtensor(name)?;
+        let t = q.dequantize(&device)?;
+        let keep = device.is_cpu() && super::qrows::decodes(q.dtype());
+        Ok((t, keep.then(|| Arc::new(q))))
+    }
+
     /// An RMSNorm weight; `hf_offset` is added to safetensors weights (Gemma's 1 + w, which
     /// GGUF files already store).
     pub(super) fn norm(&mut self, n: &Names, hf_offset: f64) -> Result<Tensor> {
@@ -186,6 +202,7 @@ impl WeightSource<'_> {
             };
             return Ok(Linear {
                 ws: stack_same_type(qs, &device)?,
+                blocks: None,
                 b,
             });
         }
@@ -210,6 +227,7 @@ impl WeightSource<'_> {
         };
         Ok(Linear {
             ws: vec![QMatMul::Tensor(Tensor::cat(&ws, 0)?)],
+            blocks: joined_blocks(&lins, &self.device())?,
             b,
         })
     }
@@ -218,16 +236,25 @@ impl WeightSource<'_> {
         match self {
             WeightSource::Gguf { mode, device, .. } => {
                 let (mode, device) = (*mode, device.clone());
-                let q = self.qtensor(&format!("{gguf}.weight"))?;
-                let w = match mode {
-                    WeightsMode::Quantized => QMatMul::from_arc(Arc::new(q))?,
-                    WeightsMode::F32 => QMatMul::Tensor(q.dequantize(&device)?),
+                let name = format!("{gguf}.weight");
+                let (w, blocks) = match mode {
+                    WeightsMode::Quantized => {
+                        (QMatMul::from_arc(Arc::new(self.qtensor(&name)?))?, None)
+                    }
+                    WeightsMode::F32 => {
+                        let (t, blocks) = self.f32_with_blocks(&name)?;
+                        (QMatMul::Tensor(t), blocks)
+                    }
                 };
                 let b = match bias {
                     true => Some(self.qtensor(&format!("{gguf}.bias"))?.dequantize(&device)?),
                     false => None,
                 };
-                Ok(Linear { ws: vec![w], b })
+                Ok(Linear {
+                    ws: vec![w],
+                    blocks,
+                    b,
+                })
             }
             WeightSource::Safetensors { vb, .. } => {
                 let get = |n: String| -> Result<Tensor> {
@@ -237,6 +264,7 @@ impl WeightSource<'_> {
                 let b = bias.then(|| get(format!("{hf}.bias"))).transpose()?;
                 Ok(Linear {
                     ws: vec![QMatMul::Tensor(w)],
+                    blocks: None,
                     b,
                 })
             }
@@ -268,18 +296,37 @@ fn stack_same_type(qs: Vec<QTensor>, device: &Device) -> Result<Vec<QMatMul>> {
         .collect()
 }
 
+/// The f32 parts' kept blocks stacked as their matrices are, when every part kept its blocks
+/// and all are of one type.
+fn joined_blocks(parts: &[Linear], device: &Device) -> Result<Option<Arc<QTensor>>> {
+    let Some(qs) = parts
+        .iter()
+        .map(|l| l.blocks.as_deref())
+        .collect::<Option<Vec<&QTensor>>>()
+    else {
+        return Ok(None);
+    };
+    if qs.iter().any(|q| q.dtype() != qs[0].dtype()) {
+        return Ok(None);
+    }
+    Ok(match parts {
+        [one] => one.blocks.clone(),
+        _ => Some(Arc::new(concat_rows(&qs, device)?)),
+    })
+}
+
 /// Quantized matrices of one type and width, rows stacked.
-fn concat_rows(g: &[QTensor], device: &Device) -> Result<QTensor> {
-    let k = g[0].shape().dims2()?.1;
+fn concat_rows<Q: std::borrow::Borrow<QTensor>>(g: &[Q], device: &Device) -> Result<QTensor> {
+    let k = g[0].borrow().shape().dims2()?.1;
     let (mut bytes, mut n) = (Vec::new(), 0);
-    for q in g {
+    for q in g.iter().map(|q| q.borrow()) {
         n += q.shape().dims2()?.0;
         bytes.extend_from_slice(&q.data()?);
     }
     let storage = candle_core::quantized::QStorage::from_data(
         std::borrow::Cow::Owned(bytes),
         device,
-        g[0].dtype(),
+        g[0].borrow().dtype(),
     )?;
     Ok(QTensor::new(storage, (n, k))?)
 }
@@ -287,27 +334,34 @@ fn concat_rows(g: &[QTensor], device: &Device) -> Result<QTensor> {
 /// The unembedding: `output.weight` when the file has one, else the tied embedding (reused,
 /// not loaded twice, when it is already in f32).
 pub(super) fn lm_head(src: &mut WeightSource, embed: &Embedding) -> Result<Linear> {
-    let w = match src {
+    let tied = (embed.as_matmul()?, embed.blocks());
+    let (w, blocks) = match src {
         WeightSource::Gguf { ct, mode, .. } => {
             let own = ct.tensor_infos.contains_key("output.weight");
             match (*mode, own) {
-                (_, false) => embed.as_matmul()?,
-                (WeightsMode::F32, true) => QMatMul::Tensor(src.tensor("output.weight", "")?),
-                (WeightsMode::Quantized, true) => {
-                    QMatMul::from_arc(Arc::new(src.qtensor("output.weight")?))?
+                (_, false) => tied,
+                (WeightsMode::F32, true) => {
+                    let (t, blocks) = src.f32_with_blocks("output.weight")?;
+                    (QMatMul::Tensor(t), blocks)
                 }
+                (WeightsMode::Quantized, true) => (
+                    QMatMul::from_arc(Arc::new(src.qtensor("output.weight")?))?,
+                    None,
+                ),
             }
         }
-        WeightSource::Safetensors { vb, tied, .. } => {
-            if *tied || !vb.contains_tensor("lm_head.weight") {
-                embed.as_matmul()?
+        WeightSource::Safetensors { vb, tied: t, .. } => {
+            if *t || !vb.contains_tensor("lm_head.weight") {
+                tied
             } else {
-                QMatMul::Tensor(vb.get_unchecked("lm_head.weight")?.to_dtype(DType::F32)?)
+                let w = vb.get_unchecked("lm_head.weight")?.to_dtype(DType::F32)?;
+                (QMatMul::Tensor(w), None)
             }
         }
     };
     Ok(Linear {
         ws: vec![w],
+        blocks,
         b: None,
     })
 }
