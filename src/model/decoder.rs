@@ -222,15 +222,21 @@ impl Decoder {
         // gated MLP
         let h = rms_norm(&x_mid, &blk.mlp_norm, cfg.rms_eps)?;
         let gu = blk.gate_up.forward(&h)?; // [b, seq, 2*d_mlp]
-        let (gate, up) = (
-            gu.narrow(2, 0, cfg.d_mlp)?,
-            gu.narrow(2, cfg.d_mlp, cfg.d_mlp)?,
-        );
-        let gate = match cfg.family.is_gemma() {
-            true => super::activation::gelu_tanh(&gate)?, // as gelu_pytorch_tanh
-            false => super::activation::silu(&gate)?,
-        };
-        let act = (gate * up)?; // [b, seq, d_mlp]
+        let gemma = cfg.family.is_gemma(); // gelu_pytorch_tanh, else SiLU
+        let act = match super::activation::gated(&gu, cfg.d_mlp, gemma)? {
+            Some(act) => act,
+            None => {
+                let (gate, up) = (
+                    gu.narrow(2, 0, cfg.d_mlp)?,
+                    gu.narrow(2, cfg.d_mlp, cfg.d_mlp)?,
+                );
+                let gate = match gemma {
+                    true => super::activation::gelu_tanh(&gate)?,
+                    false => super::activation::silu(&gate)?,
+                };
+                (gate * up)?
+            }
+        }; // [b, seq, d_mlp]
         let act = hooks.apply(site(SiteKind::MlpPost), act)?;
         let mlp_out = opt_norm(blk.down.forward(&act)?, &blk.post_mlp_norm, cfg.rms_eps)?;
         let mlp_out = hooks.apply(site(SiteKind::MlpOut), mlp_out)?;
