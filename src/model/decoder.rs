@@ -13,6 +13,7 @@ pub use super::batch::{Batch, KvCache, LogitsAt};
 pub use super::config::{Config, Family};
 use super::embedding::Embedding;
 use super::names::{self, BlockNames};
+use super::norm::rms_norm;
 use super::rope::{rope, RopeTable};
 use super::weights::{lm_head, Linear};
 pub use super::weights::{WeightSource, WeightsMode};
@@ -416,14 +417,6 @@ fn hooks_prompt_len(hooks: &Hooks, r: usize, len: usize) -> usize {
 
 // Fused kernels for inference; when a tensor carries a gradient (a learned intervention being
 // trained upstream), the same operations written out of differentiable primitives.
-
-/// RMSNorm over the last dimension, times `w`.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    if x.track_op() {
-        return Ok(candle_nn::ops::rms_norm_slow(x, w, eps as f32)?);
-    }
-    Ok(candle_nn::ops::rms_norm(x, w, eps as f32)?)
-}
 
 /// Attention scores computed at once, in floats (4 MiB): longer prompts go in query chunks.
 const ATT_BLOCK: usize = 1 << 20;

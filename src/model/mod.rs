@@ -15,6 +15,7 @@ mod fgemv;
 mod gguf_check;
 mod gguf_read;
 mod names;
+mod norm;
 mod plan;
 mod qgemm;
 mod qgemv;
