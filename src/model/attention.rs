@@ -67,9 +67,6 @@ pub(super) fn attend_cpu(
         kc.as_slice::<f32>()?,
         vc.as_slice::<f32>()?,
     );
-    // Several queries multiply every key: the keys go transposed, [b, kv_heads, d, keys], which
-    // gemm reads as they lie. Given as they are, each task packed its keys again (5% of a
-    // 2,200-token prefill).
     let kt =
         (n > 1).then(|| transposed_keys(&kd[kl.start_offset()..], kl.stride(), (b, kvh, keys, d)));
     let mut y = vec![0f32; b * n * heads * d];
@@ -164,7 +161,9 @@ enum Keys {
 }
 
 /// `k [b, kv_heads, keys, d]` at `kd` with `strides` (its last 1) as `[b, kv_heads, d, keys]`,
-/// one task per (batch row, KV head) on candle's pool.
+/// one task per (batch row, KV head) on candle's pool. Where several queries multiply every
+/// key, gemm reads the keys so laid out as they lie; given as rows of `d`, each task packed them
+/// again (5% of a 2,200-token prefill).
 fn transposed_keys(
     kd: &[f32],
     strides: &[usize],

@@ -15,7 +15,8 @@ use std::sync::Arc;
 pub enum WeightsMode {
     /// candle `QMatMul` on the quantized blocks.
     Quantized,
-    /// Dequantized to f32 at load.
+    /// Dequantized to f32 at load; on the CPU the GGUF's blocks of the types
+    /// `qrows.rs` decodes are kept too, for products of a few rows.
     F32,
 }
 
