@@ -67,7 +67,10 @@ fn product(w: &QMatMul, blocks: Option<&QTensor>, x: &Tensor) -> candle_core::Re
         if !x.track_op() && !t.track_op() {
             let few = x.dim(0)? <= super::fgemv::max_rows();
             let y = match (few, blocks) {
-                (true, Some(q)) => super::fgemv::matmul_decoded(t, q, x)?,
+                (true, Some(q)) => match super::fgemv::matmul_decoded(t, q, x)? {
+                    Some(y) => Some(y),
+                    None => super::fgemv::matmul(t, x)?,
+                },
                 (true, None) => super::fgemv::matmul(t, x)?,
                 (false, _) => super::fgemv::tiled(t, x)?,
             };
