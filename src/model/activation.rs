@@ -55,19 +55,7 @@ pub(super) fn gated(gu: &Tensor, d_mlp: usize, gelu_gate: bool) -> Result<Option
                 .for_each(|(o, (g, u))| *o = g / (1.0 + exp(-g)) * u),
         }
     };
-    const ROWS_PER_TASK: usize = 16;
-    let fill = |out: super::qgemm::SharedOut| {
-        let pool = candle_core::utils::barrier_pool();
-        pool.execute_chunked(rows.div_ceil(ROWS_PER_TASK), |tasks| {
-            for r in tasks.start * ROWS_PER_TASK..(tasks.end * ROWS_PER_TASK).min(rows) {
-                // SAFETY: each row r writes only its own d_mlp outputs.
-                let o = unsafe { std::slice::from_raw_parts_mut(out.at(r * d_mlp), d_mlp) };
-                row(r, o);
-            }
-        });
-    };
-    // SAFETY: the tasks cover every row.
-    let act = unsafe { super::qgemm::written(rows * d_mlp, fill) };
+    let act = super::qgemm::rows_on_pool(rows, d_mlp, 16, row); // 16 rows to a task
     drop(storage);
     *dims.last_mut().expect("gu has a last axis") = d_mlp;
     Ok(Some(Tensor::from_vec(act, dims, gu.device())?))

@@ -40,25 +40,15 @@ fn pooled(x: &Tensor, w: &Tensor, eps: f32) -> Result<Option<Tensor>> {
     };
     let src = &xc.as_slice::<f32>()?[xl.start_offset()..][..rows * d];
     let alpha = &wc.as_slice::<f32>()?[wl.start_offset()..][..d];
-    let row = |src: &[f32], dst: &mut [f32]| {
+    let row = |r: usize, dst: &mut [f32]| {
+        let src = &src[r * d..(r + 1) * d];
         let sum2 = src.iter().map(|v| v * v).sum::<f32>();
         let m = (sum2 / d as f32 + eps).sqrt();
         for ((o, s), a) in dst.iter_mut().zip(src).zip(alpha) {
             *o = *s / m * *a;
         }
     };
-    let fill = |out: super::qgemm::SharedOut| {
-        let pool = candle_core::utils::barrier_pool();
-        pool.execute_chunked(rows.div_ceil(ROWS_PER_TASK), |tasks| {
-            for r in tasks.start * ROWS_PER_TASK..(tasks.end * ROWS_PER_TASK).min(rows) {
-                // SAFETY: row r writes only its own d outputs.
-                let o = unsafe { std::slice::from_raw_parts_mut(out.at(r * d), d) };
-                row(&src[r * d..(r + 1) * d], o);
-            }
-        });
-    };
-    // SAFETY: the tasks cover every row.
-    let y = unsafe { super::qgemm::written(rows * d, fill) };
+    let y = super::qgemm::rows_on_pool(rows, d, ROWS_PER_TASK, row);
     drop((xs, ws));
     Ok(Some(Tensor::from_vec(y, x.dims(), x.device())?))
 }

@@ -86,6 +86,28 @@ pub(super) unsafe fn written(len: usize, fill: impl FnOnce(SharedOut)) -> Vec<f3
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), len, v.capacity()) }
 }
 
+/// `rows × width` floats, row `r` written whole by `row(r, its floats)` on candle's pool,
+/// `per_task` rows to a task. `row` must write every float of its row and read none (they
+/// start unwritten, as [`written`] gives them).
+pub(super) fn rows_on_pool(
+    rows: usize,
+    width: usize,
+    per_task: usize,
+    row: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let fill = |out: SharedOut| {
+        candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(per_task), |tasks| {
+            for r in tasks.start * per_task..(tasks.end * per_task).min(rows) {
+                // SAFETY: row r lies inside the buffer and only this task writes it.
+                let o = unsafe { std::slice::from_raw_parts_mut(out.at(r * width), width) };
+                row(r, o);
+            }
+        });
+    };
+    // SAFETY: the tasks cover every row, and `row` writes each whole.
+    unsafe { written(rows * width, fill) }
+}
+
 /// An output buffer, shared by the tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
 pub(super) struct SharedOut(pub(super) *mut f32);
