@@ -242,7 +242,7 @@ mod decoded_tests {
     use candle_core::{Device, Tensor};
 
     /// Products over decoded blocks equal those over the dequantized matrix bit for bit, for
-    /// both block types, 1 to 13 activation rows (partial groups of 6) and 10 weight rows
+    /// every block type decoded, 1 to 13 activation rows (partial groups of 6) and 10 weight rows
     /// (partial tiles of 4) of two blocks each.
     #[test]
     fn decoded_products_equal_the_f32_products_bit_for_bit() {
@@ -253,7 +253,7 @@ mod decoded_tests {
         let (n, k) = (10, 64);
         let val = |i: usize| ((i * 7919 % 211) as f32 - 105.0) / 37.0;
         let w = Tensor::from_vec((0..n * k).map(val).collect(), (n, k), &Device::Cpu).unwrap();
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0] {
             let q = QTensor::quantize(&w, dtype).unwrap();
             let ws = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap();
             let ws = ws.to_vec1::<f32>().unwrap();

@@ -253,6 +253,10 @@ pub(super) fn supported(d: GgmlDType) -> bool {
 /// Whole rows of blocks of type `dtype` as f32.
 pub(super) fn dequantize(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
     use GgmlDType as D;
+    if super::qrows::decodes(dtype) {
+        // SAFETY: decodes checked the CPU; the same values as candle's decoders, bit for bit.
+        return unsafe { super::qrows::decode(dtype, bytes, out) };
+    }
     match dtype {
         D::Q4_0 => blocks_to_f32::<BlockQ4_0>(bytes, out),
         D::Q4_1 => blocks_to_f32::<BlockQ4_1>(bytes, out),
