@@ -32,7 +32,7 @@ pub struct ModelArgs {
 pub enum WeightsArg {
     /// On the quantized blocks: prompts through dequantized tiles, decoding with 8-bit activations.
     Quantized,
-    /// Dequantized to f32 at load (the GGUF's Q4_1/Q8_0 blocks are kept too, for decoding:
+    /// Dequantized to f32 at load (the GGUF's Q4_1/Q5_0/Q8_0 blocks are kept too, for decoding:
     /// the same products bit for bit, from a quarter of the bytes).
     F32,
 }
