@@ -16,7 +16,7 @@ pub struct ModelArgs {
     #[arg(long, global = true)]
     pub model: Option<PathBuf>,
     /// How GGUF weights are multiplied: on the quantized blocks, or dequantized to f32 at load.
-    /// Default: quantized for generate, info and bench-speed (3x faster decoding, GGUF-size
+    /// Default: quantized for generate, info and bench-speed (1.5x faster decoding, GGUF-size
     /// memory); f32 for label, capture and the benchmarks (exact against transformers: the
     /// quantized decode rounds activations to 8 bits, which can change an answer).
     #[arg(long, value_enum, global = true)]
