@@ -205,6 +205,9 @@ unsafe fn tile<const WR: usize, const XR: usize>(
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
     /// Every output equals the f64 dot product to rounding, for row counts that leave partial
     /// tiles on both sides (1 to 7 activation rows, 10 weight rows) and a row length with a
     /// partial last block (37).
@@ -234,12 +237,6 @@ mod tests {
             }
         }
     }
-}
-
-#[cfg(all(test, target_arch = "x86_64"))]
-mod decoded_tests {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
 
     /// Products over decoded blocks equal those over the dequantized matrix bit for bit, for
     /// every block type decoded, 1 to 13 activation rows (partial groups of 6) and 10 weight rows

@@ -49,12 +49,7 @@ pub(super) unsafe fn decode(dtype: GgmlDType, src: &[u8], out: &mut [f32]) {
         let (lo, hi) = match dtype {
             GgmlDType::Q4_1 => {
                 let m = _mm512_set1_ps(f16_at(b, 2));
-                let q = _mm_loadu_si128(b.as_ptr().add(4).cast());
-                let nibble = _mm_set1_epi8(0x0F);
-                let (ql, qh) = (
-                    _mm_and_si128(q, nibble),
-                    _mm_and_si128(_mm_srli_epi16::<4>(q), nibble),
-                );
+                let (ql, qh) = nibbles(b.as_ptr().add(4));
                 let value = |q| _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), d), m);
                 (
                     value(_mm512_cvtepu8_epi32(ql)),
@@ -63,12 +58,7 @@ pub(super) unsafe fn decode(dtype: GgmlDType, src: &[u8], out: &mut [f32]) {
             }
             GgmlDType::Q5_0 => {
                 let high = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                let q = _mm_loadu_si128(b.as_ptr().add(6).cast());
-                let nibble = _mm_set1_epi8(0x0F);
-                let (ql, qh) = (
-                    _mm_and_si128(q, nibble),
-                    _mm_and_si128(_mm_srli_epi16::<4>(q), nibble),
-                );
+                let (ql, qh) = nibbles(b.as_ptr().add(6));
                 // q | (its high bit)·16, minus 16, exactly as integers.
                 let value = |q: __m128i, bits: u32| {
                     let q = _mm512_cvtepu8_epi32(q);
@@ -87,6 +77,19 @@ pub(super) unsafe fn decode(dtype: GgmlDType, src: &[u8], out: &mut [f32]) {
         _mm512_storeu_ps(o.as_mut_ptr(), lo);
         _mm512_storeu_ps(o.as_mut_ptr().add(16), hi);
     }
+}
+
+/// The low and the high nibbles of the 16 bytes at `at` (values 0..16 and 16..32 of a Q4_1 or
+/// Q5_0 block), each a byte.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn nibbles(at: *const u8) -> (__m128i, __m128i) {
+    let q = _mm_loadu_si128(at.cast());
+    let nibble = _mm_set1_epi8(0x0F);
+    (
+        _mm_and_si128(q, nibble),
+        _mm_and_si128(_mm_srli_epi16::<4>(q), nibble),
+    )
 }
 
 #[cfg(not(target_arch = "x86_64"))]
