@@ -28,6 +28,8 @@ pub struct DemoOptions {
     /// Items of dev used to rank heads by patching.
     pub patch_items: usize,
     pub methods: Vec<Method>,
+    /// Trained edits for the learned-edit methods (reft, reft-gated), e.g. the committed ones.
+    pub reft: Vec<crate::reft::Reft>,
     pub command: String,
 }
 
@@ -124,7 +126,7 @@ pub fn run(
         gate,
         max_new: None,
         head_probes: None,
-        reft: vec![],
+        reft: opts.reft.clone(),
     };
     let stage = &mut *d.stage;
     let methods = bench::run(
@@ -141,6 +143,7 @@ pub fn run(
         },
     )?;
     crate::report::sweep_chart(&methods, &out.join("sweep.svg"))?;
+    crate::report::contexts_chart(&methods, &out.join("contexts.svg"))?;
     d.lap("bench");
     let density = d.density(&items, &labels)?;
     let report = d.report(methods, &pf, heads.top, density)?;
@@ -234,12 +237,16 @@ impl Demo<'_> {
         Ok(pf)
     }
 
-    /// The conflict gate of heads-gated, when that method runs.
+    /// The conflict gate of heads-gated and reft-gated, when one of them runs.
     fn conflict_gate(&mut self) -> Result<Option<crate::probe::ProbeFile>> {
-        if !self.opts.methods.contains(&Method::HeadsGated) {
+        let gated = [Method::HeadsGated, Method::ReftGated];
+        if !self.opts.methods.iter().any(|m| gated.contains(m)) {
             return Ok(None);
         }
-        self.step("capturing train's three variants and neutral text; training the conflict gate");
+        self.step(
+            "capturing train's variants (irrelevant contexts included) and neutral text; \
+             training the conflict gate",
+        );
         let variants_path = self.out.join("data/variants.jsonl");
         let (variants, _) = crate::data::read_jsonl(&variants_path, false)?;
         let id = self.model.identity()?;
@@ -344,6 +351,10 @@ impl Demo<'_> {
         chart(
             "dev sweeps: adherence and retention by strength",
             "sweep.svg",
+        );
+        chart(
+            "faithfulness (gold and conflicting) against robustness (irrelevant)",
+            "contexts.svg",
         );
         chart("probe AUROC by layer", "probe_layers.svg");
         if patching.is_some() {

@@ -72,21 +72,7 @@ pub struct ItemLabel {
     pub label: Label,
 }
 
-/// Lowercase, letters and digits only, single spaces, padded with spaces for word matching.
-pub fn normalize(s: &str) -> String {
-    let mut out = String::from(" ");
-    for c in s.to_lowercase().chars() {
-        if c.is_alphanumeric() {
-            out.push(c);
-        } else if !out.ends_with(' ') {
-            out.push(' ');
-        }
-    }
-    if !out.ends_with(' ') {
-        out.push(' ');
-    }
-    out
-}
+pub use crate::data::normalize;
 
 /// Where in `text` (normalized) the earliest of `names` occurs as whole words.
 fn first_mention(text: &str, names: &[&str]) -> Option<usize> {

@@ -1,14 +1,26 @@
-//! The one progress-bar helper: an indicatif bar on stderr with an ETA, hidden when stderr is
-//! not a terminal or when the caller asks for quiet output.
+//! The one progress-bar helper: an indicatif bar on stderr with an ETA. When stderr is not a
+//! terminal (a log file, a pipe), the bar's state is written as a plain line at most once every
+//! [`LOG_EVERY`], so that a long run logged to a file still shows where it is; quiet output
+//! hides it.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often a bar on a non-terminal stderr writes a line.
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// A bar for `len` steps labelled `what`.
 pub fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
     let pb = ProgressBar::new(len);
-    if quiet || !std::io::stderr().is_terminal() {
+    if quiet {
         pb.set_draw_target(ProgressDrawTarget::hidden());
+    } else if !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::term_like_with_hz(
+            Box::new(Lines::default()),
+            1,
+        ));
     }
     let style =
         ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
@@ -17,4 +29,47 @@ pub fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
     pb.set_style(style);
     pb.set_message(what.to_string());
     pb
+}
+
+/// A "terminal" that writes each drawn bar as one line on stderr, at most once a
+/// [`LOG_EVERY`], and ignores cursor movement.
+#[derive(Debug, Default)]
+struct Lines {
+    last: Mutex<Option<Instant>>,
+}
+
+impl TermLike for Lines {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= LOG_EVERY);
+        if due && !s.trim().is_empty() {
+            *last = Some(Instant::now());
+            writeln!(std::io::stderr(), "{}", s.trim_end())?;
+        }
+        Ok(())
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.write_line(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

@@ -40,6 +40,8 @@ fn items() -> Vec<Item> {
                 ctxsteer::data::Split::Test
             }),
             variant: None,
+            distractor: None,
+            true_context: None,
             prefix: String::new(),
         })
         .collect()
@@ -169,7 +171,28 @@ fn eval(adh: f64, ret: f64, ppl: f64) -> Eval {
         em_context: Rate::default(),
         em_memory: Rate::default(),
         adherent: vec![],
+        irrelevant: None,
     }
+}
+
+/// `eval` with `unchanged` of its irrelevant contexts left as they were.
+fn eval_irr(adh: f64, ret: f64, unchanged: f64) -> Eval {
+    let mut e = eval(adh, ret, 1.0);
+    e.irrelevant = Some(bench::Irrelevant {
+        unchanged: Rate {
+            value: unchanged,
+            ..Rate::default()
+        },
+        n: 10,
+        ..Default::default()
+    });
+    e
+}
+
+/// (chosen index, eligible) of a sweep.
+fn pick(evals: &[Eval], base: Option<f64>) -> (usize, bool) {
+    let c = bench::choose(evals, base);
+    (c.index, c.eligible)
 }
 
 #[test]
@@ -181,10 +204,14 @@ fn the_dev_choice_respects_the_cost_constraints() {
         eval(0.6, 0.96, 1.04),
         eval(0.8, 0.97, 1.2),
     ];
-    assert_eq!(bench::choose(&evals), (2, true));
+    assert_eq!(pick(&evals, None), (2, true));
     // None qualifies: the one that keeps the most memory, flagged.
     let evals = vec![eval(0.9, 0.5, 1.0), eval(0.8, 0.7, 1.3)];
-    assert_eq!(bench::choose(&evals), (1, false));
+    assert_eq!(pick(&evals, None), (1, false));
+    let c = bench::choose(&evals, None);
+    let (best, missed) = c.best_ineligible.unwrap();
+    assert_eq!(best, 0, "the best ineligible is the most adherent");
+    assert_eq!(missed, ["retention 50.0% < 95%"]);
     // No known dev fact (NQ-Swap): retention is not measured, so adherence and perplexity
     // decide; the last setting must not win just by being last among equal retentions.
     let unknown = |adh: f64, ppl: f64| {
@@ -198,7 +225,31 @@ fn the_dev_choice_respects_the_cost_constraints() {
         unknown(0.3, 1.2),
         unknown(0.10, 1.0),
     ];
-    assert_eq!(bench::choose(&evals), (1, true));
+    assert_eq!(pick(&evals, None), (1, true));
+}
+
+#[test]
+fn the_dev_choice_keeps_irrelevant_contexts_within_two_points_of_none() {
+    // none leaves 80% unchanged: 78% clears the bar, 77.9% does not.
+    let evals = vec![
+        eval_irr(0.9, 1.0, 0.5),
+        eval_irr(0.6, 1.0, 0.78),
+        eval_irr(0.7, 1.0, 0.779),
+    ];
+    assert_eq!(pick(&evals, Some(0.8)), (1, true));
+    // Without a baseline (no irrelevant items) the bar does not apply.
+    assert_eq!(pick(&evals, None), (0, true));
+    // Equal retention: the cheapest is the one that leaves the most irrelevant contexts alone.
+    let c = bench::choose(&evals, Some(0.95));
+    assert_eq!((c.index, c.eligible), (1, false));
+    // None clears it: the most adherent is named with the bar it missed.
+    let c = bench::choose(&evals[..1], Some(0.8));
+    assert!(!c.eligible);
+    let (_, missed) = c.best_ineligible.unwrap();
+    assert_eq!(
+        missed,
+        ["irrelevant contexts unchanged 50.0% < none's 80.0% − 2 points"]
+    );
 }
 
 #[test]
@@ -262,16 +313,11 @@ fn bench_runs_methods_and_writes_a_report() {
         4,
     );
     assert_eq!(
-        out[0].true_context.as_ref().map(|r| r.value),
+        out[0].gold.as_ref().map(|r| r.value),
         Some(plain.unwrap().adherence.value)
     );
     for r in &out {
-        assert_eq!(
-            r.true_context.as_ref().map(|t| t.n),
-            Some(4),
-            "{:?}",
-            r.method
-        );
+        assert_eq!(r.gold.as_ref().map(|t| t.n), Some(4), "{:?}", r.method);
     }
     for r in &out {
         let t = &r.test;
@@ -280,6 +326,19 @@ fn bench_runs_methods_and_writes_a_report() {
             t.adherence.ci_low <= t.adherence.value && t.adherence.value <= t.adherence.ci_high
         );
         assert_eq!(t.per_relation.values().map(|x| x.n).sum::<usize>(), 4);
+        // The data has no irrelevant items, so each test item's query is also put after
+        // another test item's context. Every true sentence names "hat", every item's own
+        // answer, so only the other subjects' counterfactuals ("… sat on the mat.") qualify.
+        let irr = t.irrelevant.as_ref().expect("irrelevant contexts measured");
+        assert_eq!(irr.unchanged_items.len(), irr.n);
+        assert_eq!(irr.n, 4, "{irr:?}");
+        assert_eq!(irr.per_kind["same_relation_false"].n, 4, "{irr:?}");
+    }
+    // CAD contrasts with the closed-book pass, which is also what `unchanged` compares with.
+    let none_irr = out[0].test.irrelevant.as_ref().unwrap();
+    for r in &out {
+        let irr = r.test.irrelevant.as_ref().unwrap();
+        assert_eq!(irr.n, none_irr.n, "{:?}", r.method);
     }
     // steer without probes is a clear error.
     let e = bench::grid(
@@ -344,11 +403,41 @@ fn bench_runs_methods_and_writes_a_report() {
     );
     let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
     assert!(md.contains("| cad |") && md.contains("| adacad |") && md.contains("Dev sweeps"));
+    // The three context types: a row per method, a column per distractor kind.
+    assert!(
+        md.contains("## Gold, conflicting and irrelevant contexts (test)")
+            && md.contains("same_relation_false: unchanged / named"),
+        "{md}"
+    );
+    assert!(html.contains("Gold, conflicting and irrelevant contexts"));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).unwrap())
             .unwrap();
     assert_eq!(json["methods"].as_array().unwrap().len(), 5);
     assert!(json["methods"][0]["test"]["adherence"]["ci_low"].is_number());
+    let irr = &json["methods"][2]["test"]["irrelevant"];
+    for k in ["unchanged", "distractor_named"] {
+        assert!(
+            irr[k]["value"].is_number() && irr[k]["ci_low"].is_number(),
+            "{irr}"
+        );
+    }
+    assert_eq!(irr["n"], 4);
+    assert!(json["methods"][2]["gold"]["value"].is_number());
+    // Every method but none is paired with none on the irrelevant contexts.
+    assert!(json["methods"][0]["paired"]["irrelevant vs none"].is_null());
+    assert!(json["methods"][2]["paired"]["irrelevant vs none"]["value"].is_number());
+    // Faithfulness against robustness: one point per method.
+    let chart = report_dir.join("contexts.svg");
+    ctxsteer::report::contexts_chart(&rep.methods, &chart).unwrap();
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    for m in ["none", "cad", "heads", "adacad", "instruct"] {
+        // plotters writes each label on a line of its own.
+        assert!(
+            svg.lines().any(|l| l.trim() == m),
+            "{m} missing from the chart"
+        );
+    }
 }
 
 #[test]

@@ -23,6 +23,8 @@ fn item(i: usize) -> Item {
         context_aliases: vec![],
         split: Some(ctxsteer::data::Split::Train),
         variant: None,
+        distractor: None,
+        true_context: None,
         prefix: String::new(),
     }
 }

@@ -379,8 +379,32 @@ fn reft_train_and_a_manifest_choose_the_methods() {
     bench(&out)
         .assert()
         .success()
-        .stderr(predicate::str::contains("is for another model"));
+        .stderr(predicate::str::contains("is for the loaded model"));
     assert_eq!(methods(&out).len(), 4);
+    // The loaded model's manifest is found in a subfolder, beside another model's, and its
+    // gate is the one for the run's form: a chat-only gate leaves completion without one, a
+    // completion gate is read (here it is missing, and the error names it).
+    let sub = art.join("tiny");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::copy(&edit, sub.join("edit.safetensors")).unwrap();
+    let gated = |gate: serde_json::Value| {
+        let m =
+            serde_json::json!({"model_sha256": sha, "reft": ["edit.safetensors"], "gate": gate});
+        std::fs::write(sub.join("manifest.json"), m.to_string()).unwrap();
+    };
+    gated(serde_json::json!({"chat": "chat_gate.json"}));
+    let out = dir.path().join("out3");
+    bench(&out).assert().success();
+    assert_eq!(
+        methods(&out).len(),
+        6,
+        "no gate for completion: no gated method"
+    );
+    gated(serde_json::json!({"completion": "gate.json", "chat": "chat_gate.json"}));
+    bench(&dir.path().join("out4"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("tiny/gate.json"));
 }
 
 /// `generate --print-spec` writes the spec its options build; `generate --spec` with that file

@@ -56,7 +56,14 @@ fn bad_lines_name_the_file_line_and_field() {
                 r#""subject":"France""#,
                 r#""subject":"France","variant":"cf""#,
             ),
-            "expected one of `counterfactual`, `true_context`, `no_context`, `neutral`",
+            "expected one of `counterfactual`, `true_context`, `no_context`, `neutral`, `irrelevant`",
+        ),
+        (
+            &GOOD.replace(r#""id":"a""#, r#""id":"f""#).replace(
+                r#""subject":"France""#,
+                r#""subject":"France","distractor":"other_relation""#,
+            ),
+            "field `distractor` belongs to variant `irrelevant`",
         ),
     ];
     for (bad, want) in cases {
@@ -82,6 +89,59 @@ fn a_true_context_variant_may_repeat_the_prior() {
     );
     let p = write(dir.path(), "v.jsonl", &format!("{line}\n"));
     assert_eq!(data::read_jsonl(&p, false).unwrap().0.len(), 1);
+}
+
+/// Any file may hold irrelevant items: a query after a context about another subject.
+#[test]
+fn an_irrelevant_variant_is_read_with_its_distractor_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = GOOD.replace(
+        r#""subject":"France""#,
+        r#""subject":"France","variant":"irrelevant","distractor":"same_relation_true""#,
+    );
+    let p = write(dir.path(), "v.jsonl", &format!("{line}\n"));
+    let it = &data::read_jsonl(&p, false).unwrap().0[0];
+    assert_eq!(it.variant, Some(data::Variant::Irrelevant));
+    assert_eq!(it.distractor, Some(data::Distractor::SameRelationTrue));
+}
+
+/// The built irrelevant items: four kinds per conflict where each fits, split with their
+/// query, about another subject, never naming the query's answer.
+#[test]
+fn built_irrelevant_items_are_about_other_subjects_of_the_same_split() {
+    let b = data::build().unwrap();
+    let by_id: HashMap<&str, &data::Item> = b
+        .counterfactual
+        .iter()
+        .map(|i| (i.id.as_str(), i))
+        .collect();
+    assert!(b.irrelevant.len() >= 4 * b.counterfactual.len() - 10);
+    let mut kinds: HashMap<data::Distractor, usize> = HashMap::new();
+    for it in &b.irrelevant {
+        let (qid, _) = it.id.split_once(":irrelevant:").unwrap();
+        let q = by_id[qid];
+        assert_eq!(
+            (it.split, &it.subject, &it.prompt),
+            (q.split, &q.subject, &q.prompt)
+        );
+        assert!(!data::mentions(&it.context, &q.subject), "{}", it.id);
+        for p in q.prior_names() {
+            assert!(!data::mentions(&it.context, p), "{}: names {p}", it.id);
+        }
+        assert!(data::mentions(&it.context, &it.context_answer), "{}", it.id);
+        // A one-sentence context is another conflict's context or its true twin's, from the
+        // query's split.
+        if it.distractor != Some(data::Distractor::Paragraph) {
+            let from = b.counterfactual.iter().find(|c| {
+                c.context == it.context || c.true_twin().is_some_and(|t| t.context == it.context)
+            });
+            let from = from.unwrap_or_else(|| panic!("{}: {}", it.id, it.context));
+            assert_eq!(from.split, q.split, "{}", it.id);
+            assert_ne!(from.subject, q.subject, "{}", it.id);
+        }
+        *kinds.entry(it.distractor.unwrap()).or_default() += 1;
+    }
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
 }
 
 #[test]
@@ -173,6 +233,7 @@ fn committed_jsonl_equals_a_fresh_build() {
         "counterfactual.jsonl",
         "true_context.jsonl",
         "no_context.jsonl",
+        "irrelevant.jsonl",
         "variants.jsonl",
         "train.jsonl",
         "dev.jsonl",
@@ -245,6 +306,14 @@ fn nqswap_import_parses_lists_and_rejects_malformed_records() {
         items[0].query(ctxsteer::data::Form::Completion, true),
         "context: The ceiling of the old chapel was painted by Joris Kam in 1702 .\nquestion: who painted the ceiling of the old chapel in the town\nanswer:"
     );
+    // The gold context is the original passage, even where the swapped answer is spelled
+    // otherwise in the text ("Forty" for 40), so that no replacement could recover it.
+    let gold = |i: usize| items[i].true_twin().unwrap().context;
+    assert_eq!(
+        gold(0),
+        "context: The ceiling of the old chapel was painted by Marta Vell in 1702 .\n"
+    );
+    assert_eq!(gold(1), "context: Eleven bridges cross the river .\n");
     assert_eq!(
         (
             items[1].prior_answer.as_str(),

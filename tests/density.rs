@@ -77,6 +77,8 @@ fn conditions_and_measure_on_the_tiny_model() {
         context_aliases: vec![],
         split: None,
         variant: None,
+        distractor: None,
+        true_context: None,
         prefix: String::new(),
     };
     let known = std::collections::BTreeMap::from([("x".to_string(), true)]);

@@ -188,6 +188,7 @@ fn train_opts(layers: [usize; 1], epochs: usize, lr: f64, seed: u64) -> TrainOpt
         forms: vec![Form::Completion],
         keep_weight: 1.0,
         seed,
+        irrelevant: 0,
     }
 }
 
@@ -215,6 +216,8 @@ fn items() -> Vec<Item> {
         context_aliases: vec![],
         split: Some(Split::Train),
         variant: None,
+        distractor: None,
+        true_context: None,
         prefix: String::new(),
     })
     .collect()
@@ -264,6 +267,47 @@ fn training_lowers_the_answer_loss_and_the_file_round_trips() {
     other.save(&path).unwrap();
     let err = Reft::load(&path, &m).unwrap_err().to_string();
     assert!(err.contains("not for the loaded model"), "{err}");
+}
+
+#[test]
+fn irrelevant_contexts_join_the_answer_sequences_with_the_closed_book_answer() {
+    let (_d, m) = tiny(WeightsMode::F32);
+    let its = items();
+    // What the unedited model answers closed-book: the target after an irrelevant context.
+    let opts = ctxsteer::label::LabelOptions::new(Form::Completion);
+    let closed = ctxsteer::label::runs(
+        &m,
+        &its,
+        &opts,
+        &ctxsteer::Spec::new(),
+        false,
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+    let answered = closed
+        .iter()
+        .filter(|r| !ctxsteer::label::answer_span(&r.greedy).trim().is_empty())
+        .count();
+    let train = |irrelevant: usize| {
+        let o = TrainOptions {
+            irrelevant,
+            ..train_opts([0], 1, 1e-2, 1)
+        };
+        ctxsteer::reft::train(&m, &its, &[], &o, &mut |_| {})
+            .unwrap()
+            .meta
+            .train
+    };
+    assert!(answered > 0, "the tiny model answers some queries");
+    let (without, with) = (train(0), train(1));
+    assert_eq!(without.irrelevant, 0);
+    // Each item's query after another subject's counterfactual ("… sat on the mat."): the true
+    // sentences all name "hat", every item's own answer, so they never qualify.
+    assert_eq!(with.irrelevant, answered);
+    // They are answer sequences: 6 conflicts and 6 true contexts, 4 a step.
+    assert_eq!(without.steps, 3);
+    assert_eq!(with.steps, (12 + answered).div_ceil(4));
 }
 
 #[test]

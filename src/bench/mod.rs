@@ -13,7 +13,7 @@
 //! rate carries a bootstrap 95% interval.
 
 use crate::data::{Form, Item};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::journal::Scoped;
 use crate::label::{self, Answer, LabelOptions, Run};
 use crate::model::{Batch, LogitsAt, Model};
@@ -22,17 +22,21 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 mod grid;
+mod irrelevant;
 mod metrics;
 mod paired;
+mod split;
 mod true_context;
 pub use grid::{
-    choose, context_heads_from_patch, grid, heads_from_patch, setting_key, Need, Params, Resources,
-    Setting,
+    choose, context_heads_from_patch, grid, heads_from_patch, setting_key, Bars, Chosen, Need,
+    Params, Resources, Setting, BARS,
 };
+pub use irrelevant::{Irrelevant, IrrelevantSet, KindEval};
 pub use metrics::{exact_match, mean_rate, squad_normalize, Rate};
 use metrics::{mem_ratio, rate};
-pub use paired::paired_difference;
-use true_context::true_context_rate;
+pub use paired::{fill as fill_paired, paired_difference};
+pub use split::{dev_test, known_items, Split, SplitOptions};
+pub use true_context::gold_rate;
 
 crate::choice_enum! {
 /// The methods compared.
@@ -132,6 +136,10 @@ pub struct Eval {
     /// `adherence` averages), for paired comparisons between methods on the same items.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adherent: Vec<bool>,
+    /// On contexts about other subjects: answers left as the unedited model gives them
+    /// closed-book, and distractors named. Absent where the run had no irrelevant items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub irrelevant: Option<Irrelevant>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -174,6 +182,27 @@ fn with_instruction(items: &[Item], in_context: bool) -> Vec<Item> {
         .collect()
 }
 
+/// What one evaluation measures a setting on.
+pub struct EvalItems<'a> {
+    /// Conflicts, run with their contexts: adherence.
+    pub items: &'a [Item],
+    /// Facts the model knows, run closed-book: retention.
+    pub known: &'a [Item],
+    /// Contexts about other subjects: robustness (may be empty).
+    pub irrelevant: &'a IrrelevantSet,
+}
+
+impl EvalItems<'_> {
+    /// How many runs the evaluation makes.
+    pub fn len(&self) -> usize {
+        self.items.len() + self.known.len() + self.irrelevant.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Measure one setting: `items` for adherence, `known` (facts known closed-book) for retention.
 pub fn evaluate(
     model: &Model,
@@ -187,7 +216,13 @@ pub fn evaluate(
         batch_size: batch,
         ..LabelOptions::new(form)
     };
-    evaluate_with(model, s, items, known, opts, None, &mut |_| {})
+    let none = IrrelevantSet::default();
+    let sets = EvalItems {
+        items,
+        known,
+        irrelevant: &none,
+    };
+    evaluate_with(model, s, &sets, opts, None, &mut |_| {})
 }
 
 /// The items as they are, or with the instruction to follow the context
@@ -200,26 +235,60 @@ fn instructed(items: &[Item], instruct: bool, with_context: bool) -> Vec<Item> {
     }
 }
 
-/// [`evaluate`] with explicit labelling options (e.g. a longer answer budget); `progress` gets
-/// the number of items done after each batch (of `items`, then of `known`). With a journal,
-/// runs already saved there are reused and new ones are saved as they finish.
+/// Where, under an evaluation's scope, its runs of one set are saved.
+#[derive(Clone, Copy)]
+pub enum RunSet {
+    /// The conflicts with their contexts.
+    Items,
+    /// The known facts closed-book, on which retention is measured.
+    Known,
+    /// The irrelevant contexts.
+    Irrelevant,
+}
+
+impl RunSet {
+    /// The known facts closed-book (`closed`), else the conflicts with their contexts.
+    pub fn of_closed(closed: bool) -> RunSet {
+        match closed {
+            true => RunSet::Known,
+            false => RunSet::Items,
+        }
+    }
+
+    pub fn scope(self) -> &'static str {
+        match self {
+            RunSet::Items => "items",
+            RunSet::Known => "known",
+            RunSet::Irrelevant => "irrelevant",
+        }
+    }
+}
+
+/// [`evaluate`] with explicit labelling options (e.g. a longer answer budget) and irrelevant
+/// contexts; `progress` gets the number of items done after each batch. With a journal, runs
+/// already saved there are reused and new ones are saved as they finish.
 pub fn evaluate_with(
     model: &Model,
     s: &Setting,
-    items: &[Item],
-    known: &[Item],
+    sets: &EvalItems,
     mut opts: LabelOptions,
     mut journal: Option<&mut Scoped<Run>>,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Eval> {
     opts.cad = s.cad;
-    let ctx_items = instructed(items, s.instruct, true);
     let plan = s.plan.as_ref();
-    let mut items_journal = journal
-        .as_deref_mut()
-        .map(|j| j.sub(eval_runs_scope(false)));
-    let j = items_journal.as_mut();
-    let runs = label::runs(model, &ctx_items, &opts, plan, true, j, progress)?;
+    let mut run_set = |set: RunSet, items: &[Item], ctx: bool| -> Result<Vec<Run>> {
+        if items.is_empty() {
+            return Ok(vec![]);
+        }
+        let items = instructed(items, s.instruct, ctx);
+        let mut j = journal.as_deref_mut().map(|j| j.sub(set.scope()));
+        label::runs(model, &items, &opts, plan, ctx, j.as_mut(), progress)
+    };
+    let runs = run_set(RunSet::Items, sets.items, true)?;
+    let closed = run_set(RunSet::Known, sets.known, false)?;
+    let irr = run_set(RunSet::Irrelevant, &sets.irrelevant.items, true)?;
+    let items = sets.items;
     let em = |names: &dyn Fn(&Item) -> Vec<&str>| -> Vec<bool> {
         items
             .iter()
@@ -227,15 +296,6 @@ pub fn evaluate_with(
             .map(|(it, r)| exact_match(label::answer_span(&r.greedy), &names(it)))
             .collect()
     };
-    let known_items = instructed(known, s.instruct, false);
-    let closed = if known_items.is_empty() {
-        vec![]
-    } else {
-        let mut known_journal = journal.map(|j| j.sub(eval_runs_scope(true)));
-        let j = known_journal.as_mut();
-        label::runs(model, &known_items, &opts, plan, false, j, progress)?
-    };
-    let per_relation = per_relation(items, &runs);
     Ok(Eval {
         method: s.method,
         setting: s.label.clone(),
@@ -244,15 +304,16 @@ pub fn evaluate_with(
         tf_adherence: share(&runs, |r| r.tf_winner == Answer::Context, 2),
         memorization_ratio: mem_ratio(&runs, 3),
         retention: share(&closed, |r| r.greedy_answer == Answer::Prior, 4),
-        perplexity: perplexity(model, NEUTRAL_TEXT, s.plan.as_ref())?,
+        perplexity: perplexity(model, NEUTRAL_TEXT, plan)?,
         perplexity_ratio: 1.0,
-        per_relation,
+        per_relation: per_relation(items, &runs),
         em_context: rate(&em(&|it| it.context_names()), 5),
         em_memory: rate(&em(&|it| it.prior_names()), 6),
         adherent: runs
             .iter()
             .map(|r| r.greedy_answer == Answer::Context)
             .collect(),
+        irrelevant: (!sets.irrelevant.is_empty()).then(|| irrelevant::score(sets.irrelevant, &irr)),
     })
 }
 
@@ -285,6 +346,13 @@ fn per_relation(items: &[Item], runs: &[Run]) -> BTreeMap<String, RelationEval> 
         .collect()
 }
 
+/// The best setting of a sweep in which none met the bars, and what it missed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ineligible {
+    pub setting: String,
+    pub missed: Vec<String>,
+}
+
 /// A method's sweep on dev and its chosen test measurement.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MethodResult {
@@ -296,6 +364,10 @@ pub struct MethodResult {
     pub chosen_params: Option<Params>,
     /// Whether the chosen setting met the cost constraints on dev.
     pub constraints_met: bool,
+    /// When no setting met them: the setting with the highest dev adherence, and the bars it
+    /// missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_ineligible: Option<Ineligible>,
     pub test: Eval,
     /// Wall-clock seconds of the sweep and the test measurement.
     #[serde(default)]
@@ -304,58 +376,19 @@ pub struct MethodResult {
     /// where this is not 0, `seconds` counts only the work done after the resume.
     #[serde(default)]
     pub reused_runs: usize,
-    /// The chosen setting on the test items' true-context twins (the context states the true
-    /// fact): the share whose greedy answer names it. `bench conflict` only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub true_context: Option<Rate>,
+    /// Gold contexts: the chosen setting on the test items' true-context twins (the context
+    /// states the true fact), the share whose greedy answer names it. `bench conflict` only.
+    /// (Reports written before it had this name call it `true_context`.)
+    #[serde(
+        default,
+        alias = "true_context",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gold: Option<Rate>,
     /// Test adherence minus that of `none` and of `cad` on the same items ("vs none",
     /// "vs cad"), with a bootstrap interval over items. `bench conflict` only.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub paired: BTreeMap<String, Rate>,
-}
-
-/// Split items into (dev, test): their own split field, else a seeded half split by subject.
-/// With split fields, an item whose field is neither `dev` nor `test` is in neither.
-pub fn dev_test(items: &[Item]) -> (Vec<Item>, Vec<Item>) {
-    let has = items.iter().any(|i| i.split.is_some());
-    use crate::data::Split as S;
-    fn part_of(i: &Item, has: bool) -> Option<S> {
-        if has {
-            i.split
-        } else if crate::data::stable_hash(&i.subject).is_multiple_of(2) {
-            Some(S::Dev)
-        } else {
-            Some(S::Test)
-        }
-    }
-    let take = |name: S| -> Vec<Item> {
-        items
-            .iter()
-            .filter(|i| part_of(i, has) == Some(name))
-            .cloned()
-            .collect()
-    };
-    (take(S::Dev), take(S::Test))
-}
-
-/// Known facts among `items`: those whose closed-book greedy answer is the prior.
-pub fn known_items(
-    model: &Model,
-    items: &[Item],
-    form: Form,
-    batch: usize,
-    journal: Option<&mut Scoped<Run>>,
-) -> Result<Vec<Item>> {
-    let mut opts = LabelOptions::new(form);
-    opts.batch_size = batch;
-    let spec = crate::Spec::new();
-    let runs = label::runs(model, items, &opts, &spec, false, journal, &mut |_| {})?;
-    Ok(items
-        .iter()
-        .zip(runs)
-        .filter(|(_, r)| r.greedy_answer == Answer::Prior)
-        .map(|(i, _)| i.clone())
-        .collect())
 }
 
 /// What a benchmark run reports as it goes.
@@ -370,107 +403,6 @@ pub enum Event<'a> {
 
 /// Receives a benchmark run's [`Event`]s.
 pub type OnEvent<'a> = dyn FnMut(Event) + 'a;
-
-/// The items one benchmark run works on: dev (strengths are chosen there) and test, each with
-/// its known facts (closed-book greedy answer = prior) for measuring retention.
-pub struct Split {
-    pub dev: Vec<Item>,
-    pub test: Vec<Item>,
-    pub dev_known: Vec<Item>,
-    pub test_known: Vec<Item>,
-    pub form: Form,
-    /// Perplexity of the neutral text without intervention.
-    pub base_ppl: f64,
-}
-
-/// Where [`Split::new`] saves its closed-book runs, under the journal scope it is given.
-const KNOWN_DEV: &str = "known dev";
-const KNOWN_TEST: &str = "known test";
-
-impl Split {
-    /// Whether `journal` holds every closed-book run [`Split::new`] makes on `items`, so that
-    /// it would run nothing.
-    pub fn is_saved(items: &[Item], journal: &mut Scoped<Run>) -> bool {
-        let (dev, test) = dev_test(items);
-        label::all_saved(&journal.sub(KNOWN_DEV), &dev, false)
-            && label::all_saved(&journal.sub(KNOWN_TEST), &test, false)
-    }
-
-    /// Split `items` (see [`dev_test`]) and find the known facts of each part (saved to and
-    /// reused from `journal` when one is given).
-    pub fn new(
-        model: &Model,
-        items: &[Item],
-        form: Form,
-        batch: usize,
-        mut journal: Option<&mut Scoped<Run>>,
-    ) -> Result<Split> {
-        let (dev, test) = dev_test(items);
-        if dev.is_empty() || test.is_empty() {
-            return Err(Error::Invalid(format!(
-                "need dev and test items; got {} dev and {} test (the split goes by subject: \
-                 use more items, or another seed)",
-                dev.len(),
-                test.len()
-            )));
-        }
-        let mut dev_j = journal.as_deref_mut().map(|j| j.sub(KNOWN_DEV));
-        let dev_known = known_items(model, &dev, form, batch, dev_j.as_mut())?;
-        let mut test_j = journal.map(|j| j.sub(KNOWN_TEST));
-        let test_known = known_items(model, &test, form, batch, test_j.as_mut())?;
-        Ok(Split {
-            dev_known,
-            test_known,
-            dev,
-            test,
-            form,
-            base_ppl: perplexity(model, NEUTRAL_TEXT, &crate::Spec::new())?,
-        })
-    }
-
-    /// "N dev (K known), M test (J known)", for the log.
-    pub fn counts(&self) -> String {
-        format!(
-            "{} dev ({} known), {} test ({} known)",
-            self.dev.len(),
-            self.dev_known.len(),
-            self.test.len(),
-            self.test_known.len()
-        )
-    }
-
-    /// Measure `s` on test (else dev), its perplexity relative to no intervention.
-    #[allow(clippy::too_many_arguments)]
-    fn measure(
-        &self,
-        model: &Model,
-        s: &Setting,
-        test: bool,
-        batch: usize,
-        res: &Resources,
-        journal: Option<&mut Scoped<Run>>,
-        on: &mut OnEvent,
-    ) -> Result<Eval> {
-        let (items, known) = if test {
-            (&self.test, &self.test_known)
-        } else {
-            (&self.dev, &self.dev_known)
-        };
-        let what = eval_scope(test, s.method, &s.label);
-        on(Event::Begin {
-            what: &what,
-            items: items.len() + known.len(),
-        });
-        let o = opts(self.form, batch, res);
-        let scope = setting_scope(test, s.method, &s.params);
-        let mut journal = journal.map(|j| j.sub_renamed(&scope, &what));
-        let mut e = evaluate_with(model, s, items, known, o, journal.as_mut(), &mut |n| {
-            on(Event::Done(n))
-        })?;
-        e.perplexity_ratio = e.perplexity / self.base_ppl;
-        Ok(e)
-    }
-}
 
 /// The name of one evaluation, `dev|test METHOD [SETTING]`: its progress line and its scope in
 /// a journal.
@@ -490,16 +422,6 @@ pub fn setting_scope(test: bool, m: Method, params: &Params) -> String {
     format!("{split} {:016x}", crate::data::stable_hash(&key))
 }
 
-/// Where, under an evaluation's scope, its runs are saved: the items with their contexts, or
-/// (`closed`) the known facts closed-book, on which retention is measured.
-pub fn eval_runs_scope(closed: bool) -> &'static str {
-    if closed {
-        "known"
-    } else {
-        "items"
-    }
-}
-
 /// Run every method: sweep on dev, measure the chosen setting on test.
 pub fn run(
     model: &Model,
@@ -510,16 +432,18 @@ pub fn run(
     batch: usize,
     on: &mut OnEvent,
 ) -> Result<Vec<MethodResult>> {
-    let split = Split::new(model, items, form, batch, None)?;
+    let o = SplitOptions {
+        max_new: res.max_new,
+        ..SplitOptions::new(form, batch)
+    };
+    let split = Split::new(model, items, &o, None)?;
     on(Event::Line(&split.counts()));
     let twins: Vec<Item> = split.test.iter().filter_map(Item::true_twin).collect();
     let mut out = Vec::new();
     for m in methods {
         let mut r = run_method(model, *m, &split, res, batch, None, on)?;
         if !twins.is_empty() {
-            r.true_context = Some(true_context_rate(
-                model, &r, &twins, &split, res, batch, on,
-            )?);
+            r.gold = Some(gold_rate(model, &r, &twins, &split, res, batch, on)?);
         }
         out.push(r);
     }
@@ -545,47 +469,72 @@ pub fn run_method(
     for s in settings.iter().filter(|_| settings.len() > 1) {
         let e = split.measure(model, s, false, batch, res, journal.as_deref_mut(), on)?;
         on(Event::Line(&format!(
-            "dev {} {}: adherence {:.3}, retention {:.3}, ppl x{:.3}",
+            "dev {} {}: {}",
             m.name(),
             s.label,
-            e.adherence.value,
-            e.retention.value,
-            e.perplexity_ratio
+            brief(&e)
         )));
         sweep.push(e);
     }
-    let (i, met) = if settings.len() > 1 {
-        choose(&sweep)
-    } else {
-        (0, true)
+    let chosen = match settings.len() {
+        1 => Chosen {
+            index: 0,
+            eligible: true,
+            best_ineligible: None,
+        },
+        _ => choose(&sweep, split.irrelevant_base),
     };
+    let i = chosen.index;
     let test_eval = split.measure(model, &settings[i], true, batch, res, journal, on)?;
     on(Event::Line(&format!(
-        "test {} {}: adherence {:.3} [{:.3}, {:.3}]",
+        "test {} {}: {}",
         m.name(),
         settings[i].label,
-        test_eval.adherence.value,
-        test_eval.adherence.ci_low,
-        test_eval.adherence.ci_high
+        brief(&test_eval)
     )));
+    let best_ineligible = chosen.best_ineligible.map(|(j, missed)| Ineligible {
+        setting: settings[j].label.clone(),
+        missed,
+    });
     Ok(MethodResult {
         method: m,
         sweep,
         chosen: settings[i].label.clone(),
         chosen_params: Some(settings[i].params.clone()),
-        constraints_met: met,
+        constraints_met: chosen.eligible,
+        best_ineligible,
         test: test_eval,
         seconds: t0.elapsed().as_secs_f64(),
         reused_runs: 0,
-        true_context: None,
+        gold: None,
         paired: BTreeMap::new(),
     })
 }
 
-fn opts(form: Form, batch: usize, res: &Resources) -> LabelOptions {
+/// One evaluation in a line: adherence with its interval, retention, perplexity and, where
+/// measured, irrelevant contexts left unchanged.
+fn brief(e: &Eval) -> String {
+    let mut s = format!(
+        "adherence {:.3} [{:.3}, {:.3}], retention {:.3}, ppl x{:.3}",
+        e.adherence.value,
+        e.adherence.ci_low,
+        e.adherence.ci_high,
+        e.retention.value,
+        e.perplexity_ratio
+    );
+    if let Some(irr) = &e.irrelevant {
+        s += &format!(
+            ", irrelevant unchanged {:.3} (distractor named {:.3})",
+            irr.unchanged.value, irr.distractor_named.value
+        );
+    }
+    s
+}
+
+fn opts(form: Form, batch: usize, max_new: Option<usize>) -> LabelOptions {
     let mut o = LabelOptions::new(form);
     o.batch_size = batch;
-    if let Some(n) = res.max_new {
+    if let Some(n) = max_new {
         o.max_new = n;
     }
     o

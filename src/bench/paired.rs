@@ -22,8 +22,19 @@ pub fn paired_difference(a: &[bool], b: &[bool]) -> Option<Rate> {
 }
 
 /// Fill each method's `paired` with its test adherence minus that of `none` and of `cad`
-/// (those of them that were run), on the same items.
+/// (those of them that were run), on the same items; and, where irrelevant contexts were
+/// measured, its share of them left unchanged minus `none`'s (`irrelevant vs none`).
 pub fn fill(results: &mut [MethodResult]) {
+    let unchanged = |r: &MethodResult| {
+        r.test
+            .irrelevant
+            .as_ref()
+            .map(|i| i.unchanged_items.clone())
+    };
+    let none_irr = results
+        .iter()
+        .find(|r| r.method == Method::None)
+        .and_then(unchanged);
     let bases: Vec<(Method, Vec<bool>)> = BASELINES
         .iter()
         .filter_map(|b| {
@@ -41,6 +52,13 @@ pub fn fill(results: &mut [MethodResult]) {
             if let Some(d) = paired_difference(&r.test.adherent, base) {
                 r.paired.insert(format!("vs {}", b.name()), d);
             }
+        }
+        if r.method == Method::None {
+            continue;
+        }
+        let d = none_irr.as_ref().zip(unchanged(r));
+        if let Some(d) = d.and_then(|(base, own)| paired_difference(&own, base)) {
+            r.paired.insert("irrelevant vs none".into(), d);
         }
     }
 }

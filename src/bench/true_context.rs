@@ -1,14 +1,17 @@
 //! The cost on contexts that agree with memory: a method's chosen setting measured on the test
 //! items' true-context twins (the context rewritten to state the true fact).
 
-use super::{evaluate_with, grid, opts, Event, MethodResult, OnEvent, Rate, Resources, Split};
+use super::{
+    evaluate_with, grid, opts, EvalItems, Event, IrrelevantSet, MethodResult, OnEvent, Rate,
+    Resources, Split,
+};
 use crate::data::Item;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
-/// A method's chosen setting on contexts that agree with memory: the share of `twins` whose
-/// greedy answer names the true answer.
-pub(super) fn true_context_rate(
+/// A method's chosen setting on gold contexts, which agree with memory: the share of `twins`
+/// whose greedy answer names the true answer.
+pub fn gold_rate(
     model: &Model,
     r: &MethodResult,
     twins: &[Item],
@@ -26,12 +29,17 @@ pub(super) fn true_context_rate(
         what: "true ctx",
         items: twins.len(),
     });
+    let none = IrrelevantSet::default();
+    let sets = EvalItems {
+        items: twins,
+        known: &[],
+        irrelevant: &none,
+    };
     let e = evaluate_with(
         model,
         s,
-        twins,
-        &[],
-        opts(split.form, batch, res),
+        &sets,
+        opts(split.form, batch, res.max_new),
         None,
         &mut |n| on(Event::Done(n)),
     )?;

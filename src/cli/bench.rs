@@ -13,7 +13,7 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
     }
     let model = a.model.load_or(WeightsMode::F32)?;
     let id = model.identity()?;
-    let (methods, res) = methods_and_resources(&model, &a.with)?;
+    let (methods, res) = methods_and_resources(&model, &a.with, a.form)?;
 
     let t0 = std::time::Instant::now();
     let methods = bench::run(
@@ -26,12 +26,7 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
         &mut progress_events(),
     )?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    ctxsteer::report::sweep_chart(&methods, &a.out.join("sweep.svg"))?;
-    let mut charts = std::collections::BTreeMap::new();
-    charts.insert(
-        "dev sweeps: adherence and retention by strength".to_string(),
-        "sweep.svg".to_string(),
-    );
+    let charts = report_charts(&methods, &a.out)?;
     let report = ctxsteer::report::Report {
         title: "ctxsteer knowledge-conflict benchmark".into(),
         model: id,
@@ -51,6 +46,28 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The report's charts, written into `out`: the dev sweeps and, where irrelevant contexts
+/// were measured, faithfulness against robustness.
+pub(super) fn report_charts(
+    methods: &[ctxsteer::bench::MethodResult],
+    out: &std::path::Path,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    ctxsteer::report::sweep_chart(methods, &out.join("sweep.svg"))?;
+    let mut charts = std::collections::BTreeMap::new();
+    charts.insert(
+        "dev sweeps: adherence and retention by strength".to_string(),
+        "sweep.svg".to_string(),
+    );
+    if methods.iter().any(|m| m.test.irrelevant.is_some()) {
+        ctxsteer::report::contexts_chart(methods, &out.join("contexts.svg"))?;
+        charts.insert(
+            "faithfulness (gold and conflicting) against robustness (irrelevant)".to_string(),
+            "contexts.svg".to_string(),
+        );
+    }
+    Ok(charts)
+}
+
 /// The final summary: one line per method.
 fn summary_table(r: &ctxsteer::report::Report) -> String {
     let w = r
@@ -61,17 +78,23 @@ fn summary_table(r: &ctxsteer::report::Report) -> String {
         .max()
         .unwrap_or(13);
     let mut s = format!(
-        "{:<12} {:<w$} {:>22} {:>8} {:>10} {:>9} {:>7}\n",
-        "method", "chosen on dev", "adherence [95% CI]", "M_R", "retention", "true ctx", "ppl x"
+        "{:<12} {:<w$} {:>22} {:>8} {:>10} {:>7} {:>7} {:>11} {:>7}\n",
+        "method",
+        "chosen on dev",
+        "adherence [95% CI]",
+        "M_R",
+        "retention",
+        "gold",
+        "ppl x",
+        "irrelevant",
+        "named"
     );
+    let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{:.1}%", 100.0 * v));
     for m in &r.methods {
         let t = &m.test;
-        let true_ctx = m
-            .true_context
-            .as_ref()
-            .map_or("n/a".to_string(), |r| format!("{:.1}%", 100.0 * r.value));
+        let irr = t.irrelevant.as_ref();
         s += &format!(
-            "{:<12} {:<w$} {:>6.1}% [{:>4.1}, {:>4.1}] {:>8.3} {:>9.1}% {:>9} {:>7.3}\n",
+            "{:<12} {:<w$} {:>6.1}% [{:>4.1}, {:>4.1}] {:>8.3} {:>9.1}% {:>7} {:>7.3} {:>11} {:>7}\n",
             m.method.name(),
             m.chosen,
             100.0 * t.adherence.value,
@@ -79,9 +102,16 @@ fn summary_table(r: &ctxsteer::report::Report) -> String {
             100.0 * t.adherence.ci_high,
             t.memorization_ratio.value,
             100.0 * t.retention.value,
-            true_ctx,
-            t.perplexity_ratio
+            pct(m.gold.as_ref().map(|g| g.value)),
+            t.perplexity_ratio,
+            pct(irr.map(|i| i.unchanged.value)),
+            pct(irr.map(|i| i.distractor_named.value)),
         );
+    }
+    if r.methods.iter().any(|m| m.test.irrelevant.is_some()) {
+        s += "gold: true answer named after a true context; irrelevant: answers left as the \
+              model gives them closed-book after a context about another subject; named: the \
+              distractor named\n";
     }
     s
 }
@@ -92,6 +122,7 @@ pub(super) fn demo_cmd(
     form: ctxsteer::data::Form,
     batch_size: usize,
     patch_items: usize,
+    artefacts: &std::path::Path,
 ) -> Result<()> {
     use ctxsteer::bench::Method;
     let t0 = std::time::Instant::now();
@@ -100,19 +131,41 @@ pub(super) fn demo_cmd(
         0.0
     );
     let m = model.load_or(WeightsMode::F32)?;
+    let none = Artefacts {
+        probes: None,
+        head_probes: None,
+        heads_from: None,
+        gate_probes: None,
+        reft: vec![],
+    };
+    let art = Artefacts::resolve(&m.identity()?, artefacts, form, none)?;
+    let reft = reft_for(&m, &art.reft, &[])?;
+    let mut methods = vec![
+        Method::None,
+        Method::Instruct,
+        Method::Cad,
+        Method::Steer,
+        Method::SteerGated,
+        Method::Heads,
+        Method::HeadsGated,
+    ];
+    if !reft.is_empty() {
+        eprintln!(
+            "the committed edit(s) {} join the benchmark as reft and reft-gated",
+            art.reft
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        methods.extend([Method::Reft, Method::ReftGated]);
+    }
     let opts = ctxsteer::demo::DemoOptions {
         form,
         batch_size,
         patch_items,
-        methods: vec![
-            Method::None,
-            Method::Instruct,
-            Method::Cad,
-            Method::Steer,
-            Method::SteerGated,
-            Method::Heads,
-            Method::HeadsGated,
-        ],
+        methods,
+        reft,
         command: super::command_line(),
     };
     let report = ctxsteer::demo::run(&m, &out, &opts, &mut |msg| {
@@ -132,6 +185,7 @@ pub(super) fn demo_cmd(
 fn methods_and_resources(
     model: &Model,
     w: &MethodArgs,
+    form: ctxsteer::data::Form,
 ) -> Result<(Vec<ctxsteer::bench::Method>, ctxsteer::bench::Resources)> {
     let given = Artefacts {
         probes: w.probes.clone(),
@@ -140,7 +194,7 @@ fn methods_and_resources(
         gate_probes: w.gate_probes.clone(),
         reft: w.reft.clone(),
     };
-    let art = Artefacts::resolve(&model.identity()?, &w.artefacts, given)?;
+    let art = Artefacts::resolve(&model.identity()?, &w.artefacts, form, given)?;
     let methods = w.methods.clone().unwrap_or_else(|| art.methods());
     let mut res = resources(model, &art, &methods)?;
     res.reft = reft_for(model, &art.reft, &methods)?;
@@ -166,45 +220,92 @@ struct Manifest {
     probes: Option<PathBuf>,
     #[serde(default)]
     head_probes: Option<PathBuf>,
+    /// The `conflict` gate: one file, or one per form (`{"completion": …, "chat": …}`).
     #[serde(default)]
-    gate: Option<PathBuf>,
+    gate: Option<GateFiles>,
     #[serde(default)]
     heads: Option<PathBuf>,
     #[serde(default)]
     reft: Vec<PathBuf>,
 }
 
-impl Artefacts {
-    /// `given`, with what it lacks filled in from `dir/manifest.json` when that manifest is
-    /// for `model`.
-    fn resolve(
-        model: &ctxsteer::model::ModelId,
-        dir: &std::path::Path,
-        given: Artefacts,
-    ) -> Result<Artefacts> {
-        let path = dir.join("manifest.json");
+/// A manifest's gate: one file for every form, or one per form.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum GateFiles {
+    One(PathBuf),
+    PerForm(std::collections::BTreeMap<ctxsteer::data::Form, PathBuf>),
+}
+
+impl GateFiles {
+    /// The gate for prompts in `form`, if the manifest has one.
+    fn for_form(self, form: ctxsteer::data::Form) -> Option<PathBuf> {
+        match self {
+            GateFiles::One(p) => Some(p),
+            GateFiles::PerForm(mut m) => m.remove(&form),
+        }
+    }
+}
+
+/// The manifests in `dir` and its immediate subfolders (`probes/manifest.json`,
+/// `probes/gemma3-270m/manifest.json`, …), each with its folder, in name order.
+fn manifests(dir: &std::path::Path) -> Result<Vec<(PathBuf, Manifest)>> {
+    let mut dirs = vec![dir.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        let mut subs: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        subs.sort();
+        dirs.extend(subs);
+    }
+    let mut out = vec![];
+    for d in dirs {
+        let path = d.join("manifest.json");
         if !path.exists() {
-            return Ok(given);
+            continue;
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let m: Manifest = serde_json::from_str(&text)
             .with_context(|| format!("{}: not an artefacts manifest", path.display()))?;
-        if m.model_sha256 != model.sha256 {
-            eprintln!(
-                "{} is for another model (sha256 {}); using only the artefacts given as options",
-                path.display(),
-                m.model_sha256
-            );
+        out.push((d, m));
+    }
+    Ok(out)
+}
+
+impl Artefacts {
+    /// `given`, with what it lacks filled in from the manifest for `model` in `dir` or one of
+    /// its subfolders (the gate for `form`).
+    fn resolve(
+        model: &ctxsteer::model::ModelId,
+        dir: &std::path::Path,
+        form: ctxsteer::data::Form,
+        given: Artefacts,
+    ) -> Result<Artefacts> {
+        let found = manifests(dir)?;
+        let n = found.len();
+        let Some((dir, m)) = found
+            .into_iter()
+            .find(|(_, m)| m.model_sha256 == model.sha256)
+        else {
+            if n > 0 {
+                eprintln!(
+                    "no manifest in {} or its subfolders is for the loaded model (sha256 {}); \
+                     using only the artefacts given as options",
+                    dir.display(),
+                    model.sha256
+                );
+            }
             return Ok(given);
-        }
+        };
         let fill =
             |given: Option<PathBuf>, listed: Option<PathBuf>| given.or(listed.map(|p| dir.join(p)));
         Ok(Artefacts {
             probes: fill(given.probes, m.probes),
             head_probes: fill(given.head_probes, m.head_probes),
             heads_from: fill(given.heads_from, m.heads),
-            gate_probes: fill(given.gate_probes, m.gate),
+            gate_probes: fill(given.gate_probes, m.gate.and_then(|g| g.for_form(form))),
             reft: match given.reft.is_empty() {
                 true => m.reft.iter().map(|p| dir.join(p)).collect(),
                 false => given.reft,
@@ -362,7 +463,8 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
         false => Some(ctxsteer::atomic::OutputLock::acquire(&a.out, true)?),
     };
     let model = a.model.load_or(WeightsMode::F32)?;
-    let (methods, res) = methods_and_resources(&model, &a.with)?;
+    let completion = ctxsteer::data::Form::Completion;
+    let (methods, res) = methods_and_resources(&model, &a.with, completion)?;
     let opts = ctxsteer::public::PublicOptions {
         limit: a.limit,
         seed: a.seed,

@@ -102,6 +102,11 @@ pub enum Command {
         /// Dev items used to rank heads by ablation.
         #[arg(long, default_value_t = 32)]
         patch_items: usize,
+        /// A folder whose manifest.json (or a subfolder's) names trained edits for the loaded
+        /// model: the demo then also runs the learned edit (reft, reft-gated) beside the
+        /// methods it builds itself. The repository's `probes/` has them for both real models.
+        #[arg(long, default_value = "probes")]
+        artefacts: PathBuf,
     },
     /// Write probe directions as a llama.cpp control vector (GGUF).
     ExportCvec {
@@ -200,7 +205,8 @@ pub fn run(cli: Cli) -> Result<()> {
             form,
             batch_size,
             patch_items,
-        } => demo_cmd(model, out, form, batch_size, patch_items),
+            artefacts,
+        } => demo_cmd(model, out, form, batch_size, patch_items, &artefacts),
         Command::ExportCvec {
             file,
             alpha,

@@ -57,6 +57,13 @@ pub struct ReftTrainArgs {
     pub keep_weight: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Irrelevant contexts per conflict and form: the conflict's query after a context about
+    /// another subject of its split (another subject's true fact or counterfactual of the same
+    /// relation, a fact of another relation, or a paragraph of such sentences, in turn), with
+    /// the answer the unedited model gives that query closed-book as the target. They teach the
+    /// edit to follow only a context that answers the question. 0 trains without them.
+    #[arg(long, default_value_t = 1)]
+    pub irrelevant: usize,
     #[arg(long)]
     pub skip_invalid: bool,
     /// Output .safetensors file.
@@ -92,6 +99,7 @@ pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
         forms: a.forms.clone(),
         keep_weight: a.keep_weight,
         seed: a.seed,
+        irrelevant: a.irrelevant,
     };
     let t0 = std::time::Instant::now();
     let mut bar: Option<indicatif::ProgressBar> = None;
@@ -115,12 +123,13 @@ pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
     reft.meta.train.command = super::command_line();
     reft.save(&a.out)?;
     println!(
-        "{}: {} trained in {:.0}s on {} conflicts, {} true contexts, {} closed-book prompts and {} neutral passages",
+        "{}: {} trained in {:.0}s on {} conflicts, {} true contexts, {} irrelevant contexts, {} closed-book prompts and {} neutral passages",
         a.out.display(),
         ctxsteer::steer::Plan::describe(&reft),
         reft.meta.train.seconds,
         reft.meta.train.conflicts,
         reft.meta.train.true_contexts,
+        reft.meta.train.irrelevant,
         reft.meta.train.closed_book,
         reft.meta.train.neutral
     );

@@ -111,6 +111,8 @@ fn import_counterfact(path: &Path, text: &str) -> Result<Vec<Item>> {
                 context_aliases: vec![],
                 split: None,
                 variant: Some(super::Variant::Counterfactual),
+                distractor: None,
+                true_context: None,
                 prefix: String::new(),
             })
         };
@@ -219,7 +221,7 @@ fn import_nqswap(path: &Path, text: &str) -> Result<Vec<Item>> {
             answer_list(x).map_err(|m| at(format!("field `{f}`: {m}")))
         };
         let question = s("question")?;
-        let _org_context = s("org_context")?;
+        let org_context = s("org_context")?;
         let (org, sub) = (list("org_answer")?, list("sub_answer")?);
         out.push(Item {
             id: format!("nqswap:{}", i + 1),
@@ -235,6 +237,9 @@ fn import_nqswap(path: &Path, text: &str) -> Result<Vec<Item>> {
             context_aliases: sub[1..].to_vec(),
             split: None,
             variant: Some(super::Variant::Counterfactual),
+            distractor: None,
+            // The gold context: the original passage, which states the true answer.
+            true_context: Some(format!("context: {org_context}\n")),
             prefix: String::new(),
         });
     }
@@ -354,6 +359,8 @@ fn memotrap_item(
         context_aliases: vec![],
         split: None,
         variant: Some(super::Variant::Counterfactual),
+        distractor: None,
+        true_context: None,
         prefix: String::new(),
     })
 }
@@ -407,6 +414,8 @@ fn world_capital_items(i: usize, r: &serde_json::Value) -> std::result::Result<[
         context_aliases: vec![],
         split: None,
         variant: Some(super::Variant::Counterfactual),
+        distractor: None,
+        true_context: None,
         prefix: String::new(),
     };
     Ok([

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 mod import;
+mod irrelevant;
 pub use import::{answer_list, import, parse_py_list, ImportFormat};
+pub use irrelevant::{irrelevant_for, Distractor};
 
 crate::choice_enum! {
 /// Which part of the data an item belongs to.
@@ -40,6 +42,9 @@ pub enum Variant {
     NoContext = "no_context",
     /// Ordinary text without a fact to recall.
     Neutral = "neutral",
+    /// The context is about another subject: it does not answer the query (`context_answer`
+    /// is the object it names, the distractor).
+    Irrelevant = "irrelevant",
 }
 }
 
@@ -64,9 +69,16 @@ pub struct Item {
     /// train, dev or test (built-in data); absent for imported data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<Split>,
-    /// counterfactual, true_context, no_context or neutral (built-in data).
+    /// counterfactual, true_context, no_context, neutral or irrelevant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<Variant>,
+    /// What an irrelevant context says (variant `irrelevant` only; optional there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distractor: Option<Distractor>,
+    /// The context as it states the true fact, where the data gives it (NQ-Swap's
+    /// `org_context`); without it, [`Item::true_twin`] rewrites `context`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub true_context: Option<String>,
     /// Text put before the query in both conditions, closed-book and with context: k-shot
     /// demonstrations (`bench public --shots`). Usually empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -75,7 +87,7 @@ pub struct Item {
 
 crate::choice_enum! {
 /// How a query is put to the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Form {
     /// `{context} {prompt}` and the answer continues the text.
@@ -105,16 +117,21 @@ impl Item {
         }
     }
 
-    /// The same query with a context that states the true fact: the context answer replaced by
-    /// the prior in the context text. None when the context does not name its answer.
+    /// The same query with a context that states the true fact: `true_context` where the data
+    /// gives it, else the context answer replaced by the prior in the context text. None when
+    /// there is neither (the context does not name its answer).
     pub fn true_twin(&self) -> Option<Item> {
-        if self.context.is_empty() || !self.context.contains(&self.context_answer) {
-            return None;
-        }
+        let context = match &self.true_context {
+            Some(c) if !c.trim().is_empty() => c.clone(),
+            _ if self.context.is_empty() || !self.context.contains(&self.context_answer) => {
+                return None
+            }
+            _ => self
+                .context
+                .replace(&self.context_answer, &self.prior_answer),
+        };
         let mut it = self.clone();
-        it.context = self
-            .context
-            .replace(&self.context_answer, &self.prior_answer);
+        it.context = context;
         it.context_answer = self.prior_answer.clone();
         it.context_aliases = self.prior_aliases.clone();
         Some(it)
@@ -132,6 +149,29 @@ impl Item {
             .chain(self.context_aliases.iter().map(String::as_str))
             .collect()
     }
+}
+
+/// Lowercase, letters and digits only, single spaces, padded with spaces for word matching.
+pub fn normalize(s: &str) -> String {
+    let mut out = String::from(" ");
+    for c in s.to_lowercase().chars() {
+        if c.is_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with(' ') {
+            out.push(' ');
+        }
+    }
+    if !out.ends_with(' ') {
+        out.push(' ');
+    }
+    out
+}
+
+/// Whether `text` names `name` as whole words (case and punctuation aside); an empty name is
+/// named nowhere.
+pub fn mentions(text: &str, name: &str) -> bool {
+    let n = normalize(name);
+    !n.trim().is_empty() && normalize(text).contains(&n)
 }
 
 const REQUIRED: [&str; 8] = [
@@ -169,6 +209,13 @@ fn check_line(v: &serde_json::Value) -> std::result::Result<Item, String> {
         }
     }
     let item: Item = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    if item.distractor.is_some() && item.variant != Some(Variant::Irrelevant) {
+        return Err(
+            "field `distractor` belongs to variant `irrelevant` (a context about \
+                    another subject); this item has another variant"
+                .into(),
+        );
+    }
     let same = item
         .prior_answer
         .trim()
@@ -288,6 +335,8 @@ pub fn neutral_items() -> Vec<Item> {
                 context_aliases: vec![],
                 split: Some(split_of(&subject)),
                 variant: Some(Variant::Neutral),
+                distractor: None,
+                true_context: None,
                 prefix: String::new(),
                 subject,
             }
@@ -480,11 +529,14 @@ fn counterfactual<'a>(fact: &Fact, objects: &[&'a Fact]) -> Option<&'a Fact> {
     )
 }
 
-/// The three variants of the built-in data, each with every split.
+/// The variants of the built-in data, each with every split.
 pub struct Built {
     pub counterfactual: Vec<Item>,
     pub true_context: Vec<Item>,
     pub no_context: Vec<Item>,
+    /// Each conflict's query after contexts about other subjects of its split, one per
+    /// [`Distractor`] kind.
+    pub irrelevant: Vec<Item>,
 }
 
 /// Build the conflicts from the fact tables: one item per fact, its context and query
@@ -497,6 +549,7 @@ pub fn build() -> Result<Built> {
         counterfactual: vec![],
         true_context: vec![],
         no_context: vec![],
+        irrelevant: vec![],
     };
     for (rel, t) in &templates {
         let rel_facts: Vec<&Fact> = facts.iter().filter(|f| &f.relation == rel).collect();
@@ -518,6 +571,8 @@ pub fn build() -> Result<Built> {
                 context_aliases: cf.aliases.clone(),
                 split: Some(split_of(&f.subject)),
                 variant: Some(Variant::Counterfactual),
+                distractor: None,
+                true_context: None,
                 prefix: String::new(),
             };
             built.true_context.push(Item {
@@ -535,6 +590,7 @@ pub fn build() -> Result<Built> {
             built.counterfactual.push(base);
         }
     }
+    built.irrelevant = irrelevant_for(&built.counterfactual, &Distractor::ALL);
     Ok(built)
 }
 
@@ -559,13 +615,14 @@ pub fn write_built(dir: &Path) -> Result<Vec<(String, usize)>> {
         ("counterfactual.jsonl", &b.counterfactual),
         ("true_context.jsonl", &b.true_context),
         ("no_context.jsonl", &b.no_context),
+        ("irrelevant.jsonl", &b.irrelevant),
     ] {
         write_jsonl(&dir.join(name), items)?;
         written.push((name.to_string(), items.len()));
     }
-    // All three variants in one file, with unique ids, plus neutral passages, for the
-    // `conflict` probe target: the counterfactual context against the true one, none, and
-    // ordinary text.
+    // Every variant in one file, with unique ids, plus neutral passages, for the `conflict`
+    // probe target: the counterfactual context against the true one, none, contexts about
+    // other subjects (already unique), and ordinary text.
     let neutral = neutral_items();
     let both: Vec<Item> = b
         .counterfactual
@@ -576,6 +633,7 @@ pub fn write_built(dir: &Path) -> Result<Vec<(String, usize)>> {
             id: format!("{}:{}", it.id, it.variant.map_or("", Variant::name)),
             ..it.clone()
         })
+        .chain(b.irrelevant.iter().cloned())
         .chain(neutral)
         .collect();
     write_jsonl(&dir.join("variants.jsonl"), &both)?;

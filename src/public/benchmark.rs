@@ -30,6 +30,16 @@ impl Benchmark {
             _ => 8,
         }
     }
+
+    /// The irrelevant contexts each query also meets: NQ-Swap's are another question's
+    /// original passage that does not hold the answer (CUB's irrelevant type); MemoTrap's
+    /// proverbs and the world capitals' one relation have none.
+    pub(super) fn distractors(self) -> &'static [crate::data::Distractor] {
+        match self {
+            Benchmark::Nqswap => &[crate::data::Distractor::SameRelationTrue],
+            _ => &[],
+        }
+    }
 }
 
 pub(super) fn load(dir: &Path, b: Benchmark) -> Result<Vec<Item>> {

@@ -196,6 +196,7 @@ pub fn run_one(
         outcomes.push(o);
         results.push(r);
     }
+    bench::fill_paired(&mut results);
     let own = own_table(b, &results, &outcomes);
     let (published, note) = published(b, opts);
     Ok(Section {
@@ -258,6 +259,12 @@ impl BenchRun<'_> {
         on: &mut bench::OnEvent,
     ) -> Result<Option<bench::Split>> {
         let (name, opts) = (self.b.name(), self.opts);
+        let o = bench::SplitOptions {
+            form: Form::Completion,
+            batch: opts.batch_size,
+            max_new: self.res.max_new,
+            distractors: self.b.distractors().to_vec(),
+        };
         let split_scope = format!(
             "{}|split{}",
             run_key(name, &self.sha256, opts),
@@ -265,7 +272,7 @@ impl BenchRun<'_> {
         );
         if opts.saved_only
             && !scoped(&mut self.journal, &split_scope)
-                .is_some_and(|mut j| bench::Split::is_saved(used, &mut j))
+                .is_some_and(|mut j| bench::Split::is_saved(used, &o, &mut j))
         {
             // Every method's runs come after the split's, so nothing of this benchmark is saved.
             on(Event::Line(&format!(
@@ -276,8 +283,7 @@ impl BenchRun<'_> {
         let split = bench::Split::new(
             self.model,
             used,
-            Form::Completion,
-            opts.batch_size,
+            &o,
             scoped(&mut self.journal, &split_scope).as_mut(),
         )?;
         Ok(Some(split))
@@ -326,6 +332,20 @@ impl BenchRun<'_> {
             (Some(d), true) => saved_part(d, name, m, keys),
             _ => None,
         };
+        // A part saved before irrelevant contexts were measured lacks them, and its setting
+        // was chosen without their bar: it is run again (its runs come from the journal).
+        let stale =
+            |r: &MethodResult| !split.test_irrelevant.is_empty() && r.test.irrelevant.is_none();
+        let saved = match saved {
+            Some(r) if stale(&r) => {
+                on(Event::Line(&format!(
+                    "{name} {}: the saved part has no irrelevant contexts; measuring it again",
+                    m.name()
+                )));
+                None
+            }
+            other => other,
+        };
         if let Some(r) = saved {
             on(Event::Line(&format!(
                 "{name} {}: reusing the saved part",
@@ -345,6 +365,13 @@ impl BenchRun<'_> {
         let (res, batch) = (self.res, opts.batch_size);
         let mut r = bench::run_method(self.model, m, split, res, batch, j.as_mut(), on)?;
         r.reused_runs = self.journal.as_ref().map_or(0, Journal::hits) - hits;
+        if !self.b.distractors().is_empty() {
+            // Where irrelevant contexts are measured, so are gold ones: the three types.
+            let twins: Vec<Item> = split.test.iter().filter_map(Item::true_twin).collect();
+            r.gold = Some(bench::gold_rate(
+                self.model, &r, &twins, split, res, batch, on,
+            )?);
+        }
         if let Some(d) = &opts.parts {
             save_part(d, name, m, keys.new.clone(), &r)?;
         }
@@ -441,6 +468,8 @@ mod tests {
             context_aliases: vec![],
             split: None,
             variant: None,
+            distractor: None,
+            true_context: None,
             prefix: String::new(),
         }
     }

@@ -57,7 +57,7 @@ pub(super) fn test_outcomes(
         None => legacy.clone(),
     };
     let mut eval = part.sub_renamed(&scope, &legacy);
-    let items = eval.sub(bench::eval_runs_scope(closed));
+    let items = eval.sub(bench::RunSet::of_closed(closed).scope());
     test.iter()
         .enumerate()
         .map(|(i, it)| {
@@ -123,7 +123,7 @@ mod tests {
         let mut save_runs = |key: &str, (m, chosen): (Method, &str), closed, greedy: &[&str]| {
             let mut part = scoped(&mut journal, key).unwrap();
             let mut eval = part.sub(&bench::eval_scope(true, m, chosen));
-            let items = eval.sub(bench::eval_runs_scope(closed));
+            let items = eval.sub(bench::RunSet::of_closed(closed).scope());
             let runs: Vec<(String, Run)> = greedy
                 .iter()
                 .enumerate()
@@ -201,7 +201,7 @@ mod tests {
             let mut part = scoped_part(&mut journal, &keys).unwrap();
             let scope = bench::setting_scope(true, Method::Cad, &beta(1.0));
             let mut eval = part.sub_renamed(&scope, "test cad beta=1");
-            let items = eval.sub(bench::eval_runs_scope(false));
+            let items = eval.sub(bench::RunSet::Items.scope());
             let runs: Vec<(String, Run)> = test
                 .iter()
                 .enumerate()

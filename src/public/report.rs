@@ -60,6 +60,9 @@ pub fn markdown(r: &PublicReport) -> String {
         );
         if !sec.methods.is_empty() {
             s += &methods_table(sec);
+            // A subsection of this benchmark's section.
+            s += "\n";
+            s += &crate::report::contexts_markdown(&sec.methods, 3);
         }
         if !sec.pending.is_empty() {
             let names: Vec<&str> = sec.pending.iter().map(|m| m.name()).collect();

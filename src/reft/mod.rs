@@ -5,6 +5,8 @@
 //! every position, prompt and generated alike. Training (on the train split only) asks for:
 //! - the context's answer after a prompt whose context contradicts memory (cross-entropy);
 //! - the true answer after a prompt whose context agrees with memory (cross-entropy);
+//! - after a context about another subject (irrelevant), the answer the unedited model gives
+//!   the same query closed-book (cross-entropy);
 //! - nothing changed without a context: the KL divergence from the unedited model's next-token
 //!   distributions, closed-book from the prompt's last token on, and at every position of
 //!   ordinary text.
@@ -44,6 +46,10 @@ pub struct TrainRecord {
     pub true_contexts: usize,
     pub closed_book: usize,
     pub neutral: usize,
+    /// Irrelevant contexts (a query after a context about another subject), answered as the
+    /// unedited model answers closed-book; 0 in edits trained before they were.
+    #[serde(default)]
+    pub irrelevant: usize,
     pub epochs: usize,
     pub steps: usize,
     pub lr: f64,

@@ -22,6 +22,9 @@ pub struct TrainOptions {
     /// Weight of the keep-what-you-know KL term against the answer cross-entropy.
     pub keep_weight: f64,
     pub seed: u64,
+    /// Irrelevant contexts per conflict and form: its query after a context about another
+    /// subject (kinds in turn), answered as the unedited model answers it closed-book. 0: none.
+    pub irrelevant: usize,
 }
 
 /// One training sequence: a prompt, optionally followed by an answer.
@@ -34,13 +37,15 @@ struct Example {
 
 /// The training sequences, by what the loss asks of them.
 struct Examples {
-    /// Counterfactual contexts (answer: the context's) and true contexts (answer: the prior).
+    /// Counterfactual contexts (answer: the context's), true contexts (answer: the prior) and
+    /// irrelevant contexts (answer: the unedited model's own closed-book answer).
     answer: Vec<Example>,
     /// Closed-book prompts with the prior answer: keep as the model had them.
     closed: Vec<Example>,
     /// Ordinary text: keep as the model had it.
     neutral: Vec<Example>,
-    counts: [usize; 4],
+    /// Conflicts, true contexts, closed-book prompts, neutral passages, irrelevant contexts.
+    counts: [usize; 5],
 }
 
 fn example(model: &Model, item: &Item, form: Form, ctx: bool, answer: &str) -> Result<Example> {
@@ -50,15 +55,57 @@ fn example(model: &Model, item: &Item, form: Form, ctx: bool, answer: &str) -> R
     Ok(Example { ids, prompt_len })
 }
 
+/// Irrelevant-context examples in `form`: each conflict's query after `per_item` contexts
+/// about other subjects of its split (the kinds in turn, from a hash of its id), with the
+/// answer the unedited model gives that query closed-book (greedy, up to the line's end).
+fn irrelevant_examples(
+    model: &Model,
+    items: &[Item],
+    form: Form,
+    per_item: usize,
+) -> Result<Vec<Example>> {
+    use crate::data::{irrelevant_for, stable_hash, Distractor};
+    let conflicts: Vec<Item> = items
+        .iter()
+        .filter(|it| !it.context.is_empty())
+        .cloned()
+        .collect();
+    if per_item == 0 || conflicts.is_empty() {
+        return Ok(vec![]);
+    }
+    let all = irrelevant_for(&conflicts, &Distractor::ALL);
+    let opts = crate::label::LabelOptions::new(form);
+    let spec = Spec::new();
+    let closed = crate::label::runs(model, &conflicts, &opts, &spec, false, None, &mut |_| {})?;
+    let mut out = Vec::new();
+    for (q, run) in conflicts.iter().zip(&closed) {
+        let answer = crate::label::answer_span(&run.greedy).trim();
+        let prefix = format!("{}:irrelevant:", q.id);
+        let own: Vec<&Item> = all.iter().filter(|i| i.id.starts_with(&prefix)).collect();
+        if answer.is_empty() || own.is_empty() {
+            continue;
+        }
+        let start = stable_hash(&q.id) as usize;
+        for k in 0..per_item.min(own.len()) {
+            let irr = own[(start + k) % own.len()];
+            out.push(example(model, irr, form, true, answer)?);
+        }
+    }
+    Ok(out)
+}
+
 fn build_examples(
     model: &Model,
     items: &[Item],
     neutral: &[String],
-    forms: &[Form],
+    opts: &TrainOptions,
 ) -> Result<Examples> {
     let (mut answer, mut closed, mut kept) = (Vec::new(), Vec::new(), Vec::new());
-    let mut counts = [0usize; 4];
-    for form in forms {
+    let mut counts = [0usize; 5];
+    for form in &opts.forms {
+        let irr = irrelevant_examples(model, items, *form, opts.irrelevant)?;
+        counts[4] += irr.len();
+        answer.extend(irr);
         for it in items.iter().filter(|it| !it.context.is_empty()) {
             answer.push(example(model, it, *form, true, &it.context_answer)?);
             counts[0] += 1;
@@ -261,7 +308,7 @@ pub fn train(
     use rand::SeedableRng;
     check_options(model, opts)?;
     let t0 = std::time::Instant::now();
-    let ex = build_examples(model, items, neutral, &opts.forms)?;
+    let ex = build_examples(model, items, neutral, opts)?;
     if ex.counts[0] == 0 {
         return Err(Error::Invalid(
             "training needs items with a context (none of the items has one)".into(),
@@ -393,6 +440,7 @@ impl Run<'_> {
             true_contexts: counts[1],
             closed_book: counts[2],
             neutral: counts[3],
+            irrelevant: counts[4],
             epochs: opts.epochs,
             steps: self.steps_per_epoch * opts.epochs,
             lr: opts.lr,

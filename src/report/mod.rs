@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+mod contexts;
+pub use contexts::{
+    chart as contexts_chart, faithfulness, markdown as contexts_markdown, robustness,
+};
+
 /// condition -> side -> metric -> mean over layers.
 pub type DensityMeans = BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>;
 
@@ -89,7 +94,7 @@ fn table(rep: &Report) -> (Vec<&'static str>, Vec<Vec<String>>) {
                     t.memorization_ratio.ci_high
                 ),
                 rate(&t.retention),
-                m.true_context.as_ref().map_or("n/a".into(), rate),
+                m.gold.as_ref().map_or("n/a".into(), rate),
                 format!("{:.3}", t.perplexity_ratio),
                 if m.sweep.is_empty() {
                     "no sweep".into()
@@ -165,6 +170,7 @@ pub fn markdown(rep: &Report) -> String {
         s += PAIRED_LEGEND;
     }
     s += LEGEND;
+    s += &contexts::markdown(&rep.methods, 2);
     s += "## Adherence per relation (test)\n\n";
     let (h, rows) = relation_table(rep);
     s += &md_table(&h, &rows);
@@ -212,8 +218,11 @@ fn md_sweeps(rep: &Report) -> String {
             .sweep
             .iter()
             .map(|e| {
+                let irr = e.irrelevant.as_ref().map_or(String::new(), |i| {
+                    format!(", irrelevant unchanged {}", pct(i.unchanged.value))
+                });
                 format!(
-                    "{} → adherence {}, retention {}, ppl ×{:.3}",
+                    "{} → adherence {}, retention {}, ppl ×{:.3}{irr}",
                     e.setting,
                     pct(e.adherence.value),
                     pct(e.retention.value),
@@ -305,6 +314,16 @@ pub fn html(rep: &Report, dir: &Path) -> Result<String> {
     );
     body += "<h2>Test split, each method at the setting chosen on dev</h2>";
     body += &html_table(&h, &rows);
+    if contexts::measured(&rep.methods) {
+        let (ch, crows) = contexts::table(&rep.methods);
+        let ch: Vec<String> = ch.iter().map(|x| x.to_string()).collect();
+        body += "<h2>Gold, conflicting and irrelevant contexts (test)</h2>";
+        body += &html_table(&ch, &crows);
+        let (kh, krows) = contexts::kinds_table(&rep.methods);
+        body += "<h3>Irrelevant contexts by kind (test)</h3>";
+        body += &html_table(&kh, &krows);
+        body += &format!("<p>{}</p>", esc(contexts::LEGEND.trim()));
+    }
     body += "<h2>Adherence per relation (test)</h2>";
     body += &html_table(&rh, &rrows);
     for (k, f) in &rep.charts {

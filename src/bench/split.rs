@@ -1,0 +1,305 @@
+//! The items one benchmark run works on: conflicts split into dev and test, the facts the model
+//! knows in each part, and each part's irrelevant contexts with the model's own closed-book
+//! answers to their queries.
+
+use super::irrelevant::{self, IrrelevantSet};
+use super::{
+    eval_scope, evaluate_with, opts, perplexity, setting_scope, Eval, EvalItems, Event, OnEvent,
+    Resources, Setting, NEUTRAL_TEXT,
+};
+use crate::data::{Distractor, Form, Item, Variant};
+use crate::error::{Error, Result};
+use crate::journal::Scoped;
+use crate::label::{self, Answer, LabelOptions, Run};
+use crate::model::Model;
+
+/// Split items into (dev, test): their own split field, else a seeded half split by subject.
+/// With split fields, an item whose field is neither `dev` nor `test` is in neither.
+pub fn dev_test(items: &[Item]) -> (Vec<Item>, Vec<Item>) {
+    let has = items.iter().any(|i| i.split.is_some());
+    use crate::data::Split as S;
+    fn part_of(i: &Item, has: bool) -> Option<S> {
+        if has {
+            i.split
+        } else if crate::data::stable_hash(&i.subject).is_multiple_of(2) {
+            Some(S::Dev)
+        } else {
+            Some(S::Test)
+        }
+    }
+    let take = |name: S| -> Vec<Item> {
+        items
+            .iter()
+            .filter(|i| part_of(i, has) == Some(name))
+            .cloned()
+            .collect()
+    };
+    (take(S::Dev), take(S::Test))
+}
+
+/// Known facts among `items`: those whose closed-book greedy answer is the prior.
+pub fn known_items(
+    model: &Model,
+    items: &[Item],
+    form: Form,
+    batch: usize,
+    journal: Option<&mut Scoped<Run>>,
+) -> Result<Vec<Item>> {
+    let mut opts = LabelOptions::new(form);
+    opts.batch_size = batch;
+    let spec = crate::Spec::new();
+    let runs = label::runs(model, items, &opts, &spec, false, journal, &mut |_| {})?;
+    Ok(items
+        .iter()
+        .zip(runs)
+        .filter(|(_, r)| r.greedy_answer == Answer::Prior)
+        .map(|(i, _)| i.clone())
+        .collect())
+}
+
+/// How a split is made, and what it measures besides the conflicts.
+#[derive(Clone, Debug)]
+pub struct SplitOptions {
+    pub form: Form,
+    pub batch: usize,
+    /// Greedy tokens per answer in the irrelevant-context passes (None: the form's default), as
+    /// the methods' own runs get.
+    pub max_new: Option<usize>,
+    /// The irrelevant contexts built from each part's conflicts when the data has none of its
+    /// own (variant `irrelevant`); empty: none are built. Test keeps every one; dev keeps one
+    /// per query, which every setting of a sweep is measured on.
+    pub distractors: Vec<Distractor>,
+}
+
+impl SplitOptions {
+    /// Every kind of irrelevant context, the form's default answer budget.
+    pub fn new(form: Form, batch: usize) -> SplitOptions {
+        SplitOptions {
+            form,
+            batch,
+            max_new: None,
+            distractors: Distractor::ALL.to_vec(),
+        }
+    }
+}
+
+/// The items one benchmark run works on: dev (strengths are chosen there) and test, each with
+/// its known facts (closed-book greedy answer = prior) for measuring retention, and its
+/// irrelevant contexts for measuring robustness.
+pub struct Split {
+    pub dev: Vec<Item>,
+    pub test: Vec<Item>,
+    pub dev_known: Vec<Item>,
+    pub test_known: Vec<Item>,
+    pub dev_irrelevant: IrrelevantSet,
+    pub test_irrelevant: IrrelevantSet,
+    /// The share of dev's irrelevant items whose answer `none` leaves unchanged: the baseline of
+    /// the dev sweep's robustness bar. None without irrelevant items.
+    pub irrelevant_base: Option<f64>,
+    pub form: Form,
+    /// Perplexity of the neutral text without intervention.
+    pub base_ppl: f64,
+}
+
+/// Where [`Split::new`] saves its runs, under the journal scope it is given.
+const KNOWN_DEV: &str = "known dev";
+const KNOWN_TEST: &str = "known test";
+const IRRELEVANT_CLOSED_DEV: &str = "irrelevant closed dev";
+const IRRELEVANT_CLOSED_TEST: &str = "irrelevant closed test";
+const IRRELEVANT_NONE_DEV: &str = "irrelevant none dev";
+
+/// The parts of `items`: (conflicts, irrelevant items) of dev and of test, the irrelevant ones
+/// built from the conflicts where the data has none.
+type Parts = [(Vec<Item>, Vec<Item>); 2];
+
+fn parts(items: &[Item], kinds: &[Distractor]) -> Parts {
+    let is_irr = |i: &Item| i.variant == Some(Variant::Irrelevant);
+    let given = items.iter().any(is_irr);
+    let (dev, test) = dev_test(items);
+    let [mut dev, test] = [dev, test].map(|part| {
+        let (irr, conflicts): (Vec<Item>, Vec<Item>) = part.into_iter().partition(is_irr);
+        let irr = irrelevant::items_for(irr, &conflicts, kinds, given);
+        (conflicts, irr)
+    });
+    dev.1 = one_per_query(std::mem::take(&mut dev.1));
+    [dev, test]
+}
+
+/// One irrelevant item per query (chosen by a hash of the query), in their order: the dev
+/// sweep measures every setting on them, so dev keeps its cost near the conflicts' own, while
+/// test measures every kind.
+fn one_per_query(items: Vec<Item>) -> Vec<Item> {
+    let query = |it: &Item| format!("{}\u{1f}{}\u{1f}{}", it.subject, it.prompt, it.question);
+    let mut groups: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for (i, it) in items.iter().enumerate() {
+        groups.entry(query(it)).or_default().push(i);
+    }
+    let keep: std::collections::HashSet<usize> = groups
+        .iter()
+        .map(|(q, ix)| ix[(crate::data::stable_hash(q) % ix.len() as u64) as usize])
+        .collect();
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, it)| it)
+        .collect()
+}
+
+/// `scope` under `journal`, when there is one.
+fn sub<'a>(journal: &'a mut Option<&mut Scoped<Run>>, scope: &str) -> Option<Scoped<'a, Run>> {
+    journal.as_deref_mut().map(|j| j.sub(scope))
+}
+
+impl Split {
+    /// Whether `journal` holds every run [`Split::new`] makes on `items`, so that it would run
+    /// nothing.
+    pub fn is_saved(items: &[Item], o: &SplitOptions, journal: &mut Scoped<Run>) -> bool {
+        let [(dev, dev_irr), (test, test_irr)] = parts(items, &o.distractors);
+        let closed = |irr: &[Item]| -> Vec<Item> {
+            let mut seen = std::collections::HashSet::new();
+            irr.iter()
+                .filter(|it| seen.insert(it.query(o.form, false)))
+                .cloned()
+                .collect()
+        };
+        label::all_saved(&journal.sub(KNOWN_DEV), &dev, false)
+            && label::all_saved(&journal.sub(KNOWN_TEST), &test, false)
+            && label::all_saved(
+                &journal.sub(IRRELEVANT_CLOSED_DEV),
+                &closed(&dev_irr),
+                false,
+            )
+            && label::all_saved(
+                &journal.sub(IRRELEVANT_CLOSED_TEST),
+                &closed(&test_irr),
+                false,
+            )
+            && label::all_saved(&journal.sub(IRRELEVANT_NONE_DEV), &dev_irr, true)
+    }
+
+    /// Split `items` (see [`dev_test`]), find the known facts of each part, and the closed-book
+    /// answers to the irrelevant items' queries (saved to and reused from `journal` when one is
+    /// given).
+    pub fn new(
+        model: &Model,
+        items: &[Item],
+        o: &SplitOptions,
+        mut journal: Option<&mut Scoped<Run>>,
+    ) -> Result<Split> {
+        let [(dev, dev_irr), (test, test_irr)] = parts(items, &o.distractors);
+        if dev.is_empty() || test.is_empty() {
+            return Err(Error::Invalid(format!(
+                "need dev and test items; got {} dev and {} test (the split goes by subject: \
+                 use more items, or another seed)",
+                dev.len(),
+                test.len()
+            )));
+        }
+        let (form, batch) = (o.form, o.batch);
+        let dev_known = known_items(
+            model,
+            &dev,
+            form,
+            batch,
+            sub(&mut journal, KNOWN_DEV).as_mut(),
+        )?;
+        let test_known = known_items(
+            model,
+            &test,
+            form,
+            batch,
+            sub(&mut journal, KNOWN_TEST).as_mut(),
+        )?;
+        let lo = opts(form, batch, o.max_new);
+        let dev_irrelevant = IrrelevantSet::new(
+            model,
+            dev_irr,
+            &lo,
+            sub(&mut journal, IRRELEVANT_CLOSED_DEV).as_mut(),
+        )?;
+        let test_irrelevant = IrrelevantSet::new(
+            model,
+            test_irr,
+            &lo,
+            sub(&mut journal, IRRELEVANT_CLOSED_TEST).as_mut(),
+        )?;
+        let irrelevant_base = match dev_irrelevant.is_empty() {
+            true => None,
+            false => {
+                let mut j = sub(&mut journal, IRRELEVANT_NONE_DEV);
+                let spec = crate::Spec::new();
+                let items = &dev_irrelevant.items;
+                let runs = label::runs(model, items, &lo, &spec, true, j.as_mut(), &mut |_| {})?;
+                Some(irrelevant::score(&dev_irrelevant, &runs).unchanged.value)
+            }
+        };
+        Ok(Split {
+            dev_known,
+            test_known,
+            dev,
+            test,
+            dev_irrelevant,
+            test_irrelevant,
+            irrelevant_base,
+            form,
+            base_ppl: perplexity(model, NEUTRAL_TEXT, &crate::Spec::new())?,
+        })
+    }
+
+    /// "N dev (K known, I irrelevant), M test (J known, H irrelevant)", for the log.
+    pub fn counts(&self) -> String {
+        let irr = |s: &IrrelevantSet| match s.is_empty() {
+            true => String::new(),
+            false => format!(", {} irrelevant", s.items.len()),
+        };
+        format!(
+            "{} dev ({} known{}), {} test ({} known{})",
+            self.dev.len(),
+            self.dev_known.len(),
+            irr(&self.dev_irrelevant),
+            self.test.len(),
+            self.test_known.len(),
+            irr(&self.test_irrelevant)
+        )
+    }
+
+    /// Measure `s` on test (else dev), its perplexity relative to no intervention.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn measure(
+        &self,
+        model: &Model,
+        s: &Setting,
+        test: bool,
+        batch: usize,
+        res: &Resources,
+        journal: Option<&mut Scoped<Run>>,
+        on: &mut OnEvent,
+    ) -> Result<Eval> {
+        let sets = match test {
+            true => EvalItems {
+                items: &self.test,
+                known: &self.test_known,
+                irrelevant: &self.test_irrelevant,
+            },
+            false => EvalItems {
+                items: &self.dev,
+                known: &self.dev_known,
+                irrelevant: &self.dev_irrelevant,
+            },
+        };
+        let what = eval_scope(test, s.method, &s.label);
+        on(Event::Begin {
+            what: &what,
+            items: sets.len(),
+        });
+        let o = opts(self.form, batch, res.max_new);
+        let scope = setting_scope(test, s.method, &s.params);
+        let mut journal = journal.map(|j| j.sub_renamed(&scope, &what));
+        let mut e = evaluate_with(model, s, &sets, o, journal.as_mut(), &mut |n| {
+            on(Event::Done(n))
+        })?;
+        e.perplexity_ratio = e.perplexity / self.base_ppl;
+        Ok(e)
+    }
+}
