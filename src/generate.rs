@@ -47,6 +47,21 @@ pub struct Generation {
 }
 
 /// Generate from `prompt_ids` under `spec`, calling `on_token` for each new token.
+/// An error, before any work, when a prompt of `prompt` tokens and `new` generated ones do not
+/// fit the model's positions (the KV cache is sized for them up front).
+pub fn check_fits(model: &Model, prompt: usize, new: usize) -> Result<()> {
+    let max = model.cfg().max_positions;
+    match prompt.checked_add(new) {
+        Some(n) if n <= max => Ok(()),
+        _ => Err(crate::Error::Invalid(format!(
+            "a prompt of {prompt} tokens and {new} new tokens need {} positions; this model has \
+             {max} (at most {} new tokens after this prompt)",
+            prompt.saturating_add(new),
+            max.saturating_sub(prompt)
+        ))),
+    }
+}
+
 pub fn generate(
     model: &Model,
     prompt_ids: &[u32],
@@ -55,6 +70,7 @@ pub fn generate(
     on_token: &mut dyn FnMut(u32) -> Result<()>,
 ) -> Result<Generation> {
     model.validate(spec)?;
+    check_fits(model, prompt_ids.len(), opts.max_tokens)?;
     let mut hooks = Hooks::new(spec, model.cfg().n_heads).with_prompt_lens(vec![prompt_ids.len()]);
     let mut sampler = Sampler::new(&opts.sampling);
     let mut cache = KvCache::with_room(model.cfg().n_layers, opts.max_tokens);

@@ -74,24 +74,42 @@ pub struct ItemLabel {
 
 pub use crate::data::normalize;
 
-/// Where in `text` (normalized) the earliest of `names` occurs as whole words.
-fn first_mention(text: &str, names: &[&str]) -> Option<usize> {
+/// Every place in `text` (normalized) where one of `names` occurs as whole words, as byte spans.
+fn mentions(text: &str, names: &[&str]) -> Vec<(usize, usize)> {
     names
         .iter()
         .map(|n| normalize(n))
         .filter(|n| !n.trim().is_empty())
-        .filter_map(|n| text.find(&n))
-        .min()
+        .flat_map(|n| {
+            text.match_indices(n.as_str())
+                .map(|(i, m)| (i, i + m.len()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
-/// Which of the item's answers `text` gives first. Mentions of the subject are removed first,
-/// so "South Africa" does not count as answering "Africa".
+/// The earliest of `spans` that is not part of a longer span in `other`: a name inside the
+/// other answer's name ("William" in "William Shakespeare") is no mention of its own.
+fn first_whole(spans: &[(usize, usize)], other: &[(usize, usize)]) -> Option<usize> {
+    let inside = |a: &(usize, usize)| {
+        other
+            .iter()
+            .any(|b| b.0 <= a.0 && a.1 <= b.1 && b.1 - b.0 > a.1 - a.0)
+    };
+    spans.iter().filter(|s| !inside(s)).map(|s| s.0).min()
+}
+
+/// Which of the item's answers `text` gives first, matching whole answers: mentions of the
+/// subject are removed first, so "South Africa" does not count as answering "Africa", and a
+/// name inside the other answer's longer name does not count either.
 pub fn judge(item: &Item, text: &str) -> Answer {
     let subject = normalize(&item.subject);
     let t = normalize(text).replace(subject.as_str(), " ");
-    let p = first_mention(&t, &item.prior_names());
-    let c = first_mention(&t, &item.context_names());
-    match (p, c) {
+    let (ps, cs) = (
+        mentions(&t, &item.prior_names()),
+        mentions(&t, &item.context_names()),
+    );
+    match (first_whole(&ps, &cs), first_whole(&cs, &ps)) {
         (Some(p), Some(c)) if p < c => Answer::Prior,
         (Some(_), Some(_)) => Answer::Context,
         (Some(_), None) => Answer::Prior,

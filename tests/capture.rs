@@ -274,6 +274,30 @@ fn judge_and_summary_arithmetic() {
         Answer::Neither,
         "whole words only"
     );
+    // Whole answers: a context answer inside the prior's name is no mention of its own, and
+    // the other way round; alone, it counts.
+    let bard = Item {
+        subject: "Hamlet".into(),
+        prior_answer: "William Shakespeare".into(),
+        context_answer: "William".into(),
+        context_aliases: vec![],
+        ..item(0)
+    };
+    assert_eq!(label::judge(&bard, " William Shakespeare."), Answer::Prior);
+    assert_eq!(label::judge(&bard, " William, a poet"), Answer::Context);
+    assert_eq!(
+        label::judge(&bard, " William Shakespeare, or William"),
+        Answer::Prior
+    );
+    let swapped = Item {
+        prior_answer: "William".into(),
+        context_answer: "William Shakespeare".into(),
+        ..bard
+    };
+    assert_eq!(
+        label::judge(&swapped, " William Shakespeare."),
+        Answer::Context
+    );
     let mk = |label: Label, known: bool| label::ItemLabel {
         id: "x".into(),
         relation: "r".into(),

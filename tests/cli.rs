@@ -1108,3 +1108,33 @@ fn a_missing_llama_bench_is_named_before_any_measurement() {
     assert!(err.contains("no llama-bench binary"), "{err}");
     assert!(!err.contains("measuring"), "it measured first: {err}");
 }
+
+/// A size from an option is bounded by what the model can do before any work: a huge
+/// `--max-tokens` is an error naming the model's positions, in plain and CAD decoding, instead
+/// of an allocation that aborts the process.
+#[test]
+fn max_tokens_past_the_models_positions_is_refused_before_any_work() {
+    let (_d, path) = common::tiny::temp();
+    for extra in [
+        &[][..],
+        &["--decoding", "cad", "--context", "the cat sat"][..],
+    ] {
+        bin()
+            .args([
+                "generate",
+                "--prompt",
+                "the cat",
+                "--max-tokens",
+                "100000000",
+            ])
+            .args(extra)
+            .arg("--model")
+            .arg(&path)
+            .assert()
+            .failure()
+            .stderr(
+                predicate::str::contains("--max-tokens")
+                    .and(predicate::str::contains("this model has 1024")),
+            );
+    }
+}

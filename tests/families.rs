@@ -180,6 +180,55 @@ fn unsupported_config_fields_are_named() {
     let e = try_with(&|v| v["layer_types"] = serde_json::json!(["full_attention"]));
     assert!(e.contains("layer_types"), "{e}");
     assert_eq!(try_with(&|_| {}), "accepted");
+    // A field of the wrong type is an error naming it, not its default.
+    let cases: [(&dyn Fn(&mut serde_json::Value), &str); 8] = [
+        (
+            &|v| v["rope_parameters"]["rope_theta"] = "500000".into(),
+            "rope_parameters.rope_theta",
+        ),
+        (
+            &|v| v["rope_parameters"] = "llama3".into(),
+            "`rope_parameters` must be an object",
+        ),
+        (
+            &|v| v["rope_parameters"]["rope_type"] = 3.into(),
+            "rope_type` must be a string",
+        ),
+        (
+            &|v| v["hidden_act"] = 1.into(),
+            "`hidden_act` must be a string",
+        ),
+        (
+            &|v| v["layer_types"] = "full_attention".into(),
+            "`layer_types` must be a list",
+        ),
+        (
+            &|v| v["num_attention_heads"] = "4".into(),
+            "`num_attention_heads` must be an integer",
+        ),
+        (
+            &|v| v["model_type"] = 1.into(),
+            "`model_type` must be a string",
+        ),
+        (
+            &|v| {
+                v.as_object_mut().unwrap().remove("model_type");
+            },
+            "lacks `model_type`",
+        ),
+    ];
+    for (edit, want) in cases {
+        let e = try_with(edit);
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    // A zero count is named, not divided by.
+    let e = try_with(&|v| v["num_attention_heads"] = 0.into());
+    assert!(e.contains("heads = 0"), "{e}");
+    let e = try_with(&|v| {
+        v["num_attention_heads"] = 0.into();
+        v.as_object_mut().unwrap().remove("head_dim");
+    });
+    assert!(e.contains("heads = 0"), "{e}");
     // Qwen 2 keeps its `sliding_window` off unless `use_sliding_window` is true.
     let q: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("families/qwen2/config.json")).unwrap(),
@@ -341,4 +390,39 @@ fn gguf_conversions_match_transformers() {
         assert_eq!(m.cfg().rope_interleaved, name == "llama3");
         check_family(name, &m);
     }
+}
+
+/// GGUF metadata: a zero count is named, not divided by; an optional key of the wrong type is
+/// an error naming it, not its default.
+#[test]
+fn gguf_counts_and_types_are_checked_before_use() {
+    use candle_core::quantized::gguf_file::{Content, Value};
+    let (_d, path) = common::tiny::temp();
+    let mut f = std::fs::File::open(&path).unwrap();
+    let base = Content::read(&mut f).unwrap();
+    let try_with = |key: &str, v: Value| -> String {
+        let mut c = Content {
+            magic: base.magic,
+            metadata: base.metadata.clone(),
+            tensor_infos: Default::default(),
+            tensor_data_offset: base.tensor_data_offset,
+        };
+        c.metadata.insert(key.to_string(), v);
+        match ctxsteer::model::Config::from_gguf(&c) {
+            Ok(_) => "accepted".into(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = try_with("llama.attention.head_count", Value::U32(0));
+    assert!(e.contains("heads = 0"), "{e}");
+    let e = try_with("llama.attention.head_count_kv", Value::String("2".into()));
+    assert!(e.contains("llama.attention.head_count_kv"), "{e}");
+    let e = try_with("llama.rope.freq_base", Value::String("500000".into()));
+    assert!(e.contains("llama.rope.freq_base"), "{e}");
+    let e = try_with("llama.context_length", Value::String("1024".into()));
+    assert!(e.contains("llama.context_length"), "{e}");
+    assert_eq!(
+        try_with("llama.rope.freq_base", Value::F32(1e4)),
+        "accepted"
+    );
 }

@@ -247,14 +247,21 @@ impl Split {
         })
     }
 
-    /// "N dev (K known, I irrelevant), M test (J known, H irrelevant)", for the log.
+    /// "N dev (K known, I irrelevant), M test (J known, H irrelevant)" and `none`'s share of dev's
+    /// irrelevant answers left unchanged, for the log.
     pub fn counts(&self) -> String {
         let irr = |s: &IrrelevantSet| match s.is_empty() {
             true => String::new(),
             false => format!(", {} irrelevant", s.items.len()),
         };
+        let base = self.irrelevant_base.map_or(String::new(), |b| {
+            format!(
+                "; none leaves {:.1}% of dev's irrelevant-context answers as they are closed-book",
+                100.0 * b
+            )
+        });
         format!(
-            "{} dev ({} known{}), {} test ({} known{})",
+            "{} dev ({} known{}), {} test ({} known{}){base}",
             self.dev.len(),
             self.dev_known.len(),
             irr(&self.dev_irrelevant),

@@ -48,6 +48,7 @@ pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
         );
     }
     let ids = model.prompt_ids(&a.prompt, a.chat)?;
+    ctxsteer::generate::check_fits(&model, ids.len(), a.max_tokens).context("--max-tokens")?;
     let spec = steering_spec(&model, &a, &ids)?;
     check_positions(&spec, ids.len() + a.max_tokens)?;
     if a.print_spec {
@@ -157,7 +158,9 @@ fn cad_generate(model: &Model, a: &GenerateArgs) -> Result<()> {
     };
     let with = model.prompt_ids(&format!("{context} {}", a.prompt), a.chat)?;
     let without = model.prompt_ids(&a.prompt, a.chat)?;
+    ctxsteer::generate::check_fits(model, with.len(), a.max_tokens).context("--max-tokens")?;
     let spec = steering_spec(model, a, &with)?;
+    check_positions(&spec, with.len() + a.max_tokens)?;
     if a.print_spec {
         println!("{}", spec.to_json()?);
         return Ok(());

@@ -140,7 +140,7 @@ impl Site {
                 Site::vocabulary(n_layers)
             )));
         }
-        Ok(out)
+        Ok(once_each(out))
     }
 
     /// Every site of a model with `n_layers` blocks, in forward order.
@@ -206,6 +206,18 @@ pub enum Positions {
     Indices(Vec<usize>),
 }
 
+/// `v` with every repeat of an earlier value left out, in order. Lists of sites, layers and
+/// positions name each thing once: a repeat is merged, never applied twice.
+pub fn once_each<T: PartialEq>(v: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(v.len());
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
 impl Positions {
     pub fn contains(&self, pos: usize, prompt_len: usize) -> bool {
         match self {
@@ -228,13 +240,13 @@ impl std::str::FromStr for Positions {
             "generated" => Positions::Generated,
             "last" => Positions::Last,
             "answer" => Positions::Answer,
-            other => Positions::Indices(
+            other => Positions::Indices(once_each(
                 other
                     .split(',')
                     .map(|p| p.trim().parse::<usize>())
                     .collect::<std::result::Result<_, _>>()
                     .map_err(|_| Error::BadPositions(s.to_string()))?,
-            ),
+            )),
         })
     }
 }

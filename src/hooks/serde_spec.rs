@@ -62,7 +62,7 @@ impl Serialize for Positions {
 impl<'de> Deserialize<'de> for Positions {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         match PositionsData::deserialize(d)? {
-            PositionsData::Indices(v) => Ok(Positions::Indices(v)),
+            PositionsData::Indices(v) => Ok(Positions::Indices(super::once_each(v))),
             PositionsData::Named(n) => match n.as_str() {
                 "all" | "prompt" | "generated" | "last" | "answer" => {
                     n.parse().map_err(serde::de::Error::custom)

@@ -152,12 +152,30 @@ impl Config {
         };
         let u = |k: &str| -> Result<usize> { Ok(get(k)?.to_u32()? as usize) };
         let f = |k: &str| -> Result<f32> { Ok(get(k)?.to_f32()?) };
+        // An optional key may be absent; present, it must have its type (not be read as absent).
+        let wrong = |k: &str, e: candle_core::Error| {
+            Error::Model(format!("GGUF metadata `{arch}.{k}`: {e}"))
+        };
+        let opt_u = |k: &str| -> Result<Option<usize>> {
+            match ct.metadata.get(&format!("{arch}.{k}")) {
+                None => Ok(None),
+                Some(v) => Ok(Some(v.to_u32().map_err(|e| wrong(k, e))? as usize)),
+            }
+        };
+        let opt_f = |k: &str| -> Result<Option<f32>> {
+            match ct.metadata.get(&format!("{arch}.{k}")) {
+                None => Ok(None),
+                Some(v) => Ok(Some(v.to_f32().map_err(|e| wrong(k, e))?)),
+            }
+        };
         let d_model = u("embedding_length")?;
         let n_heads = u("attention.head_count")?;
         let n_layers = u("block_count")?;
-        let d_head = u("attention.key_length").unwrap_or(d_model / n_heads);
-        let rope_theta = f("rope.freq_base").unwrap_or(10_000.0);
-        let sliding_window = u("attention.sliding_window").ok();
+        // A zero head count is refused by `checked`, naming it, not divided by here.
+        let d_head =
+            opt_u("attention.key_length")?.unwrap_or(d_model.checked_div(n_heads).unwrap_or(0));
+        let rope_theta = opt_f("rope.freq_base")?.unwrap_or(10_000.0);
+        let sliding_window = opt_u("attention.sliding_window")?;
         let (local_layers, rope_local_theta) = match family {
             // llama.cpp: every 6th layer global, local rope base 10 000.
             Family::Gemma3 => ((0..n_layers).map(|l| (l + 1) % 6 != 0).collect(), 10_000.0),
@@ -181,7 +199,7 @@ impl Config {
             n_layers,
             d_model,
             n_heads,
-            n_kv_heads: u("attention.head_count_kv").unwrap_or(n_heads),
+            n_kv_heads: opt_u("attention.head_count_kv")?.unwrap_or(n_heads),
             d_head,
             d_mlp: u("feed_forward_length")?,
             vocab_size: gguf_vocab_size(ct, &get)?,
@@ -189,7 +207,7 @@ impl Config {
             rope_local_theta,
             rope_scaling,
             rms_eps: f("attention.layer_norm_rms_epsilon")? as f64,
-            max_positions: u("context_length").unwrap_or(4096),
+            max_positions: opt_u("context_length")?.unwrap_or(4096),
             rope_interleaved: matches!(family, Family::Llama | Family::Mistral),
             sliding_window,
             local_layers,
@@ -200,10 +218,21 @@ impl Config {
 
     /// Read a Hugging Face `config.json`.
     pub fn from_hf_json(v: &Value) -> Result<Config> {
-        let model_type = v
-            .get("model_type")
-            .and_then(Value::as_str)
-            .unwrap_or("llama");
+        let model_type = match v.get("model_type") {
+            Some(Value::String(t)) => t.as_str(),
+            Some(t) => {
+                return Err(Error::Model(format!(
+                    "config.json: `model_type` must be a string, not {t}"
+                )))
+            }
+            None => {
+                return Err(Error::Model(
+                    "config.json lacks `model_type`; supported: llama, qwen2, mistral, \
+                     gemma3_text"
+                        .into(),
+                ))
+            }
+        };
         let family = Family::from_name(model_type).ok_or_else(|| {
             Error::Model(format!(
                 "config.json: model_type `{model_type}` is not supported; supported: llama, \
@@ -214,7 +243,10 @@ impl Config {
         let d_model = j.usize("hidden_size")?;
         let n_heads = j.usize("num_attention_heads")?;
         let n_layers = j.usize("num_hidden_layers")?;
-        let d_head = j.opt_usize("head_dim")?.unwrap_or(d_model / n_heads);
+        // A zero head count is refused by `checked`, naming it, not divided by here.
+        let d_head = j
+            .opt_usize("head_dim")?
+            .unwrap_or(d_model.checked_div(n_heads).unwrap_or(0));
         hf_unsupported(&j, family)?;
         let rope = hf_rope(&j, family)?;
         let sliding_window = hf_sliding_window(&j, family)?;
@@ -344,8 +376,21 @@ impl Json<'_> {
         self.opt_f64(k)?
             .ok_or_else(|| Error::Model(format!("config.json lacks the number field `{k}`")))
     }
-    fn opt_str(&self, k: &str) -> Option<&str> {
-        self.0.get(k).and_then(Value::as_str)
+    /// A string field: absent or null is None; any other type is an error naming it.
+    fn opt_str(&self, k: &str) -> Result<Option<&str>> {
+        match self.0.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(self.bad(k, &format!("a string, not {v}"))),
+        }
+    }
+    /// An object field: absent or null is None; any other type is an error naming it.
+    fn opt_object(&self, k: &str) -> Result<Option<&Value>> {
+        match self.0.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) if v.is_object() => Ok(Some(v)),
+            Some(v) => Err(self.bad(k, &format!("an object, not {v}"))),
+        }
     }
 }
 
@@ -362,7 +407,7 @@ fn hf_unsupported(j: &Json, family: Family) -> Result<()> {
         "hidden_activation"
     } else {
         "hidden_act"
-    });
+    })?;
     let want = if family.is_gemma() {
         "gelu_pytorch_tanh"
     } else {
@@ -388,20 +433,24 @@ struct HfRope {
 /// the older `rope_theta`, `rope_scaling` and `rope_local_base_freq`.
 fn hf_rope(j: &Json, family: Family) -> Result<HfRope> {
     let default_theta = if family.is_gemma() { 1e6 } else { 1e4 };
-    let params = j.0.get("rope_parameters").filter(|p| !p.is_null());
+    let params = j.opt_object("rope_parameters")?;
     let (global, local) = match params {
         Some(p) if p.get("full_attention").is_some() || p.get("sliding_attention").is_some() => (
             p.get("full_attention").cloned(),
             p.get("sliding_attention").cloned(),
         ),
         Some(p) => (Some(p.clone()), None),
-        None => (j.0.get("rope_scaling").cloned(), None),
+        None => (j.opt_object("rope_scaling")?.cloned(), None),
     };
     let theta_of = |p: &Option<Value>, key: &str, dflt: f64| -> Result<f64> {
-        let inner = p
-            .as_ref()
-            .and_then(|p| p.get("rope_theta"))
-            .and_then(Value::as_f64);
+        let inner = match p.as_ref().and_then(|p| p.get("rope_theta")) {
+            None | Some(Value::Null) => None,
+            Some(t) => Some(t.as_f64().ok_or_else(|| {
+                Error::Model(format!(
+                    "config.json: `rope_parameters.rope_theta` must be a number, not {t}"
+                ))
+            })?),
+        };
         Ok(inner.or(j.opt_f64(key)?).unwrap_or(dflt))
     };
     let global_theta = theta_of(&global, "rope_theta", default_theta)?;
@@ -426,10 +475,15 @@ fn rope_scaling(p: Option<&Value>, field: &str) -> Result<Option<RopeScaling>> {
     let Some(p) = p.filter(|p| !p.is_null()) else {
         return Ok(None);
     };
-    let kind = p
-        .get("rope_type")
-        .or_else(|| p.get("type"))
-        .and_then(Value::as_str);
+    let kind = match p.get("rope_type").or_else(|| p.get("type")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(t.as_str()),
+        Some(t) => {
+            return Err(Error::Model(format!(
+                "config.json: `{field}.rope_type` must be a string, not {t}"
+            )))
+        }
+    };
     let num = |k: &str| -> Result<f32> {
         p.get(k)
             .and_then(Value::as_f64)
@@ -461,9 +515,10 @@ fn rope_scaling(p: Option<&Value>, field: &str) -> Result<Option<RopeScaling>> {
 fn hf_sliding_window(j: &Json, family: Family) -> Result<Option<usize>> {
     let window = j.opt_usize("sliding_window")?;
     Ok(match family {
-        Family::Qwen2 => match j.0.get("use_sliding_window").and_then(Value::as_bool) {
-            Some(true) => window,
-            _ => None,
+        Family::Qwen2 => match j.0.get("use_sliding_window") {
+            Some(Value::Bool(true)) => window,
+            None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+            Some(v) => return Err(j.bad("use_sliding_window", &format!("true or false, not {v}"))),
         },
         Family::Llama => None,
         _ => window,
@@ -473,7 +528,12 @@ fn hf_sliding_window(j: &Json, family: Family) -> Result<Option<usize>> {
 /// Which layers slide: `layer_types` when given, else Gemma 3's every-6th-global pattern
 /// (`sliding_window_pattern`), else all layers when there is a window.
 fn hf_local_layers(j: &Json, family: Family, n: usize, window: bool) -> Result<Vec<bool>> {
-    if let Some(types) = j.0.get("layer_types").and_then(Value::as_array) {
+    let types = match j.0.get("layer_types") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(t)) => Some(t),
+        Some(v) => return Err(j.bad("layer_types", &format!("a list, not {v}"))),
+    };
+    if let Some(types) = types {
         if types.len() != n {
             return Err(Error::Model(format!(
                 "config.json: `layer_types` has {} entries for {n} layers",

@@ -142,8 +142,10 @@ impl Reft {
                     format!("no `{META_KEY}` metadata: not a ctxsteer edit"),
                 )
             })?;
-        let meta: ReftMeta = serde_json::from_str(text)
+        let mut meta: ReftMeta = serde_json::from_str(text)
             .map_err(|e| Error::file(path, format!("bad `{META_KEY}` metadata: {e}")))?;
+        // A site listed twice is one edit, applied once.
+        meta.sites = crate::hooks::once_each(std::mem::take(&mut meta.sites));
         if meta.version != VERSION {
             return Err(Error::file(
                 path,

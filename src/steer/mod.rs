@@ -165,7 +165,7 @@ pub fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
     if out.is_empty() {
         return Err(Error::Invalid(format!("layers `{s}` names no layer")));
     }
-    Ok(out)
+    Ok(crate::hooks::once_each(out))
 }
 
 /// One probe site's steering direction, with its spread: strengths are in units of the
