@@ -1138,3 +1138,116 @@ fn max_tokens_past_the_models_positions_is_refused_before_any_work() {
             );
     }
 }
+
+/// `data irrelevant` builds, for any conflicts file, what `data build` writes for the built-in
+/// data; it never writes over its input.
+#[test]
+fn data_irrelevant_builds_contexts_about_other_subjects() {
+    let dir = tempfile::tempdir().unwrap();
+    bin()
+        .args(["data", "build", "--out"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let cf = dir.path().join("counterfactual.jsonl");
+    let out = dir.path().join("irr.jsonl");
+    bin()
+        .args(["data", "irrelevant", "--data"])
+        .arg(&cf)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let built = std::fs::read_to_string(dir.path().join("irrelevant.jsonl")).unwrap();
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), built);
+    // One kind only.
+    bin()
+        .args(["data", "irrelevant", "--kinds", "other_relation", "--data"])
+        .arg(&cf)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let one = std::fs::read_to_string(&out).unwrap();
+    assert!(one
+        .lines()
+        .all(|l| l.contains("\"distractor\":\"other_relation\"")));
+    assert_eq!(one.lines().count(), 427);
+    bin()
+        .args(["data", "irrelevant", "--data"])
+        .arg(&cf)
+        .arg("--out")
+        .arg(&cf)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("is the input file"));
+}
+
+/// Errors name the file and what was expected: a binary file as a probe file says what it
+/// seems to be, an F64 edit names its tensor, and a folder as `--plot` is refused before the
+/// work.
+#[test]
+fn wrong_files_are_named_with_what_was_expected() {
+    let (dir, path) = common::tiny::temp();
+    let st = dir.path().join("v.safetensors");
+    let t =
+        candle_core::Tensor::zeros(4, candle_core::DType::F64, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("v", t)]), &st).unwrap();
+    for (file, want) in [(&path, "a GGUF file"), (&st, "a safetensors file")] {
+        bin()
+            .args(["probe", "show"])
+            .arg(file)
+            .assert()
+            .failure()
+            .stderr(
+                predicate::str::contains("not a probe file").and(predicate::str::contains(want)),
+            );
+    }
+    // An edit whose tensors are F64.
+    let m = ctxsteer::Model::load(&path, ctxsteer::WeightsMode::F32).unwrap();
+    let meta = serde_json::json!({
+        "version": 1, "model": m.identity().unwrap(), "sites": ["blocks.1.hook_resid_post"],
+        "rank": 1, "train": {"data": "", "forms": [], "conflicts": 0, "true_contexts": 0,
+        "closed_book": 0, "neutral": 0, "epochs": 0, "steps": 0, "lr": 0.0, "keep_weight": 0.0,
+        "seed": 0, "seconds": 0.0, "losses": []}
+    });
+    let z = |shape: &[usize]| {
+        candle_core::Tensor::zeros(shape, candle_core::DType::F64, &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let edit = dir.path().join("e.safetensors");
+    let tensors = [
+        ("blocks.1.hook_resid_post.R", z(&[1, 64])),
+        ("blocks.1.hook_resid_post.W", z(&[1, 64])),
+        ("blocks.1.hook_resid_post.b", z(&[1])),
+    ];
+    let md = std::collections::HashMap::from([("ctxsteer".to_string(), meta.to_string())]);
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (*k, t)), Some(md)).unwrap();
+    std::fs::write(&edit, bytes).unwrap();
+    bin()
+        .args([
+            "generate",
+            "--prompt",
+            "the cat",
+            "--max-tokens",
+            "2",
+            "--intervention",
+        ])
+        .arg(&edit)
+        .arg("--model")
+        .arg(&path)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "blocks.1.hook_resid_post.R` is F64",
+        ));
+    // --plot naming a folder.
+    bin()
+        .args(["probe", "show"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("probes/follows_context.json"))
+        .arg("--plot")
+        .arg(dir.path())
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--plot").and(predicate::str::contains("a folder")));
+}

@@ -221,6 +221,13 @@ fn unsupported_config_fields_are_named() {
         let e = try_with(edit);
         assert!(e.contains(want), "{want}: {e}");
     }
+    // Values that would turn the forward pass into NaN are named before it runs.
+    let e = try_with(&|v| v["rope_parameters"]["rope_theta"] = 0.0.into());
+    assert!(e.contains("rope base 0"), "{e}");
+    let e = try_with(&|v| v["rms_norm_eps"] = (-1e-5).into());
+    assert!(e.contains("RMSNorm epsilon"), "{e}");
+    let e = try_with(&|v| v["rope_parameters"]["factor"] = 0.0.into());
+    assert!(e.contains("rope scaling factor 0"), "{e}");
     // A zero count is named, not divided by.
     let e = try_with(&|v| v["num_attention_heads"] = 0.into());
     assert!(e.contains("heads = 0"), "{e}");

@@ -33,6 +33,9 @@ fn probe_train(t: ProbeTrain) -> Result<()> {
         plot,
         model,
     } = t;
+    if let Some(p) = &plot {
+        ctxsteer::atomic::check_target(p).context("--plot")?;
+    }
     let m = model.load_or(WeightsMode::F32)?;
     let id = m.identity()?;
     let mut a = ctxsteer::capture::load(&acts, m.cfg().n_layers)?;
@@ -75,6 +78,9 @@ fn probe_train(t: ProbeTrain) -> Result<()> {
 }
 
 fn probe_show(file: &std::path::Path, json: bool, plot: Option<&std::path::Path>) -> Result<()> {
+    if let Some(p) = plot {
+        ctxsteer::atomic::check_target(p).context("--plot")?;
+    }
     use ctxsteer::probe::{self, ProbeFile};
     let f = ProbeFile::read(file)?;
     if json {

@@ -17,6 +17,25 @@ pub enum DataCmd {
         #[arg(long, default_value = "counterfactual_data")]
         out: PathBuf,
     },
+    /// Irrelevant contexts for a file of conflicts: each conflict's query after a context about
+    /// another subject of its split (variant `irrelevant`, the distractor as context_answer),
+    /// built from the file's own conflicts, as `bench conflict` builds them when its data has
+    /// none. Concatenate the output with the conflicts to benchmark or capture them together.
+    Irrelevant {
+        /// Conflicts in our format.
+        #[arg(long)]
+        data: PathBuf,
+        /// Kinds to build, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_parser = choice::<ctxsteer::data::Distractor>(),
+            default_value = "same_relation_true,same_relation_false,other_relation,paragraph"
+        )]
+        kinds: Vec<ctxsteer::data::Distractor>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Convert a CounterFact or NQ-Swap file into our JSONL format.
     Import {
         #[arg(long, value_parser = choice::<ctxsteer::data::ImportFormat>())]

@@ -11,6 +11,25 @@ pub(super) fn data_cmd(d: DataCmd) -> Result<()> {
                 println!("{:>6} items  {}", n, out.join(name).display());
             }
         }
+        DataCmd::Irrelevant { data, kinds, out } => {
+            let (items, _) = ctxsteer::data::read_jsonl(&data, false)?;
+            if out == data {
+                bail!(
+                    "--out {} is the input file; write the items elsewhere",
+                    out.display()
+                );
+            }
+            let irr = ctxsteer::data::irrelevant_for(&items, &kinds);
+            if irr.is_empty() {
+                bail!(
+                    "{}: no conflict has another subject of its split whose sentence fits \
+                     (it must not name the query's subject or answers)",
+                    data.display()
+                );
+            }
+            ctxsteer::data::write_jsonl(&out, &irr)?;
+            println!("{} items  {}", irr.len(), out.display());
+        }
         DataCmd::Import { format, file, out } => {
             let items = ctxsteer::data::import(format, &file)?;
             ctxsteer::data::write_jsonl(&out, &items)?;

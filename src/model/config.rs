@@ -309,11 +309,28 @@ impl Config {
                 self.n_heads, self.n_kv_heads, self.d_head
             )));
         }
-        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rope_theta.is_finite()) {
+        // Each of these would turn the forward pass's numbers into NaN or infinity.
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let numbers = [
+            ("RMSNorm epsilon", self.rms_eps),
+            ("rope base", self.rope_theta as f64),
+            ("local rope base", self.rope_local_theta as f64),
+            ("attention score scale", self.query_scale),
+        ];
+        if let Some((what, v)) = numbers.into_iter().find(|(_, v)| !positive(*v)) {
             return Err(Error::Model(format!(
-                "{source}: RMSNorm epsilon {} or rope base {} is not a usable number",
-                self.rms_eps, self.rope_theta
+                "{source}: {what} {v} is not a usable number (it must be positive and finite)"
             )));
+        }
+        if let Some(RopeScaling::Linear { factor } | RopeScaling::Llama3 { factor, .. }) =
+            &self.rope_scaling
+        {
+            if !positive(*factor as f64) {
+                return Err(Error::Model(format!(
+                    "{source}: rope scaling factor {factor} is not a usable number (it must be \
+                     positive and finite)"
+                )));
+            }
         }
         self.max_positions = self.max_positions.min(MAX_POSITIONS);
         Ok(self)

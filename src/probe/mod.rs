@@ -116,6 +116,23 @@ impl SiteProbe {
     }
 }
 
+/// What a file passed as a probe file seems to be when it is a GGUF or safetensors file, for
+/// the error message.
+fn binary_kind(bytes: &[u8]) -> Option<&'static str> {
+    let header = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    let safetensors =
+        header.is_some_and(|n| n > 0 && n < bytes.len() as u64) && bytes.get(8) == Some(&b'{');
+    if bytes.starts_with(b"GGUF") {
+        Some("a GGUF file (a model, or a control vector: pass it to --steer)")
+    } else if safetensors {
+        Some("a safetensors file (a trained edit or a vector: --intervention, --steer-vector)")
+    } else {
+        None
+    }
+}
+
 /// The probe file format this ctxsteer writes and reads.
 pub const PROBE_FILE_VERSION: u32 = 1;
 
@@ -173,9 +190,23 @@ impl ProbeFile {
     }
 
     pub fn read(path: &std::path::Path) -> Result<ProbeFile> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-        let f: ProbeFile = serde_json::from_str(&text)
-            .map_err(|e| Error::file(path, format!("not a probe file: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+        let not_probe = |what: &str| {
+            Error::file(
+                path,
+                format!("not a probe file (the JSON `probe train` writes): this is {what}"),
+            )
+        };
+        if let Some(kind) = binary_kind(&bytes) {
+            return Err(not_probe(kind));
+        }
+        let text = std::str::from_utf8(&bytes).map_err(|_| not_probe("a binary file, not text"))?;
+        let f: ProbeFile = serde_json::from_str(text).map_err(|e| {
+            Error::file(
+                path,
+                format!("not a probe file (the JSON `probe train` writes): {e}"),
+            )
+        })?;
         f.check().map_err(|e| Error::file(path, e))?;
         Ok(f)
     }

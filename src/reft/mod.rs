@@ -169,9 +169,20 @@ impl Reft {
         for name in &meta.sites {
             let site = model.site(name).map_err(|e| Error::file(path, e))?;
             let get = |k: &str| {
-                map.get(&format!("{name}.{k}"))
-                    .cloned()
-                    .ok_or_else(|| Error::file(path, format!("missing tensor `{name}.{k}`")))
+                let t = map
+                    .get(&format!("{name}.{k}"))
+                    .ok_or_else(|| Error::file(path, format!("missing tensor `{name}.{k}`")))?;
+                if t.dtype() != candle_core::DType::F32 {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "tensor `{name}.{k}` is {:?}; an edit's tensors are F32, as `reft \
+                             train` writes them",
+                            t.dtype()
+                        ),
+                    ));
+                }
+                Ok(t.clone())
             };
             let edit =
                 LowRank::new(get("R")?, get("W")?, get("b")?).map_err(|e| Error::file(path, e))?;
