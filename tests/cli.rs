@@ -1251,3 +1251,78 @@ fn wrong_files_are_named_with_what_was_expected() {
         .failure()
         .stderr(predicate::str::contains("--plot").and(predicate::str::contains("a folder")));
 }
+
+/// Options that would do nothing alone are errors naming what they need; a spec whose rows or
+/// heads select nothing, or whose direction has no usable length, is refused.
+#[test]
+fn options_and_specs_that_would_do_nothing_are_refused() {
+    let (dir, path) = common::tiny::temp();
+    let run = |args: &[&str]| {
+        bin()
+            .args(["generate", "--prompt", "the cat", "--max-tokens", "2"])
+            .args(args)
+            .arg("--model")
+            .arg(&path)
+            .assert()
+            .failure()
+    };
+    run(&["--layers", "1"]).stderr(predicate::str::contains("--layers chooses"));
+    run(&["--steer-positions", "last"]).stderr(predicate::str::contains("--steer-positions"));
+    run(&["--gate", "probes/conflict.json"]).stderr(predicate::str::contains("--gate applies"));
+    let spec = |iv: serde_json::Value| {
+        let p = dir.path().join("spec.json");
+        std::fs::write(&p, serde_json::json!({"interventions": [iv]}).to_string()).unwrap();
+        p
+    };
+    let zeros = vec![0.0f32; 64];
+    let huge = vec![1e20f32; 64];
+    let cases = [
+        (
+            serde_json::json!({"site": "blocks.1.hook_resid_post", "positions": "all", "rows": [],
+                "action": {"scale": {"factor": 0.0}}}),
+            "selects no row",
+        ),
+        (
+            serde_json::json!({"site": "blocks.1.attn.hook_z", "positions": "all", "heads": [],
+                "action": {"scale": {"factor": 0.0}}}),
+            "selects no head",
+        ),
+        (
+            serde_json::json!({"site": "blocks.1.hook_resid_post", "positions": "all",
+                "action": {"project_out": {"direction": zeros}}}),
+            "has length 0",
+        ),
+    ];
+    for (iv, want) in cases {
+        let p = spec(iv);
+        run(&["--spec", p.to_str().unwrap()]).stderr(predicate::str::contains(want));
+    }
+    // A direction of huge entries is no longer a silent no-op (its length overflowed f32):
+    // clamping along it is clamping along the same direction of unit length.
+    let tokens = |dir: &[f32]| {
+        let iv = serde_json::json!({"site": "blocks.1.hook_resid_post", "positions": "all",
+            "action": {"clamp": {"direction": dir, "value": 40.0}}});
+        let p = spec(iv);
+        let o = bin()
+            .args([
+                "generate",
+                "--prompt",
+                "the cat",
+                "--max-tokens",
+                "6",
+                "--json",
+                "--spec",
+            ])
+            .arg(&p)
+            .arg("--model")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["token_ids"].clone()
+    };
+    let unit = vec![0.125f32; 64];
+    assert_eq!(tokens(&huge), tokens(&unit));
+    assert_ne!(tokens(&unit), tokens(&[0.0; 64].map(|_: f32| -0.125)));
+}

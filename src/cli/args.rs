@@ -133,9 +133,9 @@ pub struct SteerArgs {
     #[arg(long, default_value = "probe", value_parser = ["probe", "meandiff", "pca"])]
     pub direction: String,
     /// Positions to steer: all, prompt, generated, last, answer (last and generated), or
-    /// indices like 0,4,5.
-    #[arg(long, default_value = "all")]
-    pub steer_positions: String,
+    /// indices like 0,4,5 (default: all).
+    #[arg(long)]
+    pub steer_positions: Option<String>,
     /// Scale attention heads' outputs: LAYER.HEAD=FACTOR, comma-separated (0 ablates, 3
     /// triples).
     #[arg(long)]
@@ -157,11 +157,57 @@ pub struct SteerArgs {
 }
 
 impl SteerArgs {
+    /// The positions to steer (all when not given).
+    pub fn positions(&self) -> Result<Positions> {
+        Ok(self.steer_positions.as_deref().unwrap_or("all").parse()?)
+    }
+
+    /// Options that would do nothing without another one are errors naming both. `raw_vector`:
+    /// `generate --steer-vector` is given, which --steer-positions also places.
+    fn check_needs(&self, raw_vector: bool) -> Result<()> {
+        let cvec = self.steer.as_deref().is_some_and(|s| s.ends_with(".gguf"));
+        if self.layers.is_some() && (self.steer.is_none() || cvec) {
+            bail!(
+                "--layers chooses which layers of a probe file --steer uses; give --steer \
+                 probes/NAME.json (a control vector has its own layers)"
+            );
+        }
+        if self.steer_positions.is_some() && self.steer.is_none() && !raw_vector {
+            bail!(
+                "--steer-positions places the steering of --steer (or --steer-vector); give one \
+                 of them"
+            );
+        }
+        let gated = [
+            self.steer.is_some(),
+            self.intervention.is_some(),
+            self.spec.is_some(),
+            self.scale_heads.is_some(),
+        ];
+        if self.gate.is_some() && !gated.contains(&true) {
+            bail!(
+                "--gate applies the other steering options only where its probe fires; give \
+                 --steer, --intervention, --spec or --scale-heads"
+            );
+        }
+        Ok(())
+    }
+
     /// The plan these options describe (an empty spec when none is given).
     pub fn plan(&self, model: &Model) -> Result<Box<dyn ctxsteer::steer::Plan>> {
+        self.plan_for(model, false)
+    }
+
+    /// [`SteerArgs::plan`], knowing whether `generate --steer-vector` is given too.
+    pub fn plan_for(
+        &self,
+        model: &Model,
+        raw_vector: bool,
+    ) -> Result<Box<dyn ctxsteer::steer::Plan>> {
         use ctxsteer::steer::{self, Plan, Plans, Steering};
+        self.check_needs(raw_vector)?;
         let n_layers = model.cfg().n_layers;
-        let positions: Positions = self.steer_positions.parse()?;
+        let positions = self.positions()?;
         let mut plans: Vec<Box<dyn steer::Plan>> = Vec::new();
         if let Some(s) = &self.steer {
             let (file, site) = split_probe_arg(s);

@@ -117,13 +117,14 @@ fn finish_output(model: &Model, a: &GenerateArgs, ids: &[u32], printed: &str) ->
 }
 
 fn steering_spec(model: &Model, a: &GenerateArgs, prompt: &[u32]) -> Result<Spec> {
-    let mut spec = a.plan.plan(model)?.spec_for(model, &[prompt.to_vec()])?;
+    let plan = a.plan.plan_for(model, a.steer_vector.is_some())?;
+    let mut spec = plan.spec_for(model, &[prompt.to_vec()])?;
     let (Some(file), Some(site)) = (&a.steer_vector, &a.steer_site) else {
         return Ok(spec);
     };
     let v = ctxsteer::steer::read_vector(file)?;
     let sites = Site::parse_pattern(site, model.cfg().n_layers)?;
-    let positions: Positions = a.plan.steer_positions.parse()?;
+    let positions = a.plan.positions()?;
     let vspec = ctxsteer::steer::add_spec(&sites, &v, a.steer_alpha, positions);
     model
         .validate(&vspec)

@@ -324,6 +324,37 @@ impl Intervention {
     }
 
     /// The vector lengths this intervention carries, for validation.
+    /// An error when the intervention would do nothing: `rows` or `heads` that select none, or
+    /// a direction to project along whose length is zero or not a finite number (entries of
+    /// 1e20 overflow it), which would make the projection or clamp a silent no-op.
+    fn selects_something(&self) -> Result<()> {
+        let at = self.site;
+        if self.rows.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::Invalid(format!(
+                "`rows` at {at} selects no row; leave it out to act on every row"
+            )));
+        }
+        if self.heads.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::Invalid(format!(
+                "`heads` at {at} selects no head; leave it out to act on every head"
+            )));
+        }
+        if let Action::ProjectOut { direction } | Action::Clamp { direction, .. } = &self.action {
+            let norm = direction
+                .iter()
+                .map(|d| (*d as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            if !(norm.is_finite() && norm > 0.0) {
+                return Err(Error::Invalid(format!(
+                    "the direction at {at} has length {norm}: projecting along it would do \
+                     nothing; give a nonzero direction of finite length"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn vector_lengths(&self) -> Vec<(&'static str, usize)> {
         match &self.action {
             Action::Add { vector, .. } => vec![("steering vector", vector.len())],
@@ -391,6 +422,7 @@ impl Spec {
             }
             let w = width(iv.site);
             let d_head = w / n_heads.max(1);
+            iv.selects_something()?;
             if let Some(hs) = &iv.heads {
                 if matches!(iv.action, Action::LowRank(_)) {
                     return Err(Error::Invalid(format!(

@@ -161,8 +161,12 @@ impl Slices {
         let dir = self.full_vec(direction);
         let mut unit = Vec::with_capacity(self.width);
         for s in dir.chunks(self.len) {
-            let norm = s.iter().map(|d| d * d).sum::<f32>().sqrt();
-            unit.extend(s.iter().map(|d| if norm == 0.0 { 0.0 } else { d / norm }));
+            // In f64, so that large entries do not overflow the length to infinity.
+            let norm = s.iter().map(|d| (*d as f64).powi(2)).sum::<f64>().sqrt();
+            unit.extend(s.iter().map(|d| match norm {
+                0.0 => 0.0,
+                n => (*d as f64 / n) as f32,
+            }));
         }
         let n = rows.dim(0)?;
         let u = Tensor::from_vec(unit, (1, n_slices, self.len), rows.device())?;
