@@ -34,8 +34,14 @@ pub enum PosMode {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CaptureMeta {
     pub model: String,
+    /// The model file's sha256 (absent in captures written before it was recorded).
+    #[serde(default)]
+    pub model_sha256: String,
     pub weights: String,
     pub data: String,
+    /// A hash of the captured items' content, so that a changed data file is not resumed.
+    #[serde(default)]
+    pub data_hash: String,
     pub n_items: usize,
     pub sites: Vec<String>,
     pub positions: PosMode,
@@ -91,16 +97,22 @@ impl CaptureMeta {
     pub fn new(
         model: &crate::model::Model,
         data: String,
-        n_items: usize,
+        items: &[Item],
         opts: &CaptureOptions,
         steering: Option<String>,
         labels: Option<String>,
-    ) -> CaptureMeta {
-        CaptureMeta {
+    ) -> Result<CaptureMeta> {
+        let content: String = items
+            .iter()
+            .map(|it| serde_json::to_string(it).unwrap_or_default() + "\n")
+            .collect();
+        Ok(CaptureMeta {
             model: model.name(),
+            model_sha256: model.identity()?.sha256,
             weights: format!("{:?}", model.weights).to_lowercase(),
             data,
-            n_items,
+            data_hash: format!("{:016x}", crate::data::stable_hash(&content)),
+            n_items: items.len(),
             sites: opts.sites.iter().map(|s| s.to_string()).collect(),
             positions: opts.positions,
             form: opts.form,
@@ -109,7 +121,29 @@ impl CaptureMeta {
             steering,
             labels,
             complete: false,
-        }
+        })
+    }
+
+    /// What differs between this capture's settings and `other`'s, in words.
+    fn differences(&self, other: &CaptureMeta) -> Vec<&'static str> {
+        let checks = [
+            (
+                self.model != other.model || self.model_sha256 != other.model_sha256,
+                "model",
+            ),
+            (self.weights != other.weights, "weights"),
+            (self.data != other.data, "data file"),
+            (self.data_hash != other.data_hash, "data content"),
+            (self.n_items != other.n_items, "number of items"),
+            (self.sites != other.sites, "sites"),
+            (self.positions != other.positions, "positions"),
+            (self.form != other.form, "form"),
+            (self.with_context != other.with_context, "context"),
+            (self.shard_size != other.shard_size, "shard size"),
+            (self.steering != other.steering, "steering"),
+            (self.labels != other.labels, "labels"),
+        ];
+        checks.iter().filter(|(d, _)| *d).map(|(_, w)| *w).collect()
     }
 }
 
@@ -155,15 +189,15 @@ pub fn capture(
         let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::file(&meta_path, e))?;
         let old: CaptureMeta =
             serde_json::from_str(&text).map_err(|e| Error::file(&meta_path, e))?;
-        if (CaptureMeta {
-            complete: false,
-            ..old.clone()
-        }) != meta
-        {
+        let differs = meta.differences(&old);
+        if !differs.is_empty() {
             return Err(Error::file(
                 dir,
-                "this folder holds a capture made with other settings (model, data, sites, \
-                 positions, form, shard size, steering or labels); use another output folder or delete it",
+                format!(
+                    "this folder holds a capture that differs in its {}; use another output \
+                     folder or delete it",
+                    differs.join(", ")
+                ),
             ));
         }
     }
@@ -381,6 +415,19 @@ pub fn load(dir: &Path, n_layers: usize) -> Result<Acts> {
         }
         let t = Tensor::cat(&parts, 0)?;
         let (n, w) = t.dims2()?;
+        // The index names one row per captured item: a line more or fewer would shift every
+        // label after it onto another item's activations.
+        if n != index.len() || n != meta.n_items {
+            return Err(Error::file(
+                dir,
+                format!(
+                    "the index has {} rows, the shards {n} of `{name}` and meta.json {} items; \
+                     they must agree (capture again into a fresh folder)",
+                    index.len(),
+                    meta.n_items
+                ),
+            ));
+        }
         let v = t.flatten_all()?.to_vec1::<f32>()?;
         let arr = ndarray::Array2::from_shape_vec((n, w), v)
             .map_err(|e| Error::Invalid(e.to_string()))?;

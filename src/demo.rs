@@ -67,11 +67,11 @@ impl ProbeRun<'_> {
         let meta = crate::capture::CaptureMeta::new(
             model,
             data.display().to_string() + " (train split)",
-            items.len(),
+            items,
             &copts,
             None,
             labels.map(|_| "labels.jsonl".to_string()),
-        );
+        )?;
         crate::capture::capture(
             model,
             items,

@@ -49,7 +49,9 @@ fn opts(sites: Vec<Site>, positions: PosMode) -> CaptureOptions {
 fn meta(m: &Model, o: &CaptureOptions, n: usize) -> CaptureMeta {
     CaptureMeta {
         model: m.name(),
+        model_sha256: String::new(),
         weights: "f32".into(),
+        data_hash: String::new(),
         data: "toy".into(),
         n_items: n,
         sites: o.sites.iter().map(|s| s.to_string()).collect(),
@@ -174,7 +176,66 @@ fn an_interrupted_capture_resumes_to_the_same_result() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("other settings"), "{e}");
+    assert!(e.contains("differs in its sites"), "{e}");
+    // So is a changed data file (same path and count, other content), and another model.
+    let built = |items: &[Item]| {
+        let mut mt = capture::CaptureMeta::new(&m, "toy".into(), items, &o, None, None).unwrap();
+        mt.complete = false;
+        mt
+    };
+    let fresh = dir.path().join("acts2");
+    capture::capture(
+        &m,
+        &items,
+        None,
+        &o,
+        &Spec::new(),
+        built(&items),
+        &fresh,
+        &mut |_| {},
+    )
+    .unwrap();
+    let mut changed = items.clone();
+    changed[2].context = "the sea is made of tea.".into();
+    let e = capture::capture(
+        &m,
+        &changed,
+        None,
+        &o,
+        &Spec::new(),
+        built(&changed),
+        &fresh,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("differs in its data content"), "{e}");
+    let mut other_model = built(&items);
+    other_model.model_sha256 = "0".repeat(64);
+    let e = capture::capture(
+        &m,
+        &items,
+        None,
+        &o,
+        &Spec::new(),
+        other_model,
+        &fresh,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("differs in its model"), "{e}");
+    // An index with a line more, or fewer, than the shards' rows is refused, not misread.
+    let index = std::fs::read_to_string(fresh.join("index.jsonl")).unwrap();
+    let first = index.lines().next().unwrap().to_string();
+    for broken in [
+        format!("{index}{first}\n"),
+        index.lines().skip(1).map(|l| format!("{l}\n")).collect(),
+    ] {
+        std::fs::write(fresh.join("index.jsonl"), broken).unwrap();
+        let e = capture::load(&fresh, 2).err().unwrap().to_string();
+        assert!(e.contains("must agree"), "{e}");
+    }
     // So is rerunning the finished capture with labels added: the index would not carry them.
     let mut with_labels = meta(&m, &o, 5);
     with_labels.labels = Some("labels.jsonl".into());
@@ -190,7 +251,7 @@ fn an_interrupted_capture_resumes_to_the_same_result() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("other settings") && e.contains("labels"), "{e}");
+    assert!(e.contains("differs in its labels"), "{e}");
 }
 
 #[test]

@@ -64,7 +64,9 @@ fn synthetic() -> Acts {
     }
     let meta = CaptureMeta {
         model: "synthetic".into(),
+        model_sha256: String::new(),
         weights: "f32".into(),
+        data_hash: String::new(),
         data: "synthetic".into(),
         n_items: n,
         sites: vec![

@@ -114,11 +114,11 @@ pub(super) fn capture_cmd(a: CaptureArgs) -> Result<()> {
     let meta = ctxsteer::capture::CaptureMeta::new(
         &model,
         a.data.data.display().to_string(),
-        items.len(),
+        &items,
         &opts,
         Some(plan.describe()).filter(|d| d != "none"),
         a.labels.as_ref().map(|p| p.display().to_string()),
-    );
+    )?;
     let pb = ctxsteer::progress::bar(items.len() as u64, "capture", false);
     let t0 = std::time::Instant::now();
     let meta = ctxsteer::capture::capture(
