@@ -6,6 +6,25 @@ use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// An error when the output `out` is one of the `inputs` (the same file, by any name): an
+/// output never overwrites what the run reads.
+pub fn check_not_input(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    match inputs.iter().find(|i| same(out, i)) {
+        Some(i) => Err(Error::file(
+            out,
+            format!(
+                "the output is the input {}; write the output elsewhere",
+                i.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Refuse an output path that names something other than a regular file, and check that its
 /// folder can be written, before any long work whose result would go there.
 pub fn check_target(path: &Path) -> Result<()> {

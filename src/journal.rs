@@ -32,8 +32,17 @@ pub struct Journal<R> {
 
 impl<R: Serialize + DeserializeOwned> Journal<R> {
     /// Open the journal at `path`. With `resume`, the runs already there are kept; without it
-    /// the file is started afresh.
+    /// a journal that holds runs is refused (never emptied: they are an earlier run's work),
+    /// and an empty or missing one is started afresh.
     pub fn open(path: &Path, resume: bool) -> Result<Journal<R>> {
+        let held = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        if held && !resume {
+            return Err(Error::file(
+                path,
+                "holds the finished runs of an earlier run; resume it (--resume), or write \
+                 to another folder",
+            ));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
         }
@@ -254,10 +263,17 @@ mod tests {
         let j: Journal<Run> = Journal::open(&path, true).unwrap();
         assert_eq!(j.len(), 3);
         assert_eq!(j.get("c").unwrap().greedy, " Oslo");
-        // Without resume the journal starts empty.
-        let j: Journal<Run> = Journal::open(&path, false).unwrap();
-        assert!(j.is_empty());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        // Without resume a journal holding runs is refused and left whole; an empty one
+        // starts afresh.
+        let before = std::fs::read_to_string(&path).unwrap();
+        let e = Journal::<Run>::open(&path, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("earlier run") && e.contains("--resume"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        std::fs::write(&path, b"").unwrap();
+        assert!(Journal::<Run>::open(&path, false).unwrap().is_empty());
     }
 
     #[test]

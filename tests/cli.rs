@@ -1173,14 +1173,25 @@ fn data_irrelevant_builds_contexts_about_other_subjects() {
         .lines()
         .all(|l| l.contains("\"distractor\":\"other_relation\"")));
     assert_eq!(one.lines().count(), 427);
-    bin()
-        .args(["data", "irrelevant", "--data"])
-        .arg(&cf)
-        .arg("--out")
-        .arg(&cf)
-        .assert()
-        .failure()
-        .stderr(predicate::str::contains("is the input file"));
+    // An output that is the input, under another spelling too, is refused and the input is
+    // left whole (label refuses it before loading a model).
+    let before = std::fs::read(&cf).unwrap();
+    let respelled = cf.parent().unwrap().join(".").join(cf.file_name().unwrap());
+    for args in [["data", "irrelevant"], ["label", "--weights"]] {
+        let mut cmd = bin();
+        cmd.args(args);
+        if args[0] == "label" {
+            cmd.arg("f32");
+        }
+        cmd.arg("--data")
+            .arg(&cf)
+            .arg("--out")
+            .arg(&respelled)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("the output is the input"));
+    }
+    assert_eq!(std::fs::read(&cf).unwrap(), before);
 }
 
 /// Errors name the file and what was expected: a binary file as a probe file says what it

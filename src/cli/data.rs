@@ -12,13 +12,8 @@ pub(super) fn data_cmd(d: DataCmd) -> Result<()> {
             }
         }
         DataCmd::Irrelevant { data, kinds, out } => {
+            ctxsteer::atomic::check_not_input(&out, &[&data])?;
             let (items, _) = ctxsteer::data::read_jsonl(&data, false)?;
-            if out == data {
-                bail!(
-                    "--out {} is the input file; write the items elsewhere",
-                    out.display()
-                );
-            }
             let irr = ctxsteer::data::irrelevant_for(&items, &kinds);
             if irr.is_empty() {
                 bail!(
@@ -31,6 +26,7 @@ pub(super) fn data_cmd(d: DataCmd) -> Result<()> {
             println!("{} items  {}", irr.len(), out.display());
         }
         DataCmd::Import { format, file, out } => {
+            ctxsteer::atomic::check_not_input(&out, &[&file])?;
             let items = ctxsteer::data::import(format, &file)?;
             ctxsteer::data::write_jsonl(&out, &items)?;
             println!("{} items  {}", items.len(), out.display());
@@ -42,6 +38,7 @@ pub(super) fn data_cmd(d: DataCmd) -> Result<()> {
 pub(super) fn label_cmd(a: LabelArgs) -> Result<()> {
     let items = a.data.read()?;
     // Refused now, not after the whole labelling run.
+    ctxsteer::atomic::check_not_input(&a.out, &[&a.data.data])?;
     ctxsteer::atomic::check_target(&a.out)?;
     let _lock = ctxsteer::atomic::OutputLock::acquire(&a.out, false)?;
     let model = a.model.load_or(WeightsMode::F32)?;

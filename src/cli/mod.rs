@@ -242,6 +242,7 @@ fn export_cvec(
     direction: &str,
     out: &std::path::Path,
 ) -> Result<()> {
+    ctxsteer::atomic::check_not_input(out, &[file])?;
     let pf = ctxsteer::probe::ProbeFile::read(file)?;
     let n = pf.model.n_layers;
     let ls = layers

@@ -85,6 +85,7 @@ pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
         .map(String::from)
         .collect();
     let neutral = ctxsteer::reft::joined_passages(&neutral, a.neutral_lines);
+    ctxsteer::atomic::check_not_input(&a.out, &[&a.data, &a.neutral])?;
     ctxsteer::atomic::check_target(&a.out)?;
     let _lock = ctxsteer::atomic::OutputLock::acquire(&a.out, false)?;
     let model = a.model.load_or(ctxsteer::WeightsMode::F32)?;
