@@ -730,6 +730,40 @@ fn public_none_cad(
     (err, report)
 }
 
+/// Saved runs are reused only on the items they were measured on: after the benchmark's file
+/// changes an answer, `--resume` and `--saved-only` are refused, naming both content hashes,
+/// and nothing saved is touched.
+#[test]
+fn bench_public_refuses_to_reuse_runs_of_other_items() {
+    let (dir, model) = memotrap_fixture();
+    let out = dir.path().join("out");
+    public_none_cad(dir.path(), &model, &out, &[]);
+    let record = out.join("parts/memotrap.items");
+    let before = std::fs::read_to_string(&record).unwrap();
+    let csv = dir.path().join("benchmarks/memotrap/1-proverb-ending.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(&csv, text.replacen("' fonder.'", "' stronger.'", 1)).unwrap();
+    for extra in ["--resume", "--saved-only"] {
+        bin()
+            .args(["bench", "public", "--benchmarks", "memotrap"])
+            .args(["--methods", "none,cad", "--dev-limit", "3", "--model"])
+            .arg(&model)
+            .arg("--dir")
+            .arg(dir.path().join("benchmarks"))
+            .arg("--out")
+            .arg(&out)
+            .arg(extra)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(format!(
+                "measured on memotrap items with content hash {}",
+                before.trim()
+            )));
+    }
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), before);
+    assert!(out.join("parts/memotrap.none.json").is_file());
+}
+
 /// `bench public` end to end on MemoTrap fixture files: a report with the benchmark's own
 /// metric per method, parts saved as they finish, and `--resume` reusing exactly the parts
 /// whose settings match (another seed gives another split, so nothing is reused).

@@ -163,7 +163,7 @@ pub fn run_one(
 ) -> Result<Section> {
     let t0 = std::time::Instant::now();
     let name = b.name();
-    let (n_items, used) = items_used(dir, b, opts, on)?;
+    let (n_items, used, items_hash) = items_used(dir, b, opts, on)?;
     let res = Resources {
         max_new: Some(b.max_new()),
         ..res.clone()
@@ -180,6 +180,10 @@ pub fn run_one(
             None => None,
         },
     };
+    // After the journal: a run it refuses leaves the record of the saved runs' items alone.
+    if let Some(d) = &opts.parts {
+        check_items(d, name, &items_hash, opts)?;
+    }
     let Some(split) = run.closed_book_split(&used, on)? else {
         return Ok(nothing_saved(b, n_items, &used, methods));
     };
@@ -221,8 +225,11 @@ fn items_used(
     b: Benchmark,
     opts: &PublicOptions,
     on: &mut bench::OnEvent,
-) -> Result<(usize, Vec<Item>)> {
-    let mut items = sample(load(dir, b)?, opts.limit, opts.seed);
+) -> Result<(usize, Vec<Item>, String)> {
+    let all = load(dir, b)?;
+    let text = serde_json::to_string(&all).map_err(|e| Error::Invalid(e.to_string()))?;
+    let hash = format!("{:016x}", data::stable_hash(&text));
+    let mut items = sample(all, opts.limit, opts.seed);
     data::split_dev_test(&mut items, opts.seed, opts.dev_share);
     let (mut dev, mut test) = bench::dev_test(&items);
     add_shots(&mut dev, &mut test, shots_for(b, opts))?;
@@ -234,7 +241,7 @@ fn items_used(
         dev.len(),
         test.len()
     )));
-    Ok((items.len(), dev.into_iter().chain(test).collect()))
+    Ok((items.len(), dev.into_iter().chain(test).collect(), hash))
 }
 
 /// What one benchmark's methods share while they run.
@@ -264,6 +271,8 @@ impl BenchRun<'_> {
             batch: opts.batch_size,
             max_new: self.res.max_new,
             distractors: self.b.distractors().to_vec(),
+            // NQ-Swap's contexts are passages: one per query keeps the sweep's cost bounded.
+            dev_one_per_query: true,
         };
         let split_scope = format!(
             "{}|split{}",
@@ -425,6 +434,33 @@ fn own_table(
             (m.method, v)
         })
         .collect()
+}
+
+/// Check that the benchmark's items (`hash`: their content's) are those the folder's saved
+/// parts and runs were measured on: the hash is kept in `DIR/NAME.items`, written by the first run there. A
+/// run that would reuse saved work (`--resume`, `--saved-only`) on other items is refused,
+/// naming both hashes; a fresh run records its items.
+fn check_items(dir: &Path, name: &str, hash: &str, opts: &PublicOptions) -> Result<()> {
+    let path = dir.join(format!("{name}.items"));
+    let saved = std::fs::read_to_string(&path).ok();
+    let saved = saved.as_deref().map(str::trim);
+    let reuses = opts.resume || opts.saved_only;
+    match saved {
+        Some(old) if old != hash && reuses => Err(Error::file(
+            &path,
+            format!(
+                "the saved runs were measured on {name} items with content hash {old}; the \
+                 benchmark's file now gives {hash} (its questions or answers changed): run \
+                 into another folder"
+            ),
+        )),
+        Some(old) if old == hash => Ok(()),
+        _ if opts.saved_only => Ok(()),
+        _ => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+            data::write_atomic(&path, format!("{hash}\n").as_bytes())
+        }
+    }
 }
 
 /// The benchmark's journal of finished runs, `DIR/NAME.runs.jsonl`: kept with `resume`, else
