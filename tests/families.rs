@@ -181,7 +181,8 @@ fn unsupported_config_fields_are_named() {
     assert!(e.contains("layer_types"), "{e}");
     assert_eq!(try_with(&|_| {}), "accepted");
     // A field of the wrong type is an error naming it, not its default.
-    let cases: [(&dyn Fn(&mut serde_json::Value), &str); 8] = [
+    type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
+    let cases: [(Edit, &str); 8] = [
         (
             &|v| v["rope_parameters"]["rope_theta"] = "500000".into(),
             "rope_parameters.rope_theta",

@@ -66,9 +66,12 @@ pub struct SplitOptions {
     /// the methods' own runs get.
     pub max_new: Option<usize>,
     /// The irrelevant contexts built from each part's conflicts when the data has none of its
-    /// own (variant `irrelevant`); empty: none are built. Test keeps every one; dev keeps one
-    /// per query, which every setting of a sweep is measured on.
+    /// own (variant `irrelevant`); empty: none are built. Test keeps every one.
     pub distractors: Vec<Distractor>,
+    /// Dev keeps only one irrelevant item per query (every setting of a sweep is measured on
+    /// them, so this bounds the sweep's cost where contexts are long); otherwise dev keeps every
+    /// one, so the bar on them is measured on as many items as test's.
+    pub dev_one_per_query: bool,
 }
 
 impl SplitOptions {
@@ -79,6 +82,7 @@ impl SplitOptions {
             batch,
             max_new: None,
             distractors: Distractor::ALL.to_vec(),
+            dev_one_per_query: false,
         }
     }
 }
@@ -112,7 +116,7 @@ const IRRELEVANT_NONE_DEV: &str = "irrelevant none dev";
 /// built from the conflicts where the data has none.
 type Parts = [(Vec<Item>, Vec<Item>); 2];
 
-fn parts(items: &[Item], kinds: &[Distractor]) -> Parts {
+fn parts(items: &[Item], kinds: &[Distractor], dev_one_per_query: bool) -> Parts {
     let is_irr = |i: &Item| i.variant == Some(Variant::Irrelevant);
     let given = items.iter().any(is_irr);
     let (dev, test) = dev_test(items);
@@ -121,13 +125,13 @@ fn parts(items: &[Item], kinds: &[Distractor]) -> Parts {
         let irr = irrelevant::items_for(irr, &conflicts, kinds, given);
         (conflicts, irr)
     });
-    dev.1 = one_per_query(std::mem::take(&mut dev.1));
+    if dev_one_per_query {
+        dev.1 = one_per_query(std::mem::take(&mut dev.1));
+    }
     [dev, test]
 }
 
-/// One irrelevant item per query (chosen by a hash of the query), in their order: the dev
-/// sweep measures every setting on them, so dev keeps its cost near the conflicts' own, while
-/// test measures every kind.
+/// One irrelevant item per query (chosen by a hash of the query), in their order.
 fn one_per_query(items: Vec<Item>) -> Vec<Item> {
     let query = |it: &Item| format!("{}\u{1f}{}\u{1f}{}", it.subject, it.prompt, it.question);
     let mut groups: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
@@ -155,7 +159,7 @@ impl Split {
     /// Whether `journal` holds every run [`Split::new`] makes on `items`, so that it would run
     /// nothing.
     pub fn is_saved(items: &[Item], o: &SplitOptions, journal: &mut Scoped<Run>) -> bool {
-        let [(dev, dev_irr), (test, test_irr)] = parts(items, &o.distractors);
+        let [(dev, dev_irr), (test, test_irr)] = parts(items, &o.distractors, o.dev_one_per_query);
         let closed = |irr: &[Item]| -> Vec<Item> {
             let mut seen = std::collections::HashSet::new();
             irr.iter()
@@ -187,7 +191,7 @@ impl Split {
         o: &SplitOptions,
         mut journal: Option<&mut Scoped<Run>>,
     ) -> Result<Split> {
-        let [(dev, dev_irr), (test, test_irr)] = parts(items, &o.distractors);
+        let [(dev, dev_irr), (test, test_irr)] = parts(items, &o.distractors, o.dev_one_per_query);
         if dev.is_empty() || test.is_empty() {
             return Err(Error::Invalid(format!(
                 "need dev and test items; got {} dev and {} test (the split goes by subject: \

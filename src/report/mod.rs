@@ -194,7 +194,8 @@ const LEGEND: &str = "TF adherence: share whose context answer has the higher te
     the model knows, method active, no context. True context kept: share of the test items, \
     their context rewritten to state the true fact, whose greedy answer names it. Perplexity ×: perplexity of a fixed neutral \
     text relative to no intervention. Settings are chosen on dev: highest adherence with \
-    retention ≥ 95% and perplexity ≤ +5%, else the cheapest (\"not met\").\n\n";
+    retention ≥ 95%, perplexity ≤ +5% and irrelevant contexts left unchanged at least as often \
+    as none, less 2 points (where the data has them); else the cheapest (\"not met\").\n\n";
 
 /// A markdown table with header `h`.
 fn md_table<H: AsRef<str>>(h: &[H], rows: &[Vec<String>]) -> String {
