@@ -259,7 +259,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
 
 /// The bands of layers that multi-layer steering and clamping try, as fractions of the depth:
 /// the first and second half of the middle third, and the whole middle third. Probes and
-/// patching put the choice between context and prior there on both models (see the README).
+/// patching put the choice between context and prior there on both models (see docs/results.md).
 fn bands(n_layers: usize) -> Vec<Vec<usize>> {
     let (a, b, c) = (n_layers / 3, n_layers / 2, (2 * n_layers) / 3);
     vec![(a..b).collect(), (b..c).collect(), (a..c).collect()]
@@ -268,7 +268,7 @@ fn bands(n_layers: usize) -> Vec<Vec<usize>> {
 /// Each band of [`bands`] at each strength, along the probe file's mean-difference directions.
 /// Adding acts at every position; a clamp only where the answer is produced (the prompt's last
 /// token, where the probes were trained, and the generated ones): clamping every token of the
-/// prompt to a last-token class mean broke closed-book answers and fluency on dev (README).
+/// prompt to a last-token class mean broke closed-book answers and fluency on dev (docs/results.md).
 fn band_grid(
     model: &Model,
     m: Method,

@@ -291,8 +291,9 @@ pub enum BenchCmd {
 pub struct PublicArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The folder holding memotrap/, nqswap/ and world_capital/ as published.
-    #[arg(long, default_value = "../shared/benchmarks")]
+    /// The folder holding memotrap/, nqswap/ and world_capital/ as published (the repository
+    /// ships them in benchmarks/; NQ-Swap may be nqswap.jsonl or nqswap.zip holding it).
+    #[arg(long, default_value = "benchmarks")]
     pub dir: PathBuf,
     #[command(flatten)]
     pub with: MethodArgs,

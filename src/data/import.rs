@@ -25,11 +25,16 @@ pub enum ImportFormat {
 /// Convert a benchmark file into items.
 pub fn import(format: ImportFormat, path: &Path) -> Result<Vec<Item>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    import_text(format, path, &text)
+}
+
+/// Convert a benchmark file's `text` into items; `path` names it in errors.
+pub fn import_text(format: ImportFormat, path: &Path, text: &str) -> Result<Vec<Item>> {
     match format {
-        ImportFormat::Counterfact => import_counterfact(path, &text),
-        ImportFormat::Nqswap => import_nqswap(path, &text),
-        ImportFormat::Memotrap => import_memotrap(path, &text),
-        ImportFormat::WorldCapital => import_world_capital(path, &text),
+        ImportFormat::Counterfact => import_counterfact(path, text),
+        ImportFormat::Nqswap => import_nqswap(path, text),
+        ImportFormat::Memotrap => import_memotrap(path, text),
+        ImportFormat::WorldCapital => import_world_capital(path, text),
     }
 }
 

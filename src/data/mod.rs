@@ -12,7 +12,7 @@ use std::path::Path;
 
 mod import;
 mod irrelevant;
-pub use import::{answer_list, import, parse_py_list, ImportFormat};
+pub use import::{answer_list, import, import_text, parse_py_list, ImportFormat};
 pub use irrelevant::{irrelevant_for, Distractor};
 
 crate::choice_enum! {

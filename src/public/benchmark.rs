@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 crate::choice_enum! {
-/// The benchmarks `bench public` knows, by the folder names of ../shared/benchmarks.
+/// The benchmarks `bench public` knows, by their folder names in `benchmarks/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Benchmark {
@@ -58,12 +58,30 @@ pub(super) fn load(dir: &Path, b: Benchmark) -> Result<Vec<Item>> {
             }
             Ok(v)
         }
-        Benchmark::Nqswap => data::import(ImportFormat::Nqswap, &dir.join("nqswap/nqswap.jsonl")),
+        Benchmark::Nqswap => load_nqswap(&dir.join("nqswap")),
         Benchmark::WorldCapital => data::import(
             ImportFormat::WorldCapital,
             &dir.join("world_capital/world_capital.json"),
         ),
     }
+}
+
+/// NQ-Swap from `d/nqswap.jsonl`, or from that file inside `d/nqswap.zip` (as the repository
+/// ships it, and as it was published).
+fn load_nqswap(d: &Path) -> Result<Vec<Item>> {
+    let plain = d.join("nqswap.jsonl");
+    let zipped = d.join("nqswap.zip");
+    if plain.exists() || !zipped.exists() {
+        return data::import(ImportFormat::Nqswap, &plain);
+    }
+    let f = std::fs::File::open(&zipped).map_err(|e| Error::file(&zipped, e))?;
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| Error::file(&zipped, e))?;
+    let mut entry = zip
+        .by_name("nqswap.jsonl")
+        .map_err(|e| Error::file(&zipped, format!("no nqswap.jsonl inside: {e}")))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut entry, &mut text).map_err(|e| Error::file(&zipped, e))?;
+    data::import_text(ImportFormat::Nqswap, &zipped, &text)
 }
 
 /// The benchmark's own metrics from a test evaluation.
@@ -142,5 +160,34 @@ pub(super) fn published(b: Benchmark, opts: &PublicOptions) -> (Vec<Published>, 
             "Published: CAD's table (larger models; greedy exact match of the ending, where ours compares the two classes teacher-forced, so the two are not comparable one to one).".to_string(),
         ),
         Benchmark::WorldCapital => (vec![], "No published figure is quoted for the world-capital split.".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped benchmarks load from the repository: NQ-Swap from inside its zip, every
+    /// published line, the same items as the plain file gives.
+    #[test]
+    fn the_shipped_benchmarks_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benchmarks");
+        let nq = load(&dir, Benchmark::Nqswap).unwrap();
+        assert_eq!(nq.len(), 4746);
+        assert_eq!(nq[0].question, "how many episodes are in chicago fire season 4?");
+        let plain = tempfile::tempdir().unwrap();
+        let f = std::fs::File::open(dir.join("nqswap/nqswap.zip")).unwrap();
+        let mut zip = zip::ZipArchive::new(f).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut zip.by_name("nqswap.jsonl").unwrap(), &mut text)
+            .unwrap();
+        std::fs::create_dir_all(plain.path().join("nqswap")).unwrap();
+        std::fs::write(plain.path().join("nqswap/nqswap.jsonl"), text).unwrap();
+        let from_plain = load(plain.path(), Benchmark::Nqswap).unwrap();
+        let json = |v: &[Item]| serde_json::to_string(v).unwrap();
+        assert_eq!(json(&from_plain), json(&nq));
+        assert_eq!(load(&dir, Benchmark::Memotrap).unwrap().len(), 860 + 843 + 100 + 736);
+        // Two items per country: the substitution and the coherent conflict.
+        assert_eq!(load(&dir, Benchmark::WorldCapital).unwrap().len(), 2 * 218);
     }
 }

@@ -1,4 +1,4 @@
-//! The benchmark report: `report.json` (schema in the README), `report.md`, and a
+//! The benchmark report: `report.json` (schema in docs/methods.md), `report.md`, and a
 //! self-contained `report.html` with the SVG charts inlined: the dev sweep curves, the probe
 //! layer curve, the patching heatmap and, when measured, activation density.
 
