@@ -434,3 +434,44 @@ fn gguf_counts_and_types_are_checked_before_use() {
         "accepted"
     );
 }
+
+/// A config whose sizes do not match the file's tensors is refused at load, naming the
+/// layer's weights and both shapes, not at the first forward as a bare product error.
+#[test]
+fn weights_that_do_not_match_the_config_are_named_at_load() {
+    let src = fixture("families/llama3");
+    let text = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let load_with = |edit: &dyn Fn(&mut serde_json::Value)| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        let mut v = base.clone();
+        edit(&mut v);
+        std::fs::write(dir.path().join("config.json"), v.to_string()).unwrap();
+        match Model::load(dir.path(), WeightsMode::F32) {
+            Ok(_) => "accepted".into(),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert_eq!(load_with(&|_| {}), "accepted");
+    let e = load_with(&|v| v["intermediate_size"] = 128.into());
+    assert!(
+        e.contains("layer 0")
+            && e.contains("mlp.gate_proj")
+            && e.contains("192 × 64, where")
+            && e.contains("need 256 × 64"),
+        "{e}"
+    );
+    let e = load_with(&|v| v["num_key_value_heads"] = 4.into());
+    assert!(
+        e.contains("self_attn.k_proj") && e.contains("need 384 × 64"),
+        "{e}"
+    );
+    let e = load_with(&|v| v["vocab_size"] = 161.into());
+    assert!(
+        e.contains("token embedding is 160 × 64") && e.contains("need 161 × 64"),
+        "{e}"
+    );
+}

@@ -15,7 +15,7 @@ use super::embedding::Embedding;
 use super::names::{self, BlockNames};
 use super::norm::rms_norm;
 use super::rope::{rope, RopeTable};
-use super::weights::{lm_head, Linear};
+use super::weights::{lm_head, Linear, Names};
 pub use super::weights::{WeightSource, WeightsMode};
 use crate::error::{Error, Result};
 use crate::hooks::{Hooks, RowInfo, Site, SiteKind};
@@ -37,26 +37,115 @@ struct Block {
 }
 
 impl Block {
-    fn load(src: &mut WeightSource, family: Family, l: usize) -> Result<Block> {
+    fn load(src: &mut WeightSource, cfg: &Config, l: usize) -> Result<Block> {
+        let family = cfg.family;
         let n = BlockNames::new(family, l);
         let off = family.hf_norm_offset();
         let mut opt_norm = |n: &Option<_>| n.as_ref().map(|n| src.norm(n, off)).transpose();
         let (q_norm, k_norm) = (opt_norm(&n.q_norm)?, opt_norm(&n.k_norm)?);
         let (post_attn_norm, post_mlp_norm) =
             (opt_norm(&n.post_attn_norm)?, opt_norm(&n.post_mlp_norm)?);
-        Ok(Block {
+        let block = Block {
             attn_norm: src.norm(&n.attn_norm, off)?,
-            qkv: src.fused_linear(&[n.q, n.k, n.v], family.qkv_bias())?,
+            qkv: src.fused_linear(&[n.q.clone(), n.k.clone(), n.v.clone()], family.qkv_bias())?,
             q_norm,
             k_norm,
             o: src.linear(&n.o.0, &n.o.1, false)?,
             post_attn_norm,
             mlp_norm: src.norm(&n.mlp_norm, off)?,
-            gate_up: src.fused_linear(&[n.gate, n.up], false)?,
+            gate_up: src.fused_linear(&[n.gate.clone(), n.up.clone()], false)?,
             down: src.linear(&n.down.0, &n.down.1, false)?,
             post_mlp_norm,
-        })
+        };
+        block.check(cfg, &n, l)?;
+        Ok(block)
     }
+
+    /// Each weight's shape against the config's sizes: an error naming the tensors, their
+    /// shape and the one the config needs (a mismatch would otherwise fail at the first
+    /// forward as a bare product error).
+    fn check(&self, cfg: &Config, n: &BlockNames, l: usize) -> Result<()> {
+        let (d, dh) = (cfg.d_model, cfg.d_head);
+        let qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * dh;
+        let (qkv_names, gate_up_names) = ([&n.q, &n.k, &n.v], [&n.gate, &n.up]);
+        let linears = [
+            (&self.qkv, qkv_names.as_slice(), (qkv, d)),
+            (&self.o, &[&n.o], (d, cfg.n_heads * dh)),
+            (&self.gate_up, gate_up_names.as_slice(), (2 * cfg.d_mlp, d)),
+            (&self.down, &[&n.down], (d, cfg.d_mlp)),
+        ];
+        for (w, names, want) in linears {
+            let (out, inner) = w.dims()?;
+            if (out, inner) != (want.0, Some(want.1)) {
+                let inner = inner.map_or("parts of different widths".into(), |i| i.to_string());
+                return Err(shape_error(l, names, &format!("{out} × {inner}"), want));
+            }
+        }
+        let norms = [
+            (Some(&self.attn_norm), Some(&n.attn_norm), d),
+            (Some(&self.mlp_norm), Some(&n.mlp_norm), d),
+            (self.post_attn_norm.as_ref(), n.post_attn_norm.as_ref(), d),
+            (self.post_mlp_norm.as_ref(), n.post_mlp_norm.as_ref(), d),
+            (self.q_norm.as_ref(), n.q_norm.as_ref(), dh),
+            (self.k_norm.as_ref(), n.k_norm.as_ref(), dh),
+        ];
+        for (t, name, want) in norms {
+            if let (Some(t), Some(name)) = (t, name) {
+                if t.dims() != [want] {
+                    let got = format!("{:?}", t.dims());
+                    return Err(shape_error(l, &[name], &got, (want, 1)));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The embedding, the unembedding and the final norm against the vocabulary and d_model.
+fn check_ends(cfg: &Config, embed: &Embedding, lm_head: &Linear, norm: &Tensor) -> Result<()> {
+    let (v, d) = (cfg.vocab_size, cfg.d_model);
+    let bad = |what: &str, got: String, want: String| {
+        Err(Error::Model(format!(
+            "{what} is {got}, where the config's vocabulary ({v}) and d_model ({d}) need {want}"
+        )))
+    };
+    let (rows, width) = embed.dims()?;
+    if (rows, width) != (v, d) {
+        return bad(
+            "the token embedding",
+            format!("{rows} × {width}"),
+            format!("{v} × {d}"),
+        );
+    }
+    let (out, inner) = lm_head.dims()?;
+    if (out, inner) != (v, Some(d)) {
+        let inner = inner.map_or("?".into(), |i| i.to_string());
+        return bad(
+            "the unembedding",
+            format!("{out} × {inner}"),
+            format!("{v} × {d}"),
+        );
+    }
+    if norm.dims() != [d] {
+        return bad(
+            "the final norm",
+            format!("{:?}", norm.dims()),
+            format!("[{d}]"),
+        );
+    }
+    Ok(())
+}
+
+/// A layer's weights whose shape is not the one the config gives.
+fn shape_error(l: usize, names: &[&Names], got: &str, want: (usize, usize)) -> Error {
+    let names: Vec<String> = names.iter().map(|n| format!("{} ({})", n.0, n.1)).collect();
+    Error::Model(format!(
+        "layer {l}: the weights {} are {got}, where the config's sizes need {} × {}: the \
+         file's tensors do not match its config (heads, KV heads, head width, d_model or d_mlp)",
+        names.join(" | "),
+        want.0,
+        want.1
+    ))
 }
 
 /// A decoder-only transformer of any supported family.
@@ -78,10 +167,11 @@ impl Decoder {
         let (g, h) = names::embed();
         let embed = Embedding::load(&mut src, &format!("{g}.weight"), &format!("{h}.weight"))?;
         let blocks = (0..cfg.n_layers)
-            .map(|l| Block::load(&mut src, family, l))
+            .map(|l| Block::load(&mut src, &cfg, l))
             .collect::<Result<Vec<_>>>()?;
         let norm = src.norm(&names::final_norm(), family.hf_norm_offset())?;
         let lm_head = lm_head(&mut src, &embed)?;
+        check_ends(&cfg, &embed, &lm_head, &norm)?;
         let device = src.device();
         let factors = match src.has("rope_freqs.weight", "") {
             true => Some(src.tensor("rope_freqs.weight", "")?.to_vec1::<f32>()?),

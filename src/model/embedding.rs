@@ -18,6 +18,14 @@ pub(super) enum Embedding {
 }
 
 impl Embedding {
+    /// `(rows, width)` of the table.
+    pub(super) fn dims(&self) -> Result<(usize, usize)> {
+        Ok(match self {
+            Embedding::F32(t, _) => t.dims2()?,
+            Embedding::Quantized(q) => q.shape().dims2()?,
+        })
+    }
+
     /// Reads `token_embd.weight` (GGUF) or `model.embed_tokens.weight` (safetensors).
     pub(super) fn load(src: &mut WeightSource, gguf: &str, hf: &str) -> Result<Embedding> {
         if let WeightSource::Gguf {

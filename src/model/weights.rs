@@ -32,6 +32,21 @@ pub(super) struct Linear {
 }
 
 impl Linear {
+    /// `(out, in)`: the parts' output widths summed, and their input width (None when the
+    /// parts disagree on it).
+    pub(super) fn dims(&self) -> Result<(usize, Option<usize>)> {
+        let mut dims = Vec::new();
+        for w in &self.ws {
+            dims.push(match w {
+                QMatMul::QTensor(q) => q.shape().dims2()?,
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims2()?,
+            });
+        }
+        let inner = dims[0].1;
+        let same = dims.iter().all(|d| d.1 == inner);
+        Ok((dims.iter().map(|d| d.0).sum(), same.then_some(inner)))
+    }
+
     /// `[.., in] -> [.., out]`, through 2-D matmuls.
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
