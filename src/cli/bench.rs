@@ -140,26 +140,38 @@ pub(super) fn demo_cmd(
     };
     let art = Artefacts::resolve(&m.identity()?, artefacts, form, none)?;
     let reft = reft_for(&m, &art.reft, &[])?;
-    let mut methods = vec![
-        Method::None,
-        Method::Instruct,
-        Method::Cad,
-        Method::Steer,
-        Method::SteerGated,
-        Method::Heads,
-        Method::HeadsGated,
-    ];
-    if !reft.is_empty() {
-        eprintln!(
-            "the committed edit(s) {} join the benchmark as reft and reft-gated",
-            art.reft
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        methods.extend([Method::Reft, Method::ReftGated]);
-    }
+    // With committed edits, the demo sets the tool's best methods beside CAD; probe steering
+    // and ungated heads, which never beat it, are left to `bench conflict`. Without edits it
+    // runs every method its own artefacts allow.
+    let methods = match reft.is_empty() {
+        true => vec![
+            Method::None,
+            Method::Instruct,
+            Method::Cad,
+            Method::Steer,
+            Method::SteerGated,
+            Method::Heads,
+            Method::HeadsGated,
+        ],
+        false => {
+            eprintln!(
+                "the committed edit(s) {} join the benchmark as reft and reft-gated",
+                art.reft
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            vec![
+                Method::None,
+                Method::Instruct,
+                Method::Cad,
+                Method::HeadsGated,
+                Method::Reft,
+                Method::ReftGated,
+            ]
+        }
+    };
     let opts = ctxsteer::demo::DemoOptions {
         form,
         batch_size,

@@ -174,7 +174,10 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benchmarks");
         let nq = load(&dir, Benchmark::Nqswap).unwrap();
         assert_eq!(nq.len(), 4746);
-        assert_eq!(nq[0].question, "how many episodes are in chicago fire season 4?");
+        assert_eq!(
+            nq[0].question,
+            "how many episodes are in chicago fire season 4?"
+        );
         let plain = tempfile::tempdir().unwrap();
         let f = std::fs::File::open(dir.join("nqswap/nqswap.zip")).unwrap();
         let mut zip = zip::ZipArchive::new(f).unwrap();
@@ -186,7 +189,10 @@ mod tests {
         let from_plain = load(plain.path(), Benchmark::Nqswap).unwrap();
         let json = |v: &[Item]| serde_json::to_string(v).unwrap();
         assert_eq!(json(&from_plain), json(&nq));
-        assert_eq!(load(&dir, Benchmark::Memotrap).unwrap().len(), 860 + 843 + 100 + 736);
+        assert_eq!(
+            load(&dir, Benchmark::Memotrap).unwrap().len(),
+            860 + 843 + 100 + 736
+        );
         // Two items per country: the substitution and the coherent conflict.
         assert_eq!(load(&dir, Benchmark::WorldCapital).unwrap().len(), 2 * 218);
     }
