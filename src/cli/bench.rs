@@ -207,6 +207,7 @@ fn methods_and_resources(
         reft: w.reft.clone(),
     };
     let art = Artefacts::resolve(&model.identity()?, &w.artefacts, form, given)?;
+    eprintln!("{}", art.describe());
     let methods = w.methods.clone().unwrap_or_else(|| art.methods());
     let mut res = resources(model, &art, &methods)?;
     res.reft = reft_for(model, &art.reft, &methods)?;
@@ -221,6 +222,29 @@ pub(super) struct Artefacts {
     heads_from: Option<PathBuf>,
     gate_probes: Option<PathBuf>,
     reft: Vec<PathBuf>,
+}
+
+impl Artefacts {
+    /// One line naming the files the run uses, so that a log says which gate and edits ran.
+    fn describe(&self) -> String {
+        let show = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or("none".into(), |p| p.display().to_string())
+        };
+        let reft: Vec<String> = self.reft.iter().map(|p| p.display().to_string()).collect();
+        format!(
+            "artefacts: probes {}, head probes {}, head ranking {}, gate {}, edits {}",
+            show(&self.probes),
+            show(&self.head_probes),
+            show(&self.heads_from),
+            show(&self.gate_probes),
+            if reft.is_empty() {
+                "none".into()
+            } else {
+                reft.join(", ")
+            }
+        )
+    }
 }
 
 /// `manifest.json` in an artefacts folder: the files made for one model, relative to it.
