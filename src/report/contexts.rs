@@ -49,7 +49,11 @@ pub(super) fn table(methods: &[MethodResult]) -> (Vec<&'static str>, Vec<Vec<Str
                 paired(m, "irrelevant vs none"),
                 irr.map_or_else(na, |i| rate(&i.distractor_named)),
                 faithfulness(m).map_or_else(na, pct),
-                pct(m.test.retention.value),
+                // No known facts (NQ-Swap on a small model): nothing to retain.
+                match m.test.retention.n {
+                    0 => "n/a (n = 0)".into(),
+                    _ => pct(m.test.retention.value),
+                },
                 format!("{:.3}", m.test.perplexity_ratio),
             ]
         })
