@@ -102,16 +102,12 @@ impl CaptureMeta {
         steering: Option<String>,
         labels: Option<String>,
     ) -> Result<CaptureMeta> {
-        let content: String = items
-            .iter()
-            .map(|it| serde_json::to_string(it).unwrap_or_default() + "\n")
-            .collect();
         Ok(CaptureMeta {
             model: model.name(),
             model_sha256: model.identity()?.sha256,
             weights: format!("{:?}", model.weights).to_lowercase(),
             data,
-            data_hash: format!("{:016x}", crate::data::stable_hash(&content)),
+            data_hash: crate::data::content_hash(items),
             n_items: items.len(),
             sites: opts.sites.iter().map(|s| s.to_string()).collect(),
             positions: opts.positions,

@@ -143,35 +143,25 @@ pub(super) fn demo_cmd(
     // With committed edits, the demo sets the tool's best methods beside CAD; probe steering
     // and ungated heads, which never beat it, are left to `bench conflict`. Without edits it
     // runs every method its own artefacts allow.
-    let methods = match reft.is_empty() {
-        true => vec![
-            Method::None,
-            Method::Instruct,
-            Method::Cad,
+    let mut methods = vec![Method::None, Method::Instruct, Method::Cad];
+    if reft.is_empty() {
+        methods.extend([
             Method::Steer,
             Method::SteerGated,
             Method::Heads,
             Method::HeadsGated,
-        ],
-        false => {
-            eprintln!(
-                "the committed edit(s) {} join the benchmark as reft and reft-gated",
-                art.reft
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            vec![
-                Method::None,
-                Method::Instruct,
-                Method::Cad,
-                Method::HeadsGated,
-                Method::Reft,
-                Method::ReftGated,
-            ]
-        }
-    };
+        ]);
+    } else {
+        eprintln!(
+            "the committed edit(s) {} join the benchmark as reft and reft-gated",
+            art.reft
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        methods.extend([Method::HeadsGated, Method::Reft, Method::ReftGated]);
+    }
     let opts = ctxsteer::demo::DemoOptions {
         form,
         batch_size,

@@ -447,6 +447,16 @@ pub fn builtin_facts() -> Result<Vec<Fact>> {
     Ok(v)
 }
 
+/// The content hash of `items` (their JSONL lines, hashed with [`stable_hash`]), as 16 hex
+/// digits: what a resumed run checks that it resumes on the same items.
+pub fn content_hash(items: &[Item]) -> String {
+    let content: String = items
+        .iter()
+        .map(|it| serde_json::to_string(it).unwrap_or_default() + "\n")
+        .collect();
+    format!("{:016x}", stable_hash(&content))
+}
+
 /// FNV-1a: a stable hash for deterministic choices that do not depend on the Rust version.
 pub fn stable_hash(s: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;

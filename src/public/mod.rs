@@ -227,8 +227,7 @@ fn items_used(
     on: &mut bench::OnEvent,
 ) -> Result<(usize, Vec<Item>, String)> {
     let all = load(dir, b)?;
-    let text = serde_json::to_string(&all).map_err(|e| Error::Invalid(e.to_string()))?;
-    let hash = format!("{:016x}", data::stable_hash(&text));
+    let hash = data::content_hash(&all);
     let mut items = sample(all, opts.limit, opts.seed);
     data::split_dev_test(&mut items, opts.seed, opts.dev_share);
     let (mut dev, mut test) = bench::dev_test(&items);
@@ -436,10 +435,10 @@ fn own_table(
         .collect()
 }
 
-/// Check that the benchmark's items (`hash`: their content's) are those the folder's saved
-/// parts and runs were measured on: the hash is kept in `DIR/NAME.items`, written by the first run there. A
-/// run that would reuse saved work (`--resume`, `--saved-only`) on other items is refused,
-/// naming both hashes; a fresh run records its items.
+/// Check that the benchmark's items (`hash`: [`data::content_hash`]) are those the folder's
+/// saved parts and runs were measured on: the hash is kept in `DIR/NAME.items`, written by the
+/// first run there. A run that would reuse saved work (`--resume`, `--saved-only`) on other
+/// items is refused, naming both hashes; a fresh run records its items.
 fn check_items(dir: &Path, name: &str, hash: &str, opts: &PublicOptions) -> Result<()> {
     let path = dir.join(format!("{name}.items"));
     let saved = std::fs::read_to_string(&path).ok();
@@ -464,7 +463,7 @@ fn check_items(dir: &Path, name: &str, hash: &str, opts: &PublicOptions) -> Resu
 }
 
 /// The benchmark's journal of finished runs, `DIR/NAME.runs.jsonl`: kept with `resume`, else
-/// started afresh; only read with `saved_only`, so that a run still appending to it is safe.
+/// refused when it holds runs ([`Journal::open`]); only read with `saved_only`, so that a run still appending to it is safe.
 fn open_journal(
     dir: &Path,
     name: &str,
