@@ -73,20 +73,16 @@ fn generate_json_and_steering_change_the_tokens() {
     );
     let vf = vec_file.to_str().unwrap();
     let steered = run(&[
-        "--steer-vector",
-        vf,
-        "--steer-site",
-        "blocks.*.hook_resid_post",
-        "--steer-alpha",
+        "--steer",
+        &format!("{vf}:blocks.*.hook_resid_post"),
+        "--alpha",
         "8",
     ]);
     assert_ne!(steered["token_ids"], plain["token_ids"]);
     let zero = run(&[
-        "--steer-vector",
-        vf,
-        "--steer-site",
-        "blocks.0.hook_resid_post",
-        "--steer-alpha",
+        "--steer",
+        &format!("{vf}:blocks.0.hook_resid_post"),
+        "--alpha",
         "0",
     ]);
     assert_eq!(zero["token_ids"], plain["token_ids"]);
@@ -141,40 +137,29 @@ fn bad_inputs_get_clear_errors() {
         c
     };
     gen(&[
-        "--steer-vector",
-        good.to_str().unwrap(),
-        "--steer-site",
-        "blocks.9.hook_resid_post",
+        "--steer",
+        &format!("{}:blocks.9.hook_resid_post", good.display()),
     ])
     .assert()
     .failure()
     .stderr(predicate::str::contains("out of range").and(predicate::str::contains("0..=1")));
+    gen(&["--steer", &format!("{}:blocks.0.resid", good.display())])
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("unknown hook site")
+                .and(predicate::str::contains("hook_resid_post")),
+        );
     gen(&[
-        "--steer-vector",
-        good.to_str().unwrap(),
-        "--steer-site",
-        "blocks.0.resid",
-    ])
-    .assert()
-    .failure()
-    .stderr(
-        predicate::str::contains("unknown hook site")
-            .and(predicate::str::contains("hook_resid_post")),
-    );
-    gen(&[
-        "--steer-vector",
-        bad_json.to_str().unwrap(),
-        "--steer-site",
-        "blocks.0.hook_resid_post",
+        "--steer",
+        &format!("{}:blocks.0.hook_resid_post", bad_json.display()),
     ])
     .assert()
     .failure()
     .stderr(predicate::str::contains("bad.json").and(predicate::str::contains("line 1")));
     gen(&[
-        "--steer-vector",
-        short.to_str().unwrap(),
-        "--steer-site",
-        "blocks.0.hook_resid_post",
+        "--steer",
+        &format!("{}:blocks.0.hook_resid_post", short.display()),
     ])
     .assert()
     .failure()
@@ -210,7 +195,6 @@ fn non_finite_and_out_of_range_numbers_are_refused() {
         ("--temperature", "-1", ">= 0"),
         ("--temperature", "NaN", "not a finite number"),
         ("--top-p", "1.5", "(0, 1]"),
-        ("--steer-alpha", "inf", "not a finite number"),
         ("--cad-beta", "NaN", "not a finite number"),
         ("--alpha", "nan", "not a finite number"),
     ] {
@@ -239,10 +223,8 @@ fn non_finite_and_out_of_range_numbers_are_refused() {
     v[3] = serde_json::json!(1e39);
     std::fs::write(&nan, serde_json::to_string(&v).unwrap()).unwrap();
     gen(&[
-        "--steer-vector",
-        nan.to_str().unwrap(),
-        "--steer-site",
-        "blocks.0.hook_resid_post",
+        "--steer",
+        &format!("{}:blocks.0.hook_resid_post", nan.display()),
     ])
     .assert()
     .failure()
@@ -251,10 +233,8 @@ fn non_finite_and_out_of_range_numbers_are_refused() {
     let good = dir.path().join("good.json");
     std::fs::write(&good, serde_json::to_string(&vec![0.5f32; 64]).unwrap()).unwrap();
     let vector = [
-        "--steer-vector",
-        good.to_str().unwrap(),
-        "--steer-site",
-        "blocks.0.hook_resid_post",
+        "--steer",
+        &format!("{}:blocks.0.hook_resid_post", good.display()),
     ];
     gen(&[&vector[..], &["--steer-positions", "999"]].concat())
         .assert()
@@ -298,6 +278,114 @@ fn a_folder_as_output_is_refused_up_front() {
 /// `reft train` through the binary, then `bench conflict` with no --methods: the methods come
 /// from the artefacts folder's manifest when it is for the loaded model, else only the methods
 /// that need no artefacts run.
+/// `--steer FILE[:SITE]` takes a raw vector and a learned edit alike, each with its own unit
+/// for --alpha; the old spellings still work, say they are deprecated, and give the same
+/// tokens; files and sites that do not fit are refused naming what would.
+#[test]
+fn one_steer_flag_takes_every_kind_and_the_old_spellings_still_work() {
+    let (dir, path) = common::tiny::temp();
+    let vf = dir.path().join("v.json");
+    let v: Vec<f32> = (0..64).map(|i| ((i as f32) * 0.37).sin()).collect();
+    std::fs::write(&vf, serde_json::to_string(&v).unwrap()).unwrap();
+    let m = ctxsteer::Model::load(&path, ctxsteer::WeightsMode::F32).unwrap();
+    let edit = dir.path().join("e.safetensors");
+    common::tiny::write_edit(&m, &edit);
+    let gen = |extra: &[&str]| {
+        let out = bin()
+            .args([
+                "generate",
+                "--prompt",
+                "the cat",
+                "--max-tokens",
+                "6",
+                "--json",
+                "--model",
+            ])
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v["token_ids"].clone(), err)
+    };
+    let (plain, _) = gen(&[]);
+    let e = edit.to_str().unwrap();
+    let (edited, quiet) = gen(&["--steer", e]);
+    assert_ne!(edited, plain, "the edit changes the tokens");
+    assert!(!quiet.contains("deprecated"), "{quiet}");
+    let (old, note) = gen(&["--intervention", e]);
+    assert_eq!(old, edited);
+    assert!(note.contains("--intervention FILE is deprecated") && note.contains("--steer FILE"));
+    assert_eq!(
+        gen(&["--steer", e, "--alpha", "0"]).0,
+        plain,
+        "scale 0 turns the edit off"
+    );
+    assert_eq!(
+        gen(&["--steer", e, "--alpha", "1"]).0,
+        edited,
+        "scale 1 is the edit"
+    );
+    let site = format!("{}:blocks.1.hook_resid_post", vf.display());
+    let (new, _) = gen(&["--steer", &site, "--alpha", "8"]);
+    let (old, note) = gen(&[
+        "--steer-vector",
+        vf.to_str().unwrap(),
+        "--steer-site",
+        "blocks.1.hook_resid_post",
+        "--steer-alpha",
+        "8",
+    ]);
+    assert_eq!((&new, note.contains("deprecated")), (&old, true));
+    assert_ne!(new, plain);
+    // Both at once, one strength each, in order.
+    let out = bin()
+        .args(["generate", "--prompt", "x", "--print-spec", "--model"])
+        .arg(&path)
+        .args([
+            "--steer", &site, "--steer", e, "--alpha", "8", "--alpha", "0.5",
+        ])
+        .output()
+        .unwrap();
+    let spec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ivs = spec["interventions"].as_array().unwrap();
+    assert_eq!(ivs.len(), 2, "{spec}");
+    assert_eq!(ivs[0]["action"]["add"]["scale"], 8.0);
+    assert_eq!(
+        ivs[1]["action"]["low_rank"]["b"],
+        serde_json::json!([3.0, -3.0])
+    );
+    let fails = |extra: &[&str], says: &str| {
+        bin()
+            .args(["generate", "--prompt", "x", "--max-tokens", "2", "--model"])
+            .arg(&path)
+            .args(extra)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(says));
+    };
+    fails(&["--steer", vf.to_str().unwrap()], "needs the site");
+    fails(
+        &["--steer", &format!("{e}:blocks.0.hook_resid_post")],
+        "its own sites",
+    );
+    fails(
+        &[
+            "--steer", e, "--steer", e, "--alpha", "1", "--alpha", "2", "--alpha", "3",
+        ],
+        "2 --steer, 3 --alpha",
+    );
+    fails(
+        &["--steer", e, "--mode", "clamp"],
+        "--mode applies to a probe file",
+    );
+    let junk = dir.path().join("junk.txt");
+    std::fs::write(&junk, "hello").unwrap();
+    fails(&["--steer", junk.to_str().unwrap()], "not a steering file");
+}
+
 #[test]
 fn reft_train_and_a_manifest_choose_the_methods() {
     let (dir, path) = common::tiny::temp();
@@ -361,6 +449,29 @@ fn reft_train_and_a_manifest_choose_the_methods() {
     let out = dir.path().join("out0");
     bench(&out).assert().success();
     assert_eq!(methods(&out), ["none", "instruct", "cad", "adacad"]);
+    // --steer sorts what it is given: an edit joins reft's sweep. The old --reft still works and
+    // says it is deprecated; a raw vector has no sweep.
+    let out = dir.path().join("steer");
+    bench(&out)
+        .args(["--methods", "none,reft", "--steer"])
+        .arg(&edit)
+        .assert()
+        .success();
+    assert_eq!(methods(&out), ["none", "reft"]);
+    bench(&dir.path().join("old"))
+        .args(["--methods", "none,reft", "--reft"])
+        .arg(&edit)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("--reft FILE,FILE is deprecated"));
+    let vector = dir.path().join("v.json");
+    std::fs::write(&vector, serde_json::to_string(&vec![0.5f32; 64]).unwrap()).unwrap();
+    bench(&dir.path().join("vec"))
+        .arg("--steer")
+        .arg(&vector)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("a raw vector has no sweep"));
     // A manifest for this model adds reft and reft-cad; one for another model is ignored.
     let sha = ctxsteer::model::fetch::sha256_file(&path).unwrap();
     let manifest = |sha: &str| {
@@ -436,12 +547,11 @@ fn print_spec_and_spec_round_trip_to_identical_tokens() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
+    let vector = format!("{}:blocks.0-1.hook_resid_post", vec_file.display());
     let options = [
-        "--steer-vector",
-        vec_file.to_str().unwrap(),
-        "--steer-site",
-        "blocks.0-1.hook_resid_post",
-        "--steer-alpha",
+        "--steer",
+        &vector,
+        "--alpha",
         "3",
         "--scale-heads",
         "1.2=0,0.1=2.5",
@@ -451,8 +561,9 @@ fn print_spec_and_spec_round_trip_to_identical_tokens() {
     let spec_json = gen(&[&options[..], &["--print-spec"]].concat());
     let spec: serde_json::Value = serde_json::from_str(&spec_json).unwrap();
     assert_eq!(spec["interventions"].as_array().unwrap().len(), 4);
-    assert_eq!(spec["interventions"][0]["heads"], serde_json::json!([2]));
-    assert_eq!(spec["interventions"][2]["positions"], "prompt");
+    // --steer first, then the head scaling.
+    assert_eq!(spec["interventions"][2]["heads"], serde_json::json!([2]));
+    assert_eq!(spec["interventions"][0]["positions"], "prompt");
     let spec_file = dir.path().join("spec.json");
     std::fs::write(&spec_file, &spec_json).unwrap();
     let json = |s: &str| -> serde_json::Value { serde_json::from_str(s).unwrap() };
@@ -619,7 +730,9 @@ fn data_label_capture_and_bench_commands_through_the_binary() {
     ])
     .assert()
     .failure()
-    .stderr(predicate::str::contains("method steer needs --probes"));
+    .stderr(predicate::str::contains(
+        "method steer needs --steer probes/",
+    ));
     run(&[
         "bench",
         "public",
@@ -1276,7 +1389,7 @@ fn wrong_files_are_named_with_what_was_expected() {
             "the cat",
             "--max-tokens",
             "2",
-            "--intervention",
+            "--steer",
         ])
         .arg(&edit)
         .arg("--model")
@@ -1311,7 +1424,11 @@ fn options_and_specs_that_would_do_nothing_are_refused() {
             .assert()
             .failure()
     };
-    run(&["--layers", "1"]).stderr(predicate::str::contains("--layers chooses"));
+    run(&["--layers", "1"]).stderr(predicate::str::contains("--layers applies to a probe file"));
+    run(&["--mode", "clamp"]).stderr(predicate::str::contains("--mode applies to a probe file"));
+    run(&["--alpha", "2"]).stderr(predicate::str::contains(
+        "--alpha sets the strength of --steer",
+    ));
     run(&["--steer-positions", "last"]).stderr(predicate::str::contains("--steer-positions"));
     run(&["--gate", "probes/conflict.json"]).stderr(predicate::str::contains("--gate applies"));
     let spec = |iv: serde_json::Value| {

@@ -5,7 +5,7 @@ use common::tiny;
 use ctxsteer::model::{Batch, LogitsAt};
 use ctxsteer::patch::{run_jobs, Job};
 use ctxsteer::probe::{Metrics, ProbeFile, SiteProbe, Spread, Target};
-use ctxsteer::steer::{self, Mode, Plan, Steering};
+use ctxsteer::steer::{self, Direction, Mode, Plan, ProbeSteer, Steering};
 use ctxsteer::{Model, Positions, Site, Spec, WeightsMode};
 use std::collections::BTreeMap;
 
@@ -93,17 +93,13 @@ fn alpha_zero_turns_adding_off() {
     let plain = logits(&m, &ids, &Spec::new());
     let pf = probe_file(&m, -100.0);
     for mode in [Mode::Add, Mode::AddNorm, Mode::Gated] {
-        let st = Steering::from_probes(
-            &pf,
-            "best",
-            Some(&[0, 1]),
-            "probe",
+        let how = ProbeSteer {
+            layers: Some(&[0, 1]),
             mode,
-            0.0,
-            Positions::All,
-            tiny::LAYERS,
-        )
-        .unwrap();
+            alpha: 0.0,
+            ..Default::default()
+        };
+        let st = Steering::from_probes(&pf, &how, tiny::LAYERS).unwrap();
         let spec = st.spec_for(&m, std::slice::from_ref(&ids)).unwrap();
         assert_eq!(logits(&m, &ids, &spec), plain, "{mode:?}");
     }
@@ -137,12 +133,14 @@ fn add_moves_the_projection_by_alpha_sigma_and_clamp_lands_on_target() {
     let pf = probe_file(&m, 0.0);
     let add = Steering::from_probes(
         &pf,
-        "best",
-        None,
-        "probe",
-        Mode::Add,
-        3.0,
-        Positions::Last,
+        &ProbeSteer {
+            site: "best",
+            layers: None,
+            direction: Direction::Probe,
+            mode: Mode::Add,
+            alpha: 3.0,
+            positions: Positions::Last,
+        },
         tiny::LAYERS,
     )
     .unwrap();
@@ -158,12 +156,14 @@ fn add_moves_the_projection_by_alpha_sigma_and_clamp_lands_on_target() {
     }
     let clamp = Steering::from_probes(
         &pf,
-        "best",
-        None,
-        "meandiff",
-        Mode::Clamp,
-        -2.0,
-        Positions::All,
+        &ProbeSteer {
+            site: "best",
+            layers: None,
+            direction: Direction::Meandiff,
+            mode: Mode::Clamp,
+            alpha: -2.0,
+            positions: Positions::All,
+        },
         tiny::LAYERS,
     )
     .unwrap();
@@ -189,29 +189,26 @@ fn gated_steering_leaves_ungated_prompts_bit_identical() {
     let a = m.tokenizer.encode("the cat sat on the mat").unwrap();
     let b = m.tokenizer.encode("hello there, old friend").unwrap();
     // Choose the gate's bias between the two prompts' raw scores so exactly one is gated.
-    let raw = Steering::from_probes(
-        &probe_file(&m, 0.0),
-        "best",
-        None,
-        "probe",
-        Mode::Gated,
-        5.0,
-        Positions::All,
-        tiny::LAYERS,
-    )
-    .unwrap();
+    let gated = ProbeSteer {
+        mode: Mode::Gated,
+        alpha: 5.0,
+        ..Default::default()
+    };
+    let raw = Steering::from_probes(&probe_file(&m, 0.0), &gated, tiny::LAYERS).unwrap();
     let score = |ids: &[u32]| raw.gate.as_ref().unwrap().probe.score(&last_resid(&m, ids));
     let (sa, sb) = (score(&a), score(&b));
     assert_ne!(sa, sb);
     let pf = probe_file(&m, -(sa + sb) / 2.0);
     let st = Steering::from_probes(
         &pf,
-        "best",
-        None,
-        "probe",
-        Mode::Gated,
-        5.0,
-        Positions::All,
+        &ProbeSteer {
+            site: "best",
+            layers: None,
+            direction: Direction::Probe,
+            mode: Mode::Gated,
+            alpha: 5.0,
+            positions: Positions::All,
+        },
         tiny::LAYERS,
     )
     .unwrap();
@@ -343,12 +340,14 @@ fn exported_control_vector_has_llama_cpp_layout_and_loads_back() {
     let pf = probe_file(&m, 0.0);
     let st = Steering::from_probes(
         &pf,
-        "best",
-        Some(&[1]),
-        "probe",
-        Mode::Add,
-        2.0,
-        Positions::All,
+        &ProbeSteer {
+            site: "best",
+            layers: Some(&[1]),
+            direction: Direction::Probe,
+            mode: Mode::Add,
+            alpha: 2.0,
+            positions: Positions::All,
+        },
         tiny::LAYERS,
     )
     .unwrap();
@@ -483,12 +482,14 @@ fn a_missing_or_zero_spread_is_an_error() {
     let steer = |pf: &ProbeFile| {
         Steering::from_probes(
             pf,
-            "best",
-            None,
-            "probe",
-            Mode::Add,
-            1.0,
-            Positions::All,
+            &ProbeSteer {
+                site: "best",
+                layers: None,
+                direction: Direction::Probe,
+                mode: Mode::Add,
+                alpha: 1.0,
+                positions: Positions::All,
+            },
             tiny::LAYERS,
         )
         .err()
@@ -553,8 +554,15 @@ fn iti_shifts_the_best_ranked_heads_slice_and_no_other() {
             "blocks.1.attn.hook_z[0]"
         ]
     );
-    let st =
-        Steering::from_head_probes(&pf, 1, "meandiff", 4.0, Positions::All, tiny::LAYERS).unwrap();
+    let st = Steering::from_head_probes(
+        &pf,
+        1,
+        Direction::Meandiff,
+        4.0,
+        Positions::All,
+        tiny::LAYERS,
+    )
+    .unwrap();
     assert_eq!(st.sites.len(), 1);
     assert_eq!(st.sites[0].head, Some(1));
     let z = Site::new(ctxsteer::hooks::SiteKind::AttnZ, 1);
@@ -587,12 +595,14 @@ fn iti_shifts_the_best_ranked_heads_slice_and_no_other() {
     // layers or a gate needs whole-site probes.
     let one = Steering::from_probes(
         &pf,
-        "blocks.1.attn.hook_z[3]",
-        None,
-        "meandiff",
-        Mode::Add,
-        1.0,
-        Positions::All,
+        &ProbeSteer {
+            site: "blocks.1.attn.hook_z[3]",
+            layers: None,
+            direction: Direction::Meandiff,
+            mode: Mode::Add,
+            alpha: 1.0,
+            positions: Positions::All,
+        },
         tiny::LAYERS,
     )
     .unwrap();
@@ -603,12 +613,14 @@ fn iti_shifts_the_best_ranked_heads_slice_and_no_other() {
     for (layers, mode) in [(Some(&[0usize, 1][..]), Mode::Add), (None, Mode::Gated)] {
         let e = Steering::from_probes(
             &pf,
-            "blocks.1.attn.hook_z[3]",
-            layers,
-            "meandiff",
-            mode,
-            1.0,
-            Positions::All,
+            &ProbeSteer {
+                site: "blocks.1.attn.hook_z[3]",
+                layers,
+                direction: Direction::Meandiff,
+                mode,
+                alpha: 1.0,
+                positions: Positions::All,
+            },
             tiny::LAYERS,
         )
         .unwrap_err()
@@ -616,9 +628,16 @@ fn iti_shifts_the_best_ranked_heads_slice_and_no_other() {
         assert!(e.contains("one head's probe"), "{e}");
     }
     // A probe file without per-head probes cannot drive ITI.
-    let e = Steering::from_head_probes(&probe_file(&m, 0.0), 4, "meandiff", 1.0, Positions::All, 2)
-        .unwrap_err()
-        .to_string();
+    let e = Steering::from_head_probes(
+        &probe_file(&m, 0.0),
+        4,
+        Direction::Meandiff,
+        1.0,
+        Positions::All,
+        2,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("--per-head"), "{e}");
 }
 
@@ -634,12 +653,14 @@ fn add_norm_moves_the_projection_by_alpha_times_the_typical_norm() {
     let norm = (tiny::D_MODEL as f32 * (0.25 + 4.0)).sqrt();
     let st = Steering::from_probes(
         &pf,
-        "best",
-        None,
-        "probe",
-        Mode::AddNorm,
-        0.1,
-        Positions::All,
+        &ProbeSteer {
+            site: "best",
+            layers: None,
+            direction: Direction::Probe,
+            mode: Mode::AddNorm,
+            alpha: 0.1,
+            positions: Positions::All,
+        },
         tiny::LAYERS,
     )
     .unwrap();
@@ -678,4 +699,104 @@ fn per_head_probe_site_names_parse_with_clear_errors() {
     ] {
         assert!(probe_site(bad, 4).is_err(), "{bad}");
     }
+}
+
+/// One steering vocabulary: a probe file, a raw vector, a control vector and a learned edit are
+/// told apart by their contents, each kind has its own default strength, and each request
+/// builds the same spec as the kind's own constructor.
+#[test]
+fn steer_requests_tell_every_kind_of_file_apart() {
+    use ctxsteer::steer::{SteerKind, SteerOptions, SteerRequest};
+    let (dir, _p, m) = setup();
+    let probes = dir.path().join("probes.json");
+    probe_file(&m, 0.0).write(&probes).unwrap();
+    let vector = dir.path().join("v.json");
+    std::fs::write(&vector, serde_json::to_string(&vec![0.25f32; 64]).unwrap()).unwrap();
+    let cvec = dir.path().join("c.gguf");
+    steer::write_cvec(&cvec, "llama", tiny::LAYERS, &[(1, vec![0.5; 64])]).unwrap();
+    let edit = dir.path().join("e.safetensors");
+    tiny::write_edit(&m, &edit);
+    let kinds: Vec<SteerKind> = [&probes, &vector, &cvec, &edit]
+        .iter()
+        .map(|p| SteerKind::detect(p).unwrap())
+        .collect();
+    use SteerKind::*;
+    assert_eq!(kinds, [Probes, Vector, ControlVector, Edit]);
+    let alphas: Vec<f32> = kinds.iter().map(|k| k.default_alpha()).collect();
+    assert_eq!(alphas, [4.0, 1.0, 1.0, 1.0]);
+    let ids = m.tokenizer.encode("the cat sat").unwrap();
+    let spec_of = |arg: &str, alpha: Option<f32>| {
+        let req = SteerRequest {
+            alpha,
+            ..SteerRequest::parse(arg)
+        };
+        steer::plan(&m, &req, &SteerOptions::default())
+            .unwrap()
+            .spec_for(&m, std::slice::from_ref(&ids))
+            .unwrap()
+    };
+    let plain = logits(&m, &ids, &Spec::new());
+    // A probe file at its best site, 4 spreads by default.
+    let by_probe =
+        Steering::from_probes(&probe_file(&m, 0.0), &ProbeSteer::default(), tiny::LAYERS)
+            .unwrap()
+            .spec_for(&m, std::slice::from_ref(&ids))
+            .unwrap();
+    let p = probes.display().to_string();
+    assert_eq!(
+        spec_of(&p, None).to_json().unwrap(),
+        by_probe.to_json().unwrap()
+    );
+    // A raw vector at the named site; a control vector at its own layer, multiplied.
+    let v = format!("{}:blocks.1.hook_resid_post", vector.display());
+    let added = steer::add_spec(&[Site::resid_post(1)], &[0.25; 64], 3.0, Positions::All);
+    assert_eq!(
+        spec_of(&v, Some(3.0)).to_json().unwrap(),
+        added.to_json().unwrap()
+    );
+    let c = cvec.display().to_string();
+    let from_cvec = steer::add_spec(&[Site::resid_post(1)], &[0.5; 64], 2.0, Positions::All);
+    assert_eq!(
+        logits(&m, &ids, &spec_of(&c, Some(2.0))),
+        logits(&m, &ids, &from_cvec)
+    );
+    // An edit: scale 1 is the edit itself, 0 the unedited model, and 2 doubles its change.
+    let e = edit.display().to_string();
+    let full = logits(&m, &ids, &spec_of(&e, None));
+    assert_ne!(full, plain);
+    assert_eq!(logits(&m, &ids, &spec_of(&e, Some(1.0))), full);
+    assert_eq!(logits(&m, &ids, &spec_of(&e, Some(0.0))), plain);
+    let reft = ctxsteer::reft::Reft::load(&edit, &m).unwrap();
+    let (site, one) = &reft.edits[0];
+    assert_eq!(*site, Site::resid_post(1));
+    let h = candle_core::Tensor::from_vec(
+        (0..128)
+            .map(|i| (i as f32 * 0.1).cos())
+            .collect::<Vec<f32>>(),
+        (1, 2, 64),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let d1 = one.delta(&h).unwrap();
+    let d2 = one.scaled(2.0).unwrap().delta(&h).unwrap();
+    let diff = (d2 - (d1 * 2.0).unwrap()).unwrap().abs().unwrap();
+    let worst = diff
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(worst < 1e-4, "scale 2 doubles the change: off by {worst}");
+    // Sites: a raw vector needs one, an edit and a control vector refuse one.
+    let err = |arg: &str| {
+        let req = SteerRequest::parse(arg);
+        steer::plan(&m, &req, &SteerOptions::default())
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    assert!(err(&vector.display().to_string()).contains("needs the site"));
+    assert!(err(&format!("{e}:blocks.1.hook_resid_post")).contains("its own sites"));
+    assert!(err(&format!("{c}:blocks.1.hook_resid_post")).contains("its own layers"));
 }

@@ -5,7 +5,7 @@ use super::{Eval, Method};
 use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::steer::{Mode, Plan, Steering};
+use crate::steer::{Direction, Mode, Plan, ProbeSteer, Steering};
 use crate::Positions;
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,7 @@ pub enum Params {
     /// `layers`, at each of those layers.
     Steer {
         site: String,
-        direction: String,
+        direction: Direction,
         mode: Mode,
         alpha: f32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,7 +49,7 @@ pub enum Params {
     },
     Iti {
         heads: usize,
-        direction: String,
+        direction: Direction,
         alpha: f32,
     },
 }
@@ -172,7 +172,7 @@ fn steer_setting(
     m: Method,
     res: &Resources,
     mode: Mode,
-    dir: &str,
+    dir: Direction,
     alpha: f32,
 ) -> Result<Setting> {
     let n_layers = model.cfg().n_layers;
@@ -180,19 +180,25 @@ fn steer_setting(
         .probes
         .as_ref()
         .ok_or_else(|| Error::Invalid(format!("method {} needs a probe file", m.name())))?;
-    let st = Steering::from_probes(pf, "best", None, dir, mode, alpha, Positions::All, n_layers)?;
+    let how = ProbeSteer {
+        direction: dir,
+        mode,
+        alpha,
+        ..Default::default()
+    };
+    let st = Steering::from_probes(pf, &how, n_layers)?;
     Ok(Setting {
         method: m,
         strength: Some(alpha),
         params: Params::Steer {
             site: pf.best.clone(),
-            direction: dir.into(),
+            direction: dir,
             mode,
             alpha,
             layers: None,
             positions: "all".into(),
         },
-        label: format!("{dir} alpha={alpha} at {}", pf.best),
+        label: format!("{} alpha={alpha} at {}", dir.name(), pf.best),
         plan: Box::new(st),
         cad: None,
         instruct: false,
@@ -236,7 +242,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
         }],
         Method::Steer => {
             let mut v = vec![];
-            for dir in ["meandiff", "probe"] {
+            for dir in [Direction::Meandiff, Direction::Probe] {
                 for a in [0.5f32, 1.0] {
                     v.push(steer(Mode::Add, dir, a)?);
                 }
@@ -245,7 +251,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
         }
         Method::SteerGated => [0.5f32, 1.0]
             .iter()
-            .map(|a| steer(Mode::Gated, "meandiff", *a))
+            .map(|a| steer(Mode::Gated, Direction::Meandiff, *a))
             .collect::<Result<_>>()?,
         Method::Heads | Method::HeadsGated => heads_grid(model, m, res)?,
         Method::Reft => reft_grid(m, res, &[None])?,
@@ -289,22 +295,21 @@ fn band_grid(
     for band in bands(n_layers) {
         let (first, last) = (band[0], band[band.len() - 1]);
         for alpha in alphas {
-            let st = Steering::from_probes(
-                pf,
-                "best",
-                Some(&band),
-                "meandiff",
+            let how = ProbeSteer {
+                layers: Some(&band),
+                direction: Direction::Meandiff,
                 mode,
-                *alpha,
-                positions.clone(),
-                n_layers,
-            )?;
+                alpha: *alpha,
+                positions: positions.clone(),
+                ..Default::default()
+            };
+            let st = Steering::from_probes(pf, &how, n_layers)?;
             v.push(Setting {
                 method: m,
                 strength: Some(*alpha),
                 params: Params::Steer {
                     site: pf.best.clone(),
-                    direction: "meandiff".into(),
+                    direction: Direction::Meandiff,
                     mode,
                     alpha: *alpha,
                     layers: Some(band.clone()),
@@ -335,14 +340,20 @@ fn iti_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
     let mut v = vec![];
     for k in [8usize, 24] {
         for alpha in [3.0f32, 8.0, 15.0] {
-            let st =
-                Steering::from_head_probes(pf, k, "meandiff", alpha, Positions::All, n_layers)?;
+            let st = Steering::from_head_probes(
+                pf,
+                k,
+                Direction::Meandiff,
+                alpha,
+                Positions::All,
+                n_layers,
+            )?;
             v.push(Setting {
                 method: m,
                 strength: Some(alpha),
                 params: Params::Iti {
                     heads: k,
-                    direction: "meandiff".into(),
+                    direction: Direction::Meandiff,
                     alpha,
                 },
                 label: st.label.clone(),

@@ -4,6 +4,7 @@
 use crate::cli::choice::choice;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use ctxsteer::steer::{SteerKind, SteerOptions, SteerRequest};
 use ctxsteer::{Model, Positions, Spec};
 use std::path::PathBuf;
 
@@ -115,45 +116,53 @@ pub enum ProbeCmd {
 /// Steering options shared by generate, label and capture.
 #[derive(Args, Clone)]
 pub struct SteerArgs {
-    /// Steer with probes (probes/NAME.json[:SITE|best]) or a llama.cpp control vector (.gguf).
-    #[arg(long)]
-    pub steer: Option<String>,
-    /// Strength in units of the spread (std) of projections at each site; negative steers
-    /// toward the prior. A control vector is multiplied by it.
-    #[arg(long, default_value_t = 4.0, allow_hyphen_values = true, value_parser = finite_f32)]
-    pub alpha: f32,
-    /// Steer the probes of these layers (e.g. 10-20) instead of the one site.
+    /// Steer with FILE[:SITE], told apart by its contents: a probe file (probes/NAME.json, at
+    /// :SITE or its best site; --alpha in spreads of the projections, default 4), a raw
+    /// vector (a JSON array or a one-tensor .safetensors, added at :SITE, which it needs;
+    /// --alpha multiplies it, default 1), a llama.cpp control vector (.gguf, its own layers;
+    /// --alpha multiplies it, default 1) or a learned edit (`reft train`'s .safetensors, its
+    /// own sites; --alpha scales its change, default 1, 0 turns it off). Repeat to combine.
+    #[arg(long, value_name = "FILE[:SITE]")]
+    pub steer: Vec<String>,
+    /// Strength of --steer in its file's unit (see --steer): once for every file, or once per
+    /// --steer in the same order. Negative steers toward the prior.
+    #[arg(long, allow_hyphen_values = true, value_parser = finite_f32)]
+    pub alpha: Vec<f32>,
+    /// Steer a probe file's probes at these layers (e.g. 10-20) instead of the one site.
     #[arg(long)]
     pub layers: Option<String>,
-    /// add: x += alpha*sigma*u; clamp: set the projection to the context mean + alpha*sigma;
-    /// gated: add only where the probe predicts the prior will win.
+    /// How a probe file's direction is applied.
     #[arg(long, value_parser = choice::<ctxsteer::steer::Mode>(), default_value = "add")]
     pub mode: ctxsteer::steer::Mode,
-    /// Which of the probe file's directions to use.
-    #[arg(long, default_value = "probe", value_parser = ["probe", "meandiff", "pca"])]
-    pub direction: String,
-    /// Positions to steer: all, prompt, generated, last, answer (last and generated), or
-    /// indices like 0,4,5 (default: all).
+    /// Which of a probe file's directions to use.
+    #[arg(long, value_parser = choice::<ctxsteer::steer::Direction>(), default_value = "probe")]
+    pub direction: ctxsteer::steer::Direction,
+    /// Positions --steer acts on: all, prompt, generated, last, answer (last and generated),
+    /// or indices like 0,4,5 (default: all).
     #[arg(long)]
     pub steer_positions: Option<String>,
     /// Scale attention heads' outputs: LAYER.HEAD=FACTOR, comma-separated (0 ablates, 3
     /// triples).
     #[arg(long)]
     pub scale_heads: Option<String>,
-    /// Apply all of the above only to prompts where this probe fires
-    /// (probes/NAME.json[:SITE|best]): a `conflict` probe fires on a context that contradicts
+    /// Apply all the steering only to prompts where this probe fires (FILE[:SITE], a probe
+    /// file at :SITE or its best site): a `conflict` probe fires on a context that contradicts
     /// memory, a `follows_context` probe where it predicts the prior will win. Other prompts
     /// run untouched.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE[:SITE]")]
     pub gate: Option<String>,
-    /// Apply a trained low-rank intervention (`reft train`'s .safetensors file) at every
-    /// position; combines with the options above, and --gate gates it too.
-    #[arg(long)]
-    pub intervention: Option<PathBuf>,
     /// Apply the interventions of a spec file (JSON, as `generate --print-spec` writes it),
     /// after those of the options above.
     #[arg(long)]
     pub spec: Option<PathBuf>,
+    /// Deprecated spelling of --steer EDIT.
+    #[arg(long, hide = true)]
+    pub intervention: Option<PathBuf>,
+}
+
+/// Say on stderr that `old` still works but `new` is its name now.
+pub fn deprecated(old: &str, new: &str) {
+    eprintln!("note: {old} is deprecated and goes in the next release; use {new}");
 }
 
 impl SteerArgs {
@@ -162,32 +171,62 @@ impl SteerArgs {
         Ok(self.steer_positions.as_deref().unwrap_or("all").parse()?)
     }
 
-    /// Options that would do nothing without another one are errors naming both. `raw_vector`:
-    /// `generate --steer-vector` is given, which --steer-positions also places.
-    fn check_needs(&self, raw_vector: bool) -> Result<()> {
-        let cvec = self.steer.as_deref().is_some_and(|s| s.ends_with(".gguf"));
-        if self.layers.is_some() && (self.steer.is_none() || cvec) {
-            bail!(
-                "--layers chooses which layers of a probe file --steer uses; give --steer \
-                 probes/NAME.json (a control vector has its own layers)"
-            );
+    /// Each --steer with its strength, then the deprecated spellings' (`extra`: `generate
+    /// --steer-vector`'s request).
+    pub fn requests(&self, extra: Option<SteerRequest>) -> Result<Vec<SteerRequest>> {
+        let n = self.steer.len();
+        let alphas: Vec<Option<f32>> = match self.alpha.len() {
+            0 => vec![None; n],
+            1 => vec![Some(self.alpha[0]); n],
+            m if m == n => self.alpha.iter().map(|a| Some(*a)).collect(),
+            m => bail!(
+                "give --alpha once for every --steer file or once per file in order: {n} --steer, {m} --alpha"
+            ),
+        };
+        if n == 0 && !self.alpha.is_empty() && extra.is_none() {
+            bail!("--alpha sets the strength of --steer; give --steer FILE[:SITE]");
         }
-        if self.steer_positions.is_some() && self.steer.is_none() && !raw_vector {
-            bail!(
-                "--steer-positions places the steering of --steer (or --steer-vector); give one \
-                 of them"
-            );
+        let mut out: Vec<SteerRequest> = self
+            .steer
+            .iter()
+            .zip(alphas)
+            .map(|(s, alpha)| SteerRequest {
+                alpha,
+                ..SteerRequest::parse(s)
+            })
+            .collect();
+        if let Some(p) = &self.intervention {
+            deprecated("--intervention FILE", "--steer FILE");
+            out.push(SteerRequest::parse(&p.display().to_string()));
         }
-        let gated = [
-            self.steer.is_some(),
-            self.intervention.is_some(),
-            self.spec.is_some(),
-            self.scale_heads.is_some(),
+        out.extend(extra);
+        Ok(out)
+    }
+
+    /// Options that would do nothing without another one are errors naming both.
+    fn check_needs(&self, reqs: &[SteerRequest]) -> Result<()> {
+        let kinds = reqs
+            .iter()
+            .map(|r| SteerKind::detect(&r.path))
+            .collect::<ctxsteer::Result<Vec<_>>>()?;
+        let probes = kinds.contains(&SteerKind::Probes);
+        let defaults = SteerOptions::default();
+        let probe_only = [
+            ("--layers", self.layers.is_some()),
+            ("--mode", self.mode != defaults.mode),
+            ("--direction", self.direction != defaults.direction),
         ];
-        if self.gate.is_some() && !gated.contains(&true) {
+        if let Some((flag, _)) = probe_only.iter().find(|(_, given)| *given && !probes) {
+            bail!("{flag} applies to a probe file; give --steer probes/NAME.json");
+        }
+        if self.steer_positions.is_some() && reqs.is_empty() {
+            bail!("--steer-positions places the steering of --steer; give --steer FILE[:SITE]");
+        }
+        let gated = !reqs.is_empty() || self.spec.is_some() || self.scale_heads.is_some();
+        if self.gate.is_some() && !gated {
             bail!(
                 "--gate applies the other steering options only where its probe fires; give \
-                 --steer, --intervention, --spec or --scale-heads"
+                 --steer, --spec or --scale-heads"
             );
         }
         Ok(())
@@ -195,53 +234,35 @@ impl SteerArgs {
 
     /// The plan these options describe (an empty spec when none is given).
     pub fn plan(&self, model: &Model) -> Result<Box<dyn ctxsteer::steer::Plan>> {
-        self.plan_for(model, false)
+        self.plan_with(model, None)
     }
 
-    /// [`SteerArgs::plan`], knowing whether `generate --steer-vector` is given too.
-    pub fn plan_for(
+    /// [`SteerArgs::plan`], with `generate --steer-vector`'s request too.
+    pub fn plan_with(
         &self,
         model: &Model,
-        raw_vector: bool,
+        extra: Option<SteerRequest>,
     ) -> Result<Box<dyn ctxsteer::steer::Plan>> {
-        use ctxsteer::steer::{self, Plan, Plans, Steering};
-        self.check_needs(raw_vector)?;
+        use ctxsteer::steer::{self, Plans};
+        let reqs = self.requests(extra)?;
+        self.check_needs(&reqs)?;
         let n_layers = model.cfg().n_layers;
-        let positions = self.positions()?;
+        let opts = SteerOptions {
+            layers: self
+                .layers
+                .as_deref()
+                .map(|l| steer::parse_layers(l, n_layers))
+                .transpose()
+                .context("--layers")?,
+            direction: self.direction,
+            mode: self.mode,
+            positions: self.positions()?,
+        };
         let mut plans: Vec<Box<dyn steer::Plan>> = Vec::new();
-        if let Some(s) = &self.steer {
-            let (file, site) = split_probe_arg(s);
-            let path = std::path::Path::new(file);
-            let st = if file.ends_with(".gguf") {
-                Steering::from_cvec(path, self.alpha, positions, n_layers)?
-            } else {
-                let pf = ctxsteer::probe::ProbeFile::read_for(path, &model.identity()?)?;
-                let layers = self
-                    .layers
-                    .as_deref()
-                    .map(|l| steer::parse_layers(l, n_layers))
-                    .transpose()
-                    .context("--layers")?;
-                Steering::from_probes(
-                    &pf,
-                    site,
-                    layers.as_deref(),
-                    &self.direction,
-                    self.mode,
-                    self.alpha,
-                    positions,
-                    n_layers,
-                )?
-            };
-            model
-                .validate(&st.spec_for(model, &[])?)
-                .with_context(|| format!("--steer {s}"))?;
-            plans.push(Box::new(st));
-        }
-        if let Some(p) = &self.intervention {
-            let reft = ctxsteer::reft::Reft::load(p, model)
-                .with_context(|| format!("--intervention {}", p.display()))?;
-            plans.push(Box::new(reft));
+        for r in &reqs {
+            plans.push(
+                steer::plan(model, r, &opts).with_context(|| format!("--steer {}", r.arg()))?,
+            );
         }
         if let Some(p) = &self.spec {
             let spec = Spec::read(p)?;
@@ -260,20 +281,12 @@ impl SteerArgs {
         let Some(g) = &self.gate else {
             return Ok(plan);
         };
-        let (file, site) = split_probe_arg(g);
-        let path = std::path::Path::new(file);
-        let pf = ctxsteer::probe::ProbeFile::read_for(path, &model.identity()?)?;
-        let gate =
-            steer::Gate::from_probes(&pf, site, n_layers).with_context(|| format!("--gate {g}"))?;
+        let (file, site) = steer::split_site(g);
+        let pf =
+            ctxsteer::probe::ProbeFile::read_for(std::path::Path::new(file), &model.identity()?)?;
+        let gate = steer::Gate::from_probes(&pf, site.unwrap_or("best"), n_layers)
+            .with_context(|| format!("--gate {g}"))?;
         Ok(Box::new(steer::Gated { gate, inner: plan }))
-    }
-}
-
-/// `FILE[:SITE|best]` into the file and the site (`best` when none is named).
-fn split_probe_arg(s: &str) -> (&str, &str) {
-    match s.rsplit_once(':') {
-        Some((f, site)) if !f.is_empty() && (site == "best" || site.contains("hook")) => (f, site),
-        _ => (s, "best"),
     }
 }
 
@@ -348,23 +361,32 @@ pub struct MethodArgs {
     /// Options given on the command line take precedence.
     #[arg(long, default_value = "probes")]
     pub artefacts: PathBuf,
-    /// Probe file for steer, steer-gated, steer-multi and clamp (the last two use its probes at
-    /// every layer of a band, so it needs one per layer).
-    #[arg(long)]
-    pub probes: Option<PathBuf>,
-    /// Per-head probe file for iti: `probe train --per-head` on an attn.hook_z capture.
-    #[arg(long)]
-    pub head_probes: Option<PathBuf>,
+    /// Artefacts the methods sweep, comma-separated or repeated, told apart by their
+    /// contents: a probe file (`probe train`; methods steer, steer-gated, steer-multi and
+    /// clamp, the last two at every layer of a band, so it needs one probe per layer), a
+    /// per-head probe file (`probe train --per-head` on an attn.hook_z capture; method iti) or
+    /// learned edits (`reft train`; the dev sweep of reft, reft-cad and reft-gated chooses
+    /// among them).
+    #[arg(long, value_delimiter = ',', value_name = "FILE")]
+    pub steer: Vec<PathBuf>,
+    /// A `conflict` probe file (`probe train --label conflict` on captured variants): the gate
+    /// of heads-gated and reft-gated.
+    #[arg(long, value_name = "FILE")]
+    pub gate: Option<PathBuf>,
     /// Head ranking for heads and heads-gated: patch.json from `patch --sites heads --ablate`.
     #[arg(long)]
     pub heads_from: Option<PathBuf>,
-    /// A `conflict` probe file (`probe train --label conflict` on captured variants): the gate
-    /// of heads-gated.
-    #[arg(long)]
+    /// Deprecated spelling of --steer PROBES.
+    #[arg(long, hide = true)]
+    pub probes: Option<PathBuf>,
+    /// Deprecated spelling of --steer HEAD_PROBES.
+    #[arg(long, hide = true)]
+    pub head_probes: Option<PathBuf>,
+    /// Deprecated spelling of --gate.
+    #[arg(long, hide = true)]
     pub gate_probes: Option<PathBuf>,
-    /// Trained low-rank interventions (`reft train`), comma-separated: the dev sweep of methods
-    /// reft and reft-cad chooses among them.
-    #[arg(long, value_delimiter = ',')]
+    /// Deprecated spelling of --steer EDIT,EDIT.
+    #[arg(long, value_delimiter = ',', hide = true)]
     pub reft: Vec<PathBuf>,
 }
 
@@ -561,15 +583,15 @@ pub struct GenerateArgs {
     /// and exit without generating.
     #[arg(long)]
     pub print_spec: bool,
-    /// A steering vector: a JSON array of numbers or a .safetensors file with one tensor.
-    #[arg(long, requires = "steer_site")]
+    /// Deprecated spelling of --steer FILE:SITE (a raw vector).
+    #[arg(long, requires = "steer_site", hide = true)]
     pub steer_vector: Option<PathBuf>,
-    /// Where to add it, e.g. blocks.12.hook_resid_post (patterns like blocks.10-14.hook_resid_post work).
-    #[arg(long, requires = "steer_vector")]
+    /// Deprecated: the SITE of --steer FILE:SITE.
+    #[arg(long, requires = "steer_vector", hide = true)]
     pub steer_site: Option<String>,
-    /// Scale of the added vector.
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = finite_f32)]
-    pub steer_alpha: f32,
+    /// Deprecated: the --alpha of a raw vector.
+    #[arg(long, allow_hyphen_values = true, value_parser = finite_f32, hide = true)]
+    pub steer_alpha: Option<f32>,
     #[command(flatten)]
     pub plan: SteerArgs,
     /// plain decoding, or context-aware decoding with --context (greedy): cad (Shi et al. 2023,

@@ -189,13 +189,7 @@ fn methods_and_resources(
     w: &MethodArgs,
     form: ctxsteer::data::Form,
 ) -> Result<(Vec<ctxsteer::bench::Method>, ctxsteer::bench::Resources)> {
-    let given = Artefacts {
-        probes: w.probes.clone(),
-        head_probes: w.head_probes.clone(),
-        heads_from: w.heads_from.clone(),
-        gate_probes: w.gate_probes.clone(),
-        reft: w.reft.clone(),
-    };
+    let given = Artefacts::given(w)?;
     let art = Artefacts::resolve(&model.identity()?, &w.artefacts, form, given)?;
     eprintln!("{}", art.describe());
     let methods = w.methods.clone().unwrap_or_else(|| art.methods());
@@ -215,6 +209,68 @@ pub(super) struct Artefacts {
 }
 
 impl Artefacts {
+    /// The files given as options: each --steer file sorted by what it holds, then the
+    /// deprecated spellings.
+    fn given(w: &MethodArgs) -> Result<Artefacts> {
+        use ctxsteer::steer::SteerKind;
+        let mut art = Artefacts {
+            probes: None,
+            head_probes: None,
+            heads_from: w.heads_from.clone(),
+            gate_probes: w.gate.clone(),
+            reft: vec![],
+        };
+        for p in &w.steer {
+            let slot =
+                match SteerKind::detect(p).with_context(|| format!("--steer {}", p.display()))? {
+                    SteerKind::Edit => {
+                        art.reft.push(p.clone());
+                        continue;
+                    }
+                    SteerKind::Probes if per_head(p)? => &mut art.head_probes,
+                    SteerKind::Probes => &mut art.probes,
+                    kind => bail!(
+                    "--steer {}: a {} has no sweep in bench; give a probe file or learned edits",
+                    p.display(),
+                    ctxsteer::choice::Choice::name(kind)
+                ),
+                };
+            if let Some(first) = slot.replace(p.clone()) {
+                bail!(
+                    "--steer names two files of one kind: {} and {}",
+                    first.display(),
+                    p.display()
+                );
+            }
+        }
+        let old = [
+            ("--probes FILE", "--steer FILE", &w.probes, &mut art.probes),
+            (
+                "--head-probes FILE",
+                "--steer FILE",
+                &w.head_probes,
+                &mut art.head_probes,
+            ),
+            (
+                "--gate-probes FILE",
+                "--gate FILE",
+                &w.gate_probes,
+                &mut art.gate_probes,
+            ),
+        ];
+        for (flag, new, given, slot) in old {
+            if let Some(p) = given {
+                super::args::deprecated(flag, new);
+                slot.get_or_insert(p.clone());
+            }
+        }
+        if !w.reft.is_empty() {
+            super::args::deprecated("--reft FILE,FILE", "--steer FILE,FILE");
+            art.reft.extend(w.reft.iter().cloned());
+        }
+        Ok(art)
+    }
+
     /// One line naming the files the run uses, so that a log says which gate and edits ran.
     fn describe(&self) -> String {
         let show = |p: &Option<PathBuf>| {
@@ -365,6 +421,12 @@ impl Artefacts {
     }
 }
 
+/// Whether a probe file holds per-head probes (its best site is one head's slice).
+fn per_head(p: &std::path::Path) -> Result<bool> {
+    let pf = ctxsteer::probe::ProbeFile::read(p)?;
+    Ok(ctxsteer::probe::probe_site(&pf.best, usize::MAX).is_ok_and(|(_, h)| h.is_some()))
+}
+
 /// The probes and head ranking a benchmark run may use, from their files.
 fn resources(
     model: &Model,
@@ -439,17 +501,17 @@ fn method_list(names: &[&str]) -> String {
 fn need_option(need: ctxsteer::bench::Need) -> &'static str {
     use ctxsteer::bench::Need;
     match need {
-        Need::Probes => "--probes probes/NAME.json (from `ctxsteer probe train`)",
+        Need::Probes => "--steer probes/NAME.json (from `ctxsteer probe train`)",
         Need::HeadProbes => {
-            "--head-probes probes/NAME.json (from `ctxsteer probe train --per-head` on an attn.hook_z capture)"
+            "--steer probes/NAME.json with per-head probes (from `ctxsteer probe train --per-head` on an attn.hook_z capture)"
         }
         Need::RankedHeads => {
             "--heads-from DIR/patch.json (from `ctxsteer patch --sites heads --ablate`)"
         }
         Need::Gate => {
-            "--gate-probes probes/NAME.json (from `ctxsteer probe train --label conflict`)"
+            "--gate probes/NAME.json (from `ctxsteer probe train --label conflict`)"
         }
-        Need::Edit => "--reft FILE.safetensors (from `ctxsteer reft train`)",
+        Need::Edit => "--steer FILE.safetensors (from `ctxsteer reft train`)",
     }
 }
 
@@ -471,7 +533,7 @@ fn reft_for(
     paths
         .iter()
         .map(|p| {
-            ctxsteer::reft::Reft::load(p, model).with_context(|| format!("--reft {}", p.display()))
+            ctxsteer::reft::Reft::load(p, model).with_context(|| format!("--steer {}", p.display()))
         })
         .collect()
 }

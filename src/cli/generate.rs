@@ -117,20 +117,20 @@ fn finish_output(model: &Model, a: &GenerateArgs, ids: &[u32], printed: &str) ->
 }
 
 fn steering_spec(model: &Model, a: &GenerateArgs, prompt: &[u32]) -> Result<Spec> {
-    let plan = a.plan.plan_for(model, a.steer_vector.is_some())?;
-    let mut spec = plan.spec_for(model, &[prompt.to_vec()])?;
-    let (Some(file), Some(site)) = (&a.steer_vector, &a.steer_site) else {
-        return Ok(spec);
+    let raw = match (&a.steer_vector, &a.steer_site) {
+        (Some(file), Some(site)) => {
+            let old = "--steer-vector F --steer-site S --steer-alpha A";
+            super::args::deprecated(old, "--steer F:S --alpha A");
+            Some(ctxsteer::steer::SteerRequest {
+                path: file.clone(),
+                site: Some(site.clone()),
+                alpha: Some(a.steer_alpha.unwrap_or(1.0)),
+            })
+        }
+        _ => None,
     };
-    let v = ctxsteer::steer::read_vector(file)?;
-    let sites = Site::parse_pattern(site, model.cfg().n_layers)?;
-    let positions = a.plan.positions()?;
-    let vspec = ctxsteer::steer::add_spec(&sites, &v, a.steer_alpha, positions);
-    model
-        .validate(&vspec)
-        .with_context(|| format!("--steer-vector {}", file.display()))?;
-    spec.interventions.extend(vspec.interventions);
-    Ok(spec)
+    let plan = a.plan.plan_with(model, raw)?;
+    Ok(plan.spec_for(model, &[prompt.to_vec()])?)
 }
 
 /// Refuse explicit positions that no token of this run will have (they would do nothing).

@@ -23,7 +23,6 @@ pub use reft::*;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ctxsteer::model::fetch;
-use ctxsteer::Positions;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -118,8 +117,8 @@ pub enum Command {
         /// Layers to include (default: the best site's layer); layer 0 cannot be steered by llama.cpp.
         #[arg(long)]
         layers: Option<String>,
-        #[arg(long, default_value = "probe", value_parser = ["probe", "meandiff", "pca"])]
-        direction: String,
+        #[arg(long, value_parser = choice::<ctxsteer::steer::Direction>(), default_value = "probe")]
+        direction: ctxsteer::steer::Direction,
         #[arg(long)]
         out: PathBuf,
     },
@@ -213,7 +212,7 @@ pub fn run(cli: Cli) -> Result<()> {
             layers,
             direction,
             out,
-        } => export_cvec(&file, alpha, layers.as_deref(), &direction, &out),
+        } => export_cvec(&file, alpha, layers.as_deref(), direction, &out),
         Command::Generate(args) => generate_cmd(args),
         Command::BenchSpeed {
             model,
@@ -239,7 +238,7 @@ fn export_cvec(
     file: &std::path::Path,
     alpha: f32,
     layers: Option<&str>,
-    direction: &str,
+    direction: ctxsteer::steer::Direction,
     out: &std::path::Path,
 ) -> Result<()> {
     ctxsteer::atomic::check_not_input(out, &[file])?;
@@ -249,16 +248,13 @@ fn export_cvec(
         .map(|l| ctxsteer::steer::parse_layers(l, n))
         .transpose()
         .context("--layers")?;
-    let st = ctxsteer::steer::Steering::from_probes(
-        &pf,
-        "best",
-        ls.as_deref(),
+    let how = ctxsteer::steer::ProbeSteer {
+        layers: ls.as_deref(),
         direction,
-        ctxsteer::steer::Mode::Add,
         alpha,
-        Positions::All,
-        n,
-    )?;
+        ..Default::default()
+    };
+    let st = ctxsteer::steer::Steering::from_probes(&pf, &how, n)?;
     let dirs = st.as_cvec()?;
     ctxsteer::steer::write_cvec(out, &pf.model.architecture, n, &dirs)?;
     let names: Vec<String> = dirs.iter().map(|(l, _)| format!("direction.{l}")).collect();

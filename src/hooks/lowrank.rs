@@ -59,6 +59,20 @@ impl LowRank {
         Ok(low.matmul(&self.r)?.reshape((b, seq, d))?) // [b, seq, d]
     }
 
+    /// The edit whose change is `scale` times this one's: `W' = R + scale (W − R)`,
+    /// `b' = scale b`. Scale 1 is this edit, bit for bit; 0 is the identity.
+    pub fn scaled(&self, scale: f32) -> Result<LowRank> {
+        if scale == 1.0 {
+            return Ok(self.clone());
+        }
+        let s = f64::from(scale);
+        Ok(LowRank {
+            r: self.r.clone(),
+            w: (&self.r + ((&self.w - &self.r)? * s)?)?,
+            b: (&self.b * s)?,
+        })
+    }
+
     /// The same edit with its tensors on `device`.
     pub fn to_device(&self, device: &candle_core::Device) -> Result<LowRank> {
         Ok(LowRank {

@@ -42,6 +42,21 @@ pub enum Target {
 }
 
 crate::choice_enum! {
+/// Which of a probe site's three unit directions (each signed so that positive means
+/// "context").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// The probe's own weights, mapped back to the site's space.
+    Probe = "probe",
+    /// The difference between the two classes' means.
+    Meandiff = "meandiff",
+    /// The first principal component of the paired differences.
+    Pca = "pca",
+}
+}
+
+crate::choice_enum! {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -107,12 +122,18 @@ impl SiteProbe {
         z
     }
 
-    pub fn direction(&self, name: &str) -> Result<&[f32]> {
-        self.directions.get(name).map(Vec::as_slice).ok_or_else(|| {
-            Error::Invalid(format!(
-                "direction `{name}` is not in the probe file; valid: probe, meandiff, pca"
-            ))
-        })
+    pub fn direction(&self, d: Direction) -> Result<&[f32]> {
+        use crate::choice::Choice;
+        self.directions
+            .get(d.name())
+            .map(Vec::as_slice)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "probe site {}: direction `{}` is not in the probe file",
+                    self.site,
+                    d.name()
+                ))
+            })
     }
 }
 
@@ -127,7 +148,7 @@ fn binary_kind(bytes: &[u8]) -> Option<&'static str> {
     if bytes.starts_with(b"GGUF") {
         Some("a GGUF file (a model, or a control vector: pass it to --steer)")
     } else if safetensors {
-        Some("a safetensors file (a trained edit or a vector: --intervention, --steer-vector)")
+        Some("a safetensors file (a learned edit or a vector: pass it to --steer)")
     } else {
         None
     }

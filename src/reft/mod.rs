@@ -88,7 +88,8 @@ fn fingerprint(edits: &[(Site, LowRank)]) -> Result<String> {
     Ok(format!("{:x}", h.finalize())[..8].to_string())
 }
 
-const META_KEY: &str = "ctxsteer";
+/// The safetensors metadata key that marks a file as a ctxsteer edit.
+pub const META_KEY: &str = "ctxsteer";
 const VERSION: u32 = 1;
 
 impl Reft {
@@ -108,6 +109,19 @@ impl Reft {
             ));
         }
         spec
+    }
+
+    /// The spec that applies every edit, its change scaled by `scale`, at `positions`.
+    pub fn spec_at(&self, scale: f32, positions: &Positions) -> Result<Spec> {
+        let mut spec = Spec::new();
+        for (site, edit) in &self.edits {
+            spec.push(Intervention::new(
+                *site,
+                positions.clone(),
+                Action::LowRank(edit.scaled(scale)?),
+            ));
+        }
+        Ok(spec)
     }
 
     /// Write the tensors and the metadata, atomically.
@@ -193,6 +207,29 @@ impl Reft {
             .validate(&reft.spec())
             .map_err(|e| Error::file(path, e))?;
         Ok(reft)
+    }
+}
+
+/// A trained edit applied with its change scaled and only at some positions
+/// (`--steer EDIT --alpha S --steer-positions P`).
+#[derive(Clone, Debug)]
+pub struct ScaledEdit {
+    pub reft: Reft,
+    pub scale: f32,
+    pub positions: Positions,
+}
+
+impl Plan for ScaledEdit {
+    fn spec_for(&self, _: &Model, _: &[Vec<u32>]) -> Result<Spec> {
+        self.reft.spec_at(self.scale, &self.positions)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} x{} at {:?} positions",
+            self.reft.describe(),
+            self.scale,
+            self.positions
+        )
     }
 }
 

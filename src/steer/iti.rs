@@ -4,9 +4,10 @@
 //! every position.
 
 use super::{steer_site, Mode, Steering};
+use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::hooks::Positions;
-use crate::probe::{ProbeFile, SiteProbe};
+use crate::probe::{Direction, ProbeFile, SiteProbe};
 
 /// The per-head probes of `file`, best first: highest cross-validated AUROC on train, then
 /// highest held-out AUROC, then by name so that the order is stable.
@@ -30,7 +31,7 @@ impl Steering {
     pub fn from_head_probes(
         file: &ProbeFile,
         k: usize,
-        direction: &str,
+        direction: Direction,
         alpha: f32,
         positions: Positions,
         n_layers: usize,
@@ -49,7 +50,11 @@ impl Steering {
             .map(|p| steer_site(p, direction, n_layers))
             .collect::<Result<Vec<_>>>()?;
         Ok(Steering {
-            label: format!("top {} heads, {direction} alpha={alpha}", sites.len()),
+            label: format!(
+                "top {} heads, {} alpha={alpha}",
+                sites.len(),
+                direction.name()
+            ),
             sites,
             mode: Mode::Add,
             alpha,

@@ -8,8 +8,11 @@ use std::path::Path;
 
 mod cvec;
 mod iti;
+mod request;
+pub use crate::probe::Direction;
 pub use cvec::{read_cvec, write_cvec, LayerVectors};
 pub use iti::ranked_heads;
+pub use request::{plan, split_site, SteerKind, SteerOptions, SteerRequest};
 
 /// Read a steering vector from a JSON array or a one-tensor safetensors file.
 pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
@@ -84,6 +87,7 @@ pub fn add_spec(sites: &[Site], vector: &[f32], alpha: f32, positions: Positions
 // ---------------------------------------------------------------------------------------------
 // Steering plans: the spec for a batch of prompts.
 
+use crate::choice::Choice;
 use crate::model::Model;
 use crate::probe::{ProbeFile, SiteProbe};
 
@@ -170,8 +174,9 @@ pub fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
 
 /// One probe site's steering direction, with its spread: strengths are in units of the
 /// spread, so a missing or non-positive one is an error (steering would silently be 0).
-fn steer_site(p: &SiteProbe, direction: &str, n_layers: usize) -> Result<SteerSite> {
-    let d = p.direction(direction)?;
+fn steer_site(p: &SiteProbe, dir: Direction, n_layers: usize) -> Result<SteerSite> {
+    let d = p.direction(dir)?;
+    let direction = dir.name();
     let sp = p.spread.get(direction).cloned().ok_or_else(|| {
         Error::Invalid(format!(
             "probe site {}: no spread recorded for direction `{direction}`, so a strength \
@@ -219,29 +224,48 @@ fn typical_norm(p: &SiteProbe) -> f32 {
         .sqrt()
 }
 
+/// How to steer with a probe file: which of its sites, directions, strength and positions.
+#[derive(Clone, Debug)]
+pub struct ProbeSteer<'a> {
+    /// A probe's site in the file, or `best`.
+    pub site: &'a str,
+    /// Steer the probes of the same site kind at each of these layers instead of the one site.
+    pub layers: Option<&'a [usize]>,
+    pub direction: Direction,
+    pub mode: Mode,
+    /// Strength in spreads (std of projections), or for `add-norm` in typical norms.
+    pub alpha: f32,
+    pub positions: Positions,
+}
+
+impl Default for ProbeSteer<'_> {
+    /// The best site's probe direction, added at 4 spreads at every position.
+    fn default() -> Self {
+        ProbeSteer {
+            site: "best",
+            layers: None,
+            direction: Direction::Probe,
+            mode: Mode::Add,
+            alpha: 4.0,
+            positions: Positions::All,
+        }
+    }
+}
+
 impl Steering {
-    /// Steering from `file`: the probe at `site` (or `best`), or, with `layers`, the probes of
-    /// the same site kind at each of those layers.
-    #[allow(clippy::too_many_arguments)]
-    pub fn from_probes(
-        file: &ProbeFile,
-        site: &str,
-        layers: Option<&[usize]>,
-        direction: &str,
-        mode: Mode,
-        alpha: f32,
-        positions: Positions,
-        n_layers: usize,
-    ) -> Result<Steering> {
-        let anchor = file.site(site)?;
+    /// Steering from `file` as `how` says: the probe at its site (or `best`), or, with
+    /// `layers`, the probes of the same site kind at each of those layers.
+    pub fn from_probes(file: &ProbeFile, how: &ProbeSteer, n_layers: usize) -> Result<Steering> {
+        let (direction, mode, alpha) = (how.direction, how.mode, how.alpha);
+        let anchor = file.site(how.site)?;
         let (anchor_site, head) = crate::probe::probe_site(&anchor.site, n_layers)?;
-        if head.is_some() && (layers.is_some() || mode == Mode::Gated) {
+        if head.is_some() && (how.layers.is_some() || mode == Mode::Gated) {
             return Err(Error::Invalid(format!(
                 "{} is one head's probe: it can steer that head, but neither a band of layers nor a gate (those need whole-site probes)",
                 anchor.site
             )));
         }
-        let chosen: Vec<&SiteProbe> = match layers {
+        let chosen: Vec<&SiteProbe> = match how.layers {
             None => vec![anchor],
             Some(ls) => ls
                 .iter()
@@ -259,7 +283,8 @@ impl Steering {
             margin: 0.0,
         });
         let label = format!(
-            "{mode:?} {direction} alpha={alpha} at {}",
+            "{mode:?} {} alpha={alpha} at {}",
+            direction.name(),
             sites
                 .iter()
                 .map(|s| s.site.to_string())
@@ -270,7 +295,7 @@ impl Steering {
             sites,
             mode,
             alpha,
-            positions,
+            positions: how.positions.clone(),
             gate,
             label,
         })

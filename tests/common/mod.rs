@@ -207,6 +207,37 @@ pub mod tiny {
     }
 
     /// Write the tiny model into a fresh temporary folder; keep the guard alive while used.
+    /// Write a rank-2 learned edit at `blocks.1.hook_resid_post` of `m` (seeded values, strong
+    /// enough to change greedy tokens) to `path`, as `reft train` writes one.
+    #[allow(dead_code)]
+    pub fn write_edit(m: &ctxsteer::Model, path: &Path) {
+        use ctxsteer::reft::{Reft, ReftMeta};
+        let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
+        let mut r = vec![0.0f32; 2 * D_MODEL];
+        r[0] = 1.0;
+        r[D_MODEL + 1] = 1.0;
+        let edit = ctxsteer::hooks::LowRank::new(
+            t(r, &[2, D_MODEL]),
+            t(values(2 * D_MODEL, 41, 0.5), &[2, D_MODEL]),
+            t(vec![6.0, -6.0], &[2]),
+        )
+        .unwrap();
+        let meta = ReftMeta {
+            version: 1,
+            model: m.identity().unwrap(),
+            sites: vec!["blocks.1.hook_resid_post".into()],
+            rank: 2,
+            train: Default::default(),
+        };
+        let site = ctxsteer::Site::resid_post(1);
+        Reft {
+            edits: vec![(site, edit)],
+            meta,
+        }
+        .save(path)
+        .unwrap();
+    }
+
     pub fn temp() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tiny.gguf");
