@@ -206,7 +206,9 @@ impl Demo<'_> {
         let mut lopts = crate::label::LabelOptions::new(self.opts.form);
         lopts.batch_size = self.opts.batch_size;
         let labels =
-            crate::label::label_items(self.model, items, &lopts, &crate::Spec::new(), &mut |_| {})?;
+            crate::label::label_items(self.model, items, &lopts, &crate::Spec::new(), &mut |_| {
+                Ok(())
+            })?;
         crate::data::write_jsonl(&self.out.join("labels.jsonl"), &labels)?;
         self.lap("label");
         Ok(labels)

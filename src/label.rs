@@ -319,7 +319,7 @@ pub fn label_items(
     items: &[Item],
     opts: &LabelOptions,
     plan: &dyn Plan,
-    progress: &mut dyn FnMut(usize),
+    progress: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<Vec<ItemLabel>> {
     let lens: Vec<usize> = items
         .iter()
@@ -349,7 +349,7 @@ pub fn label_items(
                 label,
             });
         }
-        progress(chunk.len());
+        progress(chunk.len())?;
     }
     Ok(out.into_iter().flatten().collect())
 }

@@ -276,7 +276,7 @@ fn labels_have_both_runs_and_a_consistent_summary() {
     let (_d, m, items) = setup();
     let mut o = label::LabelOptions::new(Form::Completion);
     o.batch_size = 2;
-    let labels = label::label_items(&m, &items, &o, &Spec::new(), &mut |_| {}).unwrap();
+    let labels = label::label_items(&m, &items, &o, &Spec::new(), &mut |_| Ok(())).unwrap();
     assert_eq!(labels.len(), 5);
     for (l, it) in labels.iter().zip(&items) {
         assert_eq!(l.id, it.id);

@@ -1431,6 +1431,8 @@ fn options_and_specs_that_would_do_nothing_are_refused() {
     ));
     run(&["--steer-positions", "last"]).stderr(predicate::str::contains("--steer-positions"));
     run(&["--gate", "probes/conflict.json"]).stderr(predicate::str::contains("--gate applies"));
+    run(&["--scale-heads", "1.0=2", "--gate-margin", "2"])
+        .stderr(predicate::str::contains("--gate-margin widens --gate"));
     let spec = |iv: serde_json::Value| {
         let p = dir.path().join("spec.json");
         std::fs::write(&p, serde_json::json!({"interventions": [iv]}).to_string()).unwrap();

@@ -151,6 +151,11 @@ pub struct SteerArgs {
     /// run untouched.
     #[arg(long, value_name = "FILE[:SITE]")]
     pub gate: Option<String>,
+    /// How far past its probe's boundary the gate still fires, in logits: 0 (the default) is
+    /// the probe's own decision; a larger margin fires on more prompts. `bench` chooses it on
+    /// dev (reft-gated: 0, 2 or 4).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true, value_parser = finite_f32)]
+    pub gate_margin: f32,
     /// Apply the interventions of a spec file (JSON, as `generate --print-spec` writes it),
     /// after those of the options above.
     #[arg(long)]
@@ -243,7 +248,7 @@ impl SteerArgs {
         model: &Model,
         extra: Option<SteerRequest>,
     ) -> Result<Box<dyn ctxsteer::steer::Plan>> {
-        use ctxsteer::steer::{self, Plans};
+        use ctxsteer::steer;
         let reqs = self.requests(extra)?;
         self.check_needs(&reqs)?;
         let n_layers = model.cfg().n_layers;
@@ -277,16 +282,15 @@ impl SteerArgs {
                     .context("--scale-heads")?,
             ));
         }
-        let plan = Box::new(Plans(plans));
-        let Some(g) = &self.gate else {
-            return Ok(plan);
-        };
-        let (file, site) = steer::split_site(g);
-        let pf =
-            ctxsteer::probe::ProbeFile::read_for(std::path::Path::new(file), &model.identity()?)?;
-        let gate = steer::Gate::from_probes(&pf, site.unwrap_or("best"), n_layers)
-            .with_context(|| format!("--gate {g}"))?;
-        Ok(Box::new(steer::Gated { gate, inner: plan }))
+        if self.gate_margin != 0.0 && self.gate.is_none() {
+            bail!("--gate-margin widens --gate; give --gate FILE[:SITE]");
+        }
+        Ok(steer::combine(
+            model,
+            plans,
+            self.gate.as_deref(),
+            self.gate_margin,
+        )?)
     }
 }
 

@@ -47,7 +47,8 @@ pub(super) fn label_cmd(a: LabelArgs) -> Result<()> {
     let pb = ctxsteer::progress::bar(items.len() as u64, "label", false);
     let plan = a.steer.plan(&model)?;
     let labels = ctxsteer::label::label_items(&model, &items, &opts, plan.as_ref(), &mut |n| {
-        pb.inc(n as u64)
+        pb.inc(n as u64);
+        Ok(())
     })?;
     pb.finish_and_clear();
     ctxsteer::data::write_jsonl(&a.out, &labels)?;

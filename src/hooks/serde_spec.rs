@@ -177,11 +177,18 @@ impl Spec {
     /// Read a spec from a JSON file; the error names the file, line and column.
     pub fn read(path: &std::path::Path) -> Result<Spec> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-        let spec: Spec = serde_json::from_str(&text).map_err(|e| {
-            Error::file(
-                path,
-                format!("not a spec (line {}, column {}): {e}", e.line(), e.column()),
-            )
+        Spec::from_json(&text).map_err(|e| Error::file(path, e))
+    }
+
+    /// A spec from JSON text; the error names the line and column, or the intervention that
+    /// holds a non-finite number.
+    pub fn from_json(text: &str) -> Result<Spec> {
+        let spec: Spec = serde_json::from_str(text).map_err(|e| {
+            Error::Invalid(format!(
+                "not a spec (line {}, column {}): {e}",
+                e.line(),
+                e.column()
+            ))
         })?;
         for iv in &spec.interventions {
             let finite = match &iv.action {
@@ -195,10 +202,10 @@ impl Spec {
                 _ => true,
             };
             if !finite {
-                return Err(Error::file(
-                    path,
-                    format!("the intervention at {} holds a non-finite number", iv.site),
-                ));
+                return Err(Error::Invalid(format!(
+                    "the intervention at {} holds a non-finite number",
+                    iv.site
+                )));
             }
         }
         Ok(spec)

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::hooks::Spec;
 
 /// Something that decides the interventions for a batch of prompts (token ids, one per row).
-pub trait Plan {
+pub trait Plan: Send + Sync {
     fn spec_for(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Spec>;
     /// A short description for reports and capture metadata.
     fn describe(&self) -> String;

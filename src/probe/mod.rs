@@ -109,7 +109,8 @@ pub struct SiteProbe {
 }
 
 impl SiteProbe {
-    /// The probe's probability (logistic) or score (linear, ±1 scale) for one activation.
+    /// The probe's logit (logistic; positive predicts the positive class) or score (linear,
+    /// ±1 scale) for one activation.
     pub fn score(&self, x: &[f32]) -> f32 {
         let z: f32 = x
             .iter()

@@ -222,3 +222,29 @@ pub fn plan(model: &Model, req: &SteerRequest, opts: &SteerOptions) -> Result<Bo
         .map_err(|e| Error::file(path, e))?;
     Ok(plan)
 }
+
+/// `plans` in order as one plan, behind the gate `gate` (`FILE[:SITE]`, a probe file at a site
+/// or its best) when one is given: then only prompts where the gate's probe fires are steered.
+/// `margin` (logits) widens the gate past its probe's boundary (see [`super::Gate::margin`]).
+pub fn combine(
+    model: &Model,
+    plans: Vec<Box<dyn Plan>>,
+    gate: Option<&str>,
+    margin: f32,
+) -> Result<Box<dyn Plan>> {
+    let plan = Box::new(super::Plans(plans));
+    let Some(g) = gate else {
+        return Ok(plan);
+    };
+    let (file, site) = split_site(g);
+    let pf = ProbeFile::read_for(Path::new(file), &model.identity()?)?;
+    let mut gate = super::Gate::from_probes(&pf, site.unwrap_or("best"), model.cfg().n_layers)
+        .map_err(|e| Error::Invalid(format!("gate {g}: {e}")))?;
+    if !margin.is_finite() {
+        return Err(Error::Invalid(format!(
+            "gate margin {margin} is not a finite number"
+        )));
+    }
+    gate.margin = margin;
+    Ok(Box::new(super::Gated { gate, inner: plan }))
+}
