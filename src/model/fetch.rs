@@ -76,6 +76,57 @@ pub fn known_names() -> String {
     KNOWN.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
 }
 
+/// A model's path: `model` itself when it exists (a .gguf file or a folder), else the known
+/// model of that short name, fetched first if it is not in the cache (`log` hears about it).
+pub fn resolve(model: &str, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let p = PathBuf::from(model);
+    if p.exists() {
+        return Ok(p);
+    }
+    let known = known(model).ok_or_else(|| {
+        Error::file(
+            &p,
+            format!(
+                "no such file or folder, and not a known model name ({})",
+                known_names()
+            ),
+        )
+    })?;
+    if !known.path().exists() {
+        log(&format!(
+            "{} is not in {}; fetching it",
+            known.name,
+            cache_dir().display()
+        ));
+    }
+    fetch(known, log)
+}
+
+/// The candle device a name means: cpu, cuda, cuda:N or metal (GPUs need a build with the
+/// `cuda` or `metal` feature).
+pub fn device(s: &str) -> Result<candle_core::Device> {
+    let gpu = |r: candle_core::Result<candle_core::Device>, feature: &str| {
+        r.map_err(|e| {
+            Error::Invalid(format!(
+                "device {s}: {e} (a GPU build is `cargo build --release --features {feature}`)"
+            ))
+        })
+    };
+    Ok(match s {
+        "cpu" => candle_core::Device::Cpu,
+        "cuda" => gpu(candle_core::Device::new_cuda(0), "cuda")?,
+        "metal" => gpu(candle_core::Device::new_metal(0), "metal")?,
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => gpu(candle_core::Device::new_cuda(n), "cuda")?,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "device {s:?}: valid choices are cpu, cuda, cuda:N, metal"
+                )))
+            }
+        },
+    })
+}
+
 /// `$CTXSTEER_HOME`, else `$XDG_CACHE_HOME/ctxsteer`, else `~/.cache/ctxsteer`.
 pub fn cache_dir() -> PathBuf {
     if let Some(h) = std::env::var_os("CTXSTEER_HOME").filter(|v| !v.is_empty()) {
