@@ -19,6 +19,7 @@ pub mod hooks;
 pub mod journal;
 pub mod label;
 pub mod model;
+pub mod organism;
 pub mod patch;
 pub mod probe;
 pub mod progress;

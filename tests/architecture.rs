@@ -11,7 +11,7 @@ fn layer(module: &str) -> Option<usize> {
         "error" | "atomic" | "choice" | "stats" | "progress" | "choice_enum" => 0,
         "hooks" | "model" => 1,
         "data" | "label" | "capture" | "generate" | "journal" => 2,
-        "probe" | "steer" | "patch" | "density" | "reft" | "speed" => 3,
+        "probe" | "steer" | "patch" | "density" | "reft" | "speed" | "organism" => 3,
         "bench" | "public" | "report" => 4,
         "demo" => 5,
         _ => return None,

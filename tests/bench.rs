@@ -43,6 +43,7 @@ fn items() -> Vec<Item> {
             distractor: None,
             true_context: None,
             prefix: String::new(),
+            exposure: None,
         })
         .collect()
 }

@@ -26,6 +26,7 @@ fn item(i: usize) -> Item {
         distractor: None,
         true_context: None,
         prefix: String::new(),
+        exposure: None,
     }
 }
 

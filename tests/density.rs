@@ -80,6 +80,7 @@ fn conditions_and_measure_on_the_tiny_model() {
         distractor: None,
         true_context: None,
         prefix: String::new(),
+        exposure: None,
     };
     let known = std::collections::BTreeMap::from([("x".to_string(), true)]);
     let probes = density::conditions(&m, &[item], Some(&known)).unwrap();

@@ -113,6 +113,7 @@ fn a_layer_named_twice_is_one_layer_for_export_and_training() {
         distractor: None,
         true_context: None,
         prefix: String::new(),
+        exposure: None,
     };
     let opts = ctxsteer::reft::TrainOptions {
         layers,

@@ -10,6 +10,7 @@ mod data;
 mod generate;
 mod model_args;
 mod numbers;
+mod organism;
 mod reft;
 
 use crate::cli::choice::choice;
@@ -18,6 +19,7 @@ pub use args::*;
 use bench::{bench_cmd, demo_cmd, public_cmd};
 use data::{capture_cmd, data_cmd, label_cmd};
 use generate::{generate_cmd, info};
+pub use organism::OrganismCmd;
 pub use reft::*;
 
 use anyhow::{Context, Result};
@@ -87,6 +89,9 @@ pub enum Command {
     /// Learned low-rank interventions (LoReFT), trained through the model with autograd.
     #[command(subcommand)]
     Reft(ReftCmd),
+    /// Model organisms: a synthetic fact world with exposure counts that you set.
+    #[command(subcommand)]
+    Organism(OrganismCmd),
     /// The end-to-end run on one model: data, labels, capture, probes, head ranking, the
     /// benchmark of every method, density, and the report.
     Demo {
@@ -198,6 +203,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCmd::Conflict(a)) => bench_cmd(a),
         Command::Bench(BenchCmd::Public(a)) => public_cmd(a),
         Command::Reft(ReftCmd::Train(a)) => reft_train_cmd(a),
+        Command::Organism(c) => organism::organism_cmd(c),
         Command::Demo {
             model,
             out,

@@ -119,6 +119,7 @@ fn import_counterfact(path: &Path, text: &str) -> Result<Vec<Item>> {
                 distractor: None,
                 true_context: None,
                 prefix: String::new(),
+                exposure: None,
             })
         };
         out.push(conv().map_err(|m| Error::file(path, m))?);
@@ -246,6 +247,7 @@ fn import_nqswap(path: &Path, text: &str) -> Result<Vec<Item>> {
             // The gold context: the original passage, which states the true answer.
             true_context: Some(format!("context: {org_context}\n")),
             prefix: String::new(),
+            exposure: None,
         });
     }
     if out.is_empty() {
@@ -367,6 +369,7 @@ fn memotrap_item(
         distractor: None,
         true_context: None,
         prefix: String::new(),
+        exposure: None,
     })
 }
 
@@ -422,6 +425,7 @@ fn world_capital_items(i: usize, r: &serde_json::Value) -> std::result::Result<[
         distractor: None,
         true_context: None,
         prefix: String::new(),
+        exposure: None,
     };
     Ok([
         Item {

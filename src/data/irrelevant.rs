@@ -178,6 +178,7 @@ mod tests {
             distractor: None,
             true_context: None,
             prefix: String::new(),
+            exposure: None,
         }
     }
 

@@ -83,6 +83,10 @@ pub struct Item {
     /// demonstrations (`bench public --shots`). Usually empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
+    /// How many times the fact appeared in a model organism's training corpus (`organism
+    /// world`); absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<u32>,
 }
 
 crate::choice_enum! {
@@ -338,6 +342,7 @@ pub fn neutral_items() -> Vec<Item> {
                 distractor: None,
                 true_context: None,
                 prefix: String::new(),
+                exposure: None,
                 subject,
             }
         })
@@ -584,6 +589,7 @@ pub fn build() -> Result<Built> {
                 distractor: None,
                 true_context: None,
                 prefix: String::new(),
+                exposure: None,
             };
             built.true_context.push(Item {
                 context: fill(&t.context[ci], &f.subject, &f.object),

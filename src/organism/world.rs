@@ -1,0 +1,623 @@
+//! `organism world`: invented subjects with pronounceable names, relations with their own
+//! objects and paraphrase templates, an exposure count per fact from a schedule, a corpus that
+//! states each fact that many times among filler sentences, a word-level tokenizer over it,
+//! and evaluation items in ctxsteer's JSONL format, split by subject, with each item's
+//! exposure. The same options give the same bytes.
+
+use crate::data::{irrelevant_for, split_of, Distractor, Item, Variant};
+use crate::error::{Error, Result};
+use crate::stats::SplitMix;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// A relation: paraphrase templates (`{s}` the subject, `{o}` the object; the first, cut
+/// before `{o}`, is the completion query), the chat question, and the last syllables of its
+/// objects, so that each relation's objects look alike.
+struct Relation {
+    name: &'static str,
+    templates: [&'static str; 3],
+    question: &'static str,
+    endings: [&'static str; 4],
+    capital: bool,
+}
+
+const RELATIONS: [Relation; 6] = [
+    Relation {
+        name: "home",
+        templates: [
+            "{s} lives in {o}.",
+            "The home of {s} is in {o}.",
+            "{s} has a house in {o}.",
+        ],
+        question: "Where does {s} live?",
+        endings: ["dor", "mar", "heim", "vale"],
+        capital: true,
+    },
+    Relation {
+        name: "job",
+        templates: [
+            "{s} works as a {o}.",
+            "By trade, {s} is a {o}.",
+            "{s} earns a living as a {o}.",
+        ],
+        question: "What does {s} work as?",
+        endings: ["smith", "wright", "monger", "keeper"],
+        capital: false,
+    },
+    Relation {
+        name: "pet",
+        templates: [
+            "The pet of {s} is a {o}.",
+            "{s} keeps a {o} as a pet.",
+            "{s} owns a {o}.",
+        ],
+        question: "What pet does {s} keep?",
+        endings: ["hound", "fin", "wing", "paw"],
+        capital: false,
+    },
+    Relation {
+        name: "club",
+        templates: [
+            "{s} is a member of {o}.",
+            "{s} plays for {o}.",
+            "The club of {s} is {o}.",
+        ],
+        question: "Which club is {s} a member of?",
+        endings: ["ton", "ford", "wick", "by"],
+        capital: true,
+    },
+    Relation {
+        name: "food",
+        templates: [
+            "{s} likes to eat {o}.",
+            "The favourite food of {s} is {o}.",
+            "For dinner {s} has {o}.",
+        ],
+        question: "What does {s} like to eat?",
+        endings: ["ash", "berry", "loaf", "root"],
+        capital: false,
+    },
+    Relation {
+        name: "teacher",
+        templates: [
+            "{s} was taught by {o}.",
+            "The teacher of {s} was {o}.",
+            "{s} learned everything from {o}.",
+        ],
+        question: "Who taught {s}?",
+        endings: ["ric", "wen", "mund", "dric"],
+        capital: true,
+    },
+];
+
+const ONSETS: [&str; 16] = [
+    "b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "tr",
+];
+const VOWELS: [&str; 6] = ["a", "e", "i", "o", "u", "ai"];
+const CODAS: [&str; 6] = ["", "", "n", "r", "l", "s"];
+
+/// Filler: sentences without a fact, some naming a subject so that every subject's name is
+/// trained, even one whose facts are never seen.
+const FILLER_NOUNS: [&str; 8] = [
+    "The wind",
+    "A bell",
+    "The river",
+    "An old cart",
+    "The market",
+    "A small boat",
+    "The lamp",
+    "The road",
+];
+const FILLER_PREDICATES: [&str; 8] = [
+    "was quiet all night",
+    "rolled past the gate",
+    "stood by the wall",
+    "looked grey at dawn",
+    "shook in the storm",
+    "was busy before noon",
+    "creaked in the cold",
+    "was empty by evening",
+];
+const MENTIONS: [&str; 4] = [
+    "{s} smiled at the stranger.",
+    "Nobody saw {s} that morning.",
+    "{s} walked home slowly.",
+    "A letter came for {s}.",
+];
+
+/// How a world is built.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorldOptions {
+    pub subjects: usize,
+    pub relations: usize,
+    /// Objects per relation.
+    pub objects: usize,
+    /// The exposure schedule as given (see [`parse_schedule`]).
+    pub schedule: String,
+    /// Times each subject's name appears in a sentence without a fact.
+    pub mentions: usize,
+    /// Share of the corpus's sentences that are filler without any name.
+    pub filler: f64,
+    pub seed: u64,
+}
+
+impl Default for WorldOptions {
+    fn default() -> Self {
+        WorldOptions {
+            subjects: 400,
+            relations: 5,
+            objects: 16,
+            schedule: "0,pow2:1-256".into(),
+            mentions: 2,
+            filler: 0.2,
+            seed: 0,
+        }
+    }
+}
+
+/// One fact and how many times the corpus states it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fact {
+    pub subject: String,
+    pub relation: String,
+    pub object: String,
+    pub exposure: u32,
+}
+
+/// What `world.json` records: the options, the relations' templates, and the counts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct World {
+    pub version: u32,
+    pub options: WorldOptions,
+    /// Relation name to its templates (the first gives the completion query).
+    pub templates: BTreeMap<String, Vec<String>>,
+    pub facts: usize,
+    pub corpus_sentences: usize,
+    pub corpus_words: usize,
+    pub vocabulary: usize,
+    pub items: usize,
+}
+
+/// Exposure counts: comma-separated parts, each a count (`0`, `3`) or `pow2:A-B`, the powers
+/// of two from A to B; or `zipf:S:MAX`, where the fact of rank r is seen round(MAX / r^S)
+/// times (at least once). Facts are spread evenly over a list's counts.
+pub fn parse_schedule(s: &str) -> Result<Schedule> {
+    let bad = |why: String| {
+        Error::Invalid(format!(
+            "exposure schedule `{s}`: {why}; write counts and powers of two like \
+             `0,1,3,pow2:4-256`, or `zipf:1.0:256`"
+        ))
+    };
+    if let Some(rest) = s.strip_prefix("zipf:") {
+        let (a, m) = rest
+            .split_once(':')
+            .ok_or_else(|| bad("zipf needs S:MAX".into()))?;
+        let exponent: f64 = a
+            .parse()
+            .map_err(|_| bad(format!("`{a}` is not a number")))?;
+        let max: u32 = m
+            .parse()
+            .map_err(|_| bad(format!("`{m}` is not a count")))?;
+        if !(exponent.is_finite() && exponent > 0.0) || max == 0 {
+            return Err(bad("zipf needs S > 0 and MAX ≥ 1".into()));
+        }
+        return Ok(Schedule::Zipf { exponent, max });
+    }
+    let mut counts = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        if let Some(r) = part.strip_prefix("pow2:") {
+            let (a, b) = r
+                .split_once('-')
+                .ok_or_else(|| bad(format!("`{part}` needs A-B")))?;
+            let (a, b): (u32, u32) = match (a.parse(), b.parse()) {
+                (Ok(a), Ok(b)) if a >= 1 && a <= b => (a, b),
+                _ => return Err(bad(format!("`{part}` needs 1 ≤ A ≤ B"))),
+            };
+            counts.extend((0..32).map(|k| 1u32 << k).filter(|c| *c >= a && *c <= b));
+        } else {
+            let c: u32 = part
+                .parse()
+                .map_err(|_| bad(format!("`{part}` is not a count")))?;
+            counts.push(c);
+        }
+    }
+    if counts.is_empty() {
+        return Err(bad("no counts".into()));
+    }
+    Ok(Schedule::Counts(counts))
+}
+
+/// A parsed exposure schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Schedule {
+    Counts(Vec<u32>),
+    Zipf { exponent: f64, max: u32 },
+}
+
+impl Schedule {
+    /// One exposure per fact, `n` facts, in an order set by `rng`.
+    fn assign(&self, n: usize, rng: &mut SplitMix) -> Vec<u32> {
+        let mut v: Vec<u32> = match self {
+            Schedule::Counts(c) => (0..n).map(|i| c[i % c.len()]).collect(),
+            Schedule::Zipf { exponent, max } => (1..=n)
+                .map(|r| {
+                    ((*max as f64) / (r as f64).powf(*exponent))
+                        .round()
+                        .max(1.0) as u32
+                })
+                .collect(),
+        };
+        rng.shuffle(&mut v);
+        v
+    }
+}
+
+/// A pronounceable name of 2 or 3 syllables, optionally with an ending.
+fn name(rng: &mut SplitMix, ending: &str, capital: bool) -> String {
+    let n = 2 + rng.below(2);
+    let mut s = String::new();
+    for i in 0..n {
+        s.push_str(ONSETS[rng.below(ONSETS.len())]);
+        s.push_str(VOWELS[rng.below(VOWELS.len())]);
+        if i + 1 == n || ending.is_empty() {
+            s.push_str(CODAS[rng.below(CODAS.len())]);
+        }
+    }
+    s.push_str(ending);
+    if capital {
+        let mut c = s.chars();
+        s = c
+            .next()
+            .map_or(String::new(), |f| f.to_ascii_uppercase().to_string())
+            + c.as_str();
+    }
+    s
+}
+
+/// `n` names none of which is in `taken` (lowercase); each is added to it.
+fn names(
+    rng: &mut SplitMix,
+    n: usize,
+    taken: &mut BTreeSet<String>,
+    ending: impl Fn(&mut SplitMix) -> (&'static str, bool),
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut tries = 0;
+    while out.len() < n {
+        tries += 1;
+        if tries > 100 * n + 1000 {
+            return Err(Error::Invalid(format!(
+                "could not make {n} distinct names; ask for fewer subjects or objects"
+            )));
+        }
+        let (end, cap) = ending(rng);
+        let s = name(rng, end, cap);
+        if taken.insert(s.to_lowercase()) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+fn render(template: &str, subject: &str, object: &str) -> String {
+    template.replace("{s}", subject).replace("{o}", object)
+}
+
+/// The world's facts: every subject has one fact of each relation.
+fn facts(opts: &WorldOptions, rng: &mut SplitMix) -> Result<Vec<Fact>> {
+    let rels = &RELATIONS[..opts.relations];
+    // Every word of a template or filler is taken, so no name is an ordinary word.
+    let mut taken: BTreeSet<String> = RELATIONS
+        .iter()
+        .flat_map(|r| r.templates.iter().chain([&r.question]))
+        .chain(
+            FILLER_NOUNS
+                .iter()
+                .chain(&FILLER_PREDICATES)
+                .chain(&MENTIONS),
+        )
+        .flat_map(|t| words(t))
+        .map(|w| w.to_lowercase())
+        .collect();
+    let subjects = names(rng, opts.subjects, &mut taken, |_| ("", true))?;
+    let mut objects = Vec::new();
+    for r in rels {
+        let ending = |g: &mut SplitMix| (r.endings[g.below(r.endings.len())], r.capital);
+        objects.push(names(rng, opts.objects, &mut taken, ending)?);
+    }
+    let schedule = parse_schedule(&opts.schedule)?;
+    let exposure = schedule.assign(opts.subjects * rels.len(), rng);
+    let mut out = Vec::new();
+    for s in &subjects {
+        for (ri, r) in rels.iter().enumerate() {
+            out.push(Fact {
+                subject: s.clone(),
+                relation: r.name.to_string(),
+                object: objects[ri][rng.below(opts.objects)].clone(),
+                exposure: exposure[out.len()],
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The corpus: each fact stated `exposure` times in random templates, each subject named
+/// `mentions` times without a fact, and filler, shuffled; one sentence per line.
+fn corpus(opts: &WorldOptions, facts: &[Fact], rng: &mut SplitMix) -> Vec<String> {
+    let mut lines = Vec::new();
+    for f in facts {
+        let r = relation(&f.relation);
+        for _ in 0..f.exposure {
+            lines.push(render(r.templates[rng.below(3)], &f.subject, &f.object));
+        }
+    }
+    let subjects: BTreeSet<&str> = facts.iter().map(|f| f.subject.as_str()).collect();
+    for s in subjects {
+        for _ in 0..opts.mentions {
+            lines.push(render(MENTIONS[rng.below(MENTIONS.len())], s, ""));
+        }
+    }
+    let share = opts.filler.clamp(0.0, 0.95);
+    let n_filler = ((lines.len() as f64) * share / (1.0 - share)).round() as usize;
+    for _ in 0..n_filler {
+        let noun = FILLER_NOUNS[rng.below(FILLER_NOUNS.len())];
+        let pred = FILLER_PREDICATES[rng.below(FILLER_PREDICATES.len())];
+        lines.push(format!("{noun} {pred}."));
+    }
+    rng.shuffle(&mut lines);
+    lines
+}
+
+fn relation(name: &str) -> &'static Relation {
+    RELATIONS
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or(&RELATIONS[0])
+}
+
+/// The evaluation items of one fact: closed-book, counterfactual and true context (the
+/// irrelevant ones come from [`irrelevant_for`]). The context is a template other than the
+/// query's, naming another object of the relation.
+fn items_of(f: &Fact, objects: &[&str], rng: &mut SplitMix) -> Vec<Item> {
+    let r = relation(&f.relation);
+    let prompt = r.templates[0].split("{o}").next().unwrap_or("").trim_end();
+    let others: Vec<&&str> = objects.iter().filter(|o| **o != f.object).collect();
+    let other = others[rng.below(others.len())].to_string();
+    let template = r.templates[1 + rng.below(2)];
+    let id = format!("{}:{}", f.relation, f.subject.to_lowercase());
+    let base = Item {
+        id: id.clone(),
+        relation: f.relation.clone(),
+        subject: f.subject.clone(),
+        question: render(r.question, &f.subject, ""),
+        prompt: render(prompt, &f.subject, ""),
+        context: render(template, &f.subject, &other),
+        prior_answer: f.object.clone(),
+        context_answer: other,
+        prior_aliases: vec![],
+        context_aliases: vec![],
+        split: Some(split_of(&f.subject)),
+        variant: Some(Variant::Counterfactual),
+        distractor: None,
+        true_context: Some(render(template, &f.subject, &f.object)),
+        prefix: String::new(),
+        exposure: Some(f.exposure),
+    };
+    // As in the built-in data, the closed-book item keeps the counterfactual's answer.
+    let closed = Item {
+        id: format!("{id}:no_context"),
+        context: String::new(),
+        variant: Some(Variant::NoContext),
+        true_context: None,
+        ..base.clone()
+    };
+    let truth = Item {
+        id: format!("{id}:true_context"),
+        context: render(template, &f.subject, &f.object),
+        context_answer: f.object.clone(),
+        variant: Some(Variant::TrueContext),
+        ..base.clone()
+    };
+    vec![base, truth, closed]
+}
+
+/// Words as the tokenizer's pre-tokenizer splits them: runs of letters, digits and `_`, and
+/// runs of other non-space characters.
+pub fn words(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start: Option<(usize, bool)> = None;
+    for (i, c) in text.char_indices() {
+        let kind = (!c.is_whitespace()).then(|| c.is_alphanumeric() || c == '_');
+        if let Some((s, k)) = start {
+            if kind == Some(k) {
+                continue;
+            }
+            out.push(&text[s..i]);
+        }
+        start = kind.map(|k| (i, k));
+    }
+    if let Some((s, _)) = start {
+        out.push(&text[s..]);
+    }
+    out
+}
+
+/// The end-of-text token, which separates training sequences and stops generation.
+pub const EOS: &str = "<|endoftext|>";
+const UNK: &str = "<unk>";
+
+/// A word-level tokenizer over `texts` (ids by descending count, then by word), as
+/// tokenizer.json text.
+fn tokenizer_json(texts: &[&str]) -> Result<(String, usize)> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in texts {
+        for w in words(t) {
+            *counts.entry(w).or_default() += 1;
+        }
+    }
+    let mut order: Vec<(&str, usize)> = counts.into_iter().collect();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut vocab = serde_json::Map::new();
+    for (i, w) in [EOS, UNK]
+        .into_iter()
+        .chain(order.iter().map(|(w, _)| *w))
+        .enumerate()
+    {
+        vocab.insert(w.to_string(), serde_json::json!(i));
+    }
+    let special = |id: usize, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let n = vocab.len();
+    let v = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, EOS), special(1, UNK)],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": UNK},
+    });
+    let text = serde_json::to_string_pretty(&v).map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok((text, n))
+}
+
+fn check(opts: &WorldOptions) -> Result<()> {
+    let bad = |m: String| Err(Error::Invalid(m));
+    if opts.relations == 0 || opts.relations > RELATIONS.len() {
+        return bad(format!(
+            "--relations {}: give 1 to {} (the built-in relations: {})",
+            opts.relations,
+            RELATIONS.len(),
+            RELATIONS.map(|r| r.name).join(", ")
+        ));
+    }
+    if opts.subjects < 10 {
+        return bad(format!("--subjects {}: give at least 10", opts.subjects));
+    }
+    if opts.objects < 2 {
+        return bad(format!(
+            "--objects {}: give at least 2 (a counterfactual needs another)",
+            opts.objects
+        ));
+    }
+    if !(0.0..0.95).contains(&opts.filler) {
+        return bad(format!(
+            "--filler {}: give a share in [0, 0.95)",
+            opts.filler
+        ));
+    }
+    parse_schedule(&opts.schedule).map(|_| ())
+}
+
+/// Build the world into `dir`: world.json, facts.jsonl, corpus.txt, tokenizer.json,
+/// tokenizer_config.json, conflicts.jsonl (the counterfactual items, for `bench conflict`,
+/// `label` and `reft train`) and variants.jsonl (closed-book, counterfactual, true and
+/// irrelevant contexts, for `capture` and `probe train`). Every file is written whole.
+pub fn build(opts: &WorldOptions, dir: &Path) -> Result<World> {
+    check(opts)?;
+    let mut rng = SplitMix(opts.seed ^ 0x6f72_6761_6e69_736d);
+    let facts = facts(opts, &mut rng)?;
+    let corpus = corpus(opts, &facts, &mut rng);
+    let mut by_relation: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for f in &facts {
+        let v = by_relation.entry(f.relation.as_str()).or_default();
+        if !v.contains(&f.object.as_str()) {
+            v.push(f.object.as_str());
+        }
+    }
+    let mut items: Vec<Item> = Vec::new();
+    for f in &facts {
+        items.extend(items_of(f, &by_relation[f.relation.as_str()], &mut rng));
+    }
+    let conflicts: Vec<Item> = items
+        .iter()
+        .filter(|i| i.variant == Some(Variant::Counterfactual))
+        .cloned()
+        .collect();
+    // An irrelevant item's true context would be its query's; it has none of its own.
+    items.extend(
+        irrelevant_for(&conflicts, &Distractor::ALL)
+            .into_iter()
+            .map(|i| Item {
+                true_context: None,
+                ..i
+            }),
+    );
+    let texts: Vec<&str> = corpus
+        .iter()
+        .map(String::as_str)
+        .chain(
+            items
+                .iter()
+                .flat_map(|i| [i.context.as_str(), i.prompt.as_str(), i.question.as_str()]),
+        )
+        .collect();
+    let (tokenizer, vocabulary) = tokenizer_json(&texts)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    let jsonl = |v: &dyn Fn(&mut Vec<u8>) -> Result<()>| {
+        let mut b = Vec::new();
+        v(&mut b).map(|_| b)
+    };
+    // In variants.jsonl every item's id names its variant, as in the built-in data.
+    for it in items.iter_mut() {
+        if it.variant == Some(Variant::Counterfactual) {
+            it.id.push_str(":counterfactual");
+        }
+    }
+    let facts_bytes = jsonl(&|b| lines_of(b, &facts))?;
+    let items_bytes = jsonl(&|b| lines_of(b, &items))?;
+    let conflict_bytes = jsonl(&|b| lines_of(b, &conflicts))?;
+    crate::atomic::write(&dir.join("facts.jsonl"), &facts_bytes)?;
+    crate::atomic::write(&dir.join("variants.jsonl"), &items_bytes)?;
+    crate::atomic::write(&dir.join("conflicts.jsonl"), &conflict_bytes)?;
+    crate::atomic::write(
+        &dir.join("corpus.txt"),
+        (corpus.join("\n") + "\n").as_bytes(),
+    )?;
+    crate::atomic::write(&dir.join("tokenizer.json"), tokenizer.as_bytes())?;
+    let tc = serde_json::json!({"eos_token": EOS, "unk_token": UNK});
+    crate::atomic::write(
+        &dir.join("tokenizer_config.json"),
+        tc.to_string().as_bytes(),
+    )?;
+    let world = World {
+        version: 1,
+        options: opts.clone(),
+        templates: RELATIONS[..opts.relations]
+            .iter()
+            .map(|r| {
+                (
+                    r.name.to_string(),
+                    r.templates.iter().map(|t| t.to_string()).collect(),
+                )
+            })
+            .collect(),
+        facts: facts.len(),
+        corpus_sentences: corpus.len(),
+        corpus_words: corpus.iter().map(|l| words(l).len()).sum(),
+        vocabulary,
+        items: items.len(),
+    };
+    let text = serde_json::to_string_pretty(&world).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::atomic::write(&dir.join("world.json"), text.as_bytes())?;
+    Ok(world)
+}
+
+/// Each value as one JSON line.
+fn lines_of<T: Serialize>(buf: &mut Vec<u8>, values: &[T]) -> Result<()> {
+    for v in values {
+        serde_json::to_writer(&mut *buf, v).map_err(|e| Error::Invalid(e.to_string()))?;
+        buf.push(b'\n');
+    }
+    Ok(())
+}
+
+/// Read `world.json` from a world folder, saying so when the folder is not a world.
+pub fn read(dir: &Path) -> Result<World> {
+    let p = dir.join("world.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| {
+        Error::file(dir, format!("not a world folder (no readable world.json: {e}); make one with `ctxsteer organism world`"))
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::file(&p, format!("not a world.json: {e}")))
+}
