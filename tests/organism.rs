@@ -238,3 +238,175 @@ fn the_command_writes_a_world_and_names_a_bad_schedule() {
     let w = organism::world::read(&out).unwrap();
     assert_eq!((w.facts, w.options.subjects), (40, 20));
 }
+
+fn tiny_train(steps: usize, every: usize) -> organism::TrainOptions {
+    organism::TrainOptions {
+        layers: 2,
+        d_model: 32,
+        heads: 2,
+        d_mlp: 64,
+        steps,
+        batch: 8,
+        seq: 24,
+        lr: 1e-2,
+        warmup: 10,
+        checkpoint_every: every,
+        ..Default::default()
+    }
+}
+
+fn tiny_world(dir: &Path) {
+    let o = WorldOptions {
+        subjects: 12,
+        relations: 1,
+        objects: 4,
+        schedule: "24".into(),
+        filler: 0.1,
+        ..Default::default()
+    };
+    organism::build(&o, dir).unwrap();
+}
+
+/// A tiny model learns a tiny world: the loss falls, the saved folder loads through the
+/// ordinary model path with the training logits, and it recalls facts it saw 24 times.
+#[test]
+fn an_organism_learns_its_world_and_loads_as_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (world, out) = (dir.path().join("w"), dir.path().join("m"));
+    tiny_world(&world);
+    let opts = tiny_train(800, 0);
+    let state = organism::train(&world, &out, &opts, false, &mut |_| Ok(())).unwrap();
+    let first: f64 = state.losses[..10].iter().sum::<f64>() / 10.0;
+    let last: f64 = state.losses[790..].iter().sum::<f64>() / 10.0;
+    assert!(last < 0.5 * first, "loss {first:.3} -> {last:.3}");
+    let m = ctxsteer::Model::load(&out, ctxsteer::WeightsMode::F32).unwrap();
+    assert_eq!(m.cfg().n_layers, 2);
+    // The engine's logits are the trainer's.
+    let ckpt = out.join("checkpoints/step-000800");
+    let vocab = m.tokenizer.vocab_size();
+    let (net, _, _) = organism::train::load_checkpoint(&ckpt, vocab).unwrap();
+    let facts: Vec<Fact> = std::fs::read_to_string(world.join("facts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let prompt = format!("{} lives in", facts[0].subject);
+    let ids = m.prompt_ids(&prompt, false).unwrap();
+    let engine = m.last_logits(&ids, &ctxsteer::Spec::new()).unwrap();
+    let t = candle_core::Tensor::new(ids.as_slice(), &candle_core::Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let trained = net.forward(&t).unwrap();
+    let n = ids.len();
+    let trained: Vec<f32> = trained
+        .get(0)
+        .unwrap()
+        .get(n - 1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let worst = engine
+        .iter()
+        .zip(&trained)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "engine and trainer differ by {worst}");
+    // Recall: the greedy next word is the fact's object for most subjects.
+    let recalled = facts
+        .iter()
+        .filter(|f| {
+            let ids = m
+                .prompt_ids(&format!("{} lives in", f.subject), false)
+                .unwrap();
+            let l = m.last_logits(&ids, &ctxsteer::Spec::new()).unwrap();
+            let best = (0..l.len()).max_by(|a, b| l[*a].total_cmp(&l[*b])).unwrap();
+            m.tokenizer.decode(&[best as u32]).unwrap() == f.object
+        })
+        .count();
+    assert!(recalled >= 9, "{recalled} of 12 facts recalled");
+}
+
+/// Training 20 steps, then resuming for 20 more, gives the weights of 40 steps straight.
+#[test]
+fn resuming_from_a_checkpoint_gives_the_weights_of_a_straight_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = dir.path().join("w");
+    tiny_world(&world);
+    let straight = dir.path().join("a");
+    organism::train(&world, &straight, &tiny_train(40, 20), false, &mut |_| {
+        Ok(())
+    })
+    .unwrap();
+    let resumed = dir.path().join("b");
+    // Stop after the first checkpoint (an error from the callback interrupts the run).
+    let stop = organism::train(
+        &world,
+        &resumed,
+        &tiny_train(40, 20),
+        false,
+        &mut |e| match e {
+            organism::TrainEvent::Checkpoint(_) => Err(ctxsteer::Error::Invalid("stop".into())),
+            _ => Ok(()),
+        },
+    );
+    assert!(stop.is_err());
+    assert!(resumed
+        .join("checkpoints/step-000020/trainer.json")
+        .exists());
+    let state =
+        organism::train(&world, &resumed, &tiny_train(40, 20), true, &mut |_| Ok(())).unwrap();
+    assert_eq!(state.step, 40);
+    let read = |p: &Path| std::fs::read(p.join("model.safetensors")).unwrap();
+    assert_eq!(
+        read(&straight),
+        read(&resumed),
+        "the same weights, bit for bit"
+    );
+    // Other options cannot resume that run.
+    let e = organism::train(&world, &resumed, &tiny_train(60, 20), true, &mut |_| Ok(()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("other options"), "{e}");
+}
+
+#[test]
+fn shapes_that_make_no_model_are_refused() {
+    let bad = |o: organism::TrainOptions, says: &str| {
+        let e = o.check().unwrap_err().to_string();
+        assert!(e.contains(says), "{e}");
+    };
+    bad(
+        organism::TrainOptions {
+            layers: 0,
+            ..tiny_train(1, 0)
+        },
+        "--layers 0",
+    );
+    bad(
+        organism::TrainOptions {
+            d_model: 30,
+            heads: 4,
+            ..tiny_train(1, 0)
+        },
+        "not divisible by --heads 4",
+    );
+    bad(
+        organism::TrainOptions {
+            lr: f64::NAN,
+            ..tiny_train(1, 0)
+        },
+        "--lr",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let e = organism::train(
+        dir.path(),
+        &dir.path().join("m"),
+        &tiny_train(1, 0),
+        false,
+        &mut |_| Ok(()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not a world folder"), "{e}");
+}

@@ -12,6 +12,54 @@ pub enum OrganismCmd {
     /// and evaluation items (closed-book, counterfactual, true and irrelevant contexts) split
     /// by subject, each with its exposure. The same options give the same bytes.
     World(WorldArgs),
+    /// Train a Llama-family decoder (RMSNorm, SwiGLU, rope, tied embeddings) from scratch on a
+    /// world's corpus with AdamW (warm-up, cosine decay). OUT becomes a Hugging Face folder that
+    /// `--model OUT` loads in every command; OUT/checkpoints/step-N are loadable too, and hold
+    /// the optimizer's state for --resume.
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The world folder (`organism world --out`).
+    #[arg(long)]
+    pub world: PathBuf,
+    /// The model folder to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 128)]
+    pub d_model: usize,
+    /// Attention heads (d-model must be divisible by them).
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Width of the SwiGLU hidden layer.
+    #[arg(long, default_value_t = 384)]
+    pub d_mlp: usize,
+    #[arg(long, default_value_t = 2000)]
+    pub steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    pub seq: usize,
+    /// Peak learning rate, reached after --warmup steps, then cosine decay to a tenth.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// Write a checkpoint every N steps (0: only at the end).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Go on from the latest checkpoint in OUT/checkpoints (trained with the same options).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Args)]
@@ -49,6 +97,7 @@ pub struct WorldArgs {
 pub(super) fn organism_cmd(c: OrganismCmd) -> Result<()> {
     match c {
         OrganismCmd::World(a) => world_cmd(a),
+        OrganismCmd::Train(a) => train_cmd(a),
     }
 }
 
@@ -79,6 +128,64 @@ fn world_cmd(a: WorldArgs) -> Result<()> {
         w.vocabulary,
         w.items,
         t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    use ctxsteer::organism::{TrainEvent, TrainOptions};
+    let opts = TrainOptions {
+        layers: a.layers,
+        d_model: a.d_model,
+        heads: a.heads,
+        d_mlp: a.d_mlp,
+        steps: a.steps,
+        batch: a.batch,
+        seq: a.seq,
+        lr: a.lr,
+        warmup: a.warmup,
+        weight_decay: a.weight_decay,
+        checkpoint_every: a.checkpoint_every,
+        seed: a.seed,
+    };
+    opts.check()?;
+    if !a.resume && a.out.join("checkpoints").exists() {
+        anyhow::bail!(
+            "{} already holds checkpoints; pass --resume to go on from the latest, or choose another --out",
+            a.out.display()
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let pb = ctxsteer::progress::bar(a.steps as u64, "train", false);
+    let mut recent: std::collections::VecDeque<f64> = Default::default();
+    let state = ctxsteer::organism::train(&a.world, &a.out, &opts, a.resume, &mut |e| {
+        match e {
+            TrainEvent::Step {
+                step,
+                loss,
+                tokens_per_s,
+            } => {
+                recent.push_back(loss);
+                if recent.len() > 50 {
+                    recent.pop_front();
+                }
+                let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+                pb.set_position(step as u64);
+                pb.set_message(format!("loss {mean:.3}, {tokens_per_s:.0} tok/s"));
+            }
+            TrainEvent::Checkpoint(p) => pb.println(format!("checkpoint {}", p.display())),
+        }
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    let last =
+        state.losses.iter().rev().take(50).sum::<f64>() / state.losses.len().clamp(1, 50) as f64;
+    println!(
+        "trained {} steps in {:.0}s ({:.0}s this run): loss {last:.3} (mean of the last 50 steps); model in {}",
+        state.step,
+        state.seconds,
+        t0.elapsed().as_secs_f64(),
+        a.out.display()
     );
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! familiarity becomes density and stickiness can be measured causally on models trained from
 //! scratch. This module writes the world ([`world`]); training and the study build on it.
 
+pub mod train;
 pub mod world;
 
+pub use train::{train, Net, TrainEvent, TrainOptions, TrainState};
 pub use world::{build, parse_schedule, Fact, World, WorldOptions};

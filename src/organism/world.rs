@@ -576,7 +576,9 @@ pub fn build(opts: &WorldOptions, dir: &Path) -> Result<World> {
         (corpus.join("\n") + "\n").as_bytes(),
     )?;
     crate::atomic::write(&dir.join("tokenizer.json"), tokenizer.as_bytes())?;
-    let tc = serde_json::json!({"eos_token": EOS, "unk_token": UNK});
+    // Prompts begin with the end-of-text token, as every training window's sentences do.
+    let tc = serde_json::json!({"bos_token": EOS, "eos_token": EOS, "unk_token": UNK,
+        "add_bos_token": true});
     crate::atomic::write(
         &dir.join("tokenizer_config.json"),
         tc.to_string().as_bytes(),
