@@ -98,6 +98,26 @@ fn facts_are_stated_as_often_as_their_exposure_and_names_are_single_tokens() {
             .iter()
             .any(|l| l.split(' ').any(|w| w.trim_end_matches('.') == f.subject)));
     }
+    // Reading episodes: a quarter as many as fact statements, about subjects of no fact,
+    // their answer the object the context names.
+    let stated: u32 = facts.iter().map(|f| f.exposure).sum();
+    let episodes: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.matches(". ").count() == 1)
+        .collect();
+    assert_eq!(episodes.len(), (stated as f64 * 0.25).round() as usize);
+    let subjects: BTreeSet<&str> = facts.iter().map(|f| f.subject.as_str()).collect();
+    for e in &episodes {
+        let (context, query) = e.split_once(". ").unwrap();
+        let answer = query.trim_end_matches('.').rsplit(' ').next().unwrap();
+        assert!(context.contains(answer), "{e}");
+        assert!(
+            !e.split(' ')
+                .any(|w| subjects.contains(w.trim_end_matches('.'))),
+            "{e}"
+        );
+    }
     let tok = Tokenizer::from_folder(dir.path()).unwrap();
     assert_eq!(tok.vocab_size(), w.vocabulary);
     assert_eq!(tok.eos_id, Some(0));

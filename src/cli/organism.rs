@@ -84,6 +84,13 @@ pub struct WorldArgs {
     /// Share of the corpus's sentences that are filler naming no one, in [0, 0.95).
     #[arg(long, default_value_t = 0.2)]
     pub filler: f64,
+    /// Reading episodes, as a share of the fact statements (0 to 4): a sentence about a
+    /// reading-only subject, then the query and its answer. Those subjects get a new object
+    /// each time, so only the context tells the answer; the model learns to read, and no world
+    /// fact's exposure changes. 0: a corpus of bare facts, where a model never learns to use a
+    /// context.
+    #[arg(long, default_value_t = 0.25)]
+    pub reading: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The world folder to write.
@@ -110,6 +117,7 @@ fn world_cmd(a: WorldArgs) -> Result<()> {
         schedule: a.schedule,
         mentions: a.mentions,
         filler: a.filler,
+        reading: a.reading,
         seed: a.seed,
     };
     let w = ctxsteer::organism::build(&opts, &a.out)?;

@@ -139,6 +139,13 @@ pub struct WorldOptions {
     pub mentions: usize,
     /// Share of the corpus's sentences that are filler without any name.
     pub filler: f64,
+    /// Reading episodes, as a share of the fact statements: a sentence about a reading-only
+    /// subject followed by the query and its answer ("The home of Quilbo is in Kelmar. Quilbo
+    /// lives in Kelmar."). Reading-only subjects get a new object each time, so only the
+    /// context tells the answer: the model learns to read, and no world fact's exposure
+    /// changes.
+    #[serde(default)]
+    pub reading: f64,
     pub seed: u64,
 }
 
@@ -151,6 +158,7 @@ impl Default for WorldOptions {
             schedule: "0,pow2:1-256".into(),
             mentions: 2,
             filler: 0.2,
+            reading: 0.25,
             seed: 0,
         }
     }
@@ -304,8 +312,9 @@ fn render(template: &str, subject: &str, object: &str) -> String {
     template.replace("{s}", subject).replace("{o}", object)
 }
 
-/// The world's facts: every subject has one fact of each relation.
-fn facts(opts: &WorldOptions, rng: &mut SplitMix) -> Result<Vec<Fact>> {
+/// The world's facts (every subject has one fact of each relation), and the reading-only
+/// subjects.
+fn facts(opts: &WorldOptions, rng: &mut SplitMix) -> Result<(Vec<Fact>, Vec<String>)> {
     let rels = &RELATIONS[..opts.relations];
     // Every word of a template or filler is taken, so no name is an ordinary word.
     let mut taken: BTreeSet<String> = RELATIONS
@@ -326,6 +335,7 @@ fn facts(opts: &WorldOptions, rng: &mut SplitMix) -> Result<Vec<Fact>> {
         let ending = |g: &mut SplitMix| (r.endings[g.below(r.endings.len())], r.capital);
         objects.push(names(rng, opts.objects, &mut taken, ending)?);
     }
+    let readers = names(rng, (opts.subjects / 4).max(20), &mut taken, |_| ("", true))?;
     let schedule = parse_schedule(&opts.schedule)?;
     let exposure = schedule.assign(opts.subjects * rels.len(), rng);
     let mut out = Vec::new();
@@ -339,18 +349,41 @@ fn facts(opts: &WorldOptions, rng: &mut SplitMix) -> Result<Vec<Fact>> {
             });
         }
     }
-    Ok(out)
+    Ok((out, readers))
 }
 
-/// The corpus: each fact stated `exposure` times in random templates, each subject named
-/// `mentions` times without a fact, and filler, shuffled; one sentence per line.
-fn corpus(opts: &WorldOptions, facts: &[Fact], rng: &mut SplitMix) -> Vec<String> {
+/// The corpus: each fact stated `exposure` times in random templates, reading episodes about
+/// `readers`, each subject named `mentions` times without a fact, and filler, shuffled; one
+/// sentence (or episode) per line.
+fn corpus(
+    opts: &WorldOptions,
+    facts: &[Fact],
+    readers: &[String],
+    rng: &mut SplitMix,
+) -> Vec<String> {
     let mut lines = Vec::new();
     for f in facts {
         let r = relation(&f.relation);
         for _ in 0..f.exposure {
             lines.push(render(r.templates[rng.below(3)], &f.subject, &f.object));
         }
+    }
+    let mut objects: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for f in facts {
+        let v = objects.entry(f.relation.as_str()).or_default();
+        if !v.contains(&f.object.as_str()) {
+            v.push(f.object.as_str());
+        }
+    }
+    let relations: Vec<&str> = objects.keys().copied().collect();
+    let episodes = ((lines.len() as f64) * opts.reading).round() as usize;
+    for _ in 0..episodes {
+        let rel = relations[rng.below(relations.len())];
+        let r = relation(rel);
+        let s = &readers[rng.below(readers.len())];
+        let o = objects[rel][rng.below(objects[rel].len())];
+        let context = render(r.templates[1 + rng.below(2)], s, o);
+        lines.push(format!("{context} {} {o}.", render(query(r), s, "")));
     }
     let subjects: BTreeSet<&str> = facts.iter().map(|f| f.subject.as_str()).collect();
     for s in subjects {
@@ -369,6 +402,11 @@ fn corpus(opts: &WorldOptions, facts: &[Fact], rng: &mut SplitMix) -> Vec<String
     lines
 }
 
+/// The completion query of a relation: its first template cut before the object.
+fn query(r: &Relation) -> &'static str {
+    r.templates[0].split("{o}").next().unwrap_or("").trim_end()
+}
+
 fn relation(name: &str) -> &'static Relation {
     RELATIONS
         .iter()
@@ -381,7 +419,7 @@ fn relation(name: &str) -> &'static Relation {
 /// query's, naming another object of the relation.
 fn items_of(f: &Fact, objects: &[&str], rng: &mut SplitMix) -> Vec<Item> {
     let r = relation(&f.relation);
-    let prompt = r.templates[0].split("{o}").next().unwrap_or("").trim_end();
+    let prompt = query(r);
     let others: Vec<&&str> = objects.iter().filter(|o| **o != f.object).collect();
     let other = others[rng.below(others.len())].to_string();
     let template = r.templates[1 + rng.below(2)];
@@ -517,8 +555,8 @@ fn check(opts: &WorldOptions) -> Result<()> {
 pub fn build(opts: &WorldOptions, dir: &Path) -> Result<World> {
     check(opts)?;
     let mut rng = SplitMix(opts.seed ^ 0x6f72_6761_6e69_736d);
-    let facts = facts(opts, &mut rng)?;
-    let corpus = corpus(opts, &facts, &mut rng);
+    let (facts, readers) = facts(opts, &mut rng)?;
+    let corpus = corpus(opts, &facts, &readers, &mut rng);
     let mut by_relation: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for f in &facts {
         let v = by_relation.entry(f.relation.as_str()).or_default();
