@@ -345,6 +345,21 @@ fn an_organism_learns_its_world_and_loads_as_a_model() {
         })
         .count();
     assert!(recalled >= 9, "{recalled} of 12 facts recalled");
+    // The learned edit trains on an organism unchanged; without a chat template it keeps to
+    // the completion form.
+    assert_cmd::Command::cargo_bin("ctxsteer")
+        .unwrap()
+        .args(["reft", "train", "--layers", "1", "--epochs", "1", "--model"])
+        .arg(&out)
+        .arg("--data")
+        .arg(world.join("conflicts.jsonl"))
+        .arg("--neutral")
+        .arg(world.join("corpus.txt"))
+        .arg("--out")
+        .arg(dir.path().join("edit.safetensors"))
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("completion form only"));
 }
 
 /// Training 20 steps, then resuming for 20 more, gives the weights of 40 steps straight.

@@ -44,14 +44,10 @@ pub struct ReftTrainArgs {
     /// Conflicts per step; as many keep sequences go with them.
     #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     pub batch_size: usize,
-    /// Prompt forms to train on, comma-separated.
-    #[arg(
-        long,
-        value_parser = choice::<ctxsteer::data::Form>(),
-        value_delimiter = ',',
-        default_value = "completion,chat"
-    )]
-    pub forms: Vec<ctxsteer::data::Form>,
+    /// Prompt forms to train on, comma-separated (default: completion and chat, or completion
+    /// alone for a model without a chat template, such as a base model or an organism).
+    #[arg(long, value_parser = choice::<ctxsteer::data::Form>(), value_delimiter = ',')]
+    pub forms: Option<Vec<ctxsteer::data::Form>>,
     /// Weight of the keep-what-you-know KL term against the answer cross-entropy.
     #[arg(long, default_value_t = 1.0, value_parser = non_negative_f64)]
     pub keep_weight: f64,
@@ -97,7 +93,7 @@ pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
         epochs: a.epochs,
         lr: a.lr,
         batch: a.batch_size,
-        forms: a.forms.clone(),
+        forms: forms_for(&model, a.forms.as_deref()),
         keep_weight: a.keep_weight,
         seed: a.seed,
         irrelevant: a.irrelevant,
@@ -135,4 +131,21 @@ pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
         reft.meta.train.neutral
     );
     Ok(())
+}
+
+/// The forms given, else both when the model has a chat template and completion alone when it
+/// has none (saying so).
+fn forms_for(
+    model: &ctxsteer::Model,
+    given: Option<&[ctxsteer::data::Form]>,
+) -> Vec<ctxsteer::data::Form> {
+    use ctxsteer::data::Form;
+    match given {
+        Some(f) => f.to_vec(),
+        None if model.tokenizer.chat_template.is_some() => vec![Form::Completion, Form::Chat],
+        None => {
+            eprintln!("the model has no chat template: training on the completion form only");
+            vec![Form::Completion]
+        }
+    }
 }
