@@ -287,23 +287,21 @@ impl Model {
         let m = &self.inner;
         let files = one_or_many(steer)?;
         let alphas = one_or_many_f32(alpha)?;
-        let alpha_of = |i: usize| match alphas.len() {
-            0 => Ok(None),
-            1 => Ok(Some(alphas[0])),
-            n if n == files.len() => Ok(Some(alphas[i])),
-            n => Err(PyValueError::new_err(format!(
-                "give one alpha for every steer file or one per file: {} files, {n} alphas",
-                files.len()
-            ))),
-        };
+        let alphas = steer::pair_alphas(files.len(), &alphas).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "give one alpha for every steer file or one per file: {} files, {} alphas",
+                files.len(),
+                alphas.len()
+            ))
+        })?;
         let opts = SteerOptions {
             positions: self::positions(positions)?,
             ..Default::default()
         };
         let mut plans: Vec<Box<dyn Plan>> = Vec::new();
-        for (i, f) in files.iter().enumerate() {
+        for (f, alpha) in files.iter().zip(alphas) {
             let req = SteerRequest {
-                alpha: alpha_of(i)?,
+                alpha,
                 ..SteerRequest::parse(f)
             };
             plans.push(steer::plan(m, &req, &opts).py()?);

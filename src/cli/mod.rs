@@ -12,6 +12,7 @@ mod model_args;
 mod numbers;
 mod organism;
 mod reft;
+mod steer_args;
 
 use crate::cli::choice::choice;
 use analysis::{density_cmd, patch_cmd, probe_cmd};

@@ -3,6 +3,7 @@
 //! scratch. This module writes the world ([`world`]); training and the study build on it.
 
 pub mod train;
+pub mod vocab;
 pub mod world;
 
 pub use train::{train, Net, TrainEvent, TrainOptions, TrainState};

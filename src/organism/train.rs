@@ -285,18 +285,17 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(net: &Net) -> Result<AdamW> {
-        let zeros = |v: &Var| v.as_tensor().zeros_like();
-        let m = net
-            .vars
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), zeros(v)?)))
-            .collect::<Result<_>>()?;
-        let v = net
-            .vars
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), zeros(v)?)))
-            .collect::<Result<_>>()?;
-        Ok(AdamW { m, v, t: 0 })
+        let zeros = || -> Result<BTreeMap<String, Tensor>> {
+            net.vars
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), v.as_tensor().zeros_like()?)))
+                .collect()
+        };
+        Ok(AdamW {
+            m: zeros()?,
+            v: zeros()?,
+            t: 0,
+        })
     }
 
     /// One update of every weight from `grads`, at learning rate `lr`.

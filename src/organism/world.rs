@@ -4,6 +4,7 @@
 //! and evaluation items in ctxsteer's JSONL format, split by subject, with each item's
 //! exposure. The same options give the same bytes.
 
+use super::vocab::{tokenizer_config, tokenizer_json, words};
 use crate::data::{irrelevant_for, split_of, Distractor, Item, Variant};
 use crate::error::{Error, Result};
 use crate::stats::SplitMix;
@@ -358,6 +359,7 @@ fn facts(opts: &WorldOptions, rng: &mut SplitMix) -> Result<(Vec<Fact>, Vec<Stri
 fn corpus(
     opts: &WorldOptions,
     facts: &[Fact],
+    objects: &BTreeMap<&str, Vec<&str>>,
     readers: &[String],
     rng: &mut SplitMix,
 ) -> Vec<String> {
@@ -366,13 +368,6 @@ fn corpus(
         let r = relation(&f.relation);
         for _ in 0..f.exposure {
             lines.push(render(r.templates[rng.below(3)], &f.subject, &f.object));
-        }
-    }
-    let mut objects: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for f in facts {
-        let v = objects.entry(f.relation.as_str()).or_default();
-        if !v.contains(&f.object.as_str()) {
-            v.push(f.object.as_str());
         }
     }
     let relations: Vec<&str> = objects.keys().copied().collect();
@@ -400,6 +395,18 @@ fn corpus(
     }
     rng.shuffle(&mut lines);
     lines
+}
+
+/// Each relation's objects, in the order the facts first name them.
+fn objects_by_relation(facts: &[Fact]) -> BTreeMap<&str, Vec<&str>> {
+    let mut out: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for f in facts {
+        let v = out.entry(f.relation.as_str()).or_default();
+        if !v.contains(&f.object.as_str()) {
+            v.push(f.object.as_str());
+        }
+    }
+    out
 }
 
 /// The completion query of a relation: its first template cut before the object.
@@ -460,66 +467,6 @@ fn items_of(f: &Fact, objects: &[&str], rng: &mut SplitMix) -> Vec<Item> {
     vec![base, truth, closed]
 }
 
-/// Words as the tokenizer's pre-tokenizer splits them: runs of letters, digits and `_`, and
-/// runs of other non-space characters.
-pub fn words(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start: Option<(usize, bool)> = None;
-    for (i, c) in text.char_indices() {
-        let kind = (!c.is_whitespace()).then(|| c.is_alphanumeric() || c == '_');
-        if let Some((s, k)) = start {
-            if kind == Some(k) {
-                continue;
-            }
-            out.push(&text[s..i]);
-        }
-        start = kind.map(|k| (i, k));
-    }
-    if let Some((s, _)) = start {
-        out.push(&text[s..]);
-    }
-    out
-}
-
-/// The end-of-text token, which separates training sequences and stops generation.
-pub const EOS: &str = "<|endoftext|>";
-const UNK: &str = "<unk>";
-
-/// A word-level tokenizer over `texts` (ids by descending count, then by word), as
-/// tokenizer.json text.
-fn tokenizer_json(texts: &[&str]) -> Result<(String, usize)> {
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for t in texts {
-        for w in words(t) {
-            *counts.entry(w).or_default() += 1;
-        }
-    }
-    let mut order: Vec<(&str, usize)> = counts.into_iter().collect();
-    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let mut vocab = serde_json::Map::new();
-    for (i, w) in [EOS, UNK]
-        .into_iter()
-        .chain(order.iter().map(|(w, _)| *w))
-        .enumerate()
-    {
-        vocab.insert(w.to_string(), serde_json::json!(i));
-    }
-    let special = |id: usize, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true})
-    };
-    let n = vocab.len();
-    let v = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [special(0, EOS), special(1, UNK)],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": UNK},
-    });
-    let text = serde_json::to_string_pretty(&v).map_err(|e| Error::Invalid(e.to_string()))?;
-    Ok((text, n))
-}
-
 fn check(opts: &WorldOptions) -> Result<()> {
     let bad = |m: String| Err(Error::Invalid(m));
     if opts.relations == 0 || opts.relations > RELATIONS.len() {
@@ -556,17 +503,11 @@ pub fn build(opts: &WorldOptions, dir: &Path) -> Result<World> {
     check(opts)?;
     let mut rng = SplitMix(opts.seed ^ 0x6f72_6761_6e69_736d);
     let (facts, readers) = facts(opts, &mut rng)?;
-    let corpus = corpus(opts, &facts, &readers, &mut rng);
-    let mut by_relation: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for f in &facts {
-        let v = by_relation.entry(f.relation.as_str()).or_default();
-        if !v.contains(&f.object.as_str()) {
-            v.push(f.object.as_str());
-        }
-    }
+    let objects = objects_by_relation(&facts);
+    let corpus = corpus(opts, &facts, &objects, &readers, &mut rng);
     let mut items: Vec<Item> = Vec::new();
     for f in &facts {
-        items.extend(items_of(f, &by_relation[f.relation.as_str()], &mut rng));
+        items.extend(items_of(f, &objects[f.relation.as_str()], &mut rng));
     }
     let conflicts: Vec<Item> = items
         .iter()
@@ -592,35 +533,12 @@ pub fn build(opts: &WorldOptions, dir: &Path) -> Result<World> {
         )
         .collect();
     let (tokenizer, vocabulary) = tokenizer_json(&texts)?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    let jsonl = |v: &dyn Fn(&mut Vec<u8>) -> Result<()>| {
-        let mut b = Vec::new();
-        v(&mut b).map(|_| b)
-    };
     // In variants.jsonl every item's id names its variant, as in the built-in data.
     for it in items.iter_mut() {
         if it.variant == Some(Variant::Counterfactual) {
             it.id.push_str(":counterfactual");
         }
     }
-    let facts_bytes = jsonl(&|b| lines_of(b, &facts))?;
-    let items_bytes = jsonl(&|b| lines_of(b, &items))?;
-    let conflict_bytes = jsonl(&|b| lines_of(b, &conflicts))?;
-    crate::atomic::write(&dir.join("facts.jsonl"), &facts_bytes)?;
-    crate::atomic::write(&dir.join("variants.jsonl"), &items_bytes)?;
-    crate::atomic::write(&dir.join("conflicts.jsonl"), &conflict_bytes)?;
-    crate::atomic::write(
-        &dir.join("corpus.txt"),
-        (corpus.join("\n") + "\n").as_bytes(),
-    )?;
-    crate::atomic::write(&dir.join("tokenizer.json"), tokenizer.as_bytes())?;
-    // Prompts begin with the end-of-text token, as every training window's sentences do.
-    let tc = serde_json::json!({"bos_token": EOS, "eos_token": EOS, "unk_token": UNK,
-        "add_bos_token": true});
-    crate::atomic::write(
-        &dir.join("tokenizer_config.json"),
-        tc.to_string().as_bytes(),
-    )?;
     let world = World {
         version: 1,
         options: opts.clone(),
@@ -639,18 +557,24 @@ pub fn build(opts: &WorldOptions, dir: &Path) -> Result<World> {
         vocabulary,
         items: items.len(),
     };
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    use crate::data::write_jsonl;
+    write_jsonl(&dir.join("facts.jsonl"), &facts)?;
+    write_jsonl(&dir.join("variants.jsonl"), &items)?;
+    write_jsonl(&dir.join("conflicts.jsonl"), &conflicts)?;
+    let write = crate::atomic::write;
+    write(
+        &dir.join("corpus.txt"),
+        (corpus.join("\n") + "\n").as_bytes(),
+    )?;
+    write(&dir.join("tokenizer.json"), tokenizer.as_bytes())?;
+    write(
+        &dir.join("tokenizer_config.json"),
+        tokenizer_config().as_bytes(),
+    )?;
     let text = serde_json::to_string_pretty(&world).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::atomic::write(&dir.join("world.json"), text.as_bytes())?;
+    write(&dir.join("world.json"), text.as_bytes())?;
     Ok(world)
-}
-
-/// Each value as one JSON line.
-fn lines_of<T: Serialize>(buf: &mut Vec<u8>, values: &[T]) -> Result<()> {
-    for v in values {
-        serde_json::to_writer(&mut *buf, v).map_err(|e| Error::Invalid(e.to_string()))?;
-        buf.push(b'\n');
-    }
-    Ok(())
 }
 
 /// Read `world.json` from a world folder, saying so when the folder is not a world.

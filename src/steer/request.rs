@@ -153,10 +153,30 @@ impl Default for SteerOptions {
     }
 }
 
+/// One strength per steering file from the strengths given: none (each kind's default), one
+/// for all, or one per file in order; None when the counts fit none of these.
+pub fn pair_alphas(files: usize, alphas: &[f32]) -> Option<Vec<Option<f32>>> {
+    match alphas.len() {
+        0 => Some(vec![None; files]),
+        1 => Some(vec![Some(alphas[0]); files]),
+        m if m == files => Some(alphas.iter().map(|a| Some(*a)).collect()),
+        _ => None,
+    }
+}
+
 /// The plan one request describes for `model`, checked against it.
 pub fn plan(model: &Model, req: &SteerRequest, opts: &SteerOptions) -> Result<Box<dyn Plan>> {
+    plan_as(model, req, SteerKind::detect(&req.path)?, opts)
+}
+
+/// [`plan`] for a request whose file is already known to be of `kind`.
+pub fn plan_as(
+    model: &Model,
+    req: &SteerRequest,
+    kind: SteerKind,
+    opts: &SteerOptions,
+) -> Result<Box<dyn Plan>> {
     let path = req.path.as_path();
-    let kind = SteerKind::detect(path)?;
     let alpha = req.alpha.unwrap_or(kind.default_alpha());
     let n_layers = model.cfg().n_layers;
     let own_sites = |what: &str| {
