@@ -13,6 +13,7 @@ mod numbers;
 mod organism;
 mod reft;
 mod steer_args;
+mod study;
 
 use crate::cli::choice::choice;
 use analysis::{density_cmd, patch_cmd, probe_cmd};

@@ -17,6 +17,12 @@ pub enum OrganismCmd {
     /// `--model OUT` loads in every command; OUT/checkpoints/step-N are loadable too, and hold
     /// the optimizer's state for --resume.
     Train(TrainArgs),
+    /// Measure, per exposure bucket with bootstrap intervals, what a fact's exposure does:
+    /// closed-book recall, following or resisting a counterfactual context, robustness to
+    /// irrelevant contexts, MLP and residual density, how separable the fact's object is, and
+    /// the smallest steering strength and learned-edit scale that flip a known fact to the
+    /// context; each fitted against log-exposure, for the final model and its checkpoints.
+    Study(super::study::StudyArgs),
 }
 
 #[derive(Args)]
@@ -91,6 +97,10 @@ pub struct WorldArgs {
     /// context.
     #[arg(long, default_value_t = 0.25)]
     pub reading: f64,
+    /// Reading-only subjects (default: a quarter of --subjects, at least 20). More of them,
+    /// each read fewer times, make copying from a context a skill about any name.
+    #[arg(long, value_parser = at_least_one)]
+    pub readers: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The world folder to write.
@@ -105,6 +115,7 @@ pub(super) fn organism_cmd(c: OrganismCmd) -> Result<()> {
     match c {
         OrganismCmd::World(a) => world_cmd(a),
         OrganismCmd::Train(a) => train_cmd(a),
+        OrganismCmd::Study(a) => super::study::study_cmd(a),
     }
 }
 
@@ -118,6 +129,7 @@ fn world_cmd(a: WorldArgs) -> Result<()> {
         mentions: a.mentions,
         filler: a.filler,
         reading: a.reading,
+        readers: a.readers,
         seed: a.seed,
     };
     let w = ctxsteer::organism::build(&opts, &a.out)?;

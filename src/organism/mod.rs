@@ -1,7 +1,12 @@
 //! Model organisms: a synthetic fact world whose every fact's exposure is set, so that how
 //! familiarity becomes density and stickiness can be measured causally on models trained from
-//! scratch. This module writes the world ([`world`]); training and the study build on it.
+//! scratch. [`world`] writes the world, [`train`] trains a model on it, and [`study`] measures
+//! what exposure does ([`summary`] and [`study_report`] summarize and report it).
 
+pub mod flips;
+pub mod study;
+pub mod study_report;
+pub mod summary;
 pub mod train;
 pub mod vocab;
 pub mod world;

@@ -147,6 +147,11 @@ pub struct WorldOptions {
     /// changes.
     #[serde(default)]
     pub reading: f64,
+    /// How many reading-only subjects there are (None: a quarter of the subjects, at least
+    /// 20). More of them, each read fewer times, make copying from a context a skill about any
+    /// name rather than about a few names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readers: Option<usize>,
     pub seed: u64,
 }
 
@@ -160,6 +165,7 @@ impl Default for WorldOptions {
             mentions: 2,
             filler: 0.2,
             reading: 0.25,
+            readers: None,
             seed: 0,
         }
     }
@@ -336,7 +342,8 @@ fn facts(opts: &WorldOptions, rng: &mut SplitMix) -> Result<(Vec<Fact>, Vec<Stri
         let ending = |g: &mut SplitMix| (r.endings[g.below(r.endings.len())], r.capital);
         objects.push(names(rng, opts.objects, &mut taken, ending)?);
     }
-    let readers = names(rng, (opts.subjects / 4).max(20), &mut taken, |_| ("", true))?;
+    let n_readers = opts.readers.unwrap_or((opts.subjects / 4).max(20));
+    let readers = names(rng, n_readers, &mut taken, |_| ("", true))?;
     let schedule = parse_schedule(&opts.schedule)?;
     let exposure = schedule.assign(opts.subjects * rels.len(), rng);
     let mut out = Vec::new();

@@ -1,0 +1,282 @@
+//! `organism study`'s report: report.json, report.md and report.html (tables, and one panel
+//! per measure with exposure on the x axis: the final model with its intervals, each
+//! checkpoint as a thinner line).
+
+use super::summary::{Fit, Series, Snapshot};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A study of one model, over its checkpoints and its final weights (last).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StudyReport {
+    pub model: String,
+    pub world: String,
+    /// The command that made it.
+    pub command: String,
+    pub seconds: f64,
+    pub snapshots: Vec<Snapshot>,
+}
+
+impl StudyReport {
+    /// The final model's snapshot.
+    pub fn last(&self) -> Option<&Snapshot> {
+        self.snapshots.last()
+    }
+}
+
+/// What a fit says: rises or falls when its interval excludes 0.
+pub fn verdict(f: &Fit) -> &'static str {
+    if f.ci_low > 0.0 {
+        "rises"
+    } else if f.ci_high < 0.0 {
+        "falls"
+    } else {
+        "no clear trend"
+    }
+}
+
+/// Three significant digits or so, without scientific notation for ordinary sizes.
+fn num(v: f64) -> String {
+    match v.abs() {
+        a if a >= 10.0 => format!("{v:.1}"),
+        a if a >= 0.1 || a == 0.0 => format!("{v:.3}"),
+        a if a >= 0.001 => format!("{v:.4}"),
+        _ => format!("{v:.1e}"),
+    }
+}
+
+/// The final model's mean in its lowest and highest exposure buckets.
+fn range_cell(s: &Series) -> String {
+    match (s.points.first(), s.points.last()) {
+        (Some(a), Some(b)) => format!(
+            "{} (exposure {}) → {} (exposure {})",
+            num(a.value),
+            a.exposure,
+            num(b.value),
+            b.exposure
+        ),
+        _ => "-".into(),
+    }
+}
+
+fn fit_cell(f: &Fit) -> String {
+    format!(
+        "{} [{}, {}] ({})",
+        num(f.slope),
+        num(f.ci_low),
+        num(f.ci_high),
+        verdict(f)
+    )
+}
+
+fn table(head: &[String], rows: &[Vec<String>]) -> String {
+    let mut s = format!("| {} |\n|", head.join(" | "));
+    s += &"---|".repeat(head.len());
+    s += "\n";
+    for r in rows {
+        s += &format!("| {} |\n", r.join(" | "));
+    }
+    s
+}
+
+fn series_table(s: &Series) -> String {
+    let head = ["exposure", "n", "mean", "95% CI"].map(String::from);
+    let rows: Vec<Vec<String>> = s
+        .points
+        .iter()
+        .map(|p| {
+            vec![
+                p.exposure.to_string(),
+                p.n.to_string(),
+                num(p.value),
+                format!("[{}, {}]", num(p.ci_low), num(p.ci_high)),
+            ]
+        })
+        .collect();
+    table(&head, &rows)
+}
+
+/// The fits of every measure, one column per snapshot.
+fn fits_table(rep: &StudyReport) -> String {
+    let mut head = vec!["measure".to_string()];
+    head.extend(rep.snapshots.iter().map(|s| s.label.clone()));
+    head.push("final: lowest → highest bucket".into());
+    let names: Vec<&str> = rep
+        .last()
+        .map(|l| l.series.iter().map(|s| s.name.as_str()).collect())
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = names
+        .iter()
+        .map(|n| {
+            let mut r = vec![n.to_string()];
+            r.extend(
+                rep.snapshots
+                    .iter()
+                    .map(|s| s.series(n).map_or("-".into(), |x| fit_cell(&x.fit))),
+            );
+            r.push(
+                rep.last()
+                    .and_then(|l| l.series(n))
+                    .map_or("-".into(), range_cell),
+            );
+            r
+        })
+        .collect();
+    table(&head, &rows)
+}
+
+pub fn markdown(rep: &StudyReport) -> String {
+    let mut s = format!(
+        "# Organism study\n\nModel `{}`, world `{}`; {:.0} s in all.\n\n`{}`\n\n",
+        rep.model, rep.world, rep.seconds, rep.command
+    );
+    s += "## Slope per doubling of (1 + exposure), with 95% bootstrap intervals\n\n";
+    s += "Density: a higher Hoyer score is sparser; a higher active fraction or participation \
+          ratio is denser.\n\n";
+    s += &fits_table(rep);
+    if let Some(last) = rep.last() {
+        s += &format!(
+            "\n## By exposure: {} ({:.0} s)\n\n",
+            last.label, last.seconds
+        );
+        for n in &last.notes {
+            s += &format!("Note: {n}\n\n");
+        }
+        for x in &last.series {
+            s += &format!("### {}\n\n{}.\n\n{}\n", x.name, x.about, series_table(x));
+        }
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The markdown's tables as HTML, with the chart inlined.
+pub fn html(rep: &StudyReport, svg: &str) -> String {
+    let mut body = format!(
+        "<h1>Organism study</h1><p>Model <code>{}</code>, world <code>{}</code>; {:.0} s.</p><p><code>{}</code></p>",
+        esc(&rep.model),
+        esc(&rep.world),
+        rep.seconds,
+        esc(&rep.command)
+    );
+    body +=
+        "<h2>By exposure (final model: points with 95% intervals; checkpoints: thin lines)</h2>";
+    body += &format!(
+        "<div class=\"chart\">{}</div>",
+        svg.find("<svg").map_or(svg, |i| &svg[i..])
+    );
+    body += &format!("<pre>{}</pre>", esc(&markdown(rep)));
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Organism study</title><style>\
+         body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}\
+         .chart svg{{max-width:100%;height:auto}}pre{{white-space:pre-wrap;font-size:12px}}\
+         </style></head><body>{body}</body></html>"
+    )
+}
+
+type Area<'a> =
+    plotters::drawing::DrawingArea<plotters::prelude::SVGBackend<'a>, plotters::coord::Shift>;
+
+fn x_of(exposure: u32) -> f64 {
+    (1.0 + exposure as f64).log2()
+}
+
+/// One measure's panel.
+fn panel(rep: &StudyReport, name: &str, area: &Area) -> std::result::Result<(), String> {
+    use plotters::prelude::*;
+    let all: Vec<&Series> = rep
+        .snapshots
+        .iter()
+        .filter_map(|s| s.series(name))
+        .collect();
+    let pts = all.iter().flat_map(|s| &s.points);
+    let (lo, hi) = pts.fold((f64::MAX, f64::MIN), |a, p| {
+        (a.0.min(p.ci_low), a.1.max(p.ci_high))
+    });
+    let xmax = all
+        .iter()
+        .flat_map(|s| &s.points)
+        .map(|p| x_of(p.exposure))
+        .fold(1.0, f64::max);
+    if lo > hi {
+        return Ok(()); // no samples
+    }
+    let pad = ((hi - lo) * 0.08).max(1e-3);
+    let mut chart = ChartBuilder::on(area)
+        .caption(name, ("sans-serif", 14))
+        .margin(6)
+        .x_label_area_size(26)
+        .y_label_area_size(42)
+        .build_cartesian_2d(-0.2f64..xmax + 0.2, (lo - pad)..(hi + pad))
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_labels(6)
+        .x_label_formatter(&|x| format!("{:.0}", x.exp2() - 1.0))
+        .x_desc("exposure")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let n = all.len();
+    for (k, s) in all.iter().enumerate() {
+        let last = k + 1 == n;
+        let color = if last {
+            BLUE.to_rgba()
+        } else {
+            Palette99::pick(k + 1).to_rgba().mix(0.6)
+        };
+        let line = s.points.iter().map(|p| (x_of(p.exposure), p.value));
+        chart
+            .draw_series(LineSeries::new(
+                line,
+                color.stroke_width(if last { 2 } else { 1 }),
+            ))
+            .map_err(|e| e.to_string())?;
+        if last {
+            chart
+                .draw_series(s.points.iter().map(|p| {
+                    let x = x_of(p.exposure);
+                    PathElement::new(vec![(x, p.ci_low), (x, p.ci_high)], color.stroke_width(1))
+                }))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// All measures' panels in one SVG, three to a row.
+pub fn chart(rep: &StudyReport, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
+    let names: Vec<String> = rep
+        .last()
+        .map(|l| l.series.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default();
+    let rows = names.len().div_ceil(3).max(1);
+    let root = SVGBackend::new(path, (1080, 260 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let panels = root.split_evenly((rows, 3));
+    for (n, area) in names.iter().zip(panels.iter()) {
+        panel(rep, n, area).map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Write report.json, report.md, study.svg and report.html into `dir`.
+pub fn write(rep: &StudyReport, dir: &Path) -> Result<()> {
+    use crate::data::write_atomic;
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    let json = serde_json::to_vec_pretty(rep).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_atomic(&dir.join("report.json"), &json)?;
+    write_atomic(&dir.join("report.md"), markdown(rep).as_bytes())?;
+    let svg_path = dir.join("study.svg");
+    chart(rep, &svg_path)?;
+    let svg = std::fs::read_to_string(&svg_path).map_err(|e| Error::file(&svg_path, e))?;
+    write_atomic(&dir.join("report.html"), html(rep, &svg).as_bytes())
+}
