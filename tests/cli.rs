@@ -449,6 +449,24 @@ fn reft_train_and_a_manifest_choose_the_methods() {
     let out = dir.path().join("out0");
     bench(&out).assert().success();
     assert_eq!(methods(&out), ["none", "instruct", "cad", "adacad"]);
+    // --limit samples whole subjects before the dev/test split: fewer test items.
+    let test_n = |out: &std::path::Path| -> u64 {
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        r["methods"][0]["test"]["adherence"]["n"].as_u64().unwrap()
+    };
+    let lim = dir.path().join("limited");
+    bench(&lim)
+        .args(["--methods", "none", "--limit", "14"])
+        .assert()
+        .success();
+    assert!(
+        test_n(&lim) < test_n(&out),
+        "{} {}",
+        test_n(&lim),
+        test_n(&out)
+    );
     // --steer sorts what it is given: an edit joins reft's sweep. The old --reft still works and
     // says it is deprecated; a raw vector has no sweep.
     let out = dir.path().join("steer");

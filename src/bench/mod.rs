@@ -35,7 +35,7 @@ pub use irrelevant::{Irrelevant, IrrelevantSet, KindEval};
 pub use metrics::{exact_match, mean_rate, squad_normalize, Rate};
 use metrics::{mem_ratio, rate};
 pub use paired::{fill as fill_paired, paired_difference};
-pub use split::{dev_test, known_items, Split, SplitOptions};
+pub use split::{dev_test, known_items, sample_by_subject, Split, SplitOptions};
 pub use true_context::gold_rate;
 
 crate::choice_enum! {

@@ -37,6 +37,33 @@ pub fn dev_test(items: &[Item]) -> (Vec<Item>, Vec<Item>) {
     (take(S::Dev), take(S::Test))
 }
 
+/// Keep about `limit` items (whole subjects, until `limit` is reached), sampled with `seed`:
+/// `bench conflict --limit` and `bench public --limit` alike.
+pub fn sample_by_subject(mut items: Vec<Item>, limit: Option<usize>, seed: u64) -> Vec<Item> {
+    let Some(n) = limit else {
+        return items;
+    };
+    let mut subjects: Vec<String> = items.iter().map(|i| i.subject.clone()).collect();
+    subjects.sort();
+    subjects.dedup();
+    let mut keys: Vec<(u64, String)> = subjects
+        .into_iter()
+        .map(|s| (crate::data::stable_hash(&format!("{seed}:{s}")), s))
+        .collect();
+    keys.sort();
+    let mut keep = std::collections::HashSet::new();
+    let mut count = 0;
+    for (_, s) in keys {
+        if count >= n {
+            break;
+        }
+        count += items.iter().filter(|i| i.subject == s).count();
+        keep.insert(s);
+    }
+    items.retain(|i| keep.contains(&i.subject));
+    items
+}
+
 /// Known facts among `items`: those whose closed-book greedy answer is the prior.
 pub fn known_items(
     model: &Model,
@@ -312,5 +339,36 @@ impl Split {
         })?;
         e.perplexity_ratio = e.perplexity / self.base_ppl;
         Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample_by_subject;
+    use crate::data::Item;
+
+    fn item(subject: &str, k: usize) -> Item {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("{subject}:{k}"), "relation": "r", "subject": subject,
+            "question": "q", "prompt": "p", "context": "c",
+            "prior_answer": "a", "context_answer": "b"
+        }))
+        .unwrap()
+    }
+
+    /// Whole subjects until the limit is reached, the same ones for the same seed.
+    #[test]
+    fn a_sample_keeps_subjects_whole_and_is_seeded() {
+        let items: Vec<Item> = (0..20)
+            .flat_map(|s| (0..3).map(move |k| item(&format!("s{s}"), k)))
+            .collect();
+        assert_eq!(sample_by_subject(items.clone(), None, 0).len(), 60);
+        let a = sample_by_subject(items.clone(), Some(10), 0);
+        assert_eq!(a.len(), 12, "four whole subjects of three items");
+        for it in &a {
+            assert_eq!(a.iter().filter(|x| x.subject == it.subject).count(), 3);
+        }
+        assert_eq!(a, sample_by_subject(items.clone(), Some(10), 0));
+        assert_ne!(a, sample_by_subject(items, Some(10), 1));
     }
 }

@@ -228,6 +228,13 @@ pub struct BenchArgs {
     pub batch_size: usize,
     #[arg(long)]
     pub skip_invalid: bool,
+    /// About N items (whole subjects, a seeded sample, as `bench public --limit`), before the
+    /// dev/test split.
+    #[arg(long, value_parser = at_least_one)]
+    pub limit: Option<usize>,
+    /// Seed of the --limit sample.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     #[arg(long)]
     pub out: PathBuf,
 }

@@ -11,6 +11,7 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
     if skipped > 0 {
         eprintln!("skipped {skipped} invalid line(s)");
     }
+    let items = ctxsteer::bench::sample_by_subject(items, a.limit, a.seed);
     let model = a.model.load_or(WeightsMode::F32)?;
     let id = model.identity()?;
     let (methods, res) = methods_and_resources(&model, &a.with, a.form)?;

@@ -97,8 +97,9 @@ pub struct WorldArgs {
     /// context.
     #[arg(long, default_value_t = 0.25)]
     pub reading: f64,
-    /// Reading-only subjects (default: a quarter of --subjects, at least 20). More of them,
-    /// each read fewer times, make copying from a context a skill about any name.
+    /// Reading-only subjects (default: five times --subjects, at least 20). Many of them, each
+    /// read a few times, make copying from a context a skill about any name; with a quarter of
+    /// --subjects (the default before 2026-12-02), a model copies only after those names.
     #[arg(long, value_parser = at_least_one)]
     pub readers: Option<usize>,
     #[arg(long, default_value_t = 0)]

@@ -117,6 +117,10 @@ fn study_one(
         .out
         .join("snapshots")
         .join(format!("{}.json", label.replace(' ', "-")));
+    // The weights' size and time too: a model retrained into the same folder is studied anew.
+    let w = std::fs::metadata(path.join("model.safetensors")).ok();
+    let key = format!("{key} {:?}", w.map(|m| (m.len(), m.modified().ok())));
+    let key = key.as_str();
     if let Ok(text) = std::fs::read_to_string(&file) {
         if let Ok((k, s)) = serde_json::from_str::<(String, Snapshot)>(&text) {
             if k == key {

@@ -147,9 +147,9 @@ pub struct WorldOptions {
     /// changes.
     #[serde(default)]
     pub reading: f64,
-    /// How many reading-only subjects there are (None: a quarter of the subjects, at least
-    /// 20). More of them, each read fewer times, make copying from a context a skill about any
-    /// name rather than about a few names.
+    /// How many reading-only subjects there are (None: five times the subjects, at least 20).
+    /// Many of them, each read a few times, make copying from a context a skill about any
+    /// name; a few, read often, teach a model to copy only after those names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readers: Option<usize>,
     pub seed: u64,
@@ -342,7 +342,7 @@ fn facts(opts: &WorldOptions, rng: &mut SplitMix) -> Result<(Vec<Fact>, Vec<Stri
         let ending = |g: &mut SplitMix| (r.endings[g.below(r.endings.len())], r.capital);
         objects.push(names(rng, opts.objects, &mut taken, ending)?);
     }
-    let n_readers = opts.readers.unwrap_or((opts.subjects / 4).max(20));
+    let n_readers = opts.readers.unwrap_or((opts.subjects * 5).max(20));
     let readers = names(rng, n_readers, &mut taken, |_| ("", true))?;
     let schedule = parse_schedule(&opts.schedule)?;
     let exposure = schedule.assign(opts.subjects * rels.len(), rng);

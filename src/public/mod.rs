@@ -125,32 +125,6 @@ pub fn add_shots(dev: &mut Vec<Item>, test: &mut [Item], k: usize) -> Result<()>
     Ok(())
 }
 
-/// Keep at most `limit` items, sampled with `seed`, keeping items of one subject together.
-fn sample(mut items: Vec<Item>, limit: Option<usize>, seed: u64) -> Vec<Item> {
-    let Some(n) = limit else {
-        return items;
-    };
-    let mut subjects: Vec<String> = items.iter().map(|i| i.subject.clone()).collect();
-    subjects.sort();
-    subjects.dedup();
-    let mut keys: Vec<(u64, String)> = subjects
-        .into_iter()
-        .map(|s| (data::stable_hash(&format!("{seed}:{s}")), s))
-        .collect();
-    keys.sort();
-    let mut keep = std::collections::HashSet::new();
-    let mut count = 0;
-    for (_, s) in keys {
-        if count >= n {
-            break;
-        }
-        count += items.iter().filter(|i| i.subject == s).count();
-        keep.insert(s);
-    }
-    items.retain(|i| keep.contains(&i.subject));
-    items
-}
-
 /// Run one benchmark, method by method; each finished method is saved to `opts.parts`.
 pub fn run_one(
     model: &Model,
@@ -228,11 +202,11 @@ fn items_used(
 ) -> Result<(usize, Vec<Item>, String)> {
     let all = load(dir, b)?;
     let hash = data::content_hash(&all);
-    let mut items = sample(all, opts.limit, opts.seed);
+    let mut items = crate::bench::sample_by_subject(all, opts.limit, opts.seed);
     data::split_dev_test(&mut items, opts.seed, opts.dev_share);
     let (mut dev, mut test) = bench::dev_test(&items);
     add_shots(&mut dev, &mut test, shots_for(b, opts))?;
-    let dev = sample(dev, opts.dev_limit, opts.seed);
+    let dev = crate::bench::sample_by_subject(dev, opts.dev_limit, opts.seed);
     on(Event::Line(&format!(
         "{}: {} items ({} dev used for choosing strengths, {} test)",
         b.name(),
