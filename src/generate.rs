@@ -71,36 +71,86 @@ pub fn generate(
 ) -> Result<Generation> {
     model.validate(spec)?;
     check_fits(model, prompt_ids.len(), opts.max_tokens)?;
-    let mut hooks = Hooks::new(spec, model.cfg().n_heads).with_prompt_lens(vec![prompt_ids.len()]);
-    let mut sampler = Sampler::new(&opts.sampling);
-    let mut cache = KvCache::with_room(model.cfg().n_layers, opts.max_tokens);
-    let mut seq = prompt_ids.to_vec();
-    let mut out = Vec::new();
-    for step in 0..opts.max_tokens {
-        let logits = if opts.use_cache {
+    let mut stream = Stream::new(model, spec, prompt_ids.len(), opts);
+    let out = decode(
+        model,
+        prompt_ids,
+        opts,
+        &mut |seq, step| stream.next(seq, step),
+        on_token,
+    )?;
+    Ok(Generation {
+        prompt_ids: prompt_ids.to_vec(),
+        ids: out,
+        captures: stream.hooks.captures,
+    })
+}
+
+/// One model's side of a decoding: its cache and its hooks, fed the sequence so far.
+pub struct Stream<'a> {
+    model: &'a Model,
+    cache: KvCache,
+    pub hooks: Hooks<'a>,
+    use_cache: bool,
+}
+
+impl<'a> Stream<'a> {
+    pub fn new(model: &'a Model, spec: &'a Spec, prompt_len: usize, opts: &GenOptions) -> Self {
+        Stream {
+            model,
+            cache: KvCache::with_room(model.cfg().n_layers, opts.max_tokens),
+            hooks: Hooks::new(spec, model.cfg().n_heads).with_prompt_lens(vec![prompt_len]),
+            use_cache: opts.use_cache,
+        }
+    }
+
+    /// The next-token logits after `seq` (the prompt and the tokens generated so far); step 0
+    /// prefills, later steps feed the last token.
+    pub fn next(&mut self, seq: &[u32], step: usize) -> Result<Vec<f32>> {
+        let logits = if self.use_cache {
             let new = if step == 0 {
-                &seq[..]
+                seq
             } else {
                 &seq[seq.len() - 1..]
             };
-            model.net.forward(
+            self.model.net.forward(
                 &Batch::single(new),
-                Some(&mut cache),
-                &mut hooks,
+                Some(&mut self.cache),
+                &mut self.hooks,
                 LogitsAt::Last,
             )?
         } else {
             // A fresh capture set each step; only the last step's captures are kept.
-            hooks.captures = Captures::default();
-            model
+            self.hooks.captures = Captures::default();
+            self.model
                 .net
-                .forward(&Batch::single(&seq), None, &mut hooks, LogitsAt::Last)?
+                .forward(&Batch::single(seq), None, &mut self.hooks, LogitsAt::Last)?
         };
-        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
-        check_finite(&logits, || {
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// The next-token logits after a sequence, at a step (0: the prompt).
+pub type NextLogits<'a> = dyn FnMut(&[u32], usize) -> Result<Vec<f32>> + 'a;
+
+/// The decoding loop: `logits` gives the next-token logits after the sequence so far at each
+/// step; the sampler picks; EOS ends it when `opts` says so.
+pub fn decode(
+    model: &Model,
+    prompt_ids: &[u32],
+    opts: &GenOptions,
+    logits: &mut NextLogits,
+    on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
+    let mut sampler = Sampler::new(&opts.sampling);
+    let mut seq = prompt_ids.to_vec();
+    let mut out = Vec::new();
+    for step in 0..opts.max_tokens {
+        let l = logits(&seq, step)?;
+        check_finite(&l, || {
             format!("generated token {step} (position {})", seq.len())
         })?;
-        let next = sampler.next(&logits);
+        let next = sampler.next(&l);
         if opts.stop_at_eos && Some(next) == model.tokenizer.eos_id {
             break;
         }
@@ -108,11 +158,7 @@ pub fn generate(
         out.push(next);
         on_token(next)?;
     }
-    Ok(Generation {
-        prompt_ids: prompt_ids.to_vec(),
-        ids: out,
-        captures: hooks.captures,
-    })
+    Ok(out)
 }
 
 /// An error when `logits` hold a NaN or an infinity: corrupt weights or an intervention that

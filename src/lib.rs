@@ -23,6 +23,7 @@ pub mod organism;
 pub mod patch;
 pub mod probe;
 pub mod progress;
+pub mod proxy;
 pub mod public;
 pub mod reft;
 pub mod report;

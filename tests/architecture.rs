@@ -1,5 +1,5 @@
 //! The library's modules import only downward: engine (`model`, `hooks`) → observations
-//! (`data`, `label`, `capture`, `generate`, `journal`) → analyses and interventions (`probe`,
+//! (`data`, `label`, `capture`, `generate`, `proxy`, `journal`) → analyses and interventions (`probe`,
 //! `steer`, `patch`, `density`, `reft`, `speed`) → evaluation (`bench`, `public`, `report`) →
 //! `demo`; the command line sits on top and the library never names clap.
 
@@ -10,7 +10,7 @@ fn layer(module: &str) -> Option<usize> {
     Some(match module {
         "error" | "atomic" | "choice" | "stats" | "progress" | "choice_enum" => 0,
         "hooks" | "model" => 1,
-        "data" | "label" | "capture" | "generate" | "journal" => 2,
+        "data" | "label" | "capture" | "generate" | "journal" | "proxy" => 2,
         "probe" | "steer" | "patch" | "density" | "reft" | "speed" | "organism" => 3,
         "bench" | "public" | "report" => 4,
         "demo" => 5,

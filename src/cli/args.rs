@@ -434,6 +434,17 @@ pub struct GenerateArgs {
     /// CAD strength: logits = (1+beta)*with - beta*without (cad only).
     #[arg(long, default_value_t = 0.5, value_parser = non_negative_f32)]
     pub cad_beta: f32,
+    /// Proxy-tuning (Liu et al. 2024): a tuned model (a .gguf, a folder or a short name) whose
+    /// logit shift against --proxy-base is added at every step: logits = model + alpha *
+    /// (expert - base). All three must share a tokenizer. Plain decoding only.
+    #[arg(long, value_name = "MODEL", requires = "proxy_base")]
+    pub proxy_expert: Option<PathBuf>,
+    /// The untuned model the expert was tuned from.
+    #[arg(long, value_name = "MODEL", requires = "proxy_expert")]
+    pub proxy_base: Option<PathBuf>,
+    /// Weight of the expert's shift (1: the paper's; 0: the model alone).
+    #[arg(long, default_value_t = 1.0)]
+    pub proxy_alpha: f32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -40,6 +40,9 @@ pub(super) fn info(args: &ModelArgs, json: bool) -> Result<()> {
 pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
     let model = a.model.load()?;
     if a.decoding != Decoding::Plain {
+        if a.proxy_expert.is_some() {
+            bail!("--proxy-expert works with plain decoding; drop --decoding or the proxy");
+        }
         return cad_generate(&model, &a);
     }
     if a.context.is_some() {
@@ -61,10 +64,11 @@ pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
         sampling,
         ..Default::default()
     };
+    let proxy = proxy(&a, &model)?;
     let mut stdout = std::io::stdout();
     let mut printed = String::new();
     let mut so_far = Vec::new();
-    let g = generate(&model, &ids, &spec, &opts, &mut |t| {
+    let mut on_token = |t| {
         if !a.json {
             // Decode the whole tail so multi-byte characters split over tokens print whole.
             so_far.push(t);
@@ -76,8 +80,33 @@ pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
             }
         }
         Ok(())
-    })?;
+    };
+    let g = match &proxy {
+        Some(p) => ctxsteer::proxy::generate(&model, p, &ids, &spec, &opts, &mut on_token)?,
+        None => generate(&model, &ids, &spec, &opts, &mut on_token)?,
+    };
     finish_output(&model, &a, &g.ids, &printed)
+}
+
+/// The proxy models `--proxy-expert` and `--proxy-base` name, loaded as the model was.
+fn proxy(a: &GenerateArgs, model: &Model) -> Result<Option<ctxsteer::proxy::Proxy>> {
+    let (Some(e), Some(b)) = (&a.proxy_expert, &a.proxy_base) else {
+        return Ok(None);
+    };
+    let load = |p: &std::path::Path, flag: &str| -> Result<Model> {
+        let args = super::ModelArgs {
+            model: Some(p.to_path_buf()),
+            ..a.model.clone()
+        };
+        args.load().with_context(|| flag.to_string())
+    };
+    let p = ctxsteer::proxy::Proxy {
+        expert: load(e, "--proxy-expert")?,
+        base: load(b, "--proxy-base")?,
+        alpha: a.proxy_alpha,
+    };
+    p.check(model)?;
+    Ok(Some(p))
 }
 
 /// Greedy, or top-p sampling when a temperature is given.

@@ -1,0 +1,138 @@
+//! Proxy-tuning in `generate`: logits = model + alpha * (expert - base), on tiny organisms.
+
+use ctxsteer::organism::{self, WorldOptions};
+use std::path::{Path, PathBuf};
+
+fn world(dir: &Path, seed: u64) -> PathBuf {
+    let w = dir.join(format!("w{seed}"));
+    let o = WorldOptions {
+        subjects: 12,
+        relations: 1,
+        objects: 4,
+        schedule: "16".into(),
+        filler: 0.1,
+        seed,
+        ..Default::default()
+    };
+    organism::build(&o, &w).unwrap();
+    w
+}
+
+fn train(world: &Path, out: &Path, steps: usize, seed: u64) {
+    let opts = organism::TrainOptions {
+        layers: 1,
+        d_model: 32,
+        heads: 2,
+        d_mlp: 64,
+        steps,
+        batch: 8,
+        seq: 24,
+        lr: 1e-2,
+        warmup: 10,
+        seed,
+        ..Default::default()
+    };
+    organism::train(world, out, &opts, false, &mut |_| Ok(())).unwrap();
+}
+
+/// The token ids `generate --json` gives with `extra` arguments.
+fn tokens(model: &Path, extra: &[&std::ffi::OsStr]) -> Vec<u64> {
+    let out = assert_cmd::Command::cargo_bin("ctxsteer")
+        .unwrap()
+        .args(["generate", "--json", "--max-tokens", "8", "--model"])
+        .arg(model)
+        .args(extra)
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    v["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn proxy_tuning_adds_the_experts_shift() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world(dir.path(), 0);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    train(&w, &a, 200, 0);
+    train(&w, &b, 8, 1);
+    let text = std::fs::read_to_string(w.join("facts.jsonl")).unwrap();
+    let fact: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let prompt = format!("{} lives in", fact["subject"].as_str().unwrap());
+    let p = std::ffi::OsStr::new;
+    let gen = |m: &Path, extra: &[&std::ffi::OsStr]| {
+        let mut args = vec![p("--prompt"), p(&prompt)];
+        args.extend_from_slice(extra);
+        tokens(m, &args)
+    };
+    let plain_a = gen(&a, &[]);
+    let plain_b = gen(&b, &[]);
+    assert_ne!(
+        plain_a, plain_b,
+        "the two models should differ for this test to mean anything"
+    );
+    // expert = base: no shift, the model's own tokens, whatever alpha.
+    let same = gen(
+        &a,
+        &[
+            p("--proxy-expert"),
+            b.as_os_str(),
+            p("--proxy-base"),
+            b.as_os_str(),
+            p("--proxy-alpha"),
+            p("3"),
+        ],
+    );
+    assert_eq!(same, plain_a);
+    // base = the model, alpha 1: the expert's logits, so the expert's tokens.
+    let to_b = gen(
+        &a,
+        &[
+            p("--proxy-expert"),
+            b.as_os_str(),
+            p("--proxy-base"),
+            a.as_os_str(),
+        ],
+    );
+    assert_eq!(to_b, plain_b);
+    // alpha 0: the model alone.
+    let off = gen(
+        &a,
+        &[
+            p("--proxy-expert"),
+            b.as_os_str(),
+            p("--proxy-base"),
+            a.as_os_str(),
+            p("--proxy-alpha"),
+            p("0"),
+        ],
+    );
+    assert_eq!(off, plain_a);
+}
+
+#[test]
+fn proxy_tuning_refuses_another_tokenizer_and_a_lone_expert() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w0, w1) = (world(dir.path(), 0), world(dir.path(), 1));
+    let (a, c) = (dir.path().join("a"), dir.path().join("c"));
+    train(&w0, &a, 5, 0);
+    train(&w1, &c, 5, 0);
+    let run = |extra: &[&Path], flags: &[&str]| {
+        let mut cmd = assert_cmd::Command::cargo_bin("ctxsteer").unwrap();
+        cmd.args(["generate", "--prompt", "a", "--max-tokens", "2", "--model"])
+            .arg(&a);
+        for (f, p) in flags.iter().zip(extra) {
+            cmd.arg(f).arg(p);
+        }
+        let out = cmd.assert().failure();
+        String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+    };
+    let e = run(&[&c, &a], &["--proxy-expert", "--proxy-base"]);
+    assert!(e.contains("does not share the model's tokenizer"), "{e}");
+    let e = run(&[&a], &["--proxy-expert"]);
+    assert!(e.contains("--proxy-base"), "{e}");
+}
