@@ -1508,3 +1508,22 @@ fn options_and_specs_that_would_do_nothing_are_refused() {
     assert_eq!(tokens(&huge), tokens(&unit));
     assert_ne!(tokens(&unit), tokens(&[0.0; 64].map(|_: f32| -0.125)));
 }
+
+/// `patch --positions` takes capture's name for the subject's last token, and its earlier one.
+#[test]
+fn patch_positions_take_one_name_per_place() {
+    let run = |v: &str| {
+        let out = bin()
+            .args(["patch", "--data", "/nonexistent/x.jsonl", "--out", "/nonexistent/o"])
+            .args(["--positions", v])
+            .assert()
+            .failure();
+        String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+    };
+    for ok in ["subject-last", "subject", "last", "all"] {
+        let e = run(ok);
+        assert!(!e.contains("invalid value"), "{ok}: {e}");
+    }
+    let e = run("middle");
+    assert!(e.contains("invalid value") && e.contains("subject-last"), "{e}");
+}

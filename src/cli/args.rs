@@ -1,7 +1,7 @@
 //! The argument types shared by the subcommands, and the helpers that turn them into a model,
 //! a dataset or a steering plan.
 
-use crate::cli::choice::choice;
+use crate::cli::choice::{choice, choice_or};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -253,8 +253,9 @@ pub struct PatchArgs {
     pub target: ctxsteer::patch::Variant,
     #[arg(long, value_parser = choice::<ctxsteer::patch::PatchSites>(), default_value = "resid-post")]
     pub sites: ctxsteer::patch::PatchSites,
-    /// Which positions: every shared query token, the subject's last token, or the last token.
-    #[arg(long, value_parser = choice::<ctxsteer::patch::PatchPositions>(), default_value = "last")]
+    /// Which positions: every shared query token, the subject's last token, or the last token
+    /// (`subject-last` and `last` as in `capture --positions`; `subject` is its earlier name).
+    #[arg(long, value_parser = choice_or::<ctxsteer::patch::PatchPositions>(&[("subject", "subject-last")]), default_value = "last")]
     pub positions: ctxsteer::patch::PatchPositions,
     /// With --positions all: at most this many query tokens from the end.
     #[arg(long, default_value_t = 8, value_parser = at_least_one)]

@@ -6,7 +6,20 @@ use ctxsteer::choice::Choice;
 
 /// A parser for `--flag NAME` taking one of `T`'s names.
 pub fn choice<T: Choice + Clone + Send + Sync>() -> impl TypedValueParser<Value = T> {
-    let values = T::CHOICES.iter().map(|c| {
+    choice_or::<T>(&[])
+}
+
+/// [`choice`], also taking the earlier names in `old` (earlier, current) as hidden aliases.
+pub fn choice_or<T: Choice + Clone + Send + Sync>(
+    old: &'static [(&'static str, &'static str)],
+) -> impl TypedValueParser<Value = T> {
+    let values = T::CHOICES.iter().map(move |c| {
+        let mut v = PossibleValue::new(c.name);
+        for (earlier, now) in old {
+            if *now == c.name {
+                v = v.alias(*earlier);
+            }
+        }
         let help: Vec<&str> = c
             .help
             .lines()
@@ -14,8 +27,8 @@ pub fn choice<T: Choice + Clone + Send + Sync>() -> impl TypedValueParser<Value 
             .filter(|l| !l.is_empty())
             .collect();
         match help.is_empty() {
-            true => PossibleValue::new(c.name),
-            false => PossibleValue::new(c.name).help(help.join(" ")),
+            true => v,
+            false => v.help(help.join(" ")),
         }
     });
     PossibleValuesParser::new(values)

@@ -43,8 +43,12 @@ crate::choice_enum! {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PatchPositions {
+    /// Every query token the two prompts share (up to --max-positions from the end).
     All = "all",
-    Subject = "subject",
+    /// The last token of the subject's mention.
+    #[serde(rename = "subject")]
+    Subject = "subject-last",
+    /// The prompt's last token.
     Last = "last",
 }
 }
