@@ -1514,7 +1514,13 @@ fn options_and_specs_that_would_do_nothing_are_refused() {
 fn patch_positions_take_one_name_per_place() {
     let run = |v: &str| {
         let out = bin()
-            .args(["patch", "--data", "/nonexistent/x.jsonl", "--out", "/nonexistent/o"])
+            .args([
+                "patch",
+                "--data",
+                "/nonexistent/x.jsonl",
+                "--out",
+                "/nonexistent/o",
+            ])
             .args(["--positions", v])
             .assert()
             .failure();
@@ -1525,5 +1531,8 @@ fn patch_positions_take_one_name_per_place() {
         assert!(!e.contains("invalid value"), "{ok}: {e}");
     }
     let e = run("middle");
-    assert!(e.contains("invalid value") && e.contains("subject-last"), "{e}");
+    assert!(
+        e.contains("invalid value") && e.contains("subject-last"),
+        "{e}"
+    );
 }
