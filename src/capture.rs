@@ -445,8 +445,33 @@ pub fn last_position_acts(
     spec: &Spec,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
+    let mut all = last_position_acts_at(
+        model,
+        items,
+        &[site],
+        form,
+        with_context,
+        batch_size,
+        spec,
+        progress,
+    )?;
+    Ok(all.pop().unwrap_or_default())
+}
+
+/// [`last_position_acts`] at several sites from one pass: per site, per item.
+#[allow(clippy::too_many_arguments)]
+pub fn last_position_acts_at(
+    model: &Model,
+    items: &[Item],
+    sites: &[Site],
+    form: Form,
+    with_context: bool,
+    batch_size: usize,
+    spec: &Spec,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Vec<Vec<f32>>>> {
     let opts = CaptureOptions {
-        sites: vec![site],
+        sites: sites.to_vec(),
         positions: PosMode::Last,
         form,
         with_context,
@@ -454,13 +479,15 @@ pub fn last_position_acts(
         shard_size: items.len().max(1),
     };
     let mut full = spec.clone();
-    full.push(crate::hooks::Intervention::new(
-        site,
-        Positions::Last,
-        crate::hooks::Action::Capture,
-    ));
+    for site in sites {
+        full.push(crate::hooks::Intervention::new(
+            *site,
+            Positions::Last,
+            crate::hooks::Action::Capture,
+        ));
+    }
     let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let mut out = vec![vec![]; items.len()];
+    let mut out = vec![vec![vec![]; items.len()]; sites.len()];
     let prompts: Vec<Vec<u32>> = items
         .iter()
         .map(|it| prompt(model, it, &opts).map(|p| p.1))
@@ -471,11 +498,13 @@ pub fn last_position_acts(
     for chunk in order.chunks(batch_size.max(1)) {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|i| prompts[*i].clone()).collect();
         let (_, caps) = model.run(&Batch::left_padded(&ids, pad), &full, LogitsAt::Last)?;
-        for (r, i) in chunk.iter().enumerate() {
-            out[*i] = caps
-                .at(site, r, ids[r].len() - 1)
-                .ok_or_else(|| Error::Invalid(format!("no capture at {site}")))?
-                .to_vec();
+        for (s, site) in sites.iter().enumerate() {
+            for (r, i) in chunk.iter().enumerate() {
+                out[s][*i] = caps
+                    .at(*site, r, ids[r].len() - 1)
+                    .ok_or_else(|| Error::Invalid(format!("no capture at {site}")))?
+                    .to_vec();
+            }
         }
         progress(chunk.len());
     }

@@ -18,6 +18,7 @@ pub mod generate;
 pub mod hooks;
 pub mod journal;
 pub mod label;
+pub mod markup;
 pub mod model;
 pub mod organism;
 pub mod patch;

@@ -128,19 +128,32 @@ impl SplitMix {
 
 /// Bootstrap 95% interval of the mean of `values` (percentile method).
 pub fn bootstrap_ci(values: &[f64], reps: usize, seed: u64) -> (f64, f64) {
+    bootstrap(values, reps, seed, |v| {
+        v.iter().sum::<f64>() / v.len() as f64
+    })
+}
+
+/// The 95% percentile bootstrap interval of `stat` over `values`, resampled `reps` times with
+/// `seed`; (0, 0) for no values.
+pub fn bootstrap<T: Copy>(
+    values: &[T],
+    reps: usize,
+    seed: u64,
+    stat: impl Fn(&[T]) -> f64,
+) -> (f64, f64) {
     if values.is_empty() {
         return (0.0, 0.0);
     }
     let mut rng = SplitMix(seed);
-    let mut means: Vec<f64> = (0..reps)
+    let mut stats: Vec<f64> = (0..reps)
         .map(|_| {
-            (0..values.len())
+            let re: Vec<T> = (0..values.len())
                 .map(|_| values[rng.below(values.len())])
-                .sum::<f64>()
-                / values.len() as f64
+                .collect();
+            stat(&re)
         })
         .collect();
-    means.sort_by(f64::total_cmp);
-    let at = |q: f64| means[((q * (reps - 1) as f64).round() as usize).min(reps - 1)];
+    stats.sort_by(f64::total_cmp);
+    let at = |q: f64| stats[((q * (reps - 1) as f64).round() as usize).min(reps - 1)];
     (at(0.025), at(0.975))
 }

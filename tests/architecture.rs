@@ -8,7 +8,7 @@ use std::path::Path;
 
 fn layer(module: &str) -> Option<usize> {
     Some(match module {
-        "error" | "atomic" | "choice" | "stats" | "progress" | "choice_enum" => 0,
+        "error" | "atomic" | "choice" | "stats" | "progress" | "choice_enum" | "markup" => 0,
         "hooks" | "model" => 1,
         "data" | "label" | "capture" | "generate" | "journal" | "proxy" => 2,
         "probe" | "steer" | "patch" | "density" | "reft" | "speed" | "organism" => 3,

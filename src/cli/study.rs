@@ -53,18 +53,14 @@ pub struct StudyArgs {
 fn snapshots(a: &StudyArgs, model: &Path) -> Result<Vec<(String, Option<usize>, PathBuf)>> {
     let mut out = Vec::new();
     let dir = model.join("checkpoints");
-    let mut ckpts: Vec<(usize, PathBuf)> = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter_map(|p| {
-                let text = std::fs::read_to_string(p.join("trainer.json")).ok()?;
-                let state: ctxsteer::organism::TrainState = serde_json::from_str(&text).ok()?;
-                Some((state.step, p))
-            })
-            .collect(),
-        Err(_) => vec![],
-    };
-    ckpts.sort();
+    let ckpts: Vec<(usize, PathBuf)> = ctxsteer::organism::train::checkpoints(model)
+        .into_iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p.join("trainer.json")).ok()?;
+            let state: ctxsteer::organism::TrainState = serde_json::from_str(&text).ok()?;
+            Some((state.step, p))
+        })
+        .collect();
     let wanted: Option<Vec<usize>> = match a.checkpoints.as_str() {
         "all" => None,
         "none" => Some(vec![]),

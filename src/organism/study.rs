@@ -373,20 +373,23 @@ pub fn separability(
     progress: &mut Progress,
 ) -> Result<(Measure, usize)> {
     let n_l = model.cfg().n_layers;
-    progress(StudyEvent::Stage("object probe", conflicts.len() * n_l));
+    progress(StudyEvent::Stage("object probe", conflicts.len()));
+    let sites: Vec<Site> = (0..n_l)
+        .map(|l| Site::new(SiteKind::ResidPost, l))
+        .collect();
+    let acts = crate::capture::last_position_acts_at(
+        model,
+        conflicts,
+        &sites,
+        crate::data::Form::Completion,
+        false,
+        opts.batch,
+        &Spec::new(),
+        &mut |n| progress(StudyEvent::Done(n)),
+    )?;
     let mut best: Option<(f64, usize, Vec<bool>)> = None;
-    for l in 0..n_l {
-        let acts = crate::capture::last_position_acts(
-            model,
-            conflicts,
-            Site::new(SiteKind::ResidPost, l),
-            crate::data::Form::Completion,
-            false,
-            opts.batch,
-            &Spec::new(),
-            &mut |n| progress(StudyEvent::Done(n)),
-        )?;
-        let ok = nearest_mean_correct(conflicts, &acts);
+    for (l, acts) in acts.iter().enumerate() {
+        let ok = nearest_mean_correct(conflicts, acts);
         let acc = ok.iter().filter(|b| **b).count() as f64 / ok.len().max(1) as f64;
         if best.as_ref().is_none_or(|b| acc > b.0) {
             best = Some((acc, l, ok));

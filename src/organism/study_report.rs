@@ -2,8 +2,9 @@
 //! per measure with exposure on the x axis: the final model with its intervals, each
 //! checkpoint as a thinner line).
 
-use super::summary::{Fit, Series, Snapshot};
+use super::summary::{x_of, Fit, Series, Snapshot};
 use crate::error::{Error, Result};
+use crate::markup::{esc, md_table};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -70,16 +71,6 @@ fn fit_cell(f: &Fit) -> String {
     )
 }
 
-fn table(head: &[String], rows: &[Vec<String>]) -> String {
-    let mut s = format!("| {} |\n|", head.join(" | "));
-    s += &"---|".repeat(head.len());
-    s += "\n";
-    for r in rows {
-        s += &format!("| {} |\n", r.join(" | "));
-    }
-    s
-}
-
 fn series_table(s: &Series) -> String {
     let head = ["exposure", "n", "mean", "95% CI"].map(String::from);
     let rows: Vec<Vec<String>> = s
@@ -94,7 +85,7 @@ fn series_table(s: &Series) -> String {
             ]
         })
         .collect();
-    table(&head, &rows)
+    md_table(&head, &rows)
 }
 
 /// The fits of every measure, one column per snapshot.
@@ -123,7 +114,7 @@ fn fits_table(rep: &StudyReport) -> String {
             r
         })
         .collect();
-    table(&head, &rows)
+    md_table(&head, &rows)
 }
 
 pub fn markdown(rep: &StudyReport) -> String {
@@ -148,12 +139,6 @@ pub fn markdown(rep: &StudyReport) -> String {
         }
     }
     s
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// The markdown's tables as HTML, with the chart inlined.
@@ -182,10 +167,6 @@ pub fn html(rep: &StudyReport, svg: &str) -> String {
 
 type Area<'a> =
     plotters::drawing::DrawingArea<plotters::prelude::SVGBackend<'a>, plotters::coord::Shift>;
-
-fn x_of(exposure: u32) -> f64 {
-    (1.0 + exposure as f64).log2()
-}
 
 /// One measure's panel.
 fn panel(rep: &StudyReport, name: &str, area: &Area) -> std::result::Result<(), String> {

@@ -5,7 +5,7 @@
 use super::study::{self, Measure, Progress, Sample, StudyItems, StudyOptions};
 use crate::error::Result;
 use crate::model::Model;
-use crate::stats::{bootstrap_ci, SplitMix};
+use crate::stats::bootstrap_ci;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -60,7 +60,8 @@ impl Snapshot {
     }
 }
 
-fn x_of(exposure: u32) -> f64 {
+/// Where an exposure sits on the fits' axis: log2(1 + exposure).
+pub fn x_of(exposure: u32) -> f64 {
     (1.0 + exposure as f64).log2()
 }
 
@@ -86,21 +87,11 @@ pub fn slope(samples: &[Sample]) -> f64 {
 }
 
 fn fit(samples: &[Sample], seed: u64) -> Fit {
-    let mut rng = SplitMix(seed);
-    let mut slopes: Vec<f64> = (0..REPS)
-        .map(|_| {
-            let re: Vec<Sample> = (0..samples.len())
-                .map(|_| samples[rng.below(samples.len())])
-                .collect();
-            slope(&re)
-        })
-        .collect();
-    slopes.sort_by(f64::total_cmp);
-    let at = |q: f64| slopes[((q * (REPS - 1) as f64).round() as usize).min(REPS - 1)];
+    let (ci_low, ci_high) = crate::stats::bootstrap(samples, REPS, seed, slope);
     Fit {
         slope: slope(samples),
-        ci_low: if samples.is_empty() { 0.0 } else { at(0.025) },
-        ci_high: if samples.is_empty() { 0.0 } else { at(0.975) },
+        ci_low,
+        ci_high,
         n: samples.len(),
     }
 }

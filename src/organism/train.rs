@@ -432,16 +432,22 @@ pub fn save(
     std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))
 }
 
-/// The latest checkpoint under `out/checkpoints` (the highest step), if any.
-pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
-    let dir = out.join("checkpoints");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .ok()?
+/// The checkpoints under `out/checkpoints` (folders with a trainer.json), lowest step first.
+pub fn checkpoints(out: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(out.join("checkpoints")) else {
+        return vec![];
+    };
+    let mut v: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("trainer.json").exists())
         .collect();
     v.sort();
-    v.pop()
+    v
+}
+
+/// The latest checkpoint under `out/checkpoints` (the highest step), if any.
+pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
+    checkpoints(out).pop()
 }
 
 /// Reload a checkpoint: the weights, the optimizer's moments and the record.

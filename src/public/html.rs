@@ -137,11 +137,7 @@ fn emphasis(text: &str) -> String {
     s
 }
 
-pub(super) fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
+pub(super) use crate::markup::esc as escape;
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@
 
 use crate::bench::MethodResult;
 use crate::error::{Error, Result};
+use crate::markup::{esc, md_table};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -197,20 +198,6 @@ const LEGEND: &str = "TF adherence: share whose context answer has the higher te
     retention ≥ 95%, perplexity ≤ +5% and irrelevant contexts left unchanged at least as often \
     as none, less 2 points (where the data has them); else the cheapest (\"not met\").\n\n";
 
-/// A markdown table with header `h`.
-fn md_table<H: AsRef<str>>(h: &[H], rows: &[Vec<String>]) -> String {
-    let h: Vec<&str> = h.iter().map(AsRef::as_ref).collect();
-    let mut s = format!(
-        "| {} |\n|{}|\n",
-        h.join(" | "),
-        vec!["---"; h.len()].join("|")
-    );
-    for r in rows {
-        s += &format!("| {} |\n", r.join(" | "));
-    }
-    s
-}
-
 /// Each swept method's settings on dev, one line per method.
 fn md_sweeps(rep: &Report) -> String {
     let mut s = "\n## Dev sweeps\n\n".to_string();
@@ -277,12 +264,6 @@ fn md_extras(rep: &Report) -> String {
         }
     }
     s
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 fn html_table(h: &[String], rows: &[Vec<String>]) -> String {
