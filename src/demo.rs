@@ -124,6 +124,7 @@ pub fn run(
         heads: heads.prior,
         context_heads: heads.context,
         gate,
+        relevance: None,
         max_new: None,
         head_probes: None,
         reft: opts.reft.clone(),

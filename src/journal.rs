@@ -199,6 +199,15 @@ impl<'a, R: Serialize + DeserializeOwned> Scoped<'a, R> {
         old || self.journal.contains(&self.key(with_context, i, id))
     }
 
+    /// The same journal under the same scope, borrowed again.
+    pub fn reborrow(&mut self) -> Scoped<'_, R> {
+        Scoped {
+            scope: self.scope.clone(),
+            legacy: self.legacy.clone(),
+            journal: self.journal,
+        }
+    }
+
     /// The same journal under a longer scope.
     pub fn sub(&mut self, part: &str) -> Scoped<'_, R> {
         self.sub_renamed(part, part)

@@ -130,3 +130,124 @@ fn no_import_circles() {
         .collect();
     assert!(circles.is_empty(), "{}", circles.join("\n"));
 }
+
+/// Functions longer than this many lines (signature to closing brace) are split, bar the
+/// few in [`LONG_FUNCTIONS`].
+const MAX_FN_LINES: usize = 60;
+
+/// The functions still over [`MAX_FN_LINES`], each with the most lines it may have: they may
+/// shrink, not grow, and a new long function fails the test.
+const LONG_FUNCTIONS: [(&str, &str, usize); 9] = [
+    ("src/organism/world.rs", "build", 77),
+    ("src/organism/train.rs", "train", 77),
+    ("src/model/config.rs", "from_gguf", 77),
+    ("src/steer/request.rs", "plan_as", 72),
+    ("src/reft/mod.rs", "load", 66),
+    ("src/bench/split.rs", "new", 66),
+    ("src/public/mod.rs", "run_one", 65),
+    ("src/cli/reft.rs", "reft_train_cmd", 65),
+    ("src/probe/show.rs", "plot", 63),
+];
+
+/// Every function under `src/` outside `#[cfg(test)]` code: (file, name, lines). A function
+/// starts at a line `[pub[(…)]] [const] [unsafe] fn NAME` and ends at the first line that is
+/// its indentation followed by `}`; declarations without a body are skipped.
+fn function_lengths() -> Vec<(String, String, usize)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![];
+    let mut stack = vec![root.join("src")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()) {
+            match e.is_dir() {
+                true => stack.push(e),
+                false if e.extension().is_some_and(|x| x == "rs") => files.push(e),
+                false => {}
+            }
+        }
+    }
+    let mut out = vec![];
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let rel = f.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        out.extend(
+            fns_in(code)
+                .into_iter()
+                .map(|(name, n)| (rel.clone(), name, n)),
+        );
+    }
+    out
+}
+
+/// (name, lines) of each function with a body in `code`.
+fn fns_in(code: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = code.lines().collect();
+    let mut out = vec![];
+    let mut i = 0;
+    while i < lines.len() {
+        let t = lines[i].trim_start();
+        let indent = &lines[i][..lines[i].len() - t.len()];
+        let mut rest = t;
+        for p in ["pub(crate) ", "pub(super) ", "pub ", "const ", "unsafe "] {
+            rest = rest.strip_prefix(p).unwrap_or(rest);
+        }
+        let Some(sig) = rest.strip_prefix("fn ") else {
+            i += 1;
+            continue;
+        };
+        let name: String = sig
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let mut j = i;
+        while j < lines.len()
+            && !lines[j].trim_end().ends_with('{')
+            && !lines[j].trim_end().ends_with(';')
+        {
+            j += 1;
+        }
+        if j >= lines.len() || lines[j].trim_end().ends_with(';') {
+            i = j + 1;
+            continue;
+        }
+        let close = format!("{indent}}}");
+        let mut k = j + 1;
+        while k < lines.len() && lines[k].trim_end() != close {
+            k += 1;
+        }
+        out.push((name, k - i + 1));
+        i = k + 1;
+    }
+    out
+}
+
+#[test]
+fn functions_stay_short() {
+    let fns = function_lengths();
+    assert!(
+        fns.len() > 300,
+        "the scan found only {} functions",
+        fns.len()
+    );
+    let mut wrong = vec![];
+    for (file, name, n) in &fns {
+        let cap = LONG_FUNCTIONS
+            .iter()
+            .find(|(f, fname, _)| f == file && fname == name)
+            .map_or(MAX_FN_LINES, |(.., cap)| *cap);
+        if *n > cap {
+            wrong.push(format!("{file}: fn {name} has {n} lines (at most {cap})"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "split these functions:\n{}",
+        wrong.join("\n")
+    );
+    // The scan measures what it should: a known function's length, and a nested one.
+    let sample = "fn a() {\n    let x = 1;\n    fn b() {\n    }\n}\npub fn c(\n    y: u8,\n) -> u8 {\n    y\n}\nfn d();\n";
+    assert_eq!(
+        fns_in(sample),
+        vec![("a".to_string(), 5), ("c".to_string(), 5)]
+    );
+}

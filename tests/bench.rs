@@ -265,6 +265,7 @@ fn bench_runs_methods_and_writes_a_report() {
         heads: vec![(1, 2), (0, 3)],
         context_heads: vec![(1, 0)],
         gate: None,
+        relevance: None,
         max_new: None,
         head_probes: None,
         reft: vec![],
@@ -350,6 +351,7 @@ fn bench_runs_methods_and_writes_a_report() {
             heads: vec![],
             context_heads: vec![],
             gate: None,
+            relevance: None,
             max_new: None,
             head_probes: None,
             reft: vec![],
@@ -368,6 +370,7 @@ fn bench_runs_methods_and_writes_a_report() {
             heads: vec![(1, 2)],
             context_heads: vec![(1, 0)],
             gate: None,
+            relevance: None,
             max_new: None,
             head_probes: None,
             reft: vec![],
@@ -494,6 +497,7 @@ fn the_needs_table_agrees_with_what_each_sweep_refuses() {
         heads: vec![],
         context_heads: vec![],
         gate: None,
+        relevance: None,
         max_new: None,
         head_probes: None,
         reft: vec![],
@@ -546,4 +550,64 @@ fn head_rankings_read_typed_heads_and_earlier_files() {
     // A typed cell keeps its head through JSON; an untyped one writes no field.
     let text = serde_json::to_string(&r.cells[0]).unwrap();
     assert!(text.contains("\"head\":0"), "{text}");
+}
+
+/// `bench conflict --resume`: a rerun takes every run from the journal and gives the same
+/// results; a method whose artefacts changed (another head ranking) runs again, the others do
+/// not; and without resume a journal that holds runs is refused.
+#[test]
+fn bench_conflict_resumes_from_its_journal_and_reruns_what_changed() {
+    use ctxsteer::journal::Journal;
+    use ctxsteer::label::Run;
+    let (dir, path) = common::tiny::temp();
+    let m = Model::load(&path, WeightsMode::F32).unwrap();
+    let its = items();
+    let res = Resources {
+        probes: None,
+        heads: vec![(1, 2), (0, 3)],
+        context_heads: vec![(1, 0)],
+        gate: None,
+        relevance: None,
+        max_new: None,
+        head_probes: None,
+        reft: vec![],
+    };
+    let methods = [Method::None, Method::Cad, Method::Heads];
+    let o = bench::SplitOptions::new(Form::Completion, 4);
+    let jpath = dir.path().join("parts/conflict.runs.jsonl");
+    let run = |res: &Resources, resume: bool| {
+        let mut j = Journal::<Run>::open(&jpath, resume).unwrap();
+        let out = bench::run_journaled(&m, &its, &methods, res, &o, Some(&mut j), &mut |_| {});
+        (out.unwrap(), j.len())
+    };
+    let (first, n) = run(&res, false);
+    assert!(n > 0 && first.iter().all(|r| r.reused_runs == 0));
+    let (again, n2) = run(&res, true);
+    assert_eq!(n2, n, "a rerun on the same inputs runs nothing new");
+    for (a, b) in first.iter().zip(&again) {
+        assert!(b.reused_runs > 0, "{}", a.method.name());
+        assert_eq!(a.chosen, b.chosen);
+        assert_eq!(a.test.adherence.value, b.test.adherence.value);
+        assert_eq!(a.test.adherent, b.test.adherent);
+        assert_eq!(
+            a.gold.as_ref().map(|g| g.value),
+            b.gold.as_ref().map(|g| g.value)
+        );
+    }
+    let other = Resources {
+        heads: vec![(0, 1)],
+        ..res.clone()
+    };
+    let (changed, n3) = run(&other, true);
+    assert!(n3 > n, "the new ranking's runs are added");
+    assert!(changed[0].reused_runs > 0 && changed[1].reused_runs > 0);
+    assert_eq!(
+        changed[2].reused_runs, 0,
+        "heads ran again with the new ranking"
+    );
+    let refused = Journal::<Run>::open(&jpath, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(refused.contains("--resume"), "{refused}");
 }

@@ -330,6 +330,19 @@ fn conflict_counts_no_context_as_no_conflict() {
     assert_eq!(of(&row), Some(false));
     row.variant = None;
     assert_eq!(of(&row), None);
+    // The relevance gate's target: a context about the queried subject, against one about
+    // another; prompts without a context say nothing about it.
+    let rel = |v: Option<Variant>| {
+        let mut r = row.clone();
+        r.variant = v;
+        probe::target_of(&r, Target::Relevant)
+    };
+    assert_eq!(rel(Some(Variant::Counterfactual)), Some(true));
+    assert_eq!(rel(Some(Variant::TrueContext)), Some(true));
+    assert_eq!(rel(Some(Variant::Irrelevant)), Some(false));
+    assert_eq!(rel(Some(Variant::NoContext)), None);
+    assert_eq!(rel(Some(Variant::Neutral)), None);
+    assert_eq!(rel(None), None);
 }
 
 #[test]

@@ -334,6 +334,7 @@ fn bench_sweeps_the_trained_edits_on_dev() {
         heads: vec![],
         context_heads: vec![],
         gate: None,
+        relevance: None,
         max_new: None,
         head_probes: None,
         reft: vec![a, b],
@@ -427,6 +428,7 @@ fn reft_gated_is_reft_where_the_gate_fires_and_none_where_it_does_not() {
             heads: vec![],
             context_heads: vec![],
             gate: Some(gate(bias)),
+            relevance: None,
             max_new: None,
             head_probes: None,
             reft: vec![edit.clone()],
@@ -446,4 +448,97 @@ fn reft_gated_is_reft_where_the_gate_fires_and_none_where_it_does_not() {
     assert_ne!(key(&reft), key(&none), "the edit changes something");
     assert_eq!(key(&run(Method::ReftGated, 100.0)), key(&reft));
     assert_eq!(key(&run(Method::ReftGated, -100.0)), key(&none));
+}
+
+/// The gated sweep tries the edit at its trained size and at twice it, behind the conflict gate;
+/// given a `relevant` probe as well, behind both gates: where the relevance gate never fires
+/// every setting is none, whatever the conflict gate says.
+#[test]
+fn reft_gated_sweeps_scales_and_a_second_gate_that_must_also_fire() {
+    use ctxsteer::bench::{self, Method, Params, Resources};
+    use ctxsteer::probe::{Metrics, SiteProbe, Target};
+    let (_d, m) = tiny(WeightsMode::F32);
+    let edit = ctxsteer::reft::train(&m, &items(), &[], &train_opts([0], 1, 1e-2, 1), &mut |_| {})
+        .unwrap();
+    let probe = |target: Target, bias: f32| {
+        let site = SiteProbe {
+            site: "blocks.1.hook_resid_post".into(),
+            weights: vec![0.0; common::tiny::D_MODEL],
+            bias,
+            mean: vec![0.0; common::tiny::D_MODEL],
+            std: vec![1.0; common::tiny::D_MODEL],
+            alpha: None,
+            directions: Default::default(),
+            spread: Default::default(),
+            cosines: Default::default(),
+            metrics: Metrics::default(),
+        };
+        common::probe_file_of(&m, target, vec![site])
+    };
+    let conflict_only = Resources {
+        probes: None,
+        heads: vec![],
+        context_heads: vec![],
+        gate: Some(probe(Target::Conflict, 100.0)),
+        relevance: None,
+        max_new: None,
+        head_probes: None,
+        reft: vec![edit.clone()],
+    };
+    let both = Resources {
+        relevance: Some(probe(Target::Relevant, -100.0)),
+        ..conflict_only.clone()
+    };
+    let its = items();
+    let eval = |s: &bench::Setting| {
+        let e = bench::evaluate(&m, s, &its, &its, Form::Completion, 4).unwrap();
+        (e.adherence.value, e.tf_adherence.value, e.perplexity)
+    };
+    let plain = |e: Box<dyn ctxsteer::steer::Plan>, method| bench::Setting {
+        method,
+        strength: None,
+        params: Params::Cad { beta: 0.0 },
+        label: "x".into(),
+        plan: e,
+        cad: None,
+        instruct: false,
+    };
+    let none = eval(&plain(Box::new(ctxsteer::Spec::new()), Method::None));
+    let reft = eval(&plain(Box::new(edit.clone()), Method::Reft));
+    assert_ne!(none, reft);
+    let one = bench::grid(&m, Method::ReftGated, &conflict_only).unwrap();
+    let two = bench::grid(&m, Method::ReftGated, &both).unwrap();
+    assert_eq!((one.len(), two.len()), (6, 6), "3 margins x 2 scales");
+    let mut keys = std::collections::BTreeSet::new();
+    for s in one.iter().chain(&two) {
+        let Params::Reft {
+            scale, relevance, ..
+        } = &s.params
+        else {
+            panic!("{:?}", s.params)
+        };
+        assert!(
+            keys.insert(bench::setting_key(s.method, &s.params)),
+            "{}",
+            s.label
+        );
+        match (relevance.is_some(), scale) {
+            (true, _) => {
+                assert_eq!(eval(s), none, "{}", s.label);
+                assert!(s.label.ends_with("and the relevance gate"), "{}", s.label);
+            }
+            (false, None) => assert_eq!(eval(s), reft, "{}", s.label),
+            (false, Some(k)) => {
+                assert_eq!(*k, 2.0);
+                assert_ne!(eval(s), reft, "{}", s.label);
+            }
+        }
+    }
+    assert!(two.iter().all(|s| matches!(
+        &s.params,
+        Params::Reft {
+            relevance: Some(_),
+            ..
+        }
+    )));
 }

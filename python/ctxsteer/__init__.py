@@ -25,9 +25,10 @@ from typing import Optional, Sequence, Union
 
 from ._native import Edit, Probe, Spec
 from ._native import Model as _Model
+from ._native import bench_conflict as _bench_conflict
 from ._native import label as _label
 
-__all__ = ["Model", "Spec", "Probe", "Edit", "label"]
+__all__ = ["Model", "Spec", "Probe", "Edit", "label", "bench_conflict"]
 __version__ = "0.1.0"
 
 Strs = Union[str, Sequence[str]]
@@ -133,4 +134,65 @@ def label(
         alpha=alpha,
         gate=gate,
         gate_margin=gate_margin,
+    )
+
+
+def bench_conflict(
+    model: Model,
+    data: str,
+    out: str,
+    methods: Optional[Sequence[str]] = None,
+    form: str = "completion",
+    artefacts: str = "probes",
+    steer: Sequence[str] = (),
+    gate: Sequence[str] = (),
+    heads_from: Optional[str] = None,
+    limit: Optional[int] = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    resume: bool = False,
+) -> dict:
+    """Run ``ctxsteer bench conflict`` and return its report (``report.json``) as a dict.
+
+    Each method's setting is chosen on the dev split (retention, perplexity and irrelevant
+    contexts as bars) and measured once on test: on conflicting contexts (adherence), gold
+    contexts and irrelevant contexts. ``report.json``, ``report.md``, ``report.html`` and their
+    charts are written into ``out``, and every finished batch into
+    ``out/parts/conflict.runs.jsonl``. The call runs without the GIL but cannot be stopped
+    half-way by Ctrl-C; an interrupted process goes on where it stopped with ``resume=True``.
+
+    Args:
+        model: the model.
+        data: a JSONL file of conflicts (e.g. ``counterfactual_data/counterfactual.jsonl``).
+        out: the report's folder.
+        methods: method names (none, instruct, cad, adacad, steer, steer-gated, steer-multi,
+            clamp, iti, heads, heads-gated, reft, reft-cad, reft-gated); by default every
+            method the artefacts allow.
+        form: ``"completion"`` or ``"chat"``.
+        artefacts: a folder whose ``manifest.json`` (or a subfolder's) names the probe
+            files, gates, head ranking and edits for the loaded model.
+        steer: files to sweep, as the CLI's ``--steer``: a probe file, a per-head probe file
+            or learned edits; they take precedence over the manifest.
+        gate: gate files, as the CLI's ``--gate``: a ``conflict`` probe file and optionally a
+            ``relevant`` one.
+        heads_from: a ``patch.json`` of ``ctxsteer patch --sites heads --ablate``.
+        limit: about this many items (whole subjects, a seeded sample).
+        seed: the seed of the ``limit`` sample.
+        batch_size: prompts per forward pass.
+        resume: reuse the runs an earlier call saved in ``out``.
+    """
+    return _bench_conflict(
+        model,
+        str(data),
+        str(out),
+        methods=None if methods is None else list(methods),
+        form=form,
+        artefacts=str(artefacts),
+        steer=[str(p) for p in steer],
+        gate=[str(p) for p in gate],
+        heads_from=None if heads_from is None else str(heads_from),
+        limit=limit,
+        seed=seed,
+        batch_size=batch_size,
+        resume=resume,
     )

@@ -131,3 +131,19 @@ def label(
     gate: Optional[str] = None,
     gate_margin: float = 0.0,
 ) -> List[Dict[str, Any]]: ...
+
+def bench_conflict(
+    model: Model,
+    data: _Path,
+    out: _Path,
+    methods: Optional[List[str]] = None,
+    form: str = "completion",
+    artefacts: _Path = "probes",
+    steer: List[_Path] = [],
+    gate: List[_Path] = [],
+    heads_from: Optional[_Path] = None,
+    limit: Optional[int] = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    resume: bool = False,
+) -> Dict[str, Any]: ...

@@ -575,6 +575,80 @@ fn label<'py>(
     Ok(list)
 }
 
+/// A name of `T`'s closed set, or a ValueError naming the valid choices.
+fn choose<T: Choice>(what: &str, name: &str) -> PyResult<T> {
+    T::from_name(name).ok_or_else(|| {
+        PyValueError::new_err(format!("{what} {name:?}: valid choices are {}", T::names()))
+    })
+}
+
+/// `ctxsteer bench conflict`: sweep each method on dev, measure the chosen setting on test on
+/// conflicting, gold and irrelevant contexts, write the report into `out`; the report as a
+/// dict.
+#[pyfunction]
+#[pyo3(signature = (model, data, out, methods = None, form = "completion", artefacts = "probes",
+    steer = vec![], gate = vec![], heads_from = None, limit = None, seed = 0, batch_size = 16,
+    resume = false))]
+#[allow(clippy::too_many_arguments)]
+fn bench_conflict<'py>(
+    py: Python<'py>,
+    model: &Model,
+    data: PathBuf,
+    out: PathBuf,
+    methods: Option<Vec<String>>,
+    form: &str,
+    artefacts: &str,
+    steer: Vec<PathBuf>,
+    gate: Vec<PathBuf>,
+    heads_from: Option<PathBuf>,
+    limit: Option<usize>,
+    seed: u64,
+    batch_size: usize,
+    resume: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    use ctxsteer::bench::{Artefacts, Method};
+    let form: ctxsteer::data::Form = choose("form", form)?;
+    if batch_size == 0 || limit == Some(0) {
+        return Err(PyValueError::new_err(
+            "batch_size and limit must be at least 1",
+        ));
+    }
+    let methods = methods
+        .map(|v| v.iter().map(|m| choose::<Method>("method", m)).collect())
+        .transpose()?;
+    let (items, _) = ctxsteer::data::read_jsonl(&data, false).py()?;
+    let mut art = Artefacts {
+        heads_from,
+        ..Default::default()
+    };
+    for p in &steer {
+        art.add_steer(p).py()?;
+    }
+    for p in &gate {
+        art.add_gate(p).py()?;
+    }
+    let m = &model.inner;
+    let (art, _) = art
+        .resolve(&m.identity().py()?, std::path::Path::new(artefacts), form)
+        .py()?;
+    let methods: Vec<Method> = methods.unwrap_or_else(|| art.methods());
+    let res = art.load(m, &methods).py()?;
+    let opts = ctxsteer::report::ConflictOptions {
+        form,
+        batch_size,
+        limit,
+        seed,
+        resume,
+        out,
+        data: data.display().to_string(),
+        command: "ctxsteer.bench_conflict (Python)".into(),
+    };
+    let report = without_gil(py, |_check| {
+        ctxsteer::report::bench_conflict(m, items, &methods, &res, &opts, &mut |_| {})
+    })?;
+    from_json(py, &to_json_text(&report)?)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
@@ -582,5 +656,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Probe>()?;
     m.add_class::<Edit>()?;
     m.add_function(wrap_pyfunction!(label, m)?)?;
+    m.add_function(wrap_pyfunction!(bench_conflict, m)?)?;
     Ok(())
 }

@@ -182,6 +182,27 @@ def test_label_gives_the_cli_labels(model, tmp_path):
     assert got == want
 
 
+def test_bench_conflict_gives_the_cli_report(model, tmp_path):
+    data = ROOT / "counterfactual_data" / "counterfactual.jsonl"
+    args = ["--limit", "12", "--seed", "1", "--methods", "none,cad"]
+    cli("bench", "conflict", "--data", data, *args, "--out", tmp_path / "cli")
+    want = json.loads((tmp_path / "cli" / "report.json").read_text())
+    got = ctxsteer.bench_conflict(
+        model, data, tmp_path / "py", methods=["none", "cad"], limit=12, seed=1
+    )
+    assert (tmp_path / "py" / "report.html").exists()
+    assert [m["method"] for m in got["methods"]] == ["none", "cad"]
+    for g, w in zip(got["methods"], want["methods"]):
+        assert g["chosen"] == w["chosen"]
+        assert g["test"]["adherent"] == w["test"]["adherent"]
+        assert g["test"]["irrelevant"] == w["test"]["irrelevant"]
+        assert g["gold"] == w["gold"]
+    with pytest.raises(ValueError, match="valid choices"):
+        ctxsteer.bench_conflict(model, data, tmp_path / "bad", methods=["nope"])
+    with pytest.raises(ValueError, match="--resume"):
+        ctxsteer.bench_conflict(model, data, tmp_path / "py", methods=["none"], limit=12)
+
+
 def test_errors_are_python_exceptions_with_the_library_messages(model, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.json"):
         ctxsteer.Probe.load(tmp_path / "nope.json")

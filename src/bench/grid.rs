@@ -1,7 +1,8 @@
 //! What each method tries on dev (its grid of settings), what the sweeps may draw on (probes,
 //! ranked heads, a gate), and how the dev sweep's winner is chosen under the cost constraints.
 
-use super::{Eval, Method};
+use super::edit_grid::{reft_gated_grid, reft_grid};
+use super::Method;
 use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -46,6 +47,12 @@ pub enum Params {
         cad_beta: Option<f32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         gate_margin: Option<f32>,
+        /// The edit's change scaled by this (absent: as trained, 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scale: Option<f32>,
+        /// The hash of the `relevant` probe file that must fire too (absent: none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relevance: Option<String>,
     },
     Iti {
         heads: usize,
@@ -147,6 +154,31 @@ impl Resources {
     }
 }
 
+impl Resources {
+    /// A hash of what `m`'s settings read besides their own parameters (the probe files, the
+    /// gate, the ranked heads; the edits are in each setting's [`Params`]), so that a journal
+    /// never hands back runs made with other artefacts. None for a method that needs none.
+    pub fn fingerprint(&self, m: Method) -> Option<String> {
+        let json = |p: &Option<crate::probe::ProbeFile>| {
+            p.as_ref().map_or(String::new(), |p| {
+                serde_json::to_string(p).unwrap_or_default()
+            })
+        };
+        let parts: Vec<String> = m
+            .needs()
+            .iter()
+            .filter_map(|n| match n {
+                Need::Probes => Some(json(&self.probes)),
+                Need::HeadProbes => Some(json(&self.head_probes)),
+                Need::RankedHeads => Some(format!("{:?}{:?}", self.heads, self.context_heads)),
+                Need::Gate => Some(json(&self.gate)),
+                Need::Edit => None,
+            })
+            .collect();
+        (!parts.is_empty()).then(|| format!("{:016x}", crate::data::stable_hash(&parts.join("|"))))
+    }
+}
+
 /// What the sweeps may use: probe file for steering, heads ranked by patching.
 #[derive(Clone)]
 pub struct Resources {
@@ -158,6 +190,9 @@ pub struct Resources {
     pub context_heads: Vec<(usize, usize)>,
     /// The gate of heads-gated: a `conflict` probe file (its best site).
     pub gate: Option<crate::probe::ProbeFile>,
+    /// A second gate for reft-gated: a `relevant` probe file (its best site). With it every
+    /// setting of reft-gated's sweep runs the edit only where both gates fire.
+    pub relevance: Option<crate::probe::ProbeFile>,
     /// Greedy tokens per answer (default: the label default for the form).
     pub max_new: Option<usize>,
     /// The trained low-rank edits the `reft` method's dev sweep chooses from.
@@ -366,69 +401,12 @@ fn iti_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
     Ok(v)
 }
 
-/// Each trained edit, alone or with context-aware decoding at each of `betas`.
-fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Result<Vec<Setting>> {
-    if res.reft.is_empty() {
-        return Err(Error::Invalid(format!(
-            "method {} needs at least one trained edit",
-            m.name()
-        )));
-    }
-    let mut v = vec![];
-    for r in &res.reft {
-        for beta in betas {
-            let edit = crate::steer::Plan::describe(r);
-            v.push(Setting {
-                method: m,
-                strength: *beta,
-                params: Params::Reft {
-                    edit: r.fingerprint()?,
-                    cad_beta: *beta,
-                    gate_margin: None,
-                },
-                label: beta.map_or(edit.clone(), |b| format!("{edit} + cad beta={b}")),
-                plan: Box::new(r.clone()),
-                cad: beta.map(crate::generate::CadWeight::Fixed),
-                instruct: false,
-            });
-        }
-    }
-    Ok(v)
-}
-
-/// Each trained edit behind the conflict gate: applied only to the prompts where the gate's
-/// probe sees a context that contradicts memory. The sweep also widens the gate (margins 2 and
-/// 4 logits past the probe's boundary): it then catches more conflicts, and the dev sweep's
-/// retention bar says when it starts to touch closed-book questions.
-fn reft_gated_grid(model: &Model, res: &Resources) -> Result<Vec<Setting>> {
-    let gate = conflict_gate(model, Method::ReftGated, res)?;
-    let mut v = vec![];
-    for margin in [0.0f32, 2.0, 4.0] {
-        for mut s in reft_grid(Method::ReftGated, res, &[None])? {
-            let inner = std::mem::replace(&mut s.plan, Box::new(crate::Spec::new()));
-            s.plan = Box::new(crate::steer::Gated {
-                gate: crate::steer::Gate {
-                    margin,
-                    ..gate.clone()
-                },
-                inner,
-            });
-            s.label = match margin {
-                0.0 => format!("{} where the conflict gate fires", s.label),
-                m => format!("{} where the conflict gate fires, margin {m}", s.label),
-            };
-            s.strength = Some(margin);
-            if let Params::Reft { gate_margin, .. } = &mut s.params {
-                *gate_margin = Some(margin);
-            }
-            v.push(s);
-        }
-    }
-    Ok(v)
-}
-
 /// The gate of the gated methods: the `conflict` probe file's best site.
-fn conflict_gate(model: &Model, m: Method, res: &Resources) -> Result<crate::steer::Gate> {
+pub(super) fn conflict_gate(
+    model: &Model,
+    m: Method,
+    res: &Resources,
+) -> Result<crate::steer::Gate> {
     let pf = res.gate.as_ref().ok_or_else(|| {
         Error::Invalid(format!("method {} needs a conflict probe file", m.name()))
     })?;
@@ -504,111 +482,6 @@ fn head_label(k_up: usize, f_up: f32, k_down: usize, f_down: f32) -> String {
         parts.push(format!("top {k_down} prior heads x{f_down}"));
     }
     parts.join(" + ")
-}
-
-/// The dev bars a setting must clear to be chosen.
-#[derive(Clone, Copy, Debug)]
-pub struct Bars {
-    /// Share of the known facts still answered from memory.
-    pub retention: f64,
-    /// Perplexity of the neutral text relative to no intervention.
-    pub perplexity_ratio: f64,
-    /// Irrelevant contexts: the share left unchanged may fall at most this far below `none`'s.
-    pub irrelevant_drop: f64,
-}
-
-/// The bars of the dev sweep: retention ≥ 95%, perplexity ≤ 1.05×, irrelevant contexts left
-/// unchanged at least as often as `none` leaves them, less 2 points.
-pub const BARS: Bars = Bars {
-    retention: 0.95,
-    perplexity_ratio: 1.05,
-    irrelevant_drop: 0.02,
-};
-
-impl Bars {
-    /// The bars `e` misses, in words (empty: eligible). `irrelevant_base` is `none`'s share of
-    /// irrelevant contexts left unchanged on the same items.
-    pub fn missed(&self, e: &Eval, irrelevant_base: Option<f64>) -> Vec<String> {
-        let mut v = vec![];
-        // Retention is measured on the dev facts the model knows closed-book; where it knows
-        // none (NQ-Swap), there is nothing to lose and the bar does not apply.
-        if e.retention.n > 0 && e.retention.value < self.retention {
-            v.push(format!(
-                "retention {:.1}% < {:.0}%",
-                100.0 * e.retention.value,
-                100.0 * self.retention
-            ));
-        }
-        if e.perplexity_ratio > self.perplexity_ratio {
-            v.push(format!(
-                "perplexity ×{:.3} > ×{:.2}",
-                e.perplexity_ratio, self.perplexity_ratio
-            ));
-        }
-        if let (Some(base), Some(irr)) = (irrelevant_base, &e.irrelevant) {
-            // A small tolerance keeps a setting that equals the bar from failing on rounding.
-            if irr.unchanged.value + 1e-9 < base - self.irrelevant_drop {
-                v.push(format!(
-                    "irrelevant contexts unchanged {:.1}% < none's {:.1}% − {:.0} points",
-                    100.0 * irr.unchanged.value,
-                    100.0 * base,
-                    100.0 * self.irrelevant_drop
-                ));
-            }
-        }
-        v
-    }
-}
-
-/// What the dev sweep chose.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Chosen {
-    /// The setting measured on test.
-    pub index: usize,
-    /// Whether it clears every bar.
-    pub eligible: bool,
-    /// When none is eligible: the setting with the highest adherence, and the bars it misses.
-    pub best_ineligible: Option<(usize, Vec<String>)>,
-}
-
-/// The best dev setting: the highest adherence among those that clear every bar ([`BARS`]);
-/// if none does, the one that costs least (the highest retention, then the most irrelevant
-/// contexts left unchanged, then the lowest perplexity), flagged, with the best ineligible
-/// setting (the highest adherence) and the bars it misses.
-pub fn choose(evals: &[Eval], irrelevant_base: Option<f64>) -> Chosen {
-    let by_adherence = |a: &(usize, &Eval), b: &(usize, &Eval)| {
-        a.1.adherence.value.total_cmp(&b.1.adherence.value)
-    };
-    let eligible = evals
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| BARS.missed(e, irrelevant_base).is_empty())
-        .max_by(by_adherence);
-    if let Some((i, _)) = eligible {
-        return Chosen {
-            index: i,
-            eligible: true,
-            best_ineligible: None,
-        };
-    }
-    // The cheapest: the most retention, then the most irrelevant contexts left unchanged, then
-    // the lowest perplexity.
-    let unchanged = |e: &Eval| e.irrelevant.as_ref().map_or(0.0, |i| i.unchanged.value);
-    let cheapest = evals
-        .iter()
-        .enumerate()
-        .max_by(|(_, a), (_, b)| {
-            (a.retention.value.total_cmp(&b.retention.value))
-                .then(unchanged(a).total_cmp(&unchanged(b)))
-                .then(b.perplexity_ratio.total_cmp(&a.perplexity_ratio))
-        })
-        .map_or(0, |(i, _)| i);
-    let best = evals.iter().enumerate().max_by(by_adherence);
-    Chosen {
-        index: cheapest,
-        eligible: false,
-        best_ineligible: best.map(|(i, e)| (i, BARS.missed(e, irrelevant_base))),
-    }
 }
 
 /// Heads ranked by a heads patching result: largest mean effect first.

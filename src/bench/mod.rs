@@ -14,22 +14,26 @@
 
 use crate::data::{Form, Item};
 use crate::error::Result;
-use crate::journal::Scoped;
+use crate::journal::{Journal, Scoped};
 use crate::label::{self, Answer, LabelOptions, Run};
 use crate::model::{Batch, LogitsAt, Model};
 use crate::steer::Plan;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod artefacts;
+mod choose;
+mod edit_grid;
 mod grid;
 mod irrelevant;
 mod metrics;
 mod paired;
 mod split;
 mod true_context;
+pub use artefacts::{is_per_head, Artefacts};
+pub use choose::{choose, Bars, Chosen, BARS};
 pub use grid::{
-    choose, context_heads_from_patch, grid, heads_from_patch, setting_key, Bars, Chosen, Need,
-    Params, Resources, Setting, BARS,
+    context_heads_from_patch, grid, heads_from_patch, setting_key, Need, Params, Resources, Setting,
 };
 pub use irrelevant::{Irrelevant, IrrelevantSet, KindEval};
 pub use metrics::{exact_match, mean_rate, squad_normalize, Rate};
@@ -436,19 +440,67 @@ pub fn run(
         max_new: res.max_new,
         ..SplitOptions::new(form, batch)
     };
-    let split = Split::new(model, items, &o, None)?;
+    run_journaled(model, items, methods, res, &o, None, on)
+}
+
+/// [`run`] with a journal: every run is saved as it finishes, and a rerun (`--resume`) takes
+/// the runs it finds there instead of running them again. Its keys start with a hash of the
+/// model, its weights, the form, the answer budget and the items, so a journal written for
+/// other data or another model is never reused; then the split's or the setting's scope.
+pub fn run_journaled(
+    model: &Model,
+    items: &[Item],
+    methods: &[Method],
+    res: &Resources,
+    o: &SplitOptions,
+    journal: Option<&mut Journal<Run>>,
+    on: &mut OnEvent,
+) -> Result<Vec<MethodResult>> {
+    let root = match &journal {
+        Some(_) => journal_root(model, items, o)?,
+        None => String::new(),
+    };
+    let mut scoped = journal.map(|j| Scoped::new(j, root));
+    let hits0 = scoped.as_ref().map_or(0, |s| s.journal.hits());
+    let split = Split::new(
+        model,
+        items,
+        o,
+        scoped.as_mut().map(|s| s.sub("split")).as_mut(),
+    )?;
     on(Event::Line(&split.counts()));
     let twins: Vec<Item> = split.test.iter().filter_map(Item::true_twin).collect();
     let mut out = Vec::new();
     for m in methods {
-        let mut r = run_method(model, *m, &split, res, batch, None, on)?;
+        let before = scoped.as_ref().map_or(hits0, |s| s.journal.hits());
+        // Runs of a method that reads artefacts go under their hash as well.
+        let mut uses = match res.fingerprint(*m) {
+            Some(fp) => scoped.as_mut().map(|s| s.sub(&format!("uses {fp}"))),
+            None => scoped.as_mut().map(|s| s.reborrow()),
+        };
+        let mut r = run_method(model, *m, &split, res, o.batch, uses.as_mut(), on)?;
         if !twins.is_empty() {
-            r.gold = Some(gold_rate(model, &r, &twins, &split, res, batch, on)?);
+            let j = uses.as_mut().map(|s| s.sub("gold"));
+            r.gold = Some(gold_rate(model, &r, &twins, &split, res, j, on)?);
         }
+        drop(uses);
+        r.reused_runs = scoped.as_ref().map_or(0, |s| s.journal.hits()) - before;
         out.push(r);
     }
     paired::fill(&mut out);
     Ok(out)
+}
+
+/// The root of a conflict benchmark's journal keys: what its runs depend on besides the
+/// setting and the item.
+fn journal_root(model: &Model, items: &[Item], o: &SplitOptions) -> Result<String> {
+    let id = model.identity()?;
+    let data = serde_json::to_string(items).map_err(|e| crate::Error::Invalid(e.to_string()))?;
+    let key = format!(
+        "{}|{:?}|{:?}|{:?}|{:?}|{}|{data}",
+        id.sha256, model.weights, o.form, o.max_new, o.distractors, o.dev_one_per_query
+    );
+    Ok(format!("conflict {:016x}", crate::data::stable_hash(&key)))
 }
 
 /// One method: sweep its settings on dev (when it has several), measure the chosen on test.

@@ -128,6 +128,8 @@ pub struct Split {
     /// the dev sweep's robustness bar. None without irrelevant items.
     pub irrelevant_base: Option<f64>,
     pub form: Form,
+    /// The batch size of its runs, and of every evaluation on it.
+    pub batch: usize,
     /// Perplexity of the neutral text without intervention.
     pub base_ppl: f64,
 }
@@ -274,6 +276,7 @@ impl Split {
             test_irrelevant,
             irrelevant_base,
             form,
+            batch,
             base_ppl: perplexity(model, NEUTRAL_TEXT, &crate::Spec::new())?,
         })
     }

@@ -7,17 +7,20 @@ use super::{
 };
 use crate::data::Item;
 use crate::error::{Error, Result};
+use crate::journal::Scoped;
+use crate::label::Run;
 use crate::model::Model;
 
 /// A method's chosen setting on gold contexts, which agree with memory: the share of `twins`
-/// whose greedy answer names the true answer.
+/// whose greedy answer names the true answer. With a journal, its runs are saved under the
+/// setting's scope there and reused when found.
 pub fn gold_rate(
     model: &Model,
     r: &MethodResult,
     twins: &[Item],
     split: &Split,
     res: &Resources,
-    batch: usize,
+    journal: Option<Scoped<Run>>,
     on: &mut OnEvent,
 ) -> Result<Rate> {
     let settings = grid(model, r.method, res)?;
@@ -35,12 +38,16 @@ pub fn gold_rate(
         known: &[],
         irrelevant: &none,
     };
+    let mut journal = journal;
     let e = evaluate_with(
         model,
         s,
         &sets,
-        opts(split.form, batch, res.max_new),
-        None,
+        opts(split.form, split.batch, res.max_new),
+        journal
+            .as_mut()
+            .map(|j| j.sub(&super::setting_scope(true, s.method, &s.params)))
+            .as_mut(),
         &mut |n| on(Event::Done(n)),
     )?;
     on(Event::Line(&format!(

@@ -191,10 +191,12 @@ pub struct MethodArgs {
     /// among them).
     #[arg(long, value_delimiter = ',', value_name = "FILE")]
     pub steer: Vec<PathBuf>,
-    /// A `conflict` probe file (`probe train --label conflict` on captured variants): the gate
-    /// of heads-gated and reft-gated.
-    #[arg(long, value_name = "FILE")]
-    pub gate: Option<PathBuf>,
+    /// The gates, comma-separated or repeated, told apart by their target: a `conflict` probe
+    /// file (`probe train --label conflict` on captured variants), the gate of heads-gated and
+    /// reft-gated; and optionally a `relevant` one (`--label relevant`), with which reft-gated's
+    /// sweep also tries each setting where both gates must fire.
+    #[arg(long, value_delimiter = ',', value_name = "FILE")]
+    pub gate: Vec<PathBuf>,
     /// Head ranking for heads and heads-gated: patch.json from `patch --sites heads --ablate`.
     #[arg(long)]
     pub heads_from: Option<PathBuf>,
@@ -235,6 +237,12 @@ pub struct BenchArgs {
     /// Seed of the --limit sample.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Go on where an interrupted run stopped: reuse the item runs saved in
+    /// OUT/parts/conflict.runs.jsonl (saved batch by batch) by an earlier run on the same model,
+    /// weights, form and items. A setting added since (a new method, another edit) runs; the
+    /// rest come back from the journal. Without it a journal that holds runs is refused.
+    #[arg(long)]
+    pub resume: bool,
     #[arg(long)]
     pub out: PathBuf,
 }

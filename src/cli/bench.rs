@@ -11,62 +11,29 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
     if skipped > 0 {
         eprintln!("skipped {skipped} invalid line(s)");
     }
-    let items = ctxsteer::bench::sample_by_subject(items, a.limit, a.seed);
     let model = a.model.load_or(WeightsMode::F32)?;
-    let id = model.identity()?;
     let (methods, res) = methods_and_resources(&model, &a.with, a.form)?;
-
-    let t0 = std::time::Instant::now();
-    let methods = bench::run(
+    let opts = ctxsteer::report::ConflictOptions {
+        form: a.form,
+        batch_size: a.batch_size,
+        limit: a.limit,
+        seed: a.seed,
+        resume: a.resume,
+        out: a.out.clone(),
+        data: a.data.display().to_string(),
+        command: super::command_line(),
+    };
+    let report = ctxsteer::report::bench_conflict(
         &model,
-        &items,
+        items,
         &methods,
         &res,
-        a.form,
-        a.batch_size,
+        &opts,
         &mut progress_events(),
     )?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let charts = report_charts(&methods, &a.out)?;
-    let report = ctxsteer::report::Report {
-        title: "ctxsteer knowledge-conflict benchmark".into(),
-        model: id,
-        data: a.data.display().to_string(),
-        form: a.form,
-        command: super::command_line(),
-        methods,
-        probe: None,
-        patching: None,
-        density: None,
-        timings: vec![("bench".into(), t0.elapsed().as_secs_f64())],
-        charts,
-    };
-    ctxsteer::report::write(&report, &a.out)?;
     print!("{}", summary_table(&report));
     println!("report written to {}", a.out.join("report.html").display());
     Ok(())
-}
-
-/// The report's charts, written into `out`: the dev sweeps and, where irrelevant contexts
-/// were measured, faithfulness against robustness.
-pub(super) fn report_charts(
-    methods: &[ctxsteer::bench::MethodResult],
-    out: &std::path::Path,
-) -> Result<std::collections::BTreeMap<String, String>> {
-    ctxsteer::report::sweep_chart(methods, &out.join("sweep.svg"))?;
-    let mut charts = std::collections::BTreeMap::new();
-    charts.insert(
-        "dev sweeps: adherence and retention by strength".to_string(),
-        "sweep.svg".to_string(),
-    );
-    if methods.iter().any(|m| m.test.irrelevant.is_some()) {
-        ctxsteer::report::contexts_chart(methods, &out.join("contexts.svg"))?;
-        charts.insert(
-            "faithfulness (gold and conflicting) against robustness (irrelevant)".to_string(),
-            "contexts.svg".to_string(),
-        );
-    }
-    Ok(charts)
 }
 
 /// The final summary: one line per method.
@@ -132,15 +99,9 @@ pub(super) fn demo_cmd(
         0.0
     );
     let m = model.load_or(WeightsMode::F32)?;
-    let none = Artefacts {
-        probes: None,
-        head_probes: None,
-        heads_from: None,
-        gate_probes: None,
-        reft: vec![],
-    };
-    let art = Artefacts::resolve(&m.identity()?, artefacts, form, none)?;
-    let reft = reft_for(&m, &art.reft, &[])?;
+    let none = ctxsteer::bench::Artefacts::default();
+    let (art, _) = none.resolve(&m.identity()?, artefacts, form)?;
+    let reft = art.edits(&m, &[])?;
     // With committed edits, the demo sets the tool's best methods beside CAD; probe steering
     // and ungated heads, which never beat it, are left to `bench conflict`. Without edits it
     // runs every method its own artefacts allow.
@@ -190,353 +151,57 @@ fn methods_and_resources(
     w: &MethodArgs,
     form: ctxsteer::data::Form,
 ) -> Result<(Vec<ctxsteer::bench::Method>, ctxsteer::bench::Resources)> {
-    let given = Artefacts::given(w)?;
-    let art = Artefacts::resolve(&model.identity()?, &w.artefacts, form, given)?;
+    let (art, note) = given(w)?.resolve(&model.identity()?, &w.artefacts, form)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
     eprintln!("{}", art.describe());
     let methods = w.methods.clone().unwrap_or_else(|| art.methods());
-    let mut res = resources(model, &art, &methods)?;
-    res.reft = reft_for(model, &art.reft, &methods)?;
+    let res = art.load(model, &methods)?;
     Ok((methods, res))
 }
 
-/// The artefacts a benchmark run may use: files named on the command line, else those a
-/// folder's manifest.json names for the loaded model.
-pub(super) struct Artefacts {
-    probes: Option<PathBuf>,
-    head_probes: Option<PathBuf>,
-    heads_from: Option<PathBuf>,
-    gate_probes: Option<PathBuf>,
-    reft: Vec<PathBuf>,
-}
-
-impl Artefacts {
-    /// The files given as options: each --steer file sorted by what it holds, then the
-    /// deprecated spellings.
-    fn given(w: &MethodArgs) -> Result<Artefacts> {
-        use ctxsteer::steer::SteerKind;
-        let mut art = Artefacts {
-            probes: None,
-            head_probes: None,
-            heads_from: w.heads_from.clone(),
-            gate_probes: w.gate.clone(),
-            reft: vec![],
-        };
-        for p in &w.steer {
-            let slot =
-                match SteerKind::detect(p).with_context(|| format!("--steer {}", p.display()))? {
-                    SteerKind::Edit => {
-                        art.reft.push(p.clone());
-                        continue;
-                    }
-                    SteerKind::Probes if per_head(p)? => &mut art.head_probes,
-                    SteerKind::Probes => &mut art.probes,
-                    kind => bail!(
-                    "--steer {}: a {} has no sweep in bench; give a probe file or learned edits",
-                    p.display(),
-                    ctxsteer::choice::Choice::name(kind)
-                ),
-                };
-            if let Some(first) = slot.replace(p.clone()) {
-                bail!(
-                    "--steer names two files of one kind: {} and {}",
-                    first.display(),
-                    p.display()
-                );
-            }
-        }
-        let old = [
-            ("--probes FILE", "--steer FILE", &w.probes, &mut art.probes),
-            (
-                "--head-probes FILE",
-                "--steer FILE",
-                &w.head_probes,
-                &mut art.head_probes,
-            ),
-            (
-                "--gate-probes FILE",
-                "--gate FILE",
-                &w.gate_probes,
-                &mut art.gate_probes,
-            ),
-        ];
-        for (flag, new, given, slot) in old {
-            if let Some(p) = given {
-                super::args::deprecated(flag, new);
-                slot.get_or_insert(p.clone());
-            }
-        }
-        if !w.reft.is_empty() {
-            super::args::deprecated("--reft FILE,FILE", "--steer FILE,FILE");
-            art.reft.extend(w.reft.iter().cloned());
-        }
-        Ok(art)
-    }
-
-    /// One line naming the files the run uses, so that a log says which gate and edits ran.
-    fn describe(&self) -> String {
-        let show = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .map_or("none".into(), |p| p.display().to_string())
-        };
-        let reft: Vec<String> = self.reft.iter().map(|p| p.display().to_string()).collect();
-        format!(
-            "artefacts: probes {}, head probes {}, head ranking {}, gate {}, edits {}",
-            show(&self.probes),
-            show(&self.head_probes),
-            show(&self.heads_from),
-            show(&self.gate_probes),
-            if reft.is_empty() {
-                "none".into()
-            } else {
-                reft.join(", ")
-            }
-        )
-    }
-}
-
-/// `manifest.json` in an artefacts folder: the files made for one model, relative to it.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Manifest {
-    model_sha256: String,
-    #[serde(default)]
-    probes: Option<PathBuf>,
-    #[serde(default)]
-    head_probes: Option<PathBuf>,
-    /// The `conflict` gate: one file, or one per form (`{"completion": …, "chat": …}`).
-    #[serde(default)]
-    gate: Option<GateFiles>,
-    #[serde(default)]
-    heads: Option<PathBuf>,
-    #[serde(default)]
-    reft: Vec<PathBuf>,
-}
-
-/// A manifest's gate: one file for every form, or one per form.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum GateFiles {
-    One(PathBuf),
-    PerForm(std::collections::BTreeMap<ctxsteer::data::Form, PathBuf>),
-}
-
-impl GateFiles {
-    /// The gate for prompts in `form`, if the manifest has one.
-    fn for_form(self, form: ctxsteer::data::Form) -> Option<PathBuf> {
-        match self {
-            GateFiles::One(p) => Some(p),
-            GateFiles::PerForm(mut m) => m.remove(&form),
-        }
-    }
-}
-
-/// The manifests in `dir` and its immediate subfolders (`probes/manifest.json`,
-/// `probes/gemma3-270m/manifest.json`, …), each with its folder, in name order.
-fn manifests(dir: &std::path::Path) -> Result<Vec<(PathBuf, Manifest)>> {
-    let mut dirs = vec![dir.to_path_buf()];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        let mut subs: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir())
-            .collect();
-        subs.sort();
-        dirs.extend(subs);
-    }
-    let mut out = vec![];
-    for d in dirs {
-        let path = d.join("manifest.json");
-        if !path.exists() {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let m: Manifest = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not an artefacts manifest", path.display()))?;
-        out.push((d, m));
-    }
-    Ok(out)
-}
-
-impl Artefacts {
-    /// `given`, with what it lacks filled in from the manifest for `model` in `dir` or one of
-    /// its subfolders (the gate for `form`).
-    fn resolve(
-        model: &ctxsteer::model::ModelId,
-        dir: &std::path::Path,
-        form: ctxsteer::data::Form,
-        given: Artefacts,
-    ) -> Result<Artefacts> {
-        let found = manifests(dir)?;
-        let n = found.len();
-        let Some((dir, m)) = found
-            .into_iter()
-            .find(|(_, m)| m.model_sha256 == model.sha256)
-        else {
-            if n > 0 {
-                eprintln!(
-                    "no manifest in {} or its subfolders is for the loaded model (sha256 {}); \
-                     using only the artefacts given as options",
-                    dir.display(),
-                    model.sha256
-                );
-            }
-            return Ok(given);
-        };
-        let fill =
-            |given: Option<PathBuf>, listed: Option<PathBuf>| given.or(listed.map(|p| dir.join(p)));
-        Ok(Artefacts {
-            probes: fill(given.probes, m.probes),
-            head_probes: fill(given.head_probes, m.head_probes),
-            heads_from: fill(given.heads_from, m.heads),
-            gate_probes: fill(given.gate_probes, m.gate.and_then(|g| g.for_form(form))),
-            reft: match given.reft.is_empty() {
-                true => m.reft.iter().map(|p| dir.join(p)).collect(),
-                false => given.reft,
-            },
-        })
-    }
-
-    /// Every method these artefacts make possible.
-    fn methods(&self) -> Vec<ctxsteer::bench::Method> {
-        use ctxsteer::bench::Method::*;
-        let mut v = vec![None, Instruct, Cad, AdaCad];
-        if self.probes.is_some() {
-            v.extend([Steer, SteerGated, SteerMulti, Clamp]);
-        }
-        if self.head_probes.is_some() {
-            v.push(Iti);
-        }
-        if self.heads_from.is_some() {
-            v.push(Heads);
-            if self.gate_probes.is_some() {
-                v.push(HeadsGated);
-            }
-        }
-        if !self.reft.is_empty() {
-            v.extend([Reft, ReftCad]);
-            if self.gate_probes.is_some() {
-                v.push(ReftGated);
-            }
-        }
-        v
-    }
-}
-
-/// Whether a probe file holds per-head probes (its best site is one head's slice).
-fn per_head(p: &std::path::Path) -> Result<bool> {
-    let pf = ctxsteer::probe::ProbeFile::read(p)?;
-    Ok(ctxsteer::probe::probe_site(&pf.best, usize::MAX).is_ok_and(|(_, h)| h.is_some()))
-}
-
-/// The probes and head ranking a benchmark run may use, from their files.
-fn resources(
-    model: &Model,
-    art: &Artefacts,
-    methods: &[ctxsteer::bench::Method],
-) -> Result<ctxsteer::bench::Resources> {
-    let (probes, heads_from, gate_probes) = (&art.probes, &art.heads_from, &art.gate_probes);
-    let id = model.identity()?;
-    let read_probes = |p: &Option<PathBuf>| {
-        p.as_deref()
-            .map(|p| ctxsteer::probe::ProbeFile::read_for(p, &id))
-            .transpose()
+/// The files given as options: each --steer file sorted by what it holds, each --gate by its
+/// target, then the deprecated spellings.
+fn given(w: &MethodArgs) -> Result<ctxsteer::bench::Artefacts> {
+    let mut art = ctxsteer::bench::Artefacts {
+        heads_from: w.heads_from.clone(),
+        ..Default::default()
     };
-    let (probes, gate) = (read_probes(probes)?, read_probes(gate_probes)?);
-    let head_probes = read_probes(&art.head_probes)?;
-    let (heads, context_heads) = match heads_from {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            let r: ctxsteer::patch::PatchResult = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not a patch.json", p.display()))?;
-            (
-                ctxsteer::bench::heads_from_patch(&r),
-                ctxsteer::bench::context_heads_from_patch(&r),
-            )
-        }
-        None => (vec![], vec![]),
-    };
-    let res = ctxsteer::bench::Resources {
-        probes,
-        heads,
-        context_heads,
-        gate,
-        max_new: None,
-        reft: vec![],
-        head_probes,
-    };
-    check_needs(methods, &res)?;
-    Ok(res)
-}
-
-/// Refuse methods whose artefacts are missing, naming the option that gives them.
-fn check_needs(
-    methods: &[ctxsteer::bench::Method],
-    res: &ctxsteer::bench::Resources,
-) -> Result<()> {
-    use ctxsteer::bench::Need;
-    // Trained edits are checked where their files are read (reft_for).
-    for need in Need::ALL.into_iter().filter(|n| *n != Need::Edit) {
-        let users: Vec<&str> = methods
-            .iter()
-            .filter(|m| m.needs().contains(&need))
-            .map(|m| m.name())
-            .collect();
-        if !users.is_empty() && !res.has(need) {
-            bail!("{} {}", method_list(&users), need_option(need));
+    for p in &w.steer {
+        art.add_steer(p)
+            .with_context(|| format!("--steer {}", p.display()))?;
+    }
+    for p in &w.gate {
+        art.add_gate(p)
+            .with_context(|| format!("--gate {}", p.display()))?;
+    }
+    let old = [
+        ("--probes FILE", "--steer FILE", &w.probes, &mut art.probes),
+        (
+            "--head-probes FILE",
+            "--steer FILE",
+            &w.head_probes,
+            &mut art.head_probes,
+        ),
+        (
+            "--gate-probes FILE",
+            "--gate FILE",
+            &w.gate_probes,
+            &mut art.gate,
+        ),
+    ];
+    for (flag, new, given, slot) in old {
+        if let Some(p) = given {
+            super::args::deprecated(flag, new);
+            slot.get_or_insert(p.clone());
         }
     }
-    Ok(())
-}
-
-/// "method X needs" or "methods X, Y and Z need".
-fn method_list(names: &[&str]) -> String {
-    match names {
-        [one] => format!("method {one} needs"),
-        [rest @ .., last] => format!("methods {} and {last} need", rest.join(", ")),
-        [] => String::new(),
+    if !w.reft.is_empty() {
+        super::args::deprecated("--reft FILE,FILE", "--steer FILE,FILE");
+        art.reft.extend(w.reft.iter().cloned());
     }
-}
-
-/// The option that gives an artefact, and where it comes from.
-fn need_option(need: ctxsteer::bench::Need) -> &'static str {
-    use ctxsteer::bench::Need;
-    match need {
-        Need::Probes => "--steer probes/NAME.json (from `ctxsteer probe train`)",
-        Need::HeadProbes => {
-            "--steer probes/NAME.json with per-head probes (from `ctxsteer probe train --per-head` on an attn.hook_z capture)"
-        }
-        Need::RankedHeads => {
-            "--heads-from DIR/patch.json (from `ctxsteer patch --sites heads --ablate`)"
-        }
-        Need::Gate => {
-            "--gate probes/NAME.json (from `ctxsteer probe train --label conflict`)"
-        }
-        Need::Edit => "--steer FILE.safetensors (from `ctxsteer reft train`)",
-    }
-}
-
-/// The trained edits of method reft, from their files; an error when reft runs without one.
-fn reft_for(
-    model: &Model,
-    paths: &[PathBuf],
-    methods: &[ctxsteer::bench::Method],
-) -> Result<Vec<ctxsteer::reft::Reft>> {
-    use ctxsteer::bench::Need;
-    let users: Vec<&str> = methods
-        .iter()
-        .filter(|m| m.needs().contains(&Need::Edit))
-        .map(|m| m.name())
-        .collect();
-    if paths.is_empty() && !users.is_empty() {
-        bail!("{} {}", method_list(&users), need_option(Need::Edit));
-    }
-    paths
-        .iter()
-        .map(|p| {
-            ctxsteer::reft::Reft::load(p, model).with_context(|| format!("--steer {}", p.display()))
-        })
-        .collect()
+    Ok(art)
 }
 
 pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {

@@ -38,6 +38,10 @@ pub enum Target {
     Conflict = "conflict",
     /// The model knows the fact closed-book.
     Known = "known",
+    /// The prompt's context is about the queried subject (counterfactual or true context, 1),
+    /// or about another subject (irrelevant, 0); prompts without a context are left out. As a
+    /// second gate beside `conflict` it keeps an edit off contexts that do not answer the query.
+    Relevant = "relevant",
 }
 }
 
@@ -390,6 +394,11 @@ pub fn target_of(row: &IndexRow, target: Target) -> Option<bool> {
         },
         Target::Known => row.known,
         Target::Conflict => row.variant.map(|v| v == Variant::Counterfactual),
+        Target::Relevant => match row.variant? {
+            Variant::Counterfactual | Variant::TrueContext => Some(true),
+            Variant::Irrelevant => Some(false),
+            Variant::NoContext | Variant::Neutral => None,
+        },
     }
 }
 

@@ -346,14 +346,16 @@ impl BenchRun<'_> {
         let mut j = scoped_part(&mut self.journal, keys);
         let (res, batch) = (self.res, opts.batch_size);
         let mut r = bench::run_method(self.model, m, split, res, batch, j.as_mut(), on)?;
-        r.reused_runs = self.journal.as_ref().map_or(0, Journal::hits) - hits;
         if !self.b.distractors().is_empty() {
             // Where irrelevant contexts are measured, so are gold ones: the three types.
             let twins: Vec<Item> = split.test.iter().filter_map(Item::true_twin).collect();
+            let gold = j.as_mut().map(|j| j.sub("gold"));
             r.gold = Some(bench::gold_rate(
-                self.model, &r, &twins, split, res, batch, on,
+                self.model, &r, &twins, split, res, gold, on,
             )?);
         }
+        drop(j);
+        r.reused_runs = self.journal.as_ref().map_or(0, Journal::hits) - hits;
         if let Some(d) = &opts.parts {
             save_part(d, name, m, keys.new.clone(), &r)?;
         }

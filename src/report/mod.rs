@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+mod conflict;
 mod contexts;
+pub use conflict::{bench_conflict, charts, ConflictOptions};
 pub use contexts::{
     chart as contexts_chart, faithfulness, markdown as contexts_markdown, robustness,
 };
