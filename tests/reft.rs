@@ -446,7 +446,10 @@ fn reft_gated_is_reft_where_the_gate_fires_and_none_where_it_does_not() {
     };
     let (reft, none) = (run(Method::Reft, 0.0), run(Method::None, 0.0));
     assert_ne!(key(&reft), key(&none), "the edit changes something");
-    assert_eq!(key(&run(Method::ReftGated, 100.0)), key(&reft));
+    // A gate that always fires gives the edit (the sweep may choose it at 2x: see
+    // reft_gated_sweeps_scales_and_a_second_gate_that_must_also_fire); one that never fires,
+    // none at every setting.
+    assert_ne!(key(&run(Method::ReftGated, 100.0)), key(&none));
     assert_eq!(key(&run(Method::ReftGated, -100.0)), key(&none));
 }
 
