@@ -251,3 +251,26 @@ fn functions_stay_short() {
         vec![("a".to_string(), 5), ("c".to_string(), 5)]
     );
 }
+
+/// No source file under `src/` is over 600 lines: a module that grows past it is split.
+#[test]
+fn files_stay_under_600_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut stack = vec![root.join("src")];
+    let (mut seen, mut wrong) = (0, vec![]);
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()) {
+            if e.is_dir() {
+                stack.push(e);
+            } else if e.extension().is_some_and(|x| x == "rs") {
+                seen += 1;
+                let n = std::fs::read_to_string(&e).unwrap().lines().count();
+                if n > 600 {
+                    wrong.push(format!("{}: {n} lines", e.display()));
+                }
+            }
+        }
+    }
+    assert!(seen > 50, "found only {seen} files");
+    assert!(wrong.is_empty(), "split these files:\n{}", wrong.join("\n"));
+}
