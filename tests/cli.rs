@@ -417,8 +417,11 @@ fn reft_train_and_a_manifest_choose_the_methods() {
         .arg(&edit)
         .arg("--model")
         .arg(&path)
+        // The old spelling of --form still works, with a note.
+        .args(["--forms", "completion"])
         .assert()
         .success()
+        .stderr(predicate::str::contains("--forms F,F is deprecated"))
         .stdout(predicate::str::contains(
             "LoReFT rank 2 at blocks.1.hook_resid_post",
         ));

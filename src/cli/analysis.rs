@@ -23,6 +23,7 @@ fn probe_train(t: ProbeTrain) -> Result<()> {
     use ctxsteer::probe::{self, ProbeFile};
     let ProbeTrain {
         acts,
+        target,
         label,
         sites,
         kind,
@@ -57,6 +58,13 @@ fn probe_train(t: ProbeTrain) -> Result<()> {
             );
         }
     }
+    let label = match label {
+        Some(old) => {
+            super::args::deprecated("--label TARGET", "--target TARGET");
+            old
+        }
+        None => target,
+    };
     let mut opts = probe::TrainOptions::new(label, kind);
     opts.seed = seed;
     opts.per_head = per_head.then_some(m.cfg().n_heads);

@@ -54,7 +54,10 @@ pub struct ProbeTrain {
     pub acts: PathBuf,
     /// What to predict.
     #[arg(long, value_parser = choice::<ctxsteer::probe::Target>(), default_value = "follows-context")]
-    pub label: ctxsteer::probe::Target,
+    pub target: ctxsteer::probe::Target,
+    /// Deprecated spelling of --target.
+    #[arg(long, hide = true, value_parser = choice::<ctxsteer::probe::Target>())]
+    pub label: Option<ctxsteer::probe::Target>,
     /// Only these captured sites (names or patterns).
     #[arg(long)]
     pub sites: Option<String>,

@@ -47,6 +47,9 @@ pub struct ReftTrainArgs {
     /// Prompt forms to train on, comma-separated (default: completion and chat, or completion
     /// alone for a model without a chat template, such as a base model or an organism).
     #[arg(long, value_parser = choice::<ctxsteer::data::Form>(), value_delimiter = ',')]
+    pub form: Option<Vec<ctxsteer::data::Form>>,
+    /// Deprecated spelling of --form.
+    #[arg(long, hide = true, value_parser = choice::<ctxsteer::data::Form>(), value_delimiter = ',')]
     pub forms: Option<Vec<ctxsteer::data::Form>>,
     /// Weight of the keep-what-you-know KL term against the answer cross-entropy.
     #[arg(long, default_value_t = 1.0, value_parser = non_negative_f64)]
@@ -93,7 +96,7 @@ pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
         epochs: a.epochs,
         lr: a.lr,
         batch: a.batch_size,
-        forms: forms_for(&model, a.forms.as_deref()),
+        forms: forms_for(&model, given_forms(&a).as_deref()),
         keep_weight: a.keep_weight,
         seed: a.seed,
         irrelevant: a.irrelevant,
@@ -148,4 +151,12 @@ fn forms_for(
             vec![Form::Completion]
         }
     }
+}
+
+/// The forms of --form, or of its deprecated spelling --forms.
+fn given_forms(a: &ReftTrainArgs) -> Option<Vec<ctxsteer::data::Form>> {
+    if a.forms.is_some() {
+        super::args::deprecated("--forms F,F", "--form F,F");
+    }
+    a.form.clone().or_else(|| a.forms.clone())
 }
