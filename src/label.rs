@@ -132,6 +132,8 @@ pub struct LabelOptions {
     pub max_new: usize,
     /// Context-aware decoding for the with-context run (None: plain decoding).
     pub cad: Option<crate::generate::CadWeight>,
+    /// Proxy-tuning for both runs, closed-book and with context (None: the model alone).
+    pub proxy: Option<std::sync::Arc<crate::proxy::Proxy>>,
 }
 
 impl LabelOptions {
@@ -144,6 +146,7 @@ impl LabelOptions {
                 Form::Chat => 24,
             },
             cad: None,
+            proxy: None,
         }
     }
 }
@@ -195,8 +198,21 @@ fn run_batch(
         })
         .collect::<Result<_>>()?;
     let spec = plan.spec_for(model, &prompts)?;
-    let scored = match opts.cad {
-        Some(weight) if with_context => {
+    let scored = match (opts.cad, &opts.proxy) {
+        (Some(_), Some(_)) => {
+            return Err(crate::Error::Invalid(
+                "context-aware decoding and proxy-tuning do not combine; use one".into(),
+            ))
+        }
+        (None, Some(p)) => crate::generate::proxy_greedy_and_score(
+            model,
+            p,
+            &prompts,
+            &cands,
+            &spec,
+            Stop::line(opts.max_new),
+        )?,
+        (Some(weight), None) if with_context => {
             let closed: Vec<Vec<u32>> = items
                 .iter()
                 .map(|it| query_ids(model, it, opts.form, false))

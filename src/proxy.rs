@@ -49,6 +49,16 @@ fn same_tokens(model: &Model, other: &Model, what: &str) -> Result<()> {
     Ok(())
 }
 
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("expert", &self.expert.path)
+            .field("base", &self.base.path)
+            .field("alpha", &self.alpha)
+            .finish()
+    }
+}
+
 impl Proxy {
     /// Check that the expert and the base share `model`'s tokenizer.
     pub fn check(&self, model: &Model) -> Result<()> {

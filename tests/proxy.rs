@@ -136,3 +136,71 @@ fn proxy_tuning_refuses_another_tokenizer_and_a_lone_expert() {
     let e = run(&[&a], &["--proxy-expert"]);
     assert!(e.contains("--proxy-base"), "{e}");
 }
+
+/// Proxy-tuning in `label` (the library's `LabelOptions::proxy`): with the expert as its own
+/// base the labels are the model's own (scores to rounding); with the model as the base and alpha 1
+/// the logits are the expert's, so greedy answers are the expert's and scores agree closely;
+/// with CAD as well it is an error.
+#[test]
+fn proxy_tuning_in_label_shifts_the_model_by_the_expert() {
+    use ctxsteer::label::{label_items, LabelOptions};
+    use ctxsteer::{Model, WeightsMode};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let w = world(dir.path(), 0);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    train(&w, &a, 200, 0);
+    train(&w, &b, 8, 1);
+    let load = |p: &Path| Model::load(p, WeightsMode::F32).unwrap();
+    let (ma, mb) = (load(&a), load(&b));
+    let (items, _) = ctxsteer::data::read_jsonl(&w.join("conflicts.jsonl"), false).unwrap();
+    let items = &items[..6];
+    let none = ctxsteer::Spec::new();
+    let label = |m: &Model, proxy: Option<(&Path, &Path, f32)>| {
+        let mut o = LabelOptions::new(ctxsteer::data::Form::Completion);
+        o.proxy = proxy.map(|(e, base, alpha)| {
+            Arc::new(ctxsteer::proxy::Proxy {
+                expert: load(e),
+                base: load(base),
+                alpha,
+            })
+        });
+        label_items(m, items, &o, &none, &mut |_| Ok(())).unwrap()
+    };
+    let plain_a = label(&ma, None);
+    let plain_b = label(&mb, None);
+    let text = |l: &[ctxsteer::label::ItemLabel]| -> Vec<String> {
+        l.iter()
+            .flat_map(|x| [x.closed.greedy.clone(), x.context.greedy.clone()])
+            .collect()
+    };
+    assert_ne!(
+        text(&plain_a),
+        text(&plain_b),
+        "the two models should differ"
+    );
+    // Scores agree to rounding: the combined passes take their log-softmax on the CPU.
+    let close = |x: &[ctxsteer::label::ItemLabel], y: &[ctxsteer::label::ItemLabel], tol: f32| {
+        assert_eq!(text(x), text(y));
+        for (x, y) in x.iter().zip(y) {
+            assert_eq!((x.known, x.label), (y.known, y.label));
+            for (p, q) in [(&x.closed, &y.closed), (&x.context, &y.context)] {
+                assert!((p.logp_prior - q.logp_prior).abs() < tol, "{p:?} {q:?}");
+                assert!((p.logp_context - q.logp_context).abs() < tol, "{p:?} {q:?}");
+            }
+        }
+    };
+    close(&label(&ma, Some((&b, &b, 3.0))), &plain_a, 1e-5);
+    close(&label(&ma, Some((&b, &a, 1.0))), &plain_b, 1e-3);
+    let mut o = LabelOptions::new(ctxsteer::data::Form::Completion);
+    o.cad = Some(ctxsteer::generate::CadWeight::Fixed(1.0));
+    o.proxy = Some(Arc::new(ctxsteer::proxy::Proxy {
+        expert: load(&b),
+        base: load(&a),
+        alpha: 1.0,
+    }));
+    let e = label_items(&ma, items, &o, &none, &mut |_| Ok(()))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("do not combine"), "{e}");
+}

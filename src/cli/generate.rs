@@ -40,7 +40,7 @@ pub(super) fn info(args: &ModelArgs, json: bool) -> Result<()> {
 pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
     let model = a.model.load()?;
     if a.decoding != Decoding::Plain {
-        if a.proxy_expert.is_some() {
+        if a.proxy.proxy_expert.is_some() {
             bail!("--proxy-expert works with plain decoding; drop --decoding or the proxy");
         }
         return cad_generate(&model, &a);
@@ -64,7 +64,7 @@ pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
         sampling,
         ..Default::default()
     };
-    let proxy = proxy(&a, &model)?;
+    let proxy = a.proxy.load(&a.model, &model)?;
     let mut stdout = std::io::stdout();
     let mut printed = String::new();
     let mut so_far = Vec::new();
@@ -86,27 +86,6 @@ pub(super) fn generate_cmd(a: GenerateArgs) -> Result<()> {
         None => generate(&model, &ids, &spec, &opts, &mut on_token)?,
     };
     finish_output(&model, &a, &g.ids, &printed)
-}
-
-/// The proxy models `--proxy-expert` and `--proxy-base` name, loaded as the model was.
-fn proxy(a: &GenerateArgs, model: &Model) -> Result<Option<ctxsteer::proxy::Proxy>> {
-    let (Some(e), Some(b)) = (&a.proxy_expert, &a.proxy_base) else {
-        return Ok(None);
-    };
-    let load = |p: &std::path::Path, flag: &str| -> Result<Model> {
-        let args = super::ModelArgs {
-            model: Some(p.to_path_buf()),
-            ..a.model.clone()
-        };
-        args.load().with_context(|| flag.to_string())
-    };
-    let p = ctxsteer::proxy::Proxy {
-        expert: load(e, "--proxy-expert")?,
-        base: load(b, "--proxy-base")?,
-        alpha: a.proxy_alpha,
-    };
-    p.check(model)?;
-    Ok(Some(p))
 }
 
 /// Greedy, or top-p sampling when a temperature is given.

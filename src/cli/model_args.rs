@@ -74,3 +74,33 @@ impl ModelArgs {
         self.load_or(WeightsMode::Quantized)
     }
 }
+
+impl super::args::ProxyArgs {
+    /// The proxy models `--proxy-expert` and `--proxy-base` name, loaded with `margs`'s options
+    /// and `model`'s weights mode, checked against `model`; None without them.
+    pub fn load(
+        &self,
+        margs: &ModelArgs,
+        model: &ctxsteer::Model,
+    ) -> anyhow::Result<Option<ctxsteer::proxy::Proxy>> {
+        use anyhow::Context;
+        let (Some(e), Some(b)) = (&self.proxy_expert, &self.proxy_base) else {
+            return Ok(None);
+        };
+        let load = |p: &std::path::Path, flag: &str| -> anyhow::Result<ctxsteer::Model> {
+            let args = ModelArgs {
+                model: Some(p.to_path_buf()),
+                ..margs.clone()
+            };
+            args.load_or(model.weights)
+                .with_context(|| flag.to_string())
+        };
+        let p = ctxsteer::proxy::Proxy {
+            expert: load(e, "--proxy-expert")?,
+            base: load(b, "--proxy-base")?,
+            alpha: self.proxy_alpha,
+        };
+        p.check(model)?;
+        Ok(Some(p))
+    }
+}

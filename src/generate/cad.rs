@@ -1,5 +1,6 @@
-//! Context-aware decoding (CAD, Shi et al. 2023; AdaCAD): the next token from the contrast of
-//! two passes, with and without the context, their KV caches advancing in lockstep.
+//! Decoding that combines several passes, their KV caches advancing in lockstep: context-aware
+//! decoding (CAD, Shi et al. 2023; AdaCAD), the contrast of the prompt with and without its
+//! context; and proxy-tuning (Liu et al. 2024), a model shifted by an expert minus its base.
 
 use super::*;
 
@@ -75,111 +76,164 @@ pub fn cad_greedy_and_score(
     weight: CadWeight,
     stop: Stop,
 ) -> Result<Vec<Scored>> {
-    let b = with.len();
-    let (mut cw, lw) = prefill_last(model, spec, with)?;
-    let (mut cn, ln) = prefill_last(model, spec, without)?;
-    let first: Vec<Vec<f32>> = (0..b).map(|r| weight.logits(&lw[r], &ln[r])).collect();
-    let n_cand = candidates.first().map_or(0, Vec::len);
-    let mut out: Vec<Scored> = (0..b)
-        .map(|_| Scored {
-            greedy: vec![],
-            answer_logp: vec![0.0; n_cand],
-        })
-        .collect();
-    let pair = CadPair {
-        model,
-        spec,
-        with,
-        without,
-        weight,
-    };
-    pair.score(&mut cw, &mut cn, &first, candidates, &mut out)?;
-    let greedy = greedy_rows(model, &first, stop, &mut |next| {
-        pair.step(&mut cw, &mut cn, next)
-    })?;
-    for (o, g) in out.iter_mut().zip(greedy) {
-        o.greedy = g;
+    let passes = vec![
+        Pass::new(model, spec, with),
+        Pass::new(model, spec, without),
+    ];
+    let combine = |l: &[&[f32]]| weight.logits(l[0], l[1]);
+    Passes {
+        passes,
+        combine: &combine,
     }
-    Ok(out)
+    .greedy_and_score(candidates, stop)
 }
 
-/// Prefills `prompts` (left-padded) into a new cache; returns it with each row's last logits.
-fn prefill_last(
+/// [`greedy_and_score`] under proxy-tuning: `model` (under `spec`) on `prompts`, shifted at
+/// every step by `alpha` times the expert's logits minus the base's (both unsteered).
+pub fn proxy_greedy_and_score(
     model: &Model,
-    spec: &Spec,
+    proxy: &crate::proxy::Proxy,
     prompts: &[Vec<u32>],
-) -> Result<(KvCache, Vec<Vec<f32>>)> {
-    let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let mut cache = KvCache::new(model.cfg().n_layers);
-    let mut hooks = Hooks::new(spec, model.cfg().n_heads)
-        .with_prompt_lens(prompts.iter().map(Vec::len).collect());
-    let l = model.net.forward(
-        &Batch::left_padded(prompts, pad),
-        Some(&mut cache),
-        &mut hooks,
-        LogitsAt::Last,
-    )?;
-    Ok((cache, l.squeeze(1)?.to_vec2::<f32>()?))
+    candidates: &[Vec<Vec<u32>>],
+    spec: &Spec,
+    stop: Stop,
+) -> Result<Vec<Scored>> {
+    let none = Spec::new();
+    let passes = vec![
+        Pass::new(model, spec, prompts),
+        Pass::new(&proxy.expert, &none, prompts),
+        Pass::new(&proxy.base, &none, prompts),
+    ];
+    let combine = |l: &[&[f32]]| proxy.combine(l[0], l[1], l[2]);
+    Passes {
+        passes,
+        combine: &combine,
+    }
+    .greedy_and_score(candidates, stop)
 }
 
-/// Feeds one token per row into `cache` (which holds `prompts` and what followed);
-/// returns each row's next logits.
-fn step_last(
-    model: &Model,
-    spec: &Spec,
-    cache: &mut KvCache,
-    prompts: &[Vec<u32>],
-    toks: &[u32],
-) -> Result<Vec<Vec<f32>>> {
-    let mut hooks = Hooks::new(spec, model.cfg().n_heads)
-        .with_prompt_lens(prompts.iter().map(Vec::len).collect());
-    let ids: Vec<Vec<u32>> = toks.iter().map(|t| vec![*t]).collect();
-    let batch = Batch {
-        ids,
-        pads: vec![0; toks.len()],
-    };
-    let l = model
-        .net
-        .forward(&batch, Some(cache), &mut hooks, LogitsAt::Last)?;
-    Ok(l.squeeze(1)?.to_vec2::<f32>()?)
-}
-
-/// The two passes of context-aware decoding, advanced in lockstep.
-struct CadPair<'a> {
+/// One forward pass of a decoding method that combines several: a model, its spec, the
+/// prompts it reads and its KV cache.
+struct Pass<'a> {
     model: &'a Model,
     spec: &'a Spec,
-    with: &'a [Vec<u32>],
-    without: &'a [Vec<u32>],
-    weight: CadWeight,
+    prompts: &'a [Vec<u32>],
+    cache: KvCache,
 }
 
-impl CadPair<'_> {
-    /// Feeds one token per row to both passes; returns the contrasted next logits.
-    fn step(&self, cw: &mut KvCache, cn: &mut KvCache, toks: &[u32]) -> Result<Vec<Vec<f32>>> {
-        let a = step_last(self.model, self.spec, cw, self.with, toks)?;
-        let n = step_last(self.model, self.spec, cn, self.without, toks)?;
-        Ok((0..toks.len())
-            .map(|r| self.weight.logits(&a[r], &n[r]))
-            .collect())
+impl<'a> Pass<'a> {
+    fn new(model: &'a Model, spec: &'a Spec, prompts: &'a [Vec<u32>]) -> Pass<'a> {
+        Pass {
+            model,
+            spec,
+            prompts,
+            cache: KvCache::new(model.cfg().n_layers),
+        }
     }
 
-    /// Teacher-forced scoring of every candidate, token by token, after the prompts in both
-    /// caches, which are truncated back to them after each candidate.
+    /// Prefills the prompts (left-padded); each row's last logits.
+    fn prefill(&mut self) -> Result<Vec<Vec<f32>>> {
+        let pad = self.model.tokenizer.eos_id.unwrap_or(0);
+        let mut hooks = self.hooks();
+        let l = self.model.net.forward(
+            &Batch::left_padded(self.prompts, pad),
+            Some(&mut self.cache),
+            &mut hooks,
+            LogitsAt::Last,
+        )?;
+        Ok(l.squeeze(1)?.to_vec2::<f32>()?)
+    }
+
+    /// Feeds one token per row; each row's next logits.
+    fn step(&mut self, toks: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let mut hooks = self.hooks();
+        let batch = Batch {
+            ids: toks.iter().map(|t| vec![*t]).collect(),
+            pads: vec![0; toks.len()],
+        };
+        let l =
+            self.model
+                .net
+                .forward(&batch, Some(&mut self.cache), &mut hooks, LogitsAt::Last)?;
+        Ok(l.squeeze(1)?.to_vec2::<f32>()?)
+    }
+
+    fn hooks(&self) -> Hooks<'a> {
+        Hooks::new(self.spec, self.model.cfg().n_heads)
+            .with_prompt_lens(self.prompts.iter().map(Vec::len).collect())
+    }
+}
+
+/// Row logits of each pass (pass-major) combined row by row into one set of next logits.
+type Combine<'a> = dyn Fn(&[&[f32]]) -> Vec<f32> + 'a;
+
+/// The passes of a combined decoding method, advanced in lockstep.
+struct Passes<'a, 'c> {
+    passes: Vec<Pass<'a>>,
+    combine: &'c Combine<'c>,
+}
+
+impl Passes<'_, '_> {
+    /// Each row's combined logits from every pass's.
+    fn combined(&self, each: &[Vec<Vec<f32>>]) -> Vec<Vec<f32>> {
+        let rows = each.first().map_or(0, Vec::len);
+        (0..rows)
+            .map(|r| {
+                let row: Vec<&[f32]> = each.iter().map(|p| p[r].as_slice()).collect();
+                (self.combine)(&row)
+            })
+            .collect()
+    }
+
+    /// Feeds one token per row to every pass; the combined next logits.
+    fn step(&mut self, toks: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let each = self
+            .passes
+            .iter_mut()
+            .map(|p| p.step(toks))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.combined(&each))
+    }
+
+    /// Prefill every pass, score the candidates, then decode greedily.
+    fn greedy_and_score(mut self, candidates: &[Vec<Vec<u32>>], stop: Stop) -> Result<Vec<Scored>> {
+        let each = self
+            .passes
+            .iter_mut()
+            .map(Pass::prefill)
+            .collect::<Result<Vec<_>>>()?;
+        let first = self.combined(&each);
+        let n_cand = candidates.first().map_or(0, Vec::len);
+        let mut out: Vec<Scored> = (0..first.len())
+            .map(|_| Scored {
+                greedy: vec![],
+                answer_logp: vec![0.0; n_cand],
+            })
+            .collect();
+        self.score(&first, candidates, &mut out)?;
+        let model = self.passes[0].model;
+        let greedy = greedy_rows(model, &first, stop, &mut |next| self.step(next))?;
+        for (o, g) in out.iter_mut().zip(greedy) {
+            o.greedy = g;
+        }
+        Ok(out)
+    }
+
+    /// Teacher-forced scoring of every candidate, token by token, after the prompts in every
+    /// pass's cache, which is truncated back to them after each candidate.
     fn score(
-        &self,
-        cw: &mut KvCache,
-        cn: &mut KvCache,
+        &mut self,
         first: &[Vec<f32>],
         candidates: &[Vec<Vec<u32>>],
         out: &mut [Scored],
     ) -> Result<()> {
         let b = candidates.len();
-        let pad = self.model.tokenizer.eos_id.unwrap_or(0);
+        let pad = self.passes[0].model.tokenizer.eos_id.unwrap_or(0);
         let n_cand = candidates.first().map_or(0, Vec::len);
         #[allow(clippy::needless_range_loop)] // c indexes the second axis of candidates[r][c]
         for c in 0..n_cand {
             let longest = (0..b).map(|r| candidates[r][c].len()).max().unwrap_or(0);
-            let (lw, ln) = (cw.len, cn.len);
+            let lens: Vec<usize> = self.passes.iter().map(|p| p.cache.len).collect();
             let mut cur = first.to_vec();
             for j in 0..longest {
                 let mut toks = vec![pad; b];
@@ -192,10 +246,11 @@ impl CadPair<'_> {
                 if j + 1 == longest {
                     break;
                 }
-                cur = self.step(cw, cn, &toks)?;
+                cur = self.step(&toks)?;
             }
-            cw.truncate(lw);
-            cn.truncate(ln);
+            for (p, n) in self.passes.iter_mut().zip(lens) {
+                p.cache.truncate(n);
+            }
         }
         Ok(())
     }
