@@ -125,6 +125,7 @@ pub fn run(
         context_heads: heads.context,
         gate,
         relevance: None,
+        proxy: None,
         max_new: None,
         head_probes: None,
         reft: opts.reft.clone(),

@@ -133,7 +133,7 @@ pub struct LabelOptions {
     /// Context-aware decoding for the with-context run (None: plain decoding).
     pub cad: Option<crate::generate::CadWeight>,
     /// Proxy-tuning for both runs, closed-book and with context (None: the model alone).
-    pub proxy: Option<std::sync::Arc<crate::proxy::Proxy>>,
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 impl LabelOptions {

@@ -10,10 +10,11 @@ use crate::generate::{check_fits, decode, GenOptions, Generation, Stream};
 use crate::hooks::Spec;
 use crate::model::Model;
 
-/// The expert, its base and the weight of their difference.
+/// The expert, its base and the weight of their difference. Cloning shares the models.
+#[derive(Clone)]
 pub struct Proxy {
-    pub expert: Model,
-    pub base: Model,
+    pub expert: std::sync::Arc<Model>,
+    pub base: std::sync::Arc<Model>,
     pub alpha: f32,
 }
 

@@ -158,12 +158,10 @@ fn proxy_tuning_in_label_shifts_the_model_by_the_expert() {
     let none = ctxsteer::Spec::new();
     let label = |m: &Model, proxy: Option<(&Path, &Path, f32)>| {
         let mut o = LabelOptions::new(ctxsteer::data::Form::Completion);
-        o.proxy = proxy.map(|(e, base, alpha)| {
-            Arc::new(ctxsteer::proxy::Proxy {
-                expert: load(e),
-                base: load(base),
-                alpha,
-            })
+        o.proxy = proxy.map(|(e, base, alpha)| ctxsteer::proxy::Proxy {
+            expert: Arc::new(load(e)),
+            base: Arc::new(load(base)),
+            alpha,
         });
         label_items(m, items, &o, &none, &mut |_| Ok(())).unwrap()
     };
@@ -194,13 +192,76 @@ fn proxy_tuning_in_label_shifts_the_model_by_the_expert() {
     close(&label(&ma, Some((&b, &a, 1.0))), &plain_b, 1e-3);
     let mut o = LabelOptions::new(ctxsteer::data::Form::Completion);
     o.cad = Some(ctxsteer::generate::CadWeight::Fixed(1.0));
-    o.proxy = Some(Arc::new(ctxsteer::proxy::Proxy {
-        expert: load(&b),
-        base: load(&a),
+    o.proxy = Some(ctxsteer::proxy::Proxy {
+        expert: Arc::new(load(&b)),
+        base: Arc::new(load(&a)),
         alpha: 1.0,
-    }));
+    });
     let e = label_items(&ma, items, &o, &none, &mut |_| Ok(()))
         .err()
         .unwrap();
     assert!(e.to_string().contains("do not combine"), "{e}");
+}
+
+/// The `proxy` method in `bench conflict`: its sweep tries three weights; with the expert as its
+/// own base every setting is the model alone (answers, and perplexity to rounding); with the
+/// model as the base, weight 1 is the expert. Without proxy models the method is refused.
+#[test]
+fn the_proxy_method_in_bench_is_the_model_shifted_by_the_expert() {
+    use ctxsteer::bench::{self, Method, Resources};
+    use ctxsteer::{Model, WeightsMode};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let w = world(dir.path(), 0);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    train(&w, &a, 200, 0);
+    train(&w, &b, 8, 1);
+    let load = |p: &Path| Arc::new(Model::load(p, WeightsMode::F32).unwrap());
+    let (ma, mb) = (load(&a), load(&b));
+    let (items, _) = ctxsteer::data::read_jsonl(&w.join("conflicts.jsonl"), false).unwrap();
+    let res = |expert: &Arc<Model>, base: &Arc<Model>| Resources {
+        probes: None,
+        heads: vec![],
+        context_heads: vec![],
+        gate: None,
+        relevance: None,
+        max_new: None,
+        head_probes: None,
+        reft: vec![],
+        proxy: Some(ctxsteer::proxy::Proxy {
+            expert: expert.clone(),
+            base: base.clone(),
+            alpha: 1.0,
+        }),
+    };
+    let form = ctxsteer::data::Form::Completion;
+    let same = res(&mb, &mb);
+    let grid = bench::grid(&ma, Method::Proxy, &same).unwrap();
+    assert_eq!(grid.len(), 3);
+    let none = bench::evaluate(&ma, &bench::Setting::none(), &items, &items, form, 4).unwrap();
+    for s in &grid {
+        let e = bench::evaluate(&ma, s, &items, &items, form, 4).unwrap();
+        assert_eq!(e.adherent, none.adherent, "{}", s.label);
+        assert!(
+            (e.perplexity / none.perplexity - 1.0).abs() < 1e-4,
+            "{}",
+            s.label
+        );
+    }
+    // Base = the model, weight 1: the expert's own answers and perplexity.
+    let to_b = bench::grid(&ma, Method::Proxy, &res(&mb, &ma)).unwrap();
+    let one = to_b.iter().find(|s| s.strength == Some(1.0)).unwrap();
+    let e = bench::evaluate(&ma, one, &items, &items, form, 4).unwrap();
+    let expert = bench::evaluate(&mb, &bench::Setting::none(), &items, &items, form, 4).unwrap();
+    assert_eq!(e.adherent, expert.adherent);
+    assert!((e.perplexity / expert.perplexity - 1.0).abs() < 1e-3);
+    let bare = Resources {
+        proxy: None,
+        ..same
+    };
+    let err = bench::grid(&ma, Method::Proxy, &bare)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--proxy-expert"), "{err}");
 }

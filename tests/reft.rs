@@ -335,6 +335,7 @@ fn bench_sweeps_the_trained_edits_on_dev() {
         context_heads: vec![],
         gate: None,
         relevance: None,
+        proxy: None,
         max_new: None,
         head_probes: None,
         reft: vec![a, b],
@@ -429,6 +430,7 @@ fn reft_gated_is_reft_where_the_gate_fires_and_none_where_it_does_not() {
             context_heads: vec![],
             gate: Some(gate(bias)),
             relevance: None,
+            proxy: None,
             max_new: None,
             head_probes: None,
             reft: vec![edit.clone()],
@@ -484,12 +486,14 @@ fn reft_gated_sweeps_scales_and_a_second_gate_that_must_also_fire() {
         context_heads: vec![],
         gate: Some(probe(Target::Conflict, 100.0)),
         relevance: None,
+        proxy: None,
         max_new: None,
         head_probes: None,
         reft: vec![edit.clone()],
     };
     let both = Resources {
         relevance: Some(probe(Target::Relevant, -100.0)),
+        proxy: None,
         ..conflict_only.clone()
     };
     let its = items();
@@ -505,6 +509,7 @@ fn reft_gated_sweeps_scales_and_a_second_gate_that_must_also_fire() {
         plan: e,
         cad: None,
         instruct: false,
+        proxy: None,
     };
     let none = eval(&plain(Box::new(ctxsteer::Spec::new()), Method::None));
     let reft = eval(&plain(Box::new(edit.clone()), Method::Reft));

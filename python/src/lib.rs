@@ -632,7 +632,7 @@ fn bench_conflict<'py>(
         .resolve(&m.identity().py()?, std::path::Path::new(artefacts), form)
         .py()?;
     let methods: Vec<Method> = methods.unwrap_or_else(|| art.methods());
-    let res = art.load(m, &methods).py()?;
+    let res = art.load(m, &methods, None).py()?;
     let opts = ctxsteer::report::ConflictOptions {
         form,
         batch_size,

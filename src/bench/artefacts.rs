@@ -222,8 +222,14 @@ impl Artefacts {
     }
 
     /// The resources `methods` use, read from these files (probe files checked against the
-    /// model); an error naming the option to give when a method's artefact is missing.
-    pub fn load(&self, model: &Model, methods: &[Method]) -> Result<Resources> {
+    /// model), with proxy-tuning's models when given; an error naming the option to give when
+    /// a method's artefact is missing.
+    pub fn load(
+        &self,
+        model: &Model,
+        methods: &[Method],
+        proxy: Option<crate::proxy::Proxy>,
+    ) -> Result<Resources> {
         let id = model.identity()?;
         let read = |p: &Option<PathBuf>| {
             p.as_deref()
@@ -248,6 +254,7 @@ impl Artefacts {
             max_new: None,
             reft: self.edits(model, methods)?,
             head_probes: read(&self.head_probes)?,
+            proxy,
         };
         check_needs(methods, &res)?;
         Ok(res)
@@ -327,5 +334,6 @@ fn need_option(need: Need) -> &'static str {
         }
         Need::Gate => "--gate probes/NAME.json (from `ctxsteer probe train --label conflict`)",
         Need::Edit => "--steer FILE.safetensors (from `ctxsteer reft train`)",
+        Need::Proxy => "--proxy-expert MODEL --proxy-base MODEL (a tuned model and its base)",
     }
 }

@@ -34,6 +34,7 @@ pub(super) fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Re
                 plan: Box::new(r.clone()),
                 cad: beta.map(crate::generate::CadWeight::Fixed),
                 instruct: false,
+                proxy: None,
             });
         }
     }

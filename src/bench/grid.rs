@@ -59,6 +59,12 @@ pub enum Params {
         direction: Direction,
         alpha: f32,
     },
+    /// Proxy-tuning with the expert's shift weighted by `alpha`; `models` names the expert
+    /// and the base (their paths).
+    Proxy {
+        alpha: f32,
+        models: String,
+    },
 }
 
 /// The resume key of a method at one setting: its JSON, e.g.
@@ -83,6 +89,8 @@ pub struct Setting {
     pub plan: Box<dyn Plan>,
     pub cad: Option<crate::generate::CadWeight>,
     pub instruct: bool,
+    /// Proxy-tuning's models and weight (None: the model alone).
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 impl Setting {
@@ -95,6 +103,7 @@ impl Setting {
             plan: Box::new(crate::Spec::new()),
             cad: None,
             instruct: false,
+            proxy: None,
         }
     }
 }
@@ -112,15 +121,18 @@ pub enum Need {
     Gate,
     /// At least one trained edit.
     Edit,
+    /// Proxy-tuning's expert and base models.
+    Proxy,
 }
 
 impl Need {
-    pub const ALL: [Need; 5] = [
+    pub const ALL: [Need; 6] = [
         Need::Probes,
         Need::HeadProbes,
         Need::RankedHeads,
         Need::Gate,
         Need::Edit,
+        Need::Proxy,
     ];
 }
 
@@ -137,6 +149,7 @@ impl Method {
             Method::HeadsGated => &[Need::RankedHeads, Need::Gate],
             Method::Reft | Method::ReftCad => &[Need::Edit],
             Method::ReftGated => &[Need::Edit, Need::Gate],
+            Method::Proxy => &[Need::Proxy],
         }
     }
 }
@@ -150,6 +163,7 @@ impl Resources {
             Need::RankedHeads => !(self.heads.is_empty() && self.context_heads.is_empty()),
             Need::Gate => self.gate.is_some(),
             Need::Edit => !self.reft.is_empty(),
+            Need::Proxy => self.proxy.is_some(),
         }
     }
 }
@@ -173,6 +187,7 @@ impl Resources {
                 Need::RankedHeads => Some(format!("{:?}{:?}", self.heads, self.context_heads)),
                 Need::Gate => Some(json(&self.gate)),
                 Need::Edit => None,
+                Need::Proxy => Some(format!("{:?}", self.proxy)),
             })
             .collect();
         (!parts.is_empty()).then(|| format!("{:016x}", crate::data::stable_hash(&parts.join("|"))))
@@ -199,6 +214,8 @@ pub struct Resources {
     pub reft: Vec<crate::reft::Reft>,
     /// Per-head probes (`probe train --per-head` on `attn.hook_z`) for the `iti` method.
     pub head_probes: Option<crate::probe::ProbeFile>,
+    /// Proxy-tuning's expert and base for the `proxy` method (its alpha is swept).
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 /// One steering setting along the probe file's `best` site.
@@ -237,6 +254,7 @@ fn steer_setting(
         plan: Box::new(st),
         cad: None,
         instruct: false,
+        proxy: None,
     })
 }
 
@@ -253,6 +271,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
             plan: Box::new(crate::Spec::new()),
             cad: None,
             instruct: true,
+            proxy: None,
         }],
         Method::Cad => [0.5f32, 1.0, 2.0, 4.0]
             .iter()
@@ -264,6 +283,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
                 plan: Box::new(crate::Spec::new()),
                 cad: Some(crate::generate::CadWeight::Fixed(*b)),
                 instruct: false,
+                proxy: None,
             })
             .collect(),
         Method::AdaCad => vec![Setting {
@@ -274,6 +294,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
             plan: Box::new(crate::Spec::new()),
             cad: Some(crate::generate::CadWeight::Jsd),
             instruct: false,
+            proxy: None,
         }],
         Method::Steer => {
             let mut v = vec![];
@@ -295,8 +316,39 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
         Method::SteerMulti => band_grid(model, m, res, Mode::AddNorm, &[0.01, 0.02, 0.04])?,
         Method::Clamp => band_grid(model, m, res, Mode::Clamp, &[0.0, 1.0])?,
         Method::Iti => iti_grid(model, m, res)?,
+        Method::Proxy => proxy_grid(res)?,
     })
 }
+
+/// Proxy-tuning at each of [`PROXY_ALPHAS`] (1 is the paper's); the expert and base are part
+/// of the method's journal scope ([`Resources::fingerprint`]).
+fn proxy_grid(res: &Resources) -> Result<Vec<Setting>> {
+    let p = res.proxy.as_ref().ok_or_else(|| {
+        Error::Invalid("method proxy needs --proxy-expert and --proxy-base".into())
+    })?;
+    Ok(PROXY_ALPHAS
+        .iter()
+        .map(|a| Setting {
+            method: Method::Proxy,
+            strength: Some(*a),
+            params: Params::Proxy {
+                alpha: *a,
+                models: format!("{} - {}", p.expert.path.display(), p.base.path.display()),
+            },
+            label: format!("proxy alpha={a}"),
+            plan: Box::new(crate::Spec::new()),
+            cad: None,
+            instruct: false,
+            proxy: Some(crate::proxy::Proxy {
+                alpha: *a,
+                ..p.clone()
+            }),
+        })
+        .collect())
+}
+
+/// The weights of the expert's shift that the proxy sweep tries.
+pub const PROXY_ALPHAS: [f32; 3] = [0.5, 1.0, 2.0];
 
 /// The bands of layers that multi-layer steering and clamping try, as fractions of the depth:
 /// the first and second half of the middle third, and the whole middle third. Probes and
@@ -357,6 +409,7 @@ fn band_grid(
                 plan: Box::new(st),
                 cad: None,
                 instruct: false,
+                proxy: None,
             });
         }
     }
@@ -395,6 +448,7 @@ fn iti_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
                 plan: Box::new(st),
                 cad: None,
                 instruct: false,
+                proxy: None,
             });
         }
     }
@@ -468,6 +522,7 @@ fn heads_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>>
             plan,
             cad: None,
             instruct: false,
+            proxy: None,
         });
     }
     Ok(v)

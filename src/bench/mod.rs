@@ -93,6 +93,9 @@ pub enum Method {
     /// Inference-time intervention (Li et al. 2023): shift the K attention heads whose
     /// per-head probes rank best along their directions, at every position.
     Iti = "iti",
+    /// Proxy-tuning (Liu et al. 2024): the model's logits shifted at every step by alpha times
+    /// a tuned expert's minus its untuned base's (`--proxy-expert`, `--proxy-base`).
+    Proxy = "proxy",
 }
 }
 
@@ -166,6 +169,26 @@ pub fn perplexity(model: &Model, text: &str, plan: &dyn Plan) -> Result<f64> {
         .to_vec2::<f32>()?;
     let nll: f64 = (1..ids.len())
         .map(|j| -(lp[j - 1][ids[j] as usize] as f64))
+        .sum();
+    Ok((nll / (ids.len() - 1).max(1) as f64).exp())
+}
+
+/// [`perplexity`] of the proxy-tuned model: at each position the model's logits plus alpha
+/// times the expert's minus the base's.
+pub fn proxy_perplexity(model: &Model, proxy: &crate::proxy::Proxy, text: &str) -> Result<f64> {
+    let ids = model.tokenizer.encode_prompt(text)?;
+    let logits = |m: &Model| -> Result<Vec<Vec<f32>>> {
+        let (l, _) = m.run(&Batch::single(&ids), &crate::Spec::new(), LogitsAt::All)?;
+        Ok(l.squeeze(0)?.to_vec2::<f32>()?)
+    };
+    let (lm, le, lb) = (logits(model)?, logits(&proxy.expert)?, logits(&proxy.base)?);
+    let nll: f64 = (1..ids.len())
+        .map(|j| {
+            let c = proxy.combine(&lm[j - 1], &le[j - 1], &lb[j - 1]);
+            let m = c.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let lse = c.iter().map(|x| (x - m).exp()).sum::<f32>().ln() + m;
+            (lse - c[ids[j] as usize]) as f64
+        })
         .sum();
     Ok((nll / (ids.len() - 1).max(1) as f64).exp())
 }
@@ -280,6 +303,7 @@ pub fn evaluate_with(
     progress: &mut dyn FnMut(usize),
 ) -> Result<Eval> {
     opts.cad = s.cad;
+    opts.proxy = s.proxy.clone();
     let plan = s.plan.as_ref();
     let mut run_set = |set: RunSet, items: &[Item], ctx: bool| -> Result<Vec<Run>> {
         if items.is_empty() {
@@ -308,7 +332,10 @@ pub fn evaluate_with(
         tf_adherence: share(&runs, |r| r.tf_winner == Answer::Context, 2),
         memorization_ratio: mem_ratio(&runs, 3),
         retention: share(&closed, |r| r.greedy_answer == Answer::Prior, 4),
-        perplexity: perplexity(model, NEUTRAL_TEXT, plan)?,
+        perplexity: match &s.proxy {
+            Some(p) => proxy_perplexity(model, p, NEUTRAL_TEXT)?,
+            None => perplexity(model, NEUTRAL_TEXT, plan)?,
+        },
         perplexity_ratio: 1.0,
         per_relation: per_relation(items, &runs),
         em_context: rate(&em(&|it| it.context_names()), 5),

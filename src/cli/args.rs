@@ -215,6 +215,8 @@ pub struct MethodArgs {
     /// Deprecated spelling of --steer EDIT,EDIT.
     #[arg(long, value_delimiter = ',', hide = true)]
     pub reft: Vec<PathBuf>,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
 }
 
 #[derive(Args)]

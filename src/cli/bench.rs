@@ -12,7 +12,7 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
         eprintln!("skipped {skipped} invalid line(s)");
     }
     let model = a.model.load_or(WeightsMode::F32)?;
-    let (methods, res) = methods_and_resources(&model, &a.with, a.form)?;
+    let (methods, res) = methods_and_resources(&model, &a.model, &a.with, a.form)?;
     let opts = ctxsteer::report::ConflictOptions {
         form: a.form,
         batch_size: a.batch_size,
@@ -148,6 +148,7 @@ pub(super) fn demo_cmd(
 /// The methods to run (as given, else every one the artefacts allow) and what they use.
 fn methods_and_resources(
     model: &Model,
+    margs: &ModelArgs,
     w: &MethodArgs,
     form: ctxsteer::data::Form,
 ) -> Result<(Vec<ctxsteer::bench::Method>, ctxsteer::bench::Resources)> {
@@ -156,8 +157,15 @@ fn methods_and_resources(
         eprintln!("{note}");
     }
     eprintln!("{}", art.describe());
-    let methods = w.methods.clone().unwrap_or_else(|| art.methods());
-    let res = art.load(model, &methods)?;
+    let proxy = w.proxy.load(margs, model)?;
+    let methods = w.methods.clone().unwrap_or_else(|| {
+        let mut v = art.methods();
+        if proxy.is_some() {
+            v.push(ctxsteer::bench::Method::Proxy);
+        }
+        v
+    });
+    let res = art.load(model, &methods, proxy)?;
     Ok((methods, res))
 }
 
@@ -218,7 +226,7 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
     };
     let model = a.model.load_or(WeightsMode::F32)?;
     let completion = ctxsteer::data::Form::Completion;
-    let (methods, res) = methods_and_resources(&model, &a.with, completion)?;
+    let (methods, res) = methods_and_resources(&model, &a.model, &a.with, completion)?;
     let opts = ctxsteer::public::PublicOptions {
         limit: a.limit,
         seed: a.seed,

@@ -44,7 +44,7 @@ pub(super) fn label_cmd(a: LabelArgs) -> Result<()> {
     let model = a.model.load_or(WeightsMode::F32)?;
     let mut opts = ctxsteer::label::LabelOptions::new(a.data.form);
     opts.batch_size = a.data.batch_size;
-    opts.proxy = a.proxy.load(&a.model, &model)?.map(std::sync::Arc::new);
+    opts.proxy = a.proxy.load(&a.model, &model)?;
     let pb = ctxsteer::progress::bar(items.len() as u64, "label", false);
     let plan = a.steer.plan(&model)?;
     let labels = ctxsteer::label::label_items(&model, &items, &opts, plan.as_ref(), &mut |n| {

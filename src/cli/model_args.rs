@@ -96,8 +96,8 @@ impl super::args::ProxyArgs {
                 .with_context(|| flag.to_string())
         };
         let p = ctxsteer::proxy::Proxy {
-            expert: load(e, "--proxy-expert")?,
-            base: load(b, "--proxy-base")?,
+            expert: std::sync::Arc::new(load(e, "--proxy-expert")?),
+            base: std::sync::Arc::new(load(b, "--proxy-base")?),
             alpha: self.proxy_alpha,
         };
         p.check(model)?;
