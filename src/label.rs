@@ -176,6 +176,49 @@ pub fn query_ids(model: &Model, item: &Item, form: Form, with_context: bool) -> 
     Ok(ids)
 }
 
+/// The batch's greedy answers and candidate scores under the decoding `opts` asks for: plain,
+/// context-aware (the with-context run only) or proxy-tuned.
+fn decode(
+    model: &Model,
+    items: &[Item],
+    opts: &LabelOptions,
+    (prompts, cands): (&[Vec<u32>], &[Vec<Vec<u32>>]),
+    spec: &crate::hooks::Spec,
+    with_context: bool,
+) -> Result<Vec<crate::generate::Scored>> {
+    Ok(match (opts.cad, &opts.proxy) {
+        (Some(_), Some(_)) => {
+            return Err(crate::Error::Invalid(
+                "context-aware decoding and proxy-tuning do not combine; use one".into(),
+            ))
+        }
+        (None, Some(p)) => crate::proxy::greedy_and_score(
+            model,
+            p,
+            prompts,
+            cands,
+            spec,
+            Stop::line(opts.max_new),
+        )?,
+        (Some(weight), None) if with_context => {
+            let closed: Vec<Vec<u32>> = items
+                .iter()
+                .map(|it| query_ids(model, it, opts.form, false))
+                .collect::<Result<_>>()?;
+            crate::generate::cad_greedy_and_score(
+                model,
+                prompts,
+                &closed,
+                cands,
+                spec,
+                weight,
+                Stop::line(opts.max_new),
+            )?
+        }
+        _ => greedy_and_score(model, prompts, cands, spec, Stop::line(opts.max_new))?,
+    })
+}
+
 /// Run one condition over a batch of items.
 fn run_batch(
     model: &Model,
@@ -198,37 +241,7 @@ fn run_batch(
         })
         .collect::<Result<_>>()?;
     let spec = plan.spec_for(model, &prompts)?;
-    let scored = match (opts.cad, &opts.proxy) {
-        (Some(_), Some(_)) => {
-            return Err(crate::Error::Invalid(
-                "context-aware decoding and proxy-tuning do not combine; use one".into(),
-            ))
-        }
-        (None, Some(p)) => crate::generate::proxy_greedy_and_score(
-            model,
-            p,
-            &prompts,
-            &cands,
-            &spec,
-            Stop::line(opts.max_new),
-        )?,
-        (Some(weight), None) if with_context => {
-            let closed: Vec<Vec<u32>> = items
-                .iter()
-                .map(|it| query_ids(model, it, opts.form, false))
-                .collect::<Result<_>>()?;
-            crate::generate::cad_greedy_and_score(
-                model,
-                &prompts,
-                &closed,
-                &cands,
-                &spec,
-                weight,
-                Stop::line(opts.max_new),
-            )?
-        }
-        _ => greedy_and_score(model, &prompts, &cands, &spec, Stop::line(opts.max_new))?,
-    };
+    let scored = decode(model, items, opts, (&prompts, &cands), &spec, with_context)?;
     items
         .iter()
         .zip(scored)

@@ -6,7 +6,9 @@
 //! The three must share a tokenizer, so that a token id means the same in each.
 
 use crate::error::{Error, Result};
-use crate::generate::{check_fits, decode, GenOptions, Generation, Stream};
+use crate::generate::{
+    check_fits, decode, GenOptions, Generation, Pass, Passes, Scored, Stop, Stream,
+};
 use crate::hooks::Spec;
 use crate::model::Model;
 
@@ -121,4 +123,28 @@ pub fn generate(
         ids,
         captures: main.hooks.captures,
     })
+}
+
+/// [`crate::generate::greedy_and_score`] under proxy-tuning: `model` (under `spec`) on `prompts`, shifted at
+/// every step by `alpha` times the expert's logits minus the base's (both unsteered).
+pub fn greedy_and_score(
+    model: &Model,
+    proxy: &Proxy,
+    prompts: &[Vec<u32>],
+    candidates: &[Vec<Vec<u32>>],
+    spec: &Spec,
+    stop: Stop,
+) -> Result<Vec<Scored>> {
+    let none = Spec::new();
+    let passes = vec![
+        Pass::new(model, spec, prompts),
+        Pass::new(&proxy.expert, &none, prompts),
+        Pass::new(&proxy.base, &none, prompts),
+    ];
+    let combine = |l: &[&[f32]]| proxy.combine(l[0], l[1], l[2]);
+    Passes {
+        passes,
+        combine: &combine,
+    }
+    .greedy_and_score(candidates, stop)
 }

@@ -19,6 +19,20 @@ pub(super) fn probe_cmd(p: ProbeCmd) -> Result<()> {
     }
 }
 
+/// --target, or its deprecated spelling --label with a note.
+fn target_of(
+    target: ctxsteer::probe::Target,
+    label: Option<ctxsteer::probe::Target>,
+) -> ctxsteer::probe::Target {
+    match label {
+        Some(old) => {
+            super::args::deprecated("--label TARGET", "--target TARGET");
+            old
+        }
+        None => target,
+    }
+}
+
 fn probe_train(t: ProbeTrain) -> Result<()> {
     use ctxsteer::probe::{self, ProbeFile};
     let ProbeTrain {
@@ -58,13 +72,7 @@ fn probe_train(t: ProbeTrain) -> Result<()> {
             );
         }
     }
-    let label = match label {
-        Some(old) => {
-            super::args::deprecated("--label TARGET", "--target TARGET");
-            old
-        }
-        None => target,
-    };
+    let label = target_of(target, label);
     let mut opts = probe::TrainOptions::new(label, kind);
     opts.seed = seed;
     opts.per_head = per_head.then_some(m.cfg().n_heads);

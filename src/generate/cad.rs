@@ -1,6 +1,6 @@
 //! Decoding that combines several passes, their KV caches advancing in lockstep: context-aware
 //! decoding (CAD, Shi et al. 2023; AdaCAD), the contrast of the prompt with and without its
-//! context; and proxy-tuning (Liu et al. 2024), a model shifted by an expert minus its base.
+//! context; proxy-tuning (the proxy module) builds on the same passes.
 
 use super::*;
 
@@ -88,33 +88,9 @@ pub fn cad_greedy_and_score(
     .greedy_and_score(candidates, stop)
 }
 
-/// [`greedy_and_score`] under proxy-tuning: `model` (under `spec`) on `prompts`, shifted at
-/// every step by `alpha` times the expert's logits minus the base's (both unsteered).
-pub fn proxy_greedy_and_score(
-    model: &Model,
-    proxy: &crate::proxy::Proxy,
-    prompts: &[Vec<u32>],
-    candidates: &[Vec<Vec<u32>>],
-    spec: &Spec,
-    stop: Stop,
-) -> Result<Vec<Scored>> {
-    let none = Spec::new();
-    let passes = vec![
-        Pass::new(model, spec, prompts),
-        Pass::new(&proxy.expert, &none, prompts),
-        Pass::new(&proxy.base, &none, prompts),
-    ];
-    let combine = |l: &[&[f32]]| proxy.combine(l[0], l[1], l[2]);
-    Passes {
-        passes,
-        combine: &combine,
-    }
-    .greedy_and_score(candidates, stop)
-}
-
 /// One forward pass of a decoding method that combines several: a model, its spec, the
 /// prompts it reads and its KV cache.
-struct Pass<'a> {
+pub struct Pass<'a> {
     model: &'a Model,
     spec: &'a Spec,
     prompts: &'a [Vec<u32>],
@@ -122,7 +98,7 @@ struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    fn new(model: &'a Model, spec: &'a Spec, prompts: &'a [Vec<u32>]) -> Pass<'a> {
+    pub fn new(model: &'a Model, spec: &'a Spec, prompts: &'a [Vec<u32>]) -> Pass<'a> {
         Pass {
             model,
             spec,
@@ -165,12 +141,12 @@ impl<'a> Pass<'a> {
 }
 
 /// Row logits of each pass (pass-major) combined row by row into one set of next logits.
-type Combine<'a> = dyn Fn(&[&[f32]]) -> Vec<f32> + 'a;
+pub type Combine<'a> = dyn Fn(&[&[f32]]) -> Vec<f32> + 'a;
 
 /// The passes of a combined decoding method, advanced in lockstep.
-struct Passes<'a, 'c> {
-    passes: Vec<Pass<'a>>,
-    combine: &'c Combine<'c>,
+pub struct Passes<'a, 'c> {
+    pub passes: Vec<Pass<'a>>,
+    pub combine: &'c Combine<'c>,
 }
 
 impl Passes<'_, '_> {
@@ -196,7 +172,11 @@ impl Passes<'_, '_> {
     }
 
     /// Prefill every pass, score the candidates, then decode greedily.
-    fn greedy_and_score(mut self, candidates: &[Vec<Vec<u32>>], stop: Stop) -> Result<Vec<Scored>> {
+    pub fn greedy_and_score(
+        mut self,
+        candidates: &[Vec<Vec<u32>>],
+        stop: Stop,
+    ) -> Result<Vec<Scored>> {
         let each = self
             .passes
             .iter_mut()

@@ -8,7 +8,7 @@ use crate::model::{Batch, KvCache, LogitsAt, Model};
 use rand::{Rng, SeedableRng};
 
 mod cad;
-pub use cad::{cad_greedy_and_score, cad_logits, jsd, proxy_greedy_and_score, CadWeight};
+pub use cad::{cad_greedy_and_score, cad_logits, jsd, CadWeight, Combine, Pass, Passes};
 
 /// How the next token is chosen.
 #[derive(Clone, Debug, PartialEq)]
