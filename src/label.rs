@@ -324,6 +324,9 @@ pub fn runs(
             out[*i] = Some(r);
         }
         progress(chunk.len());
+        if crate::progress::cancelled() {
+            return Err(crate::Error::Invalid("interrupted".into()));
+        }
     }
     Ok(out.into_iter().flatten().collect())
 }

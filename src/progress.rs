@@ -8,6 +8,25 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Asked between batches of a long run whether to stop (a front end's Ctrl-C).
+pub type CancelCheck = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The process's cancel check, if a front end set one.
+static CANCEL: Mutex<Option<CancelCheck>> = Mutex::new(None);
+
+/// Set (or clear, with None) the check that long runs ask between batches; the Python package
+/// sets it around a benchmark so that Ctrl-C stops it after the batch under way (finished
+/// batches stay saved in the run's journal).
+pub fn set_cancel(check: Option<CancelCheck>) {
+    *CANCEL.lock().unwrap_or_else(|e| e.into_inner()) = check;
+}
+
+/// Whether the cancel check asks to stop.
+pub fn cancelled() -> bool {
+    let check = CANCEL.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    check.is_some_and(|c| c())
+}
+
 /// How often a bar on a non-terminal stderr writes a line.
 pub const LOG_EVERY: Duration = Duration::from_secs(60);
 

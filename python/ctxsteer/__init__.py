@@ -158,8 +158,8 @@ def bench_conflict(
     contexts as bars) and measured once on test: on conflicting contexts (adherence), gold
     contexts and irrelevant contexts. ``report.json``, ``report.md``, ``report.html`` and their
     charts are written into ``out``, and every finished batch into
-    ``out/parts/conflict.runs.jsonl``. The call runs without the GIL but cannot be stopped
-    half-way by Ctrl-C; an interrupted process goes on where it stopped with ``resume=True``.
+    ``out/parts/conflict.runs.jsonl``. The call runs without the GIL; Ctrl-C stops it after the
+    batch under way (``KeyboardInterrupt``), and ``resume=True`` goes on from there.
 
     Args:
         model: the model.

@@ -643,10 +643,21 @@ fn bench_conflict<'py>(
         data: data.display().to_string(),
         command: "ctxsteer.bench_conflict (Python)".into(),
     };
-    let report = without_gil(py, |_check| {
-        ctxsteer::report::bench_conflict(m, items, &methods, &res, &opts, &mut |_| {})
-    })?;
-    from_json(py, &to_json_text(&report)?)
+    // Ctrl-C stops the run after the batch under way; finished batches stay in its journal.
+    let interrupted = Arc::new(std::sync::Mutex::new(None::<PyErr>));
+    let seen = interrupted.clone();
+    ctxsteer::progress::set_cancel(Some(Arc::new(move || {
+        Python::attach(|py| py.check_signals())
+            .map_err(|e| *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e))
+            .is_err()
+    })));
+    let out = py
+        .detach(|| ctxsteer::report::bench_conflict(m, items, &methods, &res, &opts, &mut |_| {}));
+    ctxsteer::progress::set_cancel(None);
+    if let Some(e) = interrupted.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    from_json(py, &to_json_text(&out.py()?)?)
 }
 
 #[pymodule]

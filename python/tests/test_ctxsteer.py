@@ -220,3 +220,29 @@ def test_errors_are_python_exceptions_with_the_library_messages(model, tmp_path)
         ctxsteer.Probe.load(PROBES).score(np.zeros(5, dtype=np.float32))
     with pytest.raises(ValueError, match="not a spec"):
         ctxsteer.Spec.from_json("{")
+
+
+@pytest.mark.parametrize("call", ["label", "bench_conflict"])
+def test_an_interrupted_long_call_raises_keyboard_interrupt(model, tmp_path, call):
+    import signal
+    import threading
+    import time
+
+    data = ROOT / "counterfactual_data" / "counterfactual.jsonl"
+    run = {
+        # All their items: minutes.
+        "label": lambda: ctxsteer.label(model, str(data)),
+        "bench_conflict": lambda: ctxsteer.bench_conflict(
+            model, data, tmp_path / "b", methods=["none"]
+        ),
+    }[call]
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        timer.cancel()
+    # It stopped after the batch under way, long before the end.
+    assert time.monotonic() - t0 < 30
