@@ -45,22 +45,30 @@ fn to_json_text<T: serde::Serialize>(v: &T) -> PyResult<String> {
     serde_json::to_string(v).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
-/// Run `f` without the GIL; `check` (called between steps) stops it when Ctrl-C was pressed.
+/// Run `f` without the GIL. Ctrl-C stops it: `check` (called between steps) fails once it was
+/// pressed, and the library's own long runs ask the same through its cancel check
+/// (`progress::set_cancel`) between batches; the call then raises `KeyboardInterrupt`.
 fn without_gil<T: Send>(
     py: Python<'_>,
     f: impl FnOnce(&mut dyn FnMut() -> ctxsteer::Result<()>) -> ctxsteer::Result<T> + Send,
 ) -> PyResult<T> {
-    let mut interrupted: Option<PyErr> = None;
+    let interrupted = Arc::new(std::sync::Mutex::new(None::<PyErr>));
+    let slot = interrupted.clone();
+    let pressed: ctxsteer::progress::CancelCheck = Arc::new(move || {
+        Python::attach(|py| py.check_signals())
+            .map_err(|e| *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e))
+            .is_err()
+    });
+    ctxsteer::progress::set_cancel(Some(pressed.clone()));
     let out = py.detach(|| {
-        let mut check = || {
-            Python::attach(|py| py.check_signals()).map_err(|e| {
-                interrupted = Some(e);
-                ctxsteer::Error::Invalid("interrupted".into())
-            })
+        let mut check = || match pressed() {
+            true => Err(ctxsteer::Error::Invalid("interrupted".into())),
+            false => Ok(()),
         };
         f(&mut check)
     });
-    if let Some(e) = interrupted {
+    ctxsteer::progress::set_cancel(None);
+    if let Some(e) = interrupted.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }
     out.py()
@@ -476,12 +484,7 @@ impl Probe {
         site: Option<&str>,
         kind: &str,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-        let d = steer::Direction::from_name(kind).ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "kind {kind:?}: valid choices are {}",
-                steer::Direction::names()
-            ))
-        })?;
+        let d: steer::Direction = choose("kind", kind)?;
         let p = self.inner.site(site.unwrap_or("best")).py()?;
         Ok(PyArray1::from_slice(py, p.direction(d).py()?))
     }
@@ -549,17 +552,10 @@ fn label<'py>(
     gate_margin: f32,
 ) -> PyResult<Bound<'py, PyList>> {
     use ctxsteer::data::{Form, Split};
-    let form = Form::from_name(form).ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "form {form:?}: valid choices are {}",
-            Form::names()
-        ))
-    })?;
+    let form: Form = choose("form", form)?;
     let (mut items, _) = ctxsteer::data::read_jsonl(&data, false).py()?;
     if let Some(s) = split {
-        let s = Split::from_name(s).ok_or_else(|| {
-            PyValueError::new_err(format!("split {s:?}: valid choices are {}", Split::names()))
-        })?;
+        let s: Split = choose("split", s)?;
         items.retain(|it| it.split == Some(s));
     }
     let plan = model.plan(spec, steer, alpha, "all", gate, gate_margin)?;
@@ -644,20 +640,10 @@ fn bench_conflict<'py>(
         command: "ctxsteer.bench_conflict (Python)".into(),
     };
     // Ctrl-C stops the run after the batch under way; finished batches stay in its journal.
-    let interrupted = Arc::new(std::sync::Mutex::new(None::<PyErr>));
-    let seen = interrupted.clone();
-    ctxsteer::progress::set_cancel(Some(Arc::new(move || {
-        Python::attach(|py| py.check_signals())
-            .map_err(|e| *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e))
-            .is_err()
-    })));
-    let out = py
-        .detach(|| ctxsteer::report::bench_conflict(m, items, &methods, &res, &opts, &mut |_| {}));
-    ctxsteer::progress::set_cancel(None);
-    if let Some(e) = interrupted.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        return Err(e);
-    }
-    from_json(py, &to_json_text(&out.py()?)?)
+    let report = without_gil(py, |_| {
+        ctxsteer::report::bench_conflict(m, items, &methods, &res, &opts, &mut |_| {})
+    })?;
+    from_json(py, &to_json_text(&report)?)
 }
 
 #[pymodule]

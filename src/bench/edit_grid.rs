@@ -50,59 +50,56 @@ pub(super) fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Re
 /// Given a `relevant` probe file as well, the edit runs only where both gates fire.
 pub(super) fn reft_gated_grid(model: &Model, res: &Resources) -> Result<Vec<Setting>> {
     let gate = conflict_gate(model, Method::ReftGated, res)?;
-    let n_layers = model.cfg().n_layers;
     // Given a relevance gate, every setting has it: both gates must fire.
     let relevance = match &res.relevance {
         Some(pf) => {
             let fp = crate::data::stable_hash(&serde_json::to_string(pf).unwrap_or_default());
-            let g = crate::steer::Gate::from_probes(pf, "best", n_layers)?;
-            vec![Some((g, format!("{fp:016x}")))]
+            let g = crate::steer::Gate::from_probes(pf, "best", model.cfg().n_layers)?;
+            Some((g, format!("{fp:016x}")))
         }
-        None => vec![None],
+        None => None,
     };
     let mut v = vec![];
-    for rel in &relevance {
-        for margin in [0.0f32, 2.0, 4.0] {
-            for scale in GATED_SCALES {
-                let edits = reft_grid(Method::ReftGated, res, &[None])?;
-                for (mut s, reft) in edits.into_iter().zip(&res.reft) {
-                    let inner: Box<dyn Plan> = match scale {
-                        1.0 => Box::new(reft.clone()),
-                        k => Box::new(crate::reft::ScaledEdit {
-                            reft: reft.clone(),
-                            scale: k,
-                            positions: Positions::All,
-                        }),
-                    };
-                    s.plan = Box::new(crate::steer::Gated {
-                        gate: crate::steer::Gate {
-                            margin,
-                            ..gate.clone()
-                        },
-                        inner,
-                    });
-                    if let Some((g, _)) = rel {
-                        let inner = std::mem::replace(&mut s.plan, Box::new(crate::Spec::new()));
-                        s.plan = Box::new(crate::steer::Gated {
-                            gate: g.clone(),
-                            inner,
-                        });
-                    }
-                    s.label = gated_label(&s.label, scale, margin, rel.is_some());
-                    s.strength = Some(margin);
-                    if let Params::Reft {
-                        gate_margin,
-                        scale: sc,
-                        relevance,
-                        ..
-                    } = &mut s.params
-                    {
-                        *gate_margin = Some(margin);
-                        *sc = (scale != 1.0).then_some(scale);
-                        *relevance = rel.as_ref().map(|(_, fp)| fp.clone());
-                    }
-                    v.push(s);
+    for margin in [0.0f32, 2.0, 4.0] {
+        for scale in GATED_SCALES {
+            let edits = reft_grid(Method::ReftGated, res, &[None])?;
+            for (mut s, reft) in edits.into_iter().zip(&res.reft) {
+                let edit: Box<dyn Plan> = match scale {
+                    1.0 => Box::new(reft.clone()),
+                    k => Box::new(crate::reft::ScaledEdit {
+                        reft: reft.clone(),
+                        scale: k,
+                        positions: Positions::All,
+                    }),
+                };
+                let conflict = crate::steer::Gated {
+                    gate: crate::steer::Gate {
+                        margin,
+                        ..gate.clone()
+                    },
+                    inner: edit,
+                };
+                s.plan = match &relevance {
+                    Some((g, _)) => Box::new(crate::steer::Gated {
+                        gate: g.clone(),
+                        inner: Box::new(conflict),
+                    }),
+                    None => Box::new(conflict),
+                };
+                s.label = gated_label(&s.label, scale, margin, relevance.is_some());
+                s.strength = Some(margin);
+                if let Params::Reft {
+                    gate_margin,
+                    scale: sc,
+                    relevance: rel,
+                    ..
+                } = &mut s.params
+                {
+                    *gate_margin = Some(margin);
+                    *sc = (scale != 1.0).then_some(scale);
+                    *rel = relevance.as_ref().map(|(_, fp)| fp.clone());
                 }
+                v.push(s);
             }
         }
     }

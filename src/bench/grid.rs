@@ -170,7 +170,8 @@ impl Resources {
 
 impl Resources {
     /// A hash of what `m`'s settings read besides their own parameters (the probe files, the
-    /// gate, the ranked heads; the edits are in each setting's [`Params`]), so that a journal
+    /// gate, the ranked heads; the edits and the proxy models are in each setting's
+    /// [`Params`]), so that a journal
     /// never hands back runs made with other artefacts. None for a method that needs none.
     pub fn fingerprint(&self, m: Method) -> Option<String> {
         let json = |p: &Option<crate::probe::ProbeFile>| {
@@ -186,8 +187,7 @@ impl Resources {
                 Need::HeadProbes => Some(json(&self.head_probes)),
                 Need::RankedHeads => Some(format!("{:?}{:?}", self.heads, self.context_heads)),
                 Need::Gate => Some(json(&self.gate)),
-                Need::Edit => None,
-                Need::Proxy => Some(format!("{:?}", self.proxy)),
+                Need::Edit | Need::Proxy => None,
             })
             .collect();
         (!parts.is_empty()).then(|| format!("{:016x}", crate::data::stable_hash(&parts.join("|"))))
@@ -321,7 +321,7 @@ pub fn grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
 }
 
 /// Proxy-tuning at each of [`PROXY_ALPHAS`] (1 is the paper's); the expert and base are part
-/// of the method's journal scope ([`Resources::fingerprint`]).
+/// of each setting's key.
 fn proxy_grid(res: &Resources) -> Result<Vec<Setting>> {
     let p = res.proxy.as_ref().ok_or_else(|| {
         Error::Invalid("method proxy needs --proxy-expert and --proxy-base".into())

@@ -455,7 +455,6 @@ pub fn run_journaled(
         None => String::new(),
     };
     let mut scoped = journal.map(|j| Scoped::new(j, root));
-    let hits0 = scoped.as_ref().map_or(0, |s| s.journal.hits());
     let split = Split::new(
         model,
         items,
@@ -466,7 +465,7 @@ pub fn run_journaled(
     let twins: Vec<Item> = split.test.iter().filter_map(Item::true_twin).collect();
     let mut out = Vec::new();
     for m in methods {
-        let before = scoped.as_ref().map_or(hits0, |s| s.journal.hits());
+        let before = scoped.as_ref().map_or(0, |s| s.journal.hits());
         // Runs of a method that reads artefacts go under their hash as well.
         let mut uses = match res.fingerprint(*m) {
             Some(fp) => scoped.as_mut().map(|s| s.sub(&format!("uses {fp}"))),

@@ -12,10 +12,7 @@ pub fn perplexity(model: &Model, text: &str, plan: &dyn Plan) -> Result<f64> {
     let lp = crate::model::llama::log_softmax(&logits)?
         .squeeze(0)?
         .to_vec2::<f32>()?;
-    let nll: f64 = (1..ids.len())
-        .map(|j| -(lp[j - 1][ids[j] as usize] as f64))
-        .sum();
-    Ok((nll / (ids.len() - 1).max(1) as f64).exp())
+    Ok(from_logp(&ids, |j, t| lp[j][t as usize]))
 }
 
 /// [`perplexity`] of the proxy-tuned model: at each position the model's logits plus alpha
@@ -27,13 +24,15 @@ pub fn proxy_perplexity(model: &Model, proxy: &crate::proxy::Proxy, text: &str) 
         Ok(l.squeeze(0)?.to_vec2::<f32>()?)
     };
     let (lm, le, lb) = (logits(model)?, logits(&proxy.expert)?, logits(&proxy.base)?);
-    let nll: f64 = (1..ids.len())
-        .map(|j| {
-            let c = proxy.combine(&lm[j - 1], &le[j - 1], &lb[j - 1]);
-            let m = c.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let lse = c.iter().map(|x| (x - m).exp()).sum::<f32>().ln() + m;
-            (lse - c[ids[j] as usize]) as f64
-        })
-        .sum();
-    Ok((nll / (ids.len() - 1).max(1) as f64).exp())
+    Ok(from_logp(&ids, |j, t| {
+        let c = proxy.combine(&lm[j], &le[j], &lb[j]);
+        crate::generate::log_softmax_vec(&c)[t as usize]
+    }))
+}
+
+/// exp of the mean negative log-probability of each token of `ids` after the ones before it;
+/// `logp(j, t)` is the log-probability of token `t` at the position after `j`.
+fn from_logp(ids: &[u32], logp: impl Fn(usize, u32) -> f32) -> f64 {
+    let nll: f64 = (1..ids.len()).map(|j| -(logp(j - 1, ids[j]) as f64)).sum();
+    (nll / (ids.len() - 1).max(1) as f64).exp()
 }

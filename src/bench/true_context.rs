@@ -20,7 +20,7 @@ pub fn gold_rate(
     twins: &[Item],
     split: &Split,
     res: &Resources,
-    journal: Option<Scoped<Run>>,
+    mut journal: Option<Scoped<Run>>,
     on: &mut OnEvent,
 ) -> Result<Rate> {
     let settings = grid(model, r.method, res)?;
@@ -38,7 +38,6 @@ pub fn gold_rate(
         known: &[],
         irrelevant: &none,
     };
-    let mut journal = journal;
     let e = evaluate_with(
         model,
         s,

@@ -59,7 +59,8 @@ pub fn jsd(a: &[f32], b: &[f32]) -> f32 {
     (d / std::f64::consts::LN_2).clamp(0.0, 1.0) as f32
 }
 
-fn log_softmax_vec(l: &[f32]) -> Vec<f32> {
+/// The log-softmax of one row of logits, on the CPU.
+pub fn log_softmax_vec(l: &[f32]) -> Vec<f32> {
     let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let lse = l.iter().map(|x| (x - m).exp()).sum::<f32>().ln() + m;
     l.iter().map(|x| x - lse).collect()

@@ -8,7 +8,9 @@ use crate::model::{Batch, KvCache, LogitsAt, Model};
 use rand::{Rng, SeedableRng};
 
 mod cad;
-pub use cad::{cad_greedy_and_score, cad_logits, jsd, CadWeight, Combine, Pass, Passes};
+pub use cad::{
+    cad_greedy_and_score, cad_logits, jsd, log_softmax_vec, CadWeight, Combine, Pass, Passes,
+};
 
 /// How the next token is chosen.
 #[derive(Clone, Debug, PartialEq)]

@@ -56,6 +56,8 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     pub path: PathBuf,
     pub weights: WeightsMode,
+    /// [`Model::identity`], computed once: a GGUF's checksum reads the whole file.
+    id: std::sync::OnceLock<ModelId>,
 }
 
 impl Model {
@@ -102,6 +104,7 @@ impl Model {
             tokenizer,
             path: path.to_path_buf(),
             weights,
+            id: Default::default(),
         })
     }
 
@@ -135,6 +138,7 @@ impl Model {
             tokenizer: Tokenizer::from_folder(dir)?,
             path: dir.to_path_buf(),
             weights: WeightsMode::F32,
+            id: Default::default(),
         })
     }
 
@@ -193,8 +197,16 @@ impl Model {
     }
 
     /// The model's identity. For a folder the checksum covers config.json and the names and
-    /// sizes of its safetensors files.
+    /// sizes of its safetensors files. Computed on first use, then kept.
     pub fn identity(&self) -> Result<ModelId> {
+        if let Some(id) = self.id.get() {
+            return Ok(id.clone());
+        }
+        let id = self.compute_identity()?;
+        Ok(self.id.get_or_init(|| id).clone())
+    }
+
+    fn compute_identity(&self) -> Result<ModelId> {
         let sha256 = if self.path.is_dir() {
             use sha2::Digest;
             let mut h = sha2::Sha256::new();

@@ -147,7 +147,6 @@ pub fn run_one(
         b,
         res: &res,
         opts,
-        // The model's checksum reads the whole file: once per benchmark, not once per method.
         sha256: model.identity()?.sha256,
         journal: match &opts.parts {
             Some(d) => Some(open_journal(d, name, opts, on)?),
