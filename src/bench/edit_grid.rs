@@ -29,7 +29,6 @@ pub(super) fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Re
                     gate_margin: None,
                     scale: None,
                     relevance: None,
-                    relevance_sure: None,
                 },
                 label: beta.map_or(edit.clone(), |b| format!("{edit} + cad beta={b}")),
                 plan: Box::new(r.clone()),
@@ -48,9 +47,7 @@ pub(super) fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Re
 /// retention bar says when it starts to touch closed-book questions. Each is also tried at
 /// twice the edit's trained change ([`GATED_SCALES`]): the gate, not the edit's size, keeps
 /// it off closed-book questions, so a stronger edit may follow more contexts where it fires.
-/// Given a `relevant` probe file as well, the edit runs only where both gates fire, and the
-/// sweep also asks the relevance gate to be surer ([`RELEVANCE_SURE`]): it then leaves more
-/// contexts about other subjects alone, and the dev sweep's adherence says what that costs.
+/// Given a `relevant` probe file as well, the edit runs only where both gates fire.
 pub(super) fn reft_gated_grid(model: &Model, res: &Resources) -> Result<Vec<Setting>> {
     let gate = conflict_gate(model, Method::ReftGated, res)?;
     // Given a relevance gate, every setting has it: both gates must fire.
@@ -62,83 +59,58 @@ pub(super) fn reft_gated_grid(model: &Model, res: &Resources) -> Result<Vec<Sett
         }
         None => None,
     };
-    let sure: &[f32] = match relevance {
-        Some(_) => &RELEVANCE_SURE,
-        None => &[0.0],
-    };
     let mut v = vec![];
-    for &sure in sure {
-        for margin in [0.0f32, 2.0, 4.0] {
-            for scale in GATED_SCALES {
-                let edits = reft_grid(Method::ReftGated, res, &[None])?;
-                for (mut s, reft) in edits.into_iter().zip(&res.reft) {
-                    let edit = scaled(reft, scale);
-                    let conflict = crate::steer::Gated {
-                        gate: crate::steer::Gate {
-                            margin,
-                            ..gate.clone()
-                        },
-                        inner: edit,
-                    };
-                    let rel = relevance.as_ref().map(|(g, fp)| {
-                        let g = crate::steer::Gate {
-                            margin: -sure,
-                            ..g.clone()
-                        };
-                        (g, fp.clone())
-                    });
-                    s.plan = match &rel {
-                        Some((g, _)) => Box::new(crate::steer::Gated {
-                            gate: g.clone(),
-                            inner: Box::new(conflict),
-                        }),
-                        None => Box::new(conflict),
-                    };
-                    s.label = gated_label(&s.label, scale, margin, rel.is_some().then_some(sure));
-                    s.strength = Some(margin);
-                    if let Params::Reft {
-                        gate_margin,
-                        scale: sc,
-                        relevance: r,
-                        relevance_sure: rs,
-                        ..
-                    } = &mut s.params
-                    {
-                        *gate_margin = Some(margin);
-                        *sc = (scale != 1.0).then_some(scale);
-                        *r = rel.map(|(_, fp)| fp);
-                        *rs = (sure != 0.0).then_some(sure);
-                    }
-                    v.push(s);
+    for margin in [0.0f32, 2.0, 4.0] {
+        for scale in GATED_SCALES {
+            let edits = reft_grid(Method::ReftGated, res, &[None])?;
+            for (mut s, reft) in edits.into_iter().zip(&res.reft) {
+                let edit: Box<dyn Plan> = match scale {
+                    1.0 => Box::new(reft.clone()),
+                    k => Box::new(crate::reft::ScaledEdit {
+                        reft: reft.clone(),
+                        scale: k,
+                        positions: Positions::All,
+                    }),
+                };
+                let conflict = crate::steer::Gated {
+                    gate: crate::steer::Gate {
+                        margin,
+                        ..gate.clone()
+                    },
+                    inner: edit,
+                };
+                s.plan = match &relevance {
+                    Some((g, _)) => Box::new(crate::steer::Gated {
+                        gate: g.clone(),
+                        inner: Box::new(conflict),
+                    }),
+                    None => Box::new(conflict),
+                };
+                s.label = gated_label(&s.label, scale, margin, relevance.is_some());
+                s.strength = Some(margin);
+                if let Params::Reft {
+                    gate_margin,
+                    scale: sc,
+                    relevance: rel,
+                    ..
+                } = &mut s.params
+                {
+                    *gate_margin = Some(margin);
+                    *sc = (scale != 1.0).then_some(scale);
+                    *rel = relevance.as_ref().map(|(_, fp)| fp.clone());
                 }
+                v.push(s);
             }
         }
     }
     Ok(v)
 }
 
-/// The edit as trained (`scale` 1) or with its change scaled.
-fn scaled(reft: &crate::reft::Reft, scale: f32) -> Box<dyn Plan> {
-    match scale {
-        1.0 => Box::new(reft.clone()),
-        k => Box::new(crate::reft::ScaledEdit {
-            reft: reft.clone(),
-            scale: k,
-            positions: Positions::All,
-        }),
-    }
-}
-
 /// The scales of the trained edit's change that the gated sweep tries.
 pub const GATED_SCALES: [f32; 2] = [1.0, 2.0];
 
-/// How sure the relevance gate must be that the context is about the queried subject, in
-/// logits past its probe's boundary, in the gated sweep: its own decision, and 2 logits.
-pub const RELEVANCE_SURE: [f32; 2] = [0.0, 2.0];
-
-/// "EDIT [x2] where the conflict gate fires[, margin M][, and the relevance gate[, S logits
-/// sure]]".
-fn gated_label(edit: &str, scale: f32, margin: f32, relevance: Option<f32>) -> String {
+/// "EDIT [x2] where the conflict gate fires[, margin M][ and the relevance gate]".
+fn gated_label(edit: &str, scale: f32, margin: f32, relevance: bool) -> String {
     let mut l = edit.to_string();
     if scale != 1.0 {
         l += &format!(" x{scale}");
@@ -147,10 +119,8 @@ fn gated_label(edit: &str, scale: f32, margin: f32, relevance: Option<f32>) -> S
     if margin != 0.0 {
         l += &format!(", margin {margin}");
     }
-    match relevance {
-        Some(s) if s != 0.0 => l += &format!(", and the relevance gate, {s} logits sure"),
-        Some(_) => l += ", and the relevance gate",
-        None => {}
+    if relevance {
+        l += ", and the relevance gate";
     }
     l
 }

@@ -53,10 +53,6 @@ pub enum Params {
         /// The hash of the `relevant` probe file that must fire too (absent: none).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         relevance: Option<String>,
-        /// How much surer than its own boundary the relevance gate must be, in logits
-        /// (absent: its boundary, 0).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        relevance_sure: Option<f32>,
     },
     Iti {
         heads: usize,
