@@ -495,3 +495,55 @@ fn json_importers_say_what_is_wrong_with_the_file() {
         );
     }
 }
+
+/// The one subject-split rule gives, for each of its uses, the assignment each use made before
+/// it existed (the formulas below), so that the committed data, probes and reports stand.
+#[test]
+fn the_subject_split_keeps_every_former_assignment() {
+    use ctxsteer::data::{stable_hash, Split, SubjectSplit};
+    let subjects: Vec<String> = (0..2000)
+        .map(|i| format!("Subject {i} {}", if i % 3 == 0 { "Of Paris" } else { "x" }))
+        .collect();
+    for s in &subjects {
+        let builtin = match stable_hash(&s.to_lowercase()) % 10 {
+            0..=5 => Split::Train,
+            6 | 7 => Split::Dev,
+            _ => Split::Test,
+        };
+        assert_eq!(SubjectSplit::builtin().of(s), builtin, "{s}");
+        assert_eq!(ctxsteer::data::split_of(s), builtin);
+        for (seed, share) in [(0u64, 0.5f64), (7, 0.3), (1, 0.0), (2, 1.0)] {
+            let h = stable_hash(&format!("split:{seed}:{s}")) % 1000;
+            let want = if (h as f64) < share * 1000.0 {
+                Split::Dev
+            } else {
+                Split::Test
+            };
+            assert_eq!(
+                SubjectSplit::dev_test(seed, share).of(s),
+                want,
+                "{s} {seed} {share}"
+            );
+        }
+        let half = match stable_hash(s) % 2 {
+            0 => Split::Dev,
+            _ => Split::Test,
+        };
+        assert_eq!(SubjectSplit::halves().of(s), half);
+        for seed in [0u64, 3] {
+            let held = stable_hash(&format!("{seed}:{}", s.to_lowercase())).is_multiple_of(4);
+            assert_eq!(SubjectSplit::held_out(seed).of(s) == Split::Test, held);
+            assert_eq!(ctxsteer::probe::is_test(s, seed), held);
+        }
+    }
+    // Shares are what they say, within sampling noise, and case folds where the rule says so.
+    let n = |r: &SubjectSplit, p: Split| subjects.iter().filter(|s| r.of(s) == p).count();
+    let b = SubjectSplit::builtin();
+    assert!(
+        (1100..1300).contains(&n(&b, Split::Train)),
+        "{}",
+        n(&b, Split::Train)
+    );
+    assert!((300..500).contains(&n(&b, Split::Test)));
+    assert_eq!(b.of("PARIS"), b.of("paris"));
+}

@@ -40,7 +40,7 @@ pub use metrics::{exact_match, mean_rate, squad_normalize, Rate};
 use metrics::{mem_ratio, rate};
 pub use paired::{fill as fill_paired, paired_difference};
 pub use perplexity::{perplexity, proxy_perplexity};
-pub use split::{dev_test, known_items, sample_by_subject, Split, SplitOptions};
+pub use split::{dev_test, known_items, sample_by_subject, Parts, SplitOptions};
 pub use true_context::gold_rate;
 
 crate::choice_enum! {
@@ -455,7 +455,7 @@ pub fn run_journaled(
         None => String::new(),
     };
     let mut scoped = journal.map(|j| Scoped::new(j, root));
-    let split = Split::new(
+    let split = Parts::new(
         model,
         items,
         o,
@@ -501,7 +501,7 @@ fn journal_root(model: &Model, items: &[Item], o: &SplitOptions) -> Result<Strin
 pub fn run_method(
     model: &Model,
     m: Method,
-    split: &Split,
+    split: &Parts,
     res: &Resources,
     batch: usize,
     mut journal: Option<&mut Scoped<Run>>,

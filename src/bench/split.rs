@@ -13,24 +13,21 @@ use crate::journal::Scoped;
 use crate::label::{self, Answer, LabelOptions, Run};
 use crate::model::Model;
 
-/// Split items into (dev, test): their own split field, else a seeded half split by subject.
-/// With split fields, an item whose field is neither `dev` nor `test` is in neither.
+/// Split items into (dev, test): their own split field, else half and half by subject
+/// ([`crate::data::SubjectSplit::halves`]). With split fields, an item whose field is neither
+/// `dev` nor `test` is in neither.
 pub fn dev_test(items: &[Item]) -> (Vec<Item>, Vec<Item>) {
     let has = items.iter().any(|i| i.split.is_some());
     use crate::data::Split as S;
-    fn part_of(i: &Item, has: bool) -> Option<S> {
-        if has {
-            i.split
-        } else if crate::data::stable_hash(&i.subject).is_multiple_of(2) {
-            Some(S::Dev)
-        } else {
-            Some(S::Test)
-        }
-    }
+    let halves = crate::data::SubjectSplit::halves();
+    let part_of = |i: &Item| match has {
+        true => i.split,
+        false => Some(halves.of(&i.subject)),
+    };
     let take = |name: S| -> Vec<Item> {
         items
             .iter()
-            .filter(|i| part_of(i, has) == Some(name))
+            .filter(|i| part_of(i) == Some(name))
             .cloned()
             .collect()
     };
@@ -117,7 +114,7 @@ impl SplitOptions {
 /// The items one benchmark run works on: dev (strengths are chosen there) and test, each with
 /// its known facts (closed-book greedy answer = prior) for measuring retention, and its
 /// irrelevant contexts for measuring robustness.
-pub struct Split {
+pub struct Parts {
     pub dev: Vec<Item>,
     pub test: Vec<Item>,
     pub dev_known: Vec<Item>,
@@ -134,7 +131,7 @@ pub struct Split {
     pub base_ppl: f64,
 }
 
-/// Where [`Split::new`] saves its runs, under the journal scope it is given.
+/// Where [`Parts::new`] saves its runs, under the journal scope it is given.
 const KNOWN_DEV: &str = "known dev";
 const KNOWN_TEST: &str = "known test";
 const IRRELEVANT_CLOSED_DEV: &str = "irrelevant closed dev";
@@ -143,9 +140,9 @@ const IRRELEVANT_NONE_DEV: &str = "irrelevant none dev";
 
 /// The parts of `items`: (conflicts, irrelevant items) of dev and of test, the irrelevant ones
 /// built from the conflicts where the data has none.
-type Parts = [(Vec<Item>, Vec<Item>); 2];
+type ItemPairs = [(Vec<Item>, Vec<Item>); 2];
 
-fn parts(items: &[Item], kinds: &[Distractor], dev_one_per_query: bool) -> Parts {
+fn parts(items: &[Item], kinds: &[Distractor], dev_one_per_query: bool) -> ItemPairs {
     let is_irr = |i: &Item| i.variant == Some(Variant::Irrelevant);
     let given = items.iter().any(is_irr);
     let (dev, test) = dev_test(items);
@@ -184,8 +181,8 @@ fn sub<'a>(journal: &'a mut Option<&mut Scoped<Run>>, scope: &str) -> Option<Sco
     journal.as_deref_mut().map(|j| j.sub(scope))
 }
 
-impl Split {
-    /// Whether `journal` holds every run [`Split::new`] makes on `items`, so that it would run
+impl Parts {
+    /// Whether `journal` holds every run [`Parts::new`] makes on `items`, so that it would run
     /// nothing.
     pub fn is_saved(items: &[Item], o: &SplitOptions, journal: &mut Scoped<Run>) -> bool {
         let [(dev, dev_irr), (test, test_irr)] = parts(items, &o.distractors, o.dev_one_per_query);
@@ -219,7 +216,7 @@ impl Split {
         items: &[Item],
         o: &SplitOptions,
         mut journal: Option<&mut Scoped<Run>>,
-    ) -> Result<Split> {
+    ) -> Result<Parts> {
         let [(dev, dev_irr), (test, test_irr)] = parts(items, &o.distractors, o.dev_one_per_query);
         if dev.is_empty() || test.is_empty() {
             return Err(Error::Invalid(format!(
@@ -267,7 +264,7 @@ impl Split {
                 Some(irrelevant::score(&dev_irrelevant, &runs).unchanged.value)
             }
         };
-        Ok(Split {
+        Ok(Parts {
             dev_known,
             test_known,
             dev,

@@ -2,8 +2,8 @@
 //! items' true-context twins (the context rewritten to state the true fact).
 
 use super::{
-    evaluate_with, grid, opts, EvalItems, Event, IrrelevantSet, MethodResult, OnEvent, Rate,
-    Resources, Split,
+    evaluate_with, grid, opts, EvalItems, Event, IrrelevantSet, MethodResult, OnEvent, Parts, Rate,
+    Resources,
 };
 use crate::data::Item;
 use crate::error::{Error, Result};
@@ -18,7 +18,7 @@ pub fn gold_rate(
     model: &Model,
     r: &MethodResult,
     twins: &[Item],
-    split: &Split,
+    split: &Parts,
     res: &Resources,
     mut journal: Option<Scoped<Run>>,
     on: &mut OnEvent,

@@ -13,10 +13,12 @@ use std::path::Path;
 mod build;
 mod import;
 mod irrelevant;
+mod split;
 use build::slug;
 pub use build::{build, builtin_facts, parse_facts, write_built, Built, Fact};
 pub use import::{answer_list, import, import_text, parse_py_list, ImportFormat};
 pub use irrelevant::{irrelevant_for, Distractor};
+pub use split::SubjectSplit;
 
 crate::choice_enum! {
 /// Which part of the data an item belongs to.
@@ -386,24 +388,16 @@ impl Variant {
     }
 }
 
-/// The split of a subject: about 60% train, 20% dev, 20% test, the same in every relation.
+/// The split of a subject in the built-in data ([`SubjectSplit::builtin`]).
 pub fn split_of(subject: &str) -> Split {
-    match stable_hash(&subject.to_lowercase()) % 10 {
-        0..=5 => Split::Train,
-        6 | 7 => Split::Dev,
-        _ => Split::Test,
-    }
+    SubjectSplit::builtin().of(subject)
 }
 
-/// Marks each item dev or test by a seeded hash of its subject, about `dev_share` of
-/// subjects dev (the public benchmarks' split; [`split_of`] is the built-in data's).
+/// Marks each item dev or test by its subject ([`SubjectSplit::dev_test`]): about `dev_share`
+/// of subjects dev (the public benchmarks' split).
 pub fn split_dev_test(items: &mut [Item], seed: u64, dev_share: f64) {
+    let rule = SubjectSplit::dev_test(seed, dev_share);
     for it in items.iter_mut() {
-        let h = stable_hash(&format!("split:{seed}:{}", it.subject)) % 1000;
-        it.split = Some(if (h as f64) < dev_share * 1000.0 {
-            Split::Dev
-        } else {
-            Split::Test
-        });
+        it.split = Some(rule.of(&it.subject));
     }
 }

@@ -13,7 +13,7 @@
 //! - the smallest steering strength, and the smallest learned-edit scale, that make a known
 //!   fact's query follow its counterfactual context.
 
-use crate::data::{stable_hash, Item, Variant};
+use crate::data::{Item, Variant};
 use crate::density::{self, ItemDensity};
 use crate::error::{Error, Result};
 use crate::hooks::{Site, SiteKind, Spec};
@@ -307,9 +307,13 @@ fn layer_mean(conflicts: &[Item], d: &[ItemDensity], metric: &str, place: &str) 
     Measure::new(&format!("{metric}_{place}"), &about, samples)
 }
 
-/// Which half of the subjects an item's subject falls in, for cross-fitting.
+/// Which half of the subjects an item's subject falls in, for cross-fitting
+/// ([`crate::data::SubjectSplit::halves`]: 0 for its first half, 1 for its second).
 fn half(subject: &str) -> usize {
-    (stable_hash(subject) % 2) as usize
+    match crate::data::SubjectSplit::halves().of(subject) {
+        crate::data::Split::Dev => 0,
+        _ => 1,
+    }
 }
 
 /// Whether each item's object is the nearest class mean (over its relation's items in the

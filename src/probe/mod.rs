@@ -402,9 +402,10 @@ pub fn target_of(row: &IndexRow, target: Target) -> Option<bool> {
     }
 }
 
-/// Held-out group of a subject: about a quarter of subjects, chosen by a seeded hash.
+/// Whether a subject is held out of a probe's training: about a quarter of subjects
+/// ([`crate::data::SubjectSplit::held_out`]).
 pub fn is_test(subject: &str, seed: u64) -> bool {
-    crate::data::stable_hash(&format!("{seed}:{}", subject.to_lowercase())).is_multiple_of(4)
+    crate::data::SubjectSplit::held_out(seed).of(subject) == crate::data::Split::Test
 }
 
 #[cfg(test)]

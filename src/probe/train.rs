@@ -123,7 +123,7 @@ pub fn train(
     opts: &TrainOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<(Vec<SiteProbe>, usize, usize, usize)> {
-    let sp = Split::new(acts, opts)?;
+    let sp = TrainRows::new(acts, opts)?;
     let mut out = Vec::new();
     for (site, x) in &acts.sites {
         match opts.per_head.filter(|_| site.kind == SiteKind::AttnZ) {
@@ -151,7 +151,7 @@ pub fn train(
 /// Which examples a training run uses, and where: the labelled rows, the train and test rows
 /// with their labels, the shuffled labels of the control task, and the cross-validation group
 /// of each train row.
-struct Split {
+struct TrainRows {
     rows: Rows,
     tr: Vec<usize>,
     te: Vec<usize>,
@@ -162,8 +162,8 @@ struct Split {
     groups: Vec<u64>,
 }
 
-impl Split {
-    fn new(acts: &Acts, opts: &TrainOptions) -> Result<Split> {
+impl TrainRows {
+    fn new(acts: &Acts, opts: &TrainOptions) -> Result<TrainRows> {
         let rows: Rows = acts
             .index
             .iter()
@@ -190,7 +190,7 @@ impl Split {
         let mut shuffled = labels(&rows);
         SplitMix(opts.seed ^ 0x0C01_7201).shuffle(&mut shuffled);
         let ctrl: BTreeMap<usize, bool> = rows.iter().map(|(i, _)| *i).zip(shuffled).collect();
-        Ok(Split {
+        Ok(TrainRows {
             control_tr: tr.iter().map(|i| ctrl[i]).collect(),
             control_te: te.iter().map(|i| ctrl[i]).collect(),
             ytr: labels(&train_rows),
@@ -217,7 +217,11 @@ fn both_classes(part: &[(usize, bool)], name: &str, target: Target) -> Result<()
 }
 
 /// The L2 strength with the best cross-validated AUROC (logistic), and that AUROC.
-fn choose_alpha(opts: &TrainOptions, z: &Array2<f64>, sp: &Split) -> Result<(Option<f64>, f64)> {
+fn choose_alpha(
+    opts: &TrainOptions,
+    z: &Array2<f64>,
+    sp: &TrainRows,
+) -> Result<(Option<f64>, f64)> {
     let cv = |a: f64| cv_auroc(opts.kind, z, &sp.ytr, &sp.groups, opts.folds, a);
     Ok(match opts.kind {
         Kind::Logistic => {
@@ -240,7 +244,7 @@ fn held_out_metrics(
     m: &Fitted,
     ztr: &Array2<f64>,
     zte: &Array2<f64>,
-    sp: &Split,
+    sp: &TrainRows,
     a: f64,
     cv: f64,
 ) -> Result<Metrics> {
@@ -271,7 +275,7 @@ fn probe_site(
     x: &Array2<f32>,
     acts: &Acts,
     opts: &TrainOptions,
-    sp: &Split,
+    sp: &TrainRows,
 ) -> Result<SiteProbe> {
     let x = x.mapv(|v| v as f64);
     let (mean, std) = stats::mean_std(&x.select(Axis(0), &sp.tr));

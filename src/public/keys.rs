@@ -28,7 +28,7 @@ pub(super) fn part_key(
     run: &BenchRun,
     m: Method,
     settings: &[bench::Setting],
-    split: &bench::Split,
+    split: &bench::Parts,
 ) -> Result<String> {
     #[derive(Serialize)]
     struct PartKey<'a> {
@@ -76,7 +76,7 @@ pub(super) fn part_key(
 pub(super) fn legacy_part_key(
     run: &BenchRun,
     settings: &[bench::Setting],
-    split: &bench::Split,
+    split: &bench::Parts,
 ) -> String {
     let res = run.res;
     let labels: Vec<&str> = settings.iter().map(|s| s.label.as_str()).collect();

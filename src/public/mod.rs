@@ -236,7 +236,7 @@ impl BenchRun<'_> {
         &mut self,
         used: &[Item],
         on: &mut bench::OnEvent,
-    ) -> Result<Option<bench::Split>> {
+    ) -> Result<Option<bench::Parts>> {
         let (name, opts) = (self.b.name(), self.opts);
         let o = bench::SplitOptions {
             form: Form::Completion,
@@ -253,7 +253,7 @@ impl BenchRun<'_> {
         );
         if opts.saved_only
             && !scoped(&mut self.journal, &split_scope)
-                .is_some_and(|mut j| bench::Split::is_saved(used, &o, &mut j))
+                .is_some_and(|mut j| bench::Parts::is_saved(used, &o, &mut j))
         {
             // Every method's runs come after the split's, so nothing of this benchmark is saved.
             on(Event::Line(&format!(
@@ -261,7 +261,7 @@ impl BenchRun<'_> {
             )));
             return Ok(None);
         }
-        let split = bench::Split::new(
+        let split = bench::Parts::new(
             self.model,
             used,
             &o,
@@ -275,7 +275,7 @@ impl BenchRun<'_> {
     fn method(
         &mut self,
         m: Method,
-        split: &bench::Split,
+        split: &bench::Parts,
         on: &mut bench::OnEvent,
     ) -> Result<Option<(MethodResult, Outcomes)>> {
         let grid = bench::grid(self.model, m, self.res)?;
@@ -304,7 +304,7 @@ impl BenchRun<'_> {
     fn saved_or_run(
         &mut self,
         m: Method,
-        split: &bench::Split,
+        split: &bench::Parts,
         keys: &PartKeys,
         on: &mut bench::OnEvent,
     ) -> Result<Option<MethodResult>> {
