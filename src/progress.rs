@@ -50,6 +50,13 @@ pub fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
     pb
 }
 
+/// Print `line` on stderr above `pb`. (`ProgressBar::println` would go through the bar's draw
+/// target, which on a non-terminal stderr writes at most a line a [`LOG_EVERY`] and so drops
+/// most of them.)
+pub fn say(pb: &ProgressBar, line: &str) {
+    pb.suspend(|| eprintln!("{line}"));
+}
+
 /// A "terminal" that writes each drawn bar as one line on stderr, at most once a
 /// [`LOG_EVERY`], and ignores cursor movement.
 #[derive(Debug, Default)]

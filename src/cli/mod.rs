@@ -5,6 +5,7 @@
 mod analysis;
 mod args;
 mod bench;
+mod capacity;
 mod choice;
 mod data;
 mod generate;

@@ -23,6 +23,11 @@ pub enum OrganismCmd {
     /// the smallest steering strength and learned-edit scale that flip a known fact to the
     /// context; each fitted against log-exposure, for the final model and its checkpoints.
     Study(super::study::StudyArgs),
+    /// Memorization capacity (Morris et al. 2025, scaled down): models of several sizes, each
+    /// trained from scratch to convergence on N sequences of uniformly random tokens; memorized
+    /// bits are the data's entropy minus the model's negative log-likelihood in bits, a size's
+    /// capacity is the most it memorizes over N, and bits per parameter is fitted across sizes.
+    Capacity(super::capacity::CapacityArgs),
 }
 
 #[derive(Args)]
@@ -117,6 +122,7 @@ pub(super) fn organism_cmd(c: OrganismCmd) -> Result<()> {
         OrganismCmd::World(a) => world_cmd(a),
         OrganismCmd::Train(a) => train_cmd(a),
         OrganismCmd::Study(a) => super::study::study_cmd(a),
+        OrganismCmd::Capacity(a) => super::capacity::capacity_cmd(a),
     }
 }
 
@@ -194,7 +200,9 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
                 pb.set_position(step as u64);
                 pb.set_message(format!("loss {mean:.3}, {tokens_per_s:.0} tok/s"));
             }
-            TrainEvent::Checkpoint(p) => pb.println(format!("checkpoint {}", p.display())),
+            TrainEvent::Checkpoint(p) => {
+                ctxsteer::progress::say(&pb, &format!("checkpoint {}", p.display()))
+            }
         }
         Ok(())
     })?;

@@ -3,6 +3,9 @@
 //! scratch. [`world`] writes the world, [`train`] trains a model on it, and [`study`] measures
 //! what exposure does ([`summary`] and [`study_report`] summarize and report it).
 
+pub mod adamw;
+pub mod capacity;
+pub mod capacity_report;
 pub mod flips;
 pub mod study;
 pub mod study_report;

@@ -4,6 +4,7 @@
 //! files) that `--model DIR` loads in every command, plus the optimizer's state, so that
 //! `--resume` continues exactly where a run stopped.
 
+pub use super::adamw::AdamW;
 use crate::error::{Error, Result};
 use crate::stats::SplitMix;
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -155,6 +156,17 @@ impl Net {
         })
     }
 
+    /// The same weights in `dtype` (for example bf16, to train with bf16 parameters); the
+    /// forward pass then computes in it, and the loss in f32.
+    pub fn to_dtype(self, dtype: DType) -> Result<Net> {
+        let vars = self
+            .vars
+            .into_iter()
+            .map(|(k, v)| Ok((k, Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?)))
+            .collect::<Result<_>>()?;
+        Ok(Net { vars, ..self })
+    }
+
     fn w(&self, name: &str) -> Result<&Tensor> {
         self.vars
             .get(name)
@@ -168,9 +180,11 @@ impl Net {
         let (b, t) = ids.dims2()?;
         let (d, h) = (self.opts.d_model, self.opts.heads);
         let dh = d / h;
-        let (cos, sin) = rope_tables(t, dh)?; // [t, dh]
-        let mask = causal_mask(t)?; // [t, t]
         let emb = self.w("model.embed_tokens.weight")?;
+        let dt = emb.dtype();
+        let (cos, sin) = rope_tables(t, dh)?; // [t, dh]
+        let (cos, sin) = (cos.to_dtype(dt)?, sin.to_dtype(dt)?);
+        let mask = causal_mask(t)?.to_dtype(dt)?; // [t, t]
         let mut x = emb
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, d))?;
@@ -202,7 +216,9 @@ impl Net {
     /// Mean next-token cross-entropy of rows `ids` `[b, t]`.
     pub fn loss(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let logits = self.forward(&ids.narrow(1, 0, t - 1)?)?;
+        let logits = self
+            .forward(&ids.narrow(1, 0, t - 1)?)?
+            .to_dtype(DType::F32)?;
         let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
         Ok(candle_nn::loss::cross_entropy(
             &logits.reshape((b * (t - 1), self.vocab))?,
@@ -273,61 +289,6 @@ fn causal_mask(t: usize) -> Result<Tensor> {
         })
         .collect();
     Ok(Tensor::from_vec(v, (t, t), &Device::Cpu)?)
-}
-
-/// AdamW with decoupled weight decay (none on norm weights), its moments kept by name.
-pub struct AdamW {
-    pub m: BTreeMap<String, Tensor>,
-    pub v: BTreeMap<String, Tensor>,
-    /// Steps taken.
-    pub t: usize,
-}
-
-impl AdamW {
-    pub fn new(net: &Net) -> Result<AdamW> {
-        let zeros = || -> Result<BTreeMap<String, Tensor>> {
-            net.vars
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), v.as_tensor().zeros_like()?)))
-                .collect()
-        };
-        Ok(AdamW {
-            m: zeros()?,
-            v: zeros()?,
-            t: 0,
-        })
-    }
-
-    /// One update of every weight from `grads`, at learning rate `lr`.
-    pub fn step(
-        &mut self,
-        net: &Net,
-        grads: &candle_core::backprop::GradStore,
-        lr: f64,
-    ) -> Result<()> {
-        let (b1, b2, eps) = (0.9f64, 0.95f64, 1e-8f64);
-        self.t += 1;
-        let (c1, c2) = (1.0 - b1.powi(self.t as i32), 1.0 - b2.powi(self.t as i32));
-        for (name, var) in &net.vars {
-            let Some(g) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            let m = ((&self.m[name] * b1)? + (g * (1.0 - b1))?)?;
-            let v = ((&self.v[name] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + eps)?)?;
-            let w = var.as_tensor();
-            let decay = if w.rank() > 1 {
-                net.opts.weight_decay
-            } else {
-                0.0
-            };
-            let next = ((w * (1.0 - lr * decay))? - (update * lr)?)?;
-            var.set(&next)?;
-            self.m.insert(name.clone(), m);
-            self.v.insert(name.clone(), v);
-        }
-        Ok(())
-    }
 }
 
 /// The corpus as one token stream: each sentence after an end-of-text token.

@@ -1,0 +1,270 @@
+//! `organism capacity`'s report: report.json, report.md, capacity.svg (memorized bits against
+//! N for each size, and capacity against parameters with the fitted slope beside 3.6) and
+//! report.html.
+
+use super::capacity::{CapacityReport, CapacityRun};
+use crate::error::{Error, Result};
+use crate::markup::{esc, md_table};
+use std::path::Path;
+
+/// The fit, each size's capacity and every run, as Markdown.
+pub fn markdown(rep: &CapacityReport) -> String {
+    let o = &rep.options;
+    let mut s = format!(
+        "# Memorization capacity\n\nUniformly random sequences: vocabulary {}, {} tokens ({:.1} \
+         bits each, the first token unpredicted); {:.0} s.\n\n`{}`\n\n",
+        o.vocab,
+        o.seq,
+        (o.seq - 1) as f64 * (o.vocab as f64).log2(),
+        rep.seconds,
+        rep.command
+    );
+    for f in &rep.fits {
+        let b = &f.bits_per_param;
+        s += &format!(
+            "**Bits per parameter, {}: {:.2} [{:.2}, {:.2}]** (95% t interval over {} sizes; the \
+             reference is {:.1}).\n\n",
+            f.precision.name(),
+            b.value,
+            b.ci_low,
+            b.ci_high,
+            b.n,
+            rep.reference_bits_per_param
+        );
+    }
+    s += "## Capacity by size\n\n";
+    s += &sizes_table(rep);
+    s += "\n## Runs\n\n";
+    s += &md_table(
+        &[
+            "size",
+            "precision",
+            "N",
+            "epochs",
+            "converged",
+            "loss",
+            "entropy",
+            "memorized",
+            "seconds",
+        ],
+        &rep.runs.iter().map(run_row).collect::<Vec<_>>(),
+    );
+    s
+}
+
+/// Each size's capacity, as a Markdown table.
+fn sizes_table(rep: &CapacityReport) -> String {
+    let rows: Vec<Vec<String>> = rep
+        .sizes
+        .iter()
+        .map(|c| {
+            vec![
+                c.shape.to_string(),
+                c.precision.name().into(),
+                c.params.to_string(),
+                format!("{:.0}", c.capacity_bits),
+                c.at_n.to_string(),
+                format!("{:.2}", c.bits_per_param),
+                if c.converged { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    md_table(
+        &[
+            "size",
+            "precision",
+            "parameters",
+            "capacity (bits)",
+            "at N",
+            "bits/param",
+            "all converged",
+        ],
+        &rows,
+    )
+}
+
+fn run_row(r: &CapacityRun) -> Vec<String> {
+    vec![
+        r.shape.to_string(),
+        r.precision.name().into(),
+        r.n.to_string(),
+        r.epochs.to_string(),
+        if r.converged { "yes" } else { "no" }.into(),
+        format!("{:.3}", r.loss),
+        format!("{:.0}", r.entropy_bits),
+        format!("{:.0}", r.memorized_bits),
+        format!("{:.0}", r.seconds),
+    ]
+}
+
+/// The page: the chart inlined above the Markdown's tables.
+pub fn html(rep: &CapacityReport, svg: &str) -> String {
+    let body = format!(
+        "<div class=\"chart\">{}</div><pre>{}</pre>",
+        svg.find("<svg").map_or(svg, |i| &svg[i..]),
+        esc(&markdown(rep))
+    );
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Memorization capacity</title>\
+         <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}\
+         .chart svg{{max-width:100%;height:auto}}pre{{white-space:pre-wrap;font-size:12px}}\
+         </style></head><body><h1>Memorization capacity</h1>{body}</body></html>"
+    )
+}
+
+type Area<'a> =
+    plotters::drawing::DrawingArea<plotters::prelude::SVGBackend<'a>, plotters::coord::Shift>;
+
+/// Left: memorized bits against N (log2), one line per size. Right: capacity against
+/// parameters, the fitted slope and 3.6 bits per parameter.
+pub fn chart(rep: &CapacityReport, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
+    let root = SVGBackend::new(path, (1080, 400)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (left, right) = root.split_horizontally(540);
+    by_n(rep, &left).map_err(|e| err(&e))?;
+    by_params(rep, &right).map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+fn by_n(rep: &CapacityReport, area: &Area) -> std::result::Result<(), String> {
+    use plotters::prelude::*;
+    let x = |n: usize| (n.max(1) as f64).log2();
+    let xs = rep.runs.iter().map(|r| x(r.n));
+    let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |a, v| (a.0.min(v), a.1.max(v)));
+    let ymax = rep
+        .runs
+        .iter()
+        .map(|r| r.memorized_bits)
+        .fold(1.0, f64::max);
+    let ymin = rep
+        .runs
+        .iter()
+        .map(|r| r.memorized_bits)
+        .fold(0.0, f64::min);
+    if x0 > x1 {
+        return Ok(());
+    }
+    let mut c = ChartBuilder::on(area)
+        .caption("memorized bits against N", ("sans-serif", 15))
+        .margin(8)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x0 - 0.3)..(x1 + 0.3), ymin..(ymax * 1.08))
+        .map_err(|e| e.to_string())?;
+    c.configure_mesh()
+        .x_label_formatter(&|v| format!("{:.0}", v.exp2()))
+        .x_desc("N (sequences)")
+        .y_desc("bits")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (k, s) in rep.sizes.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        let pts: Vec<(f64, f64)> = rep
+            .runs
+            .iter()
+            .filter(|r| r.shape == s.shape && r.precision == s.precision)
+            .map(|r| (x(r.n), r.memorized_bits))
+            .collect();
+        c.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(format!(
+                "{} {} ({} params)",
+                s.shape,
+                s.precision.name(),
+                s.params
+            ))
+            .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 16, b)], color));
+        c.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+fn by_params(rep: &CapacityReport, area: &Area) -> std::result::Result<(), String> {
+    use plotters::prelude::*;
+    let pmax = rep
+        .sizes
+        .iter()
+        .map(|s| s.params as f64)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let steepest = rep
+        .fits
+        .iter()
+        .map(|f| f.bits_per_param.value)
+        .fold(rep.reference_bits_per_param, f64::max);
+    let ymax = rep
+        .sizes
+        .iter()
+        .map(|s| s.capacity_bits)
+        .fold(pmax * steepest, f64::max);
+    let mut c = ChartBuilder::on(area)
+        .caption("capacity against parameters", ("sans-serif", 15))
+        .margin(8)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..pmax, 0.0..ymax * 1.05)
+        .map_err(|e| e.to_string())?;
+    c.configure_mesh()
+        .x_desc("parameters")
+        .y_desc("bits")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (b, color, label) in fit_lines(rep) {
+        c.draw_series(LineSeries::new(
+            [(0.0, 0.0), (pmax, b * pmax)],
+            color.stroke_width(2),
+        ))
+        .map_err(|e| e.to_string())?
+        .label(label)
+        .legend(move |(a, y)| PathElement::new(vec![(a, y), (a + 16, y)], color));
+    }
+    for (k, f) in rep.fits.iter().enumerate() {
+        let color = Palette99::pick(k + 1).to_rgba();
+        let pts = rep.sizes.iter().filter(|s| s.precision == f.precision);
+        c.draw_series(
+            pts.map(|s| Circle::new((s.params as f64, s.capacity_bits), 4, color.filled())),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// The reference slope and each precision's fitted one, with their colours and labels.
+fn fit_lines(rep: &CapacityReport) -> Vec<(f64, plotters::style::RGBAColor, String)> {
+    use plotters::prelude::*;
+    let reference = rep.reference_bits_per_param;
+    let mut lines = vec![(reference, RED.mix(0.6), format!("{reference} bits/param"))];
+    for (k, f) in rep.fits.iter().enumerate() {
+        let b = f.bits_per_param.value;
+        let label = format!("{}: {b:.2} bits/param", f.precision.name());
+        lines.push((b, Palette99::pick(k + 1).to_rgba(), label));
+    }
+    lines
+}
+
+/// Write report.json, report.md, capacity.svg and report.html into `dir`.
+pub fn write(rep: &CapacityReport, dir: &Path) -> Result<()> {
+    use crate::data::write_atomic;
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    let json = serde_json::to_vec_pretty(rep).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_atomic(&dir.join("report.json"), &json)?;
+    write_atomic(&dir.join("report.md"), markdown(rep).as_bytes())?;
+    let svg_path = dir.join("capacity.svg");
+    chart(rep, &svg_path)?;
+    let svg = std::fs::read_to_string(&svg_path).map_err(|e| Error::file(&svg_path, e))?;
+    write_atomic(&dir.join("report.html"), html(rep, &svg).as_bytes())
+}
