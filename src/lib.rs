@@ -1,10 +1,12 @@
 //! ctxsteer: find where a language model chooses between the answer in its weights (its
 //! prior) and the answer in its prompt (the context), and change that choice causally.
 //!
-//! The pieces: [`model`] loads a real model (GGUF or safetensors) whose forward pass calls
+//! The pieces: the engine crate (`ctxsteer-engine`, re-exported here as [`model`], [`hooks`],
+//! [`generate`] and [`error`]) loads a real model (GGUF or safetensors) whose forward pass calls
 //! [`hooks::Hooks::apply`] at every TransformerLens-named site; a [`hooks::Spec`] lists the
 //! interventions (capture, add, replace, ablate, project out, clamp); [`generate`] runs
-//! KV-cached generation under a spec.
+//! KV-cached generation under a spec. This crate holds what builds on it: observations,
+//! analyses and interventions, evaluations, and [`fetch`], which downloads the known models.
 
 pub mod atomic;
 pub mod bench;
@@ -13,13 +15,10 @@ pub mod choice;
 pub mod data;
 pub mod demo;
 pub mod density;
-pub mod error;
-pub mod generate;
-pub mod hooks;
+pub mod fetch;
 pub mod journal;
 pub mod label;
 pub mod markup;
-pub mod model;
 pub mod organism;
 pub mod patch;
 pub mod probe;
@@ -32,6 +31,7 @@ pub mod speed;
 pub mod stats;
 pub mod steer;
 
+pub use ctxsteer_engine::{error, generate, hooks, model};
 pub use error::{Error, Result};
 pub use hooks::{Action, Captures, Intervention, Positions, Site, SiteKind, Spec};
 pub use model::{Model, WeightsMode};

@@ -494,7 +494,7 @@ fn reft_train_and_a_manifest_choose_the_methods() {
         .failure()
         .stderr(predicate::str::contains("a raw vector has no sweep"));
     // A manifest for this model adds reft and reft-cad; one for another model is ignored.
-    let sha = ctxsteer::model::fetch::sha256_file(&path).unwrap();
+    let sha = ctxsteer::model::sha256_file(&path).unwrap();
     let manifest = |sha: &str| {
         let m = serde_json::json!({"model_sha256": sha, "reft": ["edit.safetensors"]});
         std::fs::write(art.join("manifest.json"), m.to_string()).unwrap();

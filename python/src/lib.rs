@@ -122,8 +122,8 @@ impl Model {
                 )))
             }
         };
-        let device = ctxsteer::model::fetch::device(device).py()?;
-        let path = ctxsteer::model::fetch::resolve(model, &mut |m| eprintln!("{m}")).py()?;
+        let device = ctxsteer::model::device(device).py()?;
+        let path = ctxsteer::fetch::resolve(model, &mut |m| eprintln!("{m}")).py()?;
         let m = without_gil(py, |_| ctxsteer::Model::load_on(&path, mode, &device))?;
         Ok(Model { inner: Arc::new(m) })
     }

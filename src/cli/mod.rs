@@ -27,7 +27,7 @@ pub use reft::*;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use ctxsteer::model::fetch;
+use ctxsteer::fetch;
 use std::path::PathBuf;
 
 #[derive(Parser)]

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use ctxsteer::model::fetch;
+use ctxsteer::fetch;
 use ctxsteer::{Model, WeightsMode};
 use std::path::PathBuf;
 
@@ -48,7 +48,7 @@ impl From<WeightsArg> for WeightsMode {
 
 /// The candle device `--device` names.
 pub fn parse_device(s: &str) -> Result<candle_core::Device> {
-    fetch::device(s).context("--device")
+    ctxsteer::model::device(s).context("--device")
 }
 
 impl ModelArgs {

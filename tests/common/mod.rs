@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 /// The default model, fetched by `ctxsteer fetch-model` (CI does this before the tests).
 pub fn default_model_path() -> PathBuf {
-    let p = ctxsteer::model::fetch::default_model_path();
+    let p = ctxsteer::fetch::default_model_path();
     assert!(
         p.exists(),
         "the default model is missing at {}: run `cargo run --release -- fetch-model` first",
@@ -48,7 +48,7 @@ pub fn read_npy_in(dir: &str, name: &str) -> Vec<f32> {
 
 /// A model `ctxsteer fetch-model NAME` puts in the cache (CI fetches them before the tests).
 pub fn load_known(name: &str, mode: WeightsMode) -> Model {
-    let k = ctxsteer::model::fetch::known(name).expect("a known model");
+    let k = ctxsteer::fetch::known(name).expect("a known model");
     let p = k.path();
     assert!(
         p.exists(),

@@ -10,10 +10,10 @@ pub mod config;
 pub mod decoder;
 mod embedding;
 mod fblock;
-pub mod fetch;
 mod fgemv;
 mod gguf_check;
 mod gguf_read;
+mod host;
 mod names;
 mod norm;
 mod plan;
@@ -36,6 +36,7 @@ pub use alloc::keep_freed_memory;
 pub use config::{Family, FAMILIES};
 pub use decoder::{Batch, Config, Decoder, KvCache, LogitsAt, WeightsMode};
 pub use gguf_check::check as check_gguf;
+pub use host::{device, sha256_file};
 pub use plan::Plan;
 use std::path::{Path, PathBuf};
 pub use tokenizer::{Message, Tokenizer};
@@ -225,7 +226,7 @@ impl Model {
             }
             format!("{:x}", h.finalize())
         } else {
-            fetch::sha256_file(&self.path)?
+            sha256_file(&self.path)?
         };
         Ok(ModelId {
             file: self.name(),

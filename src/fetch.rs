@@ -4,6 +4,7 @@
 //! so a half-written or corrupt file is never used.
 
 use crate::error::{Error, Result};
+use crate::model::sha256_file;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -102,31 +103,6 @@ pub fn resolve(model: &str, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     fetch(known, log)
 }
 
-/// The candle device a name means: cpu, cuda, cuda:N or metal (GPUs need a build with the
-/// `cuda` or `metal` feature).
-pub fn device(s: &str) -> Result<candle_core::Device> {
-    let gpu = |r: candle_core::Result<candle_core::Device>, feature: &str| {
-        r.map_err(|e| {
-            Error::Invalid(format!(
-                "device {s}: {e} (a GPU build is `cargo build --release --features {feature}`)"
-            ))
-        })
-    };
-    Ok(match s {
-        "cpu" => candle_core::Device::Cpu,
-        "cuda" => gpu(candle_core::Device::new_cuda(0), "cuda")?,
-        "metal" => gpu(candle_core::Device::new_metal(0), "metal")?,
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => gpu(candle_core::Device::new_cuda(n), "cuda")?,
-            _ => {
-                return Err(Error::Invalid(format!(
-                    "device {s:?}: valid choices are cpu, cuda, cuda:N, metal"
-                )))
-            }
-        },
-    })
-}
-
 /// `$CTXSTEER_HOME`, else `$XDG_CACHE_HOME/ctxsteer`, else `~/.cache/ctxsteer`.
 pub fn cache_dir() -> PathBuf {
     if let Some(h) = std::env::var_os("CTXSTEER_HOME").filter(|v| !v.is_empty()) {
@@ -149,21 +125,6 @@ impl KnownModel {
     pub fn path(&self) -> PathBuf {
         cache_dir().join(self.file)
     }
-}
-
-/// The sha256 of a file, as lowercase hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::file(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
 }
 
 /// Make sure the default model is in the cache; returns its path.
