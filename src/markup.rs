@@ -1,4 +1,8 @@
-//! Text for reports: HTML escaping and Markdown tables, shared by every report writer.
+//! Text for reports: HTML escaping and Markdown tables, shared by every report writer, and
+//! the writer of a report's files for the reports with one chart.
+
+use crate::error::{Error, Result};
+use std::path::Path;
 
 /// `s` with `&`, `<` and `>` escaped for HTML.
 pub fn esc(s: &str) -> String {
@@ -19,4 +23,25 @@ pub fn md_table<H: AsRef<str>>(h: &[H], rows: &[Vec<String>]) -> String {
         s += &format!("| {} |\n", r.join(" | "));
     }
     s
+}
+
+/// Write a report into `dir`: report.json (`value`), report.md (`markdown`), the chart that
+/// `chart` draws at `dir/svg_name`, and report.html (`html`, given the chart's SVG text). Each
+/// file is written whole or not at all.
+pub fn write_report<T: serde::Serialize>(
+    dir: &Path,
+    value: &T,
+    markdown: &str,
+    svg_name: &str,
+    chart: impl FnOnce(&Path) -> Result<()>,
+    html: impl FnOnce(&str) -> String,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    let json = serde_json::to_vec_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::atomic::write(&dir.join("report.json"), &json)?;
+    crate::atomic::write(&dir.join("report.md"), markdown.as_bytes())?;
+    let svg_path = dir.join(svg_name);
+    chart(&svg_path)?;
+    let svg = std::fs::read_to_string(&svg_path).map_err(|e| Error::file(&svg_path, e))?;
+    crate::atomic::write(&dir.join("report.html"), html(&svg).as_bytes())
 }

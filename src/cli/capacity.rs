@@ -6,6 +6,7 @@ use clap::Args;
 use ctxsteer::organism::capacity::{
     self, CapacityEvent, CapacityOptions, CapacityRun, Precision, Shape,
 };
+use ctxsteer::organism::capacity_report;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -132,7 +133,7 @@ pub(super) fn capacity_cmd(a: CapacityArgs) -> Result<()> {
         Ok(())
     })?;
     pb.finish_and_clear();
-    ctxsteer::organism::capacity_report::write(&rep, &a.out)?;
+    capacity_report::write(&rep, &a.out)?;
     if a.json {
         let v = serde_json::json!({"fits": rep.fits, "sizes": rep.sizes});
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -159,17 +160,9 @@ fn done_line(r: &CapacityRun, reused: bool) -> String {
 }
 
 fn print_fits(rep: &capacity::CapacityReport, a: &CapacityArgs) {
+    let reference = rep.reference_bits_per_param;
     for f in &rep.fits {
-        let b = &f.bits_per_param;
-        println!(
-            "bits per parameter, {}: {:.2} [{:.2}, {:.2}] over {} sizes (reference {})",
-            f.precision.name(),
-            b.value,
-            b.ci_low,
-            b.ci_high,
-            b.n,
-            rep.reference_bits_per_param
-        );
+        println!("{}", capacity_report::fit_line(f, reference));
     }
     println!(
         "report in {} ({:.0}s)",

@@ -2,7 +2,7 @@
 //! N for each size, and capacity against parameters with the fitted slope beside 3.6) and
 //! report.html.
 
-use super::capacity::{CapacityReport, CapacityRun};
+use super::capacity::{CapacityFit, CapacityReport, CapacityRun};
 use crate::error::{Error, Result};
 use crate::markup::{esc, md_table};
 use std::path::Path;
@@ -20,17 +20,7 @@ pub fn markdown(rep: &CapacityReport) -> String {
         rep.command
     );
     for f in &rep.fits {
-        let b = &f.bits_per_param;
-        s += &format!(
-            "**Bits per parameter, {}: {:.2} [{:.2}, {:.2}]** (95% t interval over {} sizes; the \
-             reference is {:.1}).\n\n",
-            f.precision.name(),
-            b.value,
-            b.ci_low,
-            b.ci_high,
-            b.n,
-            rep.reference_bits_per_param
-        );
+        s += &format!("**{}**.\n\n", fit_line(f, rep.reference_bits_per_param));
     }
     s += "## Capacity by size\n\n";
     s += &sizes_table(rep);
@@ -50,6 +40,21 @@ pub fn markdown(rep: &CapacityReport) -> String {
         &rep.runs.iter().map(run_row).collect::<Vec<_>>(),
     );
     s
+}
+
+/// "Bits per parameter, PRECISION: B [LOW, HIGH] (95% t interval over N sizes; the reference
+/// is R)".
+pub fn fit_line(f: &CapacityFit, reference: f64) -> String {
+    let b = &f.bits_per_param;
+    format!(
+        "Bits per parameter, {}: {:.2} [{:.2}, {:.2}] (95% t interval over {} sizes; the \
+         reference is {reference:.1})",
+        f.precision.name(),
+        b.value,
+        b.ci_low,
+        b.ci_high,
+        b.n
+    )
 }
 
 /// Each size's capacity, as a Markdown table.
@@ -180,12 +185,7 @@ fn by_n(rep: &CapacityReport, area: &Area) -> std::result::Result<(), String> {
         c.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
             .map_err(|e| e.to_string())?;
     }
-    c.configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| e.to_string())
+    legend(&mut c)
 }
 
 fn by_params(rep: &CapacityReport, area: &Area) -> std::result::Result<(), String> {
@@ -235,6 +235,21 @@ fn by_params(rep: &CapacityReport, area: &Area) -> std::result::Result<(), Strin
         )
         .map_err(|e| e.to_string())?;
     }
+    legend(&mut c)
+}
+
+type Chart<'a> = plotters::chart::ChartContext<
+    'a,
+    plotters::prelude::SVGBackend<'a>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// The series' legend, upper left.
+fn legend<'a>(c: &mut Chart<'a>) -> std::result::Result<(), String> {
+    use plotters::prelude::*;
     c.configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
@@ -258,13 +273,12 @@ fn fit_lines(rep: &CapacityReport) -> Vec<(f64, plotters::style::RGBAColor, Stri
 
 /// Write report.json, report.md, capacity.svg and report.html into `dir`.
 pub fn write(rep: &CapacityReport, dir: &Path) -> Result<()> {
-    use crate::data::write_atomic;
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    let json = serde_json::to_vec_pretty(rep).map_err(|e| Error::Invalid(e.to_string()))?;
-    write_atomic(&dir.join("report.json"), &json)?;
-    write_atomic(&dir.join("report.md"), markdown(rep).as_bytes())?;
-    let svg_path = dir.join("capacity.svg");
-    chart(rep, &svg_path)?;
-    let svg = std::fs::read_to_string(&svg_path).map_err(|e| Error::file(&svg_path, e))?;
-    write_atomic(&dir.join("report.html"), html(rep, &svg).as_bytes())
+    crate::markup::write_report(
+        dir,
+        rep,
+        &markdown(rep),
+        "capacity.svg",
+        |p| chart(rep, p),
+        |svg| html(rep, svg),
+    )
 }

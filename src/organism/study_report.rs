@@ -251,13 +251,12 @@ pub fn chart(rep: &StudyReport, path: &Path) -> Result<()> {
 
 /// Write report.json, report.md, study.svg and report.html into `dir`.
 pub fn write(rep: &StudyReport, dir: &Path) -> Result<()> {
-    use crate::data::write_atomic;
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    let json = serde_json::to_vec_pretty(rep).map_err(|e| Error::Invalid(e.to_string()))?;
-    write_atomic(&dir.join("report.json"), &json)?;
-    write_atomic(&dir.join("report.md"), markdown(rep).as_bytes())?;
-    let svg_path = dir.join("study.svg");
-    chart(rep, &svg_path)?;
-    let svg = std::fs::read_to_string(&svg_path).map_err(|e| Error::file(&svg_path, e))?;
-    write_atomic(&dir.join("report.html"), html(rep, &svg).as_bytes())
+    crate::markup::write_report(
+        dir,
+        rep,
+        &markdown(rep),
+        "study.svg",
+        |p| chart(rep, p),
+        |svg| html(rep, svg),
+    )
 }
