@@ -313,3 +313,66 @@ fn the_engine_has_no_command_line_and_no_downloader() {
         assert!(!root.join("src").join(m).exists() && !root.join(format!("src/{m}.rs")).exists());
     }
 }
+
+/// No import circle among the files of any folder module (`super::NAME` between siblings; the
+/// folder's mod.rs, which declares them, is left out): inside the engine's `model/` too, the
+/// formats, the forward pass and the kernels point one way.
+#[test]
+fn no_import_circles_inside_a_module() {
+    let mut dirs: BTreeMap<std::path::PathBuf, Vec<std::path::PathBuf>> = BTreeMap::new();
+    for f in roots().iter().flat_map(|r| rust_files(r)) {
+        dirs.entry(f.parent().unwrap().to_path_buf())
+            .or_default()
+            .push(f);
+    }
+    let mut circles = vec![];
+    for (dir, files) in &dirs {
+        let stems: Vec<String> = files
+            .iter()
+            .map(|f| f.file_stem().unwrap().to_string_lossy().into_owned())
+            .filter(|s| s != "mod" && s != "lib" && s != "main")
+            .collect();
+        let mut graph: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for f in files {
+            let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
+            if !stems.contains(&stem) {
+                continue;
+            }
+            let text = std::fs::read_to_string(f).unwrap();
+            let code: String = text
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let deps = stems
+                .iter()
+                .filter(|s| **s != stem && code.contains(&format!("super::{s}")))
+                .cloned()
+                .collect();
+            graph.insert(stem, deps);
+        }
+        for (m, ds) in &graph {
+            for d in ds {
+                let (mut seen, mut stack) = (std::collections::BTreeSet::new(), vec![d.clone()]);
+                while let Some(x) = stack.pop() {
+                    if &x == m {
+                        circles.push(format!("{}: {m} -> {d} -> … -> {m}", dir.display()));
+                        break;
+                    }
+                    if seen.insert(x.clone()) {
+                        stack.extend(graph.get(&x).into_iter().flatten().cloned());
+                    }
+                }
+            }
+        }
+    }
+    assert!(dirs.len() > 10, "found only {} folders", dirs.len());
+    assert!(
+        circles.is_empty(),
+        "import circles:\n{}",
+        circles.join("\n")
+    );
+}

@@ -1,7 +1,6 @@
 //! The learned edit's settings: each trained edit alone, with context-aware decoding, or behind
 //! the conflict gate (and the relevance gate when one is given) at several margins and scales.
 
-use super::grid::conflict_gate;
 use super::{Method, Params, Resources, Setting};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -104,6 +103,18 @@ pub(super) fn reft_gated_grid(model: &Model, res: &Resources) -> Result<Vec<Sett
         }
     }
     Ok(v)
+}
+
+/// The gate of the gated methods: the `conflict` probe file's best site.
+pub(super) fn conflict_gate(
+    model: &Model,
+    m: Method,
+    res: &Resources,
+) -> Result<crate::steer::Gate> {
+    let pf = res.gate.as_ref().ok_or_else(|| {
+        Error::Invalid(format!("method {} needs a conflict probe file", m.name()))
+    })?;
+    crate::steer::Gate::from_probes(pf, "best", model.cfg().n_layers)
 }
 
 /// The scales of the trained edit's change that the gated sweep tries.

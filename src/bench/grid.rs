@@ -1,7 +1,7 @@
 //! What each method tries on dev (its grid of settings), what the sweeps may draw on (probes,
 //! ranked heads, a gate), and how the dev sweep's winner is chosen under the cost constraints.
 
-use super::edit_grid::{reft_gated_grid, reft_grid};
+use super::edit_grid::{conflict_gate, reft_gated_grid, reft_grid};
 use super::Method;
 use crate::choice::Choice;
 use crate::error::{Error, Result};
@@ -453,18 +453,6 @@ fn iti_grid(model: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
         }
     }
     Ok(v)
-}
-
-/// The gate of the gated methods: the `conflict` probe file's best site.
-pub(super) fn conflict_gate(
-    model: &Model,
-    m: Method,
-    res: &Resources,
-) -> Result<crate::steer::Gate> {
-    let pf = res.gate.as_ref().ok_or_else(|| {
-        Error::Invalid(format!("method {} needs a conflict probe file", m.name()))
-    })?;
-    crate::steer::Gate::from_probes(pf, "best", model.cfg().n_layers)
 }
 
 /// The head-scaling settings a sweep tries: (context heads scaled up, factor; prior heads

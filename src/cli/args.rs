@@ -355,22 +355,6 @@ impl DataArgs {
     }
 }
 
-/// Proxy-tuning's models (`generate`, `label`).
-#[derive(Args, Clone)]
-pub struct ProxyArgs {
-    /// Proxy-tuning (Liu et al. 2024): a tuned model (a .gguf, a folder or a short name) whose
-    /// logit shift against --proxy-base is added at every step: logits = model + alpha *
-    /// (expert - base). All three must share a tokenizer. Plain decoding only (no --decoding cad in generate).
-    #[arg(long, value_name = "MODEL", requires = "proxy_base")]
-    pub proxy_expert: Option<PathBuf>,
-    /// The untuned model the expert was tuned from.
-    #[arg(long, value_name = "MODEL", requires = "proxy_expert")]
-    pub proxy_base: Option<PathBuf>,
-    /// Weight of the expert's shift (1: the paper's; 0: the model alone).
-    #[arg(long, default_value_t = 1.0)]
-    pub proxy_alpha: f32,
-}
-
 #[derive(Args)]
 pub struct LabelArgs {
     #[command(flatten)]

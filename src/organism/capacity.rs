@@ -5,7 +5,8 @@
 //! parameter is the slope of capacity against parameter count (a least-squares line through
 //! the origin, with a t interval).
 
-use super::train::{AdamW, Net, TrainOptions};
+use super::adamw::AdamW;
+use super::train::{Net, TrainOptions};
 use crate::error::{Error, Result};
 use crate::stats::SplitMix;
 use candle_core::{Device, Tensor, D};
@@ -230,7 +231,7 @@ fn train_until_converged(
     seed: u64,
     on: &mut dyn FnMut(CapacityEvent) -> Result<()>,
 ) -> Result<(usize, bool, f64)> {
-    let mut opt = AdamW::new(net)?;
+    let mut opt = AdamW::new(&net.vars)?;
     let mut order: Vec<usize> = (0..data.len()).collect();
     let mut rng = SplitMix(seed);
     let (mut best, mut since, mut loss) = (f64::INFINITY, 0, f64::NAN);
@@ -241,7 +242,7 @@ fn train_until_converged(
             let rows: Vec<Vec<u32>> = idx.iter().map(|&i| data[i].clone()).collect();
             let l = net.loss(&rows_tensor(&rows)?)?;
             let grads = l.backward()?;
-            opt.step(net, &grads, o.lr)?;
+            opt.step(&net.vars, net.opts.weight_decay, &grads, o.lr)?;
             sum += l.to_scalar::<f32>()? as f64 * idx.len() as f64;
         }
         loss = sum / data.len() as f64;

@@ -414,5 +414,3 @@ pub fn separability(
     );
     Ok((Measure::new("object_separable", &about, samples), layer))
 }
-
-pub use super::flips::flips;

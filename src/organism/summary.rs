@@ -137,7 +137,7 @@ pub fn study(
     measures.extend(study::densities(model, &items.conflicts, opts, progress)?);
     let (sep, probe_layer) = study::separability(model, &items.conflicts, opts, progress)?;
     measures.push(sep);
-    let (flips, notes) = study::flips(model, &items.conflicts, &labels, opts, progress)?;
+    let (flips, notes) = super::flips::flips(model, &items.conflicts, &labels, opts, progress)?;
     measures.extend(flips);
     Ok(Snapshot {
         label,

@@ -4,7 +4,7 @@
 //! files) that `--model DIR` loads in every command, plus the optimizer's state, so that
 //! `--resume` continues exactly where a run stopped.
 
-pub use super::adamw::AdamW;
+use super::adamw::AdamW;
 use crate::error::{Error, Result};
 use crate::stats::SplitMix;
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -425,7 +425,7 @@ pub fn load_checkpoint(dir: &Path, vocab: usize) -> Result<(Net, AdamW, TrainSta
         *v = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
     }
     let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)?;
-    let mut adam = AdamW::new(&net)?;
+    let mut adam = AdamW::new(&net.vars)?;
     for k in net.vars.keys() {
         let get = |p: &str| {
             moments
@@ -474,7 +474,7 @@ pub fn train(
     }
     let fresh = || -> Result<(Net, AdamW, TrainState)> {
         let net = Net::new(opts, vocab)?;
-        let adam = AdamW::new(&net)?;
+        let adam = AdamW::new(&net.vars)?;
         let state = TrainState {
             step: 0,
             options: opts.clone(),
@@ -507,7 +507,7 @@ pub fn train(
         let ids = batch_at(&stream, &starts, opts, step)?;
         let loss = net.loss(&ids)?;
         let grads = loss.backward()?;
-        adam.step(&net, &grads, opts.lr_at(step))?;
+        adam.step(&net.vars, net.opts.weight_decay, &grads, opts.lr_at(step))?;
         let l = f64::from(loss.to_scalar::<f32>()?);
         state.losses.push(l);
         state.step = step + 1;

@@ -170,7 +170,7 @@ impl Decoder {
             .map(|l| Block::load(&mut src, &cfg, l))
             .collect::<Result<Vec<_>>>()?;
         let norm = src.norm(&names::final_norm(), family.hf_norm_offset())?;
-        let lm_head = lm_head(&mut src, &embed)?;
+        let lm_head = lm_head(&mut src, (embed.as_matmul()?, embed.blocks()))?;
         check_ends(&cfg, &embed, &lm_head, &norm)?;
         let device = src.device();
         let factors = match src.has("rope_freqs.weight", "") {

@@ -17,17 +17,8 @@ const W: usize = 4;
 /// vector fill 29 of the 32 registers. Six rather than four: a step of 48 rows 58 -> 52 ms.
 const R: usize = 6;
 
-/// Whether this CPU runs [`products`].
-pub(super) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+/// Whether this CPU runs [`products`] (AVX-512F; [`super::cpu::avx512`]).
+pub(super) use super::cpu::avx512 as available;
 
 /// `y [m, n] = x [m, k] · wᵀ` for `w [n, k]`, on candle's worker pool: each thread takes one
 /// contiguous share of the weight rows and reads each of them once. Callers check

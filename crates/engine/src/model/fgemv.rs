@@ -13,7 +13,7 @@ const MAX_ROWS_BLOCKS: usize = 128;
 
 /// Up to how many activation rows [`matmul`] multiplies (more go to [`tiled`]).
 pub(super) fn max_rows() -> usize {
-    if super::fblock::available() {
+    if super::cpu::avx512() {
         MAX_ROWS_BLOCKS
     } else {
         MAX_ROWS
@@ -29,7 +29,7 @@ pub(super) fn matmul(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tenso
         return Ok(None);
     }
     with_f32(w, x, |ws, xs, (m, n, k)| {
-        if super::fblock::available() {
+        if super::cpu::avx512() {
             return super::fblock::products(ws, xs, (m, n, k));
         }
         super::qgemm::row_products(n, m, |j, r| {

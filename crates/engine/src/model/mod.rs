@@ -7,6 +7,7 @@ mod alloc;
 mod attention;
 mod batch;
 pub mod config;
+mod cpu;
 pub mod decoder;
 mod embedding;
 mod fblock;

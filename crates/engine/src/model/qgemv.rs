@@ -75,18 +75,7 @@ impl Q8Rows {
 }
 
 /// Whether this machine has the instructions the kernel needs.
-fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+use super::cpu::avx2_fma_f16c as available;
 
 /// One weight row (whole blocks) times activation row `r`.
 type DotFn = unsafe fn(&[u8], &Q8Rows, usize) -> f32;

@@ -4,7 +4,7 @@
 //!
 //! With f32 weights, a model loaded from GGUF keeps the file's blocks of these types beside
 //! the dequantized matrices, and products of a few rows (decode steps, the answers' tokens)
-//! decode tiles of them ([`super::fblock::products_decoded`]): a SmolLM2 decode step then reads
+//! decode tiles of them (`fblock::products_decoded`): a SmolLM2 decode step then reads
 //! 94 MB of weights instead of 540 MB.
 //!
 //! A Q4_1 block (20 bytes): `d` and `m` (f16), then 16 bytes whose low nibbles are values
@@ -24,8 +24,7 @@ const QK: usize = 32;
 
 /// Whether this CPU decodes rows of `dtype` here.
 pub(super) fn decodes(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0)
-        && super::fblock::available()
+    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0) && super::cpu::avx512()
 }
 
 /// Bytes of one row of `k` values.
@@ -118,7 +117,7 @@ mod tests {
     /// Decoded rows equal candle's dequantization bit for bit.
     #[test]
     fn decoded_rows_equal_candles_dequantization() {
-        if !super::super::fblock::available() {
+        if !super::super::cpu::avx512() {
             eprintln!("no AVX-512 here: nothing to test");
             return;
         }

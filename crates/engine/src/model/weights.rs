@@ -2,7 +2,6 @@
 //! or dequantized to f32 at load) or a safetensors `VarBuilder`, read by llama.cpp's or
 //! Hugging Face's tensor names, onto one candle device.
 
-use super::embedding::Embedding;
 use crate::error::{Error, Result};
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -350,10 +349,12 @@ fn concat_rows<Q: std::borrow::Borrow<QTensor>>(g: &[Q], device: &Device) -> Res
     Ok(QTensor::new(storage, (n, k))?)
 }
 
-/// The unembedding: `output.weight` when the file has one, else the tied embedding (reused,
-/// not loaded twice, when it is already in f32).
-pub(super) fn lm_head(src: &mut WeightSource, embed: &Embedding) -> Result<Linear> {
-    let tied = (embed.as_matmul()?, embed.blocks());
+/// The unembedding: `output.weight` when the file has one, else `tied`, the embedding's matrix
+/// and blocks (reused, not loaded twice, when it is already in f32).
+pub(super) fn lm_head(
+    src: &mut WeightSource,
+    tied: (QMatMul, Option<Arc<QTensor>>),
+) -> Result<Linear> {
     let (w, blocks) = match src {
         WeightSource::Gguf { ct, mode, .. } => {
             let own = ct.tensor_infos.contains_key("output.weight");
