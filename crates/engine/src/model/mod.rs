@@ -2,29 +2,13 @@
 //! (config.json + *.safetensors + tokenizer.json), with its tokenizer and chat template.
 //! [`Model`] is what the rest of the crate runs: the forward pass plus the tokenizer.
 
-mod activation;
-mod alloc;
-mod attention;
-mod batch;
-pub mod config;
-mod cpu;
-pub mod decoder;
-mod embedding;
-mod fblock;
-mod fgemv;
-mod gguf_check;
-mod gguf_read;
+mod formats;
+mod forward;
 mod host;
-mod names;
-mod norm;
-mod plan;
-mod qgemm;
-mod qgemv;
-mod qrows;
-mod rope;
-mod spm;
-pub mod tokenizer;
-mod weights;
+mod kernels;
+
+pub use formats::{config, tokenizer};
+pub use forward::decoder;
 
 /// The former name of [`decoder`], kept for callers that reach `log_softmax` through it.
 pub mod llama {
@@ -33,12 +17,12 @@ pub mod llama {
 
 use crate::error::{Error, Result};
 use crate::hooks::{Captures, Hooks, Site, Spec};
-pub use alloc::keep_freed_memory;
 pub use config::{Family, FAMILIES};
 pub use decoder::{Batch, Config, Decoder, KvCache, LogitsAt, WeightsMode};
-pub use gguf_check::check as check_gguf;
+pub use formats::gguf_check::check as check_gguf;
+pub use forward::plan::Plan;
 pub use host::{device, sha256_file};
-pub use plan::Plan;
+pub use kernels::alloc::keep_freed_memory;
 use std::path::{Path, PathBuf};
 pub use tokenizer::{Message, Tokenizer};
 
@@ -77,7 +61,7 @@ impl Model {
         if path.is_dir() {
             return Self::load_safetensors(path, device);
         }
-        gguf_check::check(path)?;
+        formats::gguf_check::check(path)?;
         let mut file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
         let mut ct = candle_core::quantized::gguf_file::Content::read(&mut file)
             .map_err(|e| Error::file(path, format!("not a readable GGUF file: {e}")))?;
@@ -91,7 +75,7 @@ impl Model {
         // The weights need only the tensor table; the metadata (33 MB of Gemma 3's vocabulary
         // as GGUF values) is freed before them, so that they reuse its memory.
         ct.metadata = Default::default();
-        alloc::release_freed_memory();
+        kernels::alloc::release_freed_memory();
         let src = decoder::WeightSource::Gguf {
             ct: &ct,
             file: &mut file,
@@ -100,7 +84,7 @@ impl Model {
         };
         let net = Decoder::new(cfg, src).map_err(|e| Error::file(path, e))?;
         drop(ct);
-        alloc::release_freed_memory();
+        kernels::alloc::release_freed_memory();
         Ok(Model {
             net,
             tokenizer,

@@ -22,7 +22,7 @@ const TILE_ROWS: usize = 64;
 
 /// From this many activation rows on, the tiled product replaces candle's row-by-row one
 /// (below it, reading the weights once per row is cheaper than dequantizing them).
-pub(super) const MIN_ROWS: usize = 8;
+pub(in crate::model) const MIN_ROWS: usize = 8;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -30,7 +30,7 @@ thread_local! {
 
 /// `x [m, k] · wᵀ` for a quantized `w [n, k]` on the CPU, as `[m, n]`; None when this path does
 /// not apply (another device, an unsupported block type), and the caller uses `QMatMul`.
-pub(super) fn matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+pub(in crate::model) fn matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let (n, k) = w.shape().dims2()?;
     let (m, xk) = x.dims2()?;
     if !matches!(w.device(), Device::Cpu) || xk != k || !supported(w.dtype()) {
@@ -76,7 +76,7 @@ pub(super) fn matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tens
 ///
 /// # Safety
 /// `fill` must write every element.
-pub(super) unsafe fn written(len: usize, fill: impl FnOnce(SharedOut)) -> Vec<f32> {
+pub(in crate::model) unsafe fn written(len: usize, fill: impl FnOnce(SharedOut)) -> Vec<f32> {
     let mut v: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(len);
     // SAFETY: MaybeUninit elements need no initialization.
     unsafe { v.set_len(len) };
@@ -89,7 +89,7 @@ pub(super) unsafe fn written(len: usize, fill: impl FnOnce(SharedOut)) -> Vec<f3
 /// `rows × width` floats, row `r` written whole by `row(r, its floats)` on candle's pool,
 /// `per_task` rows to a task. `row` must write every float of its row and read none (they
 /// start unwritten, as [`written`] gives them).
-pub(super) fn rows_on_pool(
+pub(in crate::model) fn rows_on_pool(
     rows: usize,
     width: usize,
     per_task: usize,
@@ -110,13 +110,13 @@ pub(super) fn rows_on_pool(
 
 /// An output buffer, shared by the tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
-pub(super) struct SharedOut(pub(super) *mut f32);
+pub(in crate::model) struct SharedOut(pub(in crate::model) *mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     /// The element at `offset`, which the caller keeps inside the buffer.
-    pub(super) fn at(self, offset: usize) -> *mut f32 {
+    pub(in crate::model) fn at(self, offset: usize) -> *mut f32 {
         // SAFETY: the caller's offset is inside the buffer.
         unsafe { self.0.add(offset) }
     }
@@ -126,7 +126,7 @@ impl SharedOut {
 /// activation row `r`. It runs on candle's own worker pool, the one its quantized products
 /// use, so no second pool wakes up between ops, each thread on one share of the weight rows
 /// ([`weight_row_shares`]).
-pub(super) fn row_products(
+pub(in crate::model) fn row_products(
     n: usize,
     m: usize,
     dot: impl Fn(usize, usize) -> f32 + Sync,
@@ -158,7 +158,7 @@ pub(super) fn row_products(
 /// thread of candle's worker pool, each at least 64 rows and a multiple of `multiple` (but the
 /// last): handing out small chunks instead decoded 25% slower (more hand-offs, shorter
 /// streams).
-pub(super) fn weight_row_shares(
+pub(in crate::model) fn weight_row_shares(
     n: usize,
     multiple: usize,
     f: impl Fn(std::ops::Range<usize>) + Sync,
@@ -174,7 +174,7 @@ pub(super) fn weight_row_shares(
 }
 
 /// `dst[i, j] = Σ_c x[i, c] · tile[j, c]` for `x [m, k]`, `tile [rows, k]`, `dst` with row stride `n`.
-pub(super) unsafe fn tile_product(
+pub(in crate::model) unsafe fn tile_product(
     x: &[f32],
     tile: &[f32],
     dst: *mut f32,
@@ -199,7 +199,7 @@ pub(super) unsafe fn tile_product(
 ///
 /// # Safety
 /// Every element the strides reach must be inside its buffer, and `dst` not aliased.
-pub(super) unsafe fn gemm_into(
+pub(in crate::model) unsafe fn gemm_into(
     dst: *mut f32,
     (dst_cs, dst_rs): (usize, usize),
     lhs: *const f32,
@@ -232,7 +232,7 @@ pub(super) unsafe fn gemm_into(
 }
 
 /// Whether tiles of this block type can be dequantized here.
-pub(super) fn supported(d: GgmlDType) -> bool {
+pub(in crate::model) fn supported(d: GgmlDType) -> bool {
     use GgmlDType as D;
     matches!(
         d,
@@ -251,7 +251,7 @@ pub(super) fn supported(d: GgmlDType) -> bool {
 }
 
 /// Whole rows of blocks of type `dtype` as f32.
-pub(super) fn dequantize(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
+pub(in crate::model) fn dequantize(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
     use GgmlDType as D;
     if super::qrows::decodes(dtype) {
         // SAFETY: decodes checked the CPU; the same values as candle's decoders, bit for bit.

@@ -23,7 +23,7 @@ const CONTROL: i64 = 3;
 const USER_DEFINED: i64 = 4;
 
 /// The tokenizer for `tokens` with their `scores` and `types`.
-pub(super) fn build(
+pub(in crate::model) fn build(
     tokens: &[String],
     scores: &[f32],
     types: &[i64],

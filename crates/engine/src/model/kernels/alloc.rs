@@ -33,12 +33,12 @@ pub fn keep_freed_memory() -> bool {
 }
 
 /// Hand the heap's freed memory back to the kernel (glibc's `malloc_trim`; elsewhere nothing).
-/// [`Model::load`](super::Model::load) calls it once the weights are in place: loading frees
+/// [`Model::load`](crate::model::Model::load) calls it once the weights are in place: loading frees
 /// the GGUF's metadata and the tokenizer's building blocks (15 MB for the default model),
 /// which [`keep_freed_memory`] would otherwise keep resident beside the weights, where the
 /// small buffers of a short prompt never reuse them all. Unlike the settings above it changes
 /// nothing for later allocations, so the library may call it.
-pub(super) fn release_freed_memory() {
+pub(in crate::model) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns unused heap pages to the kernel.
     unsafe {

@@ -12,7 +12,7 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use std::io::{Read, Seek, SeekFrom};
 
 /// Tensor `name` of the GGUF, read into CPU memory once; None for a type read the usual way.
-pub(super) fn read_cpu(
+pub(in crate::model) fn read_cpu(
     ct: &Content,
     file: &mut std::fs::File,
     name: &str,

@@ -82,7 +82,7 @@ type DotFn = unsafe fn(&[u8], &Q8Rows, usize) -> f32;
 
 /// `x [m, k] · wᵀ` for a Q4_1 or Q5_0 `w [n, k]` on the CPU, as `[m, n]`; None when no kernel
 /// here applies (another type or device, no AVX2), and the caller uses candle's product.
-pub(super) fn matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+pub(in crate::model) fn matmul(w: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let (n, k) = w.shape().dims2()?;
     let (m, xk) = x.dims2()?;
     let (dot, block_bytes): (DotFn, usize) = match w.dtype() {

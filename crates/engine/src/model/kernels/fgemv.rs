@@ -12,7 +12,7 @@ const MAX_ROWS: usize = 16;
 const MAX_ROWS_BLOCKS: usize = 128;
 
 /// Up to how many activation rows [`matmul`] multiplies (more go to [`tiled`]).
-pub(super) fn max_rows() -> usize {
+pub(in crate::model) fn max_rows() -> usize {
     if super::cpu::avx512() {
         MAX_ROWS_BLOCKS
     } else {
@@ -24,7 +24,7 @@ const LANES: usize = 16;
 
 /// `x [m, k] · wᵀ` for an f32 `w [n, k]` on the CPU, as `[m, n]`; None when this path does not
 /// apply (another device or dtype, too many rows).
-pub(super) fn matmul(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+pub(in crate::model) fn matmul(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     if x.dim(0)? > max_rows() {
         return Ok(None);
     }
@@ -41,7 +41,7 @@ pub(super) fn matmul(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tenso
 /// [`matmul`] reading the weights from `blocks`, the GGUF blocks `w` was dequantized from (of a
 /// type [`super::qrows::decodes`]), instead of from `w`: the same output bit for bit, from a
 /// quarter of the bytes. None where this path does not apply.
-pub(super) fn matmul_decoded(
+pub(in crate::model) fn matmul_decoded(
     w: &Tensor,
     blocks: &candle_core::quantized::QTensor,
     x: &Tensor,
@@ -63,7 +63,7 @@ pub(super) fn matmul_decoded(
 /// 64 weight rows and packed the activations again (7% of a long prompt's prefill), and a
 /// matrix of 576 rows split 5 tiles to 4 between two threads. Prompts too short to share out
 /// are still split by weight rows. None when this path does not apply.
-pub(super) fn tiled(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+pub(in crate::model) fn tiled(w: &Tensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     const TILE_ROWS: usize = 64;
     with_f32(w, x, |ws, xs, (m, n, k)| {
         let pool = candle_core::utils::barrier_pool();

@@ -11,11 +11,11 @@ use candle_core::{Device, Tensor};
 /// view of the first `len`. Before, every call concatenated the whole cache with its new
 /// positions: a decode step of 16 rows after 300-token prompts copied 150 MB.
 pub struct KvCache {
-    pub(super) kv: Vec<Option<(Tensor, Tensor)>>,
+    pub(in crate::model) kv: Vec<Option<(Tensor, Tensor)>>,
     /// Positions already in the cache.
     pub len: usize,
     /// Left padding of each batch row, fixed at prefill.
-    pub(super) pads: Vec<usize>,
+    pub(in crate::model) pads: Vec<usize>,
     /// Positions the buffers get beyond the prompt when they are made.
     room: usize,
 }
@@ -51,7 +51,7 @@ impl KvCache {
     }
 
     /// Layer `l`'s buffers with the number of positions they hold.
-    pub(super) fn slot(&mut self, l: usize) -> KvSlot<'_> {
+    pub(in crate::model) fn slot(&mut self, l: usize) -> KvSlot<'_> {
         KvSlot {
             past: self.len,
             room: self.room,
@@ -79,7 +79,7 @@ impl KvCache {
 }
 
 /// One layer's key and value buffers in a [`KvCache`], holding `past` positions.
-pub(super) struct KvSlot<'a> {
+pub(in crate::model) struct KvSlot<'a> {
     kv: &'a mut Option<(Tensor, Tensor)>,
     past: usize,
     room: usize,
@@ -90,7 +90,7 @@ impl KvSlot<'_> {
     /// held, growing the buffers when full, and returns views of all `past + seq` positions.
     /// Tensors that carry a gradient are concatenated instead: an in-place write would cut
     /// the graph.
-    pub(super) fn append(self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+    pub(in crate::model) fn append(self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         let (past, seq) = (self.past, k.dim(2)?);
         if k.track_op() || v.track_op() {
             let (k, v) = match self.kv.take() {
@@ -185,7 +185,7 @@ impl Batch {
 /// Additive mask `[b, 1, seq, kv]`: -inf on future columns, on padding and, with a `window`,
 /// on keys `window` or more positions behind the query (transformers' sliding window counts
 /// cache columns, padding included). None when nothing needs masking.
-pub(super) fn attention_mask(
+pub(in crate::model) fn attention_mask(
     pads: &[usize],
     offset: usize,
     seq: usize,

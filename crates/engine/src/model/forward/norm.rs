@@ -14,7 +14,7 @@ const ROWS_PER_TASK: usize = 8;
 
 /// RMSNorm over the last axis, times `w`: on the pool for f32 on the CPU, else candle's (its
 /// differentiable form for activations that carry a gradient).
-pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+pub(in crate::model) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     if x.track_op() {
         return Ok(candle_nn::ops::rms_norm_slow(x, w, eps as f32)?);
     }

@@ -9,8 +9,8 @@ use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
 /// The embedding table `[vocab, d_model]`.
-pub(super) enum Embedding {
-    /// With the GGUF's blocks of the table when [`super::qrows::decodes`] their type, for a
+pub(in crate::model) enum Embedding {
+    /// With the GGUF's blocks of the table when `qrows::decodes` their type, for a
     /// tied unembedding's products of a few rows.
     F32(Tensor, Option<Arc<QTensor>>),
     /// On the CPU; tied unembeddings share it.
@@ -19,7 +19,7 @@ pub(super) enum Embedding {
 
 impl Embedding {
     /// `(rows, width)` of the table.
-    pub(super) fn dims(&self) -> Result<(usize, usize)> {
+    pub(in crate::model) fn dims(&self) -> Result<(usize, usize)> {
         Ok(match self {
             Embedding::F32(t, _) => t.dims2()?,
             Embedding::Quantized(q) => q.shape().dims2()?,
@@ -27,7 +27,11 @@ impl Embedding {
     }
 
     /// Reads `token_embd.weight` (GGUF) or `model.embed_tokens.weight` (safetensors).
-    pub(super) fn load(src: &mut WeightSource, gguf: &str, hf: &str) -> Result<Embedding> {
+    pub(in crate::model) fn load(
+        src: &mut WeightSource,
+        gguf: &str,
+        hf: &str,
+    ) -> Result<Embedding> {
         if let WeightSource::Gguf {
             mode: WeightsMode::Quantized,
             device: Device::Cpu,
@@ -47,7 +51,7 @@ impl Embedding {
     }
 
     /// The table's kept GGUF blocks (f32 tables only).
-    pub(super) fn blocks(&self) -> Option<Arc<QTensor>> {
+    pub(in crate::model) fn blocks(&self) -> Option<Arc<QTensor>> {
         match self {
             Embedding::F32(_, b) => b.clone(),
             Embedding::Quantized(_) => None,
@@ -55,7 +59,7 @@ impl Embedding {
     }
 
     /// The rows of `ids`, `[ids.len(), d_model]`, on `device`.
-    pub(super) fn lookup(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+    pub(in crate::model) fn lookup(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
         match self {
             Embedding::F32(t, _) => {
                 let ids = Tensor::from_slice(ids, ids.len(), device)?;
@@ -82,7 +86,7 @@ impl Embedding {
     }
 
     /// The table as an unembedding matrix (tied weights), sharing its storage.
-    pub(super) fn as_matmul(&self) -> Result<QMatMul> {
+    pub(in crate::model) fn as_matmul(&self) -> Result<QMatMul> {
         Ok(match self {
             Embedding::F32(t, _) => QMatMul::Tensor(t.clone()),
             Embedding::Quantized(q) => QMatMul::from_arc(q.clone())?,

@@ -18,13 +18,17 @@ const W: usize = 4;
 const R: usize = 6;
 
 /// Whether this CPU runs [`products`] (AVX-512F; [`super::cpu::avx512`]).
-pub(super) use super::cpu::avx512 as available;
+pub(in crate::model) use super::cpu::avx512 as available;
 
 /// `y [m, n] = x [m, k] · wᵀ` for `w [n, k]`, on candle's worker pool: each thread takes one
 /// contiguous share of the weight rows and reads each of them once. Callers check
 /// [`available`] first.
 #[cfg(target_arch = "x86_64")]
-pub(super) fn products(ws: &[f32], xs: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+pub(in crate::model) fn products(
+    ws: &[f32],
+    xs: &[f32],
+    (m, n, k): (usize, usize, usize),
+) -> Vec<f32> {
     assert!(available() && ws.len() >= n * k && xs.len() >= m * k);
     let mut y = vec![0f32; m * n];
     let out = super::qgemm::SharedOut(y.as_mut_ptr());
@@ -37,7 +41,7 @@ pub(super) fn products(ws: &[f32], xs: &[f32], (m, n, k): (usize, usize, usize))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(super) fn products(_: &[f32], _: &[f32], _: (usize, usize, usize)) -> Vec<f32> {
+pub(in crate::model) fn products(_: &[f32], _: &[f32], _: (usize, usize, usize)) -> Vec<f32> {
     unreachable!("fblock::available() is false off x86-64")
 }
 
@@ -105,7 +109,7 @@ unsafe fn tile_rows(
 /// tile is decoded into a buffer of its thread and multiplied as [`products`] multiplies it
 /// where it lies, so the output is the same bit for bit, having read a quarter of the bytes.
 #[cfg(target_arch = "x86_64")]
-pub(super) fn products_decoded(
+pub(in crate::model) fn products_decoded(
     blocks: &[u8],
     dtype: candle_core::quantized::GgmlDType,
     xs: &[f32],
@@ -139,7 +143,7 @@ pub(super) fn products_decoded(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(super) fn products_decoded(
+pub(in crate::model) fn products_decoded(
     _: &[u8],
     _: candle_core::quantized::GgmlDType,
     _: &[f32],

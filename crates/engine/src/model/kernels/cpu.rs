@@ -3,7 +3,7 @@
 
 /// AVX-512F: the f32 tile products ([`super::fblock`]) and the row decoders
 /// ([`super::qrows`]).
-pub(super) fn avx512() -> bool {
+pub(in crate::model) fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx512f")
@@ -15,7 +15,7 @@ pub(super) fn avx512() -> bool {
 }
 
 /// AVX2, FMA and F16C: the quantized decode kernels ([`super::qgemv`]).
-pub(super) fn avx2_fma_f16c() -> bool {
+pub(in crate::model) fn avx2_fma_f16c() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2")

@@ -22,10 +22,10 @@ pub enum WeightsMode {
 /// A linear layer, possibly several sharing an input (q|k|v, gate|up) whose outputs are
 /// concatenated; weights are `[out, in]`. Parts of one quantization type are stacked into a
 /// single matrix at load, so they multiply once.
-pub(super) struct Linear {
+pub(in crate::model) struct Linear {
     ws: Vec<QMatMul>,
     /// With f32 weights read from GGUF: the file's blocks of the same (single) matrix, when
-    /// [`super::qrows::decodes`] their type. Products of a few rows read these instead.
+    /// `qrows::decodes` their type. Products of a few rows read these instead.
     blocks: Option<Arc<QTensor>>,
     b: Option<Tensor>,
 }
@@ -33,7 +33,7 @@ pub(super) struct Linear {
 impl Linear {
     /// `(out, in)`: the parts' output widths summed, and their input width (None when the
     /// parts disagree on it).
-    pub(super) fn dims(&self) -> Result<(usize, Option<usize>)> {
+    pub(in crate::model) fn dims(&self) -> Result<(usize, Option<usize>)> {
         let mut dims = Vec::new();
         for w in &self.ws {
             dims.push(match w {
@@ -47,7 +47,7 @@ impl Linear {
     }
 
     /// `[.., in] -> [.., out]`, through 2-D matmuls.
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(in crate::model) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let x2 = x.reshape(((), dims[dims.len() - 1]))?;
         let mut y = match self.ws.as_slice() {
@@ -71,11 +71,11 @@ impl Linear {
 }
 
 /// `x [m, k] · wᵀ`: for a prompt's many rows of activations and quantized weights, through
-/// dequantized tiles and f32 gemm ([`super::qgemm`]); for a few rows and Q4_1 or Q5_0 weights, our
-/// SIMD kernel ([`super::qgemv`]); for f32 weights, a few rows dotted where the weights lie
-/// and many in tiles on candle's pool ([`super::fgemv`]); else candle's product. Activations that
+/// dequantized tiles and f32 gemm (`qgemm`); for a few rows and Q4_1 or Q5_0 weights, our
+/// SIMD kernel (`qgemv`); for f32 weights, a few rows dotted where the weights lie
+/// and many in tiles on candle's pool (`fgemv`); else candle's product. Activations that
 /// carry a gradient always take candle's product, which is differentiable. `blocks`, when
-/// given, are f32 `w`'s GGUF blocks, which a few rows read instead ([`super::qrows`]).
+/// given, are f32 `w`'s GGUF blocks, which a few rows read instead (`qrows`).
 fn product(w: &QMatMul, blocks: Option<&QTensor>, x: &Tensor) -> candle_core::Result<Tensor> {
     if let QMatMul::Tensor(t) = w {
         if !x.track_op() && !t.track_op() {
@@ -123,17 +123,17 @@ pub enum WeightSource<'a> {
 
 /// One weight's two names: llama.cpp's (GGUF) and Hugging Face's (safetensors), without the
 /// `.weight` suffix.
-pub(super) type Names = (String, String);
+pub(in crate::model) type Names = (String, String);
 
 impl WeightSource<'_> {
-    pub(super) fn device(&self) -> Device {
+    pub(in crate::model) fn device(&self) -> Device {
         match self {
             WeightSource::Gguf { device, .. } => device.clone(),
             WeightSource::Safetensors { vb, .. } => vb.device().clone(),
         }
     }
 
-    pub(super) fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+    pub(in crate::model) fn qtensor(&mut self, name: &str) -> Result<QTensor> {
         match self {
             WeightSource::Gguf {
                 ct, file, device, ..
@@ -151,7 +151,7 @@ impl WeightSource<'_> {
     }
 
     /// Whether the file has a tensor named `gguf` (GGUF) or `hf` (safetensors).
-    pub(super) fn has(&self, gguf: &str, hf: &str) -> bool {
+    pub(in crate::model) fn has(&self, gguf: &str, hf: &str) -> bool {
         match self {
             WeightSource::Gguf { ct, .. } => ct.tensor_infos.contains_key(gguf),
             WeightSource::Safetensors { vb, .. } => vb.contains_tensor(hf),
@@ -159,7 +159,7 @@ impl WeightSource<'_> {
     }
 
     /// A plain f32 tensor (norm weights, embeddings).
-    pub(super) fn tensor(&mut self, gguf: &str, hf: &str) -> Result<Tensor> {
+    pub(in crate::model) fn tensor(&mut self, gguf: &str, hf: &str) -> Result<Tensor> {
         match self {
             WeightSource::Gguf { device, .. } => {
                 let device = device.clone();
@@ -172,8 +172,11 @@ impl WeightSource<'_> {
     }
 
     /// A GGUF matrix dequantized to f32, with its blocks kept when products of a few rows can
-    /// read them ([`super::qrows::decodes`] their type, on the CPU).
-    pub(super) fn f32_with_blocks(&mut self, name: &str) -> Result<(Tensor, Option<Arc<QTensor>>)> {
+    /// read them (`qrows::decodes` their type, on the CPU).
+    pub(in crate::model) fn f32_with_blocks(
+        &mut self,
+        name: &str,
+    ) -> Result<(Tensor, Option<Arc<QTensor>>)> {
         let device = self.device();
         let q = self.qtensor(name)?;
         let t = q.dequantize(&device)?;
@@ -183,7 +186,7 @@ impl WeightSource<'_> {
 
     /// An RMSNorm weight; `hf_offset` is added to safetensors weights (Gemma's 1 + w, which
     /// GGUF files already store).
-    pub(super) fn norm(&mut self, n: &Names, hf_offset: f64) -> Result<Tensor> {
+    pub(in crate::model) fn norm(&mut self, n: &Names, hf_offset: f64) -> Result<Tensor> {
         let w = self.tensor(&format!("{}.weight", n.0), &format!("{}.weight", n.1))?;
         match self {
             WeightSource::Safetensors { .. } if hf_offset != 0.0 => Ok((w + hf_offset)?),
@@ -192,7 +195,7 @@ impl WeightSource<'_> {
     }
 
     /// Several linears sharing an input, as one [`Linear`].
-    pub(super) fn fused_linear(&mut self, parts: &[Names], bias: bool) -> Result<Linear> {
+    pub(in crate::model) fn fused_linear(&mut self, parts: &[Names], bias: bool) -> Result<Linear> {
         let quantized = matches!(
             self,
             WeightSource::Gguf {
@@ -250,7 +253,7 @@ impl WeightSource<'_> {
         })
     }
 
-    pub(super) fn linear(&mut self, gguf: &str, hf: &str, bias: bool) -> Result<Linear> {
+    pub(in crate::model) fn linear(&mut self, gguf: &str, hf: &str, bias: bool) -> Result<Linear> {
         match self {
             WeightSource::Gguf { mode, device, .. } => {
                 let (mode, device) = (*mode, device.clone());
@@ -351,7 +354,7 @@ fn concat_rows<Q: std::borrow::Borrow<QTensor>>(g: &[Q], device: &Device) -> Res
 
 /// The unembedding: `output.weight` when the file has one, else `tied`, the embedding's matrix
 /// and blocks (reused, not loaded twice, when it is already in f32).
-pub(super) fn lm_head(
+pub(in crate::model) fn lm_head(
     src: &mut WeightSource,
     tied: (QMatMul, Option<Arc<QTensor>>),
 ) -> Result<Linear> {

@@ -1,9 +1,9 @@
 //! The interventions a job runs: a [`Plan`] turns a batch of prompts into a [`Spec`]. A fixed
 //! spec is the simplest; steering with a gate, learned edits and stacks of plans are others.
 
-use super::Model;
 use crate::error::Result;
 use crate::hooks::Spec;
+use crate::model::Model;
 
 /// Something that decides the interventions for a batch of prompts (token ids, one per row).
 pub trait Plan: Send + Sync {

@@ -32,7 +32,7 @@ const QUERY_BLOCK: usize = 64;
 /// With a mask, the queries are the last `n` positions of the keys and causal: a query sees
 /// no key after its own position, so a block of queries reads only the keys up to its last
 /// one (about half the work of a long prompt), and the mask hides the rest.
-pub(super) fn attend_cpu(
+pub(in crate::model) fn attend_cpu(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -289,7 +289,7 @@ fn exp_block(block: &mut [f32], max: f32, sums: &mut [f32; LANES]) {
 /// does not apply (GPUs, other dtypes, and training, which needs the gradient). `scores` is
 /// `[b, kv_heads, g·n, kv]` (the `g` query heads that share a KV head stacked along the query
 /// axis) and `mask`, when given, `[b, 1, n, kv]`, added to every head's rows.
-pub(super) fn scaled_masked_softmax(
+pub(in crate::model) fn scaled_masked_softmax(
     scores: &Tensor,
     scale: f64,
     mask: Option<&Tensor>,

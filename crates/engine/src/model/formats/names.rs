@@ -5,7 +5,7 @@ use super::config::Family;
 use super::weights::Names;
 
 /// The names of one block's weights; `None` where the family has no such weight.
-pub(super) struct BlockNames {
+pub(in crate::model) struct BlockNames {
     pub attn_norm: Names,
     pub q: Names,
     pub k: Names,
@@ -22,11 +22,11 @@ pub(super) struct BlockNames {
 }
 
 /// The embedding's and the final norm's names.
-pub(super) fn embed() -> Names {
+pub(in crate::model) fn embed() -> Names {
     ("token_embd".into(), "model.embed_tokens".into())
 }
 
-pub(super) fn final_norm() -> Names {
+pub(in crate::model) fn final_norm() -> Names {
     ("output_norm".into(), "model.norm".into())
 }
 

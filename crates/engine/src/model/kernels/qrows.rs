@@ -23,12 +23,12 @@ use std::arch::x86_64::*;
 const QK: usize = 32;
 
 /// Whether this CPU decodes rows of `dtype` here.
-pub(super) fn decodes(dtype: GgmlDType) -> bool {
+pub(in crate::model) fn decodes(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0) && super::cpu::avx512()
 }
 
 /// Bytes of one row of `k` values.
-pub(super) fn row_bytes(dtype: GgmlDType, k: usize) -> usize {
+pub(in crate::model) fn row_bytes(dtype: GgmlDType, k: usize) -> usize {
     k / dtype.block_size() * dtype.type_size()
 }
 
@@ -40,7 +40,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 /// `[rows, k]`. Callers check [`decodes`] first.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn decode(dtype: GgmlDType, src: &[u8], out: &mut [f32]) {
+pub(in crate::model) unsafe fn decode(dtype: GgmlDType, src: &[u8], out: &mut [f32]) {
     let size = dtype.type_size();
     assert!(decodes(dtype) && src.len() / size * QK == out.len() && src.len().is_multiple_of(size));
     for (b, o) in src.chunks_exact(size).zip(out.chunks_exact_mut(QK)) {
@@ -92,7 +92,7 @@ unsafe fn nibbles(at: *const u8) -> (__m128i, __m128i) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn decode(_: GgmlDType, _: &[u8], _: &mut [f32]) {
+pub(in crate::model) unsafe fn decode(_: GgmlDType, _: &[u8], _: &mut [f32]) {
     unreachable!("qrows::decodes is false off x86-64")
 }
 

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 
 /// GELU-tanh of `x`: on the CPU for f32 values without a gradient, the fast form; elsewhere
 /// candle's.
-pub(super) fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+pub(in crate::model) fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     match fast(x) {
         true => map(x, gelu),
         false => Ok(x.gelu()?),
@@ -19,7 +19,7 @@ pub(super) fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 }
 
 /// SiLU of `x`, likewise.
-pub(super) fn silu(x: &Tensor) -> Result<Tensor> {
+pub(in crate::model) fn silu(x: &Tensor) -> Result<Tensor> {
     match fast(x) {
         true => map(x, |v| v / (1.0 + exp(-v))),
         false => Ok(candle_nn::ops::silu(x)?),
@@ -31,7 +31,11 @@ pub(super) fn silu(x: &Tensor) -> Result<Tensor> {
 /// with the same arithmetic as [`gelu_tanh`] or [`silu`] then a product. Separately, the
 /// activation of the strided `gate` half copied it twice and ran on one thread while the
 /// other waited. None where [`fast`] is false.
-pub(super) fn gated(gu: &Tensor, d_mlp: usize, gelu_gate: bool) -> Result<Option<Tensor>> {
+pub(in crate::model) fn gated(
+    gu: &Tensor,
+    d_mlp: usize,
+    gelu_gate: bool,
+) -> Result<Option<Tensor>> {
     if !fast(gu) || !gu.is_contiguous() {
         return Ok(None);
     }
@@ -61,7 +65,7 @@ pub(super) fn gated(gu: &Tensor, d_mlp: usize, gelu_gate: bool) -> Result<Option
     Ok(Some(Tensor::from_vec(act, dims, gu.device())?))
 }
 
-pub(super) fn fast(x: &Tensor) -> bool {
+pub(in crate::model) fn fast(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !x.track_op()
 }
 
@@ -89,7 +93,7 @@ fn tanh(y: f32) -> f32 {
 /// e^x to about 2 ulp: x = n·ln 2 + r with |r| ≤ ln2/2, e^r by its Taylor polynomial to r⁶,
 /// scaled by 2ⁿ through the exponent bits. Saturates to 0 and ∞ outside ±88.
 #[inline(always)]
-pub(super) fn exp(x: f32) -> f32 {
+pub(in crate::model) fn exp(x: f32) -> f32 {
     let x = x.clamp(-88.0, 88.0);
     // Ties to even: one rounding instruction on vectors (any nearest integer reduces as well).
     let n = (x * std::f32::consts::LOG2_E).round_ties_even();
