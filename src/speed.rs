@@ -177,31 +177,36 @@ pub fn run(path: &Path, o: &SpeedOptions, log: &mut dyn FnMut(&str)) -> Result<V
     }
     if let Some(bin) = &o.llama_bench {
         log("llama.cpp llama-bench");
-        add_llama_cpp(&mut rows, bin, path, o)?;
+        if add_llama_cpp(&mut rows, bin, path, o)? {
+            log("llama.cpp llama-bench again with --repack 0: it crashed (its repacked CPU paths, AMX among them, are left out)");
+        }
     }
     Ok(rows)
 }
 
-/// llama.cpp's row, and every other row's speeds as multiples of its.
+/// llama.cpp's row, and every other row's speeds as multiples of its. A `llama-bench` killed by
+/// a signal is run once more with `--repack 0` (its AMX path crashes on some Xeons), and its
+/// row says so; true when that happened.
 fn add_llama_cpp(
     rows: &mut Vec<SpeedRow>,
     bin: &Path,
     gguf: &Path,
     o: &SpeedOptions,
-) -> Result<()> {
-    let (p, d) = llama_bench(bin, gguf, o)?;
+) -> Result<bool> {
+    let (p, d, engine) = match llama_bench(bin, gguf, o, &[])? {
+        Ok(pd) => (pd.0, pd.1, "llama.cpp llama-bench"),
+        Err(_crashed) => {
+            let pd =
+                llama_bench(bin, gguf, o, &["--repack", "0"])?.map_err(|e| Error::file(bin, e))?;
+            (pd.0, pd.1, "llama.cpp llama-bench --repack 0")
+        }
+    };
     for r in rows.iter_mut() {
         r.vs_llama_cpp = Some((r.prefill_tok_s / p, r.decode_tok_s / d));
     }
     let hooks = "none (has none)";
-    rows.push(SpeedRow::new(
-        "llama.cpp llama-bench",
-        "quantized",
-        hooks,
-        o,
-        (p, d),
-    ));
-    Ok(())
+    rows.push(SpeedRow::new(engine, "quantized", hooks, o, (p, d)));
+    Ok(engine.ends_with("0"))
 }
 
 impl SpeedRow {
@@ -220,9 +225,15 @@ impl SpeedRow {
     }
 }
 
-/// llama.cpp's `llama-bench` on the GGUF at `gguf`, with our prompt and decode lengths and
-/// candle's thread count: the best (prefill, decode) tokens per second of `reps` runs.
-fn llama_bench(bin: &Path, gguf: &Path, o: &SpeedOptions) -> Result<(f64, f64)> {
+/// llama.cpp's `llama-bench` on the GGUF at `gguf`, with our prompt and decode lengths,
+/// candle's thread count and `extra` arguments: the best (prefill, decode) tokens per second of
+/// `reps` runs; Ok(Err(why)) when a signal killed it.
+fn llama_bench(
+    bin: &Path,
+    gguf: &Path,
+    o: &SpeedOptions,
+    extra: &[&str],
+) -> Result<std::result::Result<(f64, f64), String>> {
     let threads = candle_core::utils::get_num_threads();
     let out = std::process::Command::new(bin)
         .arg("-m")
@@ -230,17 +241,20 @@ fn llama_bench(bin: &Path, gguf: &Path, o: &SpeedOptions) -> Result<(f64, f64)> 
         .args(["-p", &o.n_prompt.to_string(), "-n", &o.n_decode.to_string()])
         .args(["-t", &threads.to_string(), "-r", &o.reps.max(1).to_string()])
         .args(["-o", "json"])
+        .args(extra)
         .output()
         .map_err(|e| Error::file(bin, format!("cannot run llama-bench: {e}")))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().last().unwrap_or("").to_string();
-        return Err(Error::file(
-            bin,
-            format!("llama-bench failed ({}): {last}", out.status),
-        ));
+        let why = format!("llama-bench failed ({}): {last}", out.status);
+        return match out.status.code() {
+            None => Ok(Err(why)),
+            Some(_) => Err(Error::file(bin, why)),
+        };
     }
     parse_llama_bench(&String::from_utf8_lossy(&out.stdout))
+        .map(Ok)
         .map_err(|m| Error::file(bin, format!("llama-bench's JSON output: {m}")))
 }
 

@@ -1277,6 +1277,57 @@ fn a_missing_llama_bench_is_named_before_any_measurement() {
     assert!(!err.contains("measuring"), "it measured first: {err}");
 }
 
+/// A `llama-bench` that a signal kills (as llama.cpp's AMX path does on some Xeons) is run once
+/// more with `--repack 0`, and llama.cpp's row says so; one that fails with an exit code is an
+/// error.
+#[cfg(unix)]
+#[test]
+fn a_crashing_llama_bench_is_measured_again_without_repacking() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, path) = common::tiny::temp();
+    let fake = dir.path().join("llama-bench");
+    let json = r#"[{"n_prompt": 8, "n_gen": 0, "samples_ts": [300.0]}, {"n_prompt": 0, "n_gen": 4, "samples_ts": [90.0]}]"#;
+    let script = format!(
+        "#!/bin/sh\ncase \"$*\" in *\"--repack 0\"*) echo '{json}' ;; *) kill -SEGV $$ ;; esac\n"
+    );
+    std::fs::write(&fake, script).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |bin_path: &std::path::Path| {
+        bin()
+            .args([
+                "bench-speed",
+                "--prompt-tokens",
+                "8",
+                "--decode-tokens",
+                "4",
+                "--json",
+            ])
+            .arg("--model")
+            .arg(&path)
+            .arg("--llama-bench")
+            .arg(bin_path)
+            .output()
+            .unwrap()
+    };
+    let out = run(&fake);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("again with --repack 0"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = v.to_string();
+    assert!(text.contains("llama.cpp llama-bench --repack 0"), "{text}");
+    assert!(text.contains("300") && text.contains("90"), "{text}");
+    // An exit code is not a crash: no second run, an error.
+    std::fs::write(&fake, "#!/bin/sh\necho broken >&2\nexit 3\n").unwrap();
+    let out = run(&fake);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("llama-bench failed"),
+        "{err}"
+    );
+    assert!(!err.contains("again with --repack 0"), "{err}");
+}
+
 /// A size from an option is bounded by what the model can do before any work: a huge
 /// `--max-tokens` is an error naming the model's positions, in plain and CAD decoding, instead
 /// of an allocation that aborts the process.
