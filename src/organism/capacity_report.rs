@@ -43,17 +43,20 @@ pub fn markdown(rep: &CapacityReport) -> String {
 }
 
 /// "Bits per parameter, PRECISION: B [LOW, HIGH] (95% t interval over N sizes; the reference
-/// is R)".
+/// is R)"; one size gives no interval, and says so.
 pub fn fit_line(f: &CapacityFit, reference: f64) -> String {
     let b = &f.bits_per_param;
+    let interval = match b.ci_low.is_finite() && b.ci_high.is_finite() {
+        true => format!(
+            "[{:.2}, {:.2}] (95% t interval over {} sizes; ",
+            b.ci_low, b.ci_high, b.n
+        ),
+        false => format!("(no interval from {} size; ", b.n),
+    };
     format!(
-        "Bits per parameter, {}: {:.2} [{:.2}, {:.2}] (95% t interval over {} sizes; the \
-         reference is {reference:.1})",
+        "Bits per parameter, {}: {:.2} {interval}the reference is {reference:.1})",
         f.precision.name(),
-        b.value,
-        b.ci_low,
-        b.ci_high,
-        b.n
+        b.value
     )
 }
 
