@@ -324,9 +324,7 @@ pub fn runs(
             out[*i] = Some(r);
         }
         progress(chunk.len());
-        if crate::progress::cancelled() {
-            return Err(crate::Error::Invalid("interrupted".into()));
-        }
+        crate::progress::check_cancel()?;
     }
     Ok(out.into_iter().flatten().collect())
 }

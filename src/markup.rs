@@ -25,6 +25,23 @@ pub fn md_table<H: AsRef<str>>(h: &[H], rows: &[Vec<String>]) -> String {
     s
 }
 
+/// An SVG file's text from its `<svg` element on (without the XML prolog), to inline in HTML.
+pub fn inline_svg(svg: &str) -> &str {
+    svg.find("<svg").map_or(svg, |i| &svg[i..])
+}
+
+/// A self-contained page titled `title` around `body`, in the style of the single-chart
+/// reports.
+pub fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>\
+         body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}\
+         .chart svg{{max-width:100%;height:auto}}pre{{white-space:pre-wrap;font-size:12px}}\
+         </style></head><body>{body}</body></html>",
+        esc(title)
+    )
+}
+
 /// Write a report into `dir`: report.json (`value`), report.md (`markdown`), the chart that
 /// `chart` draws at `dir/svg_name`, and report.html (`html`, given the chart's SVG text). Each
 /// file is written whole or not at all.

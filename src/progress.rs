@@ -27,6 +27,15 @@ pub fn cancelled() -> bool {
     check.is_some_and(|c| c())
 }
 
+/// An error when the cancel check asks to stop, so that a long run stops between batches with
+/// `progress::check_cancel()?`.
+pub fn check_cancel() -> crate::error::Result<()> {
+    match cancelled() {
+        true => Err(crate::error::Error::Invalid("interrupted".into())),
+        false => Ok(()),
+    }
+}
+
 /// How often a bar on a non-terminal stderr writes a line.
 pub const LOG_EVERY: Duration = Duration::from_secs(60);
 

@@ -193,20 +193,24 @@ fn add_llama_cpp(
     gguf: &Path,
     o: &SpeedOptions,
 ) -> Result<bool> {
-    let (p, d, engine) = match llama_bench(bin, gguf, o, &[])? {
-        Ok(pd) => (pd.0, pd.1, "llama.cpp llama-bench"),
+    let ((p, d), retried) = match llama_bench(bin, gguf, o, &[])? {
+        Ok(pd) => (pd, false),
         Err(_crashed) => {
             let pd =
                 llama_bench(bin, gguf, o, &["--repack", "0"])?.map_err(|e| Error::file(bin, e))?;
-            (pd.0, pd.1, "llama.cpp llama-bench --repack 0")
+            (pd, true)
         }
+    };
+    let engine = match retried {
+        true => "llama.cpp llama-bench --repack 0",
+        false => "llama.cpp llama-bench",
     };
     for r in rows.iter_mut() {
         r.vs_llama_cpp = Some((r.prefill_tok_s / p, r.decode_tok_s / d));
     }
     let hooks = "none (has none)";
     rows.push(SpeedRow::new(engine, "quantized", hooks, o, (p, d)));
-    Ok(engine.ends_with("0"))
+    Ok(retried)
 }
 
 impl SpeedRow {

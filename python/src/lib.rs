@@ -627,7 +627,7 @@ fn bench_conflict<'py>(
     let (art, _) = art
         .resolve(&m.identity().py()?, std::path::Path::new(artefacts), form)
         .py()?;
-    let methods: Vec<Method> = methods.unwrap_or_else(|| art.methods());
+    let methods: Vec<Method> = methods.unwrap_or_else(|| art.methods(false));
     let res = art.load(m, &methods, None).py()?;
     let opts = ctxsteer::report::ConflictOptions {
         form,

@@ -172,8 +172,9 @@ impl Artefacts {
         )
     }
 
-    /// Every method these artefacts make possible: the default method list.
-    pub fn methods(&self) -> Vec<Method> {
+    /// Every method these artefacts make possible, and proxy-tuning with `proxy` models: the
+    /// default method list.
+    pub fn methods(&self, proxy: bool) -> Vec<Method> {
         use Method::*;
         let mut v = vec![None, Instruct, Cad, AdaCad];
         if self.probes.is_some() {
@@ -193,6 +194,9 @@ impl Artefacts {
             if self.gate.is_some() {
                 v.push(ReftGated);
             }
+        }
+        if proxy {
+            v.push(Proxy);
         }
         v
     }

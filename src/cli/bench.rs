@@ -158,13 +158,10 @@ fn methods_and_resources(
     }
     eprintln!("{}", art.describe());
     let proxy = w.proxy.load(margs, model)?;
-    let methods = w.methods.clone().unwrap_or_else(|| {
-        let mut v = art.methods();
-        if proxy.is_some() {
-            v.push(ctxsteer::bench::Method::Proxy);
-        }
-        v
-    });
+    let methods = w
+        .methods
+        .clone()
+        .unwrap_or_else(|| art.methods(proxy.is_some()));
     let res = art.load(model, &methods, proxy)?;
     Ok((methods, res))
 }

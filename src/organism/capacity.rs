@@ -87,12 +87,6 @@ impl Shape {
             seed,
         }
     }
-
-    /// Every weight of the model, tied embedding included.
-    pub fn params(&self, vocab: usize) -> usize {
-        let (d, m) = (self.d_model, 4 * self.d_model);
-        vocab * d + self.layers * (4 * d * d + 3 * d * m + 2 * d) + d
-    }
 }
 
 impl std::fmt::Display for Shape {
@@ -256,9 +250,7 @@ fn train_until_converged(
         if since >= o.patience {
             return Ok((epoch, true, loss));
         }
-        if crate::progress::cancelled() {
-            return Err(Error::Invalid("interrupted".into()));
-        }
+        crate::progress::check_cancel()?;
     }
     Ok((o.max_epochs, false, loss))
 }
@@ -282,7 +274,7 @@ pub fn run_one(
     Ok(CapacityRun {
         shape,
         precision,
-        params: shape.params(o.vocab),
+        params: net.n_params(),
         n,
         epochs,
         converged,

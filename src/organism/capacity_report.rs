@@ -4,7 +4,7 @@
 
 use super::capacity::{CapacityFit, CapacityReport, CapacityRun};
 use crate::error::{Error, Result};
-use crate::markup::{esc, md_table};
+use crate::markup::{esc, inline_svg, md_table};
 use std::path::Path;
 
 /// The fit, each size's capacity and every run, as Markdown.
@@ -108,16 +108,11 @@ fn run_row(r: &CapacityRun) -> Vec<String> {
 /// The page: the chart inlined above the Markdown's tables.
 pub fn html(rep: &CapacityReport, svg: &str) -> String {
     let body = format!(
-        "<div class=\"chart\">{}</div><pre>{}</pre>",
-        svg.find("<svg").map_or(svg, |i| &svg[i..]),
+        "<h1>Memorization capacity</h1><div class=\"chart\">{}</div><pre>{}</pre>",
+        inline_svg(svg),
         esc(&markdown(rep))
     );
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Memorization capacity</title>\
-         <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}\
-         .chart svg{{max-width:100%;height:auto}}pre{{white-space:pre-wrap;font-size:12px}}\
-         </style></head><body><h1>Memorization capacity</h1>{body}</body></html>"
-    )
+    crate::markup::page("Memorization capacity", &body)
 }
 
 type Area<'a> =

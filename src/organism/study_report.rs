@@ -4,7 +4,7 @@
 
 use super::summary::{x_of, Fit, Series, Snapshot};
 use crate::error::{Error, Result};
-use crate::markup::{esc, md_table};
+use crate::markup::{esc, inline_svg, md_table};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -152,17 +152,9 @@ pub fn html(rep: &StudyReport, svg: &str) -> String {
     );
     body +=
         "<h2>By exposure (final model: points with 95% intervals; checkpoints: thin lines)</h2>";
-    body += &format!(
-        "<div class=\"chart\">{}</div>",
-        svg.find("<svg").map_or(svg, |i| &svg[i..])
-    );
+    body += &format!("<div class=\"chart\">{}</div>", inline_svg(svg));
     body += &format!("<pre>{}</pre>", esc(&markdown(rep)));
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Organism study</title><style>\
-         body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}\
-         .chart svg{{max-width:100%;height:auto}}pre{{white-space:pre-wrap;font-size:12px}}\
-         </style></head><body>{body}</body></html>"
-    )
+    crate::markup::page("Organism study", &body)
 }
 
 type Area<'a> =

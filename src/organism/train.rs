@@ -167,6 +167,11 @@ impl Net {
         Ok(Net { vars, ..self })
     }
 
+    /// Every weight of the model, the tied embedding counted once.
+    pub fn n_params(&self) -> usize {
+        self.vars.values().map(|v| v.as_tensor().elem_count()).sum()
+    }
+
     fn w(&self, name: &str) -> Result<&Tensor> {
         self.vars
             .get(name)

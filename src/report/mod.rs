@@ -313,7 +313,7 @@ pub fn html(rep: &Report, dir: &Path) -> Result<String> {
     for (k, f) in &rep.charts {
         let p = dir.join(f);
         let svg = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
-        let svg = svg.find("<svg").map(|i| &svg[i..]).unwrap_or(&svg);
+        let svg = crate::markup::inline_svg(&svg);
         body += &format!("<h2>{}</h2><div class=\"chart\">{svg}</div>", esc(k));
     }
     body += &format!(
