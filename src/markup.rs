@@ -62,3 +62,24 @@ pub fn write_report<T: serde::Serialize>(
     let svg = std::fs::read_to_string(&svg_path).map_err(|e| Error::file(&svg_path, e))?;
     crate::atomic::write(&dir.join("report.html"), html(&svg).as_bytes())
 }
+
+/// A plotters chart with two f64 axes, drawn into an SVG.
+pub type Chart<'a> = plotters::chart::ChartContext<
+    'a,
+    plotters::prelude::SVGBackend<'a>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// The chart's series labels, upper left.
+pub fn legend(c: &mut Chart) -> std::result::Result<(), String> {
+    use plotters::prelude::*;
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| e.to_string())
+}

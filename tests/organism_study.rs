@@ -148,6 +148,16 @@ fn a_study_finds_recall_rising_with_exposure() {
         let s = series(last, name);
         assert_eq!(s["points"].as_array().unwrap().len(), 2, "{name}: {s}");
     }
+    // The likelihood of a fact's object: a fact seen 32 times is far likelier than one never
+    // stated, and even a never-stated one is likelier than a uniform guess over the vocabulary
+    // (the model has learned which objects the relation takes).
+    let nll = series(last, "closed_nll");
+    let vocab = ctxsteer::model::Tokenizer::from_folder(&world)
+        .unwrap()
+        .vocab_size() as f64;
+    assert!(point(nll, 32) + 1.0 < point(nll, 0), "{nll}");
+    assert!(point(nll, 0) < vocab.ln() - 1.0, "{nll} against ln {vocab}");
+    assert!(point(series(last, "context_nll"), 32) > 0.0);
     // Measured on the known facts of dev and test only.
     series(last, "edit_flipped");
     for f in ["report.md", "report.html", "study.svg"] {
@@ -177,4 +187,73 @@ fn a_study_refuses_bad_input() {
     bad(&["--world", w], "not a world folder");
     bad(&["--world", w, "--alphas", "4,2"], "--alphas");
     bad(&["--world", w, "--scales", "0,1"], "--scales");
+}
+
+/// `organism shapes` trains each shape on the same tokens, studies it, counts its parameters
+/// as the model has them, and a rerun reuses both the models and the studies.
+#[test]
+fn shapes_are_trained_alike_studied_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (world, out) = (dir.path().join("w"), dir.path().join("shapes"));
+    organism::build(
+        &WorldOptions {
+            subjects: 24,
+            relations: 1,
+            objects: 4,
+            schedule: "0,8".into(),
+            filler: 0.1,
+            ..Default::default()
+        },
+        &world,
+    )
+    .unwrap();
+    let run = || {
+        ctxsteer()
+            .args([
+                "organism",
+                "shapes",
+                "--shapes",
+                "2x16,1x24",
+                "--steps",
+                "20",
+            ])
+            .args(["--batch", "4", "--seq", "16", "--checkpoint-every", "10"])
+            .args(["--edit-epochs", "0", "--world"])
+            .arg(&world)
+            .arg("--out")
+            .arg(&out)
+            .assert()
+            .success()
+    };
+    run();
+    let rep: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let vocab = ctxsteer::model::Tokenizer::from_folder(&world)
+        .unwrap()
+        .vocab_size();
+    let rows = rep["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (r, (layers, d)) in rows.iter().zip([(2usize, 16usize), (1, 24)]) {
+        let o = organism::shapes::options(
+            &organism::TrainOptions {
+                steps: 20,
+                ..Default::default()
+            },
+            organism::capacity::Shape { layers, d_model: d },
+        );
+        let net = organism::Net::new(&o, vocab).unwrap();
+        assert_eq!(r["params"], net.n_params(), "{r}");
+        assert_eq!(r["body_params"], net.n_params() - vocab * d, "{r}");
+        assert_eq!(r["tokens"], 20 * 4 * 16);
+    }
+    let snaps = rep["study"]["snapshots"].as_array().unwrap();
+    assert_eq!(snaps[0]["label"], "2x16");
+    assert_eq!(snaps[1]["label"], "1x24");
+    series(&snaps[1], "closed_nll");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| exposure | 2x16 | 1x24 |"), "{md}");
+    assert!(out.join("shapes.svg").exists() && out.join("report.html").exists());
+    let again = run();
+    let err = String::from_utf8_lossy(&again.get_output().stderr).into_owned();
+    assert_eq!(err.matches("reusing").count(), 4, "{err}");
 }

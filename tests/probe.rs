@@ -249,6 +249,29 @@ fn probe_files_round_trip_and_refuse_other_models() {
         .to_string()
         .contains("blocks.0.hook_resid_post"));
     back.check_model(&id, &p).unwrap();
+    // `FILE:SITE` pins the best site (and so changes what a run keyed by the file reads);
+    // `FILE` alone and `FILE:best` keep the file's own; an unknown site names the valid ones.
+    let at = |arg: String| ProbeFile::read_ref(std::path::Path::new(&arg));
+    let pinned = at(format!("{}:blocks.0.hook_resid_post", p.display())).unwrap();
+    assert_eq!(
+        pinned.site("best").unwrap().site,
+        "blocks.0.hook_resid_post"
+    );
+    assert_ne!(
+        serde_json::to_string(&pinned).unwrap(),
+        serde_json::to_string(&back).unwrap()
+    );
+    for same in [p.display().to_string(), format!("{}:best", p.display())] {
+        assert_eq!(at(same).unwrap().best, back.best);
+    }
+    let e = at(format!("{}:blocks.7.hook_resid_post", p.display()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("p.json") && e.contains("blocks.1.hook_resid_post"),
+        "{e}"
+    );
+    ProbeFile::read_ref_for(&p, &id).unwrap();
     let other = ctxsteer::model::ModelId {
         sha256: "bb".repeat(32),
         ..id.clone()

@@ -18,7 +18,7 @@ pub struct Artefacts {
     pub head_probes: Option<PathBuf>,
     /// patch.json of `patch --sites heads --ablate`: the head ranking.
     pub heads_from: Option<PathBuf>,
-    /// The `conflict` gate.
+    /// The `conflict` gate, `FILE[:SITE]` (at its probe file's best site unless SITE is named).
     pub gate: Option<PathBuf>,
     /// The `relevant` gate that reft-gated may add to the conflict gate.
     pub relevance: Option<PathBuf>,
@@ -34,7 +34,8 @@ struct Manifest {
     probes: Option<PathBuf>,
     #[serde(default)]
     head_probes: Option<PathBuf>,
-    /// The `conflict` gate: one file, or one per form (`{"completion": …, "chat": …}`).
+    /// The `conflict` gate: one file, or one per form (`{"completion": …, "chat": …}`); each
+    /// `FILE[:SITE]`, read at SITE when one is named.
     #[serde(default)]
     gate: Option<GateFiles>,
     /// The `relevant` gate that reft-gated may add, in the same shape.
@@ -160,7 +161,7 @@ impl Artefacts {
     /// A gate file (`--gate`), put in its slot by its probe's target: `relevant`, else the
     /// conflict gate.
     pub fn add_gate(&mut self, p: &Path) -> Result<()> {
-        let slot = match ProbeFile::read(p)?.target {
+        let slot = match ProbeFile::read_ref(p)?.target {
             crate::probe::Target::Relevant => &mut self.relevance,
             _ => &mut self.gate,
         };
@@ -237,7 +238,7 @@ impl Artefacts {
         let id = model.identity()?;
         let read = |p: &Option<PathBuf>| {
             p.as_deref()
-                .map(|p| ProbeFile::read_for(p, &id))
+                .map(|p| ProbeFile::read_ref_for(p, &id))
                 .transpose()
         };
         let (heads, context_heads) = match &self.heads_from {

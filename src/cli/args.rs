@@ -195,10 +195,11 @@ pub struct MethodArgs {
     #[arg(long, value_delimiter = ',', value_name = "FILE")]
     pub steer: Vec<PathBuf>,
     /// The gates, comma-separated or repeated, told apart by their target: a `conflict` probe
-    /// file (`probe train --label conflict` on captured variants), the gate of heads-gated and
-    /// reft-gated; and optionally a `relevant` one (`--label relevant`), with which reft-gated's
-    /// sweep also tries each setting where both gates must fire.
-    #[arg(long, value_delimiter = ',', value_name = "FILE")]
+    /// file (`probe train --target conflict` on captured variants), the gate of heads-gated and
+    /// reft-gated; and optionally a `relevant` one (`--target relevant`), with which every
+    /// setting of reft-gated's sweep runs the edit only where both gates fire. Each gate reads
+    /// its probe file's best site, or SITE when written FILE:SITE (so may a manifest's gates).
+    #[arg(long, value_delimiter = ',', value_name = "FILE[:SITE]")]
     pub gate: Vec<PathBuf>,
     /// Head ranking for heads and heads-gated: patch.json from `patch --sites heads --ablate`.
     #[arg(long)]

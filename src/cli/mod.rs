@@ -13,8 +13,10 @@ mod model_args;
 mod numbers;
 mod organism;
 mod reft;
+mod shapes;
 mod steer_args;
 mod study;
+mod training;
 
 use crate::cli::choice::choice;
 use analysis::{density_cmd, patch_cmd, probe_cmd};

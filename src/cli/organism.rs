@@ -28,6 +28,11 @@ pub enum OrganismCmd {
     /// bits are the data's entropy minus the model's negative log-likelihood in bits, a size's
     /// capacity is the most it memorizes over N, and bits per parameter is fitted across sizes.
     Capacity(super::capacity::CapacityArgs),
+    /// Depth against width: models of several shapes (by default a deep-thin and a
+    /// wide-shallow one at each of two budgets of non-embedding parameters) trained on one
+    /// world with the same tokens and steps, each studied as `organism study` does, set side
+    /// by side by exposure bucket.
+    Shapes(super::shapes::ShapesArgs),
 }
 
 #[derive(Args)]
@@ -50,24 +55,11 @@ pub struct TrainArgs {
     pub d_mlp: usize,
     #[arg(long, default_value_t = 2000)]
     pub steps: usize,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 64)]
-    pub seq: usize,
-    /// Peak learning rate, reached after --warmup steps, then cosine decay to a tenth.
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 100)]
-    pub warmup: usize,
-    #[arg(long, default_value_t = 0.1)]
-    pub weight_decay: f64,
+    #[command(flatten)]
+    pub schedule: super::training::ScheduleArgs,
     /// Write a checkpoint every N steps (0: only at the end).
     #[arg(long, default_value_t = 500)]
     pub checkpoint_every: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Go on from the latest checkpoint in OUT/checkpoints (trained with the same options).
     #[arg(long)]
     pub resume: bool,
@@ -123,6 +115,7 @@ pub(super) fn organism_cmd(c: OrganismCmd) -> Result<()> {
         OrganismCmd::Train(a) => train_cmd(a),
         OrganismCmd::Study(a) => super::study::study_cmd(a),
         OrganismCmd::Capacity(a) => super::capacity::capacity_cmd(a),
+        OrganismCmd::Shapes(a) => super::shapes::shapes_cmd(a),
     }
 }
 
@@ -160,20 +153,13 @@ fn world_cmd(a: WorldArgs) -> Result<()> {
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
-    use ctxsteer::organism::{TrainEvent, TrainOptions};
+    use ctxsteer::organism::TrainOptions;
     let opts = TrainOptions {
         layers: a.layers,
         d_model: a.d_model,
         heads: a.heads,
         d_mlp: a.d_mlp,
-        steps: a.steps,
-        batch: a.batch,
-        seq: a.seq,
-        lr: a.lr,
-        warmup: a.warmup,
-        weight_decay: a.weight_decay,
-        checkpoint_every: a.checkpoint_every,
-        seed: a.seed,
+        ..a.schedule.options(a.steps, a.checkpoint_every)
     };
     opts.check()?;
     if !a.resume && a.out.join("checkpoints").exists() {
@@ -183,32 +169,8 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         );
     }
     let t0 = std::time::Instant::now();
-    let pb = ctxsteer::progress::bar(a.steps as u64, "train", false);
-    let mut recent: std::collections::VecDeque<f64> = Default::default();
-    let state = ctxsteer::organism::train(&a.world, &a.out, &opts, a.resume, &mut |e| {
-        match e {
-            TrainEvent::Step {
-                step,
-                loss,
-                tokens_per_s,
-            } => {
-                recent.push_back(loss);
-                if recent.len() > 50 {
-                    recent.pop_front();
-                }
-                let mean = recent.iter().sum::<f64>() / recent.len() as f64;
-                pb.set_position(step as u64);
-                pb.set_message(format!("loss {mean:.3}, {tokens_per_s:.0} tok/s"));
-            }
-            TrainEvent::Checkpoint(p) => {
-                ctxsteer::progress::say(&pb, &format!("checkpoint {}", p.display()))
-            }
-        }
-        Ok(())
-    })?;
-    pb.finish_and_clear();
-    let last =
-        state.losses.iter().rev().take(50).sum::<f64>() / state.losses.len().clamp(1, 50) as f64;
+    let state = super::training::train_with_bar(&a.world, &a.out, &opts, a.resume, "train")?;
+    let last = state.final_loss();
     println!(
         "trained {} steps in {:.0}s ({:.0}s this run): loss {last:.3} (mean of the last 50 steps); model in {}",
         state.step,

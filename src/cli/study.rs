@@ -94,23 +94,39 @@ fn snapshots(a: &StudyArgs, model: &Path) -> Result<Vec<(String, Option<usize>, 
     Ok(out)
 }
 
-fn neutral(world: &Path, lines: usize) -> Result<Vec<String>> {
+pub(super) fn neutral(world: &Path, lines: usize) -> Result<Vec<String>> {
     let p = world.join("corpus.txt");
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     let v: Vec<String> = text.lines().take(lines).map(String::from).collect();
     Ok(ctxsteer::reft::joined_passages(&v, 5))
 }
 
+/// What a saved snapshot must match to be reused: the study's options and world, and the
+/// measures' version (v2 added the two likelihoods).
+pub(super) fn study_key(opts: &StudyOptions, neutral_lines: usize, world: &Path) -> String {
+    format!(
+        "v2 {:?}",
+        (
+            &opts.layer,
+            &opts.alphas,
+            &opts.scales,
+            opts.edit_epochs,
+            neutral_lines,
+            opts.seed,
+            world.display().to_string()
+        )
+    )
+}
+
 /// One snapshot, from its saved file when an earlier run with the same options made it.
-fn study_one(
-    a: &StudyArgs,
+pub(super) fn study_one(
+    (out, device): (&Path, &str),
     key: &str,
     (label, step, path): &(String, Option<usize>, PathBuf),
     items: &StudyItems,
     opts: &StudyOptions,
 ) -> Result<Snapshot> {
-    let file = a
-        .out
+    let file = out
         .join("snapshots")
         .join(format!("{}.json", label.replace(' ', "-")));
     // The weights' size and time too: a model retrained into the same folder is studied anew.
@@ -125,7 +141,7 @@ fn study_one(
             }
         }
     }
-    let device = parse_device(&a.model.device)?;
+    let device = parse_device(device)?;
     let model = ctxsteer::Model::load_on(path, ctxsteer::WeightsMode::F32, &device)
         .with_context(|| format!("loading {}", path.display()))?;
     let pb = ctxsteer::progress::bar(1, label, false);
@@ -165,21 +181,16 @@ pub(super) fn study_cmd(a: StudyArgs) -> Result<()> {
         neutral: neutral(&a.world, a.neutral_lines)?,
         seed: a.seed,
     };
-    let key = format!(
-        "{:?}",
-        (
-            &opts.layer,
-            &opts.alphas,
-            &opts.scales,
-            opts.edit_epochs,
-            a.neutral_lines,
-            opts.seed,
-            a.world.display().to_string()
-        )
-    );
+    let key = study_key(&opts, a.neutral_lines, &a.world);
     let mut snaps = Vec::new();
     for s in snapshots(&a, &model)? {
-        snaps.push(study_one(&a, &key, &s, &items, &opts)?);
+        snaps.push(study_one(
+            (&a.out, &a.model.device),
+            &key,
+            &s,
+            &items,
+            &opts,
+        )?);
     }
     let rep = StudyReport {
         model: model.display().to_string(),

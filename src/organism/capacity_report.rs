@@ -4,7 +4,7 @@
 
 use super::capacity::{CapacityFit, CapacityReport, CapacityRun};
 use crate::error::{Error, Result};
-use crate::markup::{esc, inline_svg, md_table};
+use crate::markup::{esc, inline_svg, legend, md_table};
 use std::path::Path;
 
 /// The fit, each size's capacity and every run, as Markdown.
@@ -234,26 +234,6 @@ fn by_params(rep: &CapacityReport, area: &Area) -> std::result::Result<(), Strin
         .map_err(|e| e.to_string())?;
     }
     legend(&mut c)
-}
-
-type Chart<'a> = plotters::chart::ChartContext<
-    'a,
-    plotters::prelude::SVGBackend<'a>,
-    plotters::coord::cartesian::Cartesian2d<
-        plotters::coord::types::RangedCoordf64,
-        plotters::coord::types::RangedCoordf64,
-    >,
->;
-
-/// The series' legend, upper left.
-fn legend<'a>(c: &mut Chart<'a>) -> std::result::Result<(), String> {
-    use plotters::prelude::*;
-    c.configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| e.to_string())
 }
 
 /// The reference slope and each precision's fitted one, with their colours and labels.

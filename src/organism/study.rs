@@ -156,17 +156,7 @@ pub fn answers(
         progress(StudyEvent::Done(n));
         Ok(())
     })?;
-    let per = |f: &dyn Fn(&ItemLabel) -> bool| -> Vec<Sample> {
-        items
-            .conflicts
-            .iter()
-            .zip(&labels)
-            .map(|(it, l)| Sample {
-                exposure: exposure(it),
-                value: bit(f(l)),
-            })
-            .collect()
-    };
+    let per = |f: &dyn Fn(&ItemLabel) -> bool| per_fact(&items.conflicts, &labels, &|l| bit(f(l)));
     let mut out = vec![
         Measure::new(
             "recall",
@@ -184,8 +174,46 @@ pub fn answers(
             per(&|l| l.context.greedy_answer == Answer::Prior),
         ),
     ];
+    out.extend(likelihoods(&items.conflicts, &labels));
     out.extend(irrelevant(model, &items.irrelevant, &lopts, progress)?);
     Ok((out, labels))
+}
+
+/// One sample per conflict: `f` of its label, at the fact's exposure.
+fn per_fact(
+    conflicts: &[Item],
+    labels: &[ItemLabel],
+    f: &dyn Fn(&ItemLabel) -> f64,
+) -> Vec<Sample> {
+    conflicts
+        .iter()
+        .zip(labels)
+        .map(|(it, l)| Sample {
+            exposure: exposure(it),
+            value: f(l),
+        })
+        .collect()
+}
+
+/// The teacher-forced likelihoods: of the fact's object closed-book (what training on the
+/// fact taught; at exposure 0 only what the relation taught), and of the counterfactual
+/// context's object after it (reading).
+fn likelihoods(conflicts: &[Item], labels: &[ItemLabel]) -> Vec<Measure> {
+    vec![
+        Measure::new(
+            "closed_nll",
+            "closed-book negative log-likelihood of the fact's object, in nats (summed over its \
+             tokens; at exposure 0 the fact was never stated, so this is what the model has \
+             learned of the relation, not of the fact)",
+            per_fact(conflicts, labels, &|l| -f64::from(l.closed.logp_prior)),
+        ),
+        Measure::new(
+            "context_nll",
+            "negative log-likelihood of the counterfactual context's object after that context, \
+             in nats (reading, a skill no single fact teaches)",
+            per_fact(conflicts, labels, &|l| -f64::from(l.context.logp_context)),
+        ),
+    ]
 }
 
 /// Per fact, the share of its irrelevant contexts that leave the answer's class as closed-book,

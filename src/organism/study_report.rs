@@ -38,7 +38,7 @@ pub fn verdict(f: &Fit) -> &'static str {
 }
 
 /// Three significant digits or so, without scientific notation for ordinary sizes.
-fn num(v: f64) -> String {
+pub(crate) fn num(v: f64) -> String {
     match v.abs() {
         a if a >= 10.0 => format!("{v:.1}"),
         a if a >= 0.1 || a == 0.0 => format!("{v:.3}"),
@@ -89,10 +89,18 @@ fn series_table(s: &Series) -> String {
 }
 
 /// The fits of every measure, one column per snapshot.
-fn fits_table(rep: &StudyReport) -> String {
+pub(crate) fn fits_table(rep: &StudyReport) -> String {
+    fits_table_with(rep, true)
+}
+
+/// [`fits_table`], with the final model's lowest and highest bucket as a last column when
+/// `range` (not for models set side by side, where there is no one final model).
+pub(crate) fn fits_table_with(rep: &StudyReport, range: bool) -> String {
     let mut head = vec!["measure".to_string()];
     head.extend(rep.snapshots.iter().map(|s| s.label.clone()));
-    head.push("final: lowest → highest bucket".into());
+    if range {
+        head.push("final: lowest → highest bucket".into());
+    }
     let names: Vec<&str> = rep
         .last()
         .map(|l| l.series.iter().map(|s| s.name.as_str()).collect())
@@ -106,11 +114,13 @@ fn fits_table(rep: &StudyReport) -> String {
                     .iter()
                     .map(|s| s.series(n).map_or("-".into(), |x| fit_cell(&x.fit))),
             );
-            r.push(
-                rep.last()
-                    .and_then(|l| l.series(n))
-                    .map_or("-".into(), range_cell),
-            );
+            if range {
+                r.push(
+                    rep.last()
+                        .and_then(|l| l.series(n))
+                        .map_or("-".into(), range_cell),
+                );
+            }
             r
         })
         .collect();
@@ -160,8 +170,15 @@ pub fn html(rep: &StudyReport, svg: &str) -> String {
 type Area<'a> =
     plotters::drawing::DrawingArea<plotters::prelude::SVGBackend<'a>, plotters::coord::Shift>;
 
-/// One measure's panel.
-fn panel(rep: &StudyReport, name: &str, area: &Area) -> std::result::Result<(), String> {
+/// One measure's panel. `compare`: every snapshot is drawn alike (its own colour, its
+/// intervals, a legend), as for models set side by side; else the last is the final model and
+/// the others its checkpoints, drawn thin.
+fn panel(
+    rep: &StudyReport,
+    name: &str,
+    area: &Area,
+    compare: bool,
+) -> std::result::Result<(), String> {
     use plotters::prelude::*;
     let all: Vec<&Series> = rep
         .snapshots
@@ -197,33 +214,59 @@ fn panel(rep: &StudyReport, name: &str, area: &Area) -> std::result::Result<(), 
         .map_err(|e| e.to_string())?;
     let n = all.len();
     for (k, s) in all.iter().enumerate() {
-        let last = k + 1 == n;
-        let color = if last {
-            BLUE.to_rgba()
-        } else {
-            Palette99::pick(k + 1).to_rgba().mix(0.6)
+        let last = k + 1 == n || compare;
+        let color = match (compare, last) {
+            (true, _) => Palette99::pick(k).to_rgba(),
+            (false, true) => BLUE.to_rgba(),
+            (false, false) => Palette99::pick(k + 1).to_rgba().mix(0.6),
         };
-        let line = s.points.iter().map(|p| (x_of(p.exposure), p.value));
-        chart
-            .draw_series(LineSeries::new(
-                line,
-                color.stroke_width(if last { 2 } else { 1 }),
-            ))
-            .map_err(|e| e.to_string())?;
-        if last {
-            chart
-                .draw_series(s.points.iter().map(|p| {
-                    let x = x_of(p.exposure);
-                    PathElement::new(vec![(x, p.ci_low), (x, p.ci_high)], color.stroke_width(1))
-                }))
-                .map_err(|e| e.to_string())?;
-        }
+        let label = compare.then(|| rep.snapshots.get(k).map_or("", |s| s.label.as_str()));
+        draw_line(&mut chart, s, color, last, label)?;
+    }
+    if compare {
+        crate::markup::legend(&mut chart)?;
     }
     Ok(())
 }
 
-/// All measures' panels in one SVG, three to a row.
+/// One series as a line, with its 95% intervals when `main`, and a legend entry when
+/// labelled.
+fn draw_line(
+    chart: &mut crate::markup::Chart,
+    s: &Series,
+    color: plotters::style::RGBAColor,
+    main: bool,
+    label: Option<&str>,
+) -> std::result::Result<(), String> {
+    use plotters::prelude::*;
+    let line = s.points.iter().map(|p| (x_of(p.exposure), p.value));
+    let width = if main { 2 } else { 1 };
+    let drawn = chart
+        .draw_series(LineSeries::new(line, color.stroke_width(width)))
+        .map_err(|e| e.to_string())?;
+    if let Some(l) = label {
+        drawn
+            .label(l)
+            .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 14, b)], color));
+    }
+    if main {
+        chart
+            .draw_series(s.points.iter().map(|p| {
+                let x = x_of(p.exposure);
+                PathElement::new(vec![(x, p.ci_low), (x, p.ci_high)], color.stroke_width(1))
+            }))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// All measures' panels in one SVG, three to a row: the final model and its checkpoints.
 pub fn chart(rep: &StudyReport, path: &Path) -> Result<()> {
+    chart_lines(rep, path, false)
+}
+
+/// All measures' panels in one SVG, three to a row; `compare` as in [`panel`].
+pub fn chart_lines(rep: &StudyReport, path: &Path, compare: bool) -> Result<()> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
     let names: Vec<String> = rep
@@ -235,7 +278,7 @@ pub fn chart(rep: &StudyReport, path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let panels = root.split_evenly((rows, 3));
     for (n, area) in names.iter().zip(panels.iter()) {
-        panel(rep, n, area).map_err(|e| err(&e))?;
+        panel(rep, n, area, compare).map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())

@@ -355,6 +355,13 @@ pub struct TrainState {
     pub world: String,
 }
 
+impl TrainState {
+    /// The mean training loss over the last 50 steps (nats per token).
+    pub fn final_loss(&self) -> f64 {
+        self.losses.iter().rev().take(50).sum::<f64>() / self.losses.len().clamp(1, 50) as f64
+    }
+}
+
 /// Write a loadable model folder at `dir` (config, weights, tokenizer) and, with `optim`, the
 /// optimizer's state and the trainer's record. Written into a sibling folder, then renamed.
 pub fn save(

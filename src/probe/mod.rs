@@ -293,6 +293,27 @@ impl ProbeFile {
         Ok(f)
     }
 
+    /// A probe file named as `FILE[:SITE]` ([`split_site`]): the file, its `best` pinned to
+    /// SITE when one is named, so that whatever reads its best site reads SITE (and a run
+    /// keyed by the file's contents tells the two apart).
+    pub fn read_ref(arg: &std::path::Path) -> Result<ProbeFile> {
+        let text = arg.to_string_lossy();
+        let (file, site) = split_site(&text);
+        let path = std::path::Path::new(file);
+        let mut f = ProbeFile::read(path)?;
+        if let Some(site) = site {
+            f.best = f.site(site).map_err(|e| Error::file(path, e))?.site.clone();
+        }
+        Ok(f)
+    }
+
+    /// [`ProbeFile::read_ref`], refused when trained on another model than `model`.
+    pub fn read_ref_for(arg: &std::path::Path, model: &ModelId) -> Result<ProbeFile> {
+        let f = ProbeFile::read_ref(arg)?;
+        f.check_model(model, arg)?;
+        Ok(f)
+    }
+
     /// Refuse probes trained on another model.
     pub fn check_model(&self, model: &ModelId, path: &std::path::Path) -> Result<()> {
         if self.model.d_model != model.d_model || self.model.sha256 != model.sha256 {
@@ -406,6 +427,27 @@ pub fn target_of(row: &IndexRow, target: Target) -> Option<bool> {
 /// ([`crate::data::SubjectSplit::held_out`]).
 pub fn is_test(subject: &str, seed: u64) -> bool {
     crate::data::SubjectSplit::held_out(seed).of(subject) == crate::data::Split::Test
+}
+
+/// `FILE[:SITE]` into the file and the site, when one is named: an existing file is a file
+/// whatever its name, else the part after the last `:` is a site when the part before it is a
+/// file, or when it is `best` or names a hook.
+pub fn split_site(s: &str) -> (&str, Option<&str>) {
+    if std::path::Path::new(s).exists() {
+        return (s, None);
+    }
+    match s.rsplit_once(':') {
+        Some((f, site))
+            if !f.is_empty()
+                && !site.is_empty()
+                && (std::path::Path::new(f).exists()
+                    || site == "best"
+                    || site.contains("hook")) =>
+        {
+            (f, Some(site))
+        }
+        _ => (s, None),
+    }
 }
 
 #[cfg(test)]

@@ -9,12 +9,11 @@ use std::path::Path;
 mod cvec;
 mod iti;
 mod request;
+pub use crate::probe::split_site;
 pub use crate::probe::Direction;
 pub use cvec::{read_cvec, write_cvec, LayerVectors};
 pub use iti::ranked_heads;
-pub use request::{
-    combine, pair_alphas, plan, plan_as, split_site, SteerKind, SteerOptions, SteerRequest,
-};
+pub use request::{combine, pair_alphas, plan, plan_as, SteerKind, SteerOptions, SteerRequest};
 
 /// Read a steering vector from a JSON array or a one-tensor safetensors file.
 pub fn read_vector(path: &Path) -> Result<Vec<f32>> {

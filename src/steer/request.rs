@@ -14,7 +14,7 @@ use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::hooks::{Positions, Site};
 use crate::model::{Model, Plan};
-use crate::probe::{Direction, ProbeFile};
+use crate::probe::{split_site, Direction, ProbeFile};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -110,25 +110,6 @@ impl SteerRequest {
             Some(s) => format!("{}:{s}", self.path.display()),
             None => self.path.display().to_string(),
         }
-    }
-}
-
-/// `FILE[:SITE]` into the file and the site, when one is named: an existing file is a file
-/// whatever its name, else the part after the last `:` is a site when the part before it is a
-/// file, or when it is `best` or names a hook.
-pub fn split_site(s: &str) -> (&str, Option<&str>) {
-    if Path::new(s).exists() {
-        return (s, None);
-    }
-    match s.rsplit_once(':') {
-        Some((f, site))
-            if !f.is_empty()
-                && !site.is_empty()
-                && (Path::new(f).exists() || site == "best" || site.contains("hook")) =>
-        {
-            (f, Some(site))
-        }
-        _ => (s, None),
     }
 }
 
