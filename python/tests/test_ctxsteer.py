@@ -236,13 +236,19 @@ def test_an_interrupted_long_call_raises_keyboard_interrupt(model, tmp_path, cal
             model, data, tmp_path / "b", methods=["none"]
         ),
     }[call]
-    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    # Ctrl-C one second in, and again each second until the call has stopped.
+    stopped = threading.Event()
+
+    def press():
+        while not stopped.wait(1.0):
+            os.kill(os.getpid(), signal.SIGINT)
+
     t0 = time.monotonic()
-    timer.start()
+    threading.Thread(target=press, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
             run()
     finally:
-        timer.cancel()
+        stopped.set()
     # It stopped after the batch under way, long before the end.
     assert time.monotonic() - t0 < 30
