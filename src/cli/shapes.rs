@@ -10,6 +10,10 @@ use ctxsteer::organism::study_report::StudyReport;
 use ctxsteer::organism::{TrainOptions, TrainState};
 use std::path::{Path, PathBuf};
 
+/// Corpus lines each study's learned edit keeps as the model had them (`organism study`'s
+/// default).
+const NEUTRAL_LINES: usize = 300;
+
 #[derive(Args)]
 pub struct ShapesArgs {
     /// The world the models are trained on (`organism world --out`).
@@ -46,10 +50,7 @@ pub struct ShapesArgs {
 fn trained(a: &ShapesArgs, dir: &Path, opts: &TrainOptions, label: &str) -> Result<TrainState> {
     let latest = ctxsteer::organism::train::latest_checkpoint(dir);
     if let Some(c) = &latest {
-        let text = std::fs::read_to_string(c.join("trainer.json"))
-            .with_context(|| format!("reading {}", c.join("trainer.json").display()))?;
-        let state: TrainState = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a trainer state", c.display()))?;
+        let state = ctxsteer::organism::train::read_state(c)?;
         if state.step == opts.steps && state.options == *opts && dir.join("config.json").exists() {
             eprintln!("{label}: reusing the model in {}", dir.display());
             return Ok(state);
@@ -96,11 +97,11 @@ pub(super) fn shapes_cmd(a: ShapesArgs) -> Result<()> {
     let vocab = ctxsteer::model::Tokenizer::from_folder(&a.world)?.vocab_size();
     let opts = StudyOptions {
         edit_epochs: a.edit_epochs,
-        neutral: neutral(&a.world, 300)?,
+        neutral: neutral(&a.world, NEUTRAL_LINES)?,
         seed: a.schedule.seed,
         ..StudyOptions::default()
     };
-    let key = study_key(&opts, 300, &a.world);
+    let key = study_key(&opts, NEUTRAL_LINES, &a.world);
     let (mut rows, mut snaps) = (vec![], vec![]);
     for (k, s) in list.iter().enumerate() {
         let o = shapes::options(&base, *s);

@@ -56,8 +56,7 @@ fn snapshots(a: &StudyArgs, model: &Path) -> Result<Vec<(String, Option<usize>, 
     let ckpts: Vec<(usize, PathBuf)> = ctxsteer::organism::train::checkpoints(model)
         .into_iter()
         .filter_map(|p| {
-            let text = std::fs::read_to_string(p.join("trainer.json")).ok()?;
-            let state: ctxsteer::organism::TrainState = serde_json::from_str(&text).ok()?;
+            let state = ctxsteer::organism::train::read_state(&p).ok()?;
             Some((state.step, p))
         })
         .collect();

@@ -423,11 +423,16 @@ pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
     checkpoints(out).pop()
 }
 
-/// Reload a checkpoint: the weights, the optimizer's moments and the record.
-pub fn load_checkpoint(dir: &Path, vocab: usize) -> Result<(Net, AdamW, TrainState)> {
+/// A checkpoint's training state (its trainer.json), without its weights.
+pub fn read_state(dir: &Path) -> Result<TrainState> {
     let p = dir.join("trainer.json");
     let text = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| Error::file(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::file(&p, e))
+}
+
+/// Reload a checkpoint: the weights, the optimizer's moments and the record.
+pub fn load_checkpoint(dir: &Path, vocab: usize) -> Result<(Net, AdamW, TrainState)> {
+    let state = read_state(dir)?;
     let mut net = Net::new(&state.options, vocab)?;
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
     for (k, v) in net.vars.iter_mut() {
