@@ -30,6 +30,9 @@ pub struct DemoOptions {
     pub methods: Vec<Method>,
     /// Trained edits for the learned-edit methods (reft, reft-gated), e.g. the committed ones.
     pub reft: Vec<crate::reft::Reft>,
+    /// A `relevant` gate for the gated methods, beside the conflict gate the demo trains (e.g.
+    /// the committed one); None: the conflict gate alone.
+    pub relevance: Option<crate::probe::ProbeFile>,
     pub command: String,
 }
 
@@ -124,14 +127,14 @@ pub fn run(
         heads: heads.prior,
         context_heads: heads.context,
         gate,
-        relevance: None,
+        relevance: opts.relevance.clone(),
         proxy: None,
         max_new: None,
         head_probes: None,
         reft: opts.reft.clone(),
     };
     let stage = &mut *d.stage;
-    let methods = bench::run(
+    let (methods, base) = bench::run(
         model,
         &items,
         &opts.methods,
@@ -148,7 +151,8 @@ pub fn run(
     crate::report::contexts_chart(&methods, &out.join("contexts.svg"))?;
     d.lap("bench");
     let density = d.density(&items, &labels)?;
-    let report = d.report(methods, &pf, heads.top, density)?;
+    let mut report = d.report(methods, &pf, heads.top, density)?;
+    report.dev_irrelevant_none = base;
     crate::report::write(&report, out)?;
     Ok(report)
 }
@@ -391,6 +395,7 @@ impl Demo<'_> {
             density: Some(density),
             timings: std::mem::take(&mut self.timings),
             charts,
+            dev_irrelevant_none: None,
         })
     }
 }

@@ -190,9 +190,24 @@ fn eval_irr(adh: f64, ret: f64, unchanged: f64) -> Eval {
     e
 }
 
-/// (chosen index, eligible) of a sweep.
+/// `none`'s irrelevant contexts: `unchanged` of them left as they were, and per item where
+/// given.
+fn base_irr(unchanged: f64, items: &[bool]) -> bench::Irrelevant {
+    bench::Irrelevant {
+        unchanged: Rate {
+            value: unchanged,
+            ..Rate::default()
+        },
+        n: items.len(),
+        unchanged_items: items.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// (chosen index, eligible) of a sweep against a baseline share (no per-item outcomes).
 fn pick(evals: &[Eval], base: Option<f64>) -> (usize, bool) {
-    let c = bench::choose(evals, base);
+    let base = base.map(|b| base_irr(b, &[]));
+    let c = bench::choose(evals, base.as_ref());
     (c.index, c.eligible)
 }
 
@@ -241,15 +256,66 @@ fn the_dev_choice_keeps_irrelevant_contexts_within_two_points_of_none() {
     // Without a baseline (no irrelevant items) the bar does not apply.
     assert_eq!(pick(&evals, None), (0, true));
     // Equal retention: the cheapest is the one that leaves the most irrelevant contexts alone.
-    let c = bench::choose(&evals, Some(0.95));
-    assert_eq!((c.index, c.eligible), (1, false));
+    assert_eq!(pick(&evals, Some(0.95)), (1, false));
     // None clears it: the most adherent is named with the bar it missed.
-    let c = bench::choose(&evals[..1], Some(0.8));
+    let c = bench::choose(&evals[..1], Some(&base_irr(0.8, &[])));
     assert!(!c.eligible);
     let (_, missed) = c.best_ineligible.unwrap();
     assert_eq!(
         missed,
         ["irrelevant contexts unchanged 50.0% < none's 80.0% − 2 points"]
+    );
+}
+
+#[test]
+fn the_dev_choice_keeps_a_standard_error_to_spare_on_irrelevant_contexts() {
+    // 100 dev items; none leaves the first 80 unchanged.
+    let none: Vec<bool> = (0..100).map(|i| i < 80).collect();
+    let base = base_irr(0.8, &none);
+    // `flip` of none's unchanged answers changed, `gain` of its changed ones left alone.
+    let with = |adh: f64, flip: usize, gain: usize| {
+        let items: Vec<bool> = (0..100)
+            .map(|i| if i < 80 { i >= flip } else { i < 80 + gain })
+            .collect();
+        let mut e = eval_irr(
+            adh,
+            1.0,
+            items.iter().filter(|x| **x).count() as f64 / 100.0,
+        );
+        e.irrelevant.as_mut().unwrap().unchanged_items = items;
+        e
+    };
+    // Paired difference and its standard error: 2 of 100 lost, mean −0.02, sd of the
+    // differences sqrt((2 − 100·0.02²) / 99).
+    let (d, se) = bench::paired_unchanged(with(0.9, 2, 0).irrelevant.as_ref().unwrap(), &base);
+    assert!((d + 0.02).abs() < 1e-12);
+    assert!((se - ((2.0 - 100.0 * 0.0004) / 99.0f64).sqrt() / 10.0).abs() < 1e-12);
+    // Exactly 2 points under none clears the bar without its guard, not with it; identical
+    // answers (no error) clear it, and so do one lost and one gained (0 points, error 1.4);
+    // three lost and two gained (−1 point, error 2.2) do not.
+    let evals = vec![
+        with(0.9, 2, 0),
+        with(0.5, 0, 0),
+        with(0.7, 1, 1),
+        with(0.8, 3, 2),
+    ];
+    let c = bench::choose(&evals, Some(&base));
+    assert_eq!((c.index, c.eligible), (2, true));
+    let (d, se) = bench::paired_unchanged(evals[2].irrelevant.as_ref().unwrap(), &base);
+    assert!(d.abs() < 1e-12 && d - se > -0.02, "{d} {se}");
+    let (d, se) = bench::paired_unchanged(evals[3].irrelevant.as_ref().unwrap(), &base);
+    assert!((d + 0.01).abs() < 1e-12 && d - se < -0.02, "{d} {se}");
+    // Shares alone (no per-item outcomes for none): the bar without a guard.
+    assert_eq!(pick(&evals, Some(0.8)), (0, true));
+    // The words of a miss give the difference, its error and where the guard leaves it.
+    let c = bench::choose(&evals[..1], Some(&base));
+    let (_, missed) = c.best_ineligible.unwrap();
+    assert_eq!(
+        missed,
+        [
+            "irrelevant contexts unchanged 78.0%, -2.0 points against none's 80.0%; less 1 \
+          standard error (1.4) that is -3.4, under −2 points"
+        ]
     );
 }
 
@@ -278,7 +344,7 @@ fn bench_runs_methods_and_writes_a_report() {
         Method::Heads,
         Method::AdaCad,
     ];
-    let out = bench::run(&m, &its, &methods, &res, Form::Completion, 4, &mut |_| {}).unwrap();
+    let (out, _) = bench::run(&m, &its, &methods, &res, Form::Completion, 4, &mut |_| {}).unwrap();
     assert_eq!(out.len(), 5);
     assert!(
         out[0].sweep.is_empty() && out[1].sweep.is_empty(),
@@ -398,6 +464,7 @@ fn bench_runs_methods_and_writes_a_report() {
         density: None,
         timings: vec![],
         charts: BTreeMap::from([("sweep".to_string(), "sweep.svg".to_string())]),
+        dev_irrelevant_none: None,
     };
     ctxsteer::report::write(&rep, &report_dir).unwrap();
     let html = std::fs::read_to_string(report_dir.join("report.html")).unwrap();
@@ -583,7 +650,7 @@ fn bench_conflict_resumes_from_its_journal_and_reruns_what_changed() {
     let run = |res: &Resources, resume: bool| {
         let mut j = Journal::<Run>::open(&jpath, resume).unwrap();
         let out = bench::run_journaled(&m, &its, &methods, res, &o, Some(&mut j), &mut |_| {});
-        (out.unwrap(), j.len())
+        (out.unwrap().0, j.len())
     };
     let (first, n) = run(&res, false);
     assert!(n > 0 && first.iter().all(|r| r.reused_runs == 0));

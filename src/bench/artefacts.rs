@@ -265,6 +265,15 @@ impl Artefacts {
         Ok(res)
     }
 
+    /// The relevance gate, read and checked against `model`, if one is given or listed.
+    pub fn relevance_gate(&self, model: &Model) -> Result<Option<ProbeFile>> {
+        let id = model.identity()?;
+        self.relevance
+            .as_deref()
+            .map(|p| ProbeFile::read_ref_for(p, &id))
+            .transpose()
+    }
+
     /// The trained edits, from their files; an error when a method that needs one has none.
     pub fn edits(&self, model: &Model, methods: &[Method]) -> Result<Vec<crate::reft::Reft>> {
         let users = users_of(methods, Need::Edit);

@@ -1,7 +1,7 @@
 //! The dev sweep's choice: the bars a setting must clear (retention, perplexity, irrelevant
 //! contexts left unchanged), and the setting chosen among those that clear them.
 
-use super::Eval;
+use super::{Eval, Irrelevant};
 
 /// The dev bars a setting must clear to be chosen.
 #[derive(Clone, Copy, Debug)]
@@ -12,20 +12,48 @@ pub struct Bars {
     pub perplexity_ratio: f64,
     /// Irrelevant contexts: the share left unchanged may fall at most this far below `none`'s.
     pub irrelevant_drop: f64,
+    /// How many standard errors of the paired difference from `none` (over the same dev
+    /// items) the drop must leave to spare. The most adherent setting that clears a bar tends
+    /// to sit just above it on dev by chance, and below it on test; the guard keeps a setting
+    /// whose drop is only within the bar by noise from being chosen.
+    pub irrelevant_guard: f64,
 }
 
 /// The bars of the dev sweep: retention ≥ 95%, perplexity ≤ 1.05×, irrelevant contexts left
-/// unchanged at least as often as `none` leaves them, less 2 points.
+/// unchanged at least as often as `none` leaves them, less 2 points, with one standard error
+/// of the paired difference to spare.
 pub const BARS: Bars = Bars {
     retention: 0.95,
     perplexity_ratio: 1.05,
     irrelevant_drop: 0.02,
+    irrelevant_guard: 1.0,
 };
 
+/// The robustness bar in words, as reports state it. `guarded`: chosen with
+/// [`Bars::irrelevant_guard`] standard errors to spare (reports written before the guard was
+/// kept lack the dev baseline it is paired against, and say the bar without it).
+pub fn irrelevant_bar_words(guarded: bool) -> &'static str {
+    match guarded {
+        true => {
+            "at least as often as none, less 2 points, with one standard error of the paired \
+             difference (over the same dev items) to spare"
+        }
+        false => "at least as often as none, less 2 points",
+    }
+}
+
+/// The paired difference of the share left unchanged, `e` minus `base`, over the same items,
+/// and its standard error. Without per-item outcomes for both (or with different item counts)
+/// it is the difference of the shares, with no error.
+pub fn paired_unchanged(e: &Irrelevant, base: &Irrelevant) -> (f64, f64) {
+    super::paired::paired_mean_se(&e.unchanged_items, &base.unchanged_items)
+        .unwrap_or((e.unchanged.value - base.unchanged.value, 0.0))
+}
+
 impl Bars {
-    /// The bars `e` misses, in words (empty: eligible). `irrelevant_base` is `none`'s share of
-    /// irrelevant contexts left unchanged on the same items.
-    pub fn missed(&self, e: &Eval, irrelevant_base: Option<f64>) -> Vec<String> {
+    /// The bars `e` misses, in words (empty: eligible). `irrelevant_base` is how `none` does on
+    /// the same irrelevant items.
+    pub fn missed(&self, e: &Eval, irrelevant_base: Option<&Irrelevant>) -> Vec<String> {
         let mut v = vec![];
         // Retention is measured on the dev facts the model knows closed-book; where it knows
         // none (NQ-Swap), there is nothing to lose and the bar does not apply.
@@ -43,17 +71,36 @@ impl Bars {
             ));
         }
         if let (Some(base), Some(irr)) = (irrelevant_base, &e.irrelevant) {
-            // A small tolerance keeps a setting that equals the bar from failing on rounding.
-            if irr.unchanged.value + 1e-9 < base - self.irrelevant_drop {
-                v.push(format!(
-                    "irrelevant contexts unchanged {:.1}% < none's {:.1}% − {:.0} points",
-                    100.0 * irr.unchanged.value,
-                    100.0 * base,
-                    100.0 * self.irrelevant_drop
-                ));
-            }
+            v.extend(self.irrelevant_missed(irr, base));
         }
         v
+    }
+
+    /// The irrelevant-context bar in words, if `irr` misses it against `base`.
+    fn irrelevant_missed(&self, irr: &Irrelevant, base: &Irrelevant) -> Option<String> {
+        let (diff, se) = paired_unchanged(irr, base);
+        // A small tolerance keeps a setting that equals the bar from failing on rounding.
+        if diff - self.irrelevant_guard * se + 1e-9 >= -self.irrelevant_drop {
+            return None;
+        }
+        let (u, b, bar) = (
+            100.0 * irr.unchanged.value,
+            100.0 * base.unchanged.value,
+            100.0 * self.irrelevant_drop,
+        );
+        Some(match se > 0.0 {
+            false => {
+                format!("irrelevant contexts unchanged {u:.1}% < none's {b:.1}% − {bar:.0} points")
+            }
+            true => format!(
+                "irrelevant contexts unchanged {u:.1}%, {:+.1} points against none's {b:.1}%; \
+                 less {} standard error ({:.1}) that is {:+.1}, under −{bar:.0} points",
+                100.0 * diff,
+                self.irrelevant_guard,
+                100.0 * se,
+                100.0 * (diff - self.irrelevant_guard * se)
+            ),
+        })
     }
 }
 
@@ -72,7 +119,7 @@ pub struct Chosen {
 /// if none does, the one that costs least (the highest retention, then the most irrelevant
 /// contexts left unchanged, then the lowest perplexity), flagged, with the best ineligible
 /// setting (the highest adherence) and the bars it misses.
-pub fn choose(evals: &[Eval], irrelevant_base: Option<f64>) -> Chosen {
+pub fn choose(evals: &[Eval], irrelevant_base: Option<&Irrelevant>) -> Chosen {
     let by_adherence = |a: &(usize, &Eval), b: &(usize, &Eval)| {
         a.1.adherence.value.total_cmp(&b.1.adherence.value)
     };

@@ -31,7 +31,7 @@ mod perplexity;
 mod split;
 mod true_context;
 pub use artefacts::{is_per_head, Artefacts};
-pub use choose::{choose, Bars, Chosen, BARS};
+pub use choose::{choose, irrelevant_bar_words, paired_unchanged, Bars, Chosen, BARS};
 pub use grid::{
     context_heads_from_patch, grid, heads_from_patch, setting_key, Need, Params, Resources, Setting,
 };
@@ -420,7 +420,8 @@ pub fn setting_scope(test: bool, m: Method, params: &Params) -> String {
     format!("{split} {:016x}", crate::data::stable_hash(&key))
 }
 
-/// Run every method: sweep on dev, measure the chosen setting on test.
+/// Run every method: sweep on dev, measure the chosen setting on test. Also returns how `none`
+/// did on dev's irrelevant contexts (the dev bar's baseline; None without them).
 pub fn run(
     model: &Model,
     items: &[Item],
@@ -429,7 +430,7 @@ pub fn run(
     form: Form,
     batch: usize,
     on: &mut OnEvent,
-) -> Result<Vec<MethodResult>> {
+) -> Result<(Vec<MethodResult>, Option<Irrelevant>)> {
     let o = SplitOptions {
         max_new: res.max_new,
         ..SplitOptions::new(form, batch)
@@ -441,6 +442,7 @@ pub fn run(
 /// the runs it finds there instead of running them again. Its keys start with a hash of the
 /// model, its weights, the form, the answer budget and the items, so a journal written for
 /// other data or another model is never reused; then the split's or the setting's scope.
+/// Also returns how `none` did on dev's irrelevant contexts: the dev bar's baseline.
 pub fn run_journaled(
     model: &Model,
     items: &[Item],
@@ -449,7 +451,7 @@ pub fn run_journaled(
     o: &SplitOptions,
     journal: Option<&mut Journal<Run>>,
     on: &mut OnEvent,
-) -> Result<Vec<MethodResult>> {
+) -> Result<(Vec<MethodResult>, Option<Irrelevant>)> {
     let root = match &journal {
         Some(_) => journal_root(model, items, o)?,
         None => String::new(),
@@ -481,7 +483,7 @@ pub fn run_journaled(
         out.push(r);
     }
     paired::fill(&mut out);
-    Ok(out)
+    Ok((out, split.irrelevant_base))
 }
 
 /// The root of a conflict benchmark's journal keys: what its runs depend on besides the
@@ -527,7 +529,7 @@ pub fn run_method(
             eligible: true,
             best_ineligible: None,
         },
-        _ => choose(&sweep, split.irrelevant_base),
+        _ => choose(&sweep, split.irrelevant_base.as_ref()),
     };
     let i = chosen.index;
     let test_eval = split.measure(model, &settings[i], true, batch, res, journal, on)?;

@@ -21,6 +21,27 @@ pub fn paired_difference(a: &[bool], b: &[bool]) -> Option<Rate> {
     Some(mean_rate(&d, 11))
 }
 
+/// The mean of `a - b` over items paired by position and its standard error (sample standard
+/// deviation of the differences over √n; 0 for a single item); None when the two do not cover
+/// the same items.
+pub fn paired_mean_se(a: &[bool], b: &[bool]) -> Option<(f64, f64)> {
+    if a.len() != b.len() || a.is_empty() {
+        return None;
+    }
+    let d: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| *x as u8 as f64 - *y as u8 as f64)
+        .collect();
+    let n = d.len() as f64;
+    let mean = d.iter().sum::<f64>() / n;
+    if d.len() < 2 {
+        return Some((mean, 0.0));
+    }
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    Some((mean, (var / n).sqrt()))
+}
+
 /// Fill each method's `paired` with its test adherence minus that of `none` and of `cad`
 /// (those of them that were run), on the same items; and, where irrelevant contexts were
 /// measured, its share of them left unchanged minus `none`'s (`irrelevant vs none`).

@@ -2,7 +2,7 @@
 //! knows in each part, and each part's irrelevant contexts with the model's own closed-book
 //! answers to their queries.
 
-use super::irrelevant::{self, IrrelevantSet};
+use super::irrelevant::{self, Irrelevant, IrrelevantSet};
 use super::{
     eval_scope, evaluate_with, opts, perplexity, setting_scope, Eval, EvalItems, Event, OnEvent,
     Resources, Setting, NEUTRAL_TEXT,
@@ -121,9 +121,9 @@ pub struct Parts {
     pub test_known: Vec<Item>,
     pub dev_irrelevant: IrrelevantSet,
     pub test_irrelevant: IrrelevantSet,
-    /// The share of dev's irrelevant items whose answer `none` leaves unchanged: the baseline of
-    /// the dev sweep's robustness bar. None without irrelevant items.
-    pub irrelevant_base: Option<f64>,
+    /// How `none` does on dev's irrelevant items (the share it leaves unchanged, and which):
+    /// the baseline of the dev sweep's robustness bar. None without irrelevant items.
+    pub irrelevant_base: Option<Irrelevant>,
     pub form: Form,
     /// The batch size of its runs, and of every evaluation on it.
     pub batch: usize,
@@ -261,7 +261,7 @@ impl Parts {
                 let spec = crate::Spec::new();
                 let items = &dev_irrelevant.items;
                 let runs = label::runs(model, items, &lo, &spec, true, j.as_mut(), &mut |_| {})?;
-                Some(irrelevant::score(&dev_irrelevant, &runs).unchanged.value)
+                Some(irrelevant::score(&dev_irrelevant, &runs))
             }
         };
         Ok(Parts {
@@ -285,10 +285,10 @@ impl Parts {
             true => String::new(),
             false => format!(", {} irrelevant", s.items.len()),
         };
-        let base = self.irrelevant_base.map_or(String::new(), |b| {
+        let base = self.irrelevant_base.as_ref().map_or(String::new(), |b| {
             format!(
                 "; none leaves {:.1}% of dev's irrelevant-context answers as they are closed-book",
-                100.0 * b
+                100.0 * b.unchanged.value
             )
         });
         format!(

@@ -51,7 +51,12 @@ pub(super) fn part_key(
     }
     let (opts, res) = (run.opts, run.res);
     let key = PartKey {
-        version: 2,
+        // 3: with irrelevant contexts, the dev choice keeps a standard error to spare
+        // (`bench::Bars::irrelevant_guard`); a part chosen without it is not reused.
+        version: match split.irrelevant_base {
+            Some(_) => 3,
+            None => 2,
+        },
         benchmark: run.b.name(),
         model_sha256: &run.sha256,
         limit: opts.limit,

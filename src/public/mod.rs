@@ -57,6 +57,11 @@ pub struct Section {
     /// Methods asked for but not run yet (`--saved-only` and no saved part).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<Method>,
+    /// How `none` did on dev's irrelevant contexts, per item (the dev bar's baseline); absent
+    /// without irrelevant contexts, and in reports written before the bar kept a standard
+    /// error to spare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_irrelevant_none: Option<bench::Irrelevant>,
     /// Per method: the benchmark's own metrics on test.
     pub own: Vec<(Method, Vec<(String, Rate)>)>,
     pub published: Vec<Published>,
@@ -188,6 +193,7 @@ pub fn run_one(
         own,
         published,
         note,
+        dev_irrelevant_none: split.irrelevant_base,
     })
 }
 
@@ -377,6 +383,7 @@ fn nothing_saved(b: Benchmark, n_items: usize, used: &[Item], methods: &[Method]
         own: vec![],
         published: vec![],
         note: "Nothing of this benchmark is saved yet.".into(),
+        dev_irrelevant_none: None,
     }
 }
 

@@ -62,7 +62,11 @@ pub fn markdown(r: &PublicReport) -> String {
             s += &methods_table(sec);
             // A subsection of this benchmark's section.
             s += "\n";
-            s += &crate::report::contexts_markdown(&sec.methods, 3);
+            s += &crate::report::contexts_markdown(
+                &sec.methods,
+                3,
+                sec.dev_irrelevant_none.is_some(),
+            );
         }
         if !sec.pending.is_empty() {
             let names: Vec<&str> = sec.pending.iter().map(|m| m.name()).collect();

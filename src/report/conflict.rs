@@ -54,7 +54,7 @@ pub fn bench_conflict(
         max_new: res.max_new,
         ..SplitOptions::new(o.form, o.batch_size)
     };
-    let results =
+    let (results, base) =
         bench::run_journaled(model, &items, methods, res, &split, Some(&mut journal), on)?;
     std::fs::create_dir_all(&o.out).map_err(|e| Error::file(&o.out, e))?;
     let report = Report {
@@ -69,6 +69,7 @@ pub fn bench_conflict(
         patching: None,
         density: None,
         timings: vec![("bench".into(), t0.elapsed().as_secs_f64())],
+        dev_irrelevant_none: base,
     };
     super::write(&report, &o.out)?;
     Ok(report)

@@ -91,18 +91,27 @@ pub(super) fn kinds_table(methods: &[MethodResult]) -> (Vec<String>, Vec<Vec<Str
     (header, rows)
 }
 
-pub(super) const LEGEND: &str = "Gold: share of the test items, their context rewritten to \
+const LEGEND: &str = "Gold: share of the test items, their context rewritten to \
     state the true fact, whose greedy answer names it. Conflicting: adherence. Irrelevant: each \
     test query after a context about another subject; unchanged = the greedy answer's class \
     (prior, context's distractor or neither) is the one the unedited model's closed-book answer \
     has (CUB's BCU); distractor named = the answer names the object that context names. \
     Faithfulness = mean of gold and conflicting. A dev setting is eligible only if it leaves \
-    irrelevant contexts unchanged at least as often as none, less 2 points.\n\n";
+    irrelevant contexts unchanged ";
+
+/// The three-type table's legend; `guarded`: the dev choice kept a standard error to spare
+/// ([`crate::bench::irrelevant_bar_words`]).
+pub(super) fn legend(guarded: bool) -> String {
+    format!(
+        "{LEGEND}{}.\n\n",
+        crate::bench::irrelevant_bar_words(guarded)
+    )
+}
 
 /// The three context types and irrelevant contexts by kind, as markdown under a heading of
 /// `level` (empty where no method was measured on irrelevant contexts), with the methods none
 /// of whose dev settings met the bars.
-pub fn markdown(methods: &[MethodResult], level: usize) -> String {
+pub fn markdown(methods: &[MethodResult], level: usize, guarded: bool) -> String {
     if !measured(methods) {
         return String::new();
     }
@@ -111,7 +120,7 @@ pub fn markdown(methods: &[MethodResult], level: usize) -> String {
     let (h, rows) = table(methods);
     s += &md_table(&h, &rows);
     s += "\n";
-    s += LEGEND;
+    s += &legend(guarded);
     s += &format!("{hashes}# Irrelevant contexts by kind (test)\n\n");
     let (h, rows) = kinds_table(methods);
     s += &md_table(&h, &rows);

@@ -38,6 +38,10 @@ pub struct Report {
     pub timings: Vec<(String, f64)>,
     /// Chart files, relative to the report folder.
     pub charts: BTreeMap<String, String>,
+    /// `bench conflict`: how `none` did on dev's irrelevant contexts, per item in order (the
+    /// baseline the dev sweep's robustness bar is paired against).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_irrelevant_none: Option<crate::bench::Irrelevant>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -172,8 +176,11 @@ pub fn markdown(rep: &Report) -> String {
     if has_paired(rep) {
         s += PAIRED_LEGEND;
     }
+    let guarded = rep.dev_irrelevant_none.is_some();
     s += LEGEND;
-    s += &contexts::markdown(&rep.methods, 2);
+    s += crate::bench::irrelevant_bar_words(guarded);
+    s += LEGEND_TAIL;
+    s += &contexts::markdown(&rep.methods, 2, guarded);
     s += "## Adherence per relation (test)\n\n";
     let (h, rows) = relation_table(rep);
     s += &md_table(&h, &rows);
@@ -197,8 +204,10 @@ const LEGEND: &str = "TF adherence: share whose context answer has the higher te
     the model knows, method active, no context. True context kept: share of the test items, \
     their context rewritten to state the true fact, whose greedy answer names it. Perplexity ×: perplexity of a fixed neutral \
     text relative to no intervention. Settings are chosen on dev: highest adherence with \
-    retention ≥ 95%, perplexity ≤ +5% and irrelevant contexts left unchanged at least as often \
-    as none, less 2 points (where the data has them); else the cheapest (\"not met\").\n\n";
+    retention ≥ 95%, perplexity ≤ +5% and irrelevant contexts left unchanged ";
+
+/// The end of [`LEGEND`], after the robustness bar's words.
+const LEGEND_TAIL: &str = " (where the data has them); else the cheapest (\"not met\").\n\n";
 
 /// Each swept method's settings on dev, one line per method.
 fn md_sweeps(rep: &Report) -> String {
@@ -306,7 +315,8 @@ pub fn html(rep: &Report, dir: &Path) -> Result<String> {
         let (kh, krows) = contexts::kinds_table(&rep.methods);
         body += "<h3>Irrelevant contexts by kind (test)</h3>";
         body += &html_table(&kh, &krows);
-        body += &format!("<p>{}</p>", esc(contexts::LEGEND.trim()));
+        let legend = contexts::legend(rep.dev_irrelevant_none.is_some());
+        body += &format!("<p>{}</p>", esc(legend.trim()));
     }
     body += "<h2>Adherence per relation (test)</h2>";
     body += &html_table(&rh, &rrows);
