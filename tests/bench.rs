@@ -529,13 +529,16 @@ fn squad_normalization_and_exact_match() {
 
 /// The markdown report is a function of report.json: re-rendering a saved run gives its
 /// report.md byte for byte. The Gemma demo has probes, patching, density and timings and was
-/// written before paired differences existed; the internal-methods run has them.
+/// written before paired differences existed; the internal-methods run has them; the guarded
+/// run has none's per-item dev outcomes on irrelevant contexts.
 #[test]
 fn a_saved_report_renders_to_its_markdown() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for run in [
         "results/gemma3-270m/demo",
         "results/conflict_internal/completion",
+        // Chosen with the guarded dev bar: its legend says so.
+        "results/contexts/smollm2-completion-guarded",
     ] {
         let dir = root.join(run);
         let json = std::fs::read_to_string(dir.join("report.json")).unwrap();
@@ -543,6 +546,13 @@ fn a_saved_report_renders_to_its_markdown() {
         let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
         assert_eq!(ctxsteer::report::markdown(&rep), md, "{run}");
     }
+    // Each report states the dev bar it was chosen under.
+    let guarded = |run: &str| {
+        let md = std::fs::read_to_string(root.join(run).join("report.md")).unwrap();
+        md.contains("with one standard error of the paired difference")
+    };
+    assert!(guarded("results/contexts/smollm2-completion-guarded"));
+    assert!(!guarded("results/conflict_internal/completion"));
     // The paired differences in the saved run are those its per-item outcomes give.
     let dir = root.join("results/conflict_internal/completion");
     let rep: ctxsteer::report::Report =
