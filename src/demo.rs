@@ -151,8 +151,7 @@ pub fn run(
     crate::report::contexts_chart(&methods, &out.join("contexts.svg"))?;
     d.lap("bench");
     let density = d.density(&items, &labels)?;
-    let mut report = d.report(methods, &pf, heads.top, density)?;
-    report.dev_irrelevant_none = base;
+    let report = d.report((methods, base), &pf, heads.top, density)?;
     crate::report::write(&report, out)?;
     Ok(report)
 }
@@ -348,7 +347,7 @@ impl Demo<'_> {
 
     fn report(
         &mut self,
-        methods: Vec<bench::MethodResult>,
+        (methods, base): (Vec<bench::MethodResult>, Option<bench::Irrelevant>),
         pf: &crate::probe::ProbeFile,
         patching: Option<Vec<crate::patch::Cell>>,
         density: DensityTable,
@@ -395,7 +394,7 @@ impl Demo<'_> {
             density: Some(density),
             timings: std::mem::take(&mut self.timings),
             charts,
-            dev_irrelevant_none: None,
+            dev_irrelevant_none: base,
         })
     }
 }

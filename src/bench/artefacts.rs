@@ -236,11 +236,7 @@ impl Artefacts {
         proxy: Option<crate::proxy::Proxy>,
     ) -> Result<Resources> {
         let id = model.identity()?;
-        let read = |p: &Option<PathBuf>| {
-            p.as_deref()
-                .map(|p| ProbeFile::read_ref_for(p, &id))
-                .transpose()
-        };
+        let read = |p: &Option<PathBuf>| read_ref_for(p, &id);
         let (heads, context_heads) = match &self.heads_from {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| Error::file(p, e))?;
@@ -267,11 +263,7 @@ impl Artefacts {
 
     /// The relevance gate, read and checked against `model`, if one is given or listed.
     pub fn relevance_gate(&self, model: &Model) -> Result<Option<ProbeFile>> {
-        let id = model.identity()?;
-        self.relevance
-            .as_deref()
-            .map(|p| ProbeFile::read_ref_for(p, &id))
-            .transpose()
+        read_ref_for(&self.relevance, &model.identity()?)
     }
 
     /// The trained edits, from their files; an error when a method that needs one has none.
@@ -350,4 +342,11 @@ fn need_option(need: Need) -> &'static str {
         Need::Edit => "--steer FILE.safetensors (from `ctxsteer reft train`)",
         Need::Proxy => "--proxy-expert MODEL --proxy-base MODEL (a tuned model and its base)",
     }
+}
+
+/// The probe file at `p` (`FILE[:SITE]`), if given, checked against the model `id`.
+fn read_ref_for(p: &Option<PathBuf>, id: &ModelId) -> Result<Option<ProbeFile>> {
+    p.as_deref()
+        .map(|p| ProbeFile::read_ref_for(p, id))
+        .transpose()
 }

@@ -79,8 +79,10 @@ impl Bars {
     /// The irrelevant-context bar in words, if `irr` misses it against `base`.
     fn irrelevant_missed(&self, irr: &Irrelevant, base: &Irrelevant) -> Option<String> {
         let (diff, se) = paired_unchanged(irr, base);
+        // The difference with the guard's margin taken off.
+        let guarded = diff - self.irrelevant_guard * se;
         // A small tolerance keeps a setting that equals the bar from failing on rounding.
-        if diff - self.irrelevant_guard * se + 1e-9 >= -self.irrelevant_drop {
+        if guarded + 1e-9 >= -self.irrelevant_drop {
             return None;
         }
         let (u, b, bar) = (
@@ -98,7 +100,7 @@ impl Bars {
                 100.0 * diff,
                 self.irrelevant_guard,
                 100.0 * se,
-                100.0 * (diff - self.irrelevant_guard * se)
+                100.0 * guarded
             ),
         })
     }

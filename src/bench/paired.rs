@@ -10,29 +10,27 @@ const BASELINES: [Method; 2] = [Method::None, Method::Cad];
 /// The mean of `a - b` over items paired by position, with a bootstrap 95% interval; None when
 /// the two do not cover the same items.
 pub fn paired_difference(a: &[bool], b: &[bool]) -> Option<Rate> {
+    Some(mean_rate(&differences(a, b)?, 11))
+}
+
+/// `a - b` per item, paired by position; None when the two do not cover the same items.
+fn differences(a: &[bool], b: &[bool]) -> Option<Vec<f64>> {
     if a.len() != b.len() || a.is_empty() {
         return None;
     }
-    let d: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| *x as u8 as f64 - *y as u8 as f64)
-        .collect();
-    Some(mean_rate(&d, 11))
+    Some(
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| *x as u8 as f64 - *y as u8 as f64)
+            .collect(),
+    )
 }
 
 /// The mean of `a - b` over items paired by position and its standard error (sample standard
 /// deviation of the differences over √n; 0 for a single item); None when the two do not cover
 /// the same items.
 pub fn paired_mean_se(a: &[bool], b: &[bool]) -> Option<(f64, f64)> {
-    if a.len() != b.len() || a.is_empty() {
-        return None;
-    }
-    let d: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| *x as u8 as f64 - *y as u8 as f64)
-        .collect();
+    let d = differences(a, b)?;
     let n = d.len() as f64;
     let mean = d.iter().sum::<f64>() / n;
     if d.len() < 2 {
