@@ -134,7 +134,7 @@ pub fn run(
         reft: opts.reft.clone(),
     };
     let stage = &mut *d.stage;
-    let (methods, base) = bench::run(
+    let measured = bench::run(
         model,
         &items,
         &opts.methods,
@@ -147,11 +147,11 @@ pub fn run(
             }
         },
     )?;
-    crate::report::sweep_chart(&methods, &out.join("sweep.svg"))?;
-    crate::report::contexts_chart(&methods, &out.join("contexts.svg"))?;
+    crate::report::sweep_chart(&measured.methods, &out.join("sweep.svg"))?;
+    crate::report::contexts_chart(&measured.methods, &out.join("contexts.svg"))?;
     d.lap("bench");
     let density = d.density(&items, &labels)?;
-    let report = d.report((methods, base), &pf, heads.top, density)?;
+    let report = d.report(measured, &pf, heads.top, density)?;
     crate::report::write(&report, out)?;
     Ok(report)
 }
@@ -347,7 +347,7 @@ impl Demo<'_> {
 
     fn report(
         &mut self,
-        (methods, base): (Vec<bench::MethodResult>, Option<bench::Irrelevant>),
+        measured: bench::Measured,
         pf: &crate::probe::ProbeFile,
         patching: Option<Vec<crate::patch::Cell>>,
         density: DensityTable,
@@ -380,7 +380,7 @@ impl Demo<'_> {
             data: "built-in counterfactual data (test split; strengths chosen on dev)".into(),
             form: self.opts.form,
             command: self.opts.command.clone(),
-            methods,
+            methods: measured.methods,
             probe: Some(ProbeSummary {
                 file: "probes.json".into(),
                 best: pf.best.clone(),
@@ -394,7 +394,7 @@ impl Demo<'_> {
             density: Some(density),
             timings: std::mem::take(&mut self.timings),
             charts,
-            dev_irrelevant_none: base,
+            dev_irrelevant_none: measured.dev_irrelevant_none,
         })
     }
 }

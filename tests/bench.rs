@@ -344,7 +344,9 @@ fn bench_runs_methods_and_writes_a_report() {
         Method::Heads,
         Method::AdaCad,
     ];
-    let (out, _) = bench::run(&m, &its, &methods, &res, Form::Completion, 4, &mut |_| {}).unwrap();
+    let out = bench::run(&m, &its, &methods, &res, Form::Completion, 4, &mut |_| {})
+        .unwrap()
+        .methods;
     assert_eq!(out.len(), 5);
     assert!(
         out[0].sweep.is_empty() && out[1].sweep.is_empty(),
@@ -660,7 +662,7 @@ fn bench_conflict_resumes_from_its_journal_and_reruns_what_changed() {
     let run = |res: &Resources, resume: bool| {
         let mut j = Journal::<Run>::open(&jpath, resume).unwrap();
         let out = bench::run_journaled(&m, &its, &methods, res, &o, Some(&mut j), &mut |_| {});
-        (out.unwrap().0, j.len())
+        (out.unwrap().methods, j.len())
     };
     let (first, n) = run(&res, false);
     assert!(n > 0 && first.iter().all(|r| r.reused_runs == 0));
@@ -692,4 +694,56 @@ fn bench_conflict_resumes_from_its_journal_and_reruns_what_changed() {
         .unwrap()
         .to_string();
     assert!(refused.contains("--resume"), "{refused}");
+}
+
+/// `--split dev`: dev's items alone, halved anew by subject into a part that chooses and one
+/// that measures; test's items never appear, a subject's items stay together, and data without
+/// split fields halves the dev half of its own rule. `train` is refused.
+#[test]
+fn measuring_within_dev_leaves_test_unseen() {
+    use ctxsteer::data::Split;
+    let mut its = Vec::new();
+    for k in 0..40 {
+        for v in 0..2 {
+            let mut it = items()[0].clone();
+            it.id = format!("s{k}:{v}");
+            it.subject = format!("subject {k}");
+            it.split = Some(if k % 2 == 0 { Split::Dev } else { Split::Test });
+            its.push(it);
+        }
+    }
+    let ids = |v: &[Item]| v.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    let same = bench::measured_on(its.clone(), Split::Test).unwrap();
+    assert_eq!(ids(&same), ids(&its), "test: the items as given");
+    let check = |inner: &[Item], dev: &[Item]| {
+        assert_eq!(ids(inner), ids(dev), "within dev: dev's items, in order");
+        let (choose, measure) = bench::dev_test(inner);
+        assert!(!choose.is_empty() && !measure.is_empty());
+        assert_eq!(choose.len() + measure.len(), inner.len());
+        for a in inner {
+            for b in inner.iter().filter(|b| b.subject == a.subject) {
+                assert_eq!(a.split, b.split, "{} is split apart", a.subject);
+            }
+        }
+    };
+    let inner = bench::measured_on(its.clone(), Split::Dev).unwrap();
+    check(&inner, &bench::dev_test(&its).0);
+    assert!(inner.iter().all(|i| i
+        .subject
+        .trim_start_matches("subject ")
+        .parse::<u32>()
+        .unwrap()
+        % 2
+        == 0));
+    let bare: Vec<Item> = its
+        .iter()
+        .cloned()
+        .map(|i| Item { split: None, ..i })
+        .collect();
+    let inner = bench::measured_on(bare.clone(), Split::Dev).unwrap();
+    check(&inner, &bench::dev_test(&bare).0);
+    let err = bench::measured_on(its, Split::Train)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("within dev"), "{err}");
 }

@@ -349,7 +349,7 @@ fn bench_sweeps_the_trained_edits_on_dev() {
         4,
         &mut |_| {},
     );
-    let out = out.unwrap().0;
+    let out = out.unwrap().methods;
     assert_eq!(out[0].sweep.len(), 2, "two edits: the dev sweep chooses");
     assert!(out[0]
         .chosen
@@ -436,7 +436,7 @@ fn reft_gated_is_reft_where_the_gate_fires_and_none_where_it_does_not() {
             reft: vec![edit.clone()],
         };
         let out = bench::run(&m, &its, &[method], &res, Form::Completion, 4, &mut |_| {});
-        out.unwrap().0.remove(0).test
+        out.unwrap().methods.remove(0).test
     };
     let key = |e: &Eval| {
         (

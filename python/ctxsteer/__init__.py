@@ -151,6 +151,7 @@ def bench_conflict(
     seed: int = 0,
     batch_size: int = 16,
     resume: bool = False,
+    split: str = "test",
 ) -> dict:
     """Run ``ctxsteer bench conflict`` and return its report (``report.json``) as a dict.
 
@@ -180,6 +181,8 @@ def bench_conflict(
         seed: the seed of the ``limit`` sample.
         batch_size: prompts per forward pass.
         resume: reuse the runs an earlier call saved in ``out``.
+        split: ``"test"`` (dev chooses, test measures) or ``"dev"``: test left unseen, dev's
+            subjects halved again, one half choosing and the other measuring.
     """
     return _bench_conflict(
         model,
@@ -195,4 +198,5 @@ def bench_conflict(
         seed=seed,
         batch_size=batch_size,
         resume=resume,
+        split=split,
     )

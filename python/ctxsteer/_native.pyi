@@ -146,4 +146,5 @@ def bench_conflict(
     seed: int = 0,
     batch_size: int = 16,
     resume: bool = False,
+    split: str = "test",
 ) -> Dict[str, Any]: ...

@@ -584,7 +584,7 @@ fn choose<T: Choice>(what: &str, name: &str) -> PyResult<T> {
 #[pyfunction]
 #[pyo3(signature = (model, data, out, methods = None, form = "completion", artefacts = "probes",
     steer = vec![], gate = vec![], heads_from = None, limit = None, seed = 0, batch_size = 16,
-    resume = false))]
+    resume = false, split = "test"))]
 #[allow(clippy::too_many_arguments)]
 fn bench_conflict<'py>(
     py: Python<'py>,
@@ -601,9 +601,11 @@ fn bench_conflict<'py>(
     seed: u64,
     batch_size: usize,
     resume: bool,
+    split: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     use ctxsteer::bench::{Artefacts, Method};
     let form: ctxsteer::data::Form = choose("form", form)?;
+    let split: ctxsteer::data::Split = choose("split", split)?;
     if batch_size == 0 || limit == Some(0) {
         return Err(PyValueError::new_err(
             "batch_size and limit must be at least 1",
@@ -634,6 +636,7 @@ fn bench_conflict<'py>(
         batch_size,
         limit,
         seed,
+        split,
         resume,
         out,
         data: data.display().to_string(),

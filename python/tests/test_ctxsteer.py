@@ -201,6 +201,8 @@ def test_bench_conflict_gives_the_cli_report(model, tmp_path):
         ctxsteer.bench_conflict(model, data, tmp_path / "bad", methods=["nope"])
     with pytest.raises(ValueError, match="--resume"):
         ctxsteer.bench_conflict(model, data, tmp_path / "py", methods=["none"], limit=12)
+    with pytest.raises(ValueError, match="within dev"):
+        ctxsteer.bench_conflict(model, data, tmp_path / "tr", methods=["none"], split="train")
 
 
 def test_errors_are_python_exceptions_with_the_library_messages(model, tmp_path):

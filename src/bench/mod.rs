@@ -40,7 +40,7 @@ pub use metrics::{exact_match, mean_rate, squad_normalize, Rate};
 use metrics::{mem_ratio, rate};
 pub use paired::{fill as fill_paired, paired_difference};
 pub use perplexity::{perplexity, proxy_perplexity};
-pub use split::{dev_test, known_items, sample_by_subject, Parts, SplitOptions};
+pub use split::{dev_test, known_items, measured_on, sample_by_subject, Parts, SplitOptions};
 pub use true_context::gold_rate;
 
 crate::choice_enum! {
@@ -420,8 +420,17 @@ pub fn setting_scope(test: bool, m: Method, params: &Params) -> String {
     format!("{split} {:016x}", crate::data::stable_hash(&key))
 }
 
-/// Run every method: sweep on dev, measure the chosen setting on test. Also returns how `none`
-/// did on dev's irrelevant contexts (the dev bar's baseline; None without them).
+/// What one benchmark run measured.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    /// Each method's dev sweep, choice and test measures, in the order asked.
+    pub methods: Vec<MethodResult>,
+    /// How `none` did on dev's irrelevant contexts, per item: the dev bar's baseline (None
+    /// without irrelevant contexts).
+    pub dev_irrelevant_none: Option<Irrelevant>,
+}
+
+/// Run every method: sweep on dev, measure the chosen setting on test.
 pub fn run(
     model: &Model,
     items: &[Item],
@@ -430,7 +439,7 @@ pub fn run(
     form: Form,
     batch: usize,
     on: &mut OnEvent,
-) -> Result<(Vec<MethodResult>, Option<Irrelevant>)> {
+) -> Result<Measured> {
     let o = SplitOptions {
         max_new: res.max_new,
         ..SplitOptions::new(form, batch)
@@ -442,7 +451,6 @@ pub fn run(
 /// the runs it finds there instead of running them again. Its keys start with a hash of the
 /// model, its weights, the form, the answer budget and the items, so a journal written for
 /// other data or another model is never reused; then the split's or the setting's scope.
-/// Also returns how `none` did on dev's irrelevant contexts: the dev bar's baseline.
 pub fn run_journaled(
     model: &Model,
     items: &[Item],
@@ -451,7 +459,7 @@ pub fn run_journaled(
     o: &SplitOptions,
     journal: Option<&mut Journal<Run>>,
     on: &mut OnEvent,
-) -> Result<(Vec<MethodResult>, Option<Irrelevant>)> {
+) -> Result<Measured> {
     let root = match &journal {
         Some(_) => journal_root(model, items, o)?,
         None => String::new(),
@@ -483,7 +491,10 @@ pub fn run_journaled(
         out.push(r);
     }
     paired::fill(&mut out);
-    Ok((out, split.irrelevant_base))
+    Ok(Measured {
+        methods: out,
+        dev_irrelevant_none: split.irrelevant_base,
+    })
 }
 
 /// The root of a conflict benchmark's journal keys: what its runs depend on besides the

@@ -34,6 +34,33 @@ pub fn dev_test(items: &[Item]) -> (Vec<Item>, Vec<Item>) {
     (take(S::Dev), take(S::Test))
 }
 
+/// The items a benchmark measures on: as given (`test`: dev chooses, test measures), or dev's
+/// alone (`dev`), their split fields set by halving dev's subjects anew
+/// ([`crate::data::SubjectSplit::within_dev`]), so that a method can be developed without
+/// running test. `train` is refused: its items trained the probes and edits.
+pub fn measured_on(items: Vec<Item>, split: crate::data::Split) -> Result<Vec<Item>> {
+    use crate::data::Split as S;
+    match split {
+        S::Test => Ok(items),
+        S::Dev => {
+            let rule = crate::data::SubjectSplit::within_dev();
+            let (dev, _) = dev_test(&items);
+            Ok(dev
+                .into_iter()
+                .map(|mut i| {
+                    i.split = Some(rule.of(&i.subject));
+                    i
+                })
+                .collect())
+        }
+        S::Train => Err(Error::Invalid(
+            "a benchmark measures on test (dev chooses) or within dev (test unseen); the train \
+             split trained the probes and edits"
+                .into(),
+        )),
+    }
+}
+
 /// Keep about `limit` items (whole subjects, until `limit` is reached), sampled with `seed`:
 /// `bench conflict --limit` and `bench public --limit` alike.
 pub fn sample_by_subject(mut items: Vec<Item>, limit: Option<usize>, seed: u64) -> Vec<Item> {

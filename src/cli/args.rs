@@ -14,6 +14,8 @@ pub use super::steer_args::*;
 pub enum DataCmd {
     /// Write the built-in conflicts (from counterfactual_data/facts) as JSONL into DIR.
     Build {
+        /// The folder the JSONL files are written into (counterfactual.jsonl, the variants and
+        /// one file per split).
         #[arg(long, default_value = "counterfactual_data")]
         out: PathBuf,
     },
@@ -33,14 +35,18 @@ pub enum DataCmd {
             default_value = "same_relation_true,same_relation_false,other_relation,paragraph"
         )]
         kinds: Vec<ctxsteer::data::Distractor>,
+        /// The JSONL file written (irrelevant items only).
         #[arg(long)]
         out: PathBuf,
     },
     /// Convert a CounterFact or NQ-Swap file into our JSONL format.
     Import {
+        /// The file's format.
         #[arg(long, value_parser = choice::<ctxsteer::data::ImportFormat>())]
         format: ctxsteer::data::ImportFormat,
+        /// The file to convert, as published.
         file: PathBuf,
+        /// The JSONL file written, in our format.
         #[arg(long)]
         out: PathBuf,
     },
@@ -61,6 +67,7 @@ pub struct ProbeTrain {
     /// Only these captured sites (names or patterns).
     #[arg(long)]
     pub sites: Option<String>,
+    /// Which linear model each site's probe is.
     #[arg(long, value_parser = choice::<ctxsteer::probe::Kind>(), default_value = "logistic")]
     pub kind: ctxsteer::probe::Kind,
     /// Seed of the subject split and the control task.
@@ -90,7 +97,9 @@ pub enum ProbeCmd {
     Train(ProbeTrain),
     /// Print a probe file's per-site table.
     Show {
+        /// A probe file from `probe train`.
         file: PathBuf,
+        /// Print the table as JSON.
         #[arg(long)]
         json: bool,
         /// Draw accuracy and AUROC by layer into this SVG.
@@ -99,6 +108,7 @@ pub enum ProbeCmd {
     },
     /// Use a probe as a detector: one prediction per item.
     Apply {
+        /// A probe file from `probe train`.
         file: PathBuf,
         #[command(flatten)]
         data: DataArgs,
@@ -108,6 +118,7 @@ pub enum ProbeCmd {
         /// Read the closed-book prompt instead of context + query.
         #[arg(long)]
         closed_book: bool,
+        /// Print one JSON object per item instead of the table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -170,8 +181,36 @@ pub struct PublicArgs {
     /// Rows per batch (batches of long prompts are also capped at 4,096 padded tokens).
     #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub split: SplitArg,
+    /// Output folder: report.json, report.md, report.html with its charts, and parts/ (each
+    /// finished method's part and each benchmark's journal, which --resume reads).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// `--split` of `bench conflict` and `bench public`.
+#[derive(Args)]
+pub struct SplitArg {
+    /// Where each method's chosen setting is measured. `test`: dev chooses, test measures, once.
+    /// `dev`: test is left unseen; dev's subjects are halved again, one half chooses and the
+    /// other measures (the report says so): for developing a method or a setting without
+    /// looking at test.
+    #[arg(long = "split", value_parser = choice::<ctxsteer::data::Split>(), default_value = "test")]
+    pub measure_on: ctxsteer::data::Split,
+}
+
+impl SplitArg {
+    /// Refuse `--split train` before the model loads.
+    pub fn check(&self) -> Result<()> {
+        if self.measure_on == ctxsteer::data::Split::Train {
+            bail!(
+                "--split train: a benchmark measures on test (dev chooses) or within dev (test \
+                 unseen); the train split is what the probes and edits were trained on"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The methods of a benchmark run and the artefacts they use (bench conflict, bench public).
@@ -225,17 +264,22 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Conflicts in our format; its `split` field picks dev (sweeps) and test (measurement),
-    /// else a seeded half split by subject.
+    /// else half and half by subject. Items of the train split are not used.
     #[arg(long)]
     pub data: PathBuf,
     #[command(flatten)]
     pub with: MethodArgs,
+    /// How queries are put: completion text, or a chat question.
     #[arg(long, value_parser = choice::<ctxsteer::data::Form>(), default_value = "completion")]
     pub form: ctxsteer::data::Form,
+    /// Prompts per forward pass.
     #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub batch_size: usize,
+    /// Skip malformed lines (and report how many) instead of stopping at the first one.
     #[arg(long)]
     pub skip_invalid: bool,
+    #[command(flatten)]
+    pub split: SplitArg,
     /// About N items (whole subjects, a seeded sample, as `bench public --limit`), before the
     /// dev/test split.
     #[arg(long, value_parser = at_least_one)]
@@ -249,6 +293,8 @@ pub struct BenchArgs {
     /// rest come back from the journal. Without it a journal that holds runs is refused.
     #[arg(long)]
     pub resume: bool,
+    /// Output folder: report.json, report.md, report.html with its charts, and parts/ (the
+    /// journal that --resume reads).
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -265,6 +311,7 @@ pub struct PatchArgs {
     /// The run that receives them.
     #[arg(long, value_parser = choice::<ctxsteer::patch::Variant>(), default_value = "counterfactual")]
     pub target: ctxsteer::patch::Variant,
+    /// Which sites are patched, one at a time, at every layer.
     #[arg(long, value_parser = choice::<ctxsteer::patch::PatchSites>(), default_value = "resid-post")]
     pub sites: ctxsteer::patch::PatchSites,
     /// Which positions: every shared query token, the subject's last token, or the last token
@@ -281,6 +328,7 @@ pub struct PatchArgs {
     /// Output folder for patch.json and heatmap.svg.
     #[arg(long)]
     pub out: PathBuf,
+    /// Also print patch.json to standard output.
     #[arg(long)]
     pub json: bool,
 }
@@ -304,6 +352,7 @@ pub struct DensityArgs {
     /// Output folder: items.jsonl, density.json and one SVG per metric.
     #[arg(long)]
     pub out: PathBuf,
+    /// Also print density.json to standard output.
     #[arg(long)]
     pub json: bool,
 }
@@ -412,6 +461,7 @@ pub struct GenerateArgs {
     /// Wrap the prompt as a user message in the model's chat template.
     #[arg(long)]
     pub chat: bool,
+    /// At most this many new tokens (generation also stops at the end-of-text token).
     #[arg(long, default_value_t = 48, value_parser = at_least_one)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 (the default) is greedy.
@@ -420,6 +470,7 @@ pub struct GenerateArgs {
     /// Nucleus sampling mass, with --temperature > 0.
     #[arg(long, default_value_t = 0.9, value_parser = probability)]
     pub top_p: f32,
+    /// Seed of the sampler, with --temperature > 0.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Print one JSON object at the end instead of streaming text.

@@ -6,6 +6,7 @@ use ctxsteer::{bench, Model, WeightsMode};
 use std::path::PathBuf;
 
 pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
+    a.split.check()?;
     let (items, skipped) = ctxsteer::data::read_jsonl(&a.data, a.skip_invalid)?;
     let _lock = ctxsteer::atomic::OutputLock::acquire(&a.out, true)?;
     if skipped > 0 {
@@ -18,6 +19,7 @@ pub(super) fn bench_cmd(a: BenchArgs) -> Result<()> {
         batch_size: a.batch_size,
         limit: a.limit,
         seed: a.seed,
+        split: a.split.measure_on,
         resume: a.resume,
         out: a.out.clone(),
         data: a.data.display().to_string(),
@@ -224,6 +226,7 @@ fn given(w: &MethodArgs) -> Result<ctxsteer::bench::Artefacts> {
 }
 
 pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
+    a.split.check()?;
     if !a.dir.is_dir() {
         bail!(
             "--dir {}: no such folder (it should hold memotrap/, nqswap/ and world_capital/)",
@@ -248,6 +251,7 @@ pub(super) fn public_cmd(a: PublicArgs) -> Result<()> {
         resume: a.resume || a.saved_only,
         shots: a.shots,
         saved_only: a.saved_only,
+        split: a.split.measure_on,
     };
     let mut report = ctxsteer::public::PublicReport {
         model: model.identity()?,

@@ -50,6 +50,7 @@ pub struct CapacityArgs {
     /// Stop a run here even if it has not converged (its row then says so).
     #[arg(long, default_value_t = 3000, value_parser = at_least_one)]
     pub max_epochs: usize,
+    /// Seed of the random sequences and of each shape's weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The report folder: report.json, report.md, report.html, capacity.svg, and the runs'

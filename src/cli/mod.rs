@@ -102,11 +102,14 @@ pub enum Command {
     Demo {
         #[command(flatten)]
         model: ModelArgs,
+        /// Output folder: the data, labels, captures, probes and report.html.
         #[arg(long, default_value = "ctxsteer-demo")]
         out: PathBuf,
+        /// How queries are put: completion text, or a chat question.
         #[arg(long, value_parser = choice::<ctxsteer::data::Form>(), default_value = "completion")]
         form: ctxsteer::data::Form,
-        #[arg(long, default_value_t = 16)]
+        /// Prompts per forward pass.
+        #[arg(long, default_value_t = 16, value_parser = at_least_one)]
         batch_size: usize,
         /// Dev items used to rank heads by ablation.
         #[arg(long, default_value_t = 32)]
@@ -127,8 +130,10 @@ pub enum Command {
         /// Layers to include (default: the best site's layer); layer 0 cannot be steered by llama.cpp.
         #[arg(long)]
         layers: Option<String>,
+        /// Which direction of each site is written.
         #[arg(long, value_parser = choice::<ctxsteer::steer::Direction>(), default_value = "probe")]
         direction: ctxsteer::steer::Direction,
+        /// The GGUF file written (llama.cpp's `--control-vector`).
         #[arg(long)]
         out: PathBuf,
     },
@@ -296,4 +301,34 @@ fn command_line() -> String {
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every option and argument a user can see, by command path, that `--help` leaves
+    /// without a word of explanation.
+    fn unexplained(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if a.is_hide_set() || id == "help" || id == "version" {
+                continue;
+            }
+            let said = a.get_help().or(a.get_long_help());
+            if said.is_none_or(|h| h.to_string().trim().is_empty()) {
+                out.push(format!("{path} --{id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            unexplained(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn help_explains_every_option_of_every_command() {
+        let mut out = Vec::new();
+        unexplained(&super::Cli::command(), "ctxsteer", &mut out);
+        assert!(out.is_empty(), "options without help: {out:#?}");
+    }
 }

@@ -43,8 +43,10 @@ pub struct TrainArgs {
     /// The model folder to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// Transformer blocks.
     #[arg(long, default_value_t = 4)]
     pub layers: usize,
+    /// Width of the residual stream.
     #[arg(long, default_value_t = 128)]
     pub d_model: usize,
     /// Attention heads (d-model must be divisible by them).
@@ -53,6 +55,7 @@ pub struct TrainArgs {
     /// Width of the SwiGLU hidden layer.
     #[arg(long, default_value_t = 384)]
     pub d_mlp: usize,
+    /// Optimiser steps (each of --batch sequences of --seq tokens).
     #[arg(long, default_value_t = 2000)]
     pub steps: usize,
     #[command(flatten)]
@@ -99,6 +102,7 @@ pub struct WorldArgs {
     /// --subjects (the default before 2026-12-02), a model copies only after those names.
     #[arg(long, value_parser = at_least_one)]
     pub readers: Option<usize>,
+    /// Seed of the names, the facts, their exposure and the corpus's order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The world folder to write.

@@ -36,6 +36,7 @@ pub struct ReftTrainArgs {
     /// Rank of each edit.
     #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub rank: usize,
+    /// Passes over the training conflicts.
     #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub epochs: usize,
     /// Adam learning rate.
@@ -54,6 +55,7 @@ pub struct ReftTrainArgs {
     /// Weight of the keep-what-you-know KL term against the answer cross-entropy.
     #[arg(long, default_value_t = 1.0, value_parser = non_negative_f64)]
     pub keep_weight: f64,
+    /// Seed of the edit's initial weights and of the batches' order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Irrelevant contexts per conflict and form: the conflict's query after a context about
@@ -63,6 +65,7 @@ pub struct ReftTrainArgs {
     /// edit to follow only a context that answers the question. 0 trains without them.
     #[arg(long, default_value_t = 1)]
     pub irrelevant: usize,
+    /// Skip malformed lines (and report how many) instead of stopping at the first one.
     #[arg(long)]
     pub skip_invalid: bool,
     /// Output .safetensors file.

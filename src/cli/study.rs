@@ -40,8 +40,10 @@ pub struct StudyArgs {
     /// them, five to a passage.
     #[arg(long, default_value_t = 300)]
     pub neutral_lines: usize,
+    /// Prompts per forward pass.
     #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     pub batch: usize,
+    /// Seed of the edit's training and of the bootstrap intervals.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Print the final model's fits as JSON.

@@ -15,8 +15,10 @@ pub struct ScheduleArgs {
     /// Peak learning rate, reached after --warmup steps, then cosine decay to a tenth.
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
+    /// Steps of linear warm-up to the peak learning rate.
     #[arg(long, default_value_t = 100)]
     pub warmup: usize,
+    /// AdamW's decoupled weight decay.
     #[arg(long, default_value_t = 0.1)]
     pub weight_decay: f64,
     /// Seed of the weights and the batches.

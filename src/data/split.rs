@@ -50,6 +50,18 @@ impl SubjectSplit {
         }
     }
 
+    /// Dev's subjects halved again (a salt of their own), for a benchmark measured within dev
+    /// (`--split dev`): one half chooses, the other measures, and test stays unseen.
+    pub fn within_dev() -> SubjectSplit {
+        SubjectSplit {
+            salt: "within dev:".into(),
+            fold_case: false,
+            // 500 and 500, not 1 and 1: the hash's lowest bit is only the parity of the odd
+            // bytes, which names that differ by one digit share.
+            shares: vec![(Split::Dev, 500), (Split::Test, 500)],
+        }
+    }
+
     /// A probe's held-out subjects: about a quarter test, the rest train, by `seed`.
     pub fn held_out(seed: u64) -> SubjectSplit {
         SubjectSplit {

@@ -31,8 +31,11 @@ crate::choice_enum! {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PatchSites {
+    /// The residual stream after each block (blocks.L.hook_resid_post).
     ResidPost = "resid-post",
+    /// Each block's attention output (blocks.L.hook_attn_out).
     AttnOut = "attn-out",
+    /// Each block's MLP output (blocks.L.hook_mlp_out).
     MlpOut = "mlp-out",
     /// Each attention head's output (attn.hook_z), one head at a time.
     Heads = "heads",

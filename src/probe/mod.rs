@@ -64,7 +64,9 @@ crate::choice_enum! {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
+    /// L2-regularised logistic regression (linfa-logistic), its strength cross-validated.
     Logistic = "logistic",
+    /// Least squares on ±1 targets (linfa-linear).
     Linear = "linear",
 }
 }

@@ -48,6 +48,10 @@ pub(super) fn part_key(
         heads: &'a [(usize, usize)],
         context_heads: &'a [(usize, usize)],
         gate: Option<&'a str>,
+        /// `dev` when measured within dev ([`bench::measured_on`]); absent for test, so that
+        /// the keys of parts saved before `--split` existed still match.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        split: Option<&'static str>,
     }
     let (opts, res) = (run.opts, run.res);
     let key = PartKey {
@@ -72,6 +76,7 @@ pub(super) fn part_key(
         heads: &res.heads,
         context_heads: &res.context_heads,
         gate: res.gate.as_ref().map(|g| g.best.as_str()),
+        split: within_dev(opts).then_some("dev"),
     };
     serde_json::to_string(&key).map_err(|e| Error::Invalid(format!("part key: {e}")))
 }
@@ -101,10 +106,19 @@ pub(super) fn legacy_part_key(
 /// What every key of one benchmark run starts with: the model and the sampling and split
 /// settings.
 pub(super) fn run_key(name: &str, sha256: &str, opts: &PublicOptions) -> String {
-    format!(
+    let key = format!(
         "{name}|{sha256}|limit={:?}|seed={}|dev_share={}|dev_limit={:?}",
         opts.limit, opts.seed, opts.dev_share, opts.dev_limit
-    )
+    );
+    match within_dev(opts) {
+        true => key + "|within dev",
+        false => key,
+    }
+}
+
+/// Whether the run measures within dev, test unseen (`--split dev`).
+fn within_dev(opts: &PublicOptions) -> bool {
+    opts.split == data::Split::Dev
 }
 
 /// The part of a key that says how many demonstrations the prompts carry; empty for zero-shot,

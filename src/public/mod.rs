@@ -83,6 +83,9 @@ pub struct PublicOptions {
     pub resume: bool,
     /// NQ-Swap: this many demonstrations before every query (see [`add_shots`]).
     pub shots: usize,
+    /// Where the chosen settings are measured: test (dev chooses), or within dev alone, test
+    /// unseen ([`bench::measured_on`]).
+    pub split: crate::data::Split,
     /// Report only what is saved: methods without a saved part are listed as pending instead of
     /// run (the split pass still runs where the journal lacks it).
     pub saved_only: bool,
@@ -180,7 +183,13 @@ pub fn run_one(
     }
     bench::fill_paired(&mut results);
     let own = own_table(b, &results, &outcomes);
-    let (published, note) = published(b, opts);
+    let (published, mut note) = published(b, opts);
+    if opts.split == data::Split::Dev {
+        note = format!(
+            "Measured within dev, test unseen: half of dev's subjects chose each method's \
+             setting and the other half measured it. {note}"
+        );
+    }
     Ok(Section {
         name: name.to_string(),
         n_items,
@@ -209,6 +218,7 @@ fn items_used(
     let hash = data::content_hash(&all);
     let mut items = crate::bench::sample_by_subject(all, opts.limit, opts.seed);
     data::split_dev_test(&mut items, opts.seed, opts.dev_share);
+    let items = bench::measured_on(items, opts.split)?;
     let (mut dev, mut test) = bench::dev_test(&items);
     add_shots(&mut dev, &mut test, shots_for(b, opts))?;
     let dev = crate::bench::sample_by_subject(dev, opts.dev_limit, opts.seed);

@@ -4,7 +4,7 @@
 
 use super::Report;
 use crate::bench::{self, Method, MethodResult, OnEvent, Resources, SplitOptions};
-use crate::data::{Form, Item};
+use crate::data::{Form, Item, Split};
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::label::Run;
@@ -20,6 +20,9 @@ pub struct ConflictOptions {
     /// About this many items (whole subjects, a seeded sample) before the dev/test split.
     pub limit: Option<usize>,
     pub seed: u64,
+    /// Where the chosen settings are measured: `Test` (dev chooses), or `Dev`, within dev
+    /// alone, test unseen ([`bench::measured_on`]).
+    pub split: Split,
     /// Reuse the runs saved in `OUT/parts/conflict.runs.jsonl` by an earlier run on the same
     /// model, weights, form and items; without it a journal that holds runs is refused.
     pub resume: bool,
@@ -38,7 +41,7 @@ pub fn bench_conflict(
     o: &ConflictOptions,
     on: &mut OnEvent,
 ) -> Result<Report> {
-    let items = bench::sample_by_subject(items, o.limit, o.seed);
+    let items = bench::measured_on(bench::sample_by_subject(items, o.limit, o.seed), o.split)?;
     let t0 = std::time::Instant::now();
     let path = o.out.join("parts").join("conflict.runs.jsonl");
     let mut journal = Journal::<Run>::open(&path, o.resume)?;
@@ -54,22 +57,29 @@ pub fn bench_conflict(
         max_new: res.max_new,
         ..SplitOptions::new(o.form, o.batch_size)
     };
-    let (results, base) =
+    let measured =
         bench::run_journaled(model, &items, methods, res, &split, Some(&mut journal), on)?;
     std::fs::create_dir_all(&o.out).map_err(|e| Error::file(&o.out, e))?;
+    let title = match o.split {
+        Split::Dev => {
+            "ctxsteer knowledge-conflict benchmark, within dev (test unseen: half of \
+                       dev's subjects choose, the other half measure)"
+        }
+        _ => "ctxsteer knowledge-conflict benchmark",
+    };
     let report = Report {
-        title: "ctxsteer knowledge-conflict benchmark".into(),
+        title: title.into(),
         model: model.identity()?,
         data: o.data.clone(),
         form: o.form,
         command: o.command.clone(),
-        charts: charts(&results, &o.out)?,
-        methods: results,
+        charts: charts(&measured.methods, &o.out)?,
+        methods: measured.methods,
         probe: None,
         patching: None,
         density: None,
         timings: vec![("bench".into(), t0.elapsed().as_secs_f64())],
-        dev_irrelevant_none: base,
+        dev_irrelevant_none: measured.dev_irrelevant_none,
     };
     super::write(&report, &o.out)?;
     Ok(report)
