@@ -147,6 +147,21 @@ pub(super) fn own_metrics(b: Benchmark, e: &bench::Eval) -> Vec<(String, Rate)> 
 
 /// The published figures quoted beside ours, and a note on how they compare.
 pub(super) fn published(b: Benchmark, opts: &PublicOptions) -> (Vec<Published>, String) {
+    let (published, note) = published_as_run(b, opts);
+    match opts.split {
+        crate::data::Split::Dev => (
+            published,
+            format!(
+                "Measured within dev, test unseen: half of dev's subjects chose each method's \
+                 setting and the other half measured it. {note}"
+            ),
+        ),
+        _ => (published, note),
+    }
+}
+
+/// The published figures beside a benchmark, and the note that says how ours were run.
+fn published_as_run(b: Benchmark, opts: &PublicOptions) -> (Vec<Published>, String) {
     match b {
         Benchmark::Nqswap => (
             nqswap_published(),

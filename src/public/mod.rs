@@ -183,13 +183,7 @@ pub fn run_one(
     }
     bench::fill_paired(&mut results);
     let own = own_table(b, &results, &outcomes);
-    let (published, mut note) = published(b, opts);
-    if opts.split == data::Split::Dev {
-        note = format!(
-            "Measured within dev, test unseen: half of dev's subjects chose each method's \
-             setting and the other half measured it. {note}"
-        );
-    }
+    let (published, note) = published(b, opts);
     Ok(Section {
         name: name.to_string(),
         n_items,
