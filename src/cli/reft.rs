@@ -78,15 +78,7 @@ pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
     if skipped > 0 {
         eprintln!("skipped {skipped} invalid line(s)");
     }
-    let text = std::fs::read_to_string(&a.neutral)
-        .with_context(|| format!("reading --neutral {}", a.neutral.display()))?;
-    let neutral: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect();
-    let neutral = ctxsteer::reft::joined_passages(&neutral, a.neutral_lines);
+    let neutral = neutral_passages(&a.neutral, a.neutral_lines)?;
     ctxsteer::atomic::check_not_input(&a.out, &[&a.data, &a.neutral])?;
     ctxsteer::atomic::check_target(&a.out)?;
     let _lock = ctxsteer::atomic::OutputLock::acquire(&a.out, false)?;
@@ -104,24 +96,7 @@ pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
         seed: a.seed,
         irrelevant: a.irrelevant,
     };
-    let t0 = std::time::Instant::now();
-    let mut bar: Option<indicatif::ProgressBar> = None;
-    let mut reft = ctxsteer::reft::train(&model, &items, &neutral, &opts, &mut |e| match e {
-        ctxsteer::reft::TrainEvent::Begin { steps } => {
-            bar = Some(ctxsteer::progress::bar(steps as u64, "training", false))
-        }
-        ctxsteer::reft::TrainEvent::Step => bar.iter().for_each(|b| b.inc(1)),
-        ctxsteer::reft::TrainEvent::Epoch(m) => {
-            let line = format!("[{:>5.0}s] {m}", t0.elapsed().as_secs_f64());
-            match &bar {
-                Some(b) => b.suspend(|| eprintln!("{line}")),
-                None => eprintln!("{line}"),
-            }
-        }
-    })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    let mut reft = train_with_bar(&model, &items, &neutral, &opts)?;
     reft.meta.train.data = a.data.display().to_string();
     reft.meta.train.command = super::command_line();
     reft.save(&a.out)?;
@@ -137,6 +112,48 @@ pub(super) fn reft_train_cmd(a: ReftTrainArgs) -> Result<()> {
         reft.meta.train.neutral
     );
     Ok(())
+}
+
+/// The neutral text's lines (blank lines and `#` comments dropped), joined `lines` to a
+/// passage.
+fn neutral_passages(path: &std::path::Path, lines: usize) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --neutral {}", path.display()))?;
+    let neutral: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    Ok(ctxsteer::reft::joined_passages(&neutral, lines))
+}
+
+/// Train the edit with a progress bar and a line per epoch.
+fn train_with_bar(
+    model: &ctxsteer::Model,
+    items: &[ctxsteer::data::Item],
+    neutral: &[String],
+    opts: &ctxsteer::reft::TrainOptions,
+) -> Result<ctxsteer::reft::Reft> {
+    let t0 = std::time::Instant::now();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let reft = ctxsteer::reft::train(model, items, neutral, opts, &mut |e| match e {
+        ctxsteer::reft::TrainEvent::Begin { steps } => {
+            bar = Some(ctxsteer::progress::bar(steps as u64, "training", false))
+        }
+        ctxsteer::reft::TrainEvent::Step => bar.iter().for_each(|b| b.inc(1)),
+        ctxsteer::reft::TrainEvent::Epoch(m) => {
+            let line = format!("[{:>5.0}s] {m}", t0.elapsed().as_secs_f64());
+            match &bar {
+                Some(b) => b.suspend(|| eprintln!("{line}")),
+                None => eprintln!("{line}"),
+            }
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(reft)
 }
 
 /// The forms given, else both when the model has a chat template and completion alone when it

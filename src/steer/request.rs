@@ -158,18 +158,6 @@ pub fn plan_as(
     opts: &SteerOptions,
 ) -> Result<Box<dyn Plan>> {
     let path = req.path.as_path();
-    let alpha = req.alpha.unwrap_or(kind.default_alpha());
-    let n_layers = model.cfg().n_layers;
-    let own_sites = |what: &str| {
-        Error::file(
-            path,
-            format!(
-                "a {} has its own {what}; drop `:{}`",
-                kind.name(),
-                req.site.as_deref().unwrap_or_default()
-            ),
-        )
-    };
     if kind != SteerKind::Probes && opts.layers.is_some() {
         return Err(Error::file(
             path,
@@ -179,7 +167,31 @@ pub fn plan_as(
             ),
         ));
     }
-    let plan: Box<dyn Plan> = match kind {
+    let plan = build_plan(model, req, kind, opts)?;
+    model
+        .validate(&plan.spec_for(model, &[])?)
+        .map_err(|e| Error::file(path, e))?;
+    Ok(plan)
+}
+
+/// The plan of [`plan_as`], not yet checked against the model.
+fn build_plan(
+    model: &Model,
+    req: &SteerRequest,
+    kind: SteerKind,
+    opts: &SteerOptions,
+) -> Result<Box<dyn Plan>> {
+    let path = req.path.as_path();
+    let alpha = req.alpha.unwrap_or(kind.default_alpha());
+    let n_layers = model.cfg().n_layers;
+    let own_sites = |what: &str| {
+        let site = req.site.as_deref().unwrap_or_default();
+        Error::file(
+            path,
+            format!("a {} has its own {what}; drop `:{site}`", kind.name()),
+        )
+    };
+    Ok(match kind {
         SteerKind::Probes => {
             let pf = ProbeFile::read_for(path, &model.identity()?)?;
             let how = ProbeSteer {
@@ -217,11 +229,7 @@ pub fn plan_as(
             scale: alpha,
             positions: opts.positions.clone(),
         }),
-    };
-    model
-        .validate(&plan.spec_for(model, &[])?)
-        .map_err(|e| Error::file(path, e))?;
-    Ok(plan)
+    })
 }
 
 /// `plans` in order as one plan, behind the gate `gate` (`FILE[:SITE]`, a probe file at a site
