@@ -147,16 +147,7 @@ fn shard_path(dir: &Path, k: usize, ext: &str) -> PathBuf {
     dir.join(format!("shard-{k:05}.{ext}"))
 }
 
-/// Index of the token where the last mention of `subject` in `text` ends, if any.
-pub fn subject_last_token(model: &Model, text: &str, subject: &str) -> Result<Option<usize>> {
-    let lower = text.to_lowercase();
-    let Some(start) = lower.rfind(&subject.to_lowercase()) else {
-        return Ok(None);
-    };
-    let end = start + subject.len();
-    let offsets = model.tokenizer.offsets(text)?;
-    Ok(offsets.iter().rposition(|(s, _)| *s < end))
-}
+pub use crate::label::{subject_last_of, subject_last_token};
 
 /// The text and token ids of an item's prompt under the capture settings.
 fn prompt(model: &Model, item: &Item, opts: &CaptureOptions) -> Result<(String, Vec<u32>)> {
@@ -478,30 +469,59 @@ pub fn last_position_acts_at(
         batch_size,
         shard_size: items.len().max(1),
     };
+    acts_in_memory(model, items, &opts, spec, progress)
+}
+
+/// Activations at `o.sites`, at each item's last token or its subject's last token
+/// (`o.positions`; a prompt without its subject is read at its last token, as [`capture`]
+/// does), in memory under `spec`: per site, per item.
+pub fn acts_in_memory(
+    model: &Model,
+    items: &[Item],
+    o: &CaptureOptions,
+    spec: &Spec,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    let positions = match o.positions {
+        PosMode::Last => Positions::Last,
+        PosMode::SubjectLast => Positions::All,
+        PosMode::Mean => {
+            return Err(Error::Invalid(
+                "activations in memory are read at one token: last or subject-last".into(),
+            ))
+        }
+    };
     let mut full = spec.clone();
-    for site in sites {
+    for site in &o.sites {
         full.push(crate::hooks::Intervention::new(
             *site,
-            Positions::Last,
+            positions.clone(),
             crate::hooks::Action::Capture,
         ));
     }
     let pad = model.tokenizer.eos_id.unwrap_or(0);
-    let mut out = vec![vec![vec![]; items.len()]; sites.len()];
-    let prompts: Vec<Vec<u32>> = items
+    let mut out = vec![vec![vec![]; items.len()]; o.sites.len()];
+    let prompts: Vec<(String, Vec<u32>)> = items
         .iter()
-        .map(|it| prompt(model, it, &opts).map(|p| p.1))
+        .map(|it| prompt(model, it, o))
         .collect::<Result<_>>()?;
     // Batches of similar lengths: a batch is padded to its longest prompt.
     let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|i| prompts[*i].len());
-    for chunk in order.chunks(batch_size.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|i| prompts[*i].clone()).collect();
+    order.sort_by_key(|i| prompts[*i].1.len());
+    for chunk in order.chunks(o.batch_size.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|i| prompts[*i].1.clone()).collect();
         let (_, caps) = model.run(&Batch::left_padded(&ids, pad), &full, LogitsAt::Last)?;
-        for (s, site) in sites.iter().enumerate() {
-            for (r, i) in chunk.iter().enumerate() {
+        for (r, i) in chunk.iter().enumerate() {
+            let n = ids[r].len();
+            let at = match o.positions {
+                PosMode::SubjectLast => {
+                    subject_last_token(model, &prompts[*i].0, &items[*i].subject)?.unwrap_or(n - 1)
+                }
+                _ => n - 1,
+            };
+            for (s, site) in o.sites.iter().enumerate() {
                 out[s][*i] = caps
-                    .at(*site, r, ids[r].len() - 1)
+                    .at(*site, r, at)
                     .ok_or_else(|| Error::Invalid(format!("no capture at {site}")))?
                     .to_vec();
             }

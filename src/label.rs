@@ -176,6 +176,32 @@ pub fn query_ids(model: &Model, item: &Item, form: Form, with_context: bool) -> 
     Ok(ids)
 }
 
+/// Index, in the prompt's token ids (`encode_prompt(text)`, a BOS token included where the
+/// model wants one), of the token where the last mention of `subject` in `text` ends, if any.
+pub fn subject_last_token(model: &Model, text: &str, subject: &str) -> Result<Option<usize>> {
+    let lower = text.to_lowercase();
+    let Some(start) = lower.rfind(&subject.to_lowercase()) else {
+        return Ok(None);
+    };
+    let end = start + subject.len();
+    let offsets = model.tokenizer.offsets(text)?;
+    // The offsets are of the text alone; a BOS token the prompt begins with shifts them by one.
+    let bos = model.tokenizer.encode_prompt(text)?.len() - offsets.len();
+    Ok(offsets.iter().rposition(|(s, _)| *s < end).map(|t| t + bos))
+}
+
+/// [`subject_last_token`] of `item`'s subject in its prompt as `form` puts it, with or without
+/// its context: where a gate trained with `--positions subject-last` reads.
+pub fn subject_last_of(
+    model: &Model,
+    item: &Item,
+    form: Form,
+    with_context: bool,
+) -> Result<Option<usize>> {
+    let text = model.prompt_text(&item.query(form, with_context), form == Form::Chat)?;
+    subject_last_token(model, &text, &item.subject)
+}
+
 /// The batch's greedy answers and candidate scores under the decoding `opts` asks for: plain,
 /// context-aware (the with-context run only) or proxy-tuned.
 fn decode(
@@ -240,7 +266,12 @@ fn run_batch(
             ])
         })
         .collect::<Result<_>>()?;
-    let spec = plan.spec_for(model, &prompts)?;
+    // A gate trained at the subject's last token reads there.
+    let subject_last: Vec<Option<usize>> = items
+        .iter()
+        .map(|it| subject_last_of(model, it, opts.form, with_context))
+        .collect::<Result<_>>()?;
+    let spec = plan.spec_for_subjects(model, &prompts, &subject_last)?;
     let scored = decode(model, items, opts, (&prompts, &cands), &spec, with_context)?;
     items
         .iter()

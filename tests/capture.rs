@@ -270,6 +270,17 @@ fn subject_last_picks_the_subject_s_final_token() {
         capture::subject_last_token(&m, text, "a blue hat").unwrap(),
         None
     );
+    // A model whose prompts begin with BOS: the index is into the prompt's ids, one further.
+    let mut m = m;
+    m.tokenizer.add_bos = true;
+    m.tokenizer.bos_id = Some(1);
+    let ids = m.tokenizer.encode_prompt(text).unwrap();
+    assert_eq!(ids.len(), offs.len() + 1);
+    let q = capture::subject_last_token(&m, text, "a red hat")
+        .unwrap()
+        .unwrap();
+    assert_eq!(q, p + 1);
+    assert_eq!(ids[q], m.tokenizer.encode(text).unwrap()[p]);
 }
 
 #[test]

@@ -236,6 +236,7 @@ fn probe_files_round_trip_and_refuse_other_models() {
         n_pos,
         test_relations: None,
         best: sites[1].site.clone(),
+        positions: ctxsteer::capture::PosMode::Last,
         sites,
     };
     let dir = tempfile::tempdir().unwrap();

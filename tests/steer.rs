@@ -800,3 +800,70 @@ fn steer_requests_tell_every_kind_of_file_apart() {
     assert!(err(&format!("{e}:blocks.1.hook_resid_post")).contains("its own sites"));
     assert!(err(&format!("{c}:blocks.1.hook_resid_post")).contains("its own layers"));
 }
+
+/// The resid_post of layer 1 at position `t` of one prompt.
+fn resid_at(m: &Model, ids: &[u32], t: usize) -> Vec<f32> {
+    let site = Site::resid_post(1);
+    let spec = Spec::capture(&[site], Positions::All);
+    let (_, c) = m.run(&Batch::single(ids), &spec, LogitsAt::Last).unwrap();
+    c.at(site, 0, t).unwrap().to_vec()
+}
+
+/// A gate whose probe was captured at the subject's last token reads there when the caller
+/// gives the subject's position (also inside a batch, and through `Gated` and `Plans`), and
+/// at the last token where it is not given, as a capture falls back; the probe file records
+/// where it was trained, and a file trained at the last token reads as before.
+#[test]
+fn a_subject_position_gate_reads_the_subject_s_last_token() {
+    let (_d, _p, m) = setup();
+    let a = m.tokenizer.encode("the cat sat on the mat").unwrap();
+    let b = m
+        .tokenizer
+        .encode("hello there, old friend of mine")
+        .unwrap();
+    let raw = |ids: &[u32], t: usize| site_probe(1, 0.0).score(&resid_at(&m, ids, t));
+    // The threshold between a's scores at token 1 and at its last token.
+    let (s1, slast) = (raw(&a, 1), raw(&a, a.len() - 1));
+    assert_ne!(s1, slast);
+    let mut pf = probe_file(&m, -(s1 + slast) / 2.0);
+    pf.target = Target::Relevant;
+    pf.positions = ctxsteer::capture::PosMode::SubjectLast;
+    let gate = steer::Gate::from_probes(&pf, "best", tiny::LAYERS).unwrap();
+    assert_eq!(gate.at, ctxsteer::capture::PosMode::SubjectLast);
+    let prompts = [a.clone(), b.clone()];
+    let at_subject = gate.rows_at(&m, &prompts, &[Some(1), Some(2)]).unwrap();
+    let b_at_2 = raw(&b, 2) > (s1 + slast) / 2.0;
+    assert_eq!(at_subject, vec![s1 > slast, b_at_2]);
+    let at_last = gate.rows_at(&m, &prompts, &[None, None]).unwrap();
+    assert_eq!(at_last[0], slast > s1);
+    assert_eq!(gate.rows(&m, &prompts).unwrap(), at_last);
+    // Through a gated plan: the rows steered are the rows the gate fires on.
+    let heads = steer::scale_heads_spec("0.1=3", tiny::LAYERS, tiny::HEADS).unwrap();
+    let gated = steer::Gated {
+        gate: gate.clone(),
+        inner: Box::new(heads),
+    };
+    let plans = steer::Plans(vec![Box::new(gated)]);
+    let spec = plans
+        .spec_for_subjects(&m, &prompts, &[Some(1), Some(2)])
+        .unwrap();
+    let fired: Vec<usize> = (0..2).filter(|r| at_subject[*r]).collect();
+    match fired.is_empty() {
+        true => assert!(spec.is_empty()),
+        false => assert_eq!(spec.interventions[0].rows, Some(fired)),
+    }
+    // Recorded in the file: absent for the last token (files as before), there otherwise.
+    let json = serde_json::to_value(&pf).unwrap();
+    assert_eq!(json["positions"], "subject_last");
+    let back: ProbeFile = serde_json::from_value(json).unwrap();
+    assert_eq!(back.positions, ctxsteer::capture::PosMode::SubjectLast);
+    pf.positions = ctxsteer::capture::PosMode::Last;
+    let mut json = serde_json::to_value(&pf).unwrap();
+    assert!(json.get("positions").is_none());
+    json.as_object_mut().unwrap().remove("positions");
+    let back: ProbeFile = serde_json::from_value(json).unwrap();
+    assert_eq!(back.positions, ctxsteer::capture::PosMode::Last);
+    pf.positions = ctxsteer::capture::PosMode::Mean;
+    let e = steer::Gate::from_probes(&pf, "best", tiny::LAYERS).unwrap_err();
+    assert!(e.to_string().contains("reads one token"), "{e}");
+}

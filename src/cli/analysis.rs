@@ -82,7 +82,8 @@ fn probe_train(t: ProbeTrain) -> Result<()> {
     let trained = probe::train(&a, &opts, &mut |n| pb.inc(n as u64))?;
     pb.finish_and_clear();
     let data = a.meta.data.clone();
-    let f = ProbeFile::new(id, &acts, data, &opts, super::command_line(), trained);
+    let mut f = ProbeFile::new(id, &acts, data, &opts, super::command_line(), trained);
+    f.positions = a.meta.positions;
     f.write(&out)?;
     print!("{}", probe::table(&f));
     if let Some(svg) = plot {
@@ -132,16 +133,19 @@ fn probe_apply(
     let sp = f.site(site)?;
     let s = Site::parse(&sp.site, m.cfg().n_layers)?;
     let pb = ctxsteer::progress::bar(items.len() as u64, "probe apply", false);
-    let acts = ctxsteer::capture::last_position_acts(
-        &m,
-        &items,
-        s,
-        data.form,
-        !closed_book,
-        data.batch_size,
-        &Spec::new(),
-        &mut |n| pb.inc(n as u64),
-    )?;
+    // Read where the probe's capture read: the last token, or the subject's last.
+    let o = ctxsteer::capture::CaptureOptions {
+        sites: vec![s],
+        positions: f.positions,
+        form: data.form,
+        with_context: !closed_book,
+        batch_size: data.batch_size,
+        shard_size: items.len().max(1),
+    };
+    let acts =
+        ctxsteer::capture::acts_in_memory(&m, &items, &o, &Spec::new(), &mut |n| pb.inc(n as u64))?
+            .pop()
+            .unwrap_or_default();
     pb.finish_and_clear();
     for (it, x) in items.iter().zip(acts) {
         let z = sp.score(&x);

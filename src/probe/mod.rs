@@ -184,7 +184,19 @@ pub struct ProbeFile {
     /// The site with the best cross-validated AUROC on train (ties go to the deepest; see
     /// [`best_site`]).
     pub best: String,
+    /// Where in each prompt the capture it was trained on read: a gate reads there too.
+    /// Absent (the last token) in files written before it was recorded.
+    #[serde(default = "last_position", skip_serializing_if = "is_last_position")]
+    pub positions: crate::capture::PosMode,
     pub sites: Vec<SiteProbe>,
+}
+
+fn last_position() -> crate::capture::PosMode {
+    crate::capture::PosMode::Last
+}
+
+fn is_last_position(p: &crate::capture::PosMode) -> bool {
+    *p == crate::capture::PosMode::Last
 }
 
 impl ProbeFile {
@@ -213,6 +225,7 @@ impl ProbeFile {
             n_pos,
             test_relations: opts.test_relations.clone(),
             best: best_site(&sites),
+            positions: crate::capture::PosMode::Last,
             sites,
         }
     }

@@ -282,6 +282,7 @@ impl Steering {
             probe: anchor.clone(),
             fire_on_positive: false,
             margin: 0.0,
+            at: crate::capture::PosMode::Last,
         });
         let label = format!(
             "{mode:?} {} alpha={alpha} at {}",
@@ -359,10 +360,18 @@ pub struct Plans(pub Vec<Box<dyn Plan>>);
 
 impl Plan for Plans {
     fn spec_for(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Spec> {
+        self.spec_for_subjects(model, prompts, &[])
+    }
+    fn spec_for_subjects(
+        &self,
+        model: &Model,
+        prompts: &[Vec<u32>],
+        subject_last: &[Option<usize>],
+    ) -> Result<Spec> {
         let mut spec = Spec::new();
         for p in &self.0 {
-            spec.interventions
-                .extend(p.spec_for(model, prompts)?.interventions);
+            let s = p.spec_for_subjects(model, prompts, subject_last)?;
+            spec.interventions.extend(s.interventions);
         }
         Ok(spec)
     }
@@ -381,7 +390,8 @@ impl Plan for Plans {
     }
 }
 
-/// A probe read at each prompt's last position that decides which prompts are steered.
+/// A probe read at each prompt's last position (or, for a probe trained at the subject's last
+/// token, there) that decides which prompts are steered.
 ///
 /// A `follows_context` probe fires where it predicts the prior will win (score <= 0). A
 /// `conflict` probe, trained on counterfactual contexts against true contexts and no context,
@@ -398,27 +408,65 @@ pub struct Gate {
     /// the probe's decision; a larger margin fires on more prompts (a `conflict` gate then
     /// fires where score > -margin).
     pub margin: f32,
+    /// Where the probe reads: the last token, or the last token of the subject's last mention
+    /// where the caller knows it ([`Plan::spec_for_subjects`]), else the last token, as
+    /// `capture --positions subject-last` falls back.
+    pub at: crate::capture::PosMode,
 }
 
 impl Gate {
     /// The gate of a probe file at `site` (or `best`); its target sets which side fires.
     pub fn from_probes(file: &ProbeFile, site: &str, n_layers: usize) -> Result<Gate> {
+        use crate::capture::PosMode;
         let p = file.site(site)?;
+        if file.positions == PosMode::Mean {
+            return Err(Error::Invalid(format!(
+                "probe file for {}: trained on the mean over the prompt's tokens; a gate reads \
+                 one token (capture with --positions last or subject-last)",
+                p.site
+            )));
+        }
         Ok(Gate {
             site: Site::parse(&p.site, n_layers)?,
             probe: p.clone(),
             fire_on_positive: file.target != crate::probe::Target::FollowsContext,
             margin: 0.0,
+            at: file.positions,
         })
     }
 
-    /// Whether the gate fires for each prompt (one forward pass over the batch, capture only).
+    /// Whether the gate fires for each prompt (one forward pass over the batch, capture only),
+    /// read at each prompt's last token.
     pub fn rows(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Vec<bool>> {
+        self.rows_at(model, prompts, &[])
+    }
+
+    /// [`Gate::rows`], where a gate trained at the subject's last token reads row r at
+    /// `subject_last[r]` (the last token where that is None or missing).
+    pub fn rows_at(
+        &self,
+        model: &Model,
+        prompts: &[Vec<u32>],
+        subject_last: &[Option<usize>],
+    ) -> Result<Vec<bool>> {
         if prompts.is_empty() {
             return Ok(vec![]);
         }
+        let at = |r: usize, p: &[u32]| match self.at {
+            crate::capture::PosMode::SubjectLast => subject_last
+                .get(r)
+                .copied()
+                .flatten()
+                .filter(|t| *t < p.len())
+                .unwrap_or(p.len() - 1),
+            _ => p.len() - 1,
+        };
         let pad = model.tokenizer.eos_id.unwrap_or(0);
-        let spec = Spec::capture(&[self.site], Positions::Last);
+        let positions = match self.at {
+            crate::capture::PosMode::SubjectLast => Positions::All,
+            _ => Positions::Last,
+        };
+        let spec = Spec::capture(&[self.site], positions);
         let (_, caps) = model.run(
             &crate::model::Batch::left_padded(prompts, pad),
             &spec,
@@ -429,7 +477,7 @@ impl Gate {
             .enumerate()
             .map(|(r, p)| {
                 let x = caps
-                    .at(self.site, r, p.len() - 1)
+                    .at(self.site, r, at(r, p))
                     .ok_or_else(|| Error::Invalid(format!("no gate capture at {}", self.site)))?;
                 if x.len() != self.probe.weights.len() {
                     return Err(Error::BadLength {
@@ -467,11 +515,19 @@ pub struct Gated {
 
 impl Plan for Gated {
     fn spec_for(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Spec> {
-        let rows = fired(&self.gate.rows(model, prompts)?);
+        self.spec_for_subjects(model, prompts, &[])
+    }
+    fn spec_for_subjects(
+        &self,
+        model: &Model,
+        prompts: &[Vec<u32>],
+        subject_last: &[Option<usize>],
+    ) -> Result<Spec> {
+        let rows = fired(&self.gate.rows_at(model, prompts, subject_last)?);
         if rows.is_empty() {
             return Ok(Spec::new());
         }
-        let mut spec = self.inner.spec_for(model, prompts)?;
+        let mut spec = self.inner.spec_for_subjects(model, prompts, subject_last)?;
         for iv in &mut spec.interventions {
             iv.rows = Some(match iv.rows.take() {
                 Some(own) => own.into_iter().filter(|r| rows.contains(r)).collect(),

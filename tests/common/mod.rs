@@ -342,6 +342,7 @@ pub fn probe_file_of(
         n_pos: 1,
         test_relations: None,
         best: sites[0].site.clone(),
+        positions: ctxsteer::capture::PosMode::Last,
         sites,
     }
 }

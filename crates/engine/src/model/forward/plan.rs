@@ -8,6 +8,18 @@ use crate::model::Model;
 /// Something that decides the interventions for a batch of prompts (token ids, one per row).
 pub trait Plan: Send + Sync {
     fn spec_for(&self, model: &Model, prompts: &[Vec<u32>]) -> Result<Spec>;
+    /// [`Plan::spec_for`] where each prompt's subject is known: `subject_last[r]` is the index
+    /// in row r's prompt of the last token of its subject's last mention (None where absent).
+    /// A gate whose probe was trained there reads it; every other plan ignores it.
+    fn spec_for_subjects(
+        &self,
+        model: &Model,
+        prompts: &[Vec<u32>],
+        subject_last: &[Option<usize>],
+    ) -> Result<Spec> {
+        let _ = subject_last;
+        self.spec_for(model, prompts)
+    }
     /// A short description for reports and capture metadata.
     fn describe(&self) -> String;
 }
