@@ -226,10 +226,7 @@ fn capture_shard(
     progress: &mut dyn FnMut(usize),
 ) -> Result<()> {
     let cfg = model.cfg();
-    let prompts: Vec<(String, Vec<u32>)> = items
-        .iter()
-        .map(|it| prompt(model, it, opts))
-        .collect::<Result<_>>()?;
+    let (prompts, subject_last) = prompts_of(model, items, opts)?;
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|i| prompts[*i].1.len());
     // rows[site][item] = values
@@ -239,7 +236,8 @@ fn capture_shard(
     for batch_idx in order.chunks(opts.batch_size.max(1)) {
         let ids: Vec<Vec<u32>> = batch_idx.iter().map(|i| prompts[*i].1.clone()).collect();
         // Steering first, then the captures, so captures see the steered values.
-        let mut spec = steer.spec_for(model, &ids)?;
+        let subjects: Vec<Option<usize>> = batch_idx.iter().map(|i| subject_last[*i]).collect();
+        let mut spec = steer.spec_for_subjects(model, &ids, &subjects)?;
         let pos = match opts.positions {
             PosMode::Last => Positions::Last,
             _ => Positions::All,
@@ -251,9 +249,7 @@ fn capture_shard(
             let n = ids[r].len();
             let at = match opts.positions {
                 PosMode::Last => Some(n - 1),
-                PosMode::SubjectLast => Some(
-                    subject_last_token(model, &prompts[i].0, &items[i].subject)?.unwrap_or(n - 1),
-                ),
+                PosMode::SubjectLast => Some(subject_last[i].unwrap_or(n - 1)),
                 PosMode::Mean => None,
             };
             positions[i] = at;
@@ -272,6 +268,22 @@ fn capture_shard(
     )?;
     let index = index_rows(items, labels, &prompts, &positions, k);
     crate::data::write_jsonl(&shard_path(dir, k, "jsonl"), &index)
+}
+
+/// Each item's prompt (text and ids) and where its subject's last token is in it.
+type Prompts = (Vec<(String, Vec<u32>)>, Vec<Option<usize>>);
+
+fn prompts_of(model: &Model, items: &[Item], opts: &CaptureOptions) -> Result<Prompts> {
+    let prompts: Vec<(String, Vec<u32>)> = items
+        .iter()
+        .map(|it| prompt(model, it, opts))
+        .collect::<Result<_>>()?;
+    let subject_last = prompts
+        .iter()
+        .zip(items)
+        .map(|((text, _), it)| subject_last_token(model, text, &it.subject))
+        .collect::<Result<_>>()?;
+    Ok((prompts, subject_last))
 }
 
 /// Batch row `r`'s captured values at `site`: at position `at`, or averaged over positions.
@@ -501,10 +513,7 @@ pub fn acts_in_memory(
     }
     let pad = model.tokenizer.eos_id.unwrap_or(0);
     let mut out = vec![vec![vec![]; items.len()]; o.sites.len()];
-    let prompts: Vec<(String, Vec<u32>)> = items
-        .iter()
-        .map(|it| prompt(model, it, o))
-        .collect::<Result<_>>()?;
+    let (prompts, subject_last) = prompts_of(model, items, o)?;
     // Batches of similar lengths: a batch is padded to its longest prompt.
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|i| prompts[*i].1.len());
@@ -514,9 +523,7 @@ pub fn acts_in_memory(
         for (r, i) in chunk.iter().enumerate() {
             let n = ids[r].len();
             let at = match o.positions {
-                PosMode::SubjectLast => {
-                    subject_last_token(model, &prompts[*i].0, &items[*i].subject)?.unwrap_or(n - 1)
-                }
+                PosMode::SubjectLast => subject_last[*i].unwrap_or(n - 1),
                 _ => n - 1,
             };
             for (s, site) in o.sites.iter().enumerate() {

@@ -45,7 +45,8 @@ pub struct SteerArgs {
     /// Apply all the steering only to prompts where this probe fires (FILE[:SITE], a probe
     /// file at :SITE or its best site): a `conflict` probe fires on a context that contradicts
     /// memory, a `follows_context` probe where it predicts the prior will win. Other prompts
-    /// run untouched.
+    /// run untouched. A probe captured with `--positions subject-last` reads the subject's
+    /// last token where items name their subject (label, capture), else the last token.
     #[arg(long, value_name = "FILE[:SITE]")]
     pub gate: Option<String>,
     /// How far past its probe's boundary the gate still fires, in logits: 0 (the default) is
