@@ -541,6 +541,7 @@ fn a_saved_report_renders_to_its_markdown() {
         "results/conflict_internal/completion",
         // Chosen with the guarded dev bar: its legend says so.
         "results/contexts/smollm2-completion-guarded",
+        "results/contexts/smollm2-completion-subject",
     ] {
         let dir = root.join(run);
         let json = std::fs::read_to_string(dir.join("report.json")).unwrap();
@@ -746,4 +747,28 @@ fn measuring_within_dev_leaves_test_unseen() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("within dev"), "{err}");
+}
+
+/// The README's main row, read from its committed report: on test, the gated edit with the
+/// subject-position relevance gate clears every bar of the three-context issue (adherence at
+/// least CAD's, irrelevant answers unchanged within 2 points of none's on the same items, the
+/// gold answer named at least as often as none names it, retention ≥ 95%, perplexity ≤ 1.05×).
+#[test]
+fn the_committed_default_row_clears_every_bar_on_test() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("results/contexts/smollm2-completion-subject");
+    let rep: ctxsteer::report::Report =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let of = |m: Method| rep.methods.iter().find(|r| r.method == m).unwrap();
+    let (edit, none, cad) = (of(Method::ReftGated), of(Method::None), of(Method::Cad));
+    assert!(edit.chosen.contains("relevance gate"), "{}", edit.chosen);
+    let (t, n) = (&edit.test, &none.test);
+    assert!(t.adherence.value >= cad.test.adherence.value);
+    let (ti, ni) = (t.irrelevant.as_ref().unwrap(), n.irrelevant.as_ref().unwrap());
+    assert_eq!(ti.unchanged_items.len(), ni.unchanged_items.len());
+    let (d, _) = bench::paired_unchanged(ti, ni);
+    assert!(d >= -0.02, "irrelevant unchanged {d:+.3}");
+    assert!((d - (ti.unchanged.value - ni.unchanged.value)).abs() < 1e-12);
+    assert!(edit.gold.as_ref().unwrap().value >= none.gold.as_ref().unwrap().value);
+    assert!(t.retention.value >= 0.95 && t.perplexity_ratio <= 1.05);
 }
