@@ -186,7 +186,11 @@ pub fn subject_last_token(model: &Model, text: &str, subject: &str) -> Result<Op
     let end = start + subject.len();
     let offsets = model.tokenizer.offsets(text)?;
     // The offsets are of the text alone; a BOS token the prompt begins with shifts them by one.
-    let bos = model.tokenizer.encode_prompt(text)?.len() - offsets.len();
+    let bos = model
+        .tokenizer
+        .encode_prompt(text)?
+        .len()
+        .saturating_sub(offsets.len());
     Ok(offsets.iter().rposition(|(s, _)| *s < end).map(|t| t + bos))
 }
 

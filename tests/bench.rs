@@ -764,7 +764,10 @@ fn the_committed_default_row_clears_every_bar_on_test() {
     assert!(edit.chosen.contains("relevance gate"), "{}", edit.chosen);
     let (t, n) = (&edit.test, &none.test);
     assert!(t.adherence.value >= cad.test.adherence.value);
-    let (ti, ni) = (t.irrelevant.as_ref().unwrap(), n.irrelevant.as_ref().unwrap());
+    let (ti, ni) = (
+        t.irrelevant.as_ref().unwrap(),
+        n.irrelevant.as_ref().unwrap(),
+    );
     assert_eq!(ti.unchanged_items.len(), ni.unchanged_items.len());
     let (d, _) = bench::paired_unchanged(ti, ni);
     assert!(d >= -0.02, "irrelevant unchanged {d:+.3}");
