@@ -30,6 +30,26 @@ pub enum PosMode {
 }
 }
 
+impl PosMode {
+    /// What a forward pass must capture to read this mode: the last position, or all of them.
+    pub fn captured(self) -> Positions {
+        match self {
+            PosMode::Last => Positions::Last,
+            _ => Positions::All,
+        }
+    }
+
+    /// The token a prompt of `n` tokens is read at: its last, or its subject's last
+    /// (`subject_last`; the last where that is None or out of range); None for the mean.
+    pub fn token(self, n: usize, subject_last: Option<usize>) -> Option<usize> {
+        match self {
+            PosMode::Last => Some(n - 1),
+            PosMode::SubjectLast => Some(subject_last.filter(|t| *t < n).unwrap_or(n - 1)),
+            PosMode::Mean => None,
+        }
+    }
+}
+
 /// Everything that decides what a capture folder holds; a rerun must match it to resume.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CaptureMeta {
@@ -147,7 +167,7 @@ fn shard_path(dir: &Path, k: usize, ext: &str) -> PathBuf {
     dir.join(format!("shard-{k:05}.{ext}"))
 }
 
-pub use crate::label::{subject_last_of, subject_last_token};
+pub use crate::label::subject_last_token;
 
 /// The text and token ids of an item's prompt under the capture settings.
 fn prompt(model: &Model, item: &Item, opts: &CaptureOptions) -> Result<(String, Vec<u32>)> {
@@ -226,7 +246,8 @@ fn capture_shard(
     progress: &mut dyn FnMut(usize),
 ) -> Result<()> {
     let cfg = model.cfg();
-    let (prompts, subject_last) = prompts_of(model, items, opts)?;
+    let subjects = opts.positions == PosMode::SubjectLast || steer.reads_subjects();
+    let (prompts, subject_last) = prompts_of(model, items, opts, subjects)?;
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|i| prompts[*i].1.len());
     // rows[site][item] = values
@@ -238,20 +259,11 @@ fn capture_shard(
         // Steering first, then the captures, so captures see the steered values.
         let subjects: Vec<Option<usize>> = batch_idx.iter().map(|i| subject_last[*i]).collect();
         let mut spec = steer.spec_for_subjects(model, &ids, &subjects)?;
-        let pos = match opts.positions {
-            PosMode::Last => Positions::Last,
-            _ => Positions::All,
-        };
         spec.interventions
-            .extend(Spec::capture(&opts.sites, pos).interventions);
+            .extend(Spec::capture(&opts.sites, opts.positions.captured()).interventions);
         let (_, caps) = model.run(&Batch::left_padded(&ids, pad), &spec, LogitsAt::Last)?;
         for (r, &i) in batch_idx.iter().enumerate() {
-            let n = ids[r].len();
-            let at = match opts.positions {
-                PosMode::Last => Some(n - 1),
-                PosMode::SubjectLast => Some(subject_last[i].unwrap_or(n - 1)),
-                PosMode::Mean => None,
-            };
+            let at = opts.positions.token(ids[r].len(), subject_last[i]);
             positions[i] = at;
             for (s, site) in opts.sites.iter().enumerate() {
                 rows[s][i] = row_at(&caps, *site, r, at, cfg.site_width(*site))?;
@@ -273,16 +285,25 @@ fn capture_shard(
 /// Each item's prompt (text and ids) and where its subject's last token is in it.
 type Prompts = (Vec<(String, Vec<u32>)>, Vec<Option<usize>>);
 
-fn prompts_of(model: &Model, items: &[Item], opts: &CaptureOptions) -> Result<Prompts> {
+/// The items' prompts, and their subjects' last tokens where `subjects` asks (else None).
+fn prompts_of(
+    model: &Model,
+    items: &[Item],
+    opts: &CaptureOptions,
+    subjects: bool,
+) -> Result<Prompts> {
     let prompts: Vec<(String, Vec<u32>)> = items
         .iter()
         .map(|it| prompt(model, it, opts))
         .collect::<Result<_>>()?;
-    let subject_last = prompts
-        .iter()
-        .zip(items)
-        .map(|((text, _), it)| subject_last_token(model, text, &it.subject))
-        .collect::<Result<_>>()?;
+    let subject_last = match subjects {
+        true => prompts
+            .iter()
+            .zip(items)
+            .map(|((text, _), it)| subject_last_token(model, text, &it.subject))
+            .collect::<Result<_>>()?,
+        false => vec![None; items.len()],
+    };
     Ok((prompts, subject_last))
 }
 
@@ -494,26 +515,23 @@ pub fn acts_in_memory(
     spec: &Spec,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Vec<Vec<f32>>>> {
-    let positions = match o.positions {
-        PosMode::Last => Positions::Last,
-        PosMode::SubjectLast => Positions::All,
-        PosMode::Mean => {
-            return Err(Error::Invalid(
-                "activations in memory are read at one token: last or subject-last".into(),
-            ))
-        }
-    };
+    if o.positions == PosMode::Mean {
+        return Err(Error::Invalid(
+            "activations in memory are read at one token: last or subject-last".into(),
+        ));
+    }
     let mut full = spec.clone();
     for site in &o.sites {
         full.push(crate::hooks::Intervention::new(
             *site,
-            positions.clone(),
+            o.positions.captured(),
             crate::hooks::Action::Capture,
         ));
     }
     let pad = model.tokenizer.eos_id.unwrap_or(0);
     let mut out = vec![vec![vec![]; items.len()]; o.sites.len()];
-    let (prompts, subject_last) = prompts_of(model, items, o)?;
+    let subjects = o.positions == PosMode::SubjectLast;
+    let (prompts, subject_last) = prompts_of(model, items, o, subjects)?;
     // Batches of similar lengths: a batch is padded to its longest prompt.
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|i| prompts[*i].1.len());
@@ -521,11 +539,9 @@ pub fn acts_in_memory(
         let ids: Vec<Vec<u32>> = chunk.iter().map(|i| prompts[*i].1.clone()).collect();
         let (_, caps) = model.run(&Batch::left_padded(&ids, pad), &full, LogitsAt::Last)?;
         for (r, i) in chunk.iter().enumerate() {
+            // Not the mean (refused above): every row has its one token.
             let n = ids[r].len();
-            let at = match o.positions {
-                PosMode::SubjectLast => subject_last[*i].unwrap_or(n - 1),
-                _ => n - 1,
-            };
+            let at = o.positions.token(n, subject_last[*i]).unwrap_or(n - 1);
             for (s, site) in o.sites.iter().enumerate() {
                 out[s][*i] = caps
                     .at(*site, r, at)

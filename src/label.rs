@@ -184,14 +184,8 @@ pub fn subject_last_token(model: &Model, text: &str, subject: &str) -> Result<Op
         return Ok(None);
     };
     let end = start + subject.len();
-    let offsets = model.tokenizer.offsets(text)?;
-    // The offsets are of the text alone; a BOS token the prompt begins with shifts them by one.
-    let bos = model
-        .tokenizer
-        .encode_prompt(text)?
-        .len()
-        .saturating_sub(offsets.len());
-    Ok(offsets.iter().rposition(|(s, _)| *s < end).map(|t| t + bos))
+    let offsets = model.tokenizer.prompt_offsets(text)?;
+    Ok(offsets.iter().rposition(|(s, _)| *s < end))
 }
 
 /// [`subject_last_token`] of `item`'s subject in its prompt as `form` puts it, with or without
@@ -270,11 +264,14 @@ fn run_batch(
             ])
         })
         .collect::<Result<_>>()?;
-    // A gate trained at the subject's last token reads there.
-    let subject_last: Vec<Option<usize>> = items
-        .iter()
-        .map(|it| subject_last_of(model, it, opts.form, with_context))
-        .collect::<Result<_>>()?;
+    // A gate trained at the subject's last token reads there; other plans need no positions.
+    let subject_last: Vec<Option<usize>> = match plan.reads_subjects() {
+        true => items
+            .iter()
+            .map(|it| subject_last_of(model, it, opts.form, with_context))
+            .collect::<Result<_>>()?,
+        false => vec![],
+    };
     let spec = plan.spec_for_subjects(model, &prompts, &subject_last)?;
     let scored = decode(model, items, opts, (&prompts, &cands), &spec, with_context)?;
     items

@@ -844,6 +844,16 @@ fn a_subject_position_gate_reads_the_subject_s_last_token() {
         inner: Box::new(heads),
     };
     let plans = steer::Plans(vec![Box::new(gated)]);
+    // Only a plan with such a gate asks its callers for the subjects' positions.
+    assert!(plans.reads_subjects());
+    let last = steer::Gated {
+        gate: steer::Gate {
+            at: ctxsteer::capture::PosMode::Last,
+            ..gate.clone()
+        },
+        inner: Box::new(Spec::new()),
+    };
+    assert!(!last.reads_subjects());
     let spec = plans
         .spec_for_subjects(&m, &prompts, &[Some(1), Some(2)])
         .unwrap();

@@ -375,6 +375,9 @@ impl Plan for Plans {
         }
         Ok(spec)
     }
+    fn reads_subjects(&self) -> bool {
+        self.0.iter().any(|p| p.reads_subjects())
+    }
     fn describe(&self) -> String {
         let parts: Vec<String> = self
             .0
@@ -452,21 +455,13 @@ impl Gate {
         if prompts.is_empty() {
             return Ok(vec![]);
         }
-        let at = |r: usize, p: &[u32]| match self.at {
-            crate::capture::PosMode::SubjectLast => subject_last
-                .get(r)
-                .copied()
-                .flatten()
-                .filter(|t| *t < p.len())
-                .unwrap_or(p.len() - 1),
-            _ => p.len() - 1,
+        // `from_probes` refuses the mean, so every row has its one token.
+        let at = |r: usize, p: &[u32]| {
+            let subject = subject_last.get(r).copied().flatten();
+            self.at.token(p.len(), subject).unwrap_or(p.len() - 1)
         };
         let pad = model.tokenizer.eos_id.unwrap_or(0);
-        let positions = match self.at {
-            crate::capture::PosMode::SubjectLast => Positions::All,
-            _ => Positions::Last,
-        };
-        let spec = Spec::capture(&[self.site], positions);
+        let spec = Spec::capture(&[self.site], self.at.captured());
         let (_, caps) = model.run(
             &crate::model::Batch::left_padded(prompts, pad),
             &spec,
@@ -537,6 +532,9 @@ impl Plan for Gated {
         spec.interventions
             .retain(|iv| iv.rows.as_ref().is_none_or(|r| !r.is_empty()));
         Ok(spec)
+    }
+    fn reads_subjects(&self) -> bool {
+        self.gate.at == crate::capture::PosMode::SubjectLast || self.inner.reads_subjects()
     }
     fn describe(&self) -> String {
         format!(

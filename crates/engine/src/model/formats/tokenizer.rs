@@ -132,11 +132,18 @@ impl Tokenizer {
     /// one (Gemma) and the text does not already begin with it.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         let ids = self.encode(text)?;
+        match self.bos_before(&ids) {
+            Some(bos) => Ok(std::iter::once(bos).chain(ids).collect()),
+            None => Ok(ids),
+        }
+    }
+
+    /// The BOS token a prompt whose text encodes to `ids` begins with, if the model wants one
+    /// and the text does not already begin with it.
+    fn bos_before(&self, ids: &[u32]) -> Option<u32> {
         match (self.add_bos, self.bos_id) {
-            (true, Some(bos)) if ids.first() != Some(&bos) => {
-                Ok(std::iter::once(bos).chain(ids).collect())
-            }
-            _ => Ok(ids),
+            (true, Some(bos)) if ids.first() != Some(&bos) => Some(bos),
+            _ => None,
         }
     }
 }
@@ -215,6 +222,20 @@ impl Tokenizer {
             .encode(text, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_offsets().to_vec())
+    }
+
+    /// Byte offsets in `text` of each token of `encode_prompt(text)`, index for index: a BOS
+    /// token the prompt begins with gets `(0, 0)`.
+    pub fn prompt_offsets(&self, text: &str) -> Result<Vec<(usize, usize)>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let offsets = enc.get_offsets().iter().copied();
+        Ok(match self.bos_before(enc.get_ids()) {
+            Some(_) => std::iter::once((0, 0)).chain(offsets).collect(),
+            None => offsets.collect(),
+        })
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

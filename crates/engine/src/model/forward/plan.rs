@@ -20,6 +20,11 @@ pub trait Plan: Send + Sync {
         let _ = subject_last;
         self.spec_for(model, prompts)
     }
+    /// Whether [`Plan::spec_for_subjects`] reads the subjects' positions, so that a caller
+    /// finds them only for a plan that does.
+    fn reads_subjects(&self) -> bool {
+        false
+    }
     /// A short description for reports and capture metadata.
     fn describe(&self) -> String;
 }
