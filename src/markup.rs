@@ -63,6 +63,10 @@ pub fn write_report<T: serde::Serialize>(
     crate::atomic::write(&dir.join("report.html"), html(&svg).as_bytes())
 }
 
+/// A panel of an SVG drawing.
+pub type Area<'a> =
+    plotters::drawing::DrawingArea<plotters::prelude::SVGBackend<'a>, plotters::coord::Shift>;
+
 /// A plotters chart with two f64 axes, drawn into an SVG.
 pub type Chart<'a> = plotters::chart::ChartContext<
     'a,

@@ -10,6 +10,7 @@ mod choice;
 mod data;
 mod generate;
 mod model_args;
+mod modularity;
 mod numbers;
 mod organism;
 mod reft;

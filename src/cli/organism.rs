@@ -33,6 +33,11 @@ pub enum OrganismCmd {
     /// world with the same tokens and steps, each studied as `organism study` does, set side
     /// by side by exposure bucket.
     Shapes(super::shapes::ShapesArgs),
+    /// Modularity by ablation: every attention head and MLP neuron is zero-ablated alone and
+    /// ranked per relation by the damage to the facts the model knows (train subjects); then
+    /// each relation's top units are ablated together, on the other subjects, and the damage
+    /// to that relation is set against the damage to the others and against random units.
+    Modularity(super::modularity::ModularityArgs),
 }
 
 #[derive(Args)]
@@ -120,6 +125,7 @@ pub(super) fn organism_cmd(c: OrganismCmd) -> Result<()> {
         OrganismCmd::Study(a) => super::study::study_cmd(a),
         OrganismCmd::Capacity(a) => super::capacity::capacity_cmd(a),
         OrganismCmd::Shapes(a) => super::shapes::shapes_cmd(a),
+        OrganismCmd::Modularity(a) => super::modularity::modularity_cmd(a),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::capacity::{CapacityFit, CapacityReport, CapacityRun};
 use crate::error::{Error, Result};
-use crate::markup::{esc, inline_svg, legend, md_table};
+use crate::markup::{esc, inline_svg, legend, md_table, Area};
 use std::path::Path;
 
 /// The fit, each size's capacity and every run, as Markdown.
@@ -114,9 +114,6 @@ pub fn html(rep: &CapacityReport, svg: &str) -> String {
     );
     crate::markup::page("Memorization capacity", &body)
 }
-
-type Area<'a> =
-    plotters::drawing::DrawingArea<plotters::prelude::SVGBackend<'a>, plotters::coord::Shift>;
 
 /// Left: memorized bits against N (log2), one line per size. Right: capacity against
 /// parameters, the fitted slope and 3.6 bits per parameter.

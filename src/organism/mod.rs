@@ -7,6 +7,7 @@ pub mod adamw;
 pub mod capacity;
 pub mod capacity_report;
 pub mod flips;
+pub mod modularity;
 pub mod shapes;
 pub mod study;
 pub mod study_report;

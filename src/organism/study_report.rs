@@ -4,7 +4,7 @@
 
 use super::summary::{x_of, Fit, Series, Snapshot};
 use crate::error::{Error, Result};
-use crate::markup::{esc, inline_svg, md_table};
+use crate::markup::{esc, inline_svg, md_table, Area};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -166,9 +166,6 @@ pub fn html(rep: &StudyReport, svg: &str) -> String {
     body += &format!("<pre>{}</pre>", esc(&markdown(rep)));
     crate::markup::page("Organism study", &body)
 }
-
-type Area<'a> =
-    plotters::drawing::DrawingArea<plotters::prelude::SVGBackend<'a>, plotters::coord::Shift>;
 
 /// One measure's panel. `compare`: every snapshot is drawn alike (its own colour, its
 /// intervals, a legend), as for models set side by side; else the last is the final model and
