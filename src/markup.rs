@@ -67,6 +67,33 @@ pub fn write_report<T: serde::Serialize>(
 pub type Area<'a> =
     plotters::drawing::DrawingArea<plotters::prelude::SVGBackend<'a>, plotters::coord::Shift>;
 
+/// Draw an SVG of `size` pixels at `path`: a white page that `draw` fills.
+pub fn svg_chart(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&Area) -> std::result::Result<(), String>,
+) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
+    let root = SVGBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    draw(&root).map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
+/// Two panels side by side on a 1080 × 400 SVG at `path`.
+pub fn two_panels(
+    path: &Path,
+    left: impl FnOnce(&Area) -> std::result::Result<(), String>,
+    right: impl FnOnce(&Area) -> std::result::Result<(), String>,
+) -> Result<()> {
+    svg_chart(path, (1080, 400), |root| {
+        let (l, r) = root.split_horizontally(540);
+        left(&l)?;
+        right(&r)
+    })
+}
+
 /// A plotters chart with two f64 axes, drawn into an SVG.
 pub type Chart<'a> = plotters::chart::ChartContext<
     'a,
@@ -76,6 +103,23 @@ pub type Chart<'a> = plotters::chart::ChartContext<
         plotters::coord::types::RangedCoordf64,
     >,
 >;
+
+/// A labelled line through `pts` with a dot at each point.
+pub fn dotted_line(
+    c: &mut Chart,
+    pts: &[(f64, f64)],
+    color: plotters::style::RGBAColor,
+    label: String,
+) -> std::result::Result<(), String> {
+    use plotters::prelude::*;
+    c.draw_series(LineSeries::new(pts.to_vec(), color.stroke_width(2)))
+        .map_err(|e| e.to_string())?
+        .label(label)
+        .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 16, b)], color));
+    c.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
 
 /// The chart's series labels, upper left.
 pub fn legend(c: &mut Chart) -> std::result::Result<(), String> {

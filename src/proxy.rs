@@ -77,11 +77,16 @@ impl Proxy {
 
     /// The proxy-tuned logits from the three models' logits.
     pub fn combine(&self, model: &[f32], expert: &[f32], base: &[f32]) -> Vec<f32> {
+        Proxy::combine_with(self.alpha, model, expert, base)
+    }
+
+    /// `model + alpha * (expert - base)`, element by element.
+    pub fn combine_with(alpha: f32, model: &[f32], expert: &[f32], base: &[f32]) -> Vec<f32> {
         model
             .iter()
             .zip(expert)
             .zip(base)
-            .map(|((m, e), b)| m + self.alpha * (e - b))
+            .map(|((m, e), b)| m + alpha * (e - b))
             .collect()
     }
 }

@@ -1,42 +1,14 @@
 //! `organism modularity`: its ablations do what they say, its helpers give known answers, and
 //! a run on a tiny organism reports what the definitions imply.
 
+mod common;
+use common::{tiny_organism, tiny_world};
+
 use ctxsteer::hooks::{Action, Intervention, Positions, Site, SiteKind, Spec};
 use ctxsteer::organism::modularity::{
     ablation_spec, by_relation, jaccard, random_set, top_k, units, Estimate, Unit, UnitKind,
 };
-use ctxsteer::organism::{self, WorldOptions};
 use ctxsteer::stats::SplitMix;
-use std::path::Path;
-
-fn tiny_world(dir: &Path) {
-    let o = WorldOptions {
-        subjects: 24,
-        relations: 2,
-        objects: 4,
-        schedule: "24".into(),
-        filler: 0.1,
-        ..Default::default()
-    };
-    organism::build(&o, dir).unwrap();
-}
-
-fn tiny_model(world: &Path, out: &Path, steps: usize) {
-    let opts = organism::TrainOptions {
-        layers: 2,
-        d_model: 32,
-        heads: 2,
-        d_mlp: 64,
-        steps,
-        batch: 8,
-        seq: 24,
-        lr: 1e-2,
-        warmup: 10,
-        checkpoint_every: 0,
-        ..Default::default()
-    };
-    organism::train(world, out, &opts, false, &mut |_| Ok(())).unwrap();
-}
 
 fn captured(m: &ctxsteer::Model, ids: &[u32], spec: Spec, site: Site) -> Vec<Vec<f32>> {
     let spec = spec.with(Intervention::new(site, Positions::All, Action::Capture));
@@ -51,8 +23,8 @@ fn captured(m: &ctxsteer::Model, ids: &[u32], spec: Spec, site: Site) -> Vec<Vec
 fn ablating_a_unit_zeroes_it_and_nothing_else_at_its_site() {
     let dir = tempfile::tempdir().unwrap();
     let (world, out) = (dir.path().join("w"), dir.path().join("m"));
-    tiny_world(&world);
-    tiny_model(&world, &out, 3);
+    tiny_world(&world, 24, 2, "24");
+    tiny_organism(&world, &out, 32, 3);
     let m = ctxsteer::Model::load(&out, ctxsteer::WeightsMode::F32).unwrap();
     assert_eq!(
         (
@@ -144,8 +116,8 @@ fn the_helpers_give_known_answers() {
 fn a_run_on_a_tiny_organism_reports_what_the_definitions_imply() {
     let dir = tempfile::tempdir().unwrap();
     let (world, model) = (dir.path().join("w"), dir.path().join("m"));
-    tiny_world(&world);
-    tiny_model(&world, &model, 600);
+    tiny_world(&world, 24, 2, "24");
+    tiny_organism(&world, &model, 32, 600);
     let out = dir.path().join("r");
     let run = assert_cmd::Command::cargo_bin("ctxsteer")
         .unwrap()

@@ -13,6 +13,8 @@ mod model_args;
 mod modularity;
 mod numbers;
 mod organism;
+mod output;
+mod proxy_tune;
 mod reft;
 mod shapes;
 mod steer_args;

@@ -82,26 +82,17 @@ pub(super) fn modularity_cmd(a: ModularityArgs) -> Result<()> {
         summary,
     };
     ctxsteer::organism::modularity::report::write(&rep, &a.out)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&rep)?);
-        return Ok(());
-    }
-    print_summary(&rep);
-    println!(
-        "report in {} ({:.0}s)",
-        a.out.join("report.html").display(),
-        rep.seconds
-    );
-    Ok(())
+    super::output::print_report(a.json, &rep, || summary_lines(&rep), &a.out, rep.seconds)
 }
 
 /// One line per kind and size: the damages over relations.
-fn print_summary(rep: &ModularityReport) {
-    for s in &rep.summary {
-        println!(
-            "{:>4} {:<7} ({:>5.1}% of them): own relation {:.3} nats, others {:.3} (random: {:.3} / {:.3}); {} of {} relations selective; overlap {:.2}",
+fn summary_lines(rep: &ModularityReport) -> String {
+    let line = |s: &modularity::KindSummary| {
+        format!(
+            "{:>4} {:<7} ({:>5.1}% of them): own relation {:.3} nats, others {:.3} (random: {:.3} / {:.3}); {} of {} relations selective; overlap {:.2}\n",
             s.k, s.kind.name(), 100.0 * s.share, s.own, s.other, s.random_own, s.random_other,
             s.selective, s.relations, s.overlap
-        );
-    }
+        )
+    };
+    rep.summary.iter().map(line).collect()
 }

@@ -38,6 +38,12 @@ pub enum OrganismCmd {
     /// each relation's top units are ablated together, on the other subjects, and the damage
     /// to that relation is set against the damage to the others and against random units.
     Modularity(super::modularity::ModularityArgs),
+    /// Proxy-tuning against fine-tuning: teach never-seen facts of the world to a large
+    /// organism by fine-tuning it, and by proxy-tuning it with a small organism fine-tuned the
+    /// same way (logits = large + alpha * (small tuned - small)); measure the gain on the
+    /// taught facts and the retention of the facts it knew, per exposure bucket, at each
+    /// saved step and alpha, paired at equal gain.
+    Proxy(super::proxy_tune::ProxyTuneArgs),
 }
 
 #[derive(Args)]
@@ -126,6 +132,7 @@ pub(super) fn organism_cmd(c: OrganismCmd) -> Result<()> {
         OrganismCmd::Capacity(a) => super::capacity::capacity_cmd(a),
         OrganismCmd::Shapes(a) => super::shapes::shapes_cmd(a),
         OrganismCmd::Modularity(a) => super::modularity::modularity_cmd(a),
+        OrganismCmd::Proxy(a) => super::proxy_tune::proxy_tune_cmd(a),
     }
 }
 

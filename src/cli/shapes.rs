@@ -127,17 +127,7 @@ pub(super) fn shapes_cmd(a: ShapesArgs) -> Result<()> {
         },
     };
     shapes::write(&rep, &a.out)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&rep)?);
-        return Ok(());
-    }
-    print!("{}", summary(&rep));
-    println!(
-        "report in {} ({:.0}s)",
-        a.out.join("report.html").display(),
-        rep.seconds
-    );
-    Ok(())
+    super::output::print_report(a.json, &rep, || summary(&rep), &a.out, rep.seconds)
 }
 
 /// One line per shape: its size, loss, and recall and closed-book likelihood at the lowest

@@ -201,17 +201,9 @@ pub(super) fn study_cmd(a: StudyArgs) -> Result<()> {
         snapshots: snaps,
     };
     study_report::write(&rep, &a.out)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&rep.last())?);
-        return Ok(());
-    }
-    print!("{}", summary_lines(&rep));
-    println!(
-        "report in {} ({:.0}s)",
-        a.out.join("report.html").display(),
-        rep.seconds
-    );
-    Ok(())
+    let last = rep.last();
+    let summary = || summary_lines(&rep);
+    super::output::print_report(a.json, &last, summary, &a.out, rep.seconds)
 }
 
 /// One line per measure: the final model's fit against log-exposure.

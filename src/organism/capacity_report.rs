@@ -3,7 +3,7 @@
 //! report.html.
 
 use super::capacity::{CapacityFit, CapacityReport, CapacityRun};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::markup::{esc, inline_svg, legend, md_table, Area};
 use std::path::Path;
 
@@ -118,15 +118,7 @@ pub fn html(rep: &CapacityReport, svg: &str) -> String {
 /// Left: memorized bits against N (log2), one line per size. Right: capacity against
 /// parameters, the fitted slope and 3.6 bits per parameter.
 pub fn chart(rep: &CapacityReport, path: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
-    let root = SVGBackend::new(path, (1080, 400)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (left, right) = root.split_horizontally(540);
-    by_n(rep, &left).map_err(|e| err(&e))?;
-    by_params(rep, &right).map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    crate::markup::two_panels(path, |a| by_n(rep, a), |a| by_params(rep, a))
 }
 
 fn by_n(rep: &CapacityReport, area: &Area) -> std::result::Result<(), String> {
@@ -168,17 +160,8 @@ fn by_n(rep: &CapacityReport, area: &Area) -> std::result::Result<(), String> {
             .filter(|r| r.shape == s.shape && r.precision == s.precision)
             .map(|r| (x(r.n), r.memorized_bits))
             .collect();
-        c.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(format!(
-                "{} {} ({} params)",
-                s.shape,
-                s.precision.name(),
-                s.params
-            ))
-            .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 16, b)], color));
-        c.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
-            .map_err(|e| e.to_string())?;
+        let label = format!("{} {} ({} params)", s.shape, s.precision.name(), s.params);
+        crate::markup::dotted_line(&mut c, &pts, color, label)?;
     }
     legend(&mut c)
 }

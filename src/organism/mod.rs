@@ -8,11 +8,13 @@ pub mod capacity;
 pub mod capacity_report;
 pub mod flips;
 pub mod modularity;
+pub mod proxytune;
 pub mod shapes;
 pub mod study;
 pub mod study_report;
 pub mod summary;
 pub mod train;
+pub mod tune;
 pub mod vocab;
 pub mod world;
 

@@ -303,8 +303,17 @@ pub fn token_stream(world: &Path, tok: &crate::model::Tokenizer) -> Result<Vec<u
     let eos = tok
         .eos_id
         .ok_or_else(|| Error::file(world, "the tokenizer has no eos_token"))?;
+    stream_of(tok, text.lines().filter(|l| !l.is_empty()), eos)
+}
+
+/// `lines` as one token stream, each after the end-of-text token `eos`.
+pub fn stream_of<'a>(
+    tok: &crate::model::Tokenizer,
+    lines: impl Iterator<Item = &'a str>,
+    eos: u32,
+) -> Result<Vec<u32>> {
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
+    for line in lines {
         out.push(eos);
         out.extend(tok.encode(line)?);
     }
@@ -430,10 +439,8 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
     serde_json::from_str(&text).map_err(|e| Error::file(&p, e))
 }
 
-/// Reload a checkpoint: the weights, the optimizer's moments and the record.
-pub fn load_checkpoint(dir: &Path, vocab: usize) -> Result<(Net, AdamW, TrainState)> {
-    let state = read_state(dir)?;
-    let mut net = Net::new(&state.options, vocab)?;
+/// Replace `net`'s weights by those of the model folder `dir` (its model.safetensors).
+pub fn load_weights(net: &mut Net, dir: &Path) -> Result<()> {
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
     for (k, v) in net.vars.iter_mut() {
         let t = weights
@@ -441,6 +448,14 @@ pub fn load_checkpoint(dir: &Path, vocab: usize) -> Result<(Net, AdamW, TrainSta
             .ok_or_else(|| Error::file(dir, format!("missing weight {k}")))?;
         *v = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
     }
+    Ok(())
+}
+
+/// Reload a checkpoint: the weights, the optimizer's moments and the record.
+pub fn load_checkpoint(dir: &Path, vocab: usize) -> Result<(Net, AdamW, TrainState)> {
+    let state = read_state(dir)?;
+    let mut net = Net::new(&state.options, vocab)?;
+    load_weights(&mut net, dir)?;
     let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)?;
     let mut adam = AdamW::new(&net.vars)?;
     for k in net.vars.keys() {

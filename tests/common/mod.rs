@@ -346,3 +346,36 @@ pub fn probe_file_of(
         sites,
     }
 }
+
+/// A tiny organism world in `dir`: `subjects` subjects, `relations` relations of 4 objects,
+/// exposures from `schedule`.
+pub fn tiny_world(dir: &std::path::Path, subjects: usize, relations: usize, schedule: &str) {
+    let o = ctxsteer::organism::WorldOptions {
+        subjects,
+        relations,
+        objects: 4,
+        schedule: schedule.into(),
+        filler: 0.1,
+        ..Default::default()
+    };
+    ctxsteer::organism::build(&o, dir).unwrap();
+}
+
+/// A tiny two-layer organism of width `d` (2 heads, SwiGLU 2d) trained `steps` steps on
+/// `world` into `out`.
+pub fn tiny_organism(world: &std::path::Path, out: &std::path::Path, d: usize, steps: usize) {
+    let opts = ctxsteer::organism::TrainOptions {
+        layers: 2,
+        d_model: d,
+        heads: 2,
+        d_mlp: 2 * d,
+        steps,
+        batch: 8,
+        seq: 24,
+        lr: 1e-2,
+        warmup: 10,
+        checkpoint_every: 0,
+        ..Default::default()
+    };
+    ctxsteer::organism::train(world, out, &opts, false, &mut |_| Ok(())).unwrap();
+}

@@ -13,7 +13,6 @@ use crate::error::{Error, Result};
 use crate::hooks::{Action, Intervention, Positions, Site, SiteKind, Spec};
 use crate::model::{Batch, LogitsAt, Model};
 use crate::stats::SplitMix;
-use candle_core::D;
 use serde::{Deserialize, Serialize};
 
 /// What kind of unit is ablated.
@@ -153,28 +152,38 @@ pub struct Scored {
     pub top: bool,
 }
 
-/// Every query scored under `spec`, in batches of `batch`.
-pub fn score(model: &Model, q: &Queries, spec: &Spec, batch: usize) -> Result<Vec<Scored>> {
+/// Last-position logits of every query under `spec`, in batches of `batch`.
+pub fn last_logits(model: &Model, q: &Queries, spec: &Spec, batch: usize) -> Result<Vec<Vec<f32>>> {
     let pad = model.tokenizer.eos_id.unwrap_or(0);
     let mut out = Vec::with_capacity(q.len());
-    for (rows, targets) in q
-        .ids
-        .chunks(batch.max(1))
-        .zip(q.target.chunks(batch.max(1)))
-    {
-        let b = Batch::left_padded(rows, pad);
-        let (logits, _) = model.run(&b, spec, LogitsAt::Last)?;
-        let logits = logits.squeeze(1)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
-        let best = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        for ((lp, t), b) in logp.iter().zip(targets).zip(best) {
-            out.push(Scored {
-                logp: f64::from(lp[*t as usize]),
-                top: b == *t,
-            });
-        }
+    for rows in q.ids.chunks(batch.max(1)) {
+        let (logits, _) = model.run(&Batch::left_padded(rows, pad), spec, LogitsAt::Last)?;
+        out.extend(logits.squeeze(1)?.to_vec2::<f32>()?);
     }
     Ok(out)
+}
+
+/// Each query's outcome from its last-position logits: the target's log-probability (a
+/// log-softmax in f64) and whether it is the largest logit (the first, on a tie).
+pub fn judge(logits: &[Vec<f32>], targets: &[u32]) -> Vec<Scored> {
+    logits
+        .iter()
+        .zip(targets)
+        .map(|(l, t)| {
+            let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f64 = l.iter().map(|v| f64::from(v - max).exp()).sum();
+            let best = crate::generate::argmax(l);
+            Scored {
+                logp: f64::from(l[*t as usize] - max) - z.ln(),
+                top: best == *t,
+            }
+        })
+        .collect()
+}
+
+/// Every query scored under `spec`, in batches of `batch`.
+pub fn score(model: &Model, q: &Queries, spec: &Spec, batch: usize) -> Result<Vec<Scored>> {
+    Ok(judge(&last_logits(model, q, spec, batch)?, &q.target))
 }
 
 /// The train subjects' facts rank the units; the others' measure. Each item is one fact's

@@ -1,7 +1,7 @@
 //! `organism modularity`'s report: report.json, report.md, modularity.svg and report.html.
 
 use super::{Estimate, KindSummary, ModularityReport, SetRow, UnitKind};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::markup::{esc, inline_svg, legend, md_table, Area};
 use std::path::Path;
 
@@ -183,26 +183,17 @@ fn panel(rep: &ModularityReport, kind: UnitKind, area: &Area) -> std::result::Re
     ];
     for (label, color, f) in lines {
         let pts: Vec<(f64, f64)> = s.iter().map(|v| (x(v.k), f(v))).collect();
-        c.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(label)
-            .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 16, b)], color));
-        c.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
-            .map_err(|e| e.to_string())?;
+        crate::markup::dotted_line(&mut c, &pts, color, label.to_string())?;
     }
     legend(&mut c)
 }
 
 pub fn chart(rep: &ModularityReport, path: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
-    let root = SVGBackend::new(path, (1080, 400)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (left, right) = root.split_horizontally(540);
-    panel(rep, UnitKind::Head, &left).map_err(|e| err(&e))?;
-    panel(rep, UnitKind::Neuron, &right).map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    crate::markup::two_panels(
+        path,
+        |a| panel(rep, UnitKind::Head, a),
+        |a| panel(rep, UnitKind::Neuron, a),
+    )
 }
 
 /// Write report.json, report.md, modularity.svg and report.html into `dir`.
