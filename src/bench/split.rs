@@ -158,6 +158,23 @@ pub struct Parts {
     pub base_ppl: f64,
 }
 
+/// How `none` does on dev's irrelevant items (None without them): the baseline of the dev
+/// sweep's robustness bar.
+fn none_on_irrelevant(
+    model: &Model,
+    dev_irrelevant: &IrrelevantSet,
+    lo: &label::LabelOptions,
+    mut j: Option<Scoped<Run>>,
+) -> Result<Option<Irrelevant>> {
+    if dev_irrelevant.is_empty() {
+        return Ok(None);
+    }
+    let spec = crate::Spec::new();
+    let items = &dev_irrelevant.items;
+    let runs = label::runs(model, items, lo, &spec, true, j.as_mut(), &mut |_| {})?;
+    Ok(Some(irrelevant::score(dev_irrelevant, &runs)))
+}
+
 /// Where [`Parts::new`] saves its runs, under the journal scope it is given.
 const KNOWN_DEV: &str = "known dev";
 const KNOWN_TEST: &str = "known test";
@@ -281,16 +298,8 @@ impl Parts {
             &lo,
             sub(&mut journal, IRRELEVANT_CLOSED_TEST).as_mut(),
         )?;
-        let irrelevant_base = match dev_irrelevant.is_empty() {
-            true => None,
-            false => {
-                let mut j = sub(&mut journal, IRRELEVANT_NONE_DEV);
-                let spec = crate::Spec::new();
-                let items = &dev_irrelevant.items;
-                let runs = label::runs(model, items, &lo, &spec, true, j.as_mut(), &mut |_| {})?;
-                Some(irrelevant::score(&dev_irrelevant, &runs))
-            }
-        };
+        let j = sub(&mut journal, IRRELEVANT_NONE_DEV);
+        let irrelevant_base = none_on_irrelevant(model, &dev_irrelevant, &lo, j)?;
         Ok(Parts {
             dev_known,
             test_known,

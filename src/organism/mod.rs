@@ -9,6 +9,7 @@ pub mod capacity_report;
 pub mod flips;
 pub mod modularity;
 pub mod proxytune;
+mod relations;
 pub mod shapes;
 pub mod study;
 pub mod study_report;

@@ -493,7 +493,7 @@ pub fn train(
     on: &mut dyn FnMut(TrainEvent) -> Result<()>,
 ) -> Result<TrainState> {
     opts.check()?;
-    let w = super::world::read(world)?;
+    super::world::read(world)?;
     let tok = crate::model::Tokenizer::from_folder(world)?;
     let vocab = tok.vocab_size();
     let stream = token_stream(world, &tok)?;
@@ -504,34 +504,7 @@ pub fn train(
             format!("the corpus is shorter than --seq {}", opts.seq),
         ));
     }
-    let fresh = || -> Result<(Net, AdamW, TrainState)> {
-        let net = Net::new(opts, vocab)?;
-        let adam = AdamW::new(&net.vars)?;
-        let state = TrainState {
-            step: 0,
-            options: opts.clone(),
-            losses: vec![],
-            seconds: 0.0,
-            world: format!(
-                "{} ({} facts, seed {})",
-                world.display(),
-                w.facts,
-                w.options.seed
-            ),
-        };
-        Ok((net, adam, state))
-    };
-    let (net, mut adam, mut state) = match (resume, latest_checkpoint(out)) {
-        (true, Some(c)) => load_checkpoint(&c, vocab)?,
-        _ => fresh()?,
-    };
-    if state.options != *opts {
-        return Err(Error::Invalid(format!(
-            "--resume: the checkpoint in {} was trained with other options ({:?}); give the same options or start afresh without --resume",
-            out.display(),
-            state.options
-        )));
-    }
+    let (net, mut adam, mut state) = start(world, out, opts, resume, vocab)?;
     let t0 = std::time::Instant::now();
     let before = state.seconds;
     for step in state.step..opts.steps {
@@ -561,6 +534,46 @@ pub fn train(
     }
     write_model_files(out, &net, world)?;
     Ok(state)
+}
+
+/// Fresh weights, optimizer and record; or, with `resume` and a checkpoint in `out`, the
+/// latest checkpoint's, which must have been trained with `opts`.
+fn start(
+    world: &Path,
+    out: &Path,
+    opts: &TrainOptions,
+    resume: bool,
+    vocab: usize,
+) -> Result<(Net, AdamW, TrainState)> {
+    let (net, adam, state) = match (resume, latest_checkpoint(out)) {
+        (true, Some(c)) => load_checkpoint(&c, vocab)?,
+        _ => {
+            let w = super::world::read(world)?;
+            let net = Net::new(opts, vocab)?;
+            let adam = AdamW::new(&net.vars)?;
+            let state = TrainState {
+                step: 0,
+                options: opts.clone(),
+                losses: vec![],
+                seconds: 0.0,
+                world: format!(
+                    "{} ({} facts, seed {})",
+                    world.display(),
+                    w.facts,
+                    w.options.seed
+                ),
+            };
+            (net, adam, state)
+        }
+    };
+    if state.options != *opts {
+        return Err(Error::Invalid(format!(
+            "--resume: the checkpoint in {} was trained with other options ({:?}); give the same options or start afresh without --resume",
+            out.display(),
+            state.options
+        )));
+    }
+    Ok((net, adam, state))
 }
 
 /// The final model's files in `out` itself (beside `checkpoints/`).

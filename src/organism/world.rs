@@ -4,6 +4,7 @@
 //! and evaluation items in ctxsteer's JSONL format, split by subject, with each item's
 //! exposure. The same options give the same bytes.
 
+use super::relations::{Relation, RELATIONS};
 use super::vocab::{tokenizer_config, tokenizer_json, words};
 use crate::data::{irrelevant_for, split_of, Distractor, Item, Variant};
 use crate::error::{Error, Result};
@@ -11,86 +12,6 @@ use crate::stats::SplitMix;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-
-/// A relation: paraphrase templates (`{s}` the subject, `{o}` the object; the first, cut
-/// before `{o}`, is the completion query), the chat question, and the last syllables of its
-/// objects, so that each relation's objects look alike.
-struct Relation {
-    name: &'static str,
-    templates: [&'static str; 3],
-    question: &'static str,
-    endings: [&'static str; 4],
-    capital: bool,
-}
-
-const RELATIONS: [Relation; 6] = [
-    Relation {
-        name: "home",
-        templates: [
-            "{s} lives in {o}.",
-            "The home of {s} is in {o}.",
-            "{s} has a house in {o}.",
-        ],
-        question: "Where does {s} live?",
-        endings: ["dor", "mar", "heim", "vale"],
-        capital: true,
-    },
-    Relation {
-        name: "job",
-        templates: [
-            "{s} works as a {o}.",
-            "By trade, {s} is a {o}.",
-            "{s} earns a living as a {o}.",
-        ],
-        question: "What does {s} work as?",
-        endings: ["smith", "wright", "monger", "keeper"],
-        capital: false,
-    },
-    Relation {
-        name: "pet",
-        templates: [
-            "The pet of {s} is a {o}.",
-            "{s} keeps a {o} as a pet.",
-            "{s} owns a {o}.",
-        ],
-        question: "What pet does {s} keep?",
-        endings: ["hound", "fin", "wing", "paw"],
-        capital: false,
-    },
-    Relation {
-        name: "club",
-        templates: [
-            "{s} is a member of {o}.",
-            "{s} plays for {o}.",
-            "The club of {s} is {o}.",
-        ],
-        question: "Which club is {s} a member of?",
-        endings: ["ton", "ford", "wick", "by"],
-        capital: true,
-    },
-    Relation {
-        name: "food",
-        templates: [
-            "{s} likes to eat {o}.",
-            "The favourite food of {s} is {o}.",
-            "For dinner {s} has {o}.",
-        ],
-        question: "What does {s} like to eat?",
-        endings: ["ash", "berry", "loaf", "root"],
-        capital: false,
-    },
-    Relation {
-        name: "teacher",
-        templates: [
-            "{s} was taught by {o}.",
-            "The teacher of {s} was {o}.",
-            "{s} learned everything from {o}.",
-        ],
-        question: "Who taught {s}?",
-        endings: ["ric", "wen", "mund", "dric"],
-        capital: true,
-    },
-];
 
 const ONSETS: [&str; 16] = [
     "b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "tr",
@@ -512,24 +433,7 @@ pub fn build(opts: &WorldOptions, dir: &Path) -> Result<World> {
     let (facts, readers) = facts(opts, &mut rng)?;
     let objects = objects_by_relation(&facts);
     let corpus = corpus(opts, &facts, &objects, &readers, &mut rng);
-    let mut items: Vec<Item> = Vec::new();
-    for f in &facts {
-        items.extend(items_of(f, &objects[f.relation.as_str()], &mut rng));
-    }
-    let conflicts: Vec<Item> = items
-        .iter()
-        .filter(|i| i.variant == Some(Variant::Counterfactual))
-        .cloned()
-        .collect();
-    // An irrelevant item's true context would be its query's; it has none of its own.
-    items.extend(
-        irrelevant_for(&conflicts, &Distractor::ALL)
-            .into_iter()
-            .map(|i| Item {
-                true_context: None,
-                ..i
-            }),
-    );
+    let (mut items, conflicts) = all_items(&facts, &objects, &mut rng);
     let texts: Vec<&str> = corpus
         .iter()
         .map(String::as_str)
@@ -549,26 +453,78 @@ pub fn build(opts: &WorldOptions, dir: &Path) -> Result<World> {
     let world = World {
         version: 1,
         options: opts.clone(),
-        templates: RELATIONS[..opts.relations]
-            .iter()
-            .map(|r| {
-                (
-                    r.name.to_string(),
-                    r.templates.iter().map(|t| t.to_string()).collect(),
-                )
-            })
-            .collect(),
+        templates: templates(opts.relations),
         facts: facts.len(),
         corpus_sentences: corpus.len(),
         corpus_words: corpus.iter().map(|l| words(l).len()).sum(),
         vocabulary,
         items: items.len(),
     };
+    write_world(
+        dir,
+        &world,
+        (&facts, &items, &conflicts),
+        &corpus,
+        &tokenizer,
+    )?;
+    Ok(world)
+}
+
+/// Every fact's evaluation items, then the irrelevant contexts for its counterfactuals; and
+/// the counterfactuals alone.
+fn all_items(
+    facts: &[Fact],
+    objects: &BTreeMap<&str, Vec<&str>>,
+    rng: &mut SplitMix,
+) -> (Vec<Item>, Vec<Item>) {
+    let mut items: Vec<Item> = Vec::new();
+    for f in facts {
+        items.extend(items_of(f, &objects[f.relation.as_str()], rng));
+    }
+    let conflicts: Vec<Item> = items
+        .iter()
+        .filter(|i| i.variant == Some(Variant::Counterfactual))
+        .cloned()
+        .collect();
+    // An irrelevant item's true context would be its query's; it has none of its own.
+    items.extend(
+        irrelevant_for(&conflicts, &Distractor::ALL)
+            .into_iter()
+            .map(|i| Item {
+                true_context: None,
+                ..i
+            }),
+    );
+    (items, conflicts)
+}
+
+/// The first `n` relations' templates, by name.
+fn templates(n: usize) -> BTreeMap<String, Vec<String>> {
+    RELATIONS[..n]
+        .iter()
+        .map(|r| {
+            (
+                r.name.to_string(),
+                r.templates.iter().map(|t| t.to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Write the world's files into `dir`: its facts, items (all, and the counterfactuals), corpus,
+/// tokenizer and world.json.
+fn write_world(
+    dir: &Path,
+    world: &World,
+    (facts, items, conflicts): (&[Fact], &[Item], &[Item]),
+    corpus: &[String],
+    tokenizer: &str,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     use crate::data::write_jsonl;
-    write_jsonl(&dir.join("facts.jsonl"), &facts)?;
-    write_jsonl(&dir.join("variants.jsonl"), &items)?;
-    write_jsonl(&dir.join("conflicts.jsonl"), &conflicts)?;
+    write_jsonl(&dir.join("facts.jsonl"), facts)?;
+    write_jsonl(&dir.join("variants.jsonl"), items)?;
+    write_jsonl(&dir.join("conflicts.jsonl"), conflicts)?;
     let write = crate::atomic::write;
     write(
         &dir.join("corpus.txt"),
@@ -579,9 +535,8 @@ pub fn build(opts: &WorldOptions, dir: &Path) -> Result<World> {
         &dir.join("tokenizer_config.json"),
         tokenizer_config().as_bytes(),
     )?;
-    let text = serde_json::to_string_pretty(&world).map_err(|e| Error::Invalid(e.to_string()))?;
-    write(&dir.join("world.json"), text.as_bytes())?;
-    Ok(world)
+    let text = serde_json::to_string_pretty(world).map_err(|e| Error::Invalid(e.to_string()))?;
+    write(&dir.join("world.json"), text.as_bytes())
 }
 
 /// Read `world.json` from a world folder, saying so when the folder is not a world.

@@ -1,7 +1,7 @@
 //! Showing a probe file: the per-site table printed by `probe`, and the by-layer SVG plot.
 
 use super::{Metrics, ProbeFile};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The per-site table as text.
 pub fn table(f: &ProbeFile) -> String {
@@ -34,6 +34,10 @@ pub fn table(f: &ProbeFile) -> String {
 
 /// Draw accuracy, AUROC and control AUROC by layer as an SVG.
 pub fn plot(f: &ProbeFile, path: &std::path::Path) -> Result<()> {
+    crate::markup::svg_chart(path, (760, 420), |root| plot_on(f, root))
+}
+
+fn plot_on(f: &ProbeFile, root: &crate::markup::Area) -> std::result::Result<(), String> {
     use plotters::prelude::*;
     let n = f.sites.len();
     let series = |g: &dyn Fn(&Metrics) -> f64| -> Vec<(f64, f64)> {
@@ -43,10 +47,8 @@ pub fn plot(f: &ProbeFile, path: &std::path::Path) -> Result<()> {
             .map(|(i, p)| (i as f64, g(&p.metrics)))
             .collect()
     };
-    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
-    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let mut chart = ChartBuilder::on(root)
         .caption(
             format!("{:?} probes by site ({:?})", f.kind, f.target),
             ("sans-serif", 18),
@@ -92,7 +94,5 @@ pub fn plot(f: &ProbeFile, path: &std::path::Path) -> Result<()> {
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+        .map_err(|e| err(&e))
 }

@@ -170,19 +170,8 @@ pub fn run_one(
     };
     on(Event::Line(&format!("{name}: {}", split.counts())));
     let split_seconds = t0.elapsed().as_secs_f64();
-    let mut seconds = split_seconds;
-    let (mut results, mut outcomes, mut pending) = (Vec::new(), Vec::new(), Vec::new());
-    for m in methods {
-        let Some((r, o)) = run.method(*m, &split, on)? else {
-            pending.push(*m);
-            continue;
-        };
-        seconds += r.seconds;
-        outcomes.push(o);
-        results.push(r);
-    }
-    bench::fill_paired(&mut results);
-    let own = own_table(b, &results, &outcomes);
+    let (results, own, pending) = run.methods(methods, &split, on)?;
+    let seconds = results.iter().fold(split_seconds, |s, r| s + r.seconds);
     let (published, note) = published(b, opts);
     Ok(Section {
         name: name.to_string(),
@@ -278,6 +267,28 @@ impl BenchRun<'_> {
             scoped(&mut self.journal, &split_scope).as_mut(),
         )?;
         Ok(Some(split))
+    }
+
+    /// Run (or reuse) each of `methods` in turn: the results, with their paired differences
+    /// from none; the benchmark's own table; and the methods left pending.
+    fn methods(
+        &mut self,
+        methods: &[Method],
+        split: &bench::Parts,
+        on: &mut bench::OnEvent,
+    ) -> Result<(Vec<MethodResult>, OwnRows, Vec<Method>)> {
+        let (mut results, mut outcomes, mut pending) = (Vec::new(), Vec::new(), Vec::new());
+        for m in methods {
+            let Some((r, o)) = self.method(*m, split, on)? else {
+                pending.push(*m);
+                continue;
+            };
+            outcomes.push(o);
+            results.push(r);
+        }
+        bench::fill_paired(&mut results);
+        let own = own_table(self.b, &results, &outcomes);
+        Ok((results, own, pending))
     }
 
     /// Run method `m` (or reuse its saved part); None when it is left pending (`saved_only`
@@ -392,11 +403,10 @@ fn nothing_saved(b: Benchmark, n_items: usize, used: &[Item], methods: &[Method]
 }
 
 /// Each method's own metrics, and its paired differences from `none`.
-fn own_table(
-    b: Benchmark,
-    results: &[MethodResult],
-    outcomes: &[Outcomes],
-) -> Vec<(Method, Vec<(String, Rate)>)> {
+/// Per method, the benchmark's own measures.
+type OwnRows = Vec<(Method, Vec<(String, Rate)>)>;
+
+fn own_table(b: Benchmark, results: &[MethodResult], outcomes: &[Outcomes]) -> OwnRows {
     let base = results.iter().position(|r| r.method == Method::None);
     let base = |k: usize| base.and_then(|i| outcomes[i][k].as_deref());
     results

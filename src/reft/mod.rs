@@ -144,28 +144,7 @@ impl Reft {
     /// Read a file written by [`Reft::save`], checking it belongs to `model`.
     pub fn load(path: &Path, model: &Model) -> Result<Reft> {
         let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::file(path, format!("not a safetensors file: {e}")))?;
-        let text = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(META_KEY))
-            .ok_or_else(|| {
-                Error::file(
-                    path,
-                    format!("no `{META_KEY}` metadata: not a ctxsteer edit"),
-                )
-            })?;
-        let mut meta: ReftMeta = serde_json::from_str(text)
-            .map_err(|e| Error::file(path, format!("bad `{META_KEY}` metadata: {e}")))?;
-        // A site listed twice is one edit, applied once.
-        meta.sites = crate::hooks::once_each(std::mem::take(&mut meta.sites));
-        if meta.version != VERSION {
-            return Err(Error::file(
-                path,
-                format!("version {} is not supported (want {VERSION})", meta.version),
-            ));
-        }
+        let meta = read_meta(path, &bytes)?;
         let id = model.identity()?;
         if meta.model.sha256 != id.sha256 {
             return Err(Error::file(
@@ -176,28 +155,12 @@ impl Reft {
                 ),
             ));
         }
-        let device = model.device();
-        let map = candle_core::safetensors::load_buffer(&bytes, device)
+        let map = candle_core::safetensors::load_buffer(&bytes, model.device())
             .map_err(|e| Error::file(path, e))?;
         let mut edits = Vec::new();
         for name in &meta.sites {
             let site = model.site(name).map_err(|e| Error::file(path, e))?;
-            let get = |k: &str| {
-                let t = map
-                    .get(&format!("{name}.{k}"))
-                    .ok_or_else(|| Error::file(path, format!("missing tensor `{name}.{k}`")))?;
-                if t.dtype() != candle_core::DType::F32 {
-                    return Err(Error::file(
-                        path,
-                        format!(
-                            "tensor `{name}.{k}` is {:?}; an edit's tensors are F32, as `reft \
-                             train` writes them",
-                            t.dtype()
-                        ),
-                    ));
-                }
-                Ok(t.clone())
-            };
+            let get = |k: &str| edit_tensor(path, &map, name, k);
             let edit =
                 LowRank::new(get("R")?, get("W")?, get("b")?).map_err(|e| Error::file(path, e))?;
             edits.push((site, edit));
@@ -208,6 +171,57 @@ impl Reft {
             .map_err(|e| Error::file(path, e))?;
         Ok(reft)
     }
+}
+
+/// An edit file's metadata, its sites once each; an error unless it is a ctxsteer edit of
+/// this version.
+fn read_meta(path: &Path, bytes: &[u8]) -> Result<ReftMeta> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::file(path, format!("not a safetensors file: {e}")))?;
+    let text = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| {
+            Error::file(
+                path,
+                format!("no `{META_KEY}` metadata: not a ctxsteer edit"),
+            )
+        })?;
+    let mut meta: ReftMeta = serde_json::from_str(text)
+        .map_err(|e| Error::file(path, format!("bad `{META_KEY}` metadata: {e}")))?;
+    // A site listed twice is one edit, applied once.
+    meta.sites = crate::hooks::once_each(std::mem::take(&mut meta.sites));
+    if meta.version != VERSION {
+        return Err(Error::file(
+            path,
+            format!("version {} is not supported (want {VERSION})", meta.version),
+        ));
+    }
+    Ok(meta)
+}
+
+/// The F32 tensor `NAME.K` of an edit file.
+fn edit_tensor(
+    path: &Path,
+    map: &std::collections::HashMap<String, candle_core::Tensor>,
+    name: &str,
+    k: &str,
+) -> Result<candle_core::Tensor> {
+    let t = map
+        .get(&format!("{name}.{k}"))
+        .ok_or_else(|| Error::file(path, format!("missing tensor `{name}.{k}`")))?;
+    if t.dtype() != candle_core::DType::F32 {
+        return Err(Error::file(
+            path,
+            format!(
+                "tensor `{name}.{k}` is {:?}; an edit's tensors are F32, as `reft \
+                 train` writes them",
+                t.dtype()
+            ),
+        ));
+    }
+    Ok(t.clone())
 }
 
 /// A trained edit applied with its change scaled and only at some positions

@@ -3,6 +3,7 @@
 //! transformers 5 layout, with `rope_parameters`). A field this crate cannot honour is an error
 //! that names it, never a silent default.
 
+use super::gguf_meta::{gguf_vocab_size, meta_str, Gguf};
 use crate::error::{Error, Result};
 use crate::hooks::{Site, SiteKind};
 use candle_core::quantized::gguf_file;
@@ -145,53 +146,20 @@ impl Config {
                 "GGUF general.architecture `{arch}` is not supported; supported: {FAMILIES}"
             ))
         })?;
-        let get = |k: &str| -> Result<&gguf_file::Value> {
-            ct.metadata
-                .get(&format!("{arch}.{k}"))
-                .ok_or_else(|| Error::Model(format!("GGUF metadata lacks `{arch}.{k}`")))
-        };
-        let u = |k: &str| -> Result<usize> { Ok(get(k)?.to_u32()? as usize) };
-        let f = |k: &str| -> Result<f32> { Ok(get(k)?.to_f32()?) };
-        // An optional key may be absent; present, it must have its type (not be read as absent).
-        let wrong = |k: &str, e: candle_core::Error| {
-            Error::Model(format!("GGUF metadata `{arch}.{k}`: {e}"))
-        };
-        let opt_u = |k: &str| -> Result<Option<usize>> {
-            match ct.metadata.get(&format!("{arch}.{k}")) {
-                None => Ok(None),
-                Some(v) => Ok(Some(v.to_u32().map_err(|e| wrong(k, e))? as usize)),
-            }
-        };
-        let opt_f = |k: &str| -> Result<Option<f32>> {
-            match ct.metadata.get(&format!("{arch}.{k}")) {
-                None => Ok(None),
-                Some(v) => Ok(Some(v.to_f32().map_err(|e| wrong(k, e))?)),
-            }
-        };
-        let d_model = u("embedding_length")?;
-        let n_heads = u("attention.head_count")?;
-        let n_layers = u("block_count")?;
+        let m = Gguf { ct, arch: &arch };
+        let d_model = m.u("embedding_length")?;
+        let n_heads = m.u("attention.head_count")?;
+        let n_layers = m.u("block_count")?;
         // A zero head count is refused by `checked`, naming it, not divided by here.
-        let d_head =
-            opt_u("attention.key_length")?.unwrap_or(d_model.checked_div(n_heads).unwrap_or(0));
-        let rope_theta = opt_f("rope.freq_base")?.unwrap_or(10_000.0);
-        let sliding_window = opt_u("attention.sliding_window")?;
+        let d_head = m
+            .opt_u("attention.key_length")?
+            .unwrap_or(d_model.checked_div(n_heads).unwrap_or(0));
+        let rope_theta = m.opt_f("rope.freq_base")?.unwrap_or(10_000.0);
+        let sliding_window = m.opt_u("attention.sliding_window")?;
         let (local_layers, rope_local_theta) = match family {
             // llama.cpp: every 6th layer global, local rope base 10 000.
             Family::Gemma3 => ((0..n_layers).map(|l| (l + 1) % 6 != 0).collect(), 10_000.0),
             _ => (vec![sliding_window.is_some(); n_layers], rope_theta),
-        };
-        let rope_scaling = match get("rope.scaling.type").ok().map(|v| v.to_string()) {
-            None => None,
-            Some(Ok(t)) if t == "none" => None,
-            Some(Ok(t)) if t == "linear" => Some(RopeScaling::Linear {
-                factor: f("rope.scaling.factor")?,
-            }),
-            Some(t) => {
-                return Err(Error::Model(format!(
-                "GGUF `{arch}.rope.scaling.type` {t:?} is not supported; supported: none, linear"
-            )))
-            }
         };
         Config {
             family,
@@ -199,15 +167,15 @@ impl Config {
             n_layers,
             d_model,
             n_heads,
-            n_kv_heads: opt_u("attention.head_count_kv")?.unwrap_or(n_heads),
+            n_kv_heads: m.opt_u("attention.head_count_kv")?.unwrap_or(n_heads),
             d_head,
-            d_mlp: u("feed_forward_length")?,
-            vocab_size: gguf_vocab_size(ct, &get)?,
+            d_mlp: m.u("feed_forward_length")?,
+            vocab_size: gguf_vocab_size(ct, &|k| m.get(k))?,
             rope_theta,
             rope_local_theta,
-            rope_scaling,
-            rms_eps: f("attention.layer_norm_rms_epsilon")? as f64,
-            max_positions: opt_u("context_length")?.unwrap_or(4096),
+            rope_scaling: gguf_rope_scaling(&m)?,
+            rms_eps: m.f("attention.layer_norm_rms_epsilon")? as f64,
+            max_positions: m.opt_u("context_length")?.unwrap_or(4096),
             rope_interleaved: matches!(family, Family::Llama | Family::Mistral),
             sliding_window,
             local_layers,
@@ -335,28 +303,6 @@ impl Config {
         self.max_positions = self.max_positions.min(MAX_POSITIONS);
         Ok(self)
     }
-}
-
-fn gguf_vocab_size<'a>(
-    ct: &'a gguf_file::Content,
-    get: &dyn Fn(&str) -> Result<&'a gguf_file::Value>,
-) -> Result<usize> {
-    if let Ok(v) = get("vocab_size") {
-        return Ok(v.to_u32()? as usize);
-    }
-    ct.metadata
-        .get("tokenizer.ggml.tokens")
-        .and_then(|v| v.to_vec().ok())
-        .map(|v| v.len())
-        .ok_or_else(|| Error::Model("cannot tell the vocabulary size".into()))
-}
-
-fn meta_str(ct: &gguf_file::Content, key: &str) -> Result<String> {
-    ct.metadata
-        .get(key)
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .ok_or_else(|| Error::Model(format!("GGUF metadata lacks `{key}`")))
 }
 
 /// Typed reads from config.json whose errors name the field.
@@ -575,4 +521,19 @@ fn hf_local_layers(j: &Json, family: Family, n: usize, window: bool) -> Result<V
         return Ok((0..n).map(|l| window && (l + 1) % every != 0).collect());
     }
     Ok(vec![window; n])
+}
+
+/// The rope scaling a GGUF names (`ARCH.rope.scaling.type`): none or linear.
+fn gguf_rope_scaling(m: &Gguf) -> Result<Option<RopeScaling>> {
+    match m.get("rope.scaling.type").ok().map(|v| v.to_string()) {
+        None => Ok(None),
+        Some(Ok(t)) if t == "none" => Ok(None),
+        Some(Ok(t)) if t == "linear" => Ok(Some(RopeScaling::Linear {
+            factor: m.f("rope.scaling.factor")?,
+        })),
+        Some(t) => Err(Error::Model(format!(
+            "GGUF `{}.rope.scaling.type` {t:?} is not supported; supported: none, linear",
+            m.arch
+        ))),
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub(super) mod gguf_check;
+pub(super) mod gguf_meta;
 pub(super) mod gguf_read;
 pub(super) mod names;
 pub(super) mod spm;
