@@ -4,7 +4,7 @@
 
 use super::capacity::{CapacityFit, CapacityReport, CapacityRun};
 use crate::error::Result;
-use crate::markup::{esc, inline_svg, legend, md_table, Area};
+use crate::markup::{legend, md_table, Area};
 use std::path::Path;
 
 /// The fit, each size's capacity and every run, as Markdown.
@@ -103,16 +103,6 @@ fn run_row(r: &CapacityRun) -> Vec<String> {
         format!("{:.0}", r.memorized_bits),
         format!("{:.0}", r.seconds),
     ]
-}
-
-/// The page: the chart inlined above the Markdown's tables.
-pub fn html(rep: &CapacityReport, svg: &str) -> String {
-    let body = format!(
-        "<h1>Memorization capacity</h1><div class=\"chart\">{}</div><pre>{}</pre>",
-        inline_svg(svg),
-        esc(&markdown(rep))
-    );
-    crate::markup::page("Memorization capacity", &body)
 }
 
 /// Left: memorized bits against N (log2), one line per size. Right: capacity against
@@ -235,8 +225,7 @@ pub fn write(rep: &CapacityReport, dir: &Path) -> Result<()> {
         dir,
         rep,
         &markdown(rep),
-        "capacity.svg",
+        ("capacity.svg", "Left: memorized bits against N, one line per size. Right: capacity against parameters, the fitted slopes and 3.6 bits per parameter."),
         |p| chart(rep, p),
-        |svg| html(rep, svg),
     )
 }

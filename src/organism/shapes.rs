@@ -9,7 +9,7 @@ use super::study_report::{fits_table_with, num, StudyReport};
 use super::summary::Snapshot;
 use super::TrainOptions;
 use crate::error::Result;
-use crate::markup::{esc, inline_svg, md_table};
+use crate::markup::md_table;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -167,16 +167,6 @@ pub fn markdown(rep: &ShapesReport) -> String {
     s
 }
 
-pub fn html(rep: &ShapesReport, svg: &str) -> String {
-    let body = format!(
-        "<h1>Depth against width</h1><h2>By exposure, one line per shape (95% intervals)</h2>\
-         <div class=\"chart\">{}</div><pre>{}</pre>",
-        inline_svg(svg),
-        esc(&markdown(rep))
-    );
-    crate::markup::page("Depth against width", &body)
-}
-
 /// Write report.json, report.md, shapes.svg (the study's panels, one line per shape) and
 /// report.html into `dir`.
 pub fn write(rep: &ShapesReport, dir: &Path) -> Result<()> {
@@ -184,8 +174,10 @@ pub fn write(rep: &ShapesReport, dir: &Path) -> Result<()> {
         dir,
         rep,
         &markdown(rep),
-        "shapes.svg",
+        (
+            "shapes.svg",
+            "By exposure, one line per shape (95% intervals).",
+        ),
         |p| super::study_report::chart_lines(&rep.study, p, true),
-        |svg| html(rep, svg),
     )
 }

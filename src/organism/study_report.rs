@@ -4,7 +4,7 @@
 
 use super::summary::{x_of, Fit, Series, Snapshot};
 use crate::error::{Error, Result};
-use crate::markup::{esc, inline_svg, md_table, Area};
+use crate::markup::{md_table, Area};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -151,22 +151,6 @@ pub fn markdown(rep: &StudyReport) -> String {
     s
 }
 
-/// The markdown's tables as HTML, with the chart inlined.
-pub fn html(rep: &StudyReport, svg: &str) -> String {
-    let mut body = format!(
-        "<h1>Organism study</h1><p>Model <code>{}</code>, world <code>{}</code>; {:.0} s.</p><p><code>{}</code></p>",
-        esc(&rep.model),
-        esc(&rep.world),
-        rep.seconds,
-        esc(&rep.command)
-    );
-    body +=
-        "<h2>By exposure (final model: points with 95% intervals; checkpoints: thin lines)</h2>";
-    body += &format!("<div class=\"chart\">{}</div>", inline_svg(svg));
-    body += &format!("<pre>{}</pre>", esc(&markdown(rep)));
-    crate::markup::page("Organism study", &body)
-}
-
 /// One measure's panel. `compare`: every snapshot is drawn alike (its own colour, its
 /// intervals, a legend), as for models set side by side; else the last is the final model and
 /// the others its checkpoints, drawn thin.
@@ -287,8 +271,10 @@ pub fn write(rep: &StudyReport, dir: &Path) -> Result<()> {
         dir,
         rep,
         &markdown(rep),
-        "study.svg",
+        (
+            "study.svg",
+            "By exposure: the final model's points with 95% intervals; checkpoints as thin lines.",
+        ),
         |p| chart(rep, p),
-        |svg| html(rep, svg),
     )
 }

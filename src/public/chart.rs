@@ -1,8 +1,8 @@
 //! Inline SVG charts for the public report: one panel per metric, one row per method, the
 //! value as a dot and its 95% interval as a line (self-contained, no image files).
 
-use super::html::escape;
 use crate::bench::Rate;
+use crate::markup::esc as escape;
 use std::fmt::Write;
 
 /// One panel: a metric's name and each method's rate, in the rows' order.

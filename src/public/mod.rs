@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 
 mod benchmark;
 mod chart;
-mod html;
 mod keys;
 mod paired;
 mod published;

@@ -116,6 +116,9 @@ fn methods_table(sec: &Section) -> String {
 }
 
 /// Write report.json, report.md and report.html (the same, as an HTML page) into `dir`.
+/// The caption of every chart.
+const FIGURE_NOTE: &str = "Test items. Dot: the value; line: its 95% bootstrap interval.";
+
 pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     data::write_atomic(
@@ -130,7 +133,12 @@ pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
         .filter(|sec| !sec.methods.is_empty())
         .map(|sec| (sec.name.clone(), section_chart(sec)))
         .collect();
-    let html = super::html::page("Public knowledge-conflict benchmarks", &md, &figures);
+    let html = crate::markup::html::page(
+        "Public knowledge-conflict benchmarks",
+        &md,
+        &figures,
+        Some(FIGURE_NOTE),
+    );
     data::write_atomic(&dir.join("report.html"), html.as_bytes())
 }
 

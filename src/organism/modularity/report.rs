@@ -2,7 +2,7 @@
 
 use super::{Estimate, KindSummary, ModularityReport, SetRow, UnitKind};
 use crate::error::Result;
-use crate::markup::{esc, inline_svg, legend, md_table, Area};
+use crate::markup::{legend, md_table, Area};
 use std::path::Path;
 
 fn est(e: &Estimate) -> String {
@@ -127,17 +127,6 @@ pub fn markdown(rep: &ModularityReport) -> String {
     s
 }
 
-pub fn html(rep: &ModularityReport, svg: &str) -> String {
-    let body = format!(
-        "<h1>Modularity by ablation</h1><h2>Damage to the relation whose top units are \
-         ablated, and to the others, against random units</h2><div class=\"chart\">{}</div>\
-         <pre>{}</pre>",
-        inline_svg(svg),
-        esc(&markdown(rep))
-    );
-    crate::markup::page("Modularity by ablation", &body)
-}
-
 /// A line of a panel: its label, colour and value.
 type Line = (
     &'static str,
@@ -202,8 +191,7 @@ pub fn write(rep: &ModularityReport, dir: &Path) -> Result<()> {
         dir,
         rep,
         &markdown(rep),
-        "modularity.svg",
+        ("modularity.svg", "Mean over relations: damage to the relation whose top units are ablated, and to the others, against random units of the same count."),
         |p| chart(rep, p),
-        |svg| html(rep, svg),
     )
 }

@@ -2,7 +2,7 @@
 
 use super::{Method, Point, ProxyReport};
 use crate::error::Result;
-use crate::markup::{esc, inline_svg, legend, md_table, Area};
+use crate::markup::{legend, md_table, Area};
 use crate::organism::modularity::Estimate;
 use std::path::Path;
 
@@ -208,16 +208,6 @@ pub fn markdown(rep: &ProxyReport) -> String {
     s
 }
 
-pub fn html(rep: &ProxyReport, svg: &str) -> String {
-    let body = format!(
-        "<h1>Proxy-tuning against fine-tuning</h1><h2>Gain on taught facts against retention \
-         of known ones</h2><div class=\"chart\">{}</div><pre>{}</pre>",
-        inline_svg(svg),
-        esc(&markdown(rep))
-    );
-    crate::markup::page("Proxy-tuning against fine-tuning", &body)
-}
-
 /// The chart's series: fine-tuning over its steps, then one per α over the small model's
 /// steps, each as (label, points).
 fn series(rep: &ProxyReport) -> Vec<(String, Vec<(f64, f64)>)> {
@@ -276,8 +266,7 @@ pub fn write(rep: &ProxyReport, dir: &Path) -> Result<()> {
         dir,
         rep,
         &markdown(rep),
-        "proxy.svg",
+        ("proxy.svg", "Gain on the taught facts against retention of the facts known before, along the tuning steps."),
         |p| chart(rep, p),
-        |svg| html(rep, svg),
     )
 }

@@ -1,5 +1,7 @@
-//! Text for reports: HTML escaping and Markdown tables, shared by every report writer, and
-//! the writer of a report's files for the reports with one chart.
+//! Text for reports: HTML escaping, Markdown tables, markdown as an HTML page ([`html`]), the
+//! writer of a report's files for the reports with one chart, and the charts' frames.
+
+pub mod html;
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -30,28 +32,15 @@ pub fn inline_svg(svg: &str) -> &str {
     svg.find("<svg").map_or(svg, |i| &svg[i..])
 }
 
-/// A self-contained page titled `title` around `body`, in the style of the single-chart
-/// reports.
-pub fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>\
-         body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}\
-         .chart svg{{max-width:100%;height:auto}}pre{{white-space:pre-wrap;font-size:12px}}\
-         </style></head><body>{body}</body></html>",
-        esc(title)
-    )
-}
-
 /// Write a report into `dir`: report.json (`value`), report.md (`markdown`), the chart that
-/// `chart` draws at `dir/svg_name`, and report.html (`html`, given the chart's SVG text). Each
-/// file is written whole or not at all.
+/// `chart` draws at `dir/svg_name`, and report.html: the markdown as a page ([`html::page`]),
+/// the chart under its first heading with `caption`. Each file is written whole or not at all.
 pub fn write_report<T: serde::Serialize>(
     dir: &Path,
     value: &T,
     markdown: &str,
-    svg_name: &str,
+    (svg_name, caption): (&str, &str),
     chart: impl FnOnce(&Path) -> Result<()>,
-    html: impl FnOnce(&str) -> String,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     let json = serde_json::to_vec_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -60,7 +49,16 @@ pub fn write_report<T: serde::Serialize>(
     let svg_path = dir.join(svg_name);
     chart(&svg_path)?;
     let svg = std::fs::read_to_string(&svg_path).map_err(|e| Error::file(&svg_path, e))?;
-    crate::atomic::write(&dir.join("report.html"), html(&svg).as_bytes())
+    let title = markdown
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches('#')
+        .trim();
+    let figure = (title.to_string(), inline_svg(&svg).to_string());
+    let figures = std::collections::BTreeMap::from([figure]);
+    let page = html::page(title, markdown, &figures, Some(caption));
+    crate::atomic::write(&dir.join("report.html"), page.as_bytes())
 }
 
 /// A panel of an SVG drawing.

@@ -1,18 +1,29 @@
-//! The public report as a real HTML page: the markdown report's headings, paragraphs, lists
-//! and tables become HTML elements (the markdown is ours, so only what it uses is handled).
+//! A report's markdown as a real HTML page: its headings, paragraphs, lists and tables become
+//! HTML elements (the markdown is ours, so only what it uses is handled), with charts placed
+//! after the headings they belong to. Every report's HTML is written here.
 
 use std::collections::BTreeMap;
 
 /// `md` as a self-contained page titled `title`. `figures` maps a heading's text to HTML
-/// (a chart) placed right after that heading.
-pub fn page(title: &str, md: &str, figures: &BTreeMap<String, String>) -> String {
+/// (a chart) placed right after that heading, with `caption` under it when given.
+pub fn page(
+    title: &str,
+    md: &str,
+    figures: &BTreeMap<String, String>,
+    caption: Option<&str>,
+) -> String {
     let mut body = String::new();
     for block in md.split("\n\n").map(str::trim).filter(|b| !b.is_empty()) {
         body += &render_block(block);
         let heading = block.lines().next().unwrap_or("").trim_start_matches('#');
         if block.starts_with('#') {
             if let Some(f) = figures.get(heading.trim()) {
-                body += &format!("<figure>{f}<figcaption>{FIGURE_NOTE}</figcaption></figure>");
+                body += &match caption {
+                    Some(c) => {
+                        format!("<figure>{f}<figcaption>{}</figcaption></figure>", escape(c))
+                    }
+                    None => format!("<figure>{f}</figure>"),
+                };
             }
         }
     }
@@ -21,9 +32,6 @@ pub fn page(title: &str, md: &str, figures: &BTreeMap<String, String>) -> String
         escape(title)
     )
 }
-
-/// The caption of every chart.
-const FIGURE_NOTE: &str = "Test items. Dot: the value; line: its 95% bootstrap interval.";
 
 const STYLE: &str = "body{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.4}\
 table{border-collapse:collapse;margin:1em 0;font-size:90%}th,td{border:1px solid #ccc;padding:3px 6px}\
@@ -137,7 +145,7 @@ fn emphasis(text: &str) -> String {
     s
 }
 
-pub(super) use crate::markup::esc as escape;
+pub use super::esc as escape;
 
 #[cfg(test)]
 mod tests {
@@ -147,9 +155,9 @@ mod tests {
     fn headings_tables_lists_and_inline_spans_become_html() {
         let md = "# Title\n\nSome `x<y` and **bold** and *this*.\n\n## Part\n\n| a | b \\| c |\n|---|---:|\n| 1.5 | **2** |\n\n- one\n- two";
         let fig = BTreeMap::from([("Part".to_string(), "<svg>chart</svg>".to_string())]);
-        let h = page("T", md, &fig);
+        let h = page("T", md, &fig, Some("A note"));
         assert!(
-            h.contains("<h2>Part</h2><figure><svg>chart</svg><figcaption>"),
+            h.contains("<h2>Part</h2><figure><svg>chart</svg><figcaption>A note</figcaption>"),
             "{h}"
         );
         assert!(h.contains("<h1>Title</h1>"));

@@ -1,0 +1,49 @@
+//! Saved organism reports are functions of their report.json: redrawing one gives its
+//! committed report.md, chart and report.html byte for byte, and leaves report.json as it was.
+
+use std::path::Path;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_saved_organism_report_redraws_byte_for_byte() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/organism");
+    let tmp = tempfile::tempdir().unwrap();
+    for (run, kind, svg) in [
+        ("capacity", "capacity", "capacity.svg"),
+        ("shapes", "shapes", "shapes.svg"),
+        ("transition", "study", "study.svg"),
+        ("modularity/4x128", "modularity", "modularity.svg"),
+        ("proxy/seed0-replay50", "proxy", "proxy.svg"),
+    ] {
+        let (src, dst) = (root.join(run), tmp.path().join(run));
+        copy_dir(&src, &dst);
+        // Start from the JSON alone: the other files must come back as committed.
+        for f in ["report.md", "report.html", svg] {
+            std::fs::remove_file(dst.join(f)).unwrap();
+        }
+        assert_eq!(ctxsteer::organism::render::render(&dst).unwrap(), kind);
+        for f in ["report.json", "report.md", "report.html", svg] {
+            let (a, b) = (
+                std::fs::read(src.join(f)).unwrap(),
+                std::fs::read(dst.join(f)).unwrap(),
+            );
+            assert!(a == b, "{run}/{f} differs when redrawn");
+        }
+    }
+    let not = tmp.path().join("not");
+    std::fs::create_dir_all(&not).unwrap();
+    std::fs::write(not.join("report.json"), "{\"title\": 1}").unwrap();
+    let err = ctxsteer::organism::render::render(&not)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not an organism report"), "{err}");
+}
