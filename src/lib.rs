@@ -26,6 +26,7 @@ pub mod progress;
 pub mod proxy;
 pub mod public;
 pub mod reft;
+pub mod render;
 pub mod report;
 pub mod speed;
 pub mod stats;

@@ -1,7 +1,7 @@
 //! The library's modules import only downward: engine (`model`, `hooks`) → observations
 //! (`data`, `label`, `capture`, `generate`, `proxy`, `journal`) → analyses and interventions (`probe`,
 //! `steer`, `patch`, `density`, `reft`, `speed`) → evaluation (`bench`, `public`, `report`) →
-//! `demo`; the command line sits on top and the library never names clap. The engine
+//! `demo` and `render`; the command line sits on top and the library never names clap. The engine
 //! (`crates/engine`: `error`, `model`, `hooks`, `generate`) is its own crate, with no command
 //! line and no downloader.
 
@@ -15,7 +15,7 @@ fn layer(module: &str) -> Option<usize> {
         "data" | "label" | "capture" | "generate" | "journal" | "proxy" => 2,
         "probe" | "steer" | "patch" | "density" | "reft" | "speed" | "organism" => 3,
         "bench" | "public" | "report" => 4,
-        "demo" => 5,
+        "demo" | "render" => 5,
         _ => return None,
     })
 }

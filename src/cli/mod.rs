@@ -100,6 +100,14 @@ pub enum Command {
     /// Model organisms: a synthetic fact world with exposure counts that you set.
     #[command(subcommand)]
     Organism(OrganismCmd),
+    /// Redraw a saved report from its report.json, without running anything: a `bench conflict`
+    /// or demo report (report.md and report.html, its charts as they are), or an organism
+    /// report (capacity, shapes, study, modularity, proxy: report.md, its chart and
+    /// report.html). report.json is left as it is.
+    Render {
+        /// The report folder (holding report.json).
+        dir: PathBuf,
+    },
     /// The end-to-end run on one model: data, labels, capture, probes, head ranking, the
     /// benchmark of every method, density, and the report.
     Demo {
@@ -217,6 +225,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCmd::Public(a)) => public_cmd(a),
         Command::Reft(ReftCmd::Train(a)) => reft_train_cmd(a),
         Command::Organism(c) => organism::organism_cmd(c),
+        Command::Render { dir } => {
+            let kind = ctxsteer::render::render(&dir)?;
+            println!("redrew the {kind} report in {}", dir.display());
+            Ok(())
+        }
         Command::Demo {
             model,
             out,

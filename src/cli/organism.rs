@@ -44,12 +44,6 @@ pub enum OrganismCmd {
     /// taught facts and the retention of the facts it knew, per exposure bucket, at each
     /// saved step and alpha, paired at equal gain.
     Proxy(super::proxy_tune::ProxyTuneArgs),
-    /// Redraw a saved organism report (capacity, shapes, study, modularity or proxy) from its
-    /// report.json: report.md, the chart and report.html, without running anything.
-    Render {
-        /// The report folder (holding report.json).
-        dir: PathBuf,
-    },
 }
 
 #[derive(Args)]
@@ -139,11 +133,6 @@ pub(super) fn organism_cmd(c: OrganismCmd) -> Result<()> {
         OrganismCmd::Shapes(a) => super::shapes::shapes_cmd(a),
         OrganismCmd::Modularity(a) => super::modularity::modularity_cmd(a),
         OrganismCmd::Proxy(a) => super::proxy_tune::proxy_tune_cmd(a),
-        OrganismCmd::Render { dir } => {
-            let kind = ctxsteer::organism::render::render(&dir)?;
-            println!("redrew the {kind} report in {}", dir.display());
-            Ok(())
-        }
     }
 }
 

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 /// `md` as a self-contained page titled `title`. `figures` maps a heading's text to HTML
-/// (a chart) placed right after that heading, with `caption` under it when given.
+/// (a chart) placed right after that heading, with `caption` under it when given; and an
+/// image's file (a block `![ALT](FILE)`) to the HTML that stands for it, captioned ALT (an
+/// image not in `figures` is linked by its file name).
 pub fn page(
     title: &str,
     md: &str,
@@ -14,6 +16,10 @@ pub fn page(
 ) -> String {
     let mut body = String::new();
     for block in md.split("\n\n").map(str::trim).filter(|b| !b.is_empty()) {
+        if let Some(fig) = image(block, figures) {
+            body += &fig;
+            continue;
+        }
         body += &render_block(block);
         let heading = block.lines().next().unwrap_or("").trim_start_matches('#');
         if block.starts_with('#') {
@@ -37,6 +43,23 @@ const STYLE: &str = "body{font-family:sans-serif;max-width:1200px;margin:2em aut
 table{border-collapse:collapse;margin:1em 0;font-size:90%}th,td{border:1px solid #ccc;padding:3px 6px}\
 th{background:#f3f3f3}td.n{text-align:right}code{background:#f6f6f6;padding:0 2px}\
 figure{margin:1em 0}figcaption{font-size:85%;color:#555}";
+
+/// A block that is one image, `![ALT](FILE)`, as a figure.
+fn image(block: &str, figures: &BTreeMap<String, String>) -> Option<String> {
+    let rest = block.strip_prefix("![")?.strip_suffix(')')?;
+    let (alt, file) = rest.split_once("](")?;
+    if block.contains('\n') {
+        return None;
+    }
+    let content = match figures.get(file) {
+        Some(html) => html.clone(),
+        None => format!("<img src=\"{}\" alt=\"{}\">", escape(file), escape(alt)),
+    };
+    Some(format!(
+        "<figure>{content}<figcaption>{}</figcaption></figure>",
+        escape(alt)
+    ))
+}
 
 fn render_block(block: &str) -> String {
     let lines: Vec<&str> = block.lines().collect();
@@ -169,5 +192,10 @@ mod tests {
         assert!(h.contains("<td class=\"n\">1.5</td><td><strong>2</strong></td>"));
         assert!(!h.contains("---"));
         assert!(h.contains("<ul><li>one</li><li>two</li></ul>"));
+        let img = "# T\n\n![a chart](c.svg)\n\n![other](d.svg)";
+        let fig = BTreeMap::from([("c.svg".to_string(), "<svg>c</svg>".to_string())]);
+        let h = page("T", img, &fig, None);
+        assert!(h.contains("<figure><svg>c</svg><figcaption>a chart</figcaption></figure>"));
+        assert!(h.contains("<figure><img src=\"d.svg\" alt=\"other\"><figcaption>other"));
     }
 }

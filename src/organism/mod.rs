@@ -10,7 +10,6 @@ pub mod flips;
 pub mod modularity;
 pub mod proxytune;
 mod relations;
-pub mod render;
 pub mod shapes;
 pub mod study;
 pub mod study_report;

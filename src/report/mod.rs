@@ -4,7 +4,7 @@
 
 use crate::bench::MethodResult;
 use crate::error::{Error, Result};
-use crate::markup::{esc, md_table};
+use crate::markup::md_table;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -277,66 +277,20 @@ fn md_extras(rep: &Report) -> String {
     s
 }
 
-fn html_table(h: &[String], rows: &[Vec<String>]) -> String {
-    let mut s = String::from("<table><thead><tr>");
-    for x in h {
-        s += &format!("<th>{}</th>", esc(x));
-    }
-    s += "</tr></thead><tbody>";
-    for r in rows {
-        s += "<tr>";
-        for x in r {
-            s += &format!("<td>{}</td>", esc(x));
-        }
-        s += "</tr>";
-    }
-    s + "</tbody></table>"
-}
-
-/// A self-contained HTML page: tables plus the SVG charts inlined.
+/// The report as a page ([`crate::markup::html::page`]): its markdown, each chart inlined
+/// where the markdown names it.
 pub fn html(rep: &Report, dir: &Path) -> Result<String> {
-    let (h, rows) = table(rep);
-    let h: Vec<String> = h.iter().map(|x| x.to_string()).collect();
-    let (rh, rrows) = relation_table(rep);
-    let mut body = format!(
-        "<h1>{}</h1><p>Model <code>{}</code>, data <code>{}</code>, form {:?}.</p>",
-        esc(&rep.title),
-        esc(&rep.model.file),
-        esc(&rep.data),
-        rep.form
-    );
-    body += "<h2>Test split, each method at the setting chosen on dev</h2>";
-    body += &html_table(&h, &rows);
-    if contexts::measured(&rep.methods) {
-        let (ch, crows) = contexts::table(&rep.methods);
-        let ch: Vec<String> = ch.iter().map(|x| x.to_string()).collect();
-        body += "<h2>Gold, conflicting and irrelevant contexts (test)</h2>";
-        body += &html_table(&ch, &crows);
-        let (kh, krows) = contexts::kinds_table(&rep.methods);
-        body += "<h3>Irrelevant contexts by kind (test)</h3>";
-        body += &html_table(&kh, &krows);
-        let legend = contexts::legend(rep.dev_irrelevant_none.is_some());
-        body += &format!("<p>{}</p>", esc(legend.trim()));
-    }
-    body += "<h2>Adherence per relation (test)</h2>";
-    body += &html_table(&rh, &rrows);
-    for (k, f) in &rep.charts {
+    let mut figures = BTreeMap::new();
+    for f in rep.charts.values() {
         let p = dir.join(f);
         let svg = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
-        let svg = crate::markup::inline_svg(&svg);
-        body += &format!("<h2>{}</h2><div class=\"chart\">{svg}</div>", esc(k));
+        figures.insert(f.clone(), crate::markup::inline_svg(&svg).to_string());
     }
-    body += &format!(
-        "<details><summary>report.json and markdown</summary><pre>{}</pre></details>",
-        esc(&markdown(rep))
-    );
-    Ok(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>\
-         body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}\
-         table{{border-collapse:collapse;margin:1em 0;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}\
-         th{{background:#f2f2f2}}.chart svg{{max-width:100%;height:auto}}pre{{white-space:pre-wrap;font-size:12px}}\
-         </style></head><body>{body}</body></html>",
-        esc(&rep.title)
+    Ok(crate::markup::html::page(
+        &rep.title,
+        &markdown(rep),
+        &figures,
+        None,
     ))
 }
 

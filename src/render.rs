@@ -1,0 +1,65 @@
+//! Redraw a saved report from its report.json (left as it is): report.md, its charts and
+//! report.html are functions of it, so a report can be redrawn after a change to the writer
+//! without running anything, and checked byte for byte.
+
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// The kinds of report, told apart by a field only that kind has (checked in this order).
+const KINDS: [(&str, &str); 6] = [
+    ("matched", "proxy"),
+    ("ranked", "modularity"),
+    ("fits", "capacity"),
+    ("rows", "shapes"),
+    ("snapshots", "study"),
+    ("methods", "conflict"),
+];
+
+fn parse<T: serde::de::DeserializeOwned>(p: &Path, v: serde_json::Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| Error::file(p, format!("not a report.json: {e}")))
+}
+
+/// Rewrite `dir`'s report files from its report.json; returns the kind of report.
+pub fn render(dir: &Path) -> Result<&'static str> {
+    let p = dir.join("report.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::file(&p, e.to_string()))?;
+    if v.get("sections").is_some() {
+        return Err(Error::file(
+            &p,
+            "a bench public report: its report.json leaves out what it cannot write (NaN), so \
+             it is redrawn from its saved parts with `bench public --saved-only` instead",
+        ));
+    }
+    let kind = KINDS
+        .iter()
+        .find(|(field, _)| v.get(field).is_some())
+        .map(|(_, k)| *k)
+        .ok_or_else(|| {
+            Error::file(
+                &p,
+                "not a report this can redraw (bench conflict or demo; organism capacity, \
+                 shapes, study, modularity or proxy)",
+            )
+        })?;
+    // The writers rewrite report.json too; its text is the source, kept as it was whatever
+    // happens (a float read back may print differently in its last digit).
+    let drawn = draw(kind, &p, v, dir);
+    crate::atomic::write(&p, text.as_bytes())?;
+    drawn?;
+    Ok(kind)
+}
+
+/// Write `dir`'s files from `v`, a report of `kind`.
+fn draw(kind: &str, p: &Path, v: serde_json::Value, dir: &Path) -> Result<()> {
+    use crate::organism::{capacity_report, modularity, proxytune, shapes, study_report};
+    match kind {
+        "proxy" => proxytune::report::write(&parse(p, v)?, dir),
+        "modularity" => modularity::report::write(&parse(p, v)?, dir),
+        "capacity" => capacity_report::write(&parse(p, v)?, dir),
+        "shapes" => shapes::write(&parse(p, v)?, dir),
+        "study" => study_report::write(&parse(p, v)?, dir),
+        _ => crate::report::write(&parse(p, v)?, dir),
+    }
+}
