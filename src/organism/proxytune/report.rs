@@ -181,7 +181,8 @@ pub fn markdown(rep: &ProxyReport) -> String {
         rep.tune_final_loss[0],
         rep.tune_final_loss[1]
     );
-    s += "## Every point\n\n";
+    s += "## Every point\n\nThe small model tuned alone is listed for reference: its retention counts the \
+          large model's known facts that it answers.\n\n";
     s += &points_table(rep);
     s += "\n## At equal gain: each proxy point against the nearest fine-tuning point\n\n";
     s += &matched_table(rep);
