@@ -401,10 +401,10 @@ fn nothing_saved(b: Benchmark, n_items: usize, used: &[Item], methods: &[Method]
     }
 }
 
-/// Each method's own metrics, and its paired differences from `none`.
 /// Per method, the benchmark's own measures.
 type OwnRows = Vec<(Method, Vec<(String, Rate)>)>;
 
+/// Each method's own metrics, and its paired differences from `none`.
 fn own_table(b: Benchmark, results: &[MethodResult], outcomes: &[Outcomes]) -> OwnRows {
     let base = results.iter().position(|r| r.method == Method::None);
     let base = |k: usize| base.and_then(|i| outcomes[i][k].as_deref());
