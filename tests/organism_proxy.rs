@@ -227,3 +227,28 @@ fn a_run_on_two_tiny_organisms() {
         .unwrap();
     assert_eq!(t0, t1, "the rerun reused the tuned model");
 }
+
+/// Bad settings are refused before anything loads, naming the option.
+#[test]
+fn bad_settings_are_refused_by_name() {
+    let refuse = |extra: &[&str], want: &str| {
+        let out = assert_cmd::Command::cargo_bin("ctxsteer")
+            .unwrap()
+            .args([
+                "organism", "proxy", "--world", "nowhere", "--large", "l", "--small", "s",
+            ])
+            .args(["--out", "o"])
+            .args(extra)
+            .assert()
+            .failure();
+        let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert!(err.contains(want), "{extra:?}: {err}");
+    };
+    refuse(&["--save-at", "0,5"], "--save-at");
+    refuse(
+        &["--steps", "10", "--save-at", "20"],
+        "give steps from 1 to --steps 10",
+    );
+    refuse(&["--replay", "1"], "--replay 1");
+    refuse(&["--alphas", "inf"], "--alphas finite");
+}

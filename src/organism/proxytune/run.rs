@@ -171,6 +171,12 @@ pub fn check(o: &ProxyOptions) -> Result<()> {
             "--facts and --repeats must be at least 1, and --alphas finite".into(),
         ));
     }
+    if !(0.0..1.0).contains(&o.replay) {
+        return Err(Error::Invalid(format!(
+            "--replay {}: give a share from 0 to below 1",
+            o.replay
+        )));
+    }
     Ok(())
 }
 
