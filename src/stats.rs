@@ -154,6 +154,13 @@ pub fn bootstrap<T: Copy>(
         })
         .collect();
     stats.sort_by(f64::total_cmp);
-    let at = |q: f64| stats[((q * (reps - 1) as f64).round() as usize).min(reps - 1)];
-    (at(0.025), at(0.975))
+    (percentile(&stats, 0.025), percentile(&stats, 0.975))
+}
+
+/// The `q` quantile of ascending `sorted` (the nearest rank, rounded); NaN when it is empty.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n => sorted[((q * (n - 1) as f64).round() as usize).min(n - 1)],
+    }
 }

@@ -49,6 +49,7 @@ pub(super) fn modularity_cmd(a: ModularityArgs) -> Result<()> {
         batch: a.batch_size,
         seed: a.seed,
     };
+    modularity::check(&model, &opts)?;
     let p = modularity::prepare(&model, &items, opts.batch).context("scoring the facts")?;
     let kinds = [
         (UnitKind::Head, &opts.head_ks),

@@ -168,7 +168,7 @@ fn emphasis(text: &str) -> String {
     s
 }
 
-pub use super::esc as escape;
+use super::esc as escape;
 
 #[cfg(test)]
 mod tests {

@@ -296,28 +296,29 @@ fn causal_mask(t: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (t, t), &Device::Cpu)?)
 }
 
-/// The corpus as one token stream: each sentence after an end-of-text token.
-pub fn token_stream(world: &Path, tok: &crate::model::Tokenizer) -> Result<Vec<u32>> {
+/// The corpus as one token stream (each sentence after an end-of-text token), and that token.
+pub fn token_stream(world: &Path, tok: &crate::model::Tokenizer) -> Result<(Vec<u32>, u32)> {
     let path = world.join("corpus.txt");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
-    let eos = tok
-        .eos_id
-        .ok_or_else(|| Error::file(world, "the tokenizer has no eos_token"))?;
-    stream_of(tok, text.lines().filter(|l| !l.is_empty()), eos)
+    stream_of(tok, text.lines().filter(|l| !l.is_empty()), world)
 }
 
-/// `lines` as one token stream, each after the end-of-text token `eos`.
+/// `lines` as one token stream, each after the end-of-text token; and that token. The
+/// tokenizer, from the folder `from`, must have one.
 pub fn stream_of<'a>(
     tok: &crate::model::Tokenizer,
     lines: impl Iterator<Item = &'a str>,
-    eos: u32,
-) -> Result<Vec<u32>> {
+    from: &Path,
+) -> Result<(Vec<u32>, u32)> {
+    let eos = tok
+        .eos_id
+        .ok_or_else(|| Error::file(from, "the tokenizer has no eos_token"))?;
     let mut out = Vec::new();
     for line in lines {
         out.push(eos);
         out.extend(tok.encode(line)?);
     }
-    Ok(out)
+    Ok((out, eos))
 }
 
 /// The rows of step `step`: `batch` windows of `seq` tokens, each starting at an end-of-text
@@ -493,18 +494,24 @@ pub fn train(
     on: &mut dyn FnMut(TrainEvent) -> Result<()>,
 ) -> Result<TrainState> {
     opts.check()?;
-    super::world::read(world)?;
+    let w = super::world::read(world)?;
     let tok = crate::model::Tokenizer::from_folder(world)?;
     let vocab = tok.vocab_size();
-    let stream = token_stream(world, &tok)?;
-    let starts = window_starts(&stream, tok.eos_id.unwrap_or(0), opts.seq);
+    let (stream, eos) = token_stream(world, &tok)?;
+    let starts = window_starts(&stream, eos, opts.seq);
     if starts.is_empty() {
         return Err(Error::file(
             world,
             format!("the corpus is shorter than --seq {}", opts.seq),
         ));
     }
-    let (net, mut adam, mut state) = start(world, out, opts, resume, vocab)?;
+    let about = format!(
+        "{} ({} facts, seed {})",
+        world.display(),
+        w.facts,
+        w.options.seed
+    );
+    let (net, mut adam, mut state) = start(&about, out, opts, resume, vocab)?;
     let t0 = std::time::Instant::now();
     let before = state.seconds;
     for step in state.step..opts.steps {
@@ -536,10 +543,11 @@ pub fn train(
     Ok(state)
 }
 
-/// Fresh weights, optimizer and record; or, with `resume` and a checkpoint in `out`, the
-/// latest checkpoint's, which must have been trained with `opts`.
+/// Fresh weights, optimizer and record (of the world described by `world`); or, with `resume`
+/// and a checkpoint in `out`, the latest checkpoint's, which must have been trained with
+/// `opts`.
 fn start(
-    world: &Path,
+    world: &str,
     out: &Path,
     opts: &TrainOptions,
     resume: bool,
@@ -548,7 +556,6 @@ fn start(
     let (net, adam, state) = match (resume, latest_checkpoint(out)) {
         (true, Some(c)) => load_checkpoint(&c, vocab)?,
         _ => {
-            let w = super::world::read(world)?;
             let net = Net::new(opts, vocab)?;
             let adam = AdamW::new(&net.vars)?;
             let state = TrainState {
@@ -556,12 +563,7 @@ fn start(
                 options: opts.clone(),
                 losses: vec![],
                 seconds: 0.0,
-                world: format!(
-                    "{} ({} facts, seed {})",
-                    world.display(),
-                    w.facts,
-                    w.options.seed
-                ),
+                world: world.to_string(),
             };
             (net, adam, state)
         }

@@ -8,25 +8,18 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The shape fields of a Llama config.json.
-#[derive(Deserialize)]
-struct Shape {
-    num_hidden_layers: usize,
-    hidden_size: usize,
-    num_attention_heads: usize,
-    intermediate_size: usize,
-}
-
-/// `schedule` with the shape of the model folder `dir`.
+/// `schedule` with the shape of the model folder `dir` (its config.json, read as every
+/// command reads it).
 pub fn options_of(dir: &Path, schedule: &TrainOptions) -> Result<TrainOptions> {
     let p = dir.join("config.json");
     let text = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
-    let s: Shape = serde_json::from_str(&text).map_err(|e| Error::file(&p, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&p, e))?;
+    let c = crate::model::config::Config::from_hf_json(&v).map_err(|e| Error::file(&p, e))?;
     Ok(TrainOptions {
-        layers: s.num_hidden_layers,
-        d_model: s.hidden_size,
-        heads: s.num_attention_heads,
-        d_mlp: s.intermediate_size,
+        layers: c.n_layers,
+        d_model: c.d_model,
+        heads: c.n_heads,
+        d_mlp: c.d_mlp,
         ..schedule.clone()
     })
 }
@@ -43,12 +36,9 @@ pub struct TuneRecord {
     pub seconds: f64,
 }
 
+/// FNV-1a of the lines, each ended by a newline.
 fn checksum(lines: &[String]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for b in lines.iter().flat_map(|l| l.bytes().chain([b'\n'])) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-    }
-    h
+    crate::data::stable_hash(&lines.iter().map(|l| format!("{l}\n")).collect::<String>())
 }
 
 /// The folder a tuning saves its step-`n` model in.
@@ -69,18 +59,6 @@ fn finished(out: &Path, probe: &TuneRecord) -> Option<TuneRecord> {
         .iter()
         .all(|n| step_dir(out, *n).join("config.json").exists());
     (same && all_there).then_some(r)
-}
-
-/// `lines` as one token stream, each after an end-of-text token; and that token.
-fn token_stream(
-    tok: &crate::model::Tokenizer,
-    lines: &[String],
-    init: &Path,
-) -> Result<(Vec<u32>, u32)> {
-    let eos = tok
-        .eos_id
-        .ok_or_else(|| Error::file(init, "the tokenizer has no eos_token"))?;
-    Ok((stream_of(tok, lines.iter().map(String::as_str), eos)?, eos))
 }
 
 /// Train the model in `init` further on `lines` (each after an end-of-text token, windows
@@ -108,7 +86,7 @@ pub fn tune(
         return Ok(r);
     }
     let tok = crate::model::Tokenizer::from_folder(init)?;
-    let (stream, eos) = token_stream(&tok, lines, init)?;
+    let (stream, eos) = stream_of(&tok, lines.iter().map(String::as_str), init)?;
     let starts = window_starts(&stream, eos, opts.seq);
     if starts.is_empty() {
         return Err(Error::Invalid(format!(

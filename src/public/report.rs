@@ -115,10 +115,10 @@ fn methods_table(sec: &Section) -> String {
     s
 }
 
-/// Write report.json, report.md and report.html (the same, as an HTML page) into `dir`.
 /// The caption of every chart.
 const FIGURE_NOTE: &str = "Test items. Dot: the value; line: its 95% bootstrap interval.";
 
+/// Write report.json, report.md and report.html (the same, as an HTML page) into `dir`.
 pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     data::write_atomic(

@@ -62,11 +62,10 @@ impl Estimate {
     pub fn spread_of(v: &[f64]) -> Estimate {
         let mut s = v.to_vec();
         s.sort_by(f64::total_cmp);
-        let at = |q: f64| s[((q * (s.len() - 1) as f64).round() as usize).min(s.len() - 1)];
         Estimate {
             value: mean(v),
-            ci_low: at(0.025),
-            ci_high: at(0.975),
+            ci_low: crate::stats::percentile(&s, 0.025),
+            ci_high: crate::stats::percentile(&s, 0.975),
         }
     }
 
@@ -322,13 +321,13 @@ fn random_damage(
 fn set_row(
     model: &Model,
     p: &Prepared,
-    set: Vec<Unit>,
+    set: &[Unit],
     r: usize,
     random: &[(f64, f64)],
     batch: usize,
     seed: u64,
 ) -> Result<SetRow> {
-    let (d, top) = measure(model, p, &set, batch)?;
+    let (d, top) = measure(model, p, set, batch)?;
     let rel = &p.eval.relation;
     let (own, other) = (part(&d, rel, r, true), part(&d, rel, r, false));
     let ro: Vec<f64> = random.iter().map(|x| x.0).collect();
@@ -408,14 +407,8 @@ pub fn run_kind(
     opts: &ModularityOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<KindResult> {
+    check_sizes(model, kind, ks)?;
     let all = units(model, kind);
-    if let Some(k) = ks.iter().find(|k| **k == 0 || **k > all.len()) {
-        return Err(Error::Invalid(format!(
-            "a set of {k} {} cannot be drawn from the model's {}",
-            kind.name(),
-            all.len()
-        )));
-    }
     let effects = rank(model, p, &all, opts.batch, progress)?;
     let n_rel = p.relations.len();
     let per_rel: Vec<Vec<f64>> = (0..n_rel)
@@ -430,15 +423,7 @@ pub fn run_kind(
         let start = rows.len();
         for (r, set) in sets.iter().enumerate() {
             let seed = opts.seed ^ ((k * 31 + r) as u64);
-            rows.push(set_row(
-                model,
-                p,
-                set.clone(),
-                r,
-                &random[r],
-                opts.batch,
-                seed,
-            )?);
+            rows.push(set_row(model, p, set, r, &random[r], opts.batch, seed)?);
             progress(1);
         }
         let these: Vec<&SetRow> = rows[start..].iter().collect();
@@ -449,6 +434,24 @@ pub fn run_kind(
         rows,
         summary,
     })
+}
+
+/// An error unless every size in `ks` is a set of `kind` the model has.
+fn check_sizes(model: &Model, kind: UnitKind, ks: &[usize]) -> Result<()> {
+    let n = units(model, kind).len();
+    match ks.iter().find(|k| **k == 0 || **k > n) {
+        Some(k) => Err(Error::Invalid(format!(
+            "a set of {k} {} cannot be drawn from the model's {n}",
+            kind.name()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// An error unless the options' set sizes fit the model: checked before any work.
+pub fn check(model: &Model, opts: &ModularityOptions) -> Result<()> {
+    check_sizes(model, UnitKind::Head, &opts.head_ks)?;
+    check_sizes(model, UnitKind::Neuron, &opts.neuron_ks)
 }
 
 /// Forward passes a run takes for `kind` at sizes `ks` (for a progress bar).

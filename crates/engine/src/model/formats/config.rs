@@ -170,7 +170,7 @@ impl Config {
             n_kv_heads: m.opt_u("attention.head_count_kv")?.unwrap_or(n_heads),
             d_head,
             d_mlp: m.u("feed_forward_length")?,
-            vocab_size: gguf_vocab_size(ct, &|k| m.get(k))?,
+            vocab_size: gguf_vocab_size(&m)?,
             rope_theta,
             rope_local_theta,
             rope_scaling: gguf_rope_scaling(&m)?,

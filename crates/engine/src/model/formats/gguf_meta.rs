@@ -11,11 +11,8 @@ pub(super) struct Gguf<'a> {
 
 impl<'a> Gguf<'a> {
     pub fn get(&self, k: &str) -> Result<&'a gguf_file::Value> {
-        let arch = self.arch;
-        self.ct
-            .metadata
-            .get(&format!("{arch}.{k}"))
-            .ok_or_else(|| Error::Model(format!("GGUF metadata lacks `{arch}.{k}`")))
+        self.optional(k)
+            .ok_or_else(|| Error::Model(format!("GGUF metadata lacks `{}.{k}`", self.arch)))
     }
 
     pub fn u(&self, k: &str) -> Result<usize> {
@@ -58,14 +55,11 @@ pub(super) fn meta_str(ct: &gguf_file::Content, key: &str) -> Result<String> {
 }
 
 /// The vocabulary size: `ARCH.vocab_size`, else the tokenizer's token count.
-pub(super) fn gguf_vocab_size<'a>(
-    ct: &'a gguf_file::Content,
-    get: &dyn Fn(&str) -> Result<&'a gguf_file::Value>,
-) -> Result<usize> {
-    if let Ok(v) = get("vocab_size") {
+pub(super) fn gguf_vocab_size(m: &Gguf) -> Result<usize> {
+    if let Ok(v) = m.get("vocab_size") {
         return Ok(v.to_u32()? as usize);
     }
-    ct.metadata
+    m.ct.metadata
         .get("tokenizer.ggml.tokens")
         .and_then(|v| v.to_vec().ok())
         .map(|v| v.len())
