@@ -3,12 +3,14 @@
 //! JSONL index of ids and labels.
 //!
 //! Capture streams: one shard is held in memory at a time. A shard is written to a temporary
-//! file and renamed, and its index lines are written after it, so a shard counts only when it
-//! is whole. A rerun with the same settings skips the finished shards and goes on.
+//! file and renamed, and its index rows are then recorded in the capture's journal
+//! (`shards.jsonl`, [`Journal`]), so a shard counts only when it is whole. A rerun with the
+//! same settings skips the finished shards and goes on.
 
 use crate::data::{Form, Item};
 use crate::error::{Error, Result};
 use crate::hooks::{Positions, Site, Spec};
+use crate::journal::Journal;
 use crate::label::ItemLabel;
 use crate::model::{Batch, LogitsAt, Model};
 use candle_core::{Device, Tensor};
@@ -167,6 +169,29 @@ fn shard_path(dir: &Path, k: usize, ext: &str) -> PathBuf {
     dir.join(format!("shard-{k:05}.{ext}"))
 }
 
+/// Shard `k`'s key in the capture's journal of finished shards.
+fn shard_key(k: usize) -> String {
+    format!("shard-{k:05}")
+}
+
+/// Whether shard `k` is finished: its activations are written and its index rows recorded. A
+/// shard an earlier version finished (its rows in `shard-K.jsonl`) is recorded in the journal.
+fn finished(journal: &mut Journal<Vec<IndexRow>>, dir: &Path, k: usize) -> Result<bool> {
+    if !shard_path(dir, k, "safetensors").exists() {
+        return Ok(false);
+    }
+    if journal.contains(&shard_key(k)) {
+        return Ok(true);
+    }
+    let legacy = shard_path(dir, k, "jsonl");
+    if !legacy.exists() {
+        return Ok(false);
+    }
+    let rows = read_index(&legacy)?;
+    journal.record(vec![(shard_key(k), rows)])?;
+    Ok(true)
+}
+
 pub use crate::label::subject_last_token;
 
 /// The text and token ids of an item's prompt under the capture settings.
@@ -212,20 +237,23 @@ pub fn capture(
         |m: &CaptureMeta| serde_json::to_vec_pretty(m).map_err(|e| Error::Invalid(e.to_string()));
     crate::data::write_atomic(&meta_path, &to_json(&meta)?)?;
 
-    for (k, chunk) in items.chunks(opts.shard_size.max(1)).enumerate() {
-        if shard_path(dir, k, "jsonl").exists() && shard_path(dir, k, "safetensors").exists() {
+    // Finished shards: the settings matched, so what the journal holds is this capture's.
+    let mut journal = Journal::<Vec<IndexRow>>::open(&dir.join("shards.jsonl"), true)?;
+    let chunks: Vec<&[Item]> = items.chunks(opts.shard_size.max(1)).collect();
+    for (k, chunk) in chunks.iter().enumerate() {
+        if finished(&mut journal, dir, k)? {
             progress(chunk.len());
             continue;
         }
-        capture_shard(model, chunk, labels, opts, steer, dir, k, progress)?;
+        let rows = capture_shard(model, chunk, labels, opts, steer, dir, k, progress)?;
+        journal.record(vec![(shard_key(k), rows)])?;
     }
     // The full index, in item order.
-    let mut index = String::new();
-    for k in 0..items.len().div_ceil(opts.shard_size.max(1)) {
-        let p = shard_path(dir, k, "jsonl");
-        index += &std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
+    let mut index = Vec::with_capacity(items.len());
+    for k in 0..chunks.len() {
+        index.extend(journal.get(&shard_key(k)).into_iter().flatten().cloned());
     }
-    crate::data::write_atomic(&dir.join("index.jsonl"), index.as_bytes())?;
+    crate::data::write_jsonl(&dir.join("index.jsonl"), &index)?;
     let done = CaptureMeta {
         complete: true,
         ..meta
@@ -244,7 +272,7 @@ fn capture_shard(
     dir: &Path,
     k: usize,
     progress: &mut dyn FnMut(usize),
-) -> Result<()> {
+) -> Result<Vec<IndexRow>> {
     let cfg = model.cfg();
     let subjects = opts.positions == PosMode::SubjectLast || steer.reads_subjects();
     let (prompts, subject_last) = prompts_of(model, items, opts, subjects)?;
@@ -278,8 +306,7 @@ fn capture_shard(
         items.len(),
         &shard_path(dir, k, "safetensors"),
     )?;
-    let index = index_rows(items, labels, &prompts, &positions, k);
-    crate::data::write_jsonl(&shard_path(dir, k, "jsonl"), &index)
+    Ok(index_rows(items, labels, &prompts, &positions, k))
 }
 
 /// Each item's prompt (text and ids) and where its subject's last token is in it.
@@ -397,6 +424,18 @@ pub struct Acts {
     pub sites: Vec<(Site, ndarray::Array2<f32>)>,
 }
 
+/// Index rows, one per line; a line that does not parse is an error naming it.
+fn read_index(path: &Path) -> Result<Vec<IndexRow>> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::file(path, e))?
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::file(path, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
 /// Load a capture folder written by [`capture`].
 pub fn load(dir: &Path, n_layers: usize) -> Result<Acts> {
     let meta_path = dir.join("meta.json");
@@ -409,16 +448,7 @@ pub fn load(dir: &Path, n_layers: usize) -> Result<Acts> {
             "the capture did not finish; rerun the same capture command to resume it",
         ));
     }
-    let index_path = dir.join("index.jsonl");
-    let index: Vec<IndexRow> = std::fs::read_to_string(&index_path)
-        .map_err(|e| Error::file(&index_path, e))?
-        .lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| Error::file(&index_path, format!("line {}: {e}", i + 1)))
-        })
-        .collect::<Result<_>>()?;
+    let index = read_index(&dir.join("index.jsonl"))?;
     let n_shards = meta.n_items.div_ceil(meta.shard_size.max(1));
     let mut sites = Vec::new();
     for name in &meta.sites {

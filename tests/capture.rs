@@ -7,6 +7,7 @@ use ctxsteer::data::{Form, Item};
 use ctxsteer::label::{self, Answer, Label};
 use ctxsteer::model::{Batch, LogitsAt};
 use ctxsteer::{Model, Positions, Site, Spec, WeightsMode};
+use ndarray::s;
 
 fn item(i: usize) -> Item {
     let subjects = ["the cat", "a red hat", "the sea", "old rope", "the tea pot"];
@@ -114,6 +115,74 @@ fn capture_writes_one_matrix_per_site_with_the_model_s_values() {
     }
 }
 
+/// Add 100 to shard 0's activations at `site`, to tell a reused shard from one captured again.
+fn mark_shard0(out: &std::path::Path, site: Site) {
+    let shard0 = out.join("shard-00000.safetensors");
+    let site = site.to_string();
+    let values = candle_core::safetensors::load(&shard0, &candle_core::Device::Cpu).unwrap();
+    let marked = values[&site].affine(1.0, 100.0).unwrap();
+    let map = std::collections::HashMap::from([(site, marked)]);
+    candle_core::safetensors::save(&map, &shard0).unwrap();
+}
+
+/// A capture an earlier version left unfinished (each finished shard's index rows in a
+/// `shard-K.jsonl` of its own, no journal) goes on from its finished shards.
+#[test]
+fn a_capture_stopped_by_an_earlier_version_resumes() {
+    let (dir, m, items) = setup();
+    let o = opts(vec![Site::resid_post(1)], PosMode::Last);
+    let out = dir.path().join("acts");
+    let run = |progress: &mut dyn FnMut(usize)| {
+        capture::capture(
+            &m,
+            &items,
+            None,
+            &o,
+            &Spec::new(),
+            meta(&m, &o, 5),
+            &out,
+            progress,
+        )
+        .unwrap()
+    };
+    run(&mut |_| {});
+    let done = capture::load(&out, 2).unwrap();
+    // Rewrite the folder as the earlier version left it after shards 0 and 1.
+    for k in 0..2 {
+        let rows: Vec<_> = done
+            .index
+            .iter()
+            .filter(|r| r.shard == k)
+            .cloned()
+            .collect();
+        ctxsteer::data::write_jsonl(&out.join(format!("shard-{k:05}.jsonl")), &rows).unwrap();
+    }
+    for f in ["shards.jsonl", "shard-00002.safetensors", "index.jsonl"] {
+        std::fs::remove_file(out.join(f)).unwrap();
+    }
+    std::fs::write(
+        out.join("meta.json"),
+        serde_json::to_string(&meta(&m, &o, 5)).unwrap(),
+    )
+    .unwrap();
+    mark_shard0(&out, Site::resid_post(1));
+    run(&mut |_| {});
+    let again = capture::load(&out, 2).unwrap();
+    // A finished old shard is reused (its marked values kept), not captured again.
+    let want = done.sites[0].1.clone();
+    let (a, w) = (&again.sites[0].1, &want);
+    assert_eq!(
+        a.slice(s![..2, ..]),
+        w.slice(s![..2, ..]).mapv(|v| v + 100.0)
+    );
+    assert_eq!(a.slice(s![2.., ..]), w.slice(s![2.., ..]));
+    let rows = |a: &capture::Acts| serde_json::to_string(&a.index).unwrap();
+    assert_eq!(rows(&again), rows(&done));
+    // The old shards' rows are now in the journal, with the new shard's.
+    let journal = std::fs::read_to_string(out.join("shards.jsonl")).unwrap();
+    assert_eq!(journal.lines().count(), 3);
+}
+
 #[test]
 fn an_interrupted_capture_resumes_to_the_same_result() {
     let (dir, m, items) = setup();
@@ -131,15 +200,17 @@ fn an_interrupted_capture_resumes_to_the_same_result() {
     )
     .unwrap();
     let full = capture::load(&out, 2).unwrap().sites[0].1.clone();
-    // Simulate a stop after shard 0: later shards, the index and the finished flag are gone.
-    for f in [
-        "shard-00001.jsonl",
-        "shard-00002.jsonl",
-        "shard-00002.safetensors",
-        "index.jsonl",
-    ] {
+    // Simulate a stop during shard 1, after shard 0 was recorded: the journal keeps only shard
+    // 0's line, shard 2's activations, the index and the finished flag are gone.
+    let journal = out.join("shards.jsonl");
+    let first = std::fs::read_to_string(&journal).unwrap();
+    assert_eq!(first.lines().count(), 3, "one record per shard");
+    let first = first.lines().next().unwrap().to_string() + "\n";
+    std::fs::write(&journal, &first).unwrap();
+    for f in ["shard-00002.safetensors", "index.jsonl"] {
         std::fs::remove_file(out.join(f)).unwrap();
     }
+    mark_shard0(&out, Site::resid_post(1));
     std::fs::write(
         out.join("meta.json"),
         serde_json::to_string(&meta(&m, &o, 5)).unwrap(),
@@ -162,7 +233,25 @@ fn an_interrupted_capture_resumes_to_the_same_result() {
     )
     .unwrap();
     assert_eq!(redone, 5, "progress counts skipped shards too");
-    assert_eq!(capture::load(&out, 2).unwrap().sites[0].1, full);
+    // Shard 0 (items 0 and 1) was reused as it was; shards 1 and 2 were captured again.
+    let resumed = capture::load(&out, 2).unwrap().sites[0].1.clone();
+    assert_eq!(
+        resumed.slice(s![..2, ..]),
+        full.slice(s![..2, ..]).mapv(|v| v + 100.0)
+    );
+    assert_eq!(resumed.slice(s![2.., ..]), full.slice(s![2.., ..]));
+    // An index row for every item, in order, and the journal holds every shard once more.
+    let ids: Vec<String> = capture::load(&out, 2)
+        .unwrap()
+        .index
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
+    assert_eq!(ids, ["t0", "t1", "t2", "t3", "t4"]);
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap().lines().count(),
+        3
+    );
     // Other settings in the same folder are refused instead of mixed in.
     let other = opts(vec![Site::resid_post(0)], PosMode::Mean);
     let e = capture::capture(

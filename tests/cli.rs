@@ -864,6 +864,27 @@ fn public_none_cad(
     (err, report)
 }
 
+/// The methods whose parts MemoTrap's parts journal holds (`METHOD|hash` keys), sorted.
+fn saved_parts(out: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(out.join("parts/memotrap.parts.jsonl")).unwrap_or_default();
+    let mut methods: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["key"]
+                .as_str()
+                .unwrap()
+                .split('|')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    methods.sort();
+    methods.dedup();
+    methods
+}
+
 /// Saved runs are reused only on the items they were measured on: after the benchmark's file
 /// changes an answer, `--resume` and `--saved-only` are refused, naming both content hashes,
 /// and nothing saved is touched.
@@ -874,6 +895,9 @@ fn bench_public_refuses_to_reuse_runs_of_other_items() {
     public_none_cad(dir.path(), &model, &out, &[]);
     let record = out.join("parts/memotrap.items");
     let before = std::fs::read_to_string(&record).unwrap();
+    let parts = out.join("parts/memotrap.parts.jsonl");
+    let parts_before = std::fs::read(&parts).unwrap();
+    assert_eq!(saved_parts(&out), ["cad", "none"]);
     let csv = dir.path().join("benchmarks/memotrap/1-proverb-ending.csv");
     let text = std::fs::read_to_string(&csv).unwrap();
     std::fs::write(&csv, text.replacen("' fonder.'", "' stronger.'", 1)).unwrap();
@@ -895,7 +919,7 @@ fn bench_public_refuses_to_reuse_runs_of_other_items() {
             )));
     }
     assert_eq!(std::fs::read_to_string(&record).unwrap(), before);
-    assert!(out.join("parts/memotrap.none.json").is_file());
+    assert_eq!(std::fs::read(&parts).unwrap(), parts_before);
 }
 
 /// `bench public` end to end on MemoTrap fixture files: a report with the benchmark's own
@@ -945,8 +969,7 @@ fn bench_public_runs_saves_parts_and_resumes() {
     let n_test = sec["n_test"].as_u64().unwrap();
     assert_eq!(changed(0), (0.0, n_test));
     assert_eq!(changed(1), (1.0, n_test));
-    assert!(out.join("parts/memotrap.none.json").is_file());
-    assert!(out.join("parts/memotrap.cad.json").is_file());
+    assert_eq!(saved_parts(&out), ["cad", "none"]);
     // The section's time is its split pass plus each method's own time, and the report says so.
     let secs = |v: &serde_json::Value| v.as_f64().unwrap();
     let split = secs(&sec["split_seconds"]);
@@ -974,9 +997,8 @@ fn bench_public_runs_saves_parts_and_resumes() {
     // A run stopped in the middle of a method has no part yet, only its journal of finished
     // runs: resuming reads the runs from the journal instead of running them again. To tell the
     // two apart, every with-context run in the journal is rewritten to follow the context.
-    for m in ["none", "cad"] {
-        std::fs::remove_file(out.join(format!("parts/memotrap.{m}.json"))).unwrap();
-    }
+    let parts = out.join("parts/memotrap.parts.jsonl");
+    std::fs::remove_file(&parts).unwrap();
     let journal = out.join("parts/memotrap.runs.jsonl");
     let text = std::fs::read_to_string(&journal).unwrap();
     let n_lines = text.lines().count();
@@ -1015,6 +1037,9 @@ fn bench_public_runs_saves_parts_and_resumes() {
         n_lines
     );
 
+    // The resumed run recorded its two parts again, in a journal of their own.
+    assert_eq!(saved_parts(&out), ["cad", "none"]);
+    let parts_before = std::fs::read(&parts).unwrap();
     // --saved-only reports what is saved and runs no method: one not saved is left pending,
     // and neither the journal nor the parts change.
     let o = bin()
@@ -1050,7 +1075,8 @@ fn bench_public_runs_saves_parts_and_resumes() {
         md.contains("Not run yet (no saved part): instruct."),
         "{md}"
     );
-    assert!(!out.join("parts/memotrap.instruct.json").exists());
+    assert_eq!(saved_parts(&out), ["cad", "none"]);
+    assert_eq!(std::fs::read(&parts).unwrap(), parts_before);
     assert_eq!(
         std::fs::read_to_string(&journal).unwrap().lines().count(),
         n_lines
@@ -1082,14 +1108,25 @@ fn bench_public_resumes_runs_saved_under_the_earlier_keys() {
     let out = dir.path().join("out");
     let go = |extra: &[&str]| public_none_cad(dir.path(), &model, &out, extra);
     let (_, first) = go(&[]);
-    // Rewrite parts and journal as the earlier version wrote them: part keys from labels and
-    // debug text, evaluation scopes `dev|test METHOD [LABEL]`, no chosen_params.
+    // Rewrite parts and journal as the earlier version wrote them: each part in a file of its
+    // own, part keys from labels and debug text, evaluation scopes `dev|test METHOD [LABEL]`,
+    // no chosen_params.
     let hashed = |k: &str| format!("{:016x}", ctxsteer::data::stable_hash(k));
+    let parts_journal = out.join("parts/memotrap.parts.jsonl");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&parts_journal)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    std::fs::remove_file(&parts_journal).unwrap();
     let mut scopes: Vec<(String, String)> = vec![];
     for (m, labels) in [("none", "none"), ("cad", "beta=0.5;beta=1;beta=2;beta=4")] {
         let path = out.join(format!("parts/memotrap.{m}.json"));
-        let mut part: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let record = records
+            .iter()
+            .find(|r| r["key"].as_str().unwrap().starts_with(&format!("{m}|")))
+            .unwrap();
+        let mut part = record["run"].clone();
         let key: serde_json::Value = serde_json::from_str(part["key"].as_str().unwrap()).unwrap();
         let legacy = format!(
             "memotrap|{}|limit=None|seed=0|dev_share={}|dev_limit=Some(3)|dev={}|test={}|\
@@ -1157,10 +1194,19 @@ fn bench_public_resumes_runs_saved_under_the_earlier_keys() {
     for field in ["methods", "own"] {
         assert_eq!(again["sections"][0][field], first["sections"][0][field]);
     }
-    // Without the parts, every run comes back from the journal: nothing runs, nothing is added.
+    // They are now recorded in the parts journal too, under the current keys: without the
+    // old files they are still reused, as they were.
     for m in ["none", "cad"] {
         std::fs::remove_file(out.join(format!("parts/memotrap.{m}.json"))).unwrap();
     }
+    let (err, from_journal) = go(&["--resume"]);
+    assert_eq!(err.matches("reusing the saved part").count(), 2, "{err}");
+    assert_eq!(
+        from_journal["sections"][0]["methods"],
+        again["sections"][0]["methods"]
+    );
+    // Without the parts, every run comes back from the journal: nothing runs, nothing is added.
+    std::fs::remove_file(&parts_journal).unwrap();
     let (err, resumed) = go(&["--resume"]);
     assert!(!err.contains("reusing the saved part"), "{err}");
     let lines = std::fs::read_to_string(&journal).unwrap().lines().count();

@@ -1,5 +1,5 @@
-//! Where `bench public` keeps finished work: each (benchmark, method) part's file and key, and
-//! the journal scopes of its runs. Keys are the settings as JSON; the keys earlier versions
+//! Where `bench public` keeps finished work: each (benchmark, method) part's key and its record
+//! in the parts journal, and the journal scopes of its runs. Keys are the settings as JSON; the keys earlier versions
 //! built from display labels are still read.
 
 use super::{shots_for, BenchRun, Benchmark, PublicOptions};
@@ -12,7 +12,9 @@ use crate::label::Run;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// One finished (benchmark, method) measurement, saved so that a long run can resume.
+/// One finished (benchmark, method) measurement, recorded in the parts journal so that a long
+/// run can resume. Earlier versions saved each in a file of its own (`DIR/NAME.METHOD.json`),
+/// still read.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct Part {
     /// What must match for the part to be reused: model, sample, split and the method's grid.
@@ -130,26 +132,65 @@ pub(super) fn shots_key(b: Benchmark, opts: &PublicOptions) -> String {
     }
 }
 
-pub(super) fn part_path(dir: &Path, name: &str, m: Method) -> PathBuf {
-    dir.join(format!("{name}.{}.json", m.name()))
+/// The benchmark's journal of finished parts, one [`Part`] per (method, settings).
+pub(super) fn parts_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.parts.jsonl"))
 }
 
-/// A saved part with either key, if there is one (a part that does not parse is not reused).
-pub(super) fn saved_part(
-    dir: &Path,
-    name: &str,
-    m: Method,
-    keys: &PartKeys,
-) -> Option<MethodResult> {
-    let text = std::fs::read_to_string(part_path(dir, name, m)).ok()?;
-    let p: Part = serde_json::from_str(&text).ok()?;
-    (p.key == keys.new || p.key == keys.legacy).then_some(p.result)
+/// The file an earlier version saved a part in.
+fn legacy_part_path(dir: &Path, name: &str, m: Method) -> PathBuf {
+    dir.join(format!("{name}.{}.json", m.name()))
 }
 
 /// A part's key ([`part_key`]) and the key earlier versions gave it ([`legacy_part_key`]).
 pub(super) struct PartKeys {
     pub new: String,
     pub legacy: String,
+}
+
+/// A part's key in the parts journal: the method's name, and its part key hashed.
+fn part_record(m: Method, keys: &PartKeys) -> String {
+    format!("{}|{}", m.name(), hashed(&keys.new))
+}
+
+/// The saved part of method `m`: from the parts journal, else from the file an earlier version
+/// saved it in under either key (then also recorded in the journal, which a writable run keeps).
+/// A legacy file that does not parse is not reused.
+pub(super) fn saved_part(
+    parts: &mut Journal<Part>,
+    dir: &Path,
+    name: &str,
+    m: Method,
+    keys: &PartKeys,
+) -> Result<Option<MethodResult>> {
+    let matches = |p: &Part| p.key == keys.new || p.key == keys.legacy;
+    if let Some(p) = parts.get(&part_record(m, keys)).filter(|p| matches(p)) {
+        return Ok(Some(p.result.clone()));
+    }
+    let legacy = || -> Option<MethodResult> {
+        let text = std::fs::read_to_string(legacy_part_path(dir, name, m)).ok()?;
+        let p: Part = serde_json::from_str(&text).ok()?;
+        matches(&p).then_some(p.result)
+    };
+    let Some(r) = legacy() else {
+        return Ok(None);
+    };
+    save_part(parts, m, keys, &r)?;
+    Ok(Some(r))
+}
+
+/// Record a finished part in the parts journal (a later record of the same key wins).
+pub(super) fn save_part(
+    parts: &mut Journal<Part>,
+    m: Method,
+    keys: &PartKeys,
+    r: &MethodResult,
+) -> Result<()> {
+    let part = Part {
+        key: keys.new.clone(),
+        result: r.clone(),
+    };
+    parts.record(vec![(part_record(m, keys), part)])
 }
 
 /// The journal's place for the runs made under `key` (hashed: keys are long).
@@ -172,20 +213,4 @@ pub(super) fn scoped_part<'a>(
 /// A journal scope made from a (long) key.
 pub(super) fn hashed(key: &str) -> String {
     format!("{:016x}", data::stable_hash(key))
-}
-
-pub(super) fn save_part(
-    dir: &Path,
-    name: &str,
-    m: Method,
-    key: String,
-    r: &MethodResult,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    let part = Part {
-        key,
-        result: r.clone(),
-    };
-    let bytes = serde_json::to_vec_pretty(&part).map_err(|e| Error::Invalid(e.to_string()))?;
-    data::write_atomic(&part_path(dir, name, m), &bytes)
 }

@@ -155,11 +155,14 @@ pub fn run_one(
         res: &res,
         opts,
         sha256: model.identity()?.sha256,
-        journal: match &opts.parts {
-            Some(d) => Some(open_journal(d, name, opts, on)?),
-            None => None,
-        },
+        journal: None,
+        parts: None,
     };
+    if let Some(d) = &opts.parts {
+        run.journal = Some(open_journal(&d.join(format!("{name}.runs.jsonl")), opts)?);
+        run.parts = Some(open_journal(&keys::parts_path(d, name), opts)?);
+        run.say_saved(on);
+    }
     // After the journal: a run it refuses leaves the record of the saved runs' items alone.
     if let Some(d) = &opts.parts {
         check_items(d, name, &items_hash, opts)?;
@@ -221,7 +224,10 @@ struct BenchRun<'a> {
     res: &'a Resources,
     opts: &'a PublicOptions,
     sha256: String,
+    /// The runs of items finished so far (`DIR/NAME.runs.jsonl`).
     journal: Option<Journal<Run>>,
+    /// The (method, settings) parts finished so far (`DIR/NAME.parts.jsonl`).
+    parts: Option<Journal<keys::Part>>,
 }
 
 /// A method's headline outcomes per test item: with context, and closed-book on known facts.
@@ -329,8 +335,8 @@ impl BenchRun<'_> {
         on: &mut bench::OnEvent,
     ) -> Result<Option<MethodResult>> {
         let (name, opts) = (self.b.name(), self.opts);
-        let saved = match (&opts.parts, opts.resume) {
-            (Some(d), true) => saved_part(d, name, m, keys),
+        let saved = match (&opts.parts, &mut self.parts, opts.resume) {
+            (Some(d), Some(parts), true) => saved_part(parts, d, name, m, keys)?,
             _ => None,
         };
         // A part saved before irrelevant contexts were measured lacks them, and its setting
@@ -375,8 +381,8 @@ impl BenchRun<'_> {
         }
         drop(j);
         r.reused_runs = self.journal.as_ref().map_or(0, Journal::hits) - hits;
-        if let Some(d) = &opts.parts {
-            save_part(d, name, m, keys.new.clone(), &r)?;
+        if let Some(parts) = &mut self.parts {
+            save_part(parts, m, keys, &r)?;
         }
         Ok(Some(r))
     }
@@ -457,26 +463,36 @@ fn check_items(dir: &Path, name: &str, hash: &str, opts: &PublicOptions) -> Resu
     }
 }
 
-/// The benchmark's journal of finished runs, `DIR/NAME.runs.jsonl`: kept with `resume`, else
-/// refused when it holds runs ([`Journal::open`]); only read with `saved_only`, so that a run still appending to it is safe.
-fn open_journal(
-    dir: &Path,
-    name: &str,
+/// One of the benchmark's journals (its runs', its parts'): kept with `resume`, else refused
+/// when it holds records ([`Journal::open`]); only read with `saved_only`, so that a run still
+/// appending to it is safe.
+fn open_journal<R: Serialize + serde::de::DeserializeOwned>(
+    path: &Path,
     opts: &PublicOptions,
-    on: &mut bench::OnEvent,
-) -> Result<Journal<Run>> {
-    let path = dir.join(format!("{name}.runs.jsonl"));
-    let j = match opts.saved_only {
-        true => Journal::open_read_only(&path)?,
-        false => Journal::open(&path, opts.resume)?,
-    };
-    if !j.is_empty() {
-        on(Event::Line(&format!(
-            "{name}: {} finished runs in the journal are reused where their settings match",
-            j.len()
-        )));
+) -> Result<Journal<R>> {
+    match opts.saved_only {
+        true => Journal::open_read_only(path),
+        false => Journal::open(path, opts.resume),
     }
-    Ok(j)
+}
+
+impl BenchRun<'_> {
+    /// Say what the journals hold that may be reused.
+    fn say_saved(&self, on: &mut bench::OnEvent) {
+        let name = self.b.name();
+        let runs = self.journal.as_ref().map_or(0, Journal::len);
+        if runs > 0 {
+            on(Event::Line(&format!(
+                "{name}: {runs} finished runs in the journal are reused where their settings match"
+            )));
+        }
+        let parts = self.parts.as_ref().map_or(0, Journal::len);
+        if parts > 0 {
+            on(Event::Line(&format!(
+                "{name}: {parts} finished parts are saved; each is reused where its settings match"
+            )));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -60,13 +60,16 @@ pub fn markdown(r: &PublicReport) -> String {
         );
         if !sec.methods.is_empty() {
             s += &methods_table(sec);
-            // A subsection of this benchmark's section.
-            s += "\n";
-            s += &crate::report::contexts_markdown(
+            // A subsection of this benchmark's section, where contexts of three types were run.
+            let contexts = crate::report::contexts_markdown(
                 &sec.methods,
                 3,
                 sec.dev_irrelevant_none.is_some(),
             );
+            if !contexts.is_empty() {
+                s += "\n";
+                s += &contexts;
+            }
         }
         if !sec.pending.is_empty() {
             let names: Vec<&str> = sec.pending.iter().map(|m| m.name()).collect();
