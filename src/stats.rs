@@ -2,6 +2,7 @@
 //! first principal component, seeded shuffles and bootstrap confidence intervals.
 
 use ndarray::{Array1, Array2, Axis};
+use serde::{Deserialize, Serialize};
 
 /// Area under the ROC curve of `scores` for binary `labels` (Mann-Whitney U with tied ranks).
 /// 0.5 when one class is missing.
@@ -162,5 +163,74 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     match sorted.len() {
         0 => f64::NAN,
         n => sorted[((q * (n - 1) as f64).round() as usize).min(n - 1)],
+    }
+}
+
+/// A mean (a share, a rate, a difference) with its 95% interval and how many values it is over:
+/// the one type every benchmark and experiment reports an estimate in. No values is a mean of
+/// 0 with `n` = 0 (reports show n/a).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    pub value: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// How many values the mean is over (absent in reports written before it was kept).
+    #[serde(default)]
+    pub n: usize,
+}
+
+/// The mean of `v`; 0 for none (an empty sum of floats is -0.0).
+fn mean_or_zero(v: &[f64]) -> f64 {
+    match v.len() {
+        0 => 0.0,
+        n => v.iter().sum::<f64>() / n as f64,
+    }
+}
+
+impl Rate {
+    /// The mean of `values` with its percentile bootstrap interval over `reps` resamples.
+    pub fn bootstrap(values: &[f64], reps: usize, seed: u64) -> Rate {
+        let (ci_low, ci_high) = bootstrap_ci(values, reps, seed);
+        Rate {
+            value: mean_or_zero(values),
+            ci_low,
+            ci_high,
+            n: values.len(),
+        }
+    }
+
+    /// The share of `flags` that hold, with its bootstrap interval over `reps` resamples.
+    pub fn share(flags: &[bool], reps: usize, seed: u64) -> Rate {
+        let v: Vec<f64> = flags.iter().map(|f| f64::from(u8::from(*f))).collect();
+        Rate::bootstrap(&v, reps, seed)
+    }
+
+    /// The mean of `values` with their 2.5th and 97.5th percentiles: a spread of the values
+    /// (for example of random draws), not an interval of the mean.
+    pub fn spread(values: &[f64]) -> Rate {
+        let mut s = values.to_vec();
+        s.sort_by(f64::total_cmp);
+        Rate {
+            value: mean_or_zero(values),
+            ci_low: percentile(&s, 0.025),
+            ci_high: percentile(&s, 0.975),
+            n: values.len(),
+        }
+    }
+
+    /// mean(a) − mean(b) of two independent samples, with a percentile bootstrap interval
+    /// that resamples each on its own `reps` times; `n` counts the values of both.
+    pub fn difference(a: &[f64], b: &[f64], reps: usize, seed: u64) -> Rate {
+        let mut rng = SplitMix(seed);
+        let mut draw = |v: &[f64]| {
+            let re: Vec<f64> = (0..v.len()).map(|_| v[rng.below(v.len())]).collect();
+            mean_or_zero(&re)
+        };
+        let diffs: Vec<f64> = (0..reps).map(|_| draw(a) - draw(b)).collect();
+        Rate {
+            value: mean_or_zero(a) - mean_or_zero(b),
+            n: a.len() + b.len(),
+            ..Rate::spread(&diffs)
+        }
     }
 }

@@ -6,8 +6,9 @@ use common::{tiny_organism, tiny_world};
 
 use ctxsteer::hooks::{Action, Intervention, Positions, Site, SiteKind, Spec};
 use ctxsteer::organism::modularity::{
-    ablation_spec, by_relation, jaccard, random_set, top_k, units, Estimate, Unit, UnitKind,
+    ablation_spec, by_relation, jaccard, random_set, top_k, units, Unit, UnitKind,
 };
+use ctxsteer::stats::Rate;
 use ctxsteer::stats::SplitMix;
 
 fn captured(m: &ctxsteer::Model, ids: &[u32], spec: Spec, site: Site) -> Vec<Vec<f32>> {
@@ -100,12 +101,15 @@ fn the_helpers_give_known_answers() {
     let m = by_relation(&[1.0, 3.0, 5.0], &[0, 0, 1], 3);
     assert_eq!((m[0], m[1]), (2.0, 5.0));
     assert!(m[2].is_nan());
-    let d = Estimate::difference(&[3.0, 3.0, 3.0], &[1.0, 1.0], 1);
-    assert_eq!((d.value, d.ci_low, d.ci_high), (2.0, 2.0, 2.0));
-    let d = Estimate::difference(&[0.0, 4.0], &[1.0, 1.0], 1);
+    let d = Rate::difference(&[3.0, 3.0, 3.0], &[1.0, 1.0], 2000, 1);
+    assert_eq!((d.value, d.ci_low, d.ci_high, d.n), (2.0, 2.0, 2.0, 5));
+    let d = Rate::difference(&[0.0, 4.0], &[1.0, 1.0], 2000, 1);
     assert!(d.value == 1.0 && d.ci_low < 1.0 && d.ci_high > 1.0, "{d:?}");
-    let s = Estimate::spread_of(&[1.0, 2.0, 3.0]);
-    assert_eq!((s.value, s.ci_low, s.ci_high), (2.0, 1.0, 3.0));
+    let s = Rate::spread(&[1.0, 2.0, 3.0]);
+    assert_eq!((s.value, s.ci_low, s.ci_high, s.n), (2.0, 1.0, 3.0, 3));
+    // No values: a mean of 0 over n = 0, the convention every report shows as n/a.
+    let e = Rate::share(&[], 2000, 1);
+    assert_eq!((e.value, e.ci_low, e.ci_high, e.n), (0.0, 0.0, 0.0, 0));
 }
 
 /// On a tiny organism that knows its facts: ablating every head is the same set whether it is

@@ -5,10 +5,11 @@ mod common;
 use common::{tiny_organism, tiny_world};
 
 use ctxsteer::organism;
-use ctxsteer::organism::modularity::{Estimate, Scored};
+use ctxsteer::organism::modularity::Scored;
 use ctxsteer::organism::proxytune::{
     corpus, frontier, matched, point, roles, with_replay, Method, Point, Probe,
 };
+use ctxsteer::stats::Rate;
 use std::path::Path;
 
 fn items(world: &Path) -> Vec<ctxsteer::data::Item> {
@@ -53,11 +54,12 @@ fn sc(logp: f64, top: bool) -> Scored {
     Scored { logp, top }
 }
 
-fn est(v: f64) -> Estimate {
-    Estimate {
+fn est(v: f64) -> Rate {
+    Rate {
         value: v,
         ci_low: v,
         ci_high: v,
+        n: 1,
     }
 }
 

@@ -2,37 +2,20 @@
 //! M_R, and SQuAD exact match.
 
 use crate::label::{Answer, Run};
-use serde::{Deserialize, Serialize};
 
-/// A rate with its bootstrap 95% interval.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Rate {
-    pub value: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-    pub n: usize,
-}
+pub use crate::stats::Rate;
+
+/// How many bootstrap resamples a benchmark's intervals take.
+const REPS: usize = 1000;
 
 pub(super) fn rate(flags: &[bool], seed: u64) -> Rate {
-    let v: Vec<f64> = flags.iter().map(|f| *f as u8 as f64).collect();
-    mean_rate(&v, seed)
+    Rate::share(flags, REPS, seed)
 }
 
 /// The mean of per-item values with its bootstrap 95% interval over items (seeded by `seed`):
 /// a share when the values are 0 and 1, a paired difference when they are -1, 0 and 1.
 pub fn mean_rate(values: &[f64], seed: u64) -> Rate {
-    let (ci_low, ci_high) = crate::stats::bootstrap_ci(values, 1000, seed);
-    Rate {
-        // An empty sum of floats is -0.0; no items is a rate of 0 (shown as n/a where n = 0).
-        value: if values.is_empty() {
-            0.0
-        } else {
-            values.iter().sum::<f64>() / values.len() as f64
-        },
-        ci_low,
-        ci_high,
-        n: values.len(),
-    }
+    Rate::bootstrap(values, REPS, seed)
 }
 
 /// M_R with a bootstrap interval over items.

@@ -1,5 +1,5 @@
 //! Text for reports: HTML escaping, Markdown tables, markdown as an HTML page ([`html`]), the
-//! writer of a report's files for the reports with one chart, and the charts' frames.
+//! one writer of a report's files ([`write_files`]), and the charts' frames.
 
 pub mod html;
 
@@ -32,9 +32,54 @@ pub fn inline_svg(svg: &str) -> &str {
     svg.find("<svg").map_or(svg, |i| &svg[i..])
 }
 
-/// Write a report into `dir`: report.json (`value`), report.md (`markdown`), the chart that
-/// `chart` draws at `dir/svg_name`, and report.html: the markdown as a page ([`html::page`]),
-/// the chart under its first heading with `caption`. Each file is written whole or not at all.
+/// What every report is made of: its data, its text, and its charts.
+pub struct ReportFiles<'a, T: serde::Serialize> {
+    /// Written as report.json.
+    pub value: &'a T,
+    /// The HTML page's title.
+    pub title: &'a str,
+    /// Written as report.md, and as the page's body.
+    pub markdown: &'a str,
+    /// SVG charts (their text) by the heading or image file name they go under
+    /// ([`html::page`]).
+    pub figures: std::collections::BTreeMap<String, String>,
+    /// A caption under every chart, if any.
+    pub caption: Option<&'a str>,
+}
+
+/// The one report writer: report.json, report.md and report.html (the markdown as a page with
+/// the charts inlined) in `dir`, each written whole or not at all.
+pub fn write_files<T: serde::Serialize>(dir: &Path, r: &ReportFiles<T>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    let json = serde_json::to_vec_pretty(r.value).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::atomic::write(&dir.join("report.json"), &json)?;
+    crate::atomic::write(&dir.join("report.md"), r.markdown.as_bytes())?;
+    let figures: std::collections::BTreeMap<String, String> = r
+        .figures
+        .iter()
+        .map(|(k, svg)| (k.clone(), inline_svg(svg).to_string()))
+        .collect();
+    let page = html::page(r.title, r.markdown, &figures, r.caption);
+    crate::atomic::write(&dir.join("report.html"), page.as_bytes())
+}
+
+/// The text of the chart files `names` in `dir`, by file name: figures for [`write_files`].
+pub fn chart_files(
+    dir: &Path,
+    names: &[&str],
+) -> Result<std::collections::BTreeMap<String, String>> {
+    names
+        .iter()
+        .map(|f| {
+            let p = dir.join(f);
+            let svg = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
+            Ok((f.to_string(), svg))
+        })
+        .collect()
+}
+
+/// A report with one chart (the organism's): the chart that `chart` draws at `dir/svg_name`
+/// goes under the markdown's first heading (its title) with `caption` ([`write_files`]).
 pub fn write_report<T: serde::Serialize>(
     dir: &Path,
     value: &T,
@@ -43,22 +88,25 @@ pub fn write_report<T: serde::Serialize>(
     chart: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    let json = serde_json::to_vec_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::atomic::write(&dir.join("report.json"), &json)?;
-    crate::atomic::write(&dir.join("report.md"), markdown.as_bytes())?;
-    let svg_path = dir.join(svg_name);
-    chart(&svg_path)?;
-    let svg = std::fs::read_to_string(&svg_path).map_err(|e| Error::file(&svg_path, e))?;
+    chart(&dir.join(svg_name))?;
     let title = markdown
         .lines()
         .next()
         .unwrap_or("")
         .trim_start_matches('#')
         .trim();
-    let figure = (title.to_string(), inline_svg(&svg).to_string());
-    let figures = std::collections::BTreeMap::from([figure]);
-    let page = html::page(title, markdown, &figures, Some(caption));
-    crate::atomic::write(&dir.join("report.html"), page.as_bytes())
+    let svg = chart_files(dir, &[svg_name])?
+        .remove(svg_name)
+        .unwrap_or_default();
+    let figures = std::collections::BTreeMap::from([(title.to_string(), svg)]);
+    let files = ReportFiles {
+        value,
+        title,
+        markdown,
+        figures,
+        caption: Some(caption),
+    };
+    write_files(dir, &files)
 }
 
 /// A panel of an SVG drawing.

@@ -4,8 +4,7 @@
 
 use super::Section;
 use crate::bench::Rate;
-use crate::data;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -123,26 +122,21 @@ const FIGURE_NOTE: &str = "Test items. Dot: the value; line: its 95% bootstrap i
 
 /// Write report.json, report.md and report.html (the same, as an HTML page) into `dir`.
 pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    data::write_atomic(
-        &dir.join("report.json"),
-        &serde_json::to_vec_pretty(r).map_err(|e| Error::Invalid(e.to_string()))?,
-    )?;
     let md = markdown(r);
-    data::write_atomic(&dir.join("report.md"), md.as_bytes())?;
     let figures = r
         .sections
         .iter()
         .filter(|sec| !sec.methods.is_empty())
         .map(|sec| (sec.name.clone(), section_chart(sec)))
         .collect();
-    let html = crate::markup::html::page(
-        "Public knowledge-conflict benchmarks",
-        &md,
-        &figures,
-        Some(FIGURE_NOTE),
-    );
-    data::write_atomic(&dir.join("report.html"), html.as_bytes())
+    let files = crate::markup::ReportFiles {
+        value: r,
+        title: "Public knowledge-conflict benchmarks",
+        markdown: &md,
+        figures,
+        caption: Some(FIGURE_NOTE),
+    };
+    crate::markup::write_files(dir, &files)
 }
 
 /// A section's chart: per method, the benchmark's headline metric (its first own metric), our

@@ -277,21 +277,10 @@ fn md_extras(rep: &Report) -> String {
     s
 }
 
-/// The report as a page ([`crate::markup::html::page`]): its markdown, each chart inlined
-/// where the markdown names it.
-pub fn html(rep: &Report, dir: &Path) -> Result<String> {
-    let mut figures = BTreeMap::new();
-    for f in rep.charts.values() {
-        let p = dir.join(f);
-        let svg = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
-        figures.insert(f.clone(), crate::markup::inline_svg(&svg).to_string());
-    }
-    Ok(crate::markup::html::page(
-        &rep.title,
-        &markdown(rep),
-        &figures,
-        None,
-    ))
+/// The report's chart files, read from `dir`, by file name.
+fn figures(rep: &Report, dir: &Path) -> Result<BTreeMap<String, String>> {
+    let names: Vec<&str> = rep.charts.values().map(String::as_str).collect();
+    crate::markup::chart_files(dir, &names)
 }
 
 /// Small multiples: dev adherence and retention against each swept setting, one panel per method.
@@ -373,11 +362,13 @@ fn sweep_panel(
 
 /// Write report.json, report.md and report.html into `dir`.
 pub fn write(rep: &Report, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    crate::data::write_atomic(
-        &dir.join("report.json"),
-        &serde_json::to_vec_pretty(rep).map_err(|e| Error::Invalid(e.to_string()))?,
-    )?;
-    crate::data::write_atomic(&dir.join("report.md"), markdown(rep).as_bytes())?;
-    crate::data::write_atomic(&dir.join("report.html"), html(rep, dir)?.as_bytes())
+    let md = markdown(rep);
+    let files = crate::markup::ReportFiles {
+        value: rep,
+        title: &rep.title,
+        markdown: &md,
+        figures: figures(rep, dir)?,
+        caption: None,
+    };
+    crate::markup::write_files(dir, &files)
 }

@@ -1,11 +1,12 @@
 //! `organism modularity`'s report: report.json, report.md, modularity.svg and report.html.
 
-use super::{Estimate, KindSummary, ModularityReport, SetRow, UnitKind};
+use super::{KindSummary, ModularityReport, SetRow, UnitKind};
 use crate::error::Result;
 use crate::markup::{legend, md_table, Area};
+use crate::stats::Rate;
 use std::path::Path;
 
-fn est(e: &Estimate) -> String {
+fn est(e: &Rate) -> String {
     format!("{:.3} [{:.3}, {:.3}]", e.value, e.ci_low, e.ci_high)
 }
 

@@ -9,7 +9,7 @@ use crate::data::Item;
 use crate::error::{Error, Result};
 use crate::hooks::Spec;
 use crate::model::Model;
-use crate::stats::SplitMix;
+use crate::stats::{Rate, SplitMix};
 use serde::{Deserialize, Serialize};
 
 /// Settings of a modularity run.
@@ -38,54 +38,8 @@ impl Default for ModularityOptions {
     }
 }
 
-/// A mean with its 95% interval.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Estimate {
-    pub value: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-}
-
-impl Estimate {
-    /// The mean of `v` with its bootstrap interval.
-    pub fn mean_of(v: &[f64], seed: u64) -> Estimate {
-        let (ci_low, ci_high) = crate::stats::bootstrap_ci(v, 2000, seed);
-        Estimate {
-            value: mean(v),
-            ci_low,
-            ci_high,
-        }
-    }
-
-    /// The mean of `v` with the 2.5th and 97.5th percentiles of its values (a spread, not an
-    /// interval of the mean): for random sets.
-    pub fn spread_of(v: &[f64]) -> Estimate {
-        let mut s = v.to_vec();
-        s.sort_by(f64::total_cmp);
-        Estimate {
-            value: mean(v),
-            ci_low: crate::stats::percentile(&s, 0.025),
-            ci_high: crate::stats::percentile(&s, 0.975),
-        }
-    }
-
-    /// mean(a) − mean(b), with a bootstrap interval that resamples each independently.
-    pub fn difference(a: &[f64], b: &[f64], seed: u64) -> Estimate {
-        let mut rng = SplitMix(seed);
-        let mut draw = |v: &[f64]| {
-            mean(
-                &(0..v.len())
-                    .map(|_| v[rng.below(v.len())])
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let diffs: Vec<f64> = (0..2000).map(|_| draw(a) - draw(b)).collect();
-        Estimate {
-            value: mean(a) - mean(b),
-            ..Estimate::spread_of(&diffs)
-        }
-    }
-}
+/// Bootstrap resamples behind the experiment's intervals.
+const REPS: usize = 2000;
 
 fn mean(v: &[f64]) -> f64 {
     match v.len() {
@@ -123,16 +77,16 @@ pub struct SetRow {
     pub relation: String,
     pub units: Vec<String>,
     /// Mean damage (nats) on this relation's facts, and on every other relation's.
-    pub own: Estimate,
-    pub other: Estimate,
+    pub own: Rate,
+    pub other: Rate,
     /// own − other.
-    pub selectivity: Estimate,
+    pub selectivity: Rate,
     /// Share of known facts still answered (top token), own and other.
     pub own_recall: f64,
     pub other_recall: f64,
     /// The same damages under random sets of k units of the kind (mean and spread over sets).
-    pub random_own: Estimate,
-    pub random_other: Estimate,
+    pub random_own: Rate,
+    pub random_other: Rate,
 }
 
 /// One kind and size, over relations.
@@ -337,13 +291,13 @@ fn set_row(
         k: set.len(),
         relation: p.relations[r].clone(),
         units: set.iter().map(Unit::to_string).collect(),
-        own: Estimate::mean_of(&own, seed),
-        other: Estimate::mean_of(&other, seed ^ 1),
-        selectivity: Estimate::difference(&own, &other, seed ^ 2),
+        own: Rate::bootstrap(&own, REPS, seed),
+        other: Rate::bootstrap(&other, REPS, seed ^ 1),
+        selectivity: Rate::difference(&own, &other, REPS, seed ^ 2),
         own_recall: share(&part(&top, rel, r, true)),
         other_recall: share(&part(&top, rel, r, false)),
-        random_own: Estimate::spread_of(&ro),
-        random_other: Estimate::spread_of(&rt),
+        random_own: Rate::spread(&ro),
+        random_other: Rate::spread(&rt),
     })
 }
 

@@ -15,13 +15,14 @@ pub mod report;
 mod run;
 pub use run::*;
 
-use super::modularity::{judge, last_logits, Estimate, Queries, Scored};
+use super::modularity::{judge, last_logits, Queries, Scored};
 use super::train::TrainOptions;
 use crate::data::Item;
 use crate::error::{Error, Result};
 use crate::hooks::Spec;
 use crate::model::Model;
 use crate::proxy::Proxy;
+use crate::stats::Rate;
 use crate::stats::SplitMix;
 use serde::{Deserialize, Serialize};
 
@@ -189,7 +190,7 @@ impl Probe {
 pub struct Bucket {
     pub exposure: u32,
     pub n: usize,
-    pub kept: Estimate,
+    pub kept: Rate,
 }
 
 /// What one way of changing the model gives.
@@ -198,13 +199,13 @@ pub struct Point {
     pub method: Method,
     pub label: String,
     /// Share of taught facts answered closed-book, and their mean log-probability.
-    pub gain: Estimate,
+    pub gain: Rate,
     pub taught_logp: f64,
     /// Share of never-seen, untaught facts answered (chance level if nothing leaks).
-    pub control: Estimate,
+    pub control: Rate,
     /// Share of the old facts the large model knew that are still answered, over all and by
     /// exposure; and their mean fall in log-probability (nats).
-    pub retention: Estimate,
+    pub retention: Rate,
     pub by_exposure: Vec<Bucket>,
     pub old_logp_drop: f64,
     /// Per known old fact, whether it is still answered (for the paired comparisons).
@@ -212,10 +213,12 @@ pub struct Point {
     pub kept: Vec<bool>,
 }
 
-fn share(v: &[bool], seed: u64) -> Estimate {
-    let x: Vec<f64> = v.iter().map(|b| f64::from(u8::from(*b))).collect();
-    Estimate::mean_of(&x, seed)
+fn share(v: &[bool], seed: u64) -> Rate {
+    Rate::share(v, REPS, seed)
 }
+
+/// Bootstrap resamples behind the experiment's intervals.
+const REPS: usize = 2000;
 
 /// The point of `scores` (every probe query, in order) against the large model's `base`.
 pub fn point(method: Method, probe: &Probe, base: &[Scored], scores: &[Scored]) -> Point {
@@ -280,7 +283,7 @@ pub struct Matched {
     /// Proxy's gain minus fine-tuning's (share of taught facts).
     pub gain_difference: f64,
     /// Proxy's retention minus fine-tuning's, paired on the same old facts.
-    pub retention_difference: Estimate,
+    pub retention_difference: Rate,
 }
 
 /// The matched pairs of weight `alpha` whose gains are within `points` of each other: how
@@ -354,7 +357,7 @@ pub fn matched(points: &[Point]) -> Vec<Matched> {
                 alpha,
                 fine_tune: f.label.clone(),
                 gain_difference: p.gain.value - f.gain.value,
-                retention_difference: Estimate::mean_of(&diff, 4),
+                retention_difference: Rate::bootstrap(&diff, REPS, 4),
             })
         })
         .collect()

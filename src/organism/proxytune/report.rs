@@ -3,10 +3,10 @@
 use super::{Method, Point, ProxyReport};
 use crate::error::Result;
 use crate::markup::{legend, md_table, Area};
-use crate::organism::modularity::Estimate;
+use crate::stats::Rate;
 use std::path::Path;
 
-fn pct(e: &Estimate) -> String {
+fn pct(e: &Rate) -> String {
     format!(
         "{:.1} [{:.1}, {:.1}]",
         100.0 * e.value,
