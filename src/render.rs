@@ -6,7 +6,8 @@ use crate::error::{Error, Result};
 use std::path::Path;
 
 /// The kinds of report, told apart by a field only that kind has (checked in this order).
-const KINDS: [(&str, &str); 6] = [
+const KINDS: [(&str, &str); 7] = [
+    ("sections", "public"),
     ("matched", "proxy"),
     ("ranked", "modularity"),
     ("fits", "capacity"),
@@ -25,13 +26,6 @@ pub fn render(dir: &Path) -> Result<&'static str> {
     let text = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::file(&p, e.to_string()))?;
-    if v.get("sections").is_some() {
-        return Err(Error::file(
-            &p,
-            "a bench public report: its report.json leaves out what it cannot write (NaN), so \
-             it is redrawn from its saved parts with `bench public --saved-only` instead",
-        ));
-    }
     let kind = KINDS
         .iter()
         .find(|(field, _)| v.get(field).is_some())
@@ -39,12 +33,12 @@ pub fn render(dir: &Path) -> Result<&'static str> {
         .ok_or_else(|| {
             Error::file(
                 &p,
-                "not a report this can redraw (bench conflict or demo; organism capacity, \
-                 shapes, study, modularity or proxy)",
+                "not a report this can redraw (bench conflict, bench public or demo; organism \
+                 capacity, shapes, study, modularity or proxy)",
             )
         })?;
     // The writers rewrite report.json too; its text is the source, kept as it was whatever
-    // happens (a float read back may print differently in its last digit).
+    // happens (a report written by another serializer may space or order it otherwise).
     let drawn = draw(kind, &p, v, dir);
     crate::atomic::write(&p, text.as_bytes())?;
     drawn?;
@@ -60,6 +54,7 @@ fn draw(kind: &str, p: &Path, v: serde_json::Value, dir: &Path) -> Result<()> {
         "capacity" => capacity_report::write(&parse(p, v)?, dir),
         "shapes" => shapes::write(&parse(p, v)?, dir),
         "study" => study_report::write(&parse(p, v)?, dir),
+        "public" => crate::public::write(&parse(p, v)?, dir),
         _ => {
             let rep: crate::report::Report = parse(p, v)?;
             redraw_bench_charts(&rep, dir)?;

@@ -171,12 +171,22 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// 0 with `n` = 0 (reports show n/a).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rate {
+    // JSON has no NaN (an undefined ratio, an interval over nothing): it is written as null and
+    // read back as NaN.
+    #[serde(deserialize_with = "nan_if_null")]
     pub value: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub ci_low: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub ci_high: f64,
     /// How many values the mean is over (absent in reports written before it was kept).
     #[serde(default)]
     pub n: usize,
+}
+
+/// A number, or NaN where JSON holds null (serde_json writes NaN as null).
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The mean of `v`; 0 for none (an empty sum of floats is -0.0).
@@ -232,5 +242,38 @@ impl Rate {
             n: a.len() + b.len(),
             ..Rate::spread(&diffs)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_reads_back_what_it_wrote_nan_included() {
+        let r = Rate::share(&[true, false, true, true], 1000, 3);
+        assert_eq!((r.value, r.n), (0.75, 4));
+        assert!(r.ci_low <= 0.75 && r.ci_high >= 0.75);
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Rate>(&text).unwrap(), r);
+        // NaN is written as null and read back as NaN; a report without n reads it as 0.
+        let undefined = Rate {
+            value: f64::NAN,
+            ..r.clone()
+        };
+        let text = serde_json::to_string(&undefined).unwrap();
+        assert!(text.contains("\"value\":null"), "{text}");
+        assert!(serde_json::from_str::<Rate>(&text).unwrap().value.is_nan());
+        let old: Rate =
+            serde_json::from_str("{\"value\":0.5,\"ci_low\":0.25,\"ci_high\":0.75}").unwrap();
+        assert_eq!((old.value, old.n), (0.5, 0));
+        // Floats come back exactly (serde_json's float_roundtrip), last digit included.
+        let third = Rate {
+            // 1/11 is one that the default parser read back a unit off in its last place.
+            value: 1.0 / 11.0,
+            ..r
+        };
+        let back: Rate = serde_json::from_str(&serde_json::to_string(&third).unwrap()).unwrap();
+        assert_eq!(back.value.to_bits(), third.value.to_bits());
     }
 }

@@ -127,6 +127,24 @@ pub fn svg_chart(
     root.present().map_err(|e| err(&e))
 }
 
+/// An SVG of `size` pixels as text (for a page that inlines it): a white page that `draw`
+/// fills.
+pub fn svg_text(
+    size: (u32, u32),
+    draw: impl FnOnce(&Area) -> std::result::Result<(), String>,
+) -> Result<String> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| Error::Invalid(format!("drawing a chart: {e}"));
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        draw(&root).map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(text)
+}
+
 /// Two panels side by side on a 1080 × 400 SVG at `path`.
 pub fn two_panels(
     path: &Path,

@@ -1,9 +1,10 @@
-//! Inline SVG charts for the public report: one panel per metric, one row per method, the
-//! value as a dot and its 95% interval as a line (self-contained, no image files).
+//! The public report's charts, inlined in its page: one panel per metric, one row per method,
+//! the value as a dot and its 95% interval as a line. Drawn with plotters, as every chart is.
 
-use crate::bench::Rate;
-use crate::markup::esc as escape;
-use std::fmt::Write;
+use crate::error::Result;
+use crate::markup::Area;
+use crate::stats::Rate;
+use plotters::prelude::*;
 
 /// One panel: a metric's name and each method's rate, in the rows' order.
 pub struct Panel {
@@ -11,35 +12,81 @@ pub struct Panel {
     pub rates: Vec<Rate>,
 }
 
-const ROW: f64 = 22.0;
-const LABEL: f64 = 110.0;
-const WIDTH: f64 = 250.0;
-const TOP: f64 = 34.0;
-/// Room between panels, for the last tick label of one and the first of the next.
-const GAP: f64 = 44.0;
+/// Pixels per method row, for the method names, per panel, and above and below the rows.
+const ROW: u32 = 22;
+const LABEL: u32 = 110;
+const WIDTH: u32 = 290;
+const FRAME: u32 = 70;
 
-/// The panels side by side as one `<svg>`, with the method names down the left.
-pub fn dot_chart(methods: &[String], panels: &[Panel]) -> String {
-    let h = TOP + ROW * methods.len() as f64 + 24.0;
-    let w = LABEL + (WIDTH + GAP) * panels.len() as f64;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{h:.0}\" \
-         font-family=\"sans-serif\" font-size=\"11\">"
-    );
-    for (i, m) in methods.iter().enumerate() {
-        let y = TOP + ROW * (i as f64 + 0.5);
-        let _ = write!(
-            s,
-            "<text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\" dy=\"4\">{}</text>",
-            LABEL - 8.0,
-            y,
-            escape(m)
-        );
-    }
-    for (k, p) in panels.iter().enumerate() {
-        s += &panel(LABEL + (WIDTH + GAP) * k as f64, h, p);
-    }
-    s + "</svg>"
+/// The panels side by side as one SVG (its text), the method names down the left of the first.
+pub fn dot_chart(methods: &[String], panels: &[Panel]) -> Result<String> {
+    let n = panels.len().max(1) as u32;
+    let size = (LABEL + WIDTH * n, FRAME + ROW * methods.len().max(1) as u32);
+    crate::markup::svg_text(size, |root| {
+        let breaks: Vec<i32> = (1..n).map(|k| (LABEL + WIDTH * k) as i32).collect();
+        for (k, (p, area)) in panels
+            .iter()
+            .zip(root.split_by_breakpoints(breaks, [0i32; 0]))
+            .enumerate()
+        {
+            let names = (k == 0).then_some(methods);
+            panel(p, names, methods.len(), &area)?;
+        }
+        Ok(())
+    })
+}
+
+/// One metric's panel; `names` labels its rows (the first panel's only).
+fn panel(
+    p: &Panel,
+    names: Option<&[String]>,
+    rows: usize,
+    area: &Area,
+) -> std::result::Result<(), String> {
+    let (lo, hi) = domain(&p.rates);
+    // Method i sits at y = rows - i (the first at the top), with an empty row at either end.
+    let rows = rows.max(1);
+    let row = |i: usize| rows - i;
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, ("sans-serif", 13))
+        .margin(8)
+        .margin_right(28)
+        .x_label_area_size(22)
+        .y_label_area_size(names.map_or(0, |_| LABEL - 8))
+        .build_cartesian_2d(lo..hi, 0..rows + 1)
+        .map_err(|e| e.to_string())?;
+    let name = |y: &usize| match names {
+        Some(n) if (1..=rows).contains(y) => n.get(rows - y).cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_labels(5)
+        .y_labels(rows + 2)
+        .label_style(("sans-serif", 12))
+        .x_label_formatter(&|v| format!("{:.0}%", 100.0 * v))
+        .y_label_formatter(&name)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let blue = RGBColor(0x33, 0x66, 0xcc);
+    let shown = p.rates.iter().enumerate().filter(|(_, r)| r.n > 0);
+    let intervals = shown
+        .clone()
+        .filter(|(_, r)| r.ci_low.is_finite() && r.ci_high.is_finite());
+    chart
+        .draw_series(intervals.map(|(i, r)| {
+            PathElement::new(
+                vec![(r.ci_low, row(i)), (r.ci_high, row(i))],
+                blue.stroke_width(2),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+    let dark = RGBColor(0x00, 0x33, 0x66);
+    chart
+        .draw_series(shown.map(|(i, r)| Circle::new((r.value, row(i)), 4, dark.filled())))
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// The axis range of a panel: [0, 1] for shares, widened to hold every interval.
@@ -56,55 +103,6 @@ fn domain(rates: &[Rate]) -> (f64, f64) {
     (lo, hi)
 }
 
-fn panel(x0: f64, h: f64, p: &Panel) -> String {
-    let (lo, hi) = domain(&p.rates);
-    let x = |v: f64| x0 + WIDTH * (v - lo) / (hi - lo);
-    let bottom = h - 24.0;
-    let mut s = format!(
-        "<text x=\"{:.1}\" y=\"14\" font-weight=\"bold\">{}</text>\
-         <line x1=\"{:.1}\" y1=\"{TOP}\" x2=\"{:.1}\" y2=\"{bottom:.1}\" stroke=\"#999\"/>",
-        x0,
-        escape(&p.title),
-        x(0.0),
-        x(0.0)
-    );
-    for t in ticks(lo, hi) {
-        let _ = write!(
-            s,
-            "<line x1=\"{0:.1}\" y1=\"{TOP}\" x2=\"{0:.1}\" y2=\"{bottom:.1}\" stroke=\"#eee\"/>\
-             <text x=\"{0:.1}\" y=\"{1:.1}\" text-anchor=\"middle\">{2:.0}%</text>",
-            x(t),
-            bottom + 14.0,
-            100.0 * t
-        );
-    }
-    for (i, r) in p.rates.iter().enumerate().filter(|(_, r)| r.n > 0) {
-        let y = TOP + ROW * (i as f64 + 0.5);
-        if r.ci_low.is_finite() && r.ci_high.is_finite() {
-            let _ = write!(
-                s,
-                "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#36c\" stroke-width=\"2\"/>",
-                x(r.ci_low),
-                x(r.ci_high)
-            );
-        }
-        let _ = write!(
-            s,
-            "<circle cx=\"{:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"#036\"><title>{:.1}%</title></circle>",
-            x(r.value),
-            100.0 * r.value
-        );
-    }
-    s
-}
-
-/// Ticks every 25 points across the range.
-fn ticks(lo: f64, hi: f64) -> Vec<f64> {
-    let first = (lo / 0.25).ceil() as i64;
-    let last = (hi / 0.25).floor() as i64;
-    (first..=last).map(|k| k as f64 * 0.25).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,30 +117,43 @@ mod tests {
     }
 
     #[test]
-    fn dots_sit_at_their_values_and_the_axis_widens_for_negative_intervals() {
+    fn one_dot_per_measured_method_and_the_axis_widens_for_negative_intervals() {
         let methods = vec!["none".to_string(), "cad".to_string()];
         let shares = Panel {
             title: "adherence".into(),
             rates: vec![rate(0.0, 0.0, 0.0), rate(1.0, 0.5, 1.0)],
         };
-        let svg = dot_chart(&methods, &[shares]);
-        // On [0, 1] the dots of 0 and 1 sit at the panel's two ends.
-        assert!(svg.contains(&format!("cx=\"{:.1}\"", LABEL)), "{svg}");
+        let diff = Panel {
+            title: "paired difference".into(),
+            rates: vec![
+                rate(-0.2, -0.5, 0.1),
+                Rate {
+                    n: 0,
+                    ..rate(0.5, 0.4, 0.6)
+                },
+            ],
+        };
+        let svg = dot_chart(&methods, &[shares, diff]).unwrap();
         assert!(
-            svg.contains(&format!("cx=\"{:.1}\"", LABEL + WIDTH)),
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
             "{svg}"
         );
-        assert!(svg.contains(">none</text>") && svg.contains(">cad</text>"));
+        // A dot per method with runs (a method with none gets no dot), names and titles.
+        assert_eq!(svg.matches("<circle").count(), 3, "{svg}");
+        let text = |t: &str| svg.matches(&format!(">\n{t}\n</text>")).count();
+        for t in [
+            "none",
+            "cad",
+            "adherence",
+            "paired difference",
+            "-50%",
+            "100%",
+        ] {
+            assert!(text(t) > 0, "{t} in {svg}");
+        }
+        // The method names label the first panel only, one row each.
+        assert_eq!((text("none"), text("cad")), (1, 1), "{svg}");
         assert_eq!(domain(&[rate(0.1, -0.5, 0.2)]), (-0.5, 1.0));
-        assert_eq!(ticks(-0.5, 1.0), [-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0]);
-        // A method with no runs gets no dot.
-        let empty = Panel {
-            title: "x".into(),
-            rates: vec![Rate {
-                n: 0,
-                ..rate(0.5, 0.4, 0.6)
-            }],
-        };
-        assert!(!dot_chart(&methods[..1], &[empty]).contains("<circle"));
+        assert_eq!(domain(&[rate(f64::NAN, f64::NAN, 1.5)]), (0.0, 1.5));
     }
 }

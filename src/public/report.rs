@@ -127,8 +127,8 @@ pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
         .sections
         .iter()
         .filter(|sec| !sec.methods.is_empty())
-        .map(|sec| (sec.name.clone(), section_chart(sec)))
-        .collect();
+        .map(|sec| Ok((sec.name.clone(), section_chart(sec)?)))
+        .collect::<Result<_>>()?;
     let files = crate::markup::ReportFiles {
         value: r,
         title: "Public knowledge-conflict benchmarks",
@@ -141,7 +141,7 @@ pub fn write(r: &PublicReport, dir: &Path) -> Result<()> {
 
 /// A section's chart: per method, the benchmark's headline metric (its first own metric), our
 /// adherence and the prior retention, each with its 95% interval, on the test items.
-fn section_chart(sec: &Section) -> String {
+fn section_chart(sec: &Section) -> Result<String> {
     use super::chart::{dot_chart, Panel};
     let names: Vec<String> = sec.methods.iter().map(|m| m.method.name().into()).collect();
     let mut panels = Vec::new();
