@@ -30,7 +30,7 @@ pub enum Params {
         alpha: f32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         layers: Option<Vec<usize>>,
-        positions: String,
+        positions: SteerAt,
     },
     /// The top `up` context heads scaled by `up_factor`, the top `down` prior heads by
     /// `down_factor` (the rankings themselves are part of the run's key).
@@ -65,6 +65,32 @@ pub enum Params {
         alpha: f32,
         models: String,
     },
+}
+
+/// Where a steering setting acts: at every position, or only where the answer is produced
+/// (the prompt's last position and each generated one). Written `"all"` / `"answer"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SteerAt {
+    All,
+    Answer,
+}
+
+impl SteerAt {
+    /// Where a steering mode acts: a clamp where the answer is produced, an addition everywhere.
+    fn of(mode: Mode) -> SteerAt {
+        match mode {
+            Mode::Clamp => SteerAt::Answer,
+            _ => SteerAt::All,
+        }
+    }
+
+    fn positions(self) -> Positions {
+        match self {
+            SteerAt::All => Positions::All,
+            SteerAt::Answer => Positions::Answer,
+        }
+    }
 }
 
 /// The resume key of a method at one setting: its JSON, e.g.
@@ -248,7 +274,7 @@ fn steer_setting(
             mode,
             alpha,
             layers: None,
-            positions: "all".into(),
+            positions: SteerAt::All,
         },
         label: format!("{} alpha={alpha} at {}", dir.name(), pf.best),
         plan: Box::new(st),
@@ -374,9 +400,10 @@ fn band_grid(
         .probes
         .as_ref()
         .ok_or_else(|| Error::Invalid(format!("method {} needs a probe file", m.name())))?;
-    let (positions, where_, at) = match mode {
-        Mode::Clamp => (Positions::Answer, ", answer positions", "answer"),
-        _ => (Positions::All, "", "all"),
+    let at = SteerAt::of(mode);
+    let where_ = match at {
+        SteerAt::Answer => ", answer positions",
+        SteerAt::All => "",
     };
     let mut v = vec![];
     for band in bands(n_layers) {
@@ -387,7 +414,7 @@ fn band_grid(
                 direction: Direction::Meandiff,
                 mode,
                 alpha: *alpha,
-                positions: positions.clone(),
+                positions: at.positions(),
                 ..Default::default()
             };
             let st = Steering::from_probes(pf, &how, n_layers)?;
@@ -400,7 +427,7 @@ fn band_grid(
                     mode,
                     alpha: *alpha,
                     layers: Some(band.clone()),
-                    positions: at.into(),
+                    positions: at,
                 },
                 label: format!(
                     "{} meandiff alpha={alpha} at layers {first}-{last}{where_}",
@@ -552,4 +579,32 @@ fn head_pairs<'a>(cells: impl Iterator<Item = &'a crate::patch::Cell>) -> Vec<(u
     cells
         .filter_map(|c| c.head.or_else(|| legacy(c)).map(|h| (c.layer, h)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A steering setting's key is the JSON saved runs are filed under: typing its fields must
+    /// leave the text as it was, or every saved run would be measured again.
+    #[test]
+    fn a_steer_setting_keeps_its_saved_key() {
+        let params = Params::Steer {
+            site: "blocks.19.hook_resid_post".into(),
+            direction: Direction::Meandiff,
+            mode: Mode::Clamp,
+            alpha: 2.0,
+            layers: Some(vec![18, 19]),
+            positions: SteerAt::of(Mode::Clamp),
+        };
+        assert_eq!(
+            setting_key(Method::SteerMulti, &params),
+            "{\"method\":\"steer-multi\",\"kind\":\"steer\",\"site\":\"blocks.19.hook_resid_post\",\
+             \"direction\":\"meandiff\",\"mode\":\"clamp\",\"alpha\":2.0,\"layers\":[18,19],\
+             \"positions\":\"answer\"}"
+        );
+        assert_eq!(SteerAt::of(Mode::Add).positions(), Positions::All);
+        let back: Params = serde_json::from_str(&serde_json::to_string(&params).unwrap()).unwrap();
+        assert_eq!(back, params);
+    }
 }
