@@ -136,7 +136,7 @@ fn probe_files_parse_to_checked_probes_or_errors() {
         };
         pf.check().unwrap();
         // `best` names a probe, and every score is a finite number.
-        let best = pf.site(&pf.best).unwrap();
+        let best = pf.site(&ctxsteer::probe::SiteRef::Best).unwrap();
         let x = vec![1.0; best.mean.len()];
         assert!(best.score(&x).is_finite());
         let again = back.path().join("again.json");

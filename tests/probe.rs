@@ -3,7 +3,7 @@
 use ctxsteer::capture::{Acts, CaptureMeta, IndexRow, PosMode};
 use ctxsteer::data::{Form, Variant};
 use ctxsteer::label::Label;
-use ctxsteer::probe::{self, Kind, ProbeFile, Target, TrainOptions};
+use ctxsteer::probe::{self, Kind, ProbeFile, SiteRef, Target, TrainOptions};
 use ctxsteer::stats::{self, SplitMix};
 use ctxsteer::Site;
 use ndarray::Array2;
@@ -243,9 +243,12 @@ fn probe_files_round_trip_and_refuse_other_models() {
     let p = dir.path().join("p.json");
     f.write(&p).unwrap();
     let back = ProbeFile::read(&p).unwrap();
-    assert_eq!(back.site("best").unwrap().site, "blocks.1.hook_resid_post");
+    assert_eq!(
+        back.site(&SiteRef::Best).unwrap().site,
+        "blocks.1.hook_resid_post"
+    );
     assert!(back
-        .site("blocks.9.hook_resid_post")
+        .site(&SiteRef::parse("blocks.9.hook_resid_post"))
         .unwrap_err()
         .to_string()
         .contains("blocks.0.hook_resid_post"));
@@ -255,7 +258,7 @@ fn probe_files_round_trip_and_refuse_other_models() {
     let at = |arg: String| ProbeFile::read_ref(std::path::Path::new(&arg));
     let pinned = at(format!("{}:blocks.0.hook_resid_post", p.display())).unwrap();
     assert_eq!(
-        pinned.site("best").unwrap().site,
+        pinned.site(&SiteRef::Best).unwrap().site,
         "blocks.0.hook_resid_post"
     );
     assert_ne!(

@@ -4,7 +4,7 @@ mod common;
 use common::tiny;
 use ctxsteer::model::{Batch, LogitsAt};
 use ctxsteer::patch::{run_jobs, Job};
-use ctxsteer::probe::{Metrics, ProbeFile, SiteProbe, Spread, Target};
+use ctxsteer::probe::{Metrics, ProbeFile, SiteProbe, SiteRef, Spread, Target};
 use ctxsteer::steer::{self, Direction, Mode, Plan, ProbeSteer, Steering};
 use ctxsteer::{Model, Positions, Site, Spec, WeightsMode};
 use std::collections::BTreeMap;
@@ -134,7 +134,7 @@ fn add_moves_the_projection_by_alpha_sigma_and_clamp_lands_on_target() {
     let add = Steering::from_probes(
         &pf,
         &ProbeSteer {
-            site: "best",
+            site: SiteRef::Best,
             layers: None,
             direction: Direction::Probe,
             mode: Mode::Add,
@@ -157,7 +157,7 @@ fn add_moves_the_projection_by_alpha_sigma_and_clamp_lands_on_target() {
     let clamp = Steering::from_probes(
         &pf,
         &ProbeSteer {
-            site: "best",
+            site: SiteRef::Best,
             layers: None,
             direction: Direction::Meandiff,
             mode: Mode::Clamp,
@@ -202,7 +202,7 @@ fn gated_steering_leaves_ungated_prompts_bit_identical() {
     let st = Steering::from_probes(
         &pf,
         &ProbeSteer {
-            site: "best",
+            site: SiteRef::Best,
             layers: None,
             direction: Direction::Probe,
             mode: Mode::Gated,
@@ -341,7 +341,7 @@ fn exported_control_vector_has_llama_cpp_layout_and_loads_back() {
     let st = Steering::from_probes(
         &pf,
         &ProbeSteer {
-            site: "best",
+            site: SiteRef::Best,
             layers: Some(&[1]),
             direction: Direction::Probe,
             mode: Mode::Add,
@@ -423,7 +423,7 @@ fn a_conflict_gate_scales_heads_only_where_it_fires() {
     // A conflict probe whose bias puts the threshold between the two prompts.
     let mut pf = probe_file(&m, -(sa + sb) / 2.0);
     pf.target = Target::Conflict;
-    let gate = steer::Gate::from_probes(&pf, "best", tiny::LAYERS).unwrap();
+    let gate = steer::Gate::from_probes(&pf, &SiteRef::Best, tiny::LAYERS).unwrap();
     assert!(
         gate.fire_on_positive,
         "a conflict probe fires on a positive score"
@@ -483,7 +483,7 @@ fn a_missing_or_zero_spread_is_an_error() {
         Steering::from_probes(
             pf,
             &ProbeSteer {
-                site: "best",
+                site: SiteRef::Best,
                 layers: None,
                 direction: Direction::Probe,
                 mode: Mode::Add,
@@ -596,7 +596,7 @@ fn iti_shifts_the_best_ranked_heads_slice_and_no_other() {
     let one = Steering::from_probes(
         &pf,
         &ProbeSteer {
-            site: "blocks.1.attn.hook_z[3]",
+            site: SiteRef::parse("blocks.1.attn.hook_z[3]"),
             layers: None,
             direction: Direction::Meandiff,
             mode: Mode::Add,
@@ -614,7 +614,7 @@ fn iti_shifts_the_best_ranked_heads_slice_and_no_other() {
         let e = Steering::from_probes(
             &pf,
             &ProbeSteer {
-                site: "blocks.1.attn.hook_z[3]",
+                site: SiteRef::parse("blocks.1.attn.hook_z[3]"),
                 layers,
                 direction: Direction::Meandiff,
                 mode,
@@ -654,7 +654,7 @@ fn add_norm_moves_the_projection_by_alpha_times_the_typical_norm() {
     let st = Steering::from_probes(
         &pf,
         &ProbeSteer {
-            site: "best",
+            site: SiteRef::Best,
             layers: None,
             direction: Direction::Probe,
             mode: Mode::AddNorm,
@@ -828,7 +828,7 @@ fn a_subject_position_gate_reads_the_subject_s_last_token() {
     let mut pf = probe_file(&m, -(s1 + slast) / 2.0);
     pf.target = Target::Relevant;
     pf.positions = ctxsteer::capture::PosMode::SubjectLast;
-    let gate = steer::Gate::from_probes(&pf, "best", tiny::LAYERS).unwrap();
+    let gate = steer::Gate::from_probes(&pf, &SiteRef::Best, tiny::LAYERS).unwrap();
     assert_eq!(gate.at, ctxsteer::capture::PosMode::SubjectLast);
     let prompts = [a.clone(), b.clone()];
     let at_subject = gate.rows_at(&m, &prompts, &[Some(1), Some(2)]).unwrap();
@@ -874,6 +874,6 @@ fn a_subject_position_gate_reads_the_subject_s_last_token() {
     let back: ProbeFile = serde_json::from_value(json).unwrap();
     assert_eq!(back.positions, ctxsteer::capture::PosMode::Last);
     pf.positions = ctxsteer::capture::PosMode::Mean;
-    let e = steer::Gate::from_probes(&pf, "best", tiny::LAYERS).unwrap_err();
+    let e = steer::Gate::from_probes(&pf, &SiteRef::Best, tiny::LAYERS).unwrap_err();
     assert!(e.to_string().contains("reads one token"), "{e}");
 }

@@ -448,7 +448,10 @@ impl Probe {
         acts: PyReadonlyArrayDyn<'py, f32>,
         site: Option<&str>,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-        let p = self.inner.site(site.unwrap_or("best")).py()?;
+        let p = self
+            .inner
+            .site(&ctxsteer::probe::SiteRef::or_best(site))
+            .py()?;
         let a = acts.as_array();
         let width = p.weights.len();
         let rows: Vec<Vec<f32>> = match a.ndim() {
@@ -485,14 +488,20 @@ impl Probe {
         kind: &str,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
         let d: steer::Direction = choose("kind", kind)?;
-        let p = self.inner.site(site.unwrap_or("best")).py()?;
+        let p = self
+            .inner
+            .site(&ctxsteer::probe::SiteRef::or_best(site))
+            .py()?;
         Ok(PyArray1::from_slice(py, p.direction(d).py()?))
     }
 
     /// Held-out metrics at `site` (default: best) as a dict.
     #[pyo3(signature = (site = None))]
     fn metrics<'py>(&self, py: Python<'py>, site: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
-        let p = self.inner.site(site.unwrap_or("best")).py()?;
+        let p = self
+            .inner
+            .site(&ctxsteer::probe::SiteRef::or_best(site))
+            .py()?;
         from_json(py, &to_json_text(&p.metrics)?)
     }
 }

@@ -4,6 +4,7 @@
 use super::{Method, Params, Resources, Setting};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::probe::SiteRef;
 use crate::steer::Plan;
 use crate::Positions;
 
@@ -53,7 +54,7 @@ pub(super) fn reft_gated_grid(model: &Model, res: &Resources) -> Result<Vec<Sett
     let relevance = match &res.relevance {
         Some(pf) => {
             let fp = crate::data::stable_hash(&serde_json::to_string(pf).unwrap_or_default());
-            let g = crate::steer::Gate::from_probes(pf, "best", model.cfg().n_layers)?;
+            let g = crate::steer::Gate::from_probes(pf, &SiteRef::Best, model.cfg().n_layers)?;
             Some((g, format!("{fp:016x}")))
         }
         None => None,
@@ -114,7 +115,7 @@ pub(super) fn conflict_gate(
     let pf = res.gate.as_ref().ok_or_else(|| {
         Error::Invalid(format!("method {} needs a conflict probe file", m.name()))
     })?;
-    crate::steer::Gate::from_probes(pf, "best", model.cfg().n_layers)
+    crate::steer::Gate::from_probes(pf, &SiteRef::Best, model.cfg().n_layers)
 }
 
 /// The scales of the trained edit's change that the gated sweep tries.

@@ -130,7 +130,7 @@ fn probe_apply(
     let items = data.read()?;
     let m = model.load_or(WeightsMode::F32)?;
     f.check_model(&m.identity()?, file)?;
-    let sp = f.site(site)?;
+    let sp = f.site(&ctxsteer::probe::SiteRef::parse(site))?;
     let s = Site::parse(&sp.site, m.cfg().n_layers)?;
     let pb = ctxsteer::progress::bar(items.len() as u64, "probe apply", false);
     // Read where the probe's capture read: the last token, or the subject's last.

@@ -317,7 +317,12 @@ impl ProbeFile {
         let path = std::path::Path::new(file);
         let mut f = ProbeFile::read(path)?;
         if let Some(site) = site {
-            f.best = f.site(site).map_err(|e| Error::file(path, e))?.site.clone();
+            let which = SiteRef::parse(site);
+            f.best = f
+                .site(&which)
+                .map_err(|e| Error::file(path, e))?
+                .site
+                .clone();
         }
         Ok(f)
     }
@@ -348,12 +353,11 @@ impl ProbeFile {
         Ok(())
     }
 
-    /// A site's probe by name, or the best one for `best`.
-    pub fn site(&self, name: &str) -> Result<&SiteProbe> {
-        let want = if name == "best" {
-            self.best.as_str()
-        } else {
-            name
+    /// The probe `which` names: the file's best, or the one at a named site.
+    pub fn site(&self, which: &SiteRef) -> Result<&SiteProbe> {
+        let (want, name) = match which {
+            SiteRef::Best => (self.best.as_str(), BEST),
+            SiteRef::Named(n) => (n.as_str(), n.as_str()),
         };
         self.sites.iter().find(|s| s.site == want).ok_or_else(|| {
             let names: Vec<&str> = self.sites.iter().map(|s| s.site.as_str()).collect();
@@ -362,6 +366,32 @@ impl ProbeFile {
                 names.join(", ")
             ))
         })
+    }
+}
+
+/// How a probe's site is written to mean the file's best site.
+pub const BEST: &str = "best";
+
+/// Which probe of a probe file: its best site's, or the one at a named site.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SiteRef {
+    #[default]
+    Best,
+    Named(String),
+}
+
+impl SiteRef {
+    /// `best`, or a site's name.
+    pub fn parse(s: &str) -> SiteRef {
+        match s {
+            BEST => SiteRef::Best,
+            name => SiteRef::Named(name.to_string()),
+        }
+    }
+
+    /// [`SiteRef::parse`] of a site given or not (not given: the best).
+    pub fn or_best(s: Option<&str>) -> SiteRef {
+        s.map_or(SiteRef::Best, SiteRef::parse)
     }
 }
 
@@ -455,9 +485,7 @@ pub fn split_site(s: &str) -> (&str, Option<&str>) {
         Some((f, site))
             if !f.is_empty()
                 && !site.is_empty()
-                && (std::path::Path::new(f).exists()
-                    || site == "best"
-                    || site.contains("hook")) =>
+                && (std::path::Path::new(f).exists() || site == BEST || site.contains("hook")) =>
         {
             (f, Some(site))
         }

@@ -90,7 +90,7 @@ pub fn add_spec(sites: &[Site], vector: &[f32], alpha: f32, positions: Positions
 
 use crate::choice::Choice;
 use crate::model::Model;
-use crate::probe::{ProbeFile, SiteProbe};
+use crate::probe::{ProbeFile, SiteProbe, SiteRef};
 
 pub use crate::model::Plan;
 
@@ -228,8 +228,8 @@ fn typical_norm(p: &SiteProbe) -> f32 {
 /// How to steer with a probe file: which of its sites, directions, strength and positions.
 #[derive(Clone, Debug)]
 pub struct ProbeSteer<'a> {
-    /// A probe's site in the file, or `best`.
-    pub site: &'a str,
+    /// Which of the file's probes.
+    pub site: SiteRef,
     /// Steer the probes of the same site kind at each of these layers instead of the one site.
     pub layers: Option<&'a [usize]>,
     pub direction: Direction,
@@ -243,7 +243,7 @@ impl Default for ProbeSteer<'_> {
     /// The best site's probe direction, added at 4 spreads at every position.
     fn default() -> Self {
         ProbeSteer {
-            site: "best",
+            site: SiteRef::Best,
             layers: None,
             direction: Direction::Probe,
             mode: Mode::Add,
@@ -258,7 +258,7 @@ impl Steering {
     /// `layers`, the probes of the same site kind at each of those layers.
     pub fn from_probes(file: &ProbeFile, how: &ProbeSteer, n_layers: usize) -> Result<Steering> {
         let (direction, mode, alpha) = (how.direction, how.mode, how.alpha);
-        let anchor = file.site(how.site)?;
+        let anchor = file.site(&how.site)?;
         let (anchor_site, head) = crate::probe::probe_site(&anchor.site, n_layers)?;
         if head.is_some() && (how.layers.is_some() || mode == Mode::Gated) {
             return Err(Error::Invalid(format!(
@@ -270,7 +270,7 @@ impl Steering {
             None => vec![anchor],
             Some(ls) => ls
                 .iter()
-                .map(|l| file.site(&Site::new(anchor_site.kind, *l).to_string()))
+                .map(|l| file.site(&SiteRef::Named(Site::new(anchor_site.kind, *l).to_string())))
                 .collect::<Result<_>>()?,
         };
         let sites = chosen
@@ -419,7 +419,7 @@ pub struct Gate {
 
 impl Gate {
     /// The gate of a probe file at `site` (or `best`); its target sets which side fires.
-    pub fn from_probes(file: &ProbeFile, site: &str, n_layers: usize) -> Result<Gate> {
+    pub fn from_probes(file: &ProbeFile, site: &SiteRef, n_layers: usize) -> Result<Gate> {
         use crate::capture::PosMode;
         let p = file.site(site)?;
         if file.positions == PosMode::Mean {

@@ -14,7 +14,7 @@ use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::hooks::{Positions, Site};
 use crate::model::{Model, Plan};
-use crate::probe::{split_site, Direction, ProbeFile};
+use crate::probe::{split_site, Direction, ProbeFile, SiteRef};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -195,7 +195,7 @@ fn build_plan(
         SteerKind::Probes => {
             let pf = ProbeFile::read_for(path, &model.identity()?)?;
             let how = ProbeSteer {
-                site: req.site.as_deref().unwrap_or("best"),
+                site: SiteRef::or_best(req.site.as_deref()),
                 layers: opts.layers.as_deref(),
                 direction: opts.direction,
                 mode: opts.mode,
@@ -247,7 +247,8 @@ pub fn combine(
     };
     let (file, site) = split_site(g);
     let pf = ProbeFile::read_for(Path::new(file), &model.identity()?)?;
-    let mut gate = super::Gate::from_probes(&pf, site.unwrap_or("best"), model.cfg().n_layers)
+    let which = SiteRef::or_best(site);
+    let mut gate = super::Gate::from_probes(&pf, &which, model.cfg().n_layers)
         .map_err(|e| Error::Invalid(format!("gate {g}: {e}")))?;
     if !margin.is_finite() {
         return Err(Error::Invalid(format!(
