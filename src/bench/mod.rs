@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 
 mod artefacts;
 mod choose;
-mod edit_grid;
 mod grid;
 mod irrelevant;
+mod methods;
 mod metrics;
 mod paired;
 mod perplexity;
@@ -32,10 +32,9 @@ mod split;
 mod true_context;
 pub use artefacts::{is_per_head, Artefacts};
 pub use choose::{choose, irrelevant_bar_words, paired_unchanged, Bars, Chosen, BARS};
-pub use grid::{
-    context_heads_from_patch, grid, heads_from_patch, setting_key, Need, Params, Resources, Setting,
-};
+pub use grid::{setting_key, Need, Params, Resources, Setting};
 pub use irrelevant::{Irrelevant, IrrelevantSet, KindEval};
+pub use methods::{context_heads_from_patch, grid, heads_from_patch, PROXY_ALPHAS};
 pub use metrics::{exact_match, mean_rate, squad_normalize, Rate};
 use metrics::{mem_ratio, rate};
 pub use paired::{fill as fill_paired, paired_difference};

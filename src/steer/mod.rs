@@ -42,7 +42,8 @@ pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
         return finite_vector(path, v);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-    let v: Vec<f32> = serde_json::from_str(&text).map_err(|e| {
+    // Read as f64, so that a number past f32's range becomes infinite and is named below.
+    let v: Vec<f64> = serde_json::from_str(&text).map_err(|e| {
         Error::file(
             path,
             format!(
@@ -55,7 +56,7 @@ pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
     if v.is_empty() {
         return Err(Error::file(path, "the vector is empty"));
     }
-    finite_vector(path, v)
+    finite_vector(path, v.into_iter().map(|x| x as f32).collect())
 }
 
 /// The vector, or an error naming the first entry that is NaN or infinite.

@@ -1,7 +1,7 @@
 //! The learned edit's settings: each trained edit alone, with context-aware decoding, or behind
 //! the conflict gate (and the relevance gate when one is given) at several margins and scales.
 
-use super::{Method, Params, Resources, Setting};
+use crate::bench::{Method, Params, Resources, Setting};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::probe::SiteRef;
@@ -9,7 +9,17 @@ use crate::steer::Plan;
 use crate::Positions;
 
 /// Each trained edit, alone or with context-aware decoding at each of `betas`.
-pub(super) fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Result<Vec<Setting>> {
+/// Each trained edit alone.
+pub(super) fn reft(_: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
+    reft_grid(m, res, &[None])
+}
+
+/// Each trained edit with context-aware decoding at three strengths.
+pub(super) fn reft_cad(_: &Model, m: Method, res: &Resources) -> Result<Vec<Setting>> {
+    reft_grid(m, res, &[Some(0.5), Some(1.0), Some(2.0)])
+}
+
+fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Result<Vec<Setting>> {
     if res.reft.is_empty() {
         return Err(Error::Invalid(format!(
             "method {} needs at least one trained edit",
@@ -48,7 +58,7 @@ pub(super) fn reft_grid(m: Method, res: &Resources, betas: &[Option<f32>]) -> Re
 /// twice the edit's trained change ([`GATED_SCALES`]): the gate, not the edit's size, keeps
 /// it off closed-book questions, so a stronger edit may follow more contexts where it fires.
 /// Given a `relevant` probe file as well, the edit runs only where both gates fire.
-pub(super) fn reft_gated_grid(model: &Model, res: &Resources) -> Result<Vec<Setting>> {
+pub(super) fn reft_gated(model: &Model, _: Method, res: &Resources) -> Result<Vec<Setting>> {
     let gate = conflict_gate(model, Method::ReftGated, res)?;
     // Given a relevance gate, every setting has it: both gates must fire.
     let relevance = match &res.relevance {
