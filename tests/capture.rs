@@ -67,6 +67,18 @@ fn meta(m: &Model, o: &CaptureOptions, n: usize) -> CaptureMeta {
     }
 }
 
+/// A capture without labels or steering.
+fn plain(
+    m: &Model,
+    items: &[Item],
+    o: &CaptureOptions,
+    meta: CaptureMeta,
+    out: &std::path::Path,
+    progress: &mut dyn FnMut(usize),
+) -> ctxsteer::Result<CaptureMeta> {
+    capture::capture(m, items, None, o, &Spec::new(), meta, out, progress)
+}
+
 #[test]
 fn capture_writes_one_matrix_per_site_with_the_model_s_values() {
     let (dir, m, items) = setup();
@@ -77,17 +89,7 @@ fn capture_writes_one_matrix_per_site_with_the_model_s_values() {
     let o = opts(sites.clone(), PosMode::Last);
     let out = dir.path().join("acts");
     let mut seen = 0;
-    capture::capture(
-        &m,
-        &items,
-        None,
-        &o,
-        &Spec::new(),
-        meta(&m, &o, 5),
-        &out,
-        &mut |n| seen += n,
-    )
-    .unwrap();
+    plain(&m, &items, &o, meta(&m, &o, 5), &out, &mut |n| seen += n).unwrap();
     assert_eq!(seen, 5);
     let acts = capture::load(&out, m.cfg().n_layers).unwrap();
     assert_eq!(acts.index.len(), 5);
@@ -133,17 +135,7 @@ fn a_capture_stopped_by_an_earlier_version_resumes() {
     let o = opts(vec![Site::resid_post(1)], PosMode::Last);
     let out = dir.path().join("acts");
     let run = |progress: &mut dyn FnMut(usize)| {
-        capture::capture(
-            &m,
-            &items,
-            None,
-            &o,
-            &Spec::new(),
-            meta(&m, &o, 5),
-            &out,
-            progress,
-        )
-        .unwrap()
+        plain(&m, &items, &o, meta(&m, &o, 5), &out, progress).unwrap()
     };
     run(&mut |_| {});
     let done = capture::load(&out, 2).unwrap();
@@ -188,17 +180,7 @@ fn an_interrupted_capture_resumes_to_the_same_result() {
     let (dir, m, items) = setup();
     let o = opts(vec![Site::resid_post(1)], PosMode::Mean);
     let out = dir.path().join("acts");
-    capture::capture(
-        &m,
-        &items,
-        None,
-        &o,
-        &Spec::new(),
-        meta(&m, &o, 5),
-        &out,
-        &mut |_| {},
-    )
-    .unwrap();
+    plain(&m, &items, &o, meta(&m, &o, 5), &out, &mut |_| {}).unwrap();
     let full = capture::load(&out, 2).unwrap().sites[0].1.clone();
     // Simulate a stop during shard 1, after shard 0 was recorded: the journal keeps only shard
     // 0's line, shard 2's activations, the index and the finished flag are gone.
@@ -221,17 +203,7 @@ fn an_interrupted_capture_resumes_to_the_same_result() {
         "an unfinished capture must not load"
     );
     let mut redone = 0;
-    capture::capture(
-        &m,
-        &items,
-        None,
-        &o,
-        &Spec::new(),
-        meta(&m, &o, 5),
-        &out,
-        &mut |n| redone += n,
-    )
-    .unwrap();
+    plain(&m, &items, &o, meta(&m, &o, 5), &out, &mut |n| redone += n).unwrap();
     assert_eq!(redone, 5, "progress counts skipped shards too");
     // Shard 0 (items 0 and 1) was reused as it was; shards 1 and 2 were captured again.
     let resumed = capture::load(&out, 2).unwrap().sites[0].1.clone();
@@ -254,18 +226,9 @@ fn an_interrupted_capture_resumes_to_the_same_result() {
     );
     // Other settings in the same folder are refused instead of mixed in.
     let other = opts(vec![Site::resid_post(0)], PosMode::Mean);
-    let e = capture::capture(
-        &m,
-        &items,
-        None,
-        &other,
-        &Spec::new(),
-        meta(&m, &other, 5),
-        &out,
-        &mut |_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let e = plain(&m, &items, &other, meta(&m, &other, 5), &out, &mut |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("differs in its sites"), "{e}");
     // So is a changed data file (same path and count, other content), and another model.
     let built = |items: &[Item]| {
@@ -274,46 +237,18 @@ fn an_interrupted_capture_resumes_to_the_same_result() {
         mt
     };
     let fresh = dir.path().join("acts2");
-    capture::capture(
-        &m,
-        &items,
-        None,
-        &o,
-        &Spec::new(),
-        built(&items),
-        &fresh,
-        &mut |_| {},
-    )
-    .unwrap();
+    plain(&m, &items, &o, built(&items), &fresh, &mut |_| {}).unwrap();
     let mut changed = items.clone();
     changed[2].context = "the sea is made of tea.".into();
-    let e = capture::capture(
-        &m,
-        &changed,
-        None,
-        &o,
-        &Spec::new(),
-        built(&changed),
-        &fresh,
-        &mut |_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let e = plain(&m, &changed, &o, built(&changed), &fresh, &mut |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("differs in its data content"), "{e}");
     let mut other_model = built(&items);
     other_model.model_sha256 = "0".repeat(64);
-    let e = capture::capture(
-        &m,
-        &items,
-        None,
-        &o,
-        &Spec::new(),
-        other_model,
-        &fresh,
-        &mut |_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let e = plain(&m, &items, &o, other_model, &fresh, &mut |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("differs in its model"), "{e}");
     // An index with a line more, or fewer, than the shards' rows is refused, not misread.
     let index = std::fs::read_to_string(fresh.join("index.jsonl")).unwrap();
@@ -329,18 +264,9 @@ fn an_interrupted_capture_resumes_to_the_same_result() {
     // So is rerunning the finished capture with labels added: the index would not carry them.
     let mut with_labels = meta(&m, &o, 5);
     with_labels.labels = Some("labels.jsonl".into());
-    let e = capture::capture(
-        &m,
-        &items,
-        None,
-        &o,
-        &Spec::new(),
-        with_labels,
-        &out,
-        &mut |_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let e = plain(&m, &items, &o, with_labels, &out, &mut |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("differs in its labels"), "{e}");
 }
 
