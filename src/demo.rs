@@ -36,6 +36,50 @@ pub struct DemoOptions {
     pub command: String,
 }
 
+impl DemoOptions {
+    /// The demo's methods and what they use, from the artefacts found for the model (the
+    /// other settings at the command line's defaults: completion form, batches of 16, 32
+    /// patching items), and a line saying which edits joined. With committed
+    /// edits the demo sets the tool's best methods beside CAD (the gated edit with the
+    /// committed relevance gate); probe steering and ungated heads, which never beat it, are
+    /// left to `bench conflict`. Without edits it runs every method its own artefacts allow.
+    pub fn from_artefacts(
+        model: &Model,
+        art: &bench::Artefacts,
+    ) -> Result<(DemoOptions, Option<String>)> {
+        let reft = art.edits(model, &[])?;
+        let mut methods = vec![Method::None, Method::Instruct, Method::Cad];
+        let mut opts = DemoOptions {
+            form: Form::Completion,
+            batch_size: 16,
+            patch_items: 32,
+            methods: vec![],
+            reft,
+            relevance: None,
+            command: String::new(),
+        };
+        if opts.reft.is_empty() {
+            methods.extend([
+                Method::Steer,
+                Method::SteerGated,
+                Method::Heads,
+                Method::HeadsGated,
+            ]);
+            opts.methods = methods;
+            return Ok((opts, None));
+        }
+        let files: Vec<String> = art.reft.iter().map(|p| p.display().to_string()).collect();
+        let note = format!(
+            "the committed edit(s) {} join the benchmark as reft and reft-gated",
+            files.join(", ")
+        );
+        methods.extend([Method::HeadsGated, Method::Reft, Method::ReftGated]);
+        opts.methods = methods;
+        opts.relevance = art.relevance_gate(model)?;
+        Ok((opts, Some(note)))
+    }
+}
+
 /// What capture-then-train needs to know about the run.
 struct ProbeRun<'a> {
     model: &'a Model,

@@ -775,3 +775,30 @@ fn the_committed_default_row_clears_every_bar_on_test() {
     assert!(edit.gold.as_ref().unwrap().value >= none.gold.as_ref().unwrap().value);
     assert!(t.retention.value >= 0.95 && t.perplexity_ratio <= 1.05);
 }
+
+/// Without trained edits the demo runs every method its own artefacts allow (steering and
+/// heads beside the baselines); no note is given.
+#[test]
+fn the_demo_without_edits_runs_the_baselines_steering_and_heads() {
+    let (_d, path) = common::tiny::temp();
+    let m = Model::load(&path, WeightsMode::F32).unwrap();
+    let art = bench::Artefacts::default();
+    let (opts, note) = ctxsteer::demo::DemoOptions::from_artefacts(&m, &art).unwrap();
+    assert_eq!(
+        opts.methods,
+        [
+            Method::None,
+            Method::Instruct,
+            Method::Cad,
+            Method::Steer,
+            Method::SteerGated,
+            Method::Heads,
+            Method::HeadsGated
+        ]
+    );
+    assert!(opts.reft.is_empty() && opts.relevance.is_none() && note.is_none());
+    assert_eq!(
+        (opts.form, opts.batch_size, opts.patch_items),
+        (Form::Completion, 16, 32)
+    );
+}

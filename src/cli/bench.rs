@@ -102,15 +102,16 @@ pub(super) fn demo_cmd(
     let m = model.load_or(WeightsMode::F32)?;
     let none = ctxsteer::bench::Artefacts::default();
     let (art, _) = none.resolve(&m.identity()?, artefacts, form)?;
-    let (methods, reft, relevance) = demo_methods(&m, &art)?;
+    let (opts, note) = ctxsteer::demo::DemoOptions::from_artefacts(&m, &art)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
     let opts = ctxsteer::demo::DemoOptions {
         form,
         batch_size,
         patch_items,
-        methods,
-        reft,
-        relevance,
         command: super::command_line(),
+        ..opts
     };
     let report = ctxsteer::demo::run(&m, &out, &opts, &mut |msg| {
         eprintln!("[{:>5.0}s] {msg}", t0.elapsed().as_secs_f64())
@@ -123,42 +124,6 @@ pub(super) fn demo_cmd(
         out.join("report.html").display()
     );
     Ok(())
-}
-
-/// The demo's methods and what they use. With committed edits, the demo sets the tool's best
-/// methods beside CAD (the gated edit with the committed relevance gate); probe steering and
-/// ungated heads, which never beat it, are left to `bench conflict`. Without edits it runs
-/// every method its own artefacts allow.
-fn demo_methods(
-    m: &ctxsteer::Model,
-    art: &ctxsteer::bench::Artefacts,
-) -> Result<(
-    Vec<ctxsteer::bench::Method>,
-    Vec<ctxsteer::reft::Reft>,
-    Option<ctxsteer::probe::ProbeFile>,
-)> {
-    use ctxsteer::bench::Method;
-    let reft = art.edits(m, &[])?;
-    let mut methods = vec![Method::None, Method::Instruct, Method::Cad];
-    if reft.is_empty() {
-        methods.extend([
-            Method::Steer,
-            Method::SteerGated,
-            Method::Heads,
-            Method::HeadsGated,
-        ]);
-        return Ok((methods, reft, None));
-    }
-    eprintln!(
-        "the committed edit(s) {} join the benchmark as reft and reft-gated",
-        art.reft
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    methods.extend([Method::HeadsGated, Method::Reft, Method::ReftGated]);
-    Ok((methods, reft, art.relevance_gate(m)?))
 }
 
 /// The methods to run (as given, else every one the artefacts allow) and what they use.
