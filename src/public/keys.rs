@@ -1,6 +1,6 @@
 //! Where `bench public` keeps finished work: each (benchmark, method) part's key and its record
-//! in the parts journal, and the journal scopes of its runs. Keys are the settings as JSON; the keys earlier versions
-//! built from display labels are still read.
+//! in the parts journal, and the journal scopes of its runs. Keys are the settings as JSON;
+//! the keys earlier versions built from display labels are still read.
 
 use super::{shots_for, BenchRun, Benchmark, PublicOptions};
 use crate::bench::{self, Method, MethodResult};

@@ -89,7 +89,8 @@ fn bands(n_layers: usize) -> Vec<Vec<usize>> {
 /// Each band of [`bands`] at each strength, along the probe file's mean-difference directions.
 /// Adding acts at every position; a clamp only where the answer is produced (the prompt's last
 /// token, where the probes were trained, and the generated ones): clamping every token of the
-/// prompt to a last-token class mean broke closed-book answers and fluency on dev (docs/results.md).
+/// prompt to a last-token class mean broke closed-book answers and fluency on dev
+/// (docs/results.md).
 fn band_grid(
     model: &Model,
     m: Method,
