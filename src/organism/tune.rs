@@ -11,10 +11,7 @@ use std::path::{Path, PathBuf};
 /// `schedule` with the shape of the model folder `dir` (its config.json, read as every
 /// command reads it).
 pub fn options_of(dir: &Path, schedule: &TrainOptions) -> Result<TrainOptions> {
-    let p = dir.join("config.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&p, e))?;
-    let c = crate::model::config::Config::from_hf_json(&v).map_err(|e| Error::file(&p, e))?;
+    let (c, _) = crate::model::config::Config::from_folder(dir)?;
     Ok(TrainOptions {
         layers: c.n_layers,
         d_model: c.d_model,

@@ -95,11 +95,7 @@ impl Model {
     }
 
     fn load_safetensors(dir: &Path, device: &candle_core::Device) -> Result<Model> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::file(&cfg_path, e))?;
-        let cfg = Config::from_hf_json(&json).map_err(|e| Error::file(&cfg_path, e))?;
+        let (cfg, json) = Config::from_folder(dir)?;
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| Error::file(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))

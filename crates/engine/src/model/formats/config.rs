@@ -184,6 +184,16 @@ impl Config {
         .checked("GGUF metadata")
     }
 
+    /// Read the `config.json` of a Hugging Face model folder (errors name the file): the
+    /// config, and the JSON for the fields it does not hold.
+    pub fn from_folder(dir: &std::path::Path) -> Result<(Config, Value)> {
+        let p = dir.join("config.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::file(&p, e))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| Error::file(&p, e))?;
+        let cfg = Config::from_hf_json(&json).map_err(|e| Error::file(&p, e))?;
+        Ok((cfg, json))
+    }
+
     /// Read a Hugging Face `config.json`.
     pub fn from_hf_json(v: &Value) -> Result<Config> {
         let model_type = match v.get("model_type") {
