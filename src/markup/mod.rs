@@ -113,18 +113,14 @@ pub fn write_report<T: serde::Serialize>(
 pub type Area<'a> =
     plotters::drawing::DrawingArea<plotters::prelude::SVGBackend<'a>, plotters::coord::Shift>;
 
-/// Draw an SVG of `size` pixels at `path`: a white page that `draw` fills.
+/// Draw an SVG of `size` pixels at `path` ([`svg_text`], written whole or not at all).
 pub fn svg_chart(
     path: &Path,
     size: (u32, u32),
     draw: impl FnOnce(&Area) -> std::result::Result<(), String>,
 ) -> Result<()> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
-    let root = SVGBackend::new(path, size).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    draw(&root).map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
+    let text = svg_text(size, draw).map_err(|e| Error::file(path, e))?;
+    crate::atomic::write(path, text.as_bytes())
 }
 
 /// An SVG of `size` pixels as text (for a page that inlines it): a white page that `draw`

@@ -3,7 +3,7 @@
 //! checkpoint as a thinner line).
 
 use super::summary::{x_of, Fit, Series, Snapshot};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::markup::{md_table, Area};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -248,21 +248,17 @@ pub fn chart(rep: &StudyReport, path: &Path) -> Result<()> {
 
 /// All measures' panels in one SVG, three to a row; `compare` as in [`panel`].
 pub fn chart_lines(rep: &StudyReport, path: &Path, compare: bool) -> Result<()> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
     let names: Vec<String> = rep
         .last()
         .map(|l| l.series.iter().map(|s| s.name.clone()).collect())
         .unwrap_or_default();
     let rows = names.len().div_ceil(3).max(1);
-    let root = SVGBackend::new(path, (1080, 260 * rows as u32)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let panels = root.split_evenly((rows, 3));
-    for (n, area) in names.iter().zip(panels.iter()) {
-        panel(rep, n, area, compare).map_err(|e| err(&e))?;
-    }
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    crate::markup::svg_chart(path, (1080, 260 * rows as u32), |root| {
+        for (n, area) in names.iter().zip(root.split_evenly((rows, 3)).iter()) {
+            panel(rep, n, area, compare)?;
+        }
+        Ok(())
+    })
 }
 
 /// Write report.json, report.md, study.svg and report.html into `dir`.

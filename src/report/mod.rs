@@ -3,7 +3,7 @@
 //! layer curve, the patching heatmap and, when measured, activation density.
 
 use crate::bench::MethodResult;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::markup::md_table;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -285,18 +285,14 @@ fn figures(rep: &Report, dir: &Path) -> Result<BTreeMap<String, String>> {
 
 /// Small multiples: dev adherence and retention against each swept setting, one panel per method.
 pub fn sweep_chart(methods: &[MethodResult], path: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
     let swept: Vec<&MethodResult> = methods.iter().filter(|m| !m.sweep.is_empty()).collect();
     let n = swept.len().max(1);
-    let root = SVGBackend::new(path, (330 * n as u32, 340)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let panels = root.split_evenly((1, n));
-    for (m, area) in swept.iter().zip(panels.iter()) {
-        sweep_panel(m, area).map_err(|e| err(&e))?;
-    }
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    crate::markup::svg_chart(path, (330 * n as u32, 340), |root| {
+        for (m, area) in swept.iter().zip(root.split_evenly((1, n)).iter()) {
+            sweep_panel(m, area)?;
+        }
+        Ok(())
+    })
 }
 
 /// One method's dev sweep: adherence and retention against strength.
