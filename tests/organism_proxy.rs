@@ -196,6 +196,9 @@ fn a_run_on_two_tiny_organisms() {
     for f in ["report.json", "report.md", "report.html", "proxy.svg"] {
         assert!(out.join(f).exists(), "{f}");
     }
+    // The command is recorded as one would type it again, not with the binary's path.
+    let cmd = rep["command"].as_str().unwrap();
+    assert!(cmd.starts_with("ctxsteer organism proxy --world"), "{cmd}");
     let pts = rep["points"].as_array().unwrap();
     let by = |label: &str| pts.iter().find(|p| p["label"] == label).unwrap();
     let base = by("large, untouched");

@@ -108,7 +108,7 @@ pub(super) fn capacity_cmd(a: CapacityArgs) -> Result<()> {
     let o = options(&a);
     let path = a.out.join("parts").join("capacity.runs.jsonl");
     let mut journal = ctxsteer::journal::Journal::<CapacityRun>::open(&path, a.resume)?;
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = super::command_line();
     let pb = ctxsteer::progress::bar(o.shapes.len() as u64, "sizes", a.json);
     let mut here = String::new();
     let rep = capacity::sweep(&o, &mut journal, command, &mut |e| {

@@ -70,7 +70,7 @@ pub(super) fn modularity_cmd(a: ModularityArgs) -> Result<()> {
     pb.finish_and_clear();
     let units = |k| modularity::units(&model, k).len();
     let rep = ModularityReport {
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: super::command_line(),
         model: model.path.display().to_string(),
         world: a.world.display().to_string(),
         seconds: t0.elapsed().as_secs_f64(),

@@ -100,6 +100,7 @@ pub(super) fn proxy_tune_cmd(a: ProxyTuneArgs) -> Result<()> {
     let o = options(&a);
     proxytune::check(&o)?;
     let s = Setup {
+        command: super::command_line(),
         world: &a.world,
         large: &a.large,
         small: &a.small,

@@ -112,7 +112,7 @@ pub(super) fn shapes_cmd(a: ShapesArgs) -> Result<()> {
         snaps.push(study_one((&a.out, "cpu"), &key, &snap, &items, &opts)?);
         rows.push(row(*s, &o, &state, vocab));
     }
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = super::command_line();
     let rep = ShapesReport {
         command: command.clone(),
         world: a.world.display().to_string(),

@@ -196,7 +196,7 @@ pub(super) fn study_cmd(a: StudyArgs) -> Result<()> {
     let rep = StudyReport {
         model: model.display().to_string(),
         world: a.world.display().to_string(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: super::command_line(),
         seconds: t0.elapsed().as_secs_f64(),
         snapshots: snaps,
     };

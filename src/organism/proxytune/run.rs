@@ -45,8 +45,9 @@ pub enum ProxyEvent<'a> {
     Measured(&'a Point),
 }
 
-/// The models and folders of a run.
+/// The models and folders of a run, and the command line that asked for it (for the report).
 pub struct Setup<'a> {
+    pub command: String,
     pub world: &'a Path,
     pub large: &'a Path,
     pub small: &'a Path,
@@ -212,7 +213,7 @@ pub fn run(s: &Setup, o: &ProxyOptions, on: &mut dyn FnMut(ProxyEvent)) -> Resul
     }
     let (matched, moved) = (matched(&points), moved(s, &probe, &base, o)?);
     Ok(ProxyReport {
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: s.command.clone(),
         world: s.world.display().to_string(),
         large: s.large.display().to_string(),
         small: s.small.display().to_string(),
