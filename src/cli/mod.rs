@@ -100,10 +100,10 @@ pub enum Command {
     /// Model organisms: a synthetic fact world with exposure counts that you set.
     #[command(subcommand)]
     Organism(OrganismCmd),
-    /// Redraw a saved report from its report.json, without running anything: a `bench conflict`
-    /// or demo report (report.md and report.html, its charts as they are), or an organism
-    /// report (capacity, shapes, study, modularity, proxy: report.md, its chart and
-    /// report.html). report.json is left as it is.
+    /// Redraw a saved report from its report.json, without running anything: report.md,
+    /// report.html and the charts of a `bench conflict`, `bench public` or organism report
+    /// (capacity, shapes, study, modularity, proxy); a demo report's charts, which show more
+    /// than its report.json keeps, are left as they are. report.json is left as it is.
     Render {
         /// The report folder (holding report.json).
         dir: PathBuf,
