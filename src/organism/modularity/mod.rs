@@ -152,14 +152,30 @@ pub struct Scored {
     pub top: bool,
 }
 
+/// Run every query under `spec`, left-padded in batches of `batch`, in order, handing each
+/// batch's last-position logits `[rows, 1, vocab]` and captures to `each`.
+pub fn each_batch(
+    model: &Model,
+    q: &Queries,
+    spec: &Spec,
+    batch: usize,
+    mut each: impl FnMut(candle_core::Tensor, crate::hooks::Captures) -> Result<()>,
+) -> Result<()> {
+    let pad = model.tokenizer.eos_id.unwrap_or(0);
+    for rows in q.ids.chunks(batch.max(1)) {
+        let (logits, caps) = model.run(&Batch::left_padded(rows, pad), spec, LogitsAt::Last)?;
+        each(logits, caps)?;
+    }
+    Ok(())
+}
+
 /// Last-position logits of every query under `spec`, in batches of `batch`.
 pub fn last_logits(model: &Model, q: &Queries, spec: &Spec, batch: usize) -> Result<Vec<Vec<f32>>> {
-    let pad = model.tokenizer.eos_id.unwrap_or(0);
     let mut out = Vec::with_capacity(q.len());
-    for rows in q.ids.chunks(batch.max(1)) {
-        let (logits, _) = model.run(&Batch::left_padded(rows, pad), spec, LogitsAt::Last)?;
+    each_batch(model, q, spec, batch, |logits, _| {
         out.extend(logits.squeeze(1)?.to_vec2::<f32>()?);
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

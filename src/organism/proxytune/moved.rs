@@ -3,8 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::hooks::{Positions, Site, Spec};
-use crate::model::{Batch, LogitsAt, Model};
-use crate::organism::modularity::Queries;
+use crate::model::Model;
+use crate::organism::modularity::{each_batch, Queries};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -55,16 +55,15 @@ fn residuals(model: &Model, q: &Queries, batch: usize) -> Result<Vec<Vec<Vec<f32
     let n = model.cfg().n_layers;
     let sites: Vec<Site> = (0..n).map(Site::resid_post).collect();
     let spec = Spec::capture(&sites, Positions::Last);
-    let pad = model.tokenizer.eos_id.unwrap_or(0);
     let mut out = vec![vec![]; n];
-    for rows in q.ids.chunks(batch.max(1)) {
-        let (_, caps) = model.run(&Batch::left_padded(rows, pad), &spec, LogitsAt::Last)?;
+    each_batch(model, q, &spec, batch, |_, caps| {
         for (l, s) in sites.iter().enumerate() {
             let mut r: Vec<_> = caps.rows(*s).to_vec();
             r.sort_by_key(|x| x.batch);
             out[l].extend(r.into_iter().map(|x| x.values));
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
