@@ -472,7 +472,7 @@ fn by_layer(v: &[f64]) -> Vec<(f64, f64)> {
 /// One SVG per metric: each condition's two sides by layer, with their intervals as thin lines.
 pub fn plot(summary: &Summary, metric: &str, path: &std::path::Path) -> Result<()> {
     use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
+    let err = |e: &dyn std::fmt::Display| e.to_string();
     let bands = bands_of(summary, metric);
     let n_l = bands.first().map_or(1, |(_, b)| b.mean.len());
     let (lo, hi) = bands
@@ -480,46 +480,45 @@ pub fn plot(summary: &Summary, metric: &str, path: &std::path::Path) -> Result<(
         .flat_map(|(_, b)| b.ci_low.iter().chain(&b.ci_high))
         .fold((f64::MAX, f64::MIN), |a, v| (a.0.min(*v), a.1.max(*v)));
     let pad = ((hi - lo) * 0.05).max(1e-6);
-    let root = SVGBackend::new(path, (820, 460)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{metric} by layer and condition (95% bootstrap CI)"),
-            ("sans-serif", 17),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..(n_l.max(2) - 1) as f64, (lo - pad)..(hi + pad))
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("layer")
-        .y_desc(metric)
-        .draw()
-        .map_err(|e| err(&e))?;
-    for (k, (name, b)) in bands.iter().enumerate() {
-        let color = Palette99::pick(k).to_rgba();
+    crate::markup::svg_chart(path, (820, 460), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!("{metric} by layer and condition (95% bootstrap CI)"),
+                ("sans-serif", 17),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..(n_l.max(2) - 1) as f64, (lo - pad)..(hi + pad))
+            .map_err(|e| err(&e))?;
         chart
-            .draw_series(LineSeries::new(by_layer(&b.mean), color.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
-        for side in [&b.ci_low, &b.ci_high] {
+            .configure_mesh()
+            .x_desc("layer")
+            .y_desc(metric)
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (k, (name, b)) in bands.iter().enumerate() {
+            let color = Palette99::pick(k).to_rgba();
             chart
-                .draw_series(LineSeries::new(by_layer(side), color.mix(0.35)))
-                .map_err(|e| err(&e))?;
+                .draw_series(LineSeries::new(by_layer(&b.mean), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            for side in [&b.ci_low, &b.ci_high] {
+                chart
+                    .draw_series(LineSeries::new(by_layer(side), color.mix(0.35)))
+                    .map_err(|e| err(&e))?;
+            }
         }
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 11))
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 11))
+            .draw()
+            .map_err(|e| err(&e))?;
+        Ok(())
+    })
 }

@@ -3,7 +3,7 @@
 
 use super::{md_table, paired, pct, rate};
 use crate::bench::MethodResult;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::path::Path;
 
 /// Whether any method was measured on irrelevant contexts.
@@ -151,15 +151,17 @@ fn ineligible(methods: &[MethodResult]) -> String {
 /// Faithfulness (mean of gold and conflicting) against robustness (irrelevant unchanged), one
 /// point per method, with `none`'s robustness less 2 points as the bar.
 pub fn chart(methods: &[MethodResult], path: &Path) -> Result<()> {
+    crate::markup::svg_chart(path, (620, 460), |root| draw(methods, root))
+}
+
+fn draw(methods: &[MethodResult], root: &crate::markup::Area) -> std::result::Result<(), String> {
     use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| Error::file(path, e.to_string());
+    let err = |e: &dyn std::fmt::Display| e.to_string();
     let pts: Vec<(&MethodResult, f64, f64)> = methods
         .iter()
         .filter_map(|m| Some((m, robustness(m)?, faithfulness(m)?)))
         .collect();
-    let root = SVGBackend::new(path, (620, 460)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption("faithfulness against robustness (test)", ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(36)
@@ -187,6 +189,5 @@ pub fn chart(methods: &[MethodResult], path: &Path) -> Result<()> {
             + Text::new(m.method.name(), (6, -12), ("sans-serif", 13))
     });
     chart.draw_series(dots).map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
     Ok(())
 }
